@@ -1,0 +1,435 @@
+/*
+ * zero_copy_net.h - the one public header of libzero_copy_net.
+ *
+ * A Linux networking library on io_uring: a lock-free page-aligned buffer
+ * pool, a thin ring wrapper and a callback TCP server whose receive path
+ * hands out pool buffers without copying.
+ *
+ * General rules (each function's comment says where it differs):
+ *
+ * - Errors are values. Functions return ZCN_Error (0 = ZCN_OK) or take a
+ *   ZCN_Error out parameter; nothing prints. Values 1..4095 are Linux errno
+ *   values (ECONNRESET, EADDRINUSE ...); library conditions have codes from
+ *   ZCN_ERR_BASE up. zcn_strerror() names every code, zcn_error_detail() says
+ *   more about the last failure on the calling thread.
+ * - Handles are opaque. Passing NULL gives ZCN_ERR_INVALID_ARGUMENT (or a
+ *   NULL/0 result where a function returns a pointer or size); passing a
+ *   handle after its destroy call is undefined behaviour in C (the Python
+ *   layer guards against it).
+ * - When a function that takes a callback returns an error, that callback is
+ *   never called because of that call.
+ * - Threading: a ZCN_BufferPool may be used from any number of threads at
+ *   once. A ZCN_Ring and a ZCN_Server belong to the one thread that drives
+ *   them; the only exception is zcn_server_stop(), which any thread or a
+ *   signal handler may call.
+ */
+#ifndef ZERO_COPY_NET_H
+#define ZERO_COPY_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ZCN_API __attribute__((visibility("default")))
+#else
+#define ZCN_API
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Version                                                             */
+/* ------------------------------------------------------------------ */
+
+#define ZCN_VERSION_MAJOR 0
+#define ZCN_VERSION_MINOR 1
+#define ZCN_VERSION_PATCH 0
+/* (major << 16) | (minor << 8) | patch, comparable with zcn_version(). */
+#define ZCN_VERSION_HEX \
+    ((ZCN_VERSION_MAJOR << 16) | (ZCN_VERSION_MINOR << 8) | ZCN_VERSION_PATCH)
+#define ZCN_VERSION_STRING "0.1.0"
+
+/* The version of the library actually loaded, as ZCN_VERSION_HEX. */
+ZCN_API unsigned int zcn_version(void);
+/* The same as a static string, e.g. "0.1.0". Never NULL. */
+ZCN_API const char *zcn_version_string(void);
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                              */
+/* ------------------------------------------------------------------ */
+
+typedef enum ZCN_Error {
+    ZCN_OK = 0,
+    /* 1 .. ZCN_ERRNO_MAX: a Linux errno value from a failed system call. */
+    ZCN_ERRNO_MAX = 4095,
+    ZCN_ERR_BASE = 10000,
+    /* An argument is NULL, zero, out of range or inconsistent. */
+    ZCN_ERR_INVALID_ARGUMENT = ZCN_ERR_BASE + 1,
+    /* A bounded resource (pool buffers, send slots) is used up. */
+    ZCN_ERR_EXHAUSTED,
+    /* A buffer released to a pool was already free. */
+    ZCN_ERR_DOUBLE_FREE,
+    /* A pointer is not the start of a buffer of this pool. */
+    ZCN_ERR_FOREIGN_POINTER,
+    /* The server has not been started (zcn_server_start). */
+    ZCN_ERR_NOT_STARTED,
+    /* zcn_server_start was already called. */
+    ZCN_ERR_ALREADY_STARTED,
+    /* The fd is not an open connection of this server (never accepted,
+     * already closed, or closing). */
+    ZCN_ERR_CLOSED,
+    /* The connection's send queue is over its limit; nothing was queued.
+     * Wait for the drain event. */
+    ZCN_ERR_QUEUE_FULL,
+    /* Called from inside a callback where that is not allowed (e.g. running
+     * the loop or destroying the server from its own callback). */
+    ZCN_ERR_BUSY,
+    /* io_uring is disabled by sysctl kernel.io_uring_disabled. */
+    ZCN_ERR_URING_DISABLED,
+    /* io_uring_setup was refused (EPERM): a seccomp filter (containers) or
+     * kernel.io_uring_group. */
+    ZCN_ERR_URING_BLOCKED,
+    /* The kernel has no io_uring (ENOSYS) or lacks a feature this call
+     * needs (e.g. provided-buffer rings, multishot accept). */
+    ZCN_ERR_URING_UNSUPPORTED,
+    /* Locked memory ran out: RLIMIT_MEMLOCK is too low for the ring or
+     * the registered buffers (zcn_error_detail() gives the limit). */
+    ZCN_ERR_MEMLOCK,
+    /* A wait ended without an event. */
+    ZCN_ERR_TIMEOUT,
+    ZCN_ERR_LAST_
+} ZCN_Error;
+
+/* A short static description of any code (errno values included).
+ * Never NULL; unknown codes give "unknown error". */
+ZCN_API const char *zcn_strerror(ZCN_Error err);
+/* The symbolic name of a library code ("ZCN_ERR_EXHAUSTED") or of an errno
+ * ("ECONNRESET"). Never NULL. */
+ZCN_API const char *zcn_error_name(ZCN_Error err);
+/* More about the last error a zcn call returned on this thread (e.g. "io_uring
+ * disabled by sysctl kernel.io_uring_disabled=2"), or "" if none. The string is
+ * thread-local and valid until the next zcn call on this thread. */
+ZCN_API const char *zcn_error_detail(void);
+
+/* ------------------------------------------------------------------ */
+/* Ring: one io_uring instance                                         */
+/* ------------------------------------------------------------------ */
+
+typedef struct ZCN_Ring ZCN_Ring;
+
+/* Flags for zcn_ring_create (bit values of our own, not IORING_SETUP_*). */
+enum {
+    /* Do not add SINGLE_ISSUER / DEFER_TASKRUN / COOP_TASKRUN even where the
+     * kernel has them (use when more than one thread submits). */
+    ZCN_RING_NO_TUNING = 1u << 0,
+    /* Add IORING_SETUP_SQPOLL (a kernel thread polls the SQ). */
+    ZCN_RING_SQPOLL = 1u << 1,
+};
+
+/* Creates a ring with at least `entries` SQ entries (1..32768, rounded up to
+ * a power of two) and a CQ of twice that. Probes the kernel and adds
+ * SINGLE_ISSUER, DEFER_TASKRUN and COOP_TASKRUN where supported unless
+ * ZCN_RING_NO_TUNING is given. On failure returns NULL and sets *err (err may
+ * be NULL): ZCN_ERR_URING_DISABLED / _BLOCKED / _UNSUPPORTED / ZCN_ERR_MEMLOCK
+ * name why io_uring is unavailable. The creating thread is the ring's owner:
+ * with SINGLE_ISSUER only it may submit. */
+ZCN_API ZCN_Ring *zcn_ring_create(uint32_t entries, uint32_t flags, ZCN_Error *err);
+/* Tears the ring down; pending requests are cancelled. NULL is a no-op. */
+ZCN_API void zcn_ring_destroy(ZCN_Ring *ring);
+
+/* The IORING_SETUP_* flags the ring was created with (0 for NULL). */
+ZCN_API uint32_t zcn_ring_setup_flags(const ZCN_Ring *ring);
+/* The IORING_FEAT_* bits the kernel reported (0 for NULL). */
+ZCN_API uint32_t zcn_ring_features(const ZCN_Ring *ring);
+/* SQ and CQ sizes as created (0 for NULL). */
+ZCN_API uint32_t zcn_ring_sq_entries(const ZCN_Ring *ring);
+ZCN_API uint32_t zcn_ring_cq_entries(const ZCN_Ring *ring);
+/* 1 if the kernel supports IORING_OP_<opcode>, 0 if not or if unknown. */
+ZCN_API int zcn_ring_opcode_supported(const ZCN_Ring *ring, int opcode);
+
+/* Submits `count` NOP requests, `batch` at a time (one io_uring_enter per
+ * batch, batch 1 = one syscall per NOP), and reaps every completion before
+ * returning. For tests and benchmarks of the ring itself. count 0 is a no-op;
+ * batch 0 or larger than the SQ gives ZCN_ERR_INVALID_ARGUMENT. */
+ZCN_API ZCN_Error zcn_ring_nop(ZCN_Ring *ring, uint64_t count, uint32_t batch);
+
+/* The underlying liburing ring, for C users who prepare their own requests.
+ * Owned by the ZCN_Ring: valid until zcn_ring_destroy. The return type is
+ * `struct io_uring *`; it is void * here so this header does not need
+ * liburing.h. */
+ZCN_API void *zcn_ring_io_uring(ZCN_Ring *ring);
+
+/* ------------------------------------------------------------------ */
+/* BufferPool: page-aligned buffers, lock-free acquire/release         */
+/* ------------------------------------------------------------------ */
+
+typedef struct ZCN_BufferPool ZCN_BufferPool;
+
+#define ZCN_PAGE_SIZE 4096u
+/* Upper bounds checked at create time. */
+#define ZCN_POOL_COUNT_MAX (1u << 24)
+#define ZCN_POOL_BYTES_MAX ((uint64_t)1 << 40)
+
+typedef struct ZCN_PoolStats {
+    uint64_t total;          /* buffers in the pool */
+    uint64_t in_use;         /* acquired and not yet released */
+    uint64_t free;           /* total - in_use */
+    uint64_t allocated;      /* successful acquires since create */
+    uint64_t freed;          /* successful releases since create */
+    uint64_t failed;         /* acquires that found the pool empty */
+    uint64_t buffer_size;    /* bytes per buffer (a multiple of 4096) */
+} ZCN_PoolStats;
+
+/* Creates `count` buffers of `buffer_size` bytes rounded up to a multiple of
+ * ZCN_PAGE_SIZE, in one page-aligned slab allocated here (mmap). Zero sizes,
+ * count > ZCN_POOL_COUNT_MAX or a slab over ZCN_POOL_BYTES_MAX give
+ * ZCN_ERR_INVALID_ARGUMENT; ENOMEM if the memory is not there. */
+ZCN_API ZCN_BufferPool *zcn_pool_create(size_t buffer_size, size_t count, ZCN_Error *err);
+/* The same over caller-provided memory: `memory` must be page-aligned and at
+ * least `memory_size` >= count * rounded buffer_size bytes; it stays owned by
+ * the caller and must outlive the pool. */
+ZCN_API ZCN_BufferPool *zcn_pool_create_in(void *memory, size_t memory_size,
+                                           size_t buffer_size, size_t count,
+                                           ZCN_Error *err);
+/* Frees the pool and (unless created with zcn_pool_create_in) its slab.
+ * Buffers still acquired become invalid. No other thread may be using the
+ * pool. NULL is a no-op. */
+ZCN_API void zcn_pool_destroy(ZCN_BufferPool *pool);
+
+/* Takes a free buffer; NULL when none is free (never blocks, never
+ * allocates) or pool is NULL. The buffer is page-aligned and
+ * zcn_pool_buffer_size() bytes long; its contents are unspecified.
+ * Thread-safe, lock-free. */
+ZCN_API void *zcn_pool_acquire(ZCN_BufferPool *pool);
+/* Gives a buffer back. ZCN_ERR_FOREIGN_POINTER if `buffer` is not the start
+ * of one of this pool's buffers, ZCN_ERR_DOUBLE_FREE if it is already free;
+ * in both cases nothing changes. Thread-safe, lock-free. */
+ZCN_API ZCN_Error zcn_pool_release(ZCN_BufferPool *pool, void *buffer);
+
+/* Fills *out with a snapshot of the counters. Each buffer's acquire count
+ * and in-use bit are read atomically together and summed (O(count): for
+ * looking, not per message); the sums are not one atomic snapshot while
+ * other threads work, but in_use <= total and freed <= allocated hold. */
+ZCN_API ZCN_Error zcn_pool_stats(const ZCN_BufferPool *pool, ZCN_PoolStats *out);
+/* Bytes per buffer (rounded), number of buffers, start of the slab; 0/NULL
+ * for a NULL pool. */
+ZCN_API size_t zcn_pool_buffer_size(const ZCN_BufferPool *pool);
+ZCN_API size_t zcn_pool_count(const ZCN_BufferPool *pool);
+ZCN_API void *zcn_pool_base(const ZCN_BufferPool *pool);
+/* Index of a buffer (0..count-1) given its start, or -1 if foreign. */
+ZCN_API int64_t zcn_pool_index_of(const ZCN_BufferPool *pool, const void *buffer);
+
+/* Registers every buffer of the pool with the ring as io_uring fixed buffers
+ * (index = zcn_pool_index_of). ZCN_ERR_MEMLOCK when RLIMIT_MEMLOCK is too
+ * low (zcn_error_detail() gives its value and the bytes needed); EBUSY if
+ * the ring already has fixed buffers; EEXIST if called from a thread other
+ * than a SINGLE_ISSUER ring's owner. More than 16384 buffers (the kernel's
+ * limit) gives ZCN_ERR_INVALID_ARGUMENT. The pool remembers the last ring
+ * it was registered with; zcn_pool_destroy does not unregister (destroying
+ * the ring drops its fixed buffers). Must not race with destroy or another
+ * register/unregister of the same pool. */
+ZCN_API ZCN_Error zcn_pool_register(ZCN_BufferPool *pool, ZCN_Ring *ring);
+/* Drops the ring's fixed buffers. ZCN_ERR_INVALID_ARGUMENT unless `ring` is
+ * the ring the pool was last registered with. */
+ZCN_API ZCN_Error zcn_pool_unregister(ZCN_BufferPool *pool, ZCN_Ring *ring);
+
+/* ------------------------------------------------------------------ */
+/* TcpServer: accept/data/close callbacks on one io_uring event loop    */
+/* ------------------------------------------------------------------ */
+
+typedef struct ZCN_Server ZCN_Server;
+
+/* Bits for ZCN_Config.flags. */
+enum {
+    /* SO_REUSEPORT on the listening socket (several servers, one port). */
+    ZCN_SERVER_REUSEPORT = 1u << 0,
+};
+
+/* Upper bounds checked by zcn_server_create. */
+#define ZCN_SERVER_ENTRIES_MAX 32768u
+#define ZCN_SERVER_BUFFERS_MAX 32768u
+#define ZCN_SERVER_BUFFER_SIZE_MAX (64u << 20)
+#define ZCN_SERVER_CONNECTIONS_MAX (1u << 20)
+
+/* Server configuration. Zero in any field but `address`/`port` means the
+ * default given beside it, so `ZCN_Config c = {0}` plus an address is a
+ * working server. The struct is read by zcn_server_create only; strings need
+ * not outlive that call. */
+typedef struct ZCN_Config {
+    const char *address;            /* IPv4 or IPv6 literal; NULL = "0.0.0.0" */
+    uint16_t port;                  /* 0 = an ephemeral port (zcn_server_port) */
+    uint32_t io_uring_entries;      /* SQ entries; 0 = 256 */
+    uint32_t buffer_pool_size;      /* pool buffers for receive and send; 0 = 1024 */
+    uint32_t buffer_size;           /* bytes per buffer, rounded up to 4096; 0 = 16384 */
+    uint32_t backlog;               /* listen() backlog; 0 = 1024 */
+    uint32_t connections_max;       /* open connections at once; 0 = 4096 (capped
+                                       by RLIMIT_NOFILE); more are closed at accept */
+    uint32_t send_queue_max_bytes;  /* per connection; 0 = 1 MiB. See zcn_server_send */
+    uint32_t idle_timeout_ms;       /* close after this long without I/O; 0 = never */
+    int32_t tcp_nodelay;            /* 0 = default (on), > 0 on, < 0 off */
+    uint32_t flags;                 /* ZCN_SERVER_* bits */
+    /* Optional caller-owned memory for the buffers (NULL = the server maps its
+     * own): page-aligned, at least buffer_pool_size * rounded buffer_size
+     * bytes, and it must outlive the server. Bindings use it to keep memory
+     * alive while views of it exist; C users may pass huge pages. */
+    void *buffer_memory;
+    size_t buffer_memory_size;
+} ZCN_Config;
+
+/* Data callbacks receive borrowed memory: `data` points into a pool buffer
+ * and is valid only until the callback returns. Copy what you keep, or pass
+ * it to zcn_server_send from inside the callback (no copy: the buffer moves
+ * to the send queue). All callbacks run on the thread inside
+ * zcn_server_run_once / zcn_server_poll / zcn_server_run, never concurrently.
+ * From a callback you may call zcn_server_send*, zcn_server_close,
+ * zcn_server_*_buffer, zcn_server_stats and zcn_server_stop; running the loop
+ * or destroying the server from a callback gives ZCN_ERR_BUSY. */
+typedef void (*ZCN_OnAccept)(void *user_data, int fd);
+typedef void (*ZCN_OnData)(void *user_data, int fd, const uint8_t *data, size_t len);
+/* Called exactly once per accepted connection, whatever ends it (peer close,
+ * reset, error, idle timeout, zcn_server_close, destroy). The fd is still
+ * open during the call but no longer accepts sends (ZCN_ERR_CLOSED); it is
+ * closed right after, so the number may be reused by a later accept. */
+typedef void (*ZCN_OnClose)(void *user_data, int fd);
+/* A connection whose send was refused with ZCN_ERR_QUEUE_FULL has drained
+ * to half its limit: sending will succeed again. */
+typedef void (*ZCN_OnDrain)(void *user_data, int fd);
+
+typedef struct ZCN_ServerStats {
+    uint64_t connections_active;
+    uint64_t connections_accepted;
+    uint64_t connections_closed;
+    uint64_t connections_rejected;   /* closed at accept: over connections_max */
+    uint64_t idle_timeouts;
+    uint64_t bytes_received;
+    uint64_t bytes_sent;
+    uint64_t recv_ops;               /* receive completions carrying data */
+    uint64_t send_ops;               /* send completions */
+    uint64_t buffers_total;
+    uint64_t buffers_in_use;         /* not in the receive ring or the free pool */
+    uint64_t buffer_exhaustion_events; /* receives that found no buffer (ENOBUFS) */
+    uint64_t sends_zero_copy;        /* zcn_server_send calls that moved a buffer */
+    uint64_t sends_copied;           /* zcn_server_send calls that copied */
+    uint64_t send_queue_full_events; /* sends refused with ZCN_ERR_QUEUE_FULL */
+    uint64_t accept_backoffs;        /* accept paused for EMFILE/ENFILE/ENOMEM */
+} ZCN_ServerStats;
+
+/* Creates a server: validates the config, creates its io_uring (probed as
+ * zcn_ring_create does), its buffer pool and a listening socket bound to
+ * address:port (SO_REUSEADDR). Nothing is accepted until zcn_server_start.
+ * The calling thread becomes the server's owner. On failure returns NULL and
+ * sets *err (err may be NULL): ZCN_ERR_INVALID_ARGUMENT for a bad config or
+ * address (detail names the field), EADDRINUSE, EACCES, the ZCN_ERR_URING_*
+ * codes when io_uring is unavailable, ENOMEM. */
+ZCN_API ZCN_Server *zcn_server_create(const ZCN_Config *config, ZCN_Error *err);
+/* Closes every connection (on_close is called for each, callback mode),
+ * cancels all I/O and frees everything. Not from inside a callback
+ * (ZCN_ERR_BUSY, nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT. */
+ZCN_API ZCN_Error zcn_server_destroy(ZCN_Server *server);
+
+/* Sets the callbacks (any may be NULL) and the user_data passed to them.
+ * May be called again at any time from the owner thread. */
+ZCN_API ZCN_Error zcn_server_set_callbacks(ZCN_Server *server, void *user_data,
+                                           ZCN_OnAccept on_accept, ZCN_OnData on_data,
+                                           ZCN_OnClose on_close);
+ZCN_API ZCN_Error zcn_server_set_drain_callback(ZCN_Server *server, ZCN_OnDrain on_drain);
+/* Replaces on_data with a built-in echo written in C (each received buffer is
+ * sent back without copying); on_accept/on_close stay as set. */
+ZCN_API ZCN_Error zcn_server_use_echo_handler(ZCN_Server *server);
+
+/* Starts accepting (multishot accept). ZCN_ERR_ALREADY_STARTED if called
+ * twice. */
+ZCN_API ZCN_Error zcn_server_start(ZCN_Server *server);
+/* The bound port (useful with port 0); 0 for NULL. */
+ZCN_API uint16_t zcn_server_port(const ZCN_Server *server);
+/* The listening socket's fd (for diagnostics; do not close it); -1 for NULL. */
+ZCN_API int zcn_server_listen_fd(const ZCN_Server *server);
+
+/* Runs the loop until at least one completion has been handled (callbacks
+ * called), or a stop request, or a signal interrupts the wait (EINTR is
+ * returned, so a `while (running)` loop whose signal handler clears
+ * `running` ends). Work per call is bounded by the CQ size. */
+ZCN_API ZCN_Error zcn_server_run_once(ZCN_Server *server);
+/* The same with a timeout: timeout_ms < 0 waits forever, 0 does not wait.
+ * Returns ZCN_OK also on timeout; *handled_out (may be NULL) gets the number
+ * of completions handled. */
+ZCN_API ZCN_Error zcn_server_run_once_timeout(ZCN_Server *server, int timeout_ms,
+                                              uint32_t *handled_out);
+/* Runs until zcn_server_stop (returns ZCN_OK and clears the request) or an
+ * error (returned). EINTR from signals is retried, so stop it from the signal
+ * handler with zcn_server_stop. */
+ZCN_API ZCN_Error zcn_server_run(ZCN_Server *server);
+/* Asks a running loop to return. Async-signal-safe and callable from any
+ * thread (an atomic flag plus an eventfd write). A request made while the
+ * loop is not running makes the next zcn_server_run return at once. */
+ZCN_API ZCN_Error zcn_server_stop(ZCN_Server *server);
+
+/* Event-batch alternative to callbacks, for bindings where a callback per
+ * event is costly (the Python layer uses it). */
+enum {
+    ZCN_EVENT_ACCEPT = 1,
+    ZCN_EVENT_DATA = 2,
+    ZCN_EVENT_CLOSE = 3,
+    ZCN_EVENT_DRAIN = 4,
+};
+typedef struct ZCN_Event {
+    uint32_t type;          /* ZCN_EVENT_* */
+    int32_t fd;
+    uint32_t len;           /* DATA: bytes at `data` */
+    uint32_t reserved;
+    uint64_t offset;        /* DATA: data - zcn_server_buffer_base() */
+    const uint8_t *data;    /* DATA: borrowed, see zcn_server_poll */
+} ZCN_Event;
+/* Like zcn_server_run_once_timeout but, instead of calling callbacks,
+ * writes up to `capacity` (>= 4) events to `events` and sets *count_out.
+ * DATA memory stays valid, and may be passed to zcn_server_send without a
+ * copy, until the next zcn_server_poll / run_once call on this server. A
+ * CLOSE event's fd stays reserved until that next call too, so its number is
+ * not reused before the caller has seen the event. Completions that do not
+ * fit stay queued for the next call. Do not mix with callbacks: while events
+ * are polled, callbacks are not called. */
+ZCN_API ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_t capacity,
+                                  int timeout_ms, uint32_t *count_out);
+
+/* Queues `len` bytes for fd and returns at once; never blocks. Data is sent in
+ * order per connection, partial sends are resumed, MSG_NOSIGNAL is used.
+ * If `data` is memory lent by the current on_data call (or the current poll
+ * batch), the buffer moves to the send queue without copying; any other
+ * memory is copied into pool buffers, so the caller's memory is free again
+ * on return. len 0 is a no-op.
+ * Errors: ZCN_ERR_CLOSED (fd is not an open connection of this server),
+ * ZCN_ERR_QUEUE_FULL (the connection already has more than
+ * send_queue_max_bytes queued: nothing is queued; on_drain follows),
+ * ZCN_ERR_EXHAUSTED (no pool buffer for the copy), ZCN_ERR_FOREIGN_POINTER
+ * (data points into a receive buffer that is no longer lent). */
+ZCN_API ZCN_Error zcn_server_send(ZCN_Server *server, int fd, const uint8_t *data, size_t len);
+/* Takes a free pool buffer to fill and pass to zcn_server_send_buffer; NULL
+ * when none is free. *capacity_out (may be NULL) gets its size. Release it
+ * with zcn_server_release_buffer if not sent. Owner thread only. */
+ZCN_API uint8_t *zcn_server_acquire_buffer(ZCN_Server *server, size_t *capacity_out);
+ZCN_API ZCN_Error zcn_server_release_buffer(ZCN_Server *server, uint8_t *buffer);
+/* Sends the first `len` bytes of a buffer from zcn_server_acquire_buffer
+ * without copying. On ZCN_OK the server owns the buffer (released after the
+ * send); on any error the caller still owns it. Errors as zcn_server_send,
+ * plus ZCN_ERR_FOREIGN_POINTER if `buffer` is not an acquired buffer start and
+ * ZCN_ERR_INVALID_ARGUMENT if len is larger than the buffer. */
+ZCN_API ZCN_Error zcn_server_send_buffer(ZCN_Server *server, int fd, uint8_t *buffer, size_t len);
+/* Stops receiving on fd, sends what is queued, then closes; on_close follows.
+ * ZCN_ERR_CLOSED if fd is not open (or already closing). */
+ZCN_API ZCN_Error zcn_server_close(ZCN_Server *server, int fd);
+/* Bytes queued for fd and not yet sent (0 if not open). */
+ZCN_API size_t zcn_server_queued_bytes(const ZCN_Server *server, int fd);
+
+ZCN_API ZCN_Error zcn_server_stats(const ZCN_Server *server, ZCN_ServerStats *out);
+/* The start of the server's buffer slab and each buffer's size (for
+ * ZCN_Event.offset); NULL/0 for NULL. */
+ZCN_API const uint8_t *zcn_server_buffer_base(const ZCN_Server *server);
+ZCN_API size_t zcn_server_buffer_size(const ZCN_Server *server);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ZERO_COPY_NET_H */

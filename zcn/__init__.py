@@ -1,0 +1,21 @@
+"""zero_copy_net: low-latency Linux networking on io_uring.
+
+    import zcn
+    with zcn.BufferPool(buffer_size=4096, count=1024) as pool: ...
+    with zcn.Ring(entries=256) as ring: ring.nop(1000)
+"""
+from __future__ import annotations
+
+import logging as _logging
+
+from . import _ffi
+from .errors import *  # noqa: F401,F403 - the exception classes are API
+from .errors import ZcnError
+from .pool import BufferPool, Buffer, PoolStats
+from .ring import Ring
+
+__version__ = _ffi.zcn_version_string().decode()
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
+__all__ = ["BufferPool", "Buffer", "PoolStats", "Ring", "ZcnError", "__version__"]

@@ -1,0 +1,183 @@
+"""ctypes mirror of include/zero_copy_net.h.
+
+One binding per C function, with the C prototype in the comment above it, so
+this file can be checked against the header line by line. Nothing here is
+public API: the classes in zcn.pool, zcn.ring and zcn.server wrap it.
+
+The shared library is looked for, in order:
+  1. the path in the environment variable ZCN_LIBRARY;
+  2. inside the installed zcn package (importlib.resources), where
+     `pip install .` puts it.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import (
+    CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_int32, c_int64, c_size_t,
+    c_uint, c_uint16, c_uint32, c_uint64, c_void_p,
+)
+
+from .errors import check, error_from_code
+
+#: The header version these bindings mirror; the loaded library must match
+#: major and minor.
+VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 1, 0
+VERSION_HEX = (VERSION_MAJOR << 16) | (VERSION_MINOR << 8) | VERSION_PATCH
+
+ENV_LIBRARY = "ZCN_LIBRARY"
+_LIB_NAMES = ("libzero_copy_net.so", "libzero_copy_net.so.0")
+
+
+def _candidates():
+    env = os.environ.get(ENV_LIBRARY)
+    if env:
+        yield env
+        return
+    try:
+        from importlib.resources import files
+        pkg = files(__package__)
+        for name in _LIB_NAMES:
+            yield str(pkg / name)
+    except Exception:  # pragma: no cover - importlib.resources unavailable
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in _LIB_NAMES:
+            yield os.path.join(here, name)
+
+
+def _load():
+    tried = []
+    for path in _candidates():
+        if not os.path.exists(path):
+            tried.append(f"{path} (no such file)")
+            continue
+        try:
+            return ctypes.CDLL(path, use_errno=True)
+        except OSError as exc:
+            tried.append(f"{path} ({exc})")
+    raise ImportError(
+        "zcn: cannot load libzero_copy_net. Tried: " + "; ".join(tried)
+        + f". Install the package with `pip install .` (which builds the C "
+        f"library into it) or set {ENV_LIBRARY} to a built libzero_copy_net.so."
+    )
+
+
+lib = _load()
+
+
+def _fn(name, restype, argtypes, errcheck=None):
+    f = getattr(lib, name)
+    f.restype = restype
+    f.argtypes = argtypes
+    if errcheck is not None:
+        f.errcheck = errcheck
+    return f
+
+
+def _check_rc(result, func, args):
+    """errcheck for functions returning ZCN_Error."""
+    if result != 0:
+        raise error_from_code(result, func.__name__)
+    return result
+
+
+ZCN_Error = c_int
+ErrOut = POINTER(c_int)
+
+# --- version and errors ---------------------------------------------------
+# unsigned int zcn_version(void);
+zcn_version = _fn("zcn_version", c_uint, [])
+# const char *zcn_version_string(void);
+zcn_version_string = _fn("zcn_version_string", c_char_p, [])
+# const char *zcn_strerror(ZCN_Error err);
+zcn_strerror = _fn("zcn_strerror", c_char_p, [ZCN_Error])
+# const char *zcn_error_name(ZCN_Error err);
+zcn_error_name = _fn("zcn_error_name", c_char_p, [ZCN_Error])
+# const char *zcn_error_detail(void);
+zcn_error_detail = _fn("zcn_error_detail", c_char_p, [])
+
+_loaded = zcn_version()
+if (_loaded >> 8) != (VERSION_HEX >> 8):
+    raise ImportError(
+        f"zcn: libzero_copy_net version {zcn_version_string().decode()} does not "
+        f"match the Python bindings ({VERSION_MAJOR}.{VERSION_MINOR}.{VERSION_PATCH})"
+        f"; loaded from {getattr(lib, '_name', '?')}"
+    )
+
+# --- ring -------------------------------------------------------------------
+RING_NO_TUNING = 1 << 0
+RING_SQPOLL = 1 << 1
+
+# ZCN_Ring *zcn_ring_create(uint32_t entries, uint32_t flags, ZCN_Error *err);
+zcn_ring_create = _fn("zcn_ring_create", c_void_p, [c_uint32, c_uint32, ErrOut])
+# void zcn_ring_destroy(ZCN_Ring *ring);
+zcn_ring_destroy = _fn("zcn_ring_destroy", None, [c_void_p])
+# uint32_t zcn_ring_setup_flags(const ZCN_Ring *ring);
+zcn_ring_setup_flags = _fn("zcn_ring_setup_flags", c_uint32, [c_void_p])
+# uint32_t zcn_ring_features(const ZCN_Ring *ring);
+zcn_ring_features = _fn("zcn_ring_features", c_uint32, [c_void_p])
+# uint32_t zcn_ring_sq_entries(const ZCN_Ring *ring);
+zcn_ring_sq_entries = _fn("zcn_ring_sq_entries", c_uint32, [c_void_p])
+# uint32_t zcn_ring_cq_entries(const ZCN_Ring *ring);
+zcn_ring_cq_entries = _fn("zcn_ring_cq_entries", c_uint32, [c_void_p])
+# int zcn_ring_opcode_supported(const ZCN_Ring *ring, int opcode);
+zcn_ring_opcode_supported = _fn("zcn_ring_opcode_supported", c_int, [c_void_p, c_int])
+# ZCN_Error zcn_ring_nop(ZCN_Ring *ring, uint64_t count, uint32_t batch);
+zcn_ring_nop = _fn("zcn_ring_nop", ZCN_Error, [c_void_p, c_uint64, c_uint32], _check_rc)
+# void *zcn_ring_io_uring(ZCN_Ring *ring);
+zcn_ring_io_uring = _fn("zcn_ring_io_uring", c_void_p, [c_void_p])
+
+# --- buffer pool ------------------------------------------------------------
+PAGE_SIZE = 4096
+POOL_COUNT_MAX = 1 << 24
+POOL_BYTES_MAX = 1 << 40
+
+
+class PoolStats(Structure):
+    # typedef struct ZCN_PoolStats {...} ZCN_PoolStats;
+    _fields_ = [
+        ("total", c_uint64),
+        ("in_use", c_uint64),
+        ("free", c_uint64),
+        ("allocated", c_uint64),
+        ("freed", c_uint64),
+        ("failed", c_uint64),
+        ("buffer_size", c_uint64),
+    ]
+
+
+# ZCN_BufferPool *zcn_pool_create(size_t buffer_size, size_t count, ZCN_Error *err);
+zcn_pool_create = _fn("zcn_pool_create", c_void_p, [c_size_t, c_size_t, ErrOut])
+# ZCN_BufferPool *zcn_pool_create_in(void *memory, size_t memory_size,
+#                                    size_t buffer_size, size_t count, ZCN_Error *err);
+zcn_pool_create_in = _fn("zcn_pool_create_in", c_void_p,
+                         [c_void_p, c_size_t, c_size_t, c_size_t, ErrOut])
+# void zcn_pool_destroy(ZCN_BufferPool *pool);
+zcn_pool_destroy = _fn("zcn_pool_destroy", None, [c_void_p])
+# void *zcn_pool_acquire(ZCN_BufferPool *pool);
+zcn_pool_acquire = _fn("zcn_pool_acquire", c_void_p, [c_void_p])
+# ZCN_Error zcn_pool_release(ZCN_BufferPool *pool, void *buffer);
+zcn_pool_release = _fn("zcn_pool_release", ZCN_Error, [c_void_p, c_void_p], _check_rc)
+# ZCN_Error zcn_pool_stats(const ZCN_BufferPool *pool, ZCN_PoolStats *out);
+zcn_pool_stats = _fn("zcn_pool_stats", ZCN_Error, [c_void_p, POINTER(PoolStats)], _check_rc)
+# size_t zcn_pool_buffer_size(const ZCN_BufferPool *pool);
+zcn_pool_buffer_size = _fn("zcn_pool_buffer_size", c_size_t, [c_void_p])
+# size_t zcn_pool_count(const ZCN_BufferPool *pool);
+zcn_pool_count = _fn("zcn_pool_count", c_size_t, [c_void_p])
+# void *zcn_pool_base(const ZCN_BufferPool *pool);
+zcn_pool_base = _fn("zcn_pool_base", c_void_p, [c_void_p])
+# int64_t zcn_pool_index_of(const ZCN_BufferPool *pool, const void *buffer);
+zcn_pool_index_of = _fn("zcn_pool_index_of", c_int64, [c_void_p, c_void_p])
+# ZCN_Error zcn_pool_register(ZCN_BufferPool *pool, ZCN_Ring *ring);
+zcn_pool_register = _fn("zcn_pool_register", ZCN_Error, [c_void_p, c_void_p], _check_rc)
+# ZCN_Error zcn_pool_unregister(ZCN_BufferPool *pool, ZCN_Ring *ring);
+zcn_pool_unregister = _fn("zcn_pool_unregister", ZCN_Error, [c_void_p, c_void_p], _check_rc)
+
+
+def create(func, *args):
+    """Calls a C constructor taking a trailing `ZCN_Error *err`; raises on NULL."""
+    err = c_int(0)
+    handle = func(*args, ctypes.byref(err))
+    if not handle:
+        raise error_from_code(err.value or 10001, func.__name__)
+    return handle
