@@ -1,0 +1,46 @@
+"""Shared pytest helpers. Kept generic: anything specific to one module lives
+in that module's test file.
+
+    from conftest import require_io_uring, io_uring_unavailable_reason
+
+    def test_x():
+        require_io_uring()      # skips, with the reason, when io_uring is unusable
+
+    def test_y(uring_ring):     # a fresh zcn.Ring(64), skipped likewise
+        ...
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+
+@functools.lru_cache(maxsize=None)
+def io_uring_unavailable_reason():
+    """None when a zcn.Ring can be created here, else why not (the error's
+    message, e.g. a seccomp filter or kernel.io_uring_disabled)."""
+    import zcn
+
+    try:
+        zcn.Ring(8).close()
+    except zcn.IoUringUnavailableError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def require_io_uring():
+    """Skips the calling test, with the reason, when io_uring is unavailable."""
+    reason = io_uring_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"io_uring unavailable: {reason}")
+
+
+@pytest.fixture
+def uring_ring():
+    """A zcn.Ring(64), closed after the test; skips when io_uring is unavailable."""
+    require_io_uring()
+    import zcn
+
+    with zcn.Ring(64) as ring:
+        yield ring

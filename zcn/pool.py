@@ -1,0 +1,344 @@
+"""zcn.BufferPool: page-aligned buffers from the C pool, seen as memoryviews.
+
+    import zcn
+    with zcn.BufferPool(buffer_size=4096, count=1024) as pool:
+        buf = pool.acquire()          # a zcn.Buffer, or None when all are out
+        buf.view[:5] = b"hello"       # writes straight into the C buffer
+        pool.release(buf)             # or buf.release()
+        print(pool.stats().in_use)    # 0
+
+Memory: Python owns the slab. It is an anonymous private mmap made here and
+handed to the C pool with zcn_pool_create_in, so a memoryview that outlives
+the pool can never point into unmapped memory: close() unmaps only if no
+view is left, and otherwise leaves the mapping to die with the last view.
+
+Views: ``Buffer.view`` is a writable memoryview of exactly buffer_size bytes.
+release() (and close()) call memoryview.release() on it, so a stale
+reference raises ValueError instead of reading a buffer someone else now
+owns. Views the caller derived from it (``buf.view[0:10]``,
+``memoryview(buf.view)``, ``numpy.frombuffer(buf.view)``) are not covered:
+they stay usable and may see the next owner's data, though never unmapped
+memory. Should a consumer hold a raw buffer export of the view itself,
+release() raises BufferError and releases nothing until it lets go.
+
+Threads: a BufferPool may be shared by threads; each call holds the pool's
+lock around its C call (the C pool itself is lock-free; the lock makes
+close() safe against a concurrent acquire). A Buffer is meant for one
+owner at a time.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import operator
+import threading
+from dataclasses import dataclass
+
+from . import _ffi
+from .errors import ClosedError, DoubleFreeError, ForeignPointerError
+
+__all__ = ["BufferPool", "Buffer", "PoolStats", "PAGE_SIZE", "COUNT_MAX", "BYTES_MAX"]
+
+PAGE_SIZE = _ffi.PAGE_SIZE
+#: Bounds checked before anything reaches C (ZCN_POOL_COUNT_MAX/_BYTES_MAX).
+COUNT_MAX = _ffi.POOL_COUNT_MAX
+BYTES_MAX = _ffi.POOL_BYTES_MAX
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool's counters (see zcn_pool_stats)."""
+
+    total: int        #: buffers in the pool
+    in_use: int       #: acquired and not yet released
+    free: int         #: total - in_use
+    allocated: int    #: successful acquires since create
+    freed: int        #: successful releases since create
+    failed: int       #: acquires that found the pool empty
+    buffer_size: int  #: bytes per buffer (a multiple of 4096)
+
+
+def _int_arg(value, name):
+    """An int (or an object with __index__), never a bool, float or None."""
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+
+
+def _round_up(size):
+    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+class Buffer:
+    """One acquired pool buffer. Get it from BufferPool.acquire().
+
+    ``view`` is a writable memoryview over the C memory (no copy), ``index``
+    the buffer's index in the pool (its fixed-buffer index once the pool is
+    registered with a ring) and ``address`` its C address. After release,
+    or once the pool is closed, ``view``, ``address`` and len() raise
+    zcn.ClosedError; ``index`` stays readable.
+    """
+
+    __slots__ = ("_pool", "_index", "_address", "_view", "_live")
+
+    def __init__(self, pool, index, address, view):
+        self._pool = pool
+        self._index = index
+        self._address = address
+        self._view = view
+        self._live = True
+
+    def _check(self):
+        if not self._live:
+            raise ClosedError("zcn.Buffer was released (or its pool closed)")
+
+    @property
+    def view(self):
+        self._check()
+        return self._view
+
+    @property
+    def index(self):
+        return self._index
+
+    @property
+    def address(self):
+        self._check()
+        return self._address
+
+    @property
+    def released(self):
+        """True once released or once its pool is closed."""
+        return not self._live
+
+    def __len__(self):
+        self._check()
+        return len(self._view)
+
+    def __bool__(self):
+        # `if buf:` must not depend on __len__, which raises after release.
+        return True
+
+    def release(self):
+        """Gives the buffer back to its pool (same as pool.release(self))."""
+        self._pool.release(self)
+
+    def _invalidate(self):
+        """Marks the buffer dead; False if its view is still exported."""
+        try:
+            self._view.release()
+        except BufferError:
+            return False
+        self._live = False
+        return True
+
+    def __repr__(self):
+        state = "released" if not self._live else f"{len(self._view)} bytes"
+        return f"<zcn.Buffer index={self._index} {state}>"
+
+
+class BufferPool:
+    """``count`` page-aligned buffers of ``buffer_size`` bytes (rounded up to
+    a multiple of 4096), acquired and released without copying or
+    allocating in C.
+
+    A context manager; close() is idempotent and also runs from __del__.
+    """
+
+    def __init__(self, buffer_size=4096, count=1024):
+        self._handle = None  # first: __del__ must work if __init__ fails
+        buffer_size = _int_arg(buffer_size, "buffer_size")
+        count = _int_arg(count, "count")
+        if not 1 <= buffer_size <= BYTES_MAX:
+            raise ValueError(f"buffer_size must be in 1..{BYTES_MAX}, got {buffer_size}")
+        if not 1 <= count <= COUNT_MAX:
+            raise ValueError(f"count must be in 1..{COUNT_MAX}, got {count}")
+        rounded = _round_up(buffer_size)
+        slab_bytes = rounded * count
+        if slab_bytes > BYTES_MAX:
+            raise ValueError(f"{count} buffers of {rounded} bytes exceed the pool limit "
+                             f"of {BYTES_MAX} bytes")
+        self._lock = threading.Lock()
+        self._out = {}    # index -> Buffer, the buffers acquired now
+        self._ring = None  # the zcn.Ring we registered with
+        self._mm = mmap.mmap(-1, slab_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # The ctypes object holds a buffer export of the mmap: mm.close()
+        # cannot unmap while it exists, so the C pool never sees it vanish.
+        self._anchor = ctypes.c_char.from_buffer(self._mm)
+        self._slab = memoryview(self._mm)
+        self._base = ctypes.addressof(self._anchor)
+        self._buffer_size = rounded
+        self._count = count
+        self._handle = _ffi.create(_ffi.zcn_pool_create_in, self._base, slab_bytes,
+                                   rounded, count)
+
+    # --- lifetime -----------------------------------------------------------
+    def close(self):
+        """Destroys the pool. Idempotent.
+
+        Every buffer still acquired is invalidated (its view released). The
+        pool is unregistered from its ring if that ring is still open. The
+        memory is unmapped now unless the caller still holds views of it, in
+        which case it is unmapped when the last of them goes away.
+        """
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the C pool existed
+            return
+        with lock:
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            for buf in self._out.values():
+                if not buf._invalidate():
+                    buf._live = False  # exported view: the mapping outlives us
+            self._out.clear()
+            self._unregister_quietly(handle)
+            _ffi.zcn_pool_destroy(handle)
+        self._drop_memory()
+
+    def _unregister_quietly(self, handle):
+        ring, self._ring = self._ring, None
+        if ring is None or ring.closed:
+            return  # a closed ring took its fixed buffers with it
+        try:
+            _ffi.zcn_pool_unregister(handle, ring._live())
+        except Exception:
+            pass  # e.g. closed from another thread than a SINGLE_ISSUER ring's
+
+    def _drop_memory(self):
+        self._anchor = None  # drops the ctypes export
+        slab, self._slab = self._slab, None
+        if slab is not None:
+            slab.release()
+        mm, self._mm = self._mm, None
+        try:
+            mm.close()
+        except BufferError:
+            pass  # the caller holds views: the mapping lives until they die
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def __enter__(self):
+        self._live()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass  # interpreter shutdown: modules may already be gone
+
+    def __repr__(self):
+        if self._handle is None:
+            return "<zcn.BufferPool closed>"
+        return (f"<zcn.BufferPool buffer_size={self._buffer_size} count={self._count} "
+                f"in_use={len(self._out)}>")
+
+    def _live(self):
+        handle = self._handle
+        if handle is None:
+            raise ClosedError("zcn.BufferPool is closed")
+        return handle
+
+    # --- shape --------------------------------------------------------------
+    @property
+    def buffer_size(self):
+        """Bytes per buffer: the requested size rounded up to 4096."""
+        return self._buffer_size
+
+    @property
+    def count(self):
+        return self._count
+
+    # --- acquire / release --------------------------------------------------
+    def acquire(self):
+        """Takes a free buffer; returns None when all are in use."""
+        with self._lock:
+            handle = self._live()
+            address = _ffi.zcn_pool_acquire(handle)
+            if not address:
+                return None
+            offset = address - self._base
+            index = offset // self._buffer_size
+            view = self._slab[offset:offset + self._buffer_size]
+            buf = Buffer(self, index, address, view)
+            self._out[index] = buf
+            return buf
+
+    def release(self, buf):
+        """Gives ``buf`` back.
+
+        TypeError if it is not a zcn.Buffer, ForeignPointerError if it came
+        from another pool, DoubleFreeError if it was already released,
+        ClosedError if this pool is closed, BufferError if something still
+        holds an export of ``buf.view`` (then nothing is released).
+        """
+        if not isinstance(buf, Buffer):
+            raise TypeError(f"release() takes a zcn.Buffer, not {type(buf).__name__}")
+        with self._lock:
+            handle = self._live()
+            if buf._pool is not self:
+                raise ForeignPointerError("zcn.Buffer belongs to another BufferPool")
+            if not buf._live or self._out.get(buf._index) is not buf:
+                raise DoubleFreeError(f"zcn.Buffer {buf._index} was already released")
+            if not buf._invalidate():
+                raise BufferError(f"zcn.Buffer {buf._index}: its view is still exported "
+                                  "by another object; drop it first")
+            del self._out[buf._index]
+            _ffi.zcn_pool_release(handle, buf._address)
+
+    def stats(self):
+        """A PoolStats snapshot. Reads one word per buffer (O(count))."""
+        with self._lock:
+            raw = _ffi.PoolStats()
+            _ffi.zcn_pool_stats(self._live(), ctypes.byref(raw))
+        return PoolStats(total=raw.total, in_use=raw.in_use, free=raw.free,
+                         allocated=raw.allocated, freed=raw.freed, failed=raw.failed,
+                         buffer_size=raw.buffer_size)
+
+    # --- io_uring -----------------------------------------------------------
+    def register(self, ring):
+        """Registers every buffer with ``ring`` (a zcn.Ring) as io_uring fixed
+        buffers; a Buffer's ``index`` is its fixed-buffer index.
+
+        ValueError (InvalidArgumentError) over 16384 buffers, MemlockError
+        when RLIMIT_MEMLOCK is too low (the message gives the limit),
+        OSError(EBUSY) if the ring already has fixed buffers. A pool may be
+        registered with several rings; it remembers the last one, which
+        unregister() and close() undo. Call it from the ring's owner thread.
+        """
+        from .ring import Ring  # late: keeps zcn.pool importable on its own
+
+        if not isinstance(ring, Ring):
+            raise TypeError(f"register() takes a zcn.Ring, not {type(ring).__name__}")
+        with self._lock:
+            handle = self._live()
+            _ffi.zcn_pool_register(handle, ring._live())
+            self._ring = ring
+
+    def unregister(self):
+        """Drops the fixed buffers registered by register(). ValueError if
+        the pool is not registered."""
+        with self._lock:
+            handle = self._live()
+            ring = self._ring
+            if ring is None:
+                raise ValueError("zcn.BufferPool is not registered with a ring")
+            if ring.closed:
+                raise ClosedError("the zcn.Ring this pool was registered with is closed "
+                                  "(its fixed buffers went with it)")
+            _ffi.zcn_pool_unregister(handle, ring._live())
+            self._ring = None
+
+    @property
+    def registered_ring(self):
+        """The zcn.Ring the pool is registered with, or None."""
+        return self._ring
