@@ -181,3 +181,117 @@ def create(func, *args):
     if not handle:
         raise error_from_code(err.value or 10001, func.__name__)
     return handle
+
+# --- TCP server ---------------------------------------------------------------
+SERVER_REUSEPORT = 1 << 0
+EVENT_ACCEPT, EVENT_DATA, EVENT_CLOSE, EVENT_DRAIN = 1, 2, 3, 4
+
+
+class Config(Structure):
+    # typedef struct ZCN_Config {...} ZCN_Config;
+    _fields_ = [
+        ("address", c_char_p),
+        ("port", c_uint16),
+        ("io_uring_entries", c_uint32),
+        ("buffer_pool_size", c_uint32),
+        ("buffer_size", c_uint32),
+        ("backlog", c_uint32),
+        ("connections_max", c_uint32),
+        ("send_queue_max_bytes", c_uint32),
+        ("idle_timeout_ms", c_uint32),
+        ("tcp_nodelay", c_int32),
+        ("flags", c_uint32),
+        ("buffer_memory", c_void_p),
+        ("buffer_memory_size", c_size_t),
+    ]
+
+
+class ServerStats(Structure):
+    # typedef struct ZCN_ServerStats {...} ZCN_ServerStats;
+    _fields_ = [(name, c_uint64) for name in (
+        "connections_active", "connections_accepted", "connections_closed",
+        "connections_rejected", "idle_timeouts", "bytes_received", "bytes_sent",
+        "recv_ops", "send_ops", "buffers_total", "buffers_in_use",
+        "buffer_exhaustion_events", "sends_zero_copy", "sends_copied",
+        "send_queue_full_events", "accept_backoffs",
+    )]
+
+
+class Event(Structure):
+    # typedef struct ZCN_Event {...} ZCN_Event;
+    _fields_ = [
+        ("type", c_uint32),
+        ("fd", c_int32),
+        ("len", c_uint32),
+        ("reserved", c_uint32),
+        ("offset", c_uint64),
+        ("data", c_void_p),
+    ]
+
+
+#: struct module format of one ZCN_Event (type, fd, len, reserved, offset, data)
+EVENT_FORMAT = "=IiIIQQ"
+
+# typedef void (*ZCN_OnAccept)(void *user_data, int fd);
+OnAccept = CFUNCTYPE(None, c_void_p, c_int)
+# typedef void (*ZCN_OnData)(void *user_data, int fd, const uint8_t *data, size_t len);
+OnData = CFUNCTYPE(None, c_void_p, c_int, c_void_p, c_size_t)
+# typedef void (*ZCN_OnClose)(void *user_data, int fd);
+OnClose = CFUNCTYPE(None, c_void_p, c_int)
+# typedef void (*ZCN_OnDrain)(void *user_data, int fd);
+OnDrain = CFUNCTYPE(None, c_void_p, c_int)
+
+# ZCN_Server *zcn_server_create(const ZCN_Config *config, ZCN_Error *err);
+zcn_server_create = _fn("zcn_server_create", c_void_p, [POINTER(Config), ErrOut])
+# ZCN_Error zcn_server_destroy(ZCN_Server *server);
+zcn_server_destroy = _fn("zcn_server_destroy", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_server_set_callbacks(ZCN_Server *server, void *user_data,
+#     ZCN_OnAccept on_accept, ZCN_OnData on_data, ZCN_OnClose on_close);
+zcn_server_set_callbacks = _fn("zcn_server_set_callbacks", ZCN_Error,
+                               [c_void_p, c_void_p, OnAccept, OnData, OnClose], _check_rc)
+# ZCN_Error zcn_server_set_drain_callback(ZCN_Server *server, ZCN_OnDrain on_drain);
+zcn_server_set_drain_callback = _fn("zcn_server_set_drain_callback", ZCN_Error,
+                                    [c_void_p, OnDrain], _check_rc)
+# ZCN_Error zcn_server_use_echo_handler(ZCN_Server *server);
+zcn_server_use_echo_handler = _fn("zcn_server_use_echo_handler", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_server_start(ZCN_Server *server);
+zcn_server_start = _fn("zcn_server_start", ZCN_Error, [c_void_p], _check_rc)
+# uint16_t zcn_server_port(const ZCN_Server *server);
+zcn_server_port = _fn("zcn_server_port", c_uint16, [c_void_p])
+# int zcn_server_listen_fd(const ZCN_Server *server);
+zcn_server_listen_fd = _fn("zcn_server_listen_fd", c_int, [c_void_p])
+# ZCN_Error zcn_server_run_once(ZCN_Server *server);
+zcn_server_run_once = _fn("zcn_server_run_once", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_server_run_once_timeout(ZCN_Server *server, int timeout_ms, uint32_t *handled_out);
+zcn_server_run_once_timeout = _fn("zcn_server_run_once_timeout", ZCN_Error,
+                                  [c_void_p, c_int, POINTER(c_uint32)])
+# ZCN_Error zcn_server_run(ZCN_Server *server);
+zcn_server_run = _fn("zcn_server_run", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_server_stop(ZCN_Server *server);
+zcn_server_stop = _fn("zcn_server_stop", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_t capacity,
+#                           int timeout_ms, uint32_t *count_out);
+zcn_server_poll = _fn("zcn_server_poll", ZCN_Error,
+                      [c_void_p, c_void_p, c_uint32, c_int, POINTER(c_uint32)])
+# ZCN_Error zcn_server_send(ZCN_Server *server, int fd, const uint8_t *data, size_t len);
+#   (no errcheck: the Python layer maps codes itself on the hot path)
+zcn_server_send = _fn("zcn_server_send", ZCN_Error, [c_void_p, c_int, c_void_p, c_size_t])
+# uint8_t *zcn_server_acquire_buffer(ZCN_Server *server, size_t *capacity_out);
+zcn_server_acquire_buffer = _fn("zcn_server_acquire_buffer", c_void_p,
+                                [c_void_p, POINTER(c_size_t)])
+# ZCN_Error zcn_server_release_buffer(ZCN_Server *server, uint8_t *buffer);
+zcn_server_release_buffer = _fn("zcn_server_release_buffer", ZCN_Error,
+                                [c_void_p, c_void_p], _check_rc)
+# ZCN_Error zcn_server_send_buffer(ZCN_Server *server, int fd, uint8_t *buffer, size_t len);
+zcn_server_send_buffer = _fn("zcn_server_send_buffer", ZCN_Error,
+                             [c_void_p, c_int, c_void_p, c_size_t])
+# ZCN_Error zcn_server_close(ZCN_Server *server, int fd);
+zcn_server_close = _fn("zcn_server_close", ZCN_Error, [c_void_p, c_int])
+# size_t zcn_server_queued_bytes(const ZCN_Server *server, int fd);
+zcn_server_queued_bytes = _fn("zcn_server_queued_bytes", c_size_t, [c_void_p, c_int])
+# ZCN_Error zcn_server_stats(const ZCN_Server *server, ZCN_ServerStats *out);
+zcn_server_stats = _fn("zcn_server_stats", ZCN_Error, [c_void_p, POINTER(ServerStats)], _check_rc)
+# const uint8_t *zcn_server_buffer_base(const ZCN_Server *server);
+zcn_server_buffer_base = _fn("zcn_server_buffer_base", c_void_p, [c_void_p])
+# size_t zcn_server_buffer_size(const ZCN_Server *server);
+zcn_server_buffer_size = _fn("zcn_server_buffer_size", c_size_t, [c_void_p])

@@ -1,0 +1,1763 @@
+/* The TCP server: one io_uring event loop with multishot accept, multishot
+ * recv into a provided-buffer ring built from the pool, and a per-connection
+ * send queue of pool buffers.
+ *
+ * The path of one message: the kernel picks a buffer from the buffer ring and
+ * posts a recv completion naming it; on_data borrows it; zcn_server_send of
+ * that memory takes a reference instead of copying; when the last reference
+ * (callback, pending delivery, send chunk) drops, the buffer goes back to the
+ * buffer ring (or to the pool, to keep a reserve for copied sends).
+ *
+ * Every connection is a slot in a fixed array sized connections_max; fd ->
+ * slot goes through a table sized by RLIMIT_NOFILE. A slot is reused only
+ * when no request in the kernel refers to it any more (recv_armed and
+ * send_inflight both clear), and SQE user_data carries a generation so a
+ * stale completion could never touch a new connection.
+ */
+#include "internal.h"
+
+#include <liburing.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUFFER_GROUP 0
+#define IOV_BATCH 16            /* chunks per sendmsg */
+#define CQE_BATCH 256           /* completions handled per wait */
+#define ACCEPT_BACKOFF_MIN_MS 10
+#define ACCEPT_BACKOFF_MAX_MS 1000
+#define DESTROY_DRAIN_MS 2000
+#define NIL (-1)
+
+enum op {
+    OP_ACCEPT = 1,
+    OP_RECV,
+    OP_SEND,
+    OP_WAKE,
+    OP_IGNORE,                  /* cancels: the result does not matter */
+};
+
+enum conn_state {
+    CONN_FREE = 0,
+    CONN_OPEN,
+    CONN_CLOSING,               /* flushing the send queue, then closing */
+    CONN_DEAD,                  /* waiting for the kernel to let go */
+    CONN_ZOMBIE,                /* close event emitted; fd closed at next poll */
+};
+
+enum buf_state {
+    BUF_POOL = 0,               /* free in the pool */
+    BUF_RING,                   /* in the kernel's buffer ring */
+    BUF_RX,                     /* holds received data; refs > 0 */
+    BUF_USER,                   /* acquired by the user (acquire_buffer) */
+    BUF_TX,                     /* user buffer handed to send_buffer */
+};
+
+struct buf_meta {
+    uint32_t refs;
+    uint32_t len;               /* received bytes (pending deliveries) */
+    int32_t next;               /* pending-rx or lent list link */
+    uint8_t state;
+};
+
+struct chunk {
+    uint32_t bid;
+    uint32_t off;
+    uint32_t len;
+    int32_t next;
+};
+
+struct conn {
+    int fd;
+    uint8_t state;
+    bool recv_armed;
+    bool recv_cancelled;        /* a cancel for the armed recv is queued */
+    bool send_inflight;
+    bool eof;                   /* the peer closed its side */
+    bool want_drain;            /* a send was refused: emit DRAIN later */
+    bool in_service;            /* on the service list */
+    bool in_lru;
+    uint32_t gen;
+    /* send queue: a list of chunks */
+    int32_t sq_head, sq_tail;
+    uint64_t queued_bytes;
+    /* received data not yet delivered (delivery deferred while the send
+     * queue is over its limit), linked through buf_meta.next */
+    int32_t rx_head, rx_tail;
+    int32_t service_next;
+    int32_t lru_prev, lru_next;
+    int32_t zombie_next;
+    uint64_t last_active_ms;
+    struct msghdr msg;
+    struct iovec iov[IOV_BATCH];
+};
+
+struct ZCN_Server {
+    ZCN_Ring *ring_handle;
+    struct io_uring *ring;
+    ZCN_BufferPool *pool;
+    uint8_t *slab;
+    size_t buffer_size;
+    uint32_t buffer_count;
+    struct buf_meta *meta;
+
+    struct io_uring_buf_ring *br;
+    size_t br_bytes;
+    uint32_t br_entries;
+    uint32_t br_mask;
+    uint32_t br_count;          /* buffers the kernel can take now */
+    uint32_t br_target;         /* keep this many in the ring */
+    uint32_t br_pending;        /* added, not yet published */
+
+    struct chunk *chunks;
+    uint32_t chunks_max;
+    int32_t chunk_free;
+
+    struct conn *conns;
+    uint32_t conns_max;
+    uint32_t conns_active;
+    int32_t conn_free;          /* free slots, linked via service_next */
+    int32_t *fd_table;          /* fd -> slot, NIL if none */
+    uint32_t fd_table_size;
+
+    int listen_fd;
+    uint16_t port;
+    int wake_fd;
+    uint64_t wake_buf;
+    bool started;
+    bool accept_armed;
+    bool wake_armed;
+    bool destroying;
+    int in_callback;
+    _Atomic int stop_requested;
+
+    uint32_t backlog;
+    uint64_t send_queue_max_bytes;
+    uint64_t idle_timeout_ms;
+    bool nodelay;
+    uint64_t now_ms;
+    uint64_t accept_resume_ms;
+    uint32_t accept_backoff_ms;
+    int32_t lru_head, lru_tail;
+    int32_t service_head, service_tail;
+    int32_t zombie_head;
+    int32_t lent_head;          /* bids lent to the current poll batch */
+
+    /* callback mode */
+    void *user_data;
+    ZCN_OnAccept on_accept;
+    ZCN_OnData on_data;
+    ZCN_OnClose on_close;
+    ZCN_OnDrain on_drain;
+    /* poll mode: events go here instead */
+    ZCN_Event *ev;
+    uint32_t ev_cap;
+    uint32_t ev_n;
+
+    ZCN_ServerStats stats;
+};
+
+/* ------------------------------------------------------------------ */
+/* small helpers                                                       */
+/* ------------------------------------------------------------------ */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static inline uint64_t pack_ud(enum op op, uint32_t gen, uint32_t slot)
+{
+    return ((uint64_t)op << 56) | ((uint64_t)(gen & 0xffffffu) << 32) | slot;
+}
+
+static inline enum op ud_op(uint64_t ud)
+{
+    return (enum op)(ud >> 56);
+}
+
+static inline uint32_t ud_gen(uint64_t ud)
+{
+    return (uint32_t)(ud >> 32) & 0xffffffu;
+}
+
+static inline uint32_t ud_slot(uint64_t ud)
+{
+    return (uint32_t)ud;
+}
+
+static inline uint8_t *buf_ptr(const ZCN_Server *s, uint32_t bid)
+{
+    return s->slab + (size_t)bid * s->buffer_size;
+}
+
+static inline int32_t slot_of(const ZCN_Server *s, const struct conn *c)
+{
+    return (int32_t)(c - s->conns);
+}
+
+/* The connection for fd if it is a live connection of this server. */
+static struct conn *lookup(const ZCN_Server *s, int fd)
+{
+    if (fd < 0 || (uint32_t)fd >= s->fd_table_size)
+        return NULL;
+    int32_t slot = s->fd_table[fd];
+    if (slot == NIL)
+        return NULL;
+    return &s->conns[slot];
+}
+
+/* Room for k more events (always true in callback mode). */
+static inline bool has_room(const ZCN_Server *s, uint32_t k)
+{
+    return s->ev == NULL || s->ev_n + k <= s->ev_cap;
+}
+
+/* An SQE, submitting what is queued if the SQ is full. NULL only if the
+ * kernel refuses the submit, which the caller reports. */
+static struct io_uring_sqe *get_sqe(ZCN_Server *s)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(s->ring);
+    if (sqe != NULL)
+        return sqe;
+    io_uring_submit(s->ring);
+    return io_uring_get_sqe(s->ring);
+}
+
+/* ------------------------------------------------------------------ */
+/* buffers                                                             */
+/* ------------------------------------------------------------------ */
+
+static void ring_add(ZCN_Server *s, uint32_t bid)
+{
+    io_uring_buf_ring_add(s->br, buf_ptr(s, bid), (unsigned)s->buffer_size,
+                          (unsigned short)bid, (int)s->br_mask, (int)s->br_pending);
+    s->br_pending++;
+    s->br_count++;
+    s->meta[bid].state = BUF_RING;
+    s->meta[bid].refs = 0;
+}
+
+static void ring_publish(ZCN_Server *s)
+{
+    if (s->br_pending == 0)
+        return;
+    io_uring_buf_ring_advance(s->br, (int)s->br_pending);
+    s->br_pending = 0;
+}
+
+/* A buffer nobody refers to any more: refill the buffer ring first, the
+ * pool's send reserve after. */
+static void recycle(ZCN_Server *s, uint32_t bid)
+{
+    if (s->br_count < s->br_target) {
+        ring_add(s, bid);
+        return;
+    }
+    s->meta[bid].state = BUF_POOL;
+    zcn_pool_release(s->pool, buf_ptr(s, bid));
+}
+
+static inline void buf_ref(ZCN_Server *s, uint32_t bid)
+{
+    s->meta[bid].refs++;
+}
+
+static inline void buf_unref(ZCN_Server *s, uint32_t bid)
+{
+    struct buf_meta *m = &s->meta[bid];
+    if (--m->refs == 0)
+        recycle(s, bid);
+}
+
+/* Takes a pool buffer for a copied send or for the user; -1 if none. */
+static int64_t buf_take(ZCN_Server *s)
+{
+    void *p = zcn_pool_acquire(s->pool);
+    if (p == NULL)
+        return -1;
+    return (int64_t)(((uint8_t *)p - s->slab) / s->buffer_size);
+}
+
+/* ------------------------------------------------------------------ */
+/* events                                                              */
+/* ------------------------------------------------------------------ */
+
+static void emit(ZCN_Server *s, uint32_t type, struct conn *c)
+{
+    if (s->ev != NULL) {
+        ZCN_Event *e = &s->ev[s->ev_n++];
+        memset(e, 0, sizeof *e);
+        e->type = type;
+        e->fd = c->fd;
+        return;
+    }
+    s->in_callback++;
+    switch (type) {
+    case ZCN_EVENT_ACCEPT:
+        if (s->on_accept != NULL)
+            s->on_accept(s->user_data, c->fd);
+        break;
+    case ZCN_EVENT_CLOSE:
+        if (s->on_close != NULL)
+            s->on_close(s->user_data, c->fd);
+        break;
+    case ZCN_EVENT_DRAIN:
+        if (s->on_drain != NULL)
+            s->on_drain(s->user_data, c->fd);
+        break;
+    default:
+        break;
+    }
+    s->in_callback--;
+}
+
+/* Hands one received buffer to the user. The delivery's reference is held
+ * until the callback returns (callback mode) or the next poll (poll mode). */
+static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
+{
+    uint8_t *data = buf_ptr(s, bid);
+    if (s->ev != NULL) {
+        ZCN_Event *e = &s->ev[s->ev_n++];
+        e->type = ZCN_EVENT_DATA;
+        e->fd = c->fd;
+        e->len = len;
+        e->reserved = 0;
+        e->offset = (uint64_t)(data - s->slab);
+        e->data = data;
+        s->meta[bid].next = s->lent_head;
+        s->lent_head = (int32_t)bid;
+        return;
+    }
+    if (s->on_data != NULL) {
+        s->in_callback++;
+        s->on_data(s->user_data, c->fd, data, len);
+        s->in_callback--;
+    }
+    buf_unref(s, bid);
+}
+
+/* ------------------------------------------------------------------ */
+/* connection lifetime                                                 */
+/* ------------------------------------------------------------------ */
+
+static void lru_remove(ZCN_Server *s, struct conn *c)
+{
+    if (!c->in_lru)
+        return;
+    if (c->lru_prev != NIL)
+        s->conns[c->lru_prev].lru_next = c->lru_next;
+    else
+        s->lru_head = c->lru_next;
+    if (c->lru_next != NIL)
+        s->conns[c->lru_next].lru_prev = c->lru_prev;
+    else
+        s->lru_tail = c->lru_prev;
+    c->in_lru = false;
+}
+
+/* Marks activity: the connection moves to the young end of the idle list. */
+static void touch(ZCN_Server *s, struct conn *c)
+{
+    if (s->idle_timeout_ms == 0 || c->state != CONN_OPEN)
+        return;
+    c->last_active_ms = s->now_ms;
+    if (c->in_lru && s->lru_tail == slot_of(s, c))
+        return;
+    lru_remove(s, c);
+    int32_t slot = slot_of(s, c);
+    c->lru_prev = s->lru_tail;
+    c->lru_next = NIL;
+    if (s->lru_tail != NIL)
+        s->conns[s->lru_tail].lru_next = slot;
+    else
+        s->lru_head = slot;
+    s->lru_tail = slot;
+    c->in_lru = true;
+}
+
+static void arm_recv(ZCN_Server *s, struct conn *c)
+{
+    struct io_uring_sqe *sqe = get_sqe(s);
+    if (sqe == NULL)
+        return; /* retried from the service list */
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BUFFER_GROUP;
+    io_uring_sqe_set_data64(sqe, pack_ud(OP_RECV, c->gen, (uint32_t)slot_of(s, c)));
+    c->recv_armed = true;
+    c->recv_cancelled = false;
+}
+
+static void cancel_recv(ZCN_Server *s, struct conn *c)
+{
+    if (!c->recv_armed || c->recv_cancelled)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(s);
+    if (sqe == NULL)
+        return;
+    io_uring_prep_cancel64(sqe, pack_ud(OP_RECV, c->gen, (uint32_t)slot_of(s, c)), 0);
+    io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
+    c->recv_cancelled = true;
+}
+
+static void drop_pending_rx(ZCN_Server *s, struct conn *c)
+{
+    while (c->rx_head != NIL) {
+        uint32_t bid = (uint32_t)c->rx_head;
+        c->rx_head = s->meta[bid].next;
+        buf_unref(s, bid);
+    }
+    c->rx_tail = NIL;
+}
+
+static void drop_send_queue(ZCN_Server *s, struct conn *c)
+{
+    while (c->sq_head != NIL) {
+        struct chunk *ch = &s->chunks[c->sq_head];
+        int32_t next = ch->next;
+        buf_unref(s, ch->bid);
+        ch->next = s->chunk_free;
+        s->chunk_free = c->sq_head;
+        c->sq_head = next;
+    }
+    c->sq_tail = NIL;
+    c->queued_bytes = 0;
+}
+
+static void service_add(ZCN_Server *s, struct conn *c)
+{
+    if (c->in_service)
+        return;
+    c->in_service = true;
+    c->service_next = NIL;
+    int32_t slot = slot_of(s, c);
+    if (s->service_tail != NIL)
+        s->conns[s->service_tail].service_next = slot;
+    else
+        s->service_head = slot;
+    s->service_tail = slot;
+}
+
+static void free_slot(ZCN_Server *s, struct conn *c)
+{
+    if (c->fd >= 0 && (uint32_t)c->fd < s->fd_table_size)
+        s->fd_table[c->fd] = NIL;
+    close(c->fd);
+    c->fd = -1;
+    c->state = CONN_FREE;
+    c->gen = (c->gen + 1) & 0xffffffu;
+    c->service_next = s->conn_free;
+    s->conn_free = slot_of(s, c);
+}
+
+static void try_resume_accept(ZCN_Server *s);
+
+/* The kernel has let go of the connection: tell the user, then close. */
+static void finalize(ZCN_Server *s, struct conn *c)
+{
+    drop_pending_rx(s, c);
+    drop_send_queue(s, c);
+    lru_remove(s, c);
+    s->conns_active--;
+    s->stats.connections_closed++;
+    if (s->ev != NULL) {
+        emit(s, ZCN_EVENT_CLOSE, c);
+        /* The fd stays open until the caller has seen the event, so the
+         * number cannot be reused under it. */
+        c->state = CONN_ZOMBIE;
+        c->zombie_next = s->zombie_head;
+        s->zombie_head = slot_of(s, c);
+    } else {
+        c->state = CONN_ZOMBIE; /* sends from on_close get ZCN_ERR_CLOSED */
+        emit(s, ZCN_EVENT_CLOSE, c);
+        free_slot(s, c);
+    }
+    if (s->accept_backoff_ms != 0)
+        s->accept_resume_ms = s->now_ms; /* an fd is free: try again now */
+}
+
+/* Advances the close state machine after anything changed. */
+static void progress_close(ZCN_Server *s, struct conn *c)
+{
+    if (c->state == CONN_CLOSING && c->sq_head == NIL && !c->send_inflight) {
+        shutdown(c->fd, SHUT_WR);
+        cancel_recv(s, c);
+        c->state = CONN_DEAD;
+    }
+    if (c->state == CONN_DEAD && !c->recv_armed && !c->send_inflight) {
+        if (!has_room(s, 1)) {
+            service_add(s, c);
+            return;
+        }
+        finalize(s, c);
+    }
+}
+
+/* Ends a connection now: queued data is dropped. */
+static void abort_conn(ZCN_Server *s, struct conn *c)
+{
+    if (c->state != CONN_OPEN && c->state != CONN_CLOSING)
+        return;
+    c->state = CONN_DEAD;
+    /* shutdown ends a pending recv (EOF) and send (EPIPE) promptly. */
+    shutdown(c->fd, SHUT_RDWR);
+    cancel_recv(s, c);
+    drop_pending_rx(s, c);
+    if (!c->send_inflight)
+        drop_send_queue(s, c);
+    progress_close(s, c);
+}
+
+/* Starts a graceful close: no more deliveries, queued data still goes. */
+static void begin_close(ZCN_Server *s, struct conn *c)
+{
+    if (c->state != CONN_OPEN)
+        return;
+    c->state = CONN_CLOSING;
+    cancel_recv(s, c);
+    drop_pending_rx(s, c);
+    progress_close(s, c);
+}
+
+/* ------------------------------------------------------------------ */
+/* sending                                                             */
+/* ------------------------------------------------------------------ */
+
+static void submit_send(ZCN_Server *s, struct conn *c)
+{
+    if (c->send_inflight || c->sq_head == NIL)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(s);
+    if (sqe == NULL) {
+        service_add(s, c);
+        return;
+    }
+    struct chunk *ch = &s->chunks[c->sq_head];
+    if (ch->next == NIL) {
+        io_uring_prep_send(sqe, c->fd, buf_ptr(s, ch->bid) + ch->off, ch->len, MSG_NOSIGNAL);
+    } else {
+        size_t n = 0;
+        for (int32_t i = c->sq_head; i != NIL && n < IOV_BATCH; i = s->chunks[i].next) {
+            c->iov[n].iov_base = buf_ptr(s, s->chunks[i].bid) + s->chunks[i].off;
+            c->iov[n].iov_len = s->chunks[i].len;
+            n++;
+        }
+        memset(&c->msg, 0, sizeof c->msg);
+        c->msg.msg_iov = c->iov;
+        c->msg.msg_iovlen = n;
+        io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+    }
+    io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, c->gen, (uint32_t)slot_of(s, c)));
+    c->send_inflight = true;
+}
+
+static void enqueue_chunk(ZCN_Server *s, struct conn *c, int32_t idx)
+{
+    s->chunks[idx].next = NIL;
+    if (c->sq_tail != NIL)
+        s->chunks[c->sq_tail].next = idx;
+    else
+        c->sq_head = idx;
+    c->sq_tail = idx;
+    c->queued_bytes += s->chunks[idx].len;
+}
+
+static int32_t chunk_take(ZCN_Server *s)
+{
+    int32_t idx = s->chunk_free;
+    if (idx != NIL)
+        s->chunk_free = s->chunks[idx].next;
+    return idx;
+}
+
+static void chunk_put(ZCN_Server *s, int32_t idx)
+{
+    s->chunks[idx].next = s->chunk_free;
+    s->chunk_free = idx;
+}
+
+/* Checks common to every send; returns the open connection or NULL with
+ * *err set. */
+static struct conn *send_target(ZCN_Server *s, int fd, ZCN_Error *err)
+{
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || c->state != CONN_OPEN) {
+        *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
+        return NULL;
+    }
+    if (c->queued_bytes > s->send_queue_max_bytes) {
+        c->want_drain = true;
+        s->stats.send_queue_full_events++;
+        *err = zcn_fail(ZCN_ERR_QUEUE_FULL, "fd %d has %llu bytes queued (limit %llu)", fd,
+                        (unsigned long long)c->queued_bytes,
+                        (unsigned long long)s->send_queue_max_bytes);
+        return NULL;
+    }
+    *err = ZCN_OK;
+    return c;
+}
+
+static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, size_t len)
+{
+    size_t need = (len + s->buffer_size - 1) / s->buffer_size;
+    int32_t first = NIL, last = NIL;
+    size_t taken = 0;
+    for (; taken < need; taken++) {
+        int32_t idx = chunk_take(s);
+        int64_t bid = idx == NIL ? -1 : buf_take(s);
+        if (bid < 0) {
+            if (idx != NIL)
+                chunk_put(s, idx);
+            break;
+        }
+        size_t off = taken * s->buffer_size;
+        size_t n = len - off < s->buffer_size ? len - off : s->buffer_size;
+        memcpy(buf_ptr(s, (uint32_t)bid), data + off, n);
+        s->meta[bid].state = BUF_TX;
+        s->meta[bid].refs = 1;
+        s->chunks[idx] = (struct chunk){(uint32_t)bid, 0, (uint32_t)n, NIL};
+        if (last != NIL)
+            s->chunks[last].next = idx;
+        else
+            first = idx;
+        last = idx;
+    }
+    if (taken < need) {
+        /* all or nothing: give back what was taken */
+        while (first != NIL) {
+            int32_t next = s->chunks[first].next;
+            s->meta[s->chunks[first].bid].refs = 0;
+            s->meta[s->chunks[first].bid].state = BUF_POOL;
+            zcn_pool_release(s->pool, buf_ptr(s, s->chunks[first].bid));
+            chunk_put(s, first);
+            first = next;
+        }
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "no free pool buffer for a %zu-byte copy", len);
+    }
+    for (int32_t i = first; i != NIL;) {
+        int32_t next = s->chunks[i].next;
+        enqueue_chunk(s, c, i);
+        i = next;
+    }
+    s->stats.sends_copied++;
+    submit_send(s, c);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len)
+{
+    if (s == NULL || (data == NULL && len != 0))
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or data is NULL");
+    ZCN_Error err;
+    struct conn *c = send_target(s, fd, &err);
+    if (c == NULL)
+        return err;
+    if (len == 0)
+        return ZCN_OK;
+    uint8_t *end = s->slab + (size_t)s->buffer_count * s->buffer_size;
+    if (data < s->slab || data >= end)
+        return send_copy(s, c, data, len);
+
+    uint32_t bid = (uint32_t)((size_t)(data - s->slab) / s->buffer_size);
+    size_t off = (size_t)(data - buf_ptr(s, bid));
+    if (off + len > s->buffer_size)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "data spans more than one pool buffer");
+    struct buf_meta *m = &s->meta[bid];
+    if (m->state == BUF_USER)
+        return send_copy(s, c, data, len);
+    if (m->state != BUF_RX || m->refs == 0)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
+                        "data points into a receive buffer that is no longer lent");
+    int32_t idx = chunk_take(s);
+    if (idx == NIL)
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "send chunk table full");
+    buf_ref(s, bid);
+    s->chunks[idx] = (struct chunk){bid, (uint32_t)off, (uint32_t)len, NIL};
+    enqueue_chunk(s, c, idx);
+    s->stats.sends_zero_copy++;
+    submit_send(s, c);
+    return ZCN_OK;
+}
+
+uint8_t *zcn_server_acquire_buffer(ZCN_Server *s, size_t *capacity_out)
+{
+    if (s == NULL)
+        return NULL;
+    int64_t bid = buf_take(s);
+    if (bid < 0)
+        return NULL;
+    s->meta[bid].state = BUF_USER;
+    s->meta[bid].refs = 0;
+    if (capacity_out != NULL)
+        *capacity_out = s->buffer_size;
+    return buf_ptr(s, (uint32_t)bid);
+}
+
+/* The index of a buffer the user holds, or -1. */
+static int64_t user_buffer(const ZCN_Server *s, const uint8_t *buffer)
+{
+    int64_t bid = zcn_pool_index_of(s->pool, buffer);
+    if (bid < 0 || s->meta[bid].state != BUF_USER)
+        return -1;
+    return bid;
+}
+
+ZCN_Error zcn_server_release_buffer(ZCN_Server *s, uint8_t *buffer)
+{
+    if (s == NULL || buffer == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
+    int64_t bid = user_buffer(s, buffer);
+    if (bid < 0)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_server_acquire_buffer");
+    s->meta[bid].state = BUF_POOL;
+    return zcn_pool_release(s->pool, buffer);
+}
+
+ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t len)
+{
+    if (s == NULL || buffer == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
+    int64_t bid = user_buffer(s, buffer);
+    if (bid < 0)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_server_acquire_buffer");
+    if (len > s->buffer_size)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "len %zu is larger than the buffer (%zu)", len,
+                        s->buffer_size);
+    ZCN_Error err;
+    struct conn *c = send_target(s, fd, &err);
+    if (c == NULL)
+        return err;
+    int32_t idx = chunk_take(s);
+    if (idx == NIL)
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "send chunk table full");
+    s->meta[bid].state = BUF_TX;
+    s->meta[bid].refs = 1;
+    if (len == 0) {
+        chunk_put(s, idx);
+        buf_unref(s, (uint32_t)bid);
+        return ZCN_OK;
+    }
+    s->chunks[idx] = (struct chunk){(uint32_t)bid, 0, (uint32_t)len, NIL};
+    enqueue_chunk(s, c, idx);
+    s->stats.sends_zero_copy++;
+    submit_send(s, c);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_close(ZCN_Server *s, int fd)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || c->state != CONN_OPEN)
+        return zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
+    begin_close(s, c);
+    return ZCN_OK;
+}
+
+size_t zcn_server_queued_bytes(const ZCN_Server *s, int fd)
+{
+    if (s == NULL)
+        return 0;
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || c->state == CONN_FREE || c->state == CONN_ZOMBIE)
+        return 0;
+    return (size_t)c->queued_bytes;
+}
+
+static void echo_on_data(void *user_data, int fd, const uint8_t *data, size_t len)
+{
+    ZCN_Server *s = user_data;
+    if (zcn_server_send(s, fd, data, len) != ZCN_OK) {
+        /* An echo that cannot send would silently lose data: end it. */
+        struct conn *c = lookup(s, fd);
+        if (c != NULL)
+            abort_conn(s, c);
+    }
+}
+
+ZCN_Error zcn_server_use_echo_handler(ZCN_Server *s)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    s->on_data = echo_on_data;
+    s->user_data = s;
+    return ZCN_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* completions                                                         */
+/* ------------------------------------------------------------------ */
+
+/* Delivers deferred data while the send queue allows and there is room. */
+static void flush_pending_rx(ZCN_Server *s, struct conn *c)
+{
+    while (c->rx_head != NIL && c->state == CONN_OPEN &&
+           c->queued_bytes <= s->send_queue_max_bytes) {
+        if (!has_room(s, 2)) {
+            service_add(s, c);
+            return;
+        }
+        uint32_t bid = (uint32_t)c->rx_head;
+        c->rx_head = s->meta[bid].next;
+        if (c->rx_head == NIL)
+            c->rx_tail = NIL;
+        emit_data(s, c, bid, s->meta[bid].len);
+    }
+    if (c->state != CONN_OPEN || c->rx_head != NIL)
+        return;
+    if (c->eof) {
+        begin_close(s, c);
+        return;
+    }
+    if (!c->recv_armed)
+        arm_recv(s, c);
+}
+
+static void defer_rx(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
+{
+    s->meta[bid].len = len;
+    s->meta[bid].next = NIL;
+    if (c->rx_tail != NIL)
+        s->meta[c->rx_tail].next = (int32_t)bid;
+    else
+        c->rx_head = (int32_t)bid;
+    c->rx_tail = (int32_t)bid;
+    cancel_recv(s, c); /* stop taking buffers until the queue drains */
+}
+
+static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
+{
+    bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    int res = cqe->res;
+    if (!more)
+        c->recv_armed = false;
+
+    if (cqe->flags & IORING_CQE_F_BUFFER) {
+        uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        s->br_count--;
+        s->meta[bid].state = BUF_RX;
+        s->meta[bid].refs = 1;
+        if (res > 0 && c->state == CONN_OPEN) {
+            s->stats.recv_ops++;
+            s->stats.bytes_received += (uint64_t)res;
+            touch(s, c);
+            if (c->rx_head != NIL || c->queued_bytes > s->send_queue_max_bytes ||
+                !has_room(s, 2)) {
+                defer_rx(s, c, bid, (uint32_t)res);
+                service_add(s, c);
+            } else {
+                emit_data(s, c, bid, (uint32_t)res);
+            }
+        } else {
+            buf_unref(s, bid); /* closing: data after close is dropped */
+        }
+    }
+
+    if (res == 0) {
+        c->eof = true;
+    } else if (res < 0) {
+        switch (-res) {
+        case ENOBUFS:
+            /* The ring ran dry for a moment; re-armed when buffers return. */
+            s->stats.buffer_exhaustion_events++;
+            if (c->state == CONN_OPEN)
+                service_add(s, c);
+            break;
+        case ECANCELED:
+            break; /* paused or closing */
+        case EINTR:
+        case EAGAIN:
+            break;
+        default: /* ECONNRESET, ETIMEDOUT, EPIPE ...: the connection is gone */
+            abort_conn(s, c);
+            return;
+        }
+    }
+
+    if (c->state == CONN_OPEN) {
+        if (c->eof && c->rx_head == NIL)
+            begin_close(s, c);
+        else if (!c->recv_armed && c->rx_head == NIL && !c->eof && res != -ENOBUFS)
+            arm_recv(s, c);
+    } else {
+        progress_close(s, c);
+    }
+}
+
+static void on_send(ZCN_Server *s, struct conn *c, int res)
+{
+    c->send_inflight = false;
+    if (res < 0 && res != -EINTR && res != -EAGAIN) {
+        drop_send_queue(s, c);
+        if (c->state == CONN_OPEN || c->state == CONN_CLOSING)
+            abort_conn(s, c);
+        progress_close(s, c);
+        return;
+    }
+    s->stats.send_ops++;
+    if (res > 0) {
+        size_t left = (size_t)res;
+        s->stats.bytes_sent += left;
+        c->queued_bytes -= left;
+        while (left > 0 && c->sq_head != NIL) {
+            struct chunk *ch = &s->chunks[c->sq_head];
+            if (left < ch->len) {
+                ch->off += (uint32_t)left;
+                ch->len -= (uint32_t)left;
+                break;
+            }
+            left -= ch->len;
+            int32_t done = c->sq_head;
+            c->sq_head = ch->next;
+            if (c->sq_head == NIL)
+                c->sq_tail = NIL;
+            buf_unref(s, ch->bid);
+            chunk_put(s, done);
+        }
+        touch(s, c);
+    }
+    if (c->state == CONN_DEAD) {
+        drop_send_queue(s, c);
+        progress_close(s, c);
+        return;
+    }
+    submit_send(s, c);
+    if (c->state == CONN_OPEN) {
+        if (c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 && has_room(s, 1)) {
+            c->want_drain = false;
+            emit(s, ZCN_EVENT_DRAIN, c);
+        }
+        if (c->rx_head != NIL && c->queued_bytes <= s->send_queue_max_bytes)
+            flush_pending_rx(s, c);
+    }
+    progress_close(s, c);
+}
+
+static void arm_accept(ZCN_Server *s)
+{
+    struct io_uring_sqe *sqe = get_sqe(s);
+    if (sqe == NULL)
+        return;
+    io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, pack_ud(OP_ACCEPT, 0, 0));
+    s->accept_armed = true;
+}
+
+static void try_resume_accept(ZCN_Server *s)
+{
+    if (s->started && !s->accept_armed && !s->destroying && s->now_ms >= s->accept_resume_ms)
+        arm_accept(s);
+}
+
+static void accept_backoff(ZCN_Server *s)
+{
+    uint32_t ms = s->accept_backoff_ms == 0 ? ACCEPT_BACKOFF_MIN_MS : s->accept_backoff_ms * 2;
+    if (ms > ACCEPT_BACKOFF_MAX_MS)
+        ms = ACCEPT_BACKOFF_MAX_MS;
+    s->accept_backoff_ms = ms;
+    s->accept_resume_ms = s->now_ms + ms;
+    s->stats.accept_backoffs++;
+}
+
+static void new_connection(ZCN_Server *s, int fd)
+{
+    if ((uint32_t)fd >= s->fd_table_size || s->conn_free == NIL) {
+        s->stats.connections_rejected++;
+        close(fd);
+        return;
+    }
+    if (s->nodelay) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    int32_t slot = s->conn_free;
+    struct conn *c = &s->conns[slot];
+    s->conn_free = c->service_next;
+    uint32_t gen = c->gen;
+    memset(c, 0, sizeof *c);
+    c->gen = gen;
+    c->fd = fd;
+    c->state = CONN_OPEN;
+    c->sq_head = c->sq_tail = NIL;
+    c->rx_head = c->rx_tail = NIL;
+    c->service_next = c->lru_prev = c->lru_next = c->zombie_next = NIL;
+    s->fd_table[fd] = slot;
+    s->conns_active++;
+    s->stats.connections_accepted++;
+    touch(s, c);
+    emit(s, ZCN_EVENT_ACCEPT, c);
+    if (c->state == CONN_OPEN && !c->recv_armed)
+        arm_recv(s, c);
+}
+
+static void on_accept_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
+{
+    bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    if (!more)
+        s->accept_armed = false;
+    if (cqe->res >= 0) {
+        s->accept_backoff_ms = 0;
+        if (s->destroying)
+            close(cqe->res);
+        else
+            new_connection(s, cqe->res);
+    } else {
+        switch (-cqe->res) {
+        case EMFILE:
+        case ENFILE:
+        case ENOBUFS:
+        case ENOMEM:
+            /* Out of fds or memory: wait before trying again, and make sure
+             * the kernel is not retrying on its own meanwhile. */
+            accept_backoff(s);
+            if (more) {
+                struct io_uring_sqe *sqe = get_sqe(s);
+                if (sqe != NULL) {
+                    io_uring_prep_cancel64(sqe, pack_ud(OP_ACCEPT, 0, 0), 0);
+                    io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
+                }
+            }
+            return;
+        default: /* ECONNABORTED, EINTR, ECANCELED ...: transient */
+            break;
+        }
+    }
+    if (!s->accept_armed && s->accept_backoff_ms == 0)
+        try_resume_accept(s);
+}
+
+static void arm_wake(ZCN_Server *s)
+{
+    struct io_uring_sqe *sqe = get_sqe(s);
+    if (sqe == NULL)
+        return;
+    io_uring_prep_poll_multishot(sqe, s->wake_fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, pack_ud(OP_WAKE, 0, 0));
+    s->wake_armed = true;
+}
+
+static void on_wake(ZCN_Server *s, struct io_uring_cqe *cqe)
+{
+    uint64_t value;
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        s->wake_armed = false;
+    while (read(s->wake_fd, &value, sizeof value) > 0) {
+    }
+    if (!s->wake_armed && !s->destroying)
+        arm_wake(s);
+}
+
+static void handle_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
+{
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    enum op op = ud_op(ud);
+    switch (op) {
+    case OP_ACCEPT:
+        on_accept_cqe(s, cqe);
+        return;
+    case OP_WAKE:
+        on_wake(s, cqe);
+        return;
+    case OP_IGNORE:
+        return;
+    case OP_RECV:
+    case OP_SEND:
+        break;
+    default:
+        return;
+    }
+    uint32_t slot = ud_slot(ud);
+    struct conn *c = slot < s->conns_max ? &s->conns[slot] : NULL;
+    if (c == NULL || c->gen != ud_gen(ud) || c->state == CONN_FREE) {
+        /* Cannot happen: slots are reused only after their requests end.
+         * Return a buffer it may carry so none leaks. */
+        if (cqe->flags & IORING_CQE_F_BUFFER) {
+            uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+            s->br_count--;
+            s->meta[bid].refs = 1;
+            buf_unref(s, bid);
+        }
+        return;
+    }
+    if (op == OP_RECV)
+        on_recv(s, c, cqe);
+    else
+        on_send(s, c, cqe->res);
+}
+
+/* ------------------------------------------------------------------ */
+/* the loop                                                            */
+/* ------------------------------------------------------------------ */
+
+/* Work that was waiting for room, buffers or SQEs. */
+static void run_service_list(ZCN_Server *s)
+{
+    int32_t head = s->service_head;
+    s->service_head = s->service_tail = NIL;
+    while (head != NIL) {
+        struct conn *c = &s->conns[head];
+        head = c->service_next;
+        c->in_service = false;
+        if (!has_room(s, 2)) {
+            service_add(s, c);
+            continue;
+        }
+        if (c->state == CONN_OPEN) {
+            if (c->rx_head != NIL || c->eof) {
+                flush_pending_rx(s, c);
+            } else if (!c->recv_armed) {
+                if (s->br_count == 0)
+                    service_add(s, c); /* still no buffers: wait */
+                else
+                    arm_recv(s, c);
+            }
+            submit_send(s, c);
+        } else {
+            progress_close(s, c);
+        }
+    }
+}
+
+static void sweep_idle(ZCN_Server *s)
+{
+    if (s->idle_timeout_ms == 0)
+        return;
+    while (s->lru_head != NIL && has_room(s, 1)) {
+        struct conn *c = &s->conns[s->lru_head];
+        if (s->now_ms - c->last_active_ms < s->idle_timeout_ms)
+            break;
+        lru_remove(s, c);
+        s->stats.idle_timeouts++;
+        abort_conn(s, c);
+    }
+}
+
+/* Milliseconds until the next timer (idle expiry, accept resume), or -1. */
+static int next_timer_ms(const ZCN_Server *s)
+{
+    int64_t best = -1;
+    if (s->idle_timeout_ms != 0 && s->lru_head != NIL) {
+        uint64_t due = s->conns[s->lru_head].last_active_ms + s->idle_timeout_ms;
+        best = due > s->now_ms ? (int64_t)(due - s->now_ms) : 0;
+    }
+    if (s->started && !s->accept_armed && !s->destroying) {
+        int64_t due = s->accept_resume_ms > s->now_ms ? (int64_t)(s->accept_resume_ms - s->now_ms) : 0;
+        if (best < 0 || due < best)
+            best = due;
+    }
+    return best > INT32_MAX ? INT32_MAX : (int)best;
+}
+
+/* Ends the previous poll batch: lent buffers return, closed fds close. */
+static void end_batch(ZCN_Server *s)
+{
+    while (s->lent_head != NIL) {
+        uint32_t bid = (uint32_t)s->lent_head;
+        s->lent_head = s->meta[bid].next;
+        buf_unref(s, bid);
+    }
+    while (s->zombie_head != NIL) {
+        struct conn *c = &s->conns[s->zombie_head];
+        s->zombie_head = c->zombie_next;
+        free_slot(s, c);
+    }
+}
+
+/* Waits up to timeout_ms (-1 forever, 0 not at all) for a completion.
+ * Returns 0 or a negative errno (-ETIME on timeout, -EINTR on a signal). */
+static int wait_cqe(ZCN_Server *s, int timeout_ms)
+{
+    struct io_uring_cqe *cqe = NULL;
+    ring_publish(s);
+    if (io_uring_cq_ready(s->ring) > 0 || timeout_ms == 0) {
+        int ret = io_uring_submit_and_get_events(s->ring);
+        return ret < 0 ? ret : 0;
+    }
+    if (timeout_ms < 0) {
+        int ret = io_uring_submit_and_wait(s->ring, 1);
+        return ret < 0 ? ret : 0;
+    }
+    struct __kernel_timespec ts = {
+        .tv_sec = timeout_ms / 1000,
+        .tv_nsec = (long long)(timeout_ms % 1000) * 1000000,
+    };
+    int ret = io_uring_submit_and_wait_timeout(s->ring, &cqe, 1, &ts, NULL);
+    return ret < 0 ? ret : 0;
+}
+
+static uint32_t reap(ZCN_Server *s)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    uint32_t seen = 0;
+    io_uring_for_each_cqe(s->ring, head, cqe)
+    {
+        if (seen == CQE_BATCH || !has_room(s, 3))
+            break;
+        handle_cqe(s, cqe);
+        seen++;
+    }
+    io_uring_cq_advance(s->ring, seen);
+    return seen;
+}
+
+/* One turn of the loop: timers, deferred work, at most one wait, then the
+ * completions that are ready. *handled gets the work done. */
+static ZCN_Error turn(ZCN_Server *s, int timeout_ms, uint32_t *handled)
+{
+    *handled = 0;
+    s->now_ms = now_ms();
+    uint64_t closed_before = s->stats.connections_closed;
+    try_resume_accept(s);
+    sweep_idle(s);
+    run_service_list(s);
+    uint32_t early = (uint32_t)(s->stats.connections_closed - closed_before) + s->ev_n;
+
+    int wait_ms = early > 0 ? 0 : timeout_ms;
+    int timer_ms = next_timer_ms(s);
+    if (timer_ms >= 0 && (wait_ms < 0 || timer_ms < wait_ms))
+        wait_ms = timer_ms;
+    int ret = wait_cqe(s, wait_ms);
+    if (ret == -EINTR) {
+        *handled = early;
+        return early > 0 ? ZCN_OK : zcn_fail((ZCN_Error)EINTR, "interrupted by a signal");
+    }
+    if (ret < 0 && ret != -ETIME && ret != -EAGAIN && ret != -EBUSY)
+        return zcn_fail((ZCN_Error)-ret, "io_uring_enter failed");
+    s->now_ms = now_ms();
+    uint32_t seen = reap(s);
+    sweep_idle(s);
+    run_service_list(s);
+    *handled = early + seen;
+    return ZCN_OK;
+}
+
+static ZCN_Error loop_guard(ZCN_Server *s)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    if (s->in_callback)
+        return zcn_fail(ZCN_ERR_BUSY, "the loop cannot be run from inside a callback");
+    if (!s->started)
+        return zcn_fail(ZCN_ERR_NOT_STARTED, "call zcn_server_start first");
+    return ZCN_OK;
+}
+
+/* Runs turns until something was handled, the stop flag is up, or the
+ * deadline passes (timeout_ms < 0: none). */
+static ZCN_Error run_until(ZCN_Server *s, int timeout_ms, uint32_t *handled_out)
+{
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)timeout_ms;
+    uint32_t handled = 0;
+    ZCN_Error err = ZCN_OK;
+    end_batch(s);
+    for (;;) {
+        int left;
+        if (timeout_ms < 0) {
+            left = -1;
+        } else {
+            uint64_t now = now_ms();
+            left = now >= deadline ? 0 : (int)(deadline - now);
+        }
+        err = turn(s, left, &handled);
+        if (err != ZCN_OK || handled > 0 || left == 0 ||
+            atomic_load_explicit(&s->stop_requested, memory_order_relaxed))
+            break;
+    }
+    if (handled_out != NULL)
+        *handled_out = handled;
+    return err;
+}
+
+ZCN_Error zcn_server_run_once(ZCN_Server *s)
+{
+    ZCN_Error err = loop_guard(s);
+    if (err != ZCN_OK)
+        return err;
+    s->ev = NULL;
+    return run_until(s, -1, NULL);
+}
+
+ZCN_Error zcn_server_run_once_timeout(ZCN_Server *s, int timeout_ms, uint32_t *handled_out)
+{
+    if (handled_out != NULL)
+        *handled_out = 0;
+    ZCN_Error err = loop_guard(s);
+    if (err != ZCN_OK)
+        return err;
+    s->ev = NULL;
+    return run_until(s, timeout_ms, handled_out);
+}
+
+ZCN_Error zcn_server_poll(ZCN_Server *s, ZCN_Event *events, uint32_t capacity, int timeout_ms,
+                          uint32_t *count_out)
+{
+    if (count_out != NULL)
+        *count_out = 0;
+    ZCN_Error err = loop_guard(s);
+    if (err != ZCN_OK)
+        return err;
+    if (events == NULL || capacity < 4)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "events must hold at least 4 entries");
+    s->ev = events;
+    s->ev_cap = capacity;
+    s->ev_n = 0;
+    err = run_until(s, timeout_ms, NULL);
+    if (count_out != NULL)
+        *count_out = s->ev_n;
+    s->ev = NULL;
+    s->ev_cap = 0;
+    return err;
+}
+
+ZCN_Error zcn_server_run(ZCN_Server *s)
+{
+    ZCN_Error err = loop_guard(s);
+    if (err != ZCN_OK)
+        return err;
+    s->ev = NULL;
+    while (!atomic_load_explicit(&s->stop_requested, memory_order_acquire)) {
+        err = run_until(s, -1, NULL);
+        if (err == (ZCN_Error)EINTR)
+            continue;
+        if (err != ZCN_OK)
+            return err;
+    }
+    atomic_store_explicit(&s->stop_requested, 0, memory_order_release);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_stop(ZCN_Server *s)
+{
+    if (s == NULL)
+        return ZCN_ERR_INVALID_ARGUMENT; /* no detail: must stay signal-safe */
+    atomic_store_explicit(&s->stop_requested, 1, memory_order_release);
+    uint64_t one = 1;
+    ssize_t n = write(s->wake_fd, &one, sizeof one);
+    (void)n; /* EAGAIN means a wake-up is already pending */
+    return ZCN_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* create / start / destroy                                            */
+/* ------------------------------------------------------------------ */
+
+struct settings {
+    uint32_t entries, buffers, backlog, conns_max, idle_ms, flags;
+    size_t buffer_size;
+    uint64_t sendq_max;
+    bool nodelay;
+};
+
+static ZCN_Error read_config(const ZCN_Config *cfg, struct settings *out)
+{
+    out->entries = cfg->io_uring_entries ? cfg->io_uring_entries : 256;
+    out->buffers = cfg->buffer_pool_size ? cfg->buffer_pool_size : 1024;
+    out->buffer_size = cfg->buffer_size ? cfg->buffer_size : 16384;
+    out->backlog = cfg->backlog ? cfg->backlog : 1024;
+    out->conns_max = cfg->connections_max ? cfg->connections_max : 4096;
+    out->sendq_max = cfg->send_queue_max_bytes ? cfg->send_queue_max_bytes : (1u << 20);
+    out->idle_ms = cfg->idle_timeout_ms;
+    out->nodelay = cfg->tcp_nodelay >= 0;
+    out->flags = cfg->flags;
+    if (out->entries > ZCN_SERVER_ENTRIES_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "io_uring_entries %u is over %u", out->entries,
+                        ZCN_SERVER_ENTRIES_MAX);
+    if (out->buffers < 2 || out->buffers > ZCN_SERVER_BUFFERS_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "buffer_pool_size %u is not in 2..%u",
+                        out->buffers, ZCN_SERVER_BUFFERS_MAX);
+    if (out->buffer_size > ZCN_SERVER_BUFFER_SIZE_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "buffer_size %zu is over %u", out->buffer_size,
+                        ZCN_SERVER_BUFFER_SIZE_MAX);
+    if (out->conns_max > ZCN_SERVER_CONNECTIONS_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "connections_max %u is over %u",
+                        out->conns_max, ZCN_SERVER_CONNECTIONS_MAX);
+    if (out->flags & ~(uint32_t)ZCN_SERVER_REUSEPORT)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", out->flags);
+    if (out->backlog > INT32_MAX)
+        out->backlog = INT32_MAX;
+    out->buffer_size = (out->buffer_size + ZCN_PAGE_SIZE - 1) / ZCN_PAGE_SIZE * ZCN_PAGE_SIZE;
+    return ZCN_OK;
+}
+
+static ZCN_Error parse_address(const char *address, uint16_t port, struct sockaddr_storage *ss,
+                               socklen_t *len)
+{
+    memset(ss, 0, sizeof *ss);
+    if (address == NULL)
+        address = "0.0.0.0";
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, address, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons(port);
+        *len = sizeof *in4;
+        return ZCN_OK;
+    }
+    if (inet_pton(AF_INET6, address, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        *len = sizeof *in6;
+        return ZCN_OK;
+    }
+    return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                    "address \"%.64s\" is not an IPv4 or IPv6 literal (resolve names first)",
+                    address);
+}
+
+static ZCN_Error open_listener(ZCN_Server *s, const ZCN_Config *cfg, const struct settings *st)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    ZCN_Error err = parse_address(cfg->address, cfg->port, &ss, &len);
+    if (err != ZCN_OK)
+        return err;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return zcn_fail((ZCN_Error)errno, "socket: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if ((st->flags & ZCN_SERVER_REUSEPORT) &&
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        int e = errno;
+        close(fd);
+        return zcn_fail((ZCN_Error)e, "SO_REUSEPORT: %s", strerror(e));
+    }
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0) {
+        int e = errno;
+        close(fd);
+        return zcn_fail((ZCN_Error)e, "bind %s port %u: %s",
+                        cfg->address ? cfg->address : "0.0.0.0", cfg->port, strerror(e));
+    }
+    if (listen(fd, (int)st->backlog) != 0) {
+        int e = errno;
+        close(fd);
+        return zcn_fail((ZCN_Error)e, "listen: %s", strerror(e));
+    }
+    len = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &len);
+    s->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                            : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    s->listen_fd = fd;
+    return ZCN_OK;
+}
+
+/* The provided-buffer ring (liburing 2.3 has no io_uring_setup_buf_ring):
+ * page-aligned memory, registered, then filled from the pool. */
+static ZCN_Error setup_buffer_ring(ZCN_Server *s)
+{
+    uint32_t reserve = s->buffer_count / 4;
+    s->br_target = s->buffer_count - reserve;
+    s->br_entries = zcn_pow2_ceil(s->br_target);
+    s->br_mask = s->br_entries - 1;
+    s->br_bytes = (size_t)s->br_entries * sizeof(struct io_uring_buf);
+    void *mem = mmap(NULL, s->br_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return zcn_fail((ZCN_Error)errno, "mmap of the buffer ring: %s", strerror(errno));
+    s->br = mem;
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)mem;
+    reg.ring_entries = s->br_entries;
+    reg.bgid = BUFFER_GROUP;
+    int ret = io_uring_register_buf_ring(s->ring, &reg, 0);
+    if (ret < 0) {
+        munmap(mem, s->br_bytes);
+        s->br = NULL;
+        if (ret == -EINVAL || ret == -ENOSYS)
+            return zcn_fail(ZCN_ERR_URING_UNSUPPORTED,
+                            "provided-buffer rings need Linux >= 5.19 (register_buf_ring: %s)",
+                            strerror(-ret));
+        if (ret == -ENOMEM)
+            return zcn_fail(ZCN_ERR_MEMLOCK, "register_buf_ring: ENOMEM (RLIMIT_MEMLOCK?)");
+        return zcn_fail((ZCN_Error)-ret, "register_buf_ring: %s", strerror(-ret));
+    }
+    io_uring_buf_ring_init(s->br);
+    for (uint32_t i = 0; i < s->br_target; i++) {
+        int64_t bid = buf_take(s);
+        if (bid < 0)
+            break;
+        ring_add(s, (uint32_t)bid);
+    }
+    ring_publish(s);
+    return ZCN_OK;
+}
+
+static ZCN_Error alloc_tables(ZCN_Server *s, const struct settings *st)
+{
+    struct rlimit rl;
+    uint64_t nofile = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        nofile = rl.rlim_cur;
+    if (nofile > (1u << 24))
+        nofile = 1u << 24;
+    s->fd_table_size = (uint32_t)nofile;
+    s->conns_max = st->conns_max < nofile ? st->conns_max : (uint32_t)nofile;
+    s->chunks_max = s->buffer_count * 2 + s->conns_max;
+    s->meta = calloc(s->buffer_count, sizeof *s->meta);
+    s->conns = calloc(s->conns_max, sizeof *s->conns);
+    s->fd_table = malloc((size_t)s->fd_table_size * sizeof *s->fd_table);
+    s->chunks = malloc((size_t)s->chunks_max * sizeof *s->chunks);
+    if (!s->meta || !s->conns || !s->fd_table || !s->chunks)
+        return zcn_fail((ZCN_Error)ENOMEM, "server tables");
+    for (uint32_t i = 0; i < s->fd_table_size; i++)
+        s->fd_table[i] = NIL;
+    for (uint32_t i = 0; i < s->chunks_max; i++)
+        s->chunks[i].next = i + 1 < s->chunks_max ? (int32_t)(i + 1) : NIL;
+    s->chunk_free = 0;
+    for (uint32_t i = 0; i < s->conns_max; i++) {
+        s->conns[i].fd = -1;
+        s->conns[i].service_next = i + 1 < s->conns_max ? (int32_t)(i + 1) : NIL;
+    }
+    s->conn_free = 0;
+    return ZCN_OK;
+}
+
+static void free_server(ZCN_Server *s)
+{
+    if (s->br != NULL) {
+        io_uring_unregister_buf_ring(s->ring, BUFFER_GROUP);
+        munmap(s->br, s->br_bytes);
+    }
+    if (s->ring_handle != NULL)
+        zcn_ring_destroy(s->ring_handle);
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    if (s->wake_fd >= 0)
+        close(s->wake_fd);
+    zcn_pool_destroy(s->pool);
+    free(s->meta);
+    free(s->conns);
+    free(s->fd_table);
+    free(s->chunks);
+    free(s);
+}
+
+ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
+{
+    zcn_clear_detail();
+    if (cfg == NULL) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "config is NULL"));
+        return NULL;
+    }
+    struct settings st;
+    ZCN_Error e = read_config(cfg, &st);
+    if (e != ZCN_OK) {
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    ZCN_Server *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        zcn_set_err(err, zcn_fail((ZCN_Error)ENOMEM, "server"));
+        return NULL;
+    }
+    s->listen_fd = -1;
+    s->wake_fd = -1;
+    s->buffer_count = st.buffers;
+    s->buffer_size = st.buffer_size;
+    s->backlog = st.backlog;
+    s->send_queue_max_bytes = st.sendq_max;
+    s->idle_timeout_ms = st.idle_ms;
+    s->nodelay = st.nodelay;
+    s->lru_head = s->lru_tail = NIL;
+    s->service_head = s->service_tail = NIL;
+    s->zombie_head = NIL;
+    s->lent_head = NIL;
+
+    e = alloc_tables(s, &st);
+    if (e == ZCN_OK) {
+        if (cfg->buffer_memory != NULL)
+            s->pool = zcn_pool_create_in(cfg->buffer_memory, cfg->buffer_memory_size,
+                                         st.buffer_size, st.buffers, &e);
+        else
+            s->pool = zcn_pool_create(st.buffer_size, st.buffers, &e);
+        if (s->pool != NULL)
+            s->slab = zcn_pool_base(s->pool);
+    }
+    if (e == ZCN_OK) {
+        /* CQ room for a completion per connection and per buffer at once, so
+         * multishot requests are not ended by overflow in normal operation. */
+        uint64_t cq = (uint64_t)s->conns_max * 2 + s->buffer_count + 64;
+        uint32_t cq_entries = cq > 65536 ? 65536 : zcn_pow2_ceil((uint32_t)cq);
+        if (cq_entries < st.entries * 2)
+            cq_entries = st.entries * 2;
+        s->ring_handle = zcn_ring_create_ex(st.entries, cq_entries, ZCN_RING_START_DISABLED, &e);
+        if (s->ring_handle != NULL)
+            s->ring = zcn_ring_io_uring(s->ring_handle);
+    }
+    if (e == ZCN_OK)
+        e = open_listener(s, cfg, &st);
+    if (e == ZCN_OK) {
+        s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (s->wake_fd < 0)
+            e = zcn_fail((ZCN_Error)errno, "eventfd: %s", strerror(errno));
+    }
+    if (e == ZCN_OK)
+        e = setup_buffer_ring(s);
+    if (e != ZCN_OK) {
+        free_server(s);
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    zcn_set_err(err, ZCN_OK);
+    return s;
+}
+
+ZCN_Error zcn_server_start(ZCN_Server *s)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    if (s->started)
+        return zcn_fail(ZCN_ERR_ALREADY_STARTED, "zcn_server_start was already called");
+    if (s->in_callback)
+        return zcn_fail(ZCN_ERR_BUSY, "not from inside a callback");
+    /* The ring was created disabled: enabling it here makes this thread its
+     * single issuer, so a server may be created on one thread and run on
+     * another. */
+    ZCN_Error e = zcn_ring_enable(s->ring_handle);
+    if (e != ZCN_OK)
+        return e;
+    s->started = true;
+    s->now_ms = now_ms();
+    arm_accept(s);
+    arm_wake(s);
+    int ret = io_uring_submit(s->ring);
+    if (ret < 0) {
+        s->started = false;
+        return zcn_fail((ZCN_Error)-ret, "io_uring_submit: %s", strerror(-ret));
+    }
+    return ZCN_OK;
+}
+
+/* Ends every connection and waits (bounded) for the kernel to finish with
+ * them, so no request can write into memory about to be freed. */
+static void drain_for_destroy(ZCN_Server *s)
+{
+    s->destroying = true;
+    if (s->listen_fd >= 0) {
+        shutdown(s->listen_fd, SHUT_RDWR);
+        if (s->accept_armed) {
+            struct io_uring_sqe *sqe = get_sqe(s);
+            if (sqe != NULL) {
+                io_uring_prep_cancel64(sqe, pack_ud(OP_ACCEPT, 0, 0), 0);
+                io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
+            }
+        }
+    }
+    if (s->wake_armed) {
+        struct io_uring_sqe *sqe = get_sqe(s);
+        if (sqe != NULL) {
+            io_uring_prep_cancel64(sqe, pack_ud(OP_WAKE, 0, 0), 0);
+            io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
+        }
+    }
+    s->ev = NULL; /* destroy reports closes through callbacks only */
+    end_batch(s);
+    for (uint32_t i = 0; i < s->conns_max; i++)
+        abort_conn(s, &s->conns[i]);
+    uint64_t deadline = now_ms() + DESTROY_DRAIN_MS;
+    while (s->conns_active > 0 || s->accept_armed || s->wake_armed) {
+        s->now_ms = now_ms();
+        if (s->now_ms >= deadline)
+            break;
+        /* -EEXIST: destroy runs on another thread than the loop did, which
+         * may not reap a DEFER_TASKRUN ring; ring teardown cancels instead. */
+        int ret = wait_cqe(s, 50);
+        if (ret < 0 && ret != -ETIME && ret != -EINTR)
+            break;
+        reap(s);
+        run_service_list(s);
+    }
+    /* Whatever the kernel did not give back in time still gets on_close. */
+    for (uint32_t i = 0; i < s->conns_max; i++) {
+        struct conn *c = &s->conns[i];
+        if (c->state == CONN_FREE)
+            continue;
+        c->recv_armed = c->send_inflight = false;
+        if (c->state != CONN_ZOMBIE)
+            finalize(s, c);
+    }
+}
+
+ZCN_Error zcn_server_destroy(ZCN_Server *s)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    if (s->in_callback)
+        return zcn_fail(ZCN_ERR_BUSY, "the server cannot be destroyed from its own callback");
+    if (s->started)
+        drain_for_destroy(s);
+    /* io_uring_queue_exit (in zcn_ring_destroy) cancels what is left. */
+    free_server(s);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_set_callbacks(ZCN_Server *s, void *user_data, ZCN_OnAccept on_accept,
+                                   ZCN_OnData on_data, ZCN_OnClose on_close)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    s->user_data = user_data;
+    s->on_accept = on_accept;
+    s->on_data = on_data;
+    s->on_close = on_close;
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_set_drain_callback(ZCN_Server *s, ZCN_OnDrain on_drain)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    s->on_drain = on_drain;
+    return ZCN_OK;
+}
+
+uint16_t zcn_server_port(const ZCN_Server *s)
+{
+    return s == NULL ? 0 : s->port;
+}
+
+int zcn_server_listen_fd(const ZCN_Server *s)
+{
+    return s == NULL ? -1 : s->listen_fd;
+}
+
+ZCN_Error zcn_server_stats(const ZCN_Server *s, ZCN_ServerStats *out)
+{
+    if (s == NULL || out == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or out is NULL");
+    *out = s->stats;
+    out->connections_active = s->conns_active;
+    out->buffers_total = s->buffer_count;
+    ZCN_PoolStats ps;
+    uint64_t in_pool = 0;
+    if (zcn_pool_stats(s->pool, &ps) == ZCN_OK)
+        in_pool = ps.free;
+    out->buffers_in_use = s->buffer_count - in_pool - s->br_count;
+    return ZCN_OK;
+}
+
+const uint8_t *zcn_server_buffer_base(const ZCN_Server *s)
+{
+    return s == NULL ? NULL : s->slab;
+}
+
+size_t zcn_server_buffer_size(const ZCN_Server *s)
+{
+    return s == NULL ? 0 : s->buffer_size;
+}

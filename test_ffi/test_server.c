@@ -1,0 +1,448 @@
+/* TCP server through the C API: echo round trips with the built-in and a
+ * user handler, callback order, poll mode, close, backpressure, stop from a
+ * thread and from a signal, bad input. */
+#include "t_helpers.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int connect_to(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    T_CHECK(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    T_CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static void read_exact(int fd, uint8_t *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = recv(fd, buf + got, len - got, 0);
+        T_CHECK(n > 0);
+        got += (size_t)n;
+    }
+}
+
+static ZCN_Server *make_server(const ZCN_Config *extra)
+{
+    ZCN_Config cfg = {0};
+    if (extra != NULL)
+        cfg = *extra;
+    cfg.address = "127.0.0.1";
+    cfg.port = 0;
+    ZCN_Error err = ZCN_OK;
+    ZCN_Server *s = zcn_server_create(&cfg, &err);
+    if (s == NULL)
+        fprintf(stderr, "create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
+    T_CHECK(s != NULL);
+    T_CHECK(zcn_server_port(s) != 0);
+    return s;
+}
+
+/* ---- echo with a client thread ------------------------------------------- */
+
+struct client_job {
+    uint16_t port;
+    size_t len;
+    int rounds;
+    atomic_int done;
+    int ok;
+};
+
+static void *echo_client(void *arg)
+{
+    struct client_job *job = arg;
+    int fd = connect_to(job->port);
+    uint8_t *out = malloc(job->len), *in = malloc(job->len);
+    T_CHECK(out && in);
+    job->ok = 1;
+    for (int r = 0; r < job->rounds; r++) {
+        for (size_t i = 0; i < job->len; i++)
+            out[i] = (uint8_t)(i * 31 + (size_t)r);
+        size_t sent = 0;
+        while (sent < job->len) {
+            ssize_t n = send(fd, out + sent, job->len - sent, 0);
+            T_CHECK(n > 0);
+            sent += (size_t)n;
+        }
+        read_exact(fd, in, job->len);
+        if (memcmp(in, out, job->len) != 0)
+            job->ok = 0;
+    }
+    close(fd);
+    free(out);
+    free(in);
+    atomic_store(&job->done, 1);
+    return NULL;
+}
+
+struct trace {
+    char log[256];
+    size_t n;
+    size_t bytes;
+    int closes;
+    ZCN_Server *server;
+};
+
+static void t_accept(void *ud, int fd)
+{
+    struct trace *t = ud;
+    (void)fd;
+    if (t->n + 1 < sizeof t->log)
+        t->log[t->n++] = 'A';
+}
+
+static void t_data(void *ud, int fd, const uint8_t *data, size_t len)
+{
+    struct trace *t = ud;
+    if (t->n == 0 || t->log[t->n - 1] != 'D')
+        if (t->n + 1 < sizeof t->log)
+            t->log[t->n++] = 'D';
+    t->bytes += len;
+    T_CHECK_ERR(zcn_server_send(t->server, fd, data, len), ZCN_OK);
+}
+
+static void t_close(void *ud, int fd)
+{
+    struct trace *t = ud;
+    if (t->n + 1 < sizeof t->log)
+        t->log[t->n++] = 'C';
+    t->closes++;
+    /* the fd is no longer valid for sends once on_close runs */
+    T_CHECK_ERR(zcn_server_send(t->server, fd, (const uint8_t *)"x", 1), ZCN_ERR_CLOSED);
+}
+
+static void run_until_done(ZCN_Server *s, atomic_int *done)
+{
+    for (int i = 0; i < 200000 && !atomic_load(done); i++) {
+        ZCN_Error err = zcn_server_run_once_timeout(s, 50, NULL);
+        T_CHECK(err == ZCN_OK || err == (ZCN_Error)EINTR);
+    }
+    T_CHECK(atomic_load(done));
+}
+
+static void test_callback_echo(size_t len, int rounds)
+{
+    ZCN_Server *s = make_server(NULL);
+    struct trace t = {.server = s};
+    T_CHECK_ERR(zcn_server_set_callbacks(s, &t, t_accept, t_data, t_close), ZCN_OK);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    struct client_job job = {.port = zcn_server_port(s), .len = len, .rounds = rounds};
+    pthread_t th;
+    pthread_create(&th, NULL, echo_client, &job);
+    run_until_done(s, &job.done);
+    pthread_join(th, NULL);
+    T_CHECK(job.ok);
+    /* the client closed: on_close must follow */
+    for (int i = 0; i < 100 && t.closes == 0; i++)
+        zcn_server_run_once_timeout(s, 20, NULL);
+    t.log[t.n] = 0;
+    T_CHECK(t.closes == 1);
+    T_CHECK(strcmp(t.log, "ADC") == 0);
+    T_CHECK(t.bytes == len * (size_t)rounds);
+    ZCN_ServerStats st;
+    T_CHECK_ERR(zcn_server_stats(s, &st), ZCN_OK);
+    T_CHECK(st.connections_accepted == 1);
+    T_CHECK(st.connections_closed == 1);
+    T_CHECK(st.connections_active == 0);
+    T_CHECK(st.bytes_received == len * (size_t)rounds);
+    T_CHECK(st.bytes_sent == len * (size_t)rounds);
+    T_CHECK(st.sends_copied == 0);
+    T_CHECK(st.buffers_in_use == 0);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
+static void test_builtin_echo_many(void)
+{
+    ZCN_Server *s = make_server(NULL);
+    T_CHECK_ERR(zcn_server_use_echo_handler(s), ZCN_OK);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    enum { N = 8 };
+    struct client_job jobs[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (struct client_job){.port = zcn_server_port(s), .len = 1000u + 7919u * (unsigned)i,
+                                      .rounds = 20};
+        pthread_create(&th[i], NULL, echo_client, &jobs[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        run_until_done(s, &jobs[i].done);
+        pthread_join(th[i], NULL);
+        T_CHECK(jobs[i].ok);
+    }
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
+/* ---- poll mode ----------------------------------------------------------- */
+
+static void test_poll_mode(void)
+{
+    ZCN_Server *s = make_server(NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    int fd = connect_to(zcn_server_port(s));
+    T_CHECK(send(fd, "hello", 5, 0) == 5);
+    ZCN_Event ev[8];
+    uint32_t n = 0;
+    int seen_accept = 0, seen_data = 0;
+    for (int i = 0; i < 100 && !seen_data; i++) {
+        T_CHECK_ERR(zcn_server_poll(s, ev, 8, 100, &n), ZCN_OK);
+        for (uint32_t k = 0; k < n; k++) {
+            if (ev[k].type == ZCN_EVENT_ACCEPT)
+                seen_accept = 1;
+            if (ev[k].type == ZCN_EVENT_DATA) {
+                T_CHECK(seen_accept);
+                T_CHECK(ev[k].len == 5);
+                T_CHECK(memcmp(ev[k].data, "hello", 5) == 0);
+                T_CHECK(zcn_server_buffer_base(s) + ev[k].offset == ev[k].data);
+                T_CHECK_ERR(zcn_server_send(s, ev[k].fd, ev[k].data, ev[k].len), ZCN_OK);
+                seen_data = 1;
+            }
+        }
+    }
+    T_CHECK(seen_data);
+    uint8_t back[5];
+    /* the send goes out with the next poll */
+    T_CHECK_ERR(zcn_server_poll(s, ev, 8, 0, &n), ZCN_OK);
+    read_exact(fd, back, 5);
+    T_CHECK(memcmp(back, "hello", 5) == 0);
+    ZCN_ServerStats st;
+    zcn_server_stats(s, &st);
+    T_CHECK(st.sends_zero_copy == 1);
+    close(fd);
+    int seen_close = 0;
+    for (int i = 0; i < 100 && !seen_close; i++) {
+        T_CHECK_ERR(zcn_server_poll(s, ev, 8, 100, &n), ZCN_OK);
+        for (uint32_t k = 0; k < n; k++)
+            seen_close |= ev[k].type == ZCN_EVENT_CLOSE;
+    }
+    T_CHECK(seen_close);
+    T_CHECK_ERR(zcn_server_poll(s, NULL, 8, 0, &n), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_server_poll(s, ev, 2, 0, &n), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
+/* ---- server-side close and copied sends --------------------------------- */
+
+static int greet_fd = -1;
+static ZCN_Server *greet_server;
+
+static void greet_accept(void *ud, int fd)
+{
+    (void)ud;
+    greet_fd = fd;
+    static const char msg[] = "bye!";
+    T_CHECK_ERR(zcn_server_send(greet_server, fd, (const uint8_t *)msg, 4), ZCN_OK);
+    size_t cap = 0;
+    uint8_t *buf = zcn_server_acquire_buffer(greet_server, &cap);
+    T_CHECK(buf != NULL && cap >= 4096);
+    memcpy(buf, "owned", 5);
+    T_CHECK_ERR(zcn_server_send_buffer(greet_server, fd, buf, 5), ZCN_OK);
+    T_CHECK_ERR(zcn_server_close(greet_server, fd), ZCN_OK);
+    T_CHECK_ERR(zcn_server_close(greet_server, fd), ZCN_ERR_CLOSED);
+}
+
+static void test_close_after_send(void)
+{
+    ZCN_Server *s = make_server(NULL);
+    greet_server = s;
+    T_CHECK_ERR(zcn_server_set_callbacks(s, NULL, greet_accept, NULL, NULL), ZCN_OK);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    int fd = connect_to(zcn_server_port(s));
+    for (int i = 0; i < 50; i++)
+        zcn_server_run_once_timeout(s, 20, NULL);
+    char buf[16];
+    read_exact(fd, (uint8_t *)buf, 9);
+    T_CHECK(memcmp(buf, "bye!owned", 9) == 0);
+    T_CHECK(recv(fd, buf, sizeof buf, 0) == 0); /* then EOF */
+    close(fd);
+    ZCN_ServerStats st;
+    zcn_server_stats(s, &st);
+    T_CHECK(st.connections_closed == 1);
+    T_CHECK(st.sends_copied == 1);
+    T_CHECK(st.buffers_in_use == 0);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
+/* ---- stop from another thread and from a signal ------------------------- */
+
+static void *stopper(void *arg)
+{
+    usleep(100 * 1000);
+    zcn_server_stop(arg);
+    return NULL;
+}
+
+static ZCN_Server *signal_server;
+static volatile sig_atomic_t running = 1;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    running = 0;
+    zcn_server_stop(signal_server);
+}
+
+static void test_stop(void)
+{
+    ZCN_Server *s = make_server(NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    pthread_t th;
+    pthread_create(&th, NULL, stopper, s);
+    T_CHECK_ERR(zcn_server_run(s), ZCN_OK); /* returns only because of stop */
+    pthread_join(th, NULL);
+
+    signal_server = s;
+    struct sigaction sa = {.sa_handler = on_alarm};
+    sigaction(SIGALRM, &sa, NULL);
+    ualarm(100 * 1000, 0);
+    while (running)
+        zcn_server_run_once(s); /* the seed's loop shape */
+    T_CHECK_ERR(zcn_server_run(s), ZCN_OK); /* stop requested: returns at once */
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
+/* ---- backpressure --------------------------------------------------------- */
+
+static int bp_fd = -1;
+static int bp_drained;
+static ZCN_Server *bp_server;
+
+static void bp_accept(void *ud, int fd)
+{
+    (void)ud;
+    bp_fd = fd;
+}
+
+static void bp_drain(void *ud, int fd)
+{
+    (void)ud;
+    T_CHECK(fd == bp_fd);
+    bp_drained++;
+}
+
+static void test_backpressure(void)
+{
+    ZCN_Config cfg = {.send_queue_max_bytes = 64 * 1024};
+    ZCN_Server *s = make_server(&cfg);
+    bp_server = s;
+    zcn_server_set_callbacks(s, NULL, bp_accept, NULL, NULL);
+    zcn_server_set_drain_callback(s, bp_drain);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    int fd = connect_to(zcn_server_port(s));
+    int rcv = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    for (int i = 0; i < 50 && bp_fd < 0; i++)
+        zcn_server_run_once_timeout(s, 20, NULL);
+    T_CHECK(bp_fd >= 0);
+    /* small kernel buffers on both sides so the server's queue fills fast */
+    int snd = 4096;
+    setsockopt(bp_fd, SOL_SOCKET, SO_SNDBUF, &snd, sizeof snd);
+    static uint8_t chunk[8192];
+    memset(chunk, 'z', sizeof chunk);
+    size_t queued = 0;
+    ZCN_Error err = ZCN_OK;
+    for (int i = 0; i < 100000; i++) {
+        err = zcn_server_send(s, bp_fd, chunk, sizeof chunk);
+        if (err != ZCN_OK)
+            break;
+        queued += sizeof chunk;
+        zcn_server_run_once_timeout(s, 0, NULL);
+    }
+    T_CHECK_ERR(err, ZCN_ERR_QUEUE_FULL);
+    T_CHECK(zcn_server_queued_bytes(s, bp_fd) <= 64 * 1024 + sizeof chunk);
+    /* now read everything: the queue drains and on_drain is called */
+    size_t got = 0;
+    uint8_t buf[65536];
+    while (got < queued) {
+        zcn_server_run_once_timeout(s, 0, NULL);
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0)
+            got += (size_t)n;
+    }
+    for (int i = 0; i < 20 && bp_drained == 0; i++)
+        zcn_server_run_once_timeout(s, 10, NULL);
+    T_CHECK(bp_drained == 1);
+    T_CHECK_ERR(zcn_server_send(s, bp_fd, chunk, 10), ZCN_OK);
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
+/* ---- bad input ------------------------------------------------------------ */
+
+static void test_bad_input(void)
+{
+    ZCN_Error err = ZCN_OK;
+    T_CHECK(zcn_server_create(NULL, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
+    ZCN_Config cfg = {.address = "not-an-address"};
+    T_CHECK(zcn_server_create(&cfg, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_Config){.address = "127.0.0.1", .buffer_pool_size = 1};
+    T_CHECK(zcn_server_create(&cfg, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_Config){.address = "127.0.0.1", .io_uring_entries = 1u << 20};
+    T_CHECK(zcn_server_create(&cfg, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_Config){.address = "127.0.0.1", .flags = 0x80};
+    T_CHECK(zcn_server_create(&cfg, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
+
+    ZCN_Server *s = make_server(NULL);
+    cfg = (ZCN_Config){.address = "127.0.0.1", .port = zcn_server_port(s)};
+    T_CHECK(zcn_server_create(&cfg, &err) == NULL);
+    T_CHECK_ERR(err, (ZCN_Error)EADDRINUSE);
+    T_CHECK_ERR(zcn_server_run_once(s), ZCN_ERR_NOT_STARTED);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_ERR_ALREADY_STARTED);
+    T_CHECK_ERR(zcn_server_send(s, 12345, (const uint8_t *)"x", 1), ZCN_ERR_CLOSED);
+    T_CHECK_ERR(zcn_server_send(s, -1, (const uint8_t *)"x", 1), ZCN_ERR_CLOSED);
+    T_CHECK_ERR(zcn_server_send(s, 0, NULL, 1), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_server_close(s, 12345), ZCN_ERR_CLOSED);
+    uint8_t local[8];
+    T_CHECK_ERR(zcn_server_send_buffer(s, 0, local, 1), ZCN_ERR_FOREIGN_POINTER);
+    T_CHECK_ERR(zcn_server_release_buffer(s, local), ZCN_ERR_FOREIGN_POINTER);
+    T_CHECK_ERR(zcn_server_send(NULL, 0, local, 1), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_server_run_once(NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_server_stop(NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_server_destroy(NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_server_stats(s, NULL), ZCN_ERR_INVALID_ARGUMENT);
+    uint32_t handled = 7;
+    T_CHECK_ERR(zcn_server_run_once_timeout(s, 10, &handled), ZCN_OK);
+    T_CHECK(zcn_server_port(NULL) == 0);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+
+    cfg = (ZCN_Config){.address = "::1"};
+    s = zcn_server_create(&cfg, &err);
+    if (s != NULL) { /* IPv6 may be off on some hosts */
+        T_CHECK(zcn_server_port(s) != 0);
+        zcn_server_destroy(s);
+    }
+}
+
+int main(void)
+{
+    t_require_io_uring();
+    test_bad_input();
+    test_callback_echo(5, 1);
+    test_callback_echo(100000, 3);
+    test_callback_echo(1 << 20, 2);
+    test_builtin_echo_many();
+    test_poll_mode();
+    test_close_after_send();
+    test_backpressure();
+    test_stop();
+    printf("test_server: all passed\n");
+    return T_EXIT_PASS;
+}
