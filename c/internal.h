@@ -44,6 +44,37 @@ ZCN_Ring *zcn_ring_create_ex(uint32_t entries, uint32_t cq_entries, uint32_t fla
 #define ZCN_RING_START_DISABLED (1u << 31)
 ZCN_Error zcn_ring_enable(ZCN_Ring *ring);
 
+/* Completion sources that share a server's ring and loop (UDP sockets
+ * created on a server). A source prepares its own SQEs on
+ * zcn_server_uring() with user_data from zcn_source_ud(); the server's loop
+ * hands each such completion to handle_cqe. Attach/detach on the owner
+ * thread only; a server with sources attached refuses destroy (ZCN_ERR_BUSY). */
+struct io_uring_cqe;
+typedef struct zcn_source {
+    void (*handle_cqe)(struct zcn_source *src, struct io_uring_cqe *cqe);
+} zcn_source;
+#define ZCN_SOURCES_MAX 64
+#define ZCN_OP_SOURCE 7u
+/* user_data for a source's SQE: `tag` (24 bits) is the source's own. */
+static inline uint64_t zcn_source_ud(uint32_t source_id, uint32_t tag)
+{
+    return ((uint64_t)ZCN_OP_SOURCE << 56) | ((uint64_t)(tag & 0xffffffu) << 32) | source_id;
+}
+static inline uint32_t zcn_source_tag(uint64_t user_data)
+{
+    return (uint32_t)(user_data >> 32) & 0xffffffu;
+}
+ZCN_Error zcn_server_attach(ZCN_Server *server, zcn_source *src, uint32_t *id_out);
+void zcn_server_detach(ZCN_Server *server, uint32_t id);
+/* The server's struct io_uring (void * to keep liburing out of this header). */
+void *zcn_server_uring(ZCN_Server *server);
+/* Nonzero while one of the server's callbacks runs. A source brackets its
+ * own callbacks with zcn_server_callback_enter/leave so that running the
+ * loop or destroying the server from them gives ZCN_ERR_BUSY. */
+int zcn_server_in_callback(const ZCN_Server *server);
+void zcn_server_callback_enter(ZCN_Server *server);
+void zcn_server_callback_leave(ZCN_Server *server);
+
 /* Smallest power of two >= v (v <= 2^31). */
 static inline uint32_t zcn_pow2_ceil(uint32_t v)
 {

@@ -46,6 +46,7 @@ enum op {
     OP_SEND,
     OP_WAKE,
     OP_IGNORE,                  /* cancels: the result does not matter */
+    OP_SOURCE = ZCN_OP_SOURCE,  /* an attached source's request (UDP) */
 };
 
 enum conn_state {
@@ -166,6 +167,8 @@ struct ZCN_Server {
     uint32_t ev_n;
 
     ZCN_ServerStats stats;
+    zcn_source *sources[ZCN_SOURCES_MAX];
+    uint32_t sources_count;
 };
 
 /* ------------------------------------------------------------------ */
@@ -1075,6 +1078,10 @@ static void handle_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
         return;
     case OP_IGNORE:
         return;
+    case OP_SOURCE:
+        if (ud_slot(ud) < ZCN_SOURCES_MAX && s->sources[ud_slot(ud)] != NULL)
+            s->sources[ud_slot(ud)]->handle_cqe(s->sources[ud_slot(ud)], cqe);
+        return;
     case OP_RECV:
     case OP_SEND:
         break;
@@ -1700,6 +1707,9 @@ ZCN_Error zcn_server_destroy(ZCN_Server *s)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
     if (s->in_callback)
         return zcn_fail(ZCN_ERR_BUSY, "the server cannot be destroyed from its own callback");
+    if (s->sources_count > 0)
+        return zcn_fail(ZCN_ERR_BUSY, "%u UDP sockets still use this server's loop: destroy them first",
+                        s->sources_count);
     if (s->started)
         drain_for_destroy(s);
     /* io_uring_queue_exit (in zcn_ring_destroy) cancels what is left. */
@@ -1760,4 +1770,52 @@ const uint8_t *zcn_server_buffer_base(const ZCN_Server *s)
 size_t zcn_server_buffer_size(const ZCN_Server *s)
 {
     return s == NULL ? 0 : s->buffer_size;
+}
+
+/* ------------------------------------------------------------------ */
+/* attached completion sources (internal.h)                            */
+/* ------------------------------------------------------------------ */
+
+ZCN_Error zcn_server_attach(ZCN_Server *s, zcn_source *src, uint32_t *id_out)
+{
+    if (s == NULL || src == NULL || src->handle_cqe == NULL || id_out == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or source is NULL");
+    for (uint32_t i = 0; i < ZCN_SOURCES_MAX; i++) {
+        if (s->sources[i] == NULL) {
+            s->sources[i] = src;
+            s->sources_count++;
+            *id_out = i;
+            return ZCN_OK;
+        }
+    }
+    return zcn_fail(ZCN_ERR_EXHAUSTED, "at most %d sockets can share one server's loop",
+                    ZCN_SOURCES_MAX);
+}
+
+void zcn_server_detach(ZCN_Server *s, uint32_t id)
+{
+    if (s == NULL || id >= ZCN_SOURCES_MAX || s->sources[id] == NULL)
+        return;
+    s->sources[id] = NULL;
+    s->sources_count--;
+}
+
+void *zcn_server_uring(ZCN_Server *s)
+{
+    return s == NULL ? NULL : s->ring;
+}
+
+int zcn_server_in_callback(const ZCN_Server *s)
+{
+    return s != NULL && s->in_callback > 0;
+}
+
+void zcn_server_callback_enter(ZCN_Server *s)
+{
+    s->in_callback++;
+}
+
+void zcn_server_callback_leave(ZCN_Server *s)
+{
+    s->in_callback--;
 }
