@@ -451,10 +451,10 @@ def test_doc_python_examples_run():
 
 def test_doc_c_example_builds_and_runs(tmp_path):
     import shutil
-    lib = os.environ.get("ZCN_LIBRARY")
+    lib = zcn._ffi.lib._name  # the library this run loaded (installed or ZCN_LIBRARY)
     cc = shutil.which("cc") or shutil.which("gcc")
-    if not lib or cc is None:
-        pytest.skip("needs ZCN_LIBRARY (a built libzero_copy_net.so) and a C compiler")
+    if cc is None:
+        pytest.skip("needs a C compiler (cc or gcc)")
     (code,) = _doc_blocks("c")
     src = tmp_path / "example.c"
     src.write_text(code)

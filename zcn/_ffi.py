@@ -26,7 +26,7 @@ VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 1, 0
 VERSION_HEX = (VERSION_MAJOR << 16) | (VERSION_MINOR << 8) | VERSION_PATCH
 
 ENV_LIBRARY = "ZCN_LIBRARY"
-_LIB_NAMES = ("libzero_copy_net.so", "libzero_copy_net.so.0")
+_LIB_NAMES = ("libzero_copy_net.so",)
 
 
 def _candidates():
