@@ -93,6 +93,13 @@ struct conn {
     /* send queue: a list of chunks */
     int32_t sq_head, sq_tail;
     uint64_t queued_bytes;
+    uint32_t sq_bufs;           /* distinct buffers the queue holds (runs of
+                                   chunks on one buffer count once) */
+    /* poll mode: data lent to the caller in batch `lent_batch`, which the
+     * caller may still send: counted against the queue limit */
+    uint32_t lent_batch;
+    uint32_t lent_bufs;
+    uint64_t lent_bytes;
     /* received data not yet delivered (delivery deferred while the send
      * queue is over its limit), linked through buf_meta.next */
     int32_t rx_head, rx_tail;
@@ -145,6 +152,8 @@ struct ZCN_Server {
 
     uint32_t backlog;
     uint64_t send_queue_max_bytes;
+    uint32_t send_queue_max_bufs; /* the same limit counted in buffers */
+    uint32_t batch;             /* poll batches started (end_batch) */
     uint64_t idle_timeout_ms;
     bool nodelay;
     uint64_t now_ms;
@@ -227,6 +236,38 @@ static struct conn *lookup(const ZCN_Server *s, int fd)
 static inline bool has_room(const ZCN_Server *s, uint32_t k)
 {
     return s->ev == NULL || s->ev_n + k <= s->ev_cap;
+}
+
+/* The send queue is over its limit, in bytes or in buffers. Buffers count
+ * because every received segment holds a whole pool buffer however short
+ * it is: with a byte limit alone, one peer that sends small segments and
+ * never reads would park every buffer of the server in its queue and all
+ * other connections' receives would stall on ENOBUFS. */
+static inline bool queue_full(const ZCN_Server *s, const struct conn *c)
+{
+    return c->queued_bytes > s->send_queue_max_bytes || c->sq_bufs > s->send_queue_max_bufs;
+}
+
+/* More data for c should wait: if the user echoed it, the queue would go
+ * over its limit. In poll mode the data lent by the current batch has not
+ * been answered yet, so it counts as queued already; otherwise a batch of
+ * deliveries would all pass the check and the echoes get QUEUE_FULL. */
+static inline bool must_defer(const ZCN_Server *s, const struct conn *c)
+{
+    uint64_t bytes = c->queued_bytes;
+    uint64_t bufs = c->sq_bufs;
+    if (s->ev != NULL && c->lent_batch == s->batch) {
+        bytes += c->lent_bytes;
+        bufs += c->lent_bufs;
+    }
+    return bytes > s->send_queue_max_bytes || bufs > s->send_queue_max_bufs;
+}
+
+/* The current poll batch lent data of c that the caller has not answered
+ * yet (it answers after the poll returns). */
+static inline bool lent_now(const ZCN_Server *s, const struct conn *c)
+{
+    return s->ev != NULL && c->lent_batch == s->batch && c->lent_bufs > 0;
 }
 
 /* An SQE, submitting what is queued if the SQ is full. NULL only if the
@@ -341,6 +382,13 @@ static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
         e->reserved = 0;
         e->offset = (uint64_t)(data - s->slab);
         e->data = data;
+        if (c->lent_batch != s->batch) {
+            c->lent_batch = s->batch;
+            c->lent_bufs = 0;
+            c->lent_bytes = 0;
+        }
+        c->lent_bufs++;
+        c->lent_bytes += len;
         s->meta[bid].next = s->lent_head;
         s->lent_head = (int32_t)bid;
         return;
@@ -392,11 +440,15 @@ static void touch(ZCN_Server *s, struct conn *c)
     c->in_lru = true;
 }
 
+static void service_add(ZCN_Server *s, struct conn *c);
+
 static void arm_recv(ZCN_Server *s, struct conn *c)
 {
     struct io_uring_sqe *sqe = get_sqe(s);
-    if (sqe == NULL)
-        return; /* retried from the service list */
+    if (sqe == NULL) {
+        service_add(s, c); /* retried from the service list */
+        return;
+    }
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BUFFER_GROUP;
@@ -439,6 +491,7 @@ static void drop_send_queue(ZCN_Server *s, struct conn *c)
     }
     c->sq_tail = NIL;
     c->queued_bytes = 0;
+    c->sq_bufs = 0;
 }
 
 static void service_add(ZCN_Server *s, struct conn *c)
@@ -571,10 +624,15 @@ static void submit_send(ZCN_Server *s, struct conn *c)
 static void enqueue_chunk(ZCN_Server *s, struct conn *c, int32_t idx)
 {
     s->chunks[idx].next = NIL;
-    if (c->sq_tail != NIL)
-        s->chunks[c->sq_tail].next = idx;
-    else
+    if (c->sq_tail != NIL) {
+        struct chunk *prev = &s->chunks[c->sq_tail];
+        prev->next = idx;
+        if (prev->bid != s->chunks[idx].bid)
+            c->sq_bufs++;
+    } else {
         c->sq_head = idx;
+        c->sq_bufs++;
+    }
     c->sq_tail = idx;
     c->queued_bytes += s->chunks[idx].len;
 }
@@ -602,21 +660,36 @@ static struct conn *send_target(ZCN_Server *s, int fd, ZCN_Error *err)
         *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
         return NULL;
     }
-    if (c->queued_bytes > s->send_queue_max_bytes) {
+    if (queue_full(s, c)) {
         c->want_drain = true;
         s->stats.send_queue_full_events++;
-        *err = zcn_fail(ZCN_ERR_QUEUE_FULL, "fd %d has %llu bytes queued (limit %llu)", fd,
-                        (unsigned long long)c->queued_bytes,
-                        (unsigned long long)s->send_queue_max_bytes);
+        *err = zcn_fail(ZCN_ERR_QUEUE_FULL,
+                        "fd %d has %llu bytes in %u buffers queued (limit %llu bytes, %u buffers)",
+                        fd, (unsigned long long)c->queued_bytes, c->sq_bufs,
+                        (unsigned long long)s->send_queue_max_bytes, s->send_queue_max_bufs);
         return NULL;
     }
     *err = ZCN_OK;
     return c;
 }
 
+/* Copies data into pool buffers and queues them. Small sends first fill the
+ * room left in the queue's last buffer when the server owns it alone (a
+ * copy or a send_buffer buffer), so a stream of short messages to a slow
+ * reader costs bytes, not one buffer each. All or nothing. */
 static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, size_t len)
 {
-    size_t need = (len + s->buffer_size - 1) / s->buffer_size;
+    struct chunk *tail = NULL;
+    size_t room = 0;
+    if (c->sq_tail != NIL) {
+        tail = &s->chunks[c->sq_tail];
+        const struct buf_meta *tm = &s->meta[tail->bid];
+        if (tm->state == BUF_TX && tm->refs == 1)
+            room = s->buffer_size - (tail->off + tail->len);
+    }
+    size_t into_tail = len < room ? len : room;
+    size_t rest = len - into_tail;
+    size_t need = (rest + s->buffer_size - 1) / s->buffer_size;
     int32_t first = NIL, last = NIL;
     size_t taken = 0;
     for (; taken < need; taken++) {
@@ -627,7 +700,7 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
                 chunk_put(s, idx);
             break;
         }
-        size_t off = taken * s->buffer_size;
+        size_t off = into_tail + taken * s->buffer_size;
         size_t n = len - off < s->buffer_size ? len - off : s->buffer_size;
         memcpy(buf_ptr(s, (uint32_t)bid), data + off, n);
         s->meta[bid].state = BUF_TX;
@@ -650,6 +723,13 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
             first = next;
         }
         return zcn_fail(ZCN_ERR_EXHAUSTED, "no free pool buffer for a %zu-byte copy", len);
+    }
+    if (into_tail > 0) {
+        /* Past the bytes a send in flight may be reading, so safe to write
+         * while it runs; on_send consumes chunks by byte count. */
+        memcpy(buf_ptr(s, tail->bid) + tail->off + tail->len, data, into_tail);
+        tail->len += (uint32_t)into_tail;
+        c->queued_bytes += into_tail;
     }
     for (int32_t i = first; i != NIL;) {
         int32_t next = s->chunks[i].next;
@@ -685,6 +765,18 @@ ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len
     if (m->state != BUF_RX || m->refs == 0)
         return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
                         "data points into a receive buffer that is no longer lent");
+    if (c->sq_tail != NIL) {
+        /* The next bytes of the buffer the queue ends with (a message
+         * parsed and answered piece by piece): grow that chunk. */
+        struct chunk *tail = &s->chunks[c->sq_tail];
+        if (tail->bid == bid && tail->off + tail->len == off) {
+            tail->len += (uint32_t)len;
+            c->queued_bytes += len;
+            s->stats.sends_zero_copy++;
+            submit_send(s, c);
+            return ZCN_OK;
+        }
+    }
     int32_t idx = chunk_take(s);
     if (idx == NIL)
         return zcn_fail(ZCN_ERR_EXHAUSTED, "send chunk table full");
@@ -806,11 +898,24 @@ ZCN_Error zcn_server_use_echo_handler(ZCN_Server *s)
 /* completions                                                         */
 /* ------------------------------------------------------------------ */
 
+/* The peer has finished sending and all it sent was delivered: close once
+ * the answers are queued. In poll mode the caller answers the current
+ * batch after the poll returns, so a close now would refuse those sends
+ * (ZCN_ERR_CLOSED) and lose the reply to a half-closed request; the close
+ * waits for the next poll. */
+static void on_peer_eof(ZCN_Server *s, struct conn *c)
+{
+    if (lent_now(s, c)) {
+        service_add(s, c);
+        return;
+    }
+    begin_close(s, c);
+}
+
 /* Delivers deferred data while the send queue allows and there is room. */
 static void flush_pending_rx(ZCN_Server *s, struct conn *c)
 {
-    while (c->rx_head != NIL && c->state == CONN_OPEN &&
-           c->queued_bytes <= s->send_queue_max_bytes) {
+    while (c->rx_head != NIL && c->state == CONN_OPEN && !must_defer(s, c)) {
         if (!has_room(s, 2)) {
             service_add(s, c);
             return;
@@ -824,7 +929,7 @@ static void flush_pending_rx(ZCN_Server *s, struct conn *c)
     if (c->state != CONN_OPEN || c->rx_head != NIL)
         return;
     if (c->eof) {
-        begin_close(s, c);
+        on_peer_eof(s, c);
         return;
     }
     if (!c->recv_armed)
@@ -859,8 +964,7 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
             s->stats.recv_ops++;
             s->stats.bytes_received += (uint64_t)res;
             touch(s, c);
-            if (c->rx_head != NIL || c->queued_bytes > s->send_queue_max_bytes ||
-                !has_room(s, 2)) {
+            if (c->rx_head != NIL || must_defer(s, c) || !has_room(s, 2)) {
                 defer_rx(s, c, bid, (uint32_t)res);
                 service_add(s, c);
             } else {
@@ -887,14 +991,17 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
         case EAGAIN:
             break;
         default: /* ECONNRESET, ETIMEDOUT, EPIPE ...: the connection is gone */
+            /* Also when already closing: the recv has ended either way
+             * (no F_MORE), and progress_close below must see that, or a
+             * closing connection whose recv fails would never finish. */
             abort_conn(s, c);
-            return;
+            break;
         }
     }
 
     if (c->state == CONN_OPEN) {
         if (c->eof && c->rx_head == NIL)
-            begin_close(s, c);
+            on_peer_eof(s, c);
         else if (!c->recv_armed && c->rx_head == NIL && !c->eof && res != -ENOBUFS)
             arm_recv(s, c);
     } else {
@@ -929,6 +1036,8 @@ static void on_send(ZCN_Server *s, struct conn *c, int res)
             c->sq_head = ch->next;
             if (c->sq_head == NIL)
                 c->sq_tail = NIL;
+            if (c->sq_head == NIL || s->chunks[c->sq_head].bid != ch->bid)
+                c->sq_bufs--;
             buf_unref(s, ch->bid);
             chunk_put(s, done);
         }
@@ -941,11 +1050,12 @@ static void on_send(ZCN_Server *s, struct conn *c, int res)
     }
     submit_send(s, c);
     if (c->state == CONN_OPEN) {
-        if (c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 && has_room(s, 1)) {
+        if (c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
+            c->sq_bufs <= s->send_queue_max_bufs / 2 && has_room(s, 1)) {
             c->want_drain = false;
             emit(s, ZCN_EVENT_DRAIN, c);
         }
-        if (c->rx_head != NIL && c->queued_bytes <= s->send_queue_max_bytes)
+        if (c->rx_head != NIL && !must_defer(s, c))
             flush_pending_rx(s, c);
     }
     progress_close(s, c);
@@ -1183,6 +1293,7 @@ static void end_batch(ZCN_Server *s)
         s->zombie_head = c->zombie_next;
         free_slot(s, c);
     }
+    s->batch++; /* what the last batch lent is the caller's answer now */
 }
 
 /* Waits up to timeout_ms (-1 forever, 0 not at all) for a completion.
@@ -1502,6 +1613,13 @@ static ZCN_Error setup_buffer_ring(ZCN_Server *s)
         ring_add(s, (uint32_t)bid);
     }
     ring_publish(s);
+    /* The send queue limit in buffers: what send_queue_max_bytes needs when
+     * buffers are full, but never more than a quarter of the receive ring,
+     * so a few peers that stop reading cannot take every buffer. */
+    uint64_t bufs = (s->send_queue_max_bytes + s->buffer_size - 1) / s->buffer_size + 1;
+    if (bufs > s->br_target / 4)
+        bufs = s->br_target / 4;
+    s->send_queue_max_bufs = bufs < 2 ? 2 : (uint32_t)bufs;
     return ZCN_OK;
 }
 

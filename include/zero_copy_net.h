@@ -28,6 +28,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h> /* struct sockaddr, socklen_t (UDP) */
 
 #ifdef __cplusplus
 extern "C" {
@@ -266,7 +267,11 @@ typedef struct ZCN_Config {
     uint32_t backlog;               /* listen() backlog; 0 = 1024 */
     uint32_t connections_max;       /* open connections at once; 0 = 4096 (capped
                                        by RLIMIT_NOFILE); more are closed at accept */
-    uint32_t send_queue_max_bytes;  /* per connection; 0 = 1 MiB. See zcn_server_send */
+    uint32_t send_queue_max_bytes;  /* per connection; 0 = 1 MiB. Also caps the pool
+                                       buffers one queue may hold at
+                                       send_queue_max_bytes / buffer_size + 1 (at
+                                       most a quarter of the receive ring). See
+                                       zcn_server_send */
     uint32_t idle_timeout_ms;       /* close after this long without I/O; 0 = never */
     int32_t tcp_nodelay;            /* 0 = default (on), > 0 on, < 0 off */
     uint32_t flags;                 /* ZCN_SERVER_* bits */
@@ -319,7 +324,10 @@ typedef struct ZCN_ServerStats {
 /* Creates a server: validates the config, creates its io_uring (probed as
  * zcn_ring_create does), its buffer pool and a listening socket bound to
  * address:port (SO_REUSEADDR). Nothing is accepted until zcn_server_start.
- * The calling thread becomes the server's owner. On failure returns NULL and
+ * The server is the caller's until zcn_server_destroy. Its ring starts
+ * disabled: the thread that calls zcn_server_start becomes the owner, so a
+ * server may be created on one thread and run on another. The config is read
+ * during this call only. On failure returns NULL and
  * sets *err (err may be NULL): ZCN_ERR_INVALID_ARGUMENT for a bad config or
  * address (detail names the field), EADDRINUSE, EACCES, the ZCN_ERR_URING_*
  * codes when io_uring is unavailable, ENOMEM. */
@@ -330,7 +338,9 @@ ZCN_API ZCN_Server *zcn_server_create(const ZCN_Config *config, ZCN_Error *err);
 ZCN_API ZCN_Error zcn_server_destroy(ZCN_Server *server);
 
 /* Sets the callbacks (any may be NULL) and the user_data passed to them.
- * May be called again at any time from the owner thread. */
+ * user_data is passed through, never freed: it must stay valid until the
+ * callbacks are replaced or zcn_server_destroy returns (destroy calls
+ * on_close). May be called again at any time from the owner thread. */
 ZCN_API ZCN_Error zcn_server_set_callbacks(ZCN_Server *server, void *user_data,
                                            ZCN_OnAccept on_accept, ZCN_OnData on_data,
                                            ZCN_OnClose on_close);
@@ -339,8 +349,10 @@ ZCN_API ZCN_Error zcn_server_set_drain_callback(ZCN_Server *server, ZCN_OnDrain 
  * sent back without copying); on_accept/on_close stay as set. */
 ZCN_API ZCN_Error zcn_server_use_echo_handler(ZCN_Server *server);
 
-/* Starts accepting (multishot accept). ZCN_ERR_ALREADY_STARTED if called
- * twice. */
+/* Starts accepting (multishot accept). The calling thread becomes the
+ * server's owner: from now on only it may run the loop, send, close and so
+ * on (zcn_server_stop excepted). ZCN_ERR_ALREADY_STARTED if called twice,
+ * ZCN_ERR_BUSY from inside a callback. */
 ZCN_API ZCN_Error zcn_server_start(ZCN_Server *server);
 /* The bound port (useful with port 0); 0 for NULL. */
 ZCN_API uint16_t zcn_server_port(const ZCN_Server *server);
@@ -401,7 +413,11 @@ ZCN_API ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_
  * on return. len 0 is a no-op.
  * Errors: ZCN_ERR_CLOSED (fd is not an open connection of this server),
  * ZCN_ERR_QUEUE_FULL (the connection already has more than
- * send_queue_max_bytes queued: nothing is queued; on_drain follows),
+ * send_queue_max_bytes queued, or holds more pool buffers than its buffer
+ * cap (short received segments each hold a whole buffer): nothing is
+ * queued; on_drain follows. While a connection is over its limit its
+ * received data is not delivered, so a handler that sends at most what it
+ * received per callback never sees this error),
  * ZCN_ERR_EXHAUSTED (no pool buffer for the copy), ZCN_ERR_FOREIGN_POINTER
  * (data points into a receive buffer that is no longer lent). */
 ZCN_API ZCN_Error zcn_server_send(ZCN_Server *server, int fd, const uint8_t *data, size_t len);
@@ -427,6 +443,245 @@ ZCN_API ZCN_Error zcn_server_stats(const ZCN_Server *server, ZCN_ServerStats *ou
  * ZCN_Event.offset); NULL/0 for NULL. */
 ZCN_API const uint8_t *zcn_server_buffer_base(const ZCN_Server *server);
 ZCN_API size_t zcn_server_buffer_size(const ZCN_Server *server);
+
+/* ------------------------------------------------------------------ */
+/* UdpSocket: datagrams on io_uring, alone or in a server's loop        */
+/* ------------------------------------------------------------------ */
+
+typedef struct ZCN_UdpSocket ZCN_UdpSocket;
+
+/* The largest UDP payloads: IPv4 (65535 - 20 - 8) and IPv6 (65535 - 8). */
+#define ZCN_UDP_DATAGRAM_MAX_V4 65507u
+#define ZCN_UDP_DATAGRAM_MAX_V6 65527u
+/* Bytes at the start of every receive buffer that hold the kernel's
+ * io_uring_recvmsg_out header and the peer address; the datagram follows. */
+#define ZCN_UDP_HEADROOM 48u
+/* Upper bounds checked by zcn_udp_create. */
+#define ZCN_UDP_BUFFERS_MAX 32768u
+#define ZCN_UDP_SENDS_MAX 65535u
+#define ZCN_UDP_ENTRIES_MAX 32768u
+
+/* Bits for ZCN_UdpConfig.flags. */
+enum {
+    ZCN_UDP_REUSEADDR = 1u << 0, /* SO_REUSEADDR */
+    ZCN_UDP_REUSEPORT = 1u << 1, /* SO_REUSEPORT: several sockets, one port */
+    ZCN_UDP_BROADCAST = 1u << 2, /* SO_BROADCAST: may send to broadcast addresses */
+    ZCN_UDP_V6ONLY = 1u << 3,    /* IPV6_V6ONLY on an IPv6 socket */
+};
+
+/* Bits of the `flags` argument of ZCN_OnDatagram / ZCN_UdpEvent.flags. */
+enum {
+    /* The datagram was larger than the buffer: `len` bytes are its start
+     * only (ZCN_UdpEvent.full_len has its real size). Never passed on as
+     * if whole. Raise ZCN_UdpConfig.buffer_size to receive it whole. */
+    ZCN_UDP_TRUNCATED = 1u << 0,
+};
+
+/* UDP configuration. Zero in any field means the default beside it, so
+ * `ZCN_UdpConfig c = {0}` plus an address is a working socket. Read by
+ * zcn_udp_create* only; strings need not outlive that call. */
+typedef struct ZCN_UdpConfig {
+    const char *address;          /* local IPv4 or IPv6 literal; NULL = "0.0.0.0" */
+    uint16_t port;                /* 0 = an ephemeral port (zcn_udp_port) */
+    const char *connect_address;  /* NULL = not connected; else the one peer */
+    uint16_t connect_port;        /* the peer's port (needed with connect_address) */
+    uint32_t io_uring_entries;    /* own ring's SQ entries; 0 = 256 (ignored on a server) */
+    uint32_t buffer_count;        /* receive + send buffers; 0 = 256; 2..ZCN_UDP_BUFFERS_MAX */
+    uint32_t buffer_size;         /* largest datagram received whole; 0 = 2048;
+                                     at most ZCN_UDP_DATAGRAM_MAX_V6. Each buffer is
+                                     buffer_size + ZCN_UDP_HEADROOM rounded up to 4096,
+                                     so zcn_udp_datagram_capacity() may be larger */
+    uint32_t sends_max;           /* sends queued or in flight at once; 0 = 1024 */
+    int32_t rcvbuf;               /* SO_RCVBUF bytes; 0 = system default */
+    int32_t sndbuf;               /* SO_SNDBUF bytes; 0 = system default */
+    uint32_t flags;               /* ZCN_UDP_* bits */
+    /* Optional caller-owned buffer memory, as ZCN_Config.buffer_memory:
+     * page-aligned, buffer_count * zcn_udp_buffer_size() bytes, outliving the
+     * socket. */
+    void *buffer_memory;
+    size_t buffer_memory_size;
+} ZCN_UdpConfig;
+
+/* One received datagram. `data` is borrowed from a pool buffer: valid until
+ * the callback returns; pass it to zcn_udp_sendto / zcn_udp_send from inside
+ * the callback to send it on without a copy. `peer` is a sockaddr_in or
+ * sockaddr_in6 of peer_len bytes, valid as long as `data`. flags: ZCN_UDP_*
+ * (ZCN_UDP_TRUNCATED). Callbacks run on the thread that drives the loop
+ * (zcn_udp_run* or the server's loop), never concurrently. */
+typedef void (*ZCN_OnDatagram)(void *user_data, const struct sockaddr *peer,
+                               socklen_t peer_len, const uint8_t *data, size_t len,
+                               uint32_t flags);
+
+typedef struct ZCN_UdpStats {
+    uint64_t datagrams_received;
+    uint64_t bytes_received;         /* payload bytes delivered */
+    uint64_t datagrams_sent;         /* send completions that succeeded */
+    uint64_t bytes_sent;
+    uint64_t truncated;              /* datagrams delivered with ZCN_UDP_TRUNCATED */
+    uint64_t recv_exhaustion_events; /* receives that found no buffer (ENOBUFS);
+                                        datagrams wait in the socket meanwhile */
+    uint64_t kernel_drops;           /* datagrams the kernel dropped because the
+                                        socket's receive queue was full (SO_MEMINFO) */
+    uint64_t send_exhaustion_drops;  /* sends refused: no send slot or no pool buffer */
+    uint64_t send_errors;            /* send completions with an error */
+    uint64_t recv_errors;            /* receive completions with an error (e.g.
+                                        ECONNREFUSED on a connected socket) */
+    uint64_t sends_zero_copy;        /* sends that moved a buffer */
+    uint64_t sends_copied;           /* sends that copied into a pool buffer */
+    uint64_t buffers_total;
+    uint64_t buffers_in_use;         /* not in the receive ring or the free pool */
+    int32_t last_send_error;         /* errno of the last failed send, 0 if none */
+    int32_t last_recv_error;         /* errno of the last failed receive, 0 if none */
+} ZCN_UdpStats;
+
+/* Creates a UDP socket with its own io_uring: validates the config, creates
+ * the ring (disabled: the first thread that runs the loop or sends becomes
+ * its owner), the buffer pool and provided-buffer ring, and the socket,
+ * bound to address:port (and connected when connect_address is set).
+ * Receiving starts at the first loop call or send. On failure returns NULL
+ * and sets *err (may be NULL): ZCN_ERR_INVALID_ARGUMENT for a bad config or
+ * address (detail names the field), EADDRINUSE, EACCES, the ZCN_ERR_URING_*
+ * codes when io_uring is unavailable, ENOMEM. */
+ZCN_API ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *config, ZCN_Error *err);
+/* The same, sharing a started TCP server's ring and loop (ZCN_ERR_NOT_STARTED
+ * before zcn_server_start): datagrams are delivered
+ * from zcn_server_run* / zcn_server_poll (callbacks only: UDP datagrams are
+ * not poll events). Call on the server's owner thread; io_uring_entries is
+ * ignored. At most 64 sockets per server. Destroy the socket before the
+ * server (zcn_server_destroy gives ZCN_ERR_BUSY while sockets remain).
+ * zcn_udp_run* / zcn_udp_poll / zcn_udp_stop on such a socket give
+ * ZCN_ERR_INVALID_ARGUMENT: drive (and stop) the server instead. */
+ZCN_API ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server,
+                                                const ZCN_UdpConfig *config,
+                                                ZCN_Error *err);
+/* Cancels the socket's I/O, closes it and frees everything; queued sends
+ * not yet completed are dropped. Not from inside a callback (ZCN_ERR_BUSY,
+ * nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT. */
+ZCN_API ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *sock);
+
+/* Sets the datagram callback (NULL = datagrams are dropped after counting)
+ * and its user_data. Owner thread; any time. */
+ZCN_API ZCN_Error zcn_udp_set_callback(ZCN_UdpSocket *sock, void *user_data,
+                                       ZCN_OnDatagram on_datagram);
+/* Replaces the callback with a built-in echo written in C: each datagram is
+ * sent back to its peer without copying. Truncated datagrams are not echoed
+ * (they would not be the peer's datagram). */
+ZCN_API ZCN_Error zcn_udp_use_echo_handler(ZCN_UdpSocket *sock);
+
+/* The bound port; 0 for NULL. */
+ZCN_API uint16_t zcn_udp_port(const ZCN_UdpSocket *sock);
+/* The socket's fd (for getsockopt and diagnostics; do not close it or read
+ * from it); -1 for NULL. */
+ZCN_API int zcn_udp_fd(const ZCN_UdpSocket *sock);
+/* The bound address as a sockaddr; *len_inout is the room at addr in, the
+ * length out. */
+ZCN_API ZCN_Error zcn_udp_local_address(const ZCN_UdpSocket *sock, struct sockaddr *addr,
+                                        socklen_t *len_inout);
+/* Bytes per pool buffer (a multiple of 4096) and the largest datagram
+ * received whole (buffer size - ZCN_UDP_HEADROOM); 0 for NULL. */
+ZCN_API size_t zcn_udp_buffer_size(const ZCN_UdpSocket *sock);
+ZCN_API size_t zcn_udp_datagram_capacity(const ZCN_UdpSocket *sock);
+/* The start of the buffer slab (for ZCN_UdpEvent.offset); NULL for NULL. */
+ZCN_API const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *sock);
+
+/* Sends `len` bytes as one datagram to addr (a sockaddr_in/_in6 of the
+ * socket's family; NULL = the connected peer). Returns once queued; never
+ * blocks. If `data` is memory lent by the current callback or poll batch,
+ * the buffer is sent without a copy; other memory is copied into one pool
+ * buffer, so the caller's memory is free again on return.
+ * Submission: sends made inside callbacks go to the kernel together, in
+ * one system call, when zcn_udp_run_once* returns (zcn_udp_run: with its
+ * next wait); sends made outside callbacks go at once, unless autoflush is
+ * off (zcn_udp_set_autoflush): then zcn_udp_flush or the next loop call
+ * submits them, all in one system call.
+ * Errors: ZCN_ERR_INVALID_ARGUMENT (NULL data with len > 0, an address of
+ * the wrong family or too short, port 0, len over ZCN_UDP_DATAGRAM_MAX_V4/V6
+ * or over a pool buffer for a copy), EDESTADDRREQ (addr NULL on a socket
+ * that is not connected), ZCN_ERR_QUEUE_FULL (sends_max sends in flight:
+ * run the loop to reap them), ZCN_ERR_EXHAUSTED (no pool buffer for the
+ * copy), ZCN_ERR_BUSY (another thread owns the socket). The last two are
+ * counted in send_exhaustion_drops. A send that fails in the kernel later
+ * (ECONNREFUSED ...) is counted in send_errors / last_send_error. A 0-byte
+ * datagram is a valid datagram and is sent. */
+ZCN_API ZCN_Error zcn_udp_sendto(ZCN_UdpSocket *sock, const struct sockaddr *addr,
+                                 socklen_t addr_len, const uint8_t *data, size_t len);
+/* zcn_udp_sendto to the connected peer. */
+ZCN_API ZCN_Error zcn_udp_send(ZCN_UdpSocket *sock, const uint8_t *data, size_t len);
+
+/* A free pool buffer to fill and pass to zcn_udp_sendto_buffer (no copy);
+ * NULL when none is free. *capacity_out (may be NULL) gets its size. Release
+ * it with zcn_udp_release_buffer if not sent. Owner thread only. */
+ZCN_API uint8_t *zcn_udp_acquire_buffer(ZCN_UdpSocket *sock, size_t *capacity_out);
+ZCN_API ZCN_Error zcn_udp_release_buffer(ZCN_UdpSocket *sock, uint8_t *buffer);
+/* Sends the first `len` bytes of an acquired buffer to addr (NULL = the
+ * connected peer) without copying. On ZCN_OK the socket owns the buffer;
+ * on any error the caller still does. Errors as zcn_udp_sendto, plus
+ * ZCN_ERR_FOREIGN_POINTER if `buffer` is not an acquired buffer's start. */
+ZCN_API ZCN_Error zcn_udp_sendto_buffer(ZCN_UdpSocket *sock, const struct sockaddr *addr,
+                                        socklen_t addr_len, uint8_t *buffer, size_t len);
+
+/* One message of a batch. */
+typedef struct ZCN_UdpMessage {
+    const struct sockaddr *addr;  /* NULL = the connected peer */
+    socklen_t addr_len;
+    const uint8_t *data;
+    size_t len;
+} ZCN_UdpMessage;
+/* Queues `count` datagrams as zcn_udp_sendto would and submits them with
+ * one system call. Stops at the first message that cannot be queued and
+ * returns its error; *queued_out (may be NULL) gets how many were queued
+ * (and submitted) either way. */
+ZCN_API ZCN_Error zcn_udp_sendto_batch(ZCN_UdpSocket *sock, const ZCN_UdpMessage *msgs,
+                                       size_t count, size_t *queued_out);
+/* With autoflush off (on by default), sends made outside callbacks are only
+ * queued until zcn_udp_flush or the next loop call. */
+ZCN_API ZCN_Error zcn_udp_set_autoflush(ZCN_UdpSocket *sock, int on);
+/* Submits every queued send now (one system call). */
+ZCN_API ZCN_Error zcn_udp_flush(ZCN_UdpSocket *sock);
+
+/* Joins (or leaves) a multicast group on an interface: IP_ADD_MEMBERSHIP
+ * for an IPv4 group (interface by its address, e.g. "127.0.0.1", or by
+ * index; NULL and 0 = the kernel's choice), IPV6_JOIN_GROUP for an IPv6 one
+ * (interface by index; 0 = default). Errors: ZCN_ERR_INVALID_ARGUMENT for a
+ * group that is not a multicast literal of the socket's family, or the
+ * kernel's errno (ENODEV, EADDRINUSE if already joined ...). */
+ZCN_API ZCN_Error zcn_udp_join_multicast(ZCN_UdpSocket *sock, const char *group,
+                                         const char *interface_address,
+                                         uint32_t interface_index);
+ZCN_API ZCN_Error zcn_udp_leave_multicast(ZCN_UdpSocket *sock, const char *group,
+                                          const char *interface_address,
+                                          uint32_t interface_index);
+
+/* The loop of a socket with its own ring; same semantics and errors as
+ * zcn_server_run_once / _run_once_timeout / _run / _stop: the first call
+ * makes the calling thread the owner (another thread then gets
+ * ZCN_ERR_BUSY), EINTR returns from run_once, ZCN_ERR_BUSY from inside a
+ * callback, stop is async-signal-safe and callable from any thread. */
+ZCN_API ZCN_Error zcn_udp_run_once(ZCN_UdpSocket *sock);
+ZCN_API ZCN_Error zcn_udp_run_once_timeout(ZCN_UdpSocket *sock, int timeout_ms,
+                                           uint32_t *handled_out);
+ZCN_API ZCN_Error zcn_udp_run(ZCN_UdpSocket *sock);
+ZCN_API ZCN_Error zcn_udp_stop(ZCN_UdpSocket *sock);
+
+/* Event-batch alternative to the callback (the Python layer uses it). */
+typedef struct ZCN_UdpEvent {
+    uint32_t len;        /* payload bytes at data */
+    uint32_t flags;      /* ZCN_UDP_* (ZCN_UDP_TRUNCATED) */
+    uint32_t peer_len;   /* bytes of peer used (16 IPv4, 28 IPv6) */
+    uint32_t full_len;   /* the datagram's real size (> len when truncated) */
+    uint64_t offset;     /* data - zcn_udp_buffer_base() */
+    const uint8_t *data; /* borrowed, see zcn_udp_poll */
+    uint8_t peer[32];    /* sockaddr_in / sockaddr_in6 bytes (memcpy them out) */
+} ZCN_UdpEvent;
+/* Like zcn_udp_run_once_timeout but writes up to `capacity` (>= 1) datagram
+ * events instead of calling the callback, and sets *count_out. The memory
+ * stays valid, and may be passed to zcn_udp_sendto without a copy, until
+ * the next zcn_udp_poll / run call. Returns after a turn that handled any
+ * completion (sends included), so *count_out may be 0. */
+ZCN_API ZCN_Error zcn_udp_poll(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, uint32_t capacity,
+                               int timeout_ms, uint32_t *count_out);
+
+ZCN_API ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *sock, ZCN_UdpStats *out);
 
 #ifdef __cplusplus
 }

@@ -431,6 +431,134 @@ static void test_bad_input(void)
     }
 }
 
+/* ---- poll mode: data and EOF in one batch -------------------------------- */
+
+/* A client that sends a request and shuts down its side (nc -N, HTTP/1.0
+ * style) must get the reply: the EOF arriving in the same poll batch as the
+ * data must not close the connection before the caller has answered. */
+static void test_poll_half_close(void)
+{
+    ZCN_Server *s = make_server(NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    for (int round = 0; round < 20; round++) {
+        int fd = connect_to(zcn_server_port(s));
+        T_CHECK(send(fd, "hello", 5, 0) == 5);
+        T_CHECK(shutdown(fd, SHUT_WR) == 0);
+        usleep(20 * 1000); /* data and FIN are both waiting at the first poll */
+        ZCN_Event ev[16];
+        uint32_t n = 0;
+        int seen_data = 0, seen_close = 0;
+        for (int i = 0; i < 200 && !seen_close; i++) {
+            T_CHECK_ERR(zcn_server_poll(s, ev, 16, 50, &n), ZCN_OK);
+            for (uint32_t k = 0; k < n; k++) {
+                if (ev[k].type == ZCN_EVENT_DATA) {
+                    T_CHECK_ERR(zcn_server_send(s, ev[k].fd, ev[k].data, ev[k].len), ZCN_OK);
+                    seen_data = 1;
+                }
+                if (ev[k].type == ZCN_EVENT_CLOSE)
+                    seen_close = 1;
+            }
+        }
+        T_CHECK(seen_data && seen_close);
+        uint8_t back[8];
+        read_exact(fd, back, 5);
+        T_CHECK(memcmp(back, "hello", 5) == 0);
+        T_CHECK(recv(fd, back, sizeof back, 0) == 0);
+        close(fd);
+    }
+    ZCN_ServerStats st;
+    zcn_server_stats(s, &st);
+    T_CHECK(st.connections_closed == 20);
+    T_CHECK(st.buffers_in_use == 0);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
+/* ---- many small sends: bytes, not buffers ---------------------------------- */
+
+static int small_fd = -1;
+
+static void small_accept(void *ud, int fd)
+{
+    (void)ud;
+    small_fd = fd;
+}
+
+/* 20000 copied 10-byte sends to a peer that is not reading yet: queued
+ * bytes stay far under the limit, and they must not take a pool buffer
+ * each (the pool would run out: ZCN_ERR_EXHAUSTED). */
+static void test_small_copied_sends_share_buffers(void)
+{
+    ZCN_Server *s = make_server(NULL);
+    zcn_server_set_callbacks(s, NULL, small_accept, NULL, NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    int fd = connect_to(zcn_server_port(s));
+    int rcv = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    for (int i = 0; i < 50 && small_fd < 0; i++)
+        zcn_server_run_once_timeout(s, 20, NULL);
+    T_CHECK(small_fd >= 0);
+    int snd = 4096;
+    setsockopt(small_fd, SOL_SOCKET, SO_SNDBUF, &snd, sizeof snd);
+    enum { MSGS = 20000, LEN = 10 };
+    uint64_t peak = 0;
+    for (int i = 0; i < MSGS; i++) {
+        char msg[LEN + 1];
+        snprintf(msg, sizeof msg, "%09d|", i);
+        T_CHECK_ERR(zcn_server_send(s, small_fd, (const uint8_t *)msg, LEN), ZCN_OK);
+        if (i % 100 == 0) {
+            zcn_server_run_once_timeout(s, 0, NULL);
+            ZCN_ServerStats st;
+            zcn_server_stats(s, &st);
+            if (st.buffers_in_use > peak)
+                peak = st.buffers_in_use;
+        }
+    }
+    /* 200 kB is 13 buffers of 16 kB; allow for the in-flight ones */
+    T_CHECK(peak <= 40);
+    static uint8_t got[MSGS * LEN];
+    size_t have = 0;
+    while (have < sizeof got) {
+        zcn_server_run_once_timeout(s, 0, NULL);
+        ssize_t n = recv(fd, got + have, sizeof got - have, MSG_DONTWAIT);
+        if (n > 0)
+            have += (size_t)n;
+    }
+    for (int i = 0; i < MSGS; i++) {
+        char msg[LEN + 1];
+        snprintf(msg, sizeof msg, "%09d|", i);
+        T_CHECK(memcmp(got + (size_t)i * LEN, msg, LEN) == 0);
+    }
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
+/* on_data answering a message piece by piece (one byte at a time here):
+ * the slices of one receive buffer must not take a send chunk each. */
+static void slice_on_data(void *ud, int fd, const uint8_t *data, size_t len)
+{
+    ZCN_Server *s = ud;
+    for (size_t i = 0; i < len; i++)
+        T_CHECK_ERR(zcn_server_send(s, fd, data + i, 1), ZCN_OK);
+}
+
+static void test_zero_copy_slices(void)
+{
+    ZCN_Server *s = make_server(NULL);
+    zcn_server_set_callbacks(s, s, NULL, slice_on_data, NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    struct client_job job = {.port = zcn_server_port(s), .len = 300000, .rounds = 2};
+    pthread_t th;
+    pthread_create(&th, NULL, echo_client, &job);
+    run_until_done(s, &job.done);
+    pthread_join(th, NULL);
+    T_CHECK(job.ok);
+    ZCN_ServerStats st;
+    zcn_server_stats(s, &st);
+    T_CHECK(st.sends_copied == 0);
+    T_CHECK(st.bytes_sent == 600000);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
 int main(void)
 {
     t_require_io_uring();
@@ -442,6 +570,9 @@ int main(void)
     test_poll_mode();
     test_close_after_send();
     test_backpressure();
+    test_poll_half_close();
+    test_small_copied_sends_share_buffers();
+    test_zero_copy_slices();
     test_stop();
     printf("test_server: all passed\n");
     return T_EXIT_PASS;
