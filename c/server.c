@@ -369,6 +369,8 @@ static void emit(ZCN_Server *s, uint32_t type, struct conn *c)
     s->in_callback--;
 }
 
+static void echo_on_data(void *user_data, int fd, const uint8_t *data, size_t len);
+
 /* Hands one received buffer to the user. The delivery's reference is held
  * until the callback returns (callback mode) or the next poll (poll mode). */
 static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
@@ -394,8 +396,10 @@ static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
         return;
     }
     if (s->on_data != NULL) {
+        /* The built-in echo gets the server; user callbacks their user_data. */
+        void *ud = s->on_data == echo_on_data ? (void *)s : s->user_data;
         s->in_callback++;
-        s->on_data(s->user_data, c->fd, data, len);
+        s->on_data(ud, c->fd, data, len);
         s->in_callback--;
     }
     buf_unref(s, bid);
@@ -889,8 +893,7 @@ ZCN_Error zcn_server_use_echo_handler(ZCN_Server *s)
 {
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
-    s->on_data = echo_on_data;
-    s->user_data = s;
+    s->on_data = echo_on_data; /* user_data stays the caller's */
     return ZCN_OK;
 }
 

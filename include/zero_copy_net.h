@@ -346,7 +346,8 @@ ZCN_API ZCN_Error zcn_server_set_callbacks(ZCN_Server *server, void *user_data,
                                            ZCN_OnClose on_close);
 ZCN_API ZCN_Error zcn_server_set_drain_callback(ZCN_Server *server, ZCN_OnDrain on_drain);
 /* Replaces on_data with a built-in echo written in C (each received buffer is
- * sent back without copying); on_accept/on_close stay as set. */
+ * sent back without copying); on_accept/on_close and user_data stay as set.
+ * A later zcn_server_set_callbacks replaces the echo with its on_data. */
 ZCN_API ZCN_Error zcn_server_use_echo_handler(ZCN_Server *server);
 
 /* Starts accepting (multishot accept). The calling thread becomes the

@@ -559,6 +559,44 @@ static void test_zero_copy_slices(void)
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }
 
+/* ---- the built-in echo keeps the user's on_accept/on_close user_data ---- */
+
+struct echo_ud {
+    int accepts, closes;
+};
+
+static void eu_accept(void *ud, int fd)
+{
+    (void)fd;
+    ((struct echo_ud *)ud)->accepts++;
+}
+
+static void eu_close(void *ud, int fd)
+{
+    (void)fd;
+    ((struct echo_ud *)ud)->closes++;
+}
+
+static void test_echo_keeps_user_data(void)
+{
+    ZCN_Server *s = make_server(NULL);
+    struct echo_ud ud = {0};
+    T_CHECK_ERR(zcn_server_set_callbacks(s, &ud, eu_accept, NULL, eu_close), ZCN_OK);
+    T_CHECK_ERR(zcn_server_use_echo_handler(s), ZCN_OK);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    struct client_job job = {.port = zcn_server_port(s), .len = 3000, .rounds = 3};
+    pthread_t th;
+    pthread_create(&th, NULL, echo_client, &job);
+    run_until_done(s, &job.done);
+    pthread_join(th, NULL);
+    T_CHECK(job.ok);
+    for (int i = 0; i < 100 && ud.closes == 0; i++)
+        zcn_server_run_once_timeout(s, 20, NULL);
+    T_CHECK(ud.accepts == 1);
+    T_CHECK(ud.closes == 1);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
 int main(void)
 {
     t_require_io_uring();
@@ -567,6 +605,7 @@ int main(void)
     test_callback_echo(100000, 3);
     test_callback_echo(1 << 20, 2);
     test_builtin_echo_many();
+    test_echo_keeps_user_data();
     test_poll_mode();
     test_close_after_send();
     test_backpressure();
