@@ -89,6 +89,7 @@ struct conn {
     bool want_drain;            /* a send was refused: emit DRAIN later */
     bool in_service;            /* on the service list */
     bool in_lru;
+    bool in_tx;                 /* on the send-submission list */
     uint32_t gen;
     /* send queue: a list of chunks */
     int32_t sq_head, sq_tail;
@@ -127,6 +128,7 @@ struct ZCN_Server {
     uint32_t br_count;          /* buffers the kernel can take now */
     uint32_t br_target;         /* keep this many in the ring */
     uint32_t br_pending;        /* added, not yet published */
+    uint32_t br_extra;          /* grown when bursts found the ring empty */
 
     struct chunk *chunks;
     uint32_t chunks_max;
@@ -176,6 +178,15 @@ struct ZCN_Server {
     uint32_t ev_n;
 
     ZCN_ServerStats stats;
+    /* Connections with data queued and no send in flight: their sends
+     * are submitted once per reaped batch, so several messages to one
+     * connection leave in one sendmsg. Entries carry the slot generation;
+     * a slot freed and reused meanwhile leaves a stale entry, skipped. */
+    struct tx_entry {
+        uint32_t slot;
+        uint32_t gen;
+    } *tx;
+    uint32_t tx_n, tx_cap;
     zcn_source *sources[ZCN_SOURCES_MAX];
     uint32_t sources_count;
 };
@@ -305,9 +316,32 @@ static void ring_publish(ZCN_Server *s)
 
 /* A buffer nobody refers to any more: refill the buffer ring first, the
  * pool's send reserve after. */
+/* How many buffers the receive ring should hold now: enough for a burst
+ * from every open connection, not the whole pool. The ring is FIFO, so a
+ * returned buffer is reused only after all the others in it; keeping it
+ * small keeps the buffers the kernel writes into warm in cache and TLB
+ * (the pool behind it is LIFO). */
+static inline uint32_t ring_want(const ZCN_Server *s)
+{
+    uint64_t want = 32 + 2 * (uint64_t)s->conns_active + s->br_extra;
+    return want < s->br_target ? (uint32_t)want : s->br_target;
+}
+
+/* Tops the ring up from the pool before waiting. */
+static void ring_refill(ZCN_Server *s)
+{
+    uint32_t want = ring_want(s);
+    while (s->br_count < want) {
+        void *p = zcn_pool_acquire(s->pool);
+        if (p == NULL)
+            break;
+        ring_add(s, (uint32_t)(((uint8_t *)p - s->slab) / s->buffer_size));
+    }
+}
+
 static void recycle(ZCN_Server *s, uint32_t bid)
 {
-    if (s->br_count < s->br_target) {
+    if (s->br_count < ring_want(s)) {
         ring_add(s, bid);
         return;
     }
@@ -625,6 +659,30 @@ static void submit_send(ZCN_Server *s, struct conn *c)
     c->send_inflight = true;
 }
 
+static void flush_tx(ZCN_Server *s)
+{
+    for (uint32_t i = 0; i < s->tx_n; i++) {
+        struct conn *c = &s->conns[s->tx[i].slot];
+        if (c->gen != s->tx[i].gen || !c->in_tx)
+            continue;
+        c->in_tx = false;
+        if (c->state == CONN_OPEN || c->state == CONN_CLOSING)
+            submit_send(s, c);
+    }
+    s->tx_n = 0;
+}
+
+/* Data was queued for c: its send goes out with the batch (flush_tx). */
+static void want_send(ZCN_Server *s, struct conn *c)
+{
+    if (c->send_inflight || c->in_tx)
+        return;
+    if (s->tx_n == s->tx_cap)
+        flush_tx(s);
+    c->in_tx = true;
+    s->tx[s->tx_n++] = (struct tx_entry){(uint32_t)slot_of(s, c), c->gen};
+}
+
 static void enqueue_chunk(ZCN_Server *s, struct conn *c, int32_t idx)
 {
     s->chunks[idx].next = NIL;
@@ -741,7 +799,7 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
         i = next;
     }
     s->stats.sends_copied++;
-    submit_send(s, c);
+    want_send(s, c);
     return ZCN_OK;
 }
 
@@ -777,7 +835,7 @@ ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len
             tail->len += (uint32_t)len;
             c->queued_bytes += len;
             s->stats.sends_zero_copy++;
-            submit_send(s, c);
+            want_send(s, c);
             return ZCN_OK;
         }
     }
@@ -788,7 +846,7 @@ ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len
     s->chunks[idx] = (struct chunk){bid, (uint32_t)off, (uint32_t)len, NIL};
     enqueue_chunk(s, c, idx);
     s->stats.sends_zero_copy++;
-    submit_send(s, c);
+    want_send(s, c);
     return ZCN_OK;
 }
 
@@ -853,7 +911,7 @@ ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t 
     s->chunks[idx] = (struct chunk){(uint32_t)bid, 0, (uint32_t)len, NIL};
     enqueue_chunk(s, c, idx);
     s->stats.sends_zero_copy++;
-    submit_send(s, c);
+    want_send(s, c);
     return ZCN_OK;
 }
 
@@ -983,8 +1041,12 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
     } else if (res < 0) {
         switch (-res) {
         case ENOBUFS:
-            /* The ring ran dry for a moment; re-armed when buffers return. */
+            /* The ring ran dry for a moment; re-armed when buffers return.
+             * The ring's working set may be too small for such bursts: let
+             * it hold more from now on (up to its full size). */
             s->stats.buffer_exhaustion_events++;
+            if (s->br_extra < s->br_target)
+                s->br_extra = s->br_extra * 2 + 32;
             if (c->state == CONN_OPEN)
                 service_add(s, c);
             break;
@@ -1051,7 +1113,7 @@ static void on_send(ZCN_Server *s, struct conn *c, int res)
         progress_close(s, c);
         return;
     }
-    submit_send(s, c);
+    want_send(s, c);
     if (c->state == CONN_OPEN) {
         if (c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
             c->sq_bufs <= s->send_queue_max_bufs / 2 && has_room(s, 1)) {
@@ -1227,6 +1289,7 @@ static void handle_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
 /* Work that was waiting for room, buffers or SQEs. */
 static void run_service_list(ZCN_Server *s)
 {
+    ring_refill(s);
     int32_t head = s->service_head;
     s->service_head = s->service_tail = NIL;
     while (head != NIL) {
@@ -1304,6 +1367,8 @@ static void end_batch(ZCN_Server *s)
 static int wait_cqe(ZCN_Server *s, int timeout_ms)
 {
     struct io_uring_cqe *cqe = NULL;
+    flush_tx(s);
+    ring_refill(s);
     ring_publish(s);
     if (io_uring_cq_ready(s->ring) > 0 || timeout_ms == 0) {
         int ret = io_uring_submit_and_get_events(s->ring);
@@ -1334,6 +1399,7 @@ static uint32_t reap(ZCN_Server *s)
         seen++;
     }
     io_uring_cq_advance(s->ring, seen);
+    flush_tx(s);
     return seen;
 }
 
@@ -1609,12 +1675,7 @@ static ZCN_Error setup_buffer_ring(ZCN_Server *s)
         return zcn_fail((ZCN_Error)-ret, "register_buf_ring: %s", strerror(-ret));
     }
     io_uring_buf_ring_init(s->br);
-    for (uint32_t i = 0; i < s->br_target; i++) {
-        int64_t bid = buf_take(s);
-        if (bid < 0)
-            break;
-        ring_add(s, (uint32_t)bid);
-    }
+    ring_refill(s);
     ring_publish(s);
     /* The send queue limit in buffers: what send_queue_max_bytes needs when
      * buffers are full, but never more than a quarter of the receive ring,
@@ -1641,7 +1702,9 @@ static ZCN_Error alloc_tables(ZCN_Server *s, const struct settings *st)
     s->conns = calloc(s->conns_max, sizeof *s->conns);
     s->fd_table = malloc((size_t)s->fd_table_size * sizeof *s->fd_table);
     s->chunks = malloc((size_t)s->chunks_max * sizeof *s->chunks);
-    if (!s->meta || !s->conns || !s->fd_table || !s->chunks)
+    s->tx_cap = s->conns_max * 2;
+    s->tx = malloc((size_t)s->tx_cap * sizeof *s->tx);
+    if (!s->meta || !s->conns || !s->fd_table || !s->chunks || !s->tx)
         return zcn_fail((ZCN_Error)ENOMEM, "server tables");
     for (uint32_t i = 0; i < s->fd_table_size; i++)
         s->fd_table[i] = NIL;
@@ -1673,6 +1736,7 @@ static void free_server(ZCN_Server *s)
     free(s->conns);
     free(s->fd_table);
     free(s->chunks);
+    free(s->tx);
     free(s);
 }
 
