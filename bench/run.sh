@@ -1,7 +1,23 @@
 #!/usr/bin/env bash
-# The README's main job: set up a fresh machine, then run the benchmarks.
+# The README's main job: set up a fresh machine (Debian packages, .venv with
+# `pip install .[test,bench]`), build the benchmark's C tools (loadgen,
+# epoll_echo, zcn_echo) into build/bench, run the echo benchmark's quick
+# profile (`python -m zcn bench --quick`, under a minute), then the
+# micro-benchmarks. The full echo run (~6 minutes):
+#   .venv/bin/python -m zcn bench --build-dir build/bench
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 ZCN_EXTRAS=test,bench source tests/setup.sh
-bash bench/run_micro.sh build/bench 7
+
+build=build/bench
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZCN_BUILD_BENCH=ON \
+    -DZCN_ASAN=OFF -DZCN_TSAN=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target loadgen epoll_echo zcn_echo >/dev/null
+
+# Run from bench/ so `import zcn` finds the installed package (with its
+# built library), not the source tree; bench/asyncio_echo.py is found
+# through the build directory.
+(cd bench && "$ZCN_VENV/bin/python" -m zcn bench --quick --build-dir "$top/$build")
+echo
+bash bench/run_micro.sh "$build" 7

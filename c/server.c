@@ -1447,23 +1447,37 @@ static ZCN_Error loop_guard(ZCN_Server *s)
 
 /* Runs turns until something was handled, the stop flag is up, or the
  * deadline passes (timeout_ms < 0: none). */
-static ZCN_Error run_until(ZCN_Server *s, int timeout_ms, uint32_t *handled_out)
+/* Takes a pending stop request: each zcn_server_stop makes exactly one loop
+ * call return early (the one that sees it), so a loop run again later does
+ * not return at once forever. */
+static bool take_stop(ZCN_Server *s)
+{
+    return atomic_exchange_explicit(&s->stop_requested, 0, memory_order_acq_rel) != 0;
+}
+
+/* Runs turns until something was handled, a stop request arrives, or the
+ * deadline passes (timeout_ms < 0: none). *stopped tells the last. */
+static ZCN_Error run_until(ZCN_Server *s, int timeout_ms, uint32_t *handled_out, bool *stopped)
 {
     uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)timeout_ms;
     uint32_t handled = 0;
     ZCN_Error err = ZCN_OK;
     end_batch(s);
+    *stopped = take_stop(s);
     for (;;) {
         int left;
-        if (timeout_ms < 0) {
+        if (*stopped || timeout_ms == 0) {
+            left = 0;
+        } else if (timeout_ms < 0) {
             left = -1;
         } else {
             uint64_t now = now_ms();
             left = now >= deadline ? 0 : (int)(deadline - now);
         }
         err = turn(s, left, &handled);
-        if (err != ZCN_OK || handled > 0 || left == 0 ||
-            atomic_load_explicit(&s->stop_requested, memory_order_relaxed))
+        if (!*stopped)
+            *stopped = take_stop(s);
+        if (err != ZCN_OK || handled > 0 || left == 0 || *stopped)
             break;
     }
     if (handled_out != NULL)
@@ -1477,7 +1491,8 @@ ZCN_Error zcn_server_run_once(ZCN_Server *s)
     if (err != ZCN_OK)
         return err;
     s->ev = NULL;
-    return run_until(s, -1, NULL);
+    bool stopped;
+    return run_until(s, -1, NULL, &stopped);
 }
 
 ZCN_Error zcn_server_run_once_timeout(ZCN_Server *s, int timeout_ms, uint32_t *handled_out)
@@ -1488,7 +1503,8 @@ ZCN_Error zcn_server_run_once_timeout(ZCN_Server *s, int timeout_ms, uint32_t *h
     if (err != ZCN_OK)
         return err;
     s->ev = NULL;
-    return run_until(s, timeout_ms, handled_out);
+    bool stopped;
+    return run_until(s, timeout_ms, handled_out, &stopped);
 }
 
 ZCN_Error zcn_server_poll(ZCN_Server *s, ZCN_Event *events, uint32_t capacity, int timeout_ms,
@@ -1504,7 +1520,8 @@ ZCN_Error zcn_server_poll(ZCN_Server *s, ZCN_Event *events, uint32_t capacity, i
     s->ev = events;
     s->ev_cap = capacity;
     s->ev_n = 0;
-    err = run_until(s, timeout_ms, NULL);
+    bool stopped;
+    err = run_until(s, timeout_ms, NULL, &stopped);
     if (count_out != NULL)
         *count_out = s->ev_n;
     s->ev = NULL;
@@ -1518,15 +1535,14 @@ ZCN_Error zcn_server_run(ZCN_Server *s)
     if (err != ZCN_OK)
         return err;
     s->ev = NULL;
-    while (!atomic_load_explicit(&s->stop_requested, memory_order_acquire)) {
-        err = run_until(s, -1, NULL);
-        if (err == (ZCN_Error)EINTR)
-            continue;
-        if (err != ZCN_OK)
+    for (;;) {
+        bool stopped = false;
+        err = run_until(s, -1, NULL, &stopped);
+        if (stopped)
+            return ZCN_OK;
+        if (err != ZCN_OK && err != (ZCN_Error)EINTR)
             return err;
     }
-    atomic_store_explicit(&s->stop_requested, 0, memory_order_release);
-    return ZCN_OK;
 }
 
 ZCN_Error zcn_server_stop(ZCN_Server *s)

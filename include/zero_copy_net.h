@@ -375,8 +375,10 @@ ZCN_API ZCN_Error zcn_server_run_once_timeout(ZCN_Server *server, int timeout_ms
  * handler with zcn_server_stop. */
 ZCN_API ZCN_Error zcn_server_run(ZCN_Server *server);
 /* Asks a running loop to return. Async-signal-safe and callable from any
- * thread (an atomic flag plus an eventfd write). A request made while the
- * loop is not running makes the next zcn_server_run return at once. */
+ * thread (an atomic flag plus an eventfd write). Each request makes exactly
+ * one loop call (zcn_server_run, run_once, run_once_timeout or poll) return
+ * early, the one that sees it, which also clears it; a request made while no
+ * loop runs makes the next loop call return at once. */
 ZCN_API ZCN_Error zcn_server_stop(ZCN_Server *server);
 
 /* Event-batch alternative to callbacks, for bindings where a callback per

@@ -3,6 +3,8 @@
     import zcn
     with zcn.BufferPool(buffer_size=4096, count=1024) as pool: ...
     with zcn.Ring(entries=256) as ring: ring.nop(1000)
+    with zcn.TcpServer("127.0.0.1", 8080, on_data=lambda fd, data: ...) as server:
+        server.serve_forever()
 """
 from __future__ import annotations
 
@@ -13,9 +15,13 @@ from .errors import *  # noqa: F401,F403 - the exception classes are API
 from .errors import ZcnError
 from .pool import BufferPool, Buffer, PoolStats
 from .ring import Ring
+from .server import ServerStats, TcpServer
+from .udp import UDP_TRUNCATED, UdpSocket, UdpStats
 
 __version__ = _ffi.zcn_version_string().decode()
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
-__all__ = ["BufferPool", "Buffer", "PoolStats", "Ring", "ZcnError", "__version__"]
+__all__ = ["BufferPool", "Buffer", "PoolStats", "Ring", "TcpServer", "ServerStats",
+           "ZcnError", "__version__"]
+__all__ += ["UdpSocket", "UdpStats", "UDP_TRUNCATED"]

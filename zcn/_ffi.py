@@ -295,3 +295,149 @@ zcn_server_stats = _fn("zcn_server_stats", ZCN_Error, [c_void_p, POINTER(ServerS
 zcn_server_buffer_base = _fn("zcn_server_buffer_base", c_void_p, [c_void_p])
 # size_t zcn_server_buffer_size(const ZCN_Server *server);
 zcn_server_buffer_size = _fn("zcn_server_buffer_size", c_size_t, [c_void_p])
+
+# --- UDP ------------------------------------------------------------------------
+UDP_DATAGRAM_MAX_V4 = 65507
+UDP_DATAGRAM_MAX_V6 = 65527
+UDP_HEADROOM = 48
+UDP_BUFFERS_MAX = 32768
+UDP_SENDS_MAX = 65535
+UDP_ENTRIES_MAX = 32768
+UDP_REUSEADDR, UDP_REUSEPORT, UDP_BROADCAST, UDP_V6ONLY = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+UDP_TRUNCATED = 1 << 0
+
+
+class UdpConfig(Structure):
+    # typedef struct ZCN_UdpConfig {...} ZCN_UdpConfig;
+    _fields_ = [
+        ("address", c_char_p),
+        ("port", c_uint16),
+        ("connect_address", c_char_p),
+        ("connect_port", c_uint16),
+        ("io_uring_entries", c_uint32),
+        ("buffer_count", c_uint32),
+        ("buffer_size", c_uint32),
+        ("sends_max", c_uint32),
+        ("rcvbuf", c_int32),
+        ("sndbuf", c_int32),
+        ("flags", c_uint32),
+        ("buffer_memory", c_void_p),
+        ("buffer_memory_size", c_size_t),
+    ]
+
+
+class UdpStats(Structure):
+    # typedef struct ZCN_UdpStats {...} ZCN_UdpStats;
+    _fields_ = [(name, c_uint64) for name in (
+        "datagrams_received", "bytes_received", "datagrams_sent", "bytes_sent",
+        "truncated", "recv_exhaustion_events", "kernel_drops", "send_exhaustion_drops",
+        "send_errors", "recv_errors", "sends_zero_copy", "sends_copied",
+        "buffers_total", "buffers_in_use",
+    )] + [("last_send_error", c_int32), ("last_recv_error", c_int32)]
+
+
+class UdpEvent(Structure):
+    # typedef struct ZCN_UdpEvent {...} ZCN_UdpEvent;
+    _fields_ = [
+        ("len", c_uint32),
+        ("flags", c_uint32),
+        ("peer_len", c_uint32),
+        ("full_len", c_uint32),
+        ("offset", c_uint64),
+        ("data", c_void_p),
+        ("peer", ctypes.c_uint8 * 32),
+    ]
+
+
+#: struct module format of one ZCN_UdpEvent (len, flags, peer_len, full_len,
+#: offset, data, peer bytes)
+UDP_EVENT_FORMAT = "=IIIIQQ32s"
+
+
+class UdpMessage(Structure):
+    # typedef struct ZCN_UdpMessage {...} ZCN_UdpMessage;
+    _fields_ = [
+        ("addr", c_void_p),
+        ("addr_len", c_uint32),  # socklen_t
+        ("data", c_void_p),
+        ("len", c_size_t),
+    ]
+
+
+# typedef void (*ZCN_OnDatagram)(void *user_data, const struct sockaddr *peer,
+#     socklen_t peer_len, const uint8_t *data, size_t len, uint32_t flags);
+OnDatagram = CFUNCTYPE(None, c_void_p, c_void_p, c_uint32, c_void_p, c_size_t, c_uint32)
+
+# ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *config, ZCN_Error *err);
+zcn_udp_create = _fn("zcn_udp_create", c_void_p, [POINTER(UdpConfig), ErrOut])
+# ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server, const ZCN_UdpConfig *config,
+#                                         ZCN_Error *err);
+zcn_udp_create_on_server = _fn("zcn_udp_create_on_server", c_void_p,
+                               [c_void_p, POINTER(UdpConfig), ErrOut])
+# ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *sock);
+zcn_udp_destroy = _fn("zcn_udp_destroy", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_udp_set_callback(ZCN_UdpSocket *sock, void *user_data, ZCN_OnDatagram on_datagram);
+zcn_udp_set_callback = _fn("zcn_udp_set_callback", ZCN_Error,
+                           [c_void_p, c_void_p, OnDatagram], _check_rc)
+# ZCN_Error zcn_udp_use_echo_handler(ZCN_UdpSocket *sock);
+zcn_udp_use_echo_handler = _fn("zcn_udp_use_echo_handler", ZCN_Error, [c_void_p], _check_rc)
+# uint16_t zcn_udp_port(const ZCN_UdpSocket *sock);
+zcn_udp_port = _fn("zcn_udp_port", c_uint16, [c_void_p])
+# int zcn_udp_fd(const ZCN_UdpSocket *sock);
+zcn_udp_fd = _fn("zcn_udp_fd", c_int, [c_void_p])
+# ZCN_Error zcn_udp_local_address(const ZCN_UdpSocket *sock, struct sockaddr *addr,
+#                                 socklen_t *len_inout);
+zcn_udp_local_address = _fn("zcn_udp_local_address", ZCN_Error,
+                            [c_void_p, c_void_p, POINTER(c_uint32)], _check_rc)
+# size_t zcn_udp_buffer_size(const ZCN_UdpSocket *sock);
+zcn_udp_buffer_size = _fn("zcn_udp_buffer_size", c_size_t, [c_void_p])
+# size_t zcn_udp_datagram_capacity(const ZCN_UdpSocket *sock);
+zcn_udp_datagram_capacity = _fn("zcn_udp_datagram_capacity", c_size_t, [c_void_p])
+# const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *sock);
+zcn_udp_buffer_base = _fn("zcn_udp_buffer_base", c_void_p, [c_void_p])
+# ZCN_Error zcn_udp_sendto(ZCN_UdpSocket *sock, const struct sockaddr *addr, socklen_t addr_len,
+#                          const uint8_t *data, size_t len);
+#   (no errcheck: the Python layer maps codes itself on the hot path)
+zcn_udp_sendto = _fn("zcn_udp_sendto", ZCN_Error,
+                     [c_void_p, c_void_p, c_uint32, c_void_p, c_size_t])
+# ZCN_Error zcn_udp_send(ZCN_UdpSocket *sock, const uint8_t *data, size_t len);
+zcn_udp_send = _fn("zcn_udp_send", ZCN_Error, [c_void_p, c_void_p, c_size_t])
+# uint8_t *zcn_udp_acquire_buffer(ZCN_UdpSocket *sock, size_t *capacity_out);
+zcn_udp_acquire_buffer = _fn("zcn_udp_acquire_buffer", c_void_p, [c_void_p, POINTER(c_size_t)])
+# ZCN_Error zcn_udp_release_buffer(ZCN_UdpSocket *sock, uint8_t *buffer);
+zcn_udp_release_buffer = _fn("zcn_udp_release_buffer", ZCN_Error, [c_void_p, c_void_p], _check_rc)
+# ZCN_Error zcn_udp_sendto_buffer(ZCN_UdpSocket *sock, const struct sockaddr *addr,
+#                                 socklen_t addr_len, uint8_t *buffer, size_t len);
+zcn_udp_sendto_buffer = _fn("zcn_udp_sendto_buffer", ZCN_Error,
+                            [c_void_p, c_void_p, c_uint32, c_void_p, c_size_t])
+# ZCN_Error zcn_udp_sendto_batch(ZCN_UdpSocket *sock, const ZCN_UdpMessage *msgs, size_t count,
+#                                size_t *queued_out);
+zcn_udp_sendto_batch = _fn("zcn_udp_sendto_batch", ZCN_Error,
+                           [c_void_p, c_void_p, c_size_t, POINTER(c_size_t)])
+# ZCN_Error zcn_udp_set_autoflush(ZCN_UdpSocket *sock, int on);
+zcn_udp_set_autoflush = _fn("zcn_udp_set_autoflush", ZCN_Error, [c_void_p, c_int], _check_rc)
+# ZCN_Error zcn_udp_flush(ZCN_UdpSocket *sock);
+zcn_udp_flush = _fn("zcn_udp_flush", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_udp_join_multicast(ZCN_UdpSocket *sock, const char *group,
+#                                  const char *interface_address, uint32_t interface_index);
+zcn_udp_join_multicast = _fn("zcn_udp_join_multicast", ZCN_Error,
+                             [c_void_p, c_char_p, c_char_p, c_uint32], _check_rc)
+# ZCN_Error zcn_udp_leave_multicast(ZCN_UdpSocket *sock, const char *group,
+#                                   const char *interface_address, uint32_t interface_index);
+zcn_udp_leave_multicast = _fn("zcn_udp_leave_multicast", ZCN_Error,
+                              [c_void_p, c_char_p, c_char_p, c_uint32], _check_rc)
+# ZCN_Error zcn_udp_run_once(ZCN_UdpSocket *sock);
+zcn_udp_run_once = _fn("zcn_udp_run_once", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_udp_run_once_timeout(ZCN_UdpSocket *sock, int timeout_ms, uint32_t *handled_out);
+zcn_udp_run_once_timeout = _fn("zcn_udp_run_once_timeout", ZCN_Error,
+                               [c_void_p, c_int, POINTER(c_uint32)])
+# ZCN_Error zcn_udp_run(ZCN_UdpSocket *sock);
+zcn_udp_run = _fn("zcn_udp_run", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_udp_stop(ZCN_UdpSocket *sock);
+zcn_udp_stop = _fn("zcn_udp_stop", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_udp_poll(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, uint32_t capacity,
+#                        int timeout_ms, uint32_t *count_out);
+zcn_udp_poll = _fn("zcn_udp_poll", ZCN_Error,
+                   [c_void_p, c_void_p, c_uint32, c_int, POINTER(c_uint32)])
+# ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *sock, ZCN_UdpStats *out);
+zcn_udp_stats = _fn("zcn_udp_stats", ZCN_Error, [c_void_p, POINTER(UdpStats)], _check_rc)

@@ -1,0 +1,1449 @@
+/* UDP sockets: multishot recvmsg into a provided-buffer ring built from the
+ * pool, sends from pool buffers (copied, moved from a receive, or handed
+ * over by the user), on the socket's own ring or on a TCP server's.
+ *
+ * Receive buffer layout (what the kernel writes for a multishot recvmsg):
+ *   [io_uring_recvmsg_out 16][peer name NAME_BYTES][payload]
+ * The sizes are fixed by the msghdr template (no control messages), so the
+ * payload always starts
+ * ZCN_UDP_HEADROOM bytes into the buffer.
+ *
+ * A buffer's life: ring -> received (refs = 1 while lent to the callback or
+ * poll batch) -> maybe referenced by sends -> back to the ring (or the pool,
+ * which keeps a reserve for copied sends) when the last reference drops.
+ *
+ * SQE user_data: zcn_source_ud(source_id, tag) with tag = op | gen | index;
+ * gen tells this socket's requests from those of an earlier socket that
+ * had the same source id on a shared server ring.
+ */
+#include "internal.h"
+
+#include <liburing.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SO_MEMINFO
+#define SO_MEMINFO 55 /* Linux 4.12 */
+#endif
+#define SK_MEMINFO_DROPS 8 /* index in the SO_MEMINFO array (linux/sock_diag.h) */
+#define SK_MEMINFO_VARS 9
+
+#define NAME_BYTES 32u          /* >= sizeof(struct sockaddr_in6), 8-aligned */
+#define CQE_BATCH 256u          /* completions handled per wait */
+#define OWN_BGID 0              /* buffer group on a socket's own ring */
+#define RING_START 64u          /* buffers in the receive ring at first */
+#define NIL (-1)
+
+_Static_assert(sizeof(struct io_uring_recvmsg_out) + NAME_BYTES == ZCN_UDP_HEADROOM,
+               "ZCN_UDP_HEADROOM must match the recvmsg layout");
+_Static_assert(NAME_BYTES >= sizeof(struct sockaddr_in6), "name room");
+
+enum op {
+    OP_IGNORE = 0, /* cancels: the result does not matter */
+    OP_RECV = 1,
+    OP_SEND = 2,
+    OP_WAKE = 3,
+};
+
+enum buf_state {
+    BUF_POOL = 0, /* free in the pool */
+    BUF_RING,     /* in the kernel's buffer ring */
+    BUF_RX,       /* holds a received datagram; refs > 0 */
+    BUF_USER,     /* acquired by the user */
+    BUF_TX,       /* being sent; refs > 0 */
+};
+
+struct buf_meta {
+    uint32_t refs;
+    int32_t next; /* lent list link (poll mode) */
+    uint8_t state;
+};
+
+union peer_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+};
+
+/* One queued or in-flight send. The kernel reads the address when the SQE
+ * is issued, which may be after the call that queued it, so it lives here
+ * until the completion. */
+struct send_slot {
+    union peer_addr addr;
+    uint32_t bid;
+    int32_t next; /* free list */
+};
+
+struct ZCN_UdpSocket {
+    zcn_source src; /* handle_cqe for the server's loop */
+    ZCN_Server *server;     /* NULL: the socket has its own ring */
+    uint32_t source_id;
+    uint32_t gen;           /* 6 bits, see tag() */
+    ZCN_Ring *ring_handle;  /* own ring only */
+    struct io_uring *ring;
+
+    int fd;
+    int family;
+    uint16_t port;
+    bool connected;
+
+    ZCN_BufferPool *pool;
+    uint8_t *slab;
+    size_t buffer_size;     /* bytes per pool buffer */
+    uint32_t buffer_count;
+    struct buf_meta *meta;
+
+    struct io_uring_buf_ring *br;
+    size_t br_bytes;
+    uint16_t bgid;
+    bool br_registered;
+    uint32_t br_mask;
+    uint32_t br_count;      /* buffers the kernel can take now */
+    uint32_t br_target;     /* keep this many in the ring (grows after ENOBUFS) */
+    uint32_t br_max;        /* the ring's capacity: buffers minus the send reserve */
+    uint32_t br_pending;    /* added, not yet published */
+
+    struct msghdr rmsg;     /* recvmsg template: only the sizes matter */
+    bool recv_armed;
+    bool started;           /* ring enabled and receiving */
+    bool destroying;
+
+    struct send_slot *slots;
+    uint32_t slots_max;
+    int32_t slot_free;
+    uint32_t sends_inflight;
+    bool autoflush;
+    bool unsubmitted;       /* SQEs queued since the last submit */
+
+    int wake_fd;
+    bool wake_armed;
+    _Atomic int stop_requested;
+    pthread_t owner;
+    bool owner_set;
+
+    int in_callback;
+    void *user_data;
+    ZCN_OnDatagram on_datagram;
+    ZCN_UdpEvent *ev;       /* poll mode: events go here */
+    uint32_t ev_cap;
+    uint32_t ev_n;
+    int32_t lent_head;      /* buffers lent to the current poll batch */
+
+    ZCN_UdpStats stats;
+};
+
+static _Atomic uint32_t next_gen;
+
+/* ------------------------------------------------------------------ */
+/* small helpers                                                       */
+/* ------------------------------------------------------------------ */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* tag (24 bits) = op (2) | gen (6) | index (16). */
+static inline uint64_t make_ud(const ZCN_UdpSocket *u, enum op op, uint32_t index)
+{
+    uint32_t tag = ((uint32_t)op << 22) | ((u->gen & 0x3fu) << 16) | (index & 0xffffu);
+    return zcn_source_ud(u->source_id, tag);
+}
+
+static inline enum op tag_op(uint32_t tag)
+{
+    return (enum op)(tag >> 22);
+}
+
+static inline uint32_t tag_gen(uint32_t tag)
+{
+    return (tag >> 16) & 0x3fu;
+}
+
+static inline uint32_t tag_index(uint32_t tag)
+{
+    return tag & 0xffffu;
+}
+
+static inline uint8_t *buf_ptr(const ZCN_UdpSocket *u, uint32_t bid)
+{
+    return u->slab + (size_t)bid * u->buffer_size;
+}
+
+static inline size_t datagram_max(const ZCN_UdpSocket *u)
+{
+    return u->family == AF_INET6 ? ZCN_UDP_DATAGRAM_MAX_V6 : ZCN_UDP_DATAGRAM_MAX_V4;
+}
+
+/* An SQE, submitting what is queued if the SQ is full; NULL only if the
+ * kernel refuses that submit. */
+static struct io_uring_sqe *get_sqe(ZCN_UdpSocket *u)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(u->ring);
+    if (sqe != NULL)
+        return sqe;
+    io_uring_submit(u->ring);
+    return io_uring_get_sqe(u->ring);
+}
+
+static void callback_enter(ZCN_UdpSocket *u)
+{
+    u->in_callback++;
+    if (u->server != NULL)
+        zcn_server_callback_enter(u->server);
+}
+
+static void callback_leave(ZCN_UdpSocket *u)
+{
+    if (u->server != NULL)
+        zcn_server_callback_leave(u->server);
+    u->in_callback--;
+}
+
+/* Sends and loop calls come from one thread: the ring's SQ has no lock, and
+ * a SINGLE_ISSUER ring refuses other submitters. */
+static ZCN_Error owner_check(ZCN_UdpSocket *u)
+{
+    if (u->server != NULL)
+        return ZCN_OK; /* the server's owner rules apply */
+    if (!u->owner_set) {
+        u->owner = pthread_self();
+        u->owner_set = true;
+        return ZCN_OK;
+    }
+    if (!pthread_equal(u->owner, pthread_self()))
+        return zcn_fail(ZCN_ERR_BUSY, "the UDP socket is driven by another thread");
+    return ZCN_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* buffers                                                             */
+/* ------------------------------------------------------------------ */
+
+static void ring_add(ZCN_UdpSocket *u, uint32_t bid)
+{
+    io_uring_buf_ring_add(u->br, buf_ptr(u, bid), (unsigned)u->buffer_size,
+                          (unsigned short)bid, (int)u->br_mask, (int)u->br_pending);
+    u->br_pending++;
+    u->br_count++;
+    u->meta[bid].state = BUF_RING;
+    u->meta[bid].refs = 0;
+}
+
+/* Publishing is one release store; done per recycle batch so a shared
+ * server's loop (which does not know our ring) never waits on it. */
+static void ring_publish(ZCN_UdpSocket *u)
+{
+    if (u->br_pending == 0)
+        return;
+    io_uring_buf_ring_advance(u->br, (int)u->br_pending);
+    u->br_pending = 0;
+}
+
+static void arm_recv(ZCN_UdpSocket *u);
+
+/* A buffer nobody refers to: refill the ring first, then the pool (a LIFO
+ * stack, so the next buffer taken from it is the warmest). */
+static void recycle(ZCN_UdpSocket *u, uint32_t bid)
+{
+    if (u->br_count < u->br_target && !u->destroying) {
+        ring_add(u, bid);
+        return;
+    }
+    u->meta[bid].state = BUF_POOL;
+    zcn_pool_release(u->pool, buf_ptr(u, bid));
+}
+
+static inline void buf_unref(ZCN_UdpSocket *u, uint32_t bid)
+{
+    if (--u->meta[bid].refs == 0)
+        recycle(u, bid);
+}
+
+static int64_t buf_take(ZCN_UdpSocket *u)
+{
+    void *p = zcn_pool_acquire(u->pool);
+    if (p == NULL)
+        return -1;
+    return (int64_t)(((uint8_t *)p - u->slab) / u->buffer_size);
+}
+
+/* Re-arms the multishot receive once it has ended and buffers are there
+ * again; with none, the next recycle calls this again. */
+static void maybe_rearm(ZCN_UdpSocket *u)
+{
+    while (u->br_count < u->br_target && !u->destroying) {
+        int64_t bid = buf_take(u);
+        if (bid < 0)
+            break;
+        ring_add(u, (uint32_t)bid);
+    }
+    ring_publish(u);
+    if (u->started && !u->recv_armed && !u->destroying && u->br_count > 0)
+        arm_recv(u);
+}
+
+/* Ends the previous poll batch: its lent buffers come back. */
+static void end_batch(ZCN_UdpSocket *u)
+{
+    while (u->lent_head != NIL) {
+        uint32_t bid = (uint32_t)u->lent_head;
+        u->lent_head = u->meta[bid].next;
+        buf_unref(u, bid);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* receiving                                                           */
+/* ------------------------------------------------------------------ */
+
+static void arm_recv(ZCN_UdpSocket *u)
+{
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (sqe == NULL)
+        return; /* retried by maybe_rearm on the next turn */
+    /* MSG_TRUNC makes the kernel report the datagram's real size in
+     * io_uring_recvmsg_out.payloadlen while copying only what fits. */
+    io_uring_prep_recvmsg_multishot(sqe, u->fd, &u->rmsg, MSG_TRUNC);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = u->bgid;
+    io_uring_sqe_set_data64(sqe, make_ud(u, OP_RECV, 0));
+    u->recv_armed = true;
+    u->unsubmitted = true;
+}
+
+static void emit_event(ZCN_UdpSocket *u, uint32_t bid, const void *peer, uint32_t peer_len,
+                       const uint8_t *data, uint32_t len, uint32_t full_len, uint32_t flags)
+{
+    ZCN_UdpEvent *e = &u->ev[u->ev_n++];
+    e->len = len;
+    e->flags = flags;
+    e->peer_len = peer_len;
+    e->full_len = full_len;
+    e->offset = (uint64_t)(data - u->slab);
+    e->data = data;
+    memset(e->peer, 0, sizeof e->peer);
+    memcpy(e->peer, peer, peer_len);
+    u->meta[bid].next = u->lent_head;
+    u->lent_head = (int32_t)bid;
+}
+
+/* Hands one received buffer (refs 1) to the user. */
+static void deliver(ZCN_UdpSocket *u, uint32_t bid, int res)
+{
+    uint8_t *buf = buf_ptr(u, bid);
+    struct io_uring_recvmsg_out *o = io_uring_recvmsg_validate(buf, res, &u->rmsg);
+    if (o == NULL) { /* cannot happen: the kernel always writes the header */
+        u->stats.recv_errors++;
+        buf_unref(u, bid);
+        return;
+    }
+    uint32_t room = (uint32_t)res - ZCN_UDP_HEADROOM;
+    uint32_t len = o->payloadlen < room ? o->payloadlen : room;
+    uint32_t flags = (o->flags & MSG_TRUNC) || o->payloadlen > len ? ZCN_UDP_TRUNCATED : 0;
+    uint32_t peer_len = o->namelen < NAME_BYTES ? o->namelen : NAME_BYTES;
+    const uint8_t *data = buf + ZCN_UDP_HEADROOM;
+    u->stats.datagrams_received++;
+    u->stats.bytes_received += len;
+    if (flags & ZCN_UDP_TRUNCATED)
+        u->stats.truncated++;
+    if (u->ev != NULL) {
+        emit_event(u, bid, io_uring_recvmsg_name(o), peer_len, data, len, o->payloadlen, flags);
+        return;
+    }
+    if (u->on_datagram != NULL) {
+        callback_enter(u);
+        u->on_datagram(u->user_data, io_uring_recvmsg_name(o), (socklen_t)peer_len, data, len,
+                       flags);
+        callback_leave(u);
+    }
+    buf_unref(u, bid);
+}
+
+static void on_recv(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        u->recv_armed = false;
+    if (cqe->flags & IORING_CQE_F_BUFFER) {
+        uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        u->br_count--;
+        u->meta[bid].state = BUF_RX;
+        u->meta[bid].refs = 1;
+        if (cqe->res >= (int)ZCN_UDP_HEADROOM && !u->destroying)
+            deliver(u, bid, cqe->res);
+        else
+            buf_unref(u, bid);
+    }
+    if (cqe->res < 0) {
+        switch (-cqe->res) {
+        case ENOBUFS:
+            /* The ring ran dry; datagrams wait in the socket (up to
+             * SO_RCVBUF) until maybe_rearm finds buffers again. */
+            u->stats.recv_exhaustion_events++;
+            /* The ring is FIFO: a small one keeps the buffers the kernel
+             * writes into warm in cache; it grows only when bursts need it. */
+            if (u->br_target < u->br_max)
+                u->br_target = u->br_target * 2 < u->br_max ? u->br_target * 2 : u->br_max;
+            break;
+        case ECANCELED:
+        case EINTR:
+        case EAGAIN:
+            break;
+        default:
+            /* ECONNREFUSED after an ICMP error on a connected socket and
+             * the like: the socket itself still works. */
+            u->stats.recv_errors++;
+            u->stats.last_recv_error = -cqe->res;
+            break;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* sending                                                             */
+/* ------------------------------------------------------------------ */
+
+static void on_send(ZCN_UdpSocket *u, uint32_t index, int res)
+{
+    if (index >= u->slots_max)
+        return;
+    struct send_slot *sl = &u->slots[index];
+    if (res < 0) {
+        u->stats.send_errors++;
+        u->stats.last_send_error = -res;
+    } else {
+        u->stats.datagrams_sent++;
+        u->stats.bytes_sent += (uint64_t)res;
+    }
+    buf_unref(u, sl->bid);
+    sl->next = u->slot_free;
+    u->slot_free = (int32_t)index;
+    u->sends_inflight--;
+}
+
+/* Checks a destination; on success *addr_out is the address to use (NULL
+ * for the connected peer). */
+static ZCN_Error check_dest(const ZCN_UdpSocket *u, const struct sockaddr *addr, socklen_t len,
+                            size_t data_len)
+{
+    if (addr == NULL) {
+        if (!u->connected)
+            return zcn_fail((ZCN_Error)EDESTADDRREQ,
+                            "no address given and the socket is not connected");
+    } else {
+        socklen_t need = u->family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                               : sizeof(struct sockaddr_in);
+        if (len < need || addr->sa_family != u->family)
+            return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                            "address is not a sockaddr_in%s of %u bytes (family %d, len %u)",
+                            u->family == AF_INET6 ? "6" : "", (unsigned)need,
+                            (int)addr->sa_family, (unsigned)len);
+        uint16_t port = u->family == AF_INET6 ? ((const struct sockaddr_in6 *)addr)->sin6_port
+                                              : ((const struct sockaddr_in *)addr)->sin_port;
+        if (port == 0)
+            return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "destination port 0");
+    }
+    if (data_len > datagram_max(u))
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "datagram of %zu bytes is over the UDP limit %zu",
+                        data_len, datagram_max(u));
+    return ZCN_OK;
+}
+
+/* Prepares the send SQE for buffer bid (the caller holds one reference for
+ * it). Fails only for lack of a slot or SQE; the caller still owns the
+ * reference then. */
+static ZCN_Error queue_send(ZCN_UdpSocket *u, const struct sockaddr *addr, uint32_t bid,
+                            const uint8_t *data, uint32_t len)
+{
+    if (u->slot_free == NIL) {
+        u->stats.send_exhaustion_drops++;
+        return zcn_fail(ZCN_ERR_QUEUE_FULL,
+                        "%u sends in flight (sends_max): run the loop to complete them",
+                        u->slots_max);
+    }
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (sqe == NULL) {
+        u->stats.send_exhaustion_drops++;
+        return zcn_fail(ZCN_ERR_QUEUE_FULL, "the submission queue is full");
+    }
+    int32_t index = u->slot_free;
+    struct send_slot *sl = &u->slots[index];
+    u->slot_free = sl->next;
+    sl->bid = bid;
+    io_uring_prep_send(sqe, u->fd, data, len, 0);
+    if (addr != NULL) {
+        socklen_t alen = u->family == AF_INET6 ? sizeof sl->addr.in6 : sizeof sl->addr.in4;
+        memcpy(&sl->addr, addr, alen);
+        io_uring_prep_send_set_addr(sqe, &sl->addr.sa, (uint16_t)alen);
+    }
+    io_uring_sqe_set_data64(sqe, make_ud(u, OP_SEND, (uint32_t)index));
+    u->sends_inflight++;
+    u->unsubmitted = true;
+    return ZCN_OK;
+}
+
+/* The buffer holding lent receive data at [data, data+len), or -1 if the
+ * memory is not in the slab. -2: in the slab but not sendable as is. */
+static int64_t lent_buffer(const ZCN_UdpSocket *u, const uint8_t *data, size_t len)
+{
+    const uint8_t *end = u->slab + (size_t)u->buffer_count * u->buffer_size;
+    if (data < u->slab || data >= end)
+        return -1;
+    uint32_t bid = (uint32_t)((size_t)(data - u->slab) / u->buffer_size);
+    if ((size_t)(data - buf_ptr(u, bid)) + len > u->buffer_size)
+        return -2;
+    uint8_t st = u->meta[bid].state;
+    if (st == BUF_USER)
+        return -1; /* the user's own buffer: copy, it stays theirs */
+    if ((st != BUF_RX && st != BUF_TX) || u->meta[bid].refs == 0)
+        return -2;
+    return bid;
+}
+
+static ZCN_Error send_one(ZCN_UdpSocket *u, const struct sockaddr *addr, socklen_t addr_len,
+                          const uint8_t *data, size_t len)
+{
+    if (data == NULL && len != 0)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "data is NULL");
+    ZCN_Error e = check_dest(u, addr, addr_len, len);
+    if (e != ZCN_OK)
+        return e;
+    int64_t bid = len == 0 ? -1 : lent_buffer(u, data, len);
+    if (bid == -2)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
+                        "data points into a receive buffer that is no longer lent");
+    if (bid >= 0) {
+        u->meta[bid].refs++;
+        e = queue_send(u, addr, (uint32_t)bid, data, (uint32_t)len);
+        if (e != ZCN_OK) {
+            u->meta[bid].refs--;
+            return e;
+        }
+        u->stats.sends_zero_copy++;
+        return ZCN_OK;
+    }
+    if (len > u->buffer_size)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "datagram of %zu bytes does not fit a %zu-byte pool buffer "
+                        "(raise buffer_size)", len, u->buffer_size);
+    bid = buf_take(u);
+    if (bid < 0) {
+        u->stats.send_exhaustion_drops++;
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "no free pool buffer for a %zu-byte copy", len);
+    }
+    uint8_t *copy = buf_ptr(u, (uint32_t)bid);
+    if (len > 0)
+        memcpy(copy, data, len);
+    u->meta[bid].state = BUF_TX;
+    u->meta[bid].refs = 1;
+    e = queue_send(u, addr, (uint32_t)bid, copy, (uint32_t)len);
+    if (e != ZCN_OK) {
+        u->meta[bid].refs = 0;
+        u->meta[bid].state = BUF_POOL;
+        zcn_pool_release(u->pool, copy);
+        return e;
+    }
+    u->stats.sends_copied++;
+    return ZCN_OK;
+}
+
+static ZCN_Error submit_now(ZCN_UdpSocket *u)
+{
+    if (!u->unsubmitted)
+        return ZCN_OK;
+    if (u->server == NULL && !u->started)
+        return ZCN_OK; /* start() submits */
+    int ret = io_uring_submit(u->ring);
+    if (ret < 0 && ret != -EBUSY && ret != -EAGAIN)
+        return zcn_fail((ZCN_Error)-ret, "io_uring_submit: %s", strerror(-ret));
+    u->unsubmitted = false;
+    return ZCN_OK;
+}
+
+/* Inside a callback or a poll batch the loop submits at the end of the
+ * turn, batching; outside, autoflush submits at once. */
+static ZCN_Error after_queue(ZCN_UdpSocket *u)
+{
+    if (u->in_callback || (u->server != NULL && zcn_server_in_callback(u->server)) ||
+        !u->autoflush)
+        return ZCN_OK;
+    return submit_now(u);
+}
+
+static ZCN_Error start(ZCN_UdpSocket *u);
+
+static ZCN_Error send_guard(ZCN_UdpSocket *u)
+{
+    if (u == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
+    ZCN_Error e = owner_check(u);
+    if (e != ZCN_OK) {
+        u->stats.send_exhaustion_drops++;
+        return e;
+    }
+    return start(u);
+}
+
+ZCN_Error zcn_udp_sendto(ZCN_UdpSocket *u, const struct sockaddr *addr, socklen_t addr_len,
+                         const uint8_t *data, size_t len)
+{
+    ZCN_Error e = send_guard(u);
+    if (e != ZCN_OK)
+        return e;
+    e = send_one(u, addr, addr_len, data, len);
+    if (e != ZCN_OK)
+        return e;
+    return after_queue(u);
+}
+
+ZCN_Error zcn_udp_send(ZCN_UdpSocket *u, const uint8_t *data, size_t len)
+{
+    return zcn_udp_sendto(u, NULL, 0, data, len);
+}
+
+ZCN_Error zcn_udp_sendto_batch(ZCN_UdpSocket *u, const ZCN_UdpMessage *msgs, size_t count,
+                               size_t *queued_out)
+{
+    if (queued_out != NULL)
+        *queued_out = 0;
+    ZCN_Error e = send_guard(u);
+    if (e != ZCN_OK)
+        return e;
+    if (msgs == NULL && count != 0)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "msgs is NULL");
+    size_t i = 0;
+    for (; i < count; i++) {
+        e = send_one(u, msgs[i].addr, msgs[i].addr_len, msgs[i].data, msgs[i].len);
+        if (e != ZCN_OK)
+            break;
+    }
+    if (queued_out != NULL)
+        *queued_out = i;
+    /* What was queued goes out even if a later message failed. */
+    ZCN_Error se = after_queue(u);
+    return e != ZCN_OK ? e : se;
+}
+
+uint8_t *zcn_udp_acquire_buffer(ZCN_UdpSocket *u, size_t *capacity_out)
+{
+    if (u == NULL)
+        return NULL;
+    int64_t bid = buf_take(u);
+    if (bid < 0)
+        return NULL;
+    u->meta[bid].state = BUF_USER;
+    u->meta[bid].refs = 0;
+    if (capacity_out != NULL)
+        *capacity_out = u->buffer_size;
+    return buf_ptr(u, (uint32_t)bid);
+}
+
+static int64_t user_buffer(const ZCN_UdpSocket *u, const uint8_t *buffer)
+{
+    int64_t bid = zcn_pool_index_of(u->pool, buffer);
+    if (bid < 0 || u->meta[bid].state != BUF_USER)
+        return -1;
+    return bid;
+}
+
+ZCN_Error zcn_udp_release_buffer(ZCN_UdpSocket *u, uint8_t *buffer)
+{
+    if (u == NULL || buffer == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket or buffer is NULL");
+    int64_t bid = user_buffer(u, buffer);
+    if (bid < 0)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_udp_acquire_buffer");
+    u->meta[bid].state = BUF_POOL;
+    return zcn_pool_release(u->pool, buffer);
+}
+
+ZCN_Error zcn_udp_sendto_buffer(ZCN_UdpSocket *u, const struct sockaddr *addr,
+                                socklen_t addr_len, uint8_t *buffer, size_t len)
+{
+    ZCN_Error e = send_guard(u);
+    if (e != ZCN_OK)
+        return e;
+    if (buffer == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "buffer is NULL");
+    int64_t bid = user_buffer(u, buffer);
+    if (bid < 0)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_udp_acquire_buffer");
+    if (len > u->buffer_size)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "len %zu is larger than the buffer (%zu)", len,
+                        u->buffer_size);
+    e = check_dest(u, addr, addr_len, len);
+    if (e != ZCN_OK)
+        return e;
+    u->meta[bid].state = BUF_TX;
+    u->meta[bid].refs = 1;
+    e = queue_send(u, addr, (uint32_t)bid, buffer, (uint32_t)len);
+    if (e != ZCN_OK) {
+        u->meta[bid].state = BUF_USER;
+        u->meta[bid].refs = 0;
+        return e;
+    }
+    u->stats.sends_zero_copy++;
+    return after_queue(u);
+}
+
+ZCN_Error zcn_udp_set_autoflush(ZCN_UdpSocket *u, int on)
+{
+    if (u == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
+    u->autoflush = on != 0;
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_udp_flush(ZCN_UdpSocket *u)
+{
+    ZCN_Error e = send_guard(u);
+    if (e != ZCN_OK)
+        return e;
+    return submit_now(u);
+}
+
+static void echo_on_datagram(void *user_data, const struct sockaddr *peer, socklen_t peer_len,
+                             const uint8_t *data, size_t len, uint32_t flags)
+{
+    ZCN_UdpSocket *u = user_data;
+    if (flags & ZCN_UDP_TRUNCATED)
+        return;
+    /* A refused echo is counted in the stats (send_exhaustion_drops). */
+    (void)zcn_udp_sendto(u, peer, peer_len, data, len);
+}
+
+ZCN_Error zcn_udp_use_echo_handler(ZCN_UdpSocket *u)
+{
+    if (u == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
+    u->on_datagram = echo_on_datagram;
+    u->user_data = u;
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_udp_set_callback(ZCN_UdpSocket *u, void *user_data, ZCN_OnDatagram on_datagram)
+{
+    if (u == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
+    u->user_data = user_data;
+    u->on_datagram = on_datagram;
+    return ZCN_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* completions and the loop                                            */
+/* ------------------------------------------------------------------ */
+
+static void arm_wake(ZCN_UdpSocket *u)
+{
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (sqe == NULL)
+        return;
+    io_uring_prep_poll_multishot(sqe, u->wake_fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, make_ud(u, OP_WAKE, 0));
+    u->wake_armed = true;
+    u->unsubmitted = true;
+}
+
+static void on_wake(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
+{
+    uint64_t value;
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        u->wake_armed = false;
+    while (read(u->wake_fd, &value, sizeof value) > 0) {
+    }
+    if (!u->wake_armed && !u->destroying)
+        arm_wake(u);
+}
+
+static void handle_cqe(zcn_source *src, struct io_uring_cqe *cqe)
+{
+    ZCN_UdpSocket *u = (ZCN_UdpSocket *)src;
+    uint32_t tag = zcn_source_tag(io_uring_cqe_get_data64(cqe));
+    if (tag_gen(tag) != (u->gen & 0x3fu))
+        return; /* an earlier socket's request on a shared ring */
+    switch (tag_op(tag)) {
+    case OP_RECV:
+        on_recv(u, cqe);
+        break;
+    case OP_SEND:
+        on_send(u, tag_index(tag), cqe->res);
+        break;
+    case OP_WAKE:
+        on_wake(u, cqe);
+        break;
+    default:
+        break;
+    }
+    maybe_rearm(u);
+}
+
+/* Enables the ring on the calling thread (own ring) and arms the receive. */
+static ZCN_Error start(ZCN_UdpSocket *u)
+{
+    if (u->started)
+        return ZCN_OK;
+    if (u->server == NULL) {
+        ZCN_Error e = zcn_ring_enable(u->ring_handle);
+        if (e != ZCN_OK)
+            return e;
+        arm_wake(u);
+    }
+    u->started = true;
+    arm_recv(u);
+    if (u->server == NULL)
+        return submit_now(u);
+    return ZCN_OK; /* the server's loop submits */
+}
+
+static int wait_cqe(ZCN_UdpSocket *u, int timeout_ms)
+{
+    struct io_uring_cqe *cqe = NULL;
+    ring_publish(u);
+    u->unsubmitted = false;
+    if (io_uring_cq_ready(u->ring) > 0 || timeout_ms == 0) {
+        int ret = io_uring_submit_and_get_events(u->ring);
+        return ret < 0 ? ret : 0;
+    }
+    if (timeout_ms < 0) {
+        int ret = io_uring_submit_and_wait(u->ring, 1);
+        return ret < 0 ? ret : 0;
+    }
+    struct __kernel_timespec ts = {
+        .tv_sec = timeout_ms / 1000,
+        .tv_nsec = (long long)(timeout_ms % 1000) * 1000000,
+    };
+    int ret = io_uring_submit_and_wait_timeout(u->ring, &cqe, 1, &ts, NULL);
+    return ret < 0 ? ret : 0;
+}
+
+static uint32_t reap(ZCN_UdpSocket *u)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    uint32_t seen = 0;
+    io_uring_for_each_cqe(u->ring, head, cqe)
+    {
+        if (seen == CQE_BATCH || (u->ev != NULL && u->ev_n == u->ev_cap))
+            break;
+        handle_cqe(&u->src, cqe);
+        seen++;
+    }
+    io_uring_cq_advance(u->ring, seen);
+    return seen;
+}
+
+/* One wait and the completions it brought. Sends queued by callbacks are
+ * submitted by the next wait (zcn_udp_run) or when run_once/poll return. */
+static ZCN_Error turn(ZCN_UdpSocket *u, int timeout_ms, uint32_t *handled)
+{
+    *handled = 0;
+    maybe_rearm(u);
+    int ret = wait_cqe(u, timeout_ms);
+    if (ret == -EINTR)
+        return zcn_fail((ZCN_Error)EINTR, "interrupted by a signal");
+    if (ret < 0 && ret != -ETIME && ret != -EAGAIN && ret != -EBUSY)
+        return zcn_fail((ZCN_Error)-ret, "io_uring_enter: %s", strerror(-ret));
+    *handled = reap(u);
+    maybe_rearm(u);
+    return ZCN_OK;
+}
+
+static ZCN_Error loop_guard(ZCN_UdpSocket *u)
+{
+    if (u == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
+    if (u->server != NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "this socket runs in its server's loop: drive the server instead");
+    if (u->in_callback)
+        return zcn_fail(ZCN_ERR_BUSY, "the loop cannot be run from inside a callback");
+    ZCN_Error e = owner_check(u);
+    if (e != ZCN_OK)
+        return e;
+    return start(u);
+}
+
+static ZCN_Error run_until(ZCN_UdpSocket *u, int timeout_ms, uint32_t *handled_out)
+{
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)timeout_ms;
+    uint32_t handled = 0;
+    ZCN_Error err = ZCN_OK;
+    end_batch(u);
+    for (;;) {
+        int left = -1;
+        if (timeout_ms >= 0) {
+            uint64_t now = now_ms();
+            left = now >= deadline ? 0 : (int)(deadline - now);
+        }
+        err = turn(u, left, &handled);
+        if (err != ZCN_OK || handled > 0 || left == 0 ||
+            atomic_load_explicit(&u->stop_requested, memory_order_relaxed))
+            break;
+    }
+    if (handled_out != NULL)
+        *handled_out = handled;
+    return err;
+}
+
+ZCN_Error zcn_udp_run_once(ZCN_UdpSocket *u)
+{
+    return zcn_udp_run_once_timeout(u, -1, NULL);
+}
+
+ZCN_Error zcn_udp_run_once_timeout(ZCN_UdpSocket *u, int timeout_ms, uint32_t *handled_out)
+{
+    if (handled_out != NULL)
+        *handled_out = 0;
+    ZCN_Error err = loop_guard(u);
+    if (err != ZCN_OK)
+        return err;
+    u->ev = NULL;
+    err = run_until(u, timeout_ms, handled_out);
+    return err == ZCN_OK ? submit_now(u) : err;
+}
+
+ZCN_Error zcn_udp_poll(ZCN_UdpSocket *u, ZCN_UdpEvent *events, uint32_t capacity, int timeout_ms,
+                       uint32_t *count_out)
+{
+    if (count_out != NULL)
+        *count_out = 0;
+    ZCN_Error err = loop_guard(u);
+    if (err != ZCN_OK)
+        return err;
+    if (events == NULL || capacity == 0)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "events must hold at least 1 entry");
+    u->ev = events;
+    u->ev_cap = capacity;
+    u->ev_n = 0;
+    err = run_until(u, timeout_ms, NULL);
+    if (err == ZCN_OK)
+        err = submit_now(u); /* sends from this turn go now, not at the next call */
+    if (count_out != NULL)
+        *count_out = u->ev_n;
+    u->ev = NULL;
+    u->ev_cap = 0;
+    return err;
+}
+
+ZCN_Error zcn_udp_run(ZCN_UdpSocket *u)
+{
+    ZCN_Error err = loop_guard(u);
+    if (err != ZCN_OK)
+        return err;
+    u->ev = NULL;
+    while (!atomic_load_explicit(&u->stop_requested, memory_order_acquire)) {
+        err = run_until(u, -1, NULL);
+        if (err == (ZCN_Error)EINTR)
+            continue;
+        if (err != ZCN_OK)
+            return err;
+    }
+    atomic_store_explicit(&u->stop_requested, 0, memory_order_release);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_udp_stop(ZCN_UdpSocket *u)
+{
+    if (u == NULL || u->server != NULL)
+        return ZCN_ERR_INVALID_ARGUMENT; /* no detail: must stay signal-safe */
+    atomic_store_explicit(&u->stop_requested, 1, memory_order_release);
+    uint64_t one = 1;
+    ssize_t n = write(u->wake_fd, &one, sizeof one);
+    (void)n; /* EAGAIN means a wake-up is already pending */
+    return ZCN_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* options                                                             */
+/* ------------------------------------------------------------------ */
+
+static ZCN_Error parse_address(const char *address, uint16_t port, union peer_addr *a,
+                               socklen_t *len, const char *field)
+{
+    memset(a, 0, sizeof *a);
+    if (inet_pton(AF_INET, address, &a->in4.sin_addr) == 1) {
+        a->in4.sin_family = AF_INET;
+        a->in4.sin_port = htons(port);
+        *len = sizeof a->in4;
+        return ZCN_OK;
+    }
+    if (inet_pton(AF_INET6, address, &a->in6.sin6_addr) == 1) {
+        a->in6.sin6_family = AF_INET6;
+        a->in6.sin6_port = htons(port);
+        *len = sizeof a->in6;
+        return ZCN_OK;
+    }
+    return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                    "%s \"%.64s\" is not an IPv4 or IPv6 literal (resolve names first)", field,
+                    address);
+}
+
+static ZCN_Error set_int_opt(int fd, int level, int name, int value, const char *what)
+{
+    if (setsockopt(fd, level, name, &value, sizeof value) != 0)
+        return zcn_fail((ZCN_Error)errno, "%s: %s", what, strerror(errno));
+    return ZCN_OK;
+}
+
+static ZCN_Error apply_options(int fd, int family, const ZCN_UdpConfig *cfg)
+{
+    ZCN_Error e = ZCN_OK;
+    if (cfg->flags & ZCN_UDP_REUSEADDR)
+        e = set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
+    if (e == ZCN_OK && (cfg->flags & ZCN_UDP_REUSEPORT))
+        e = set_int_opt(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
+    if (e == ZCN_OK && (cfg->flags & ZCN_UDP_BROADCAST))
+        e = set_int_opt(fd, SOL_SOCKET, SO_BROADCAST, 1, "SO_BROADCAST");
+    if (e == ZCN_OK && (cfg->flags & ZCN_UDP_V6ONLY) && family == AF_INET6)
+        e = set_int_opt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1, "IPV6_V6ONLY");
+    if (e == ZCN_OK && cfg->rcvbuf > 0)
+        e = set_int_opt(fd, SOL_SOCKET, SO_RCVBUF, cfg->rcvbuf, "SO_RCVBUF");
+    if (e == ZCN_OK && cfg->sndbuf > 0)
+        e = set_int_opt(fd, SOL_SOCKET, SO_SNDBUF, cfg->sndbuf, "SO_SNDBUF");
+    return e;
+}
+
+static ZCN_Error open_socket(ZCN_UdpSocket *u, const ZCN_UdpConfig *cfg)
+{
+    union peer_addr local;
+    socklen_t len = 0;
+    const char *address = cfg->address != NULL ? cfg->address : "0.0.0.0";
+    ZCN_Error e = parse_address(address, cfg->port, &local, &len, "address");
+    if (e != ZCN_OK)
+        return e;
+    u->family = local.sa.sa_family;
+    u->fd = socket(u->family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (u->fd < 0)
+        return zcn_fail((ZCN_Error)errno, "socket: %s", strerror(errno));
+    e = apply_options(u->fd, u->family, cfg);
+    if (e != ZCN_OK)
+        return e;
+    if (bind(u->fd, &local.sa, len) != 0)
+        return zcn_fail((ZCN_Error)errno, "bind %s port %u: %s", address, cfg->port,
+                        strerror(errno));
+    if (cfg->connect_address != NULL) {
+        union peer_addr peer;
+        socklen_t plen = 0;
+        e = parse_address(cfg->connect_address, cfg->connect_port, &peer, &plen,
+                          "connect_address");
+        if (e != ZCN_OK)
+            return e;
+        if (peer.sa.sa_family != u->family || cfg->connect_port == 0)
+            return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                            "connect_address must be of the bound address's family, with a port");
+        if (connect(u->fd, &peer.sa, plen) != 0)
+            return zcn_fail((ZCN_Error)errno, "connect: %s", strerror(errno));
+        u->connected = true;
+    }
+    len = sizeof local;
+    getsockname(u->fd, &local.sa, &len);
+    u->port = ntohs(u->family == AF_INET6 ? local.in6.sin6_port : local.in4.sin_port);
+    return ZCN_OK;
+}
+
+/* Fills an ip_mreqn / ipv6_mreq and calls setsockopt. */
+static ZCN_Error membership(ZCN_UdpSocket *u, const char *group, const char *if_addr,
+                            uint32_t if_index, bool join)
+{
+    if (u == NULL || group == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket or group is NULL");
+    if (u->family == AF_INET) {
+        struct ip_mreqn mr;
+        memset(&mr, 0, sizeof mr);
+        if (inet_pton(AF_INET, group, &mr.imr_multiaddr) != 1 ||
+            !IN_MULTICAST(ntohl(mr.imr_multiaddr.s_addr)))
+            return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "\"%.64s\" is not an IPv4 multicast group",
+                            group);
+        if (if_addr != NULL && inet_pton(AF_INET, if_addr, &mr.imr_address) != 1)
+            return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                            "interface \"%.64s\" is not an IPv4 literal", if_addr);
+        mr.imr_ifindex = (int)if_index;
+        int opt = join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP;
+        if (setsockopt(u->fd, IPPROTO_IP, opt, &mr, sizeof mr) != 0)
+            return zcn_fail((ZCN_Error)errno, "%s %s: %s", join ? "IP_ADD_MEMBERSHIP"
+                            : "IP_DROP_MEMBERSHIP", group, strerror(errno));
+        return ZCN_OK;
+    }
+    struct ipv6_mreq mr6;
+    memset(&mr6, 0, sizeof mr6);
+    if (inet_pton(AF_INET6, group, &mr6.ipv6mr_multiaddr) != 1 ||
+        !IN6_IS_ADDR_MULTICAST(&mr6.ipv6mr_multiaddr))
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "\"%.64s\" is not an IPv6 multicast group",
+                        group);
+    mr6.ipv6mr_interface = if_index;
+    int opt = join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP;
+    if (setsockopt(u->fd, IPPROTO_IPV6, opt, &mr6, sizeof mr6) != 0)
+        return zcn_fail((ZCN_Error)errno, "%s %s: %s", join ? "IPV6_JOIN_GROUP"
+                        : "IPV6_LEAVE_GROUP", group, strerror(errno));
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_udp_join_multicast(ZCN_UdpSocket *u, const char *group, const char *if_addr,
+                                 uint32_t if_index)
+{
+    return membership(u, group, if_addr, if_index, true);
+}
+
+ZCN_Error zcn_udp_leave_multicast(ZCN_UdpSocket *u, const char *group, const char *if_addr,
+                                  uint32_t if_index)
+{
+    return membership(u, group, if_addr, if_index, false);
+}
+
+/* ------------------------------------------------------------------ */
+/* create / destroy                                                    */
+/* ------------------------------------------------------------------ */
+
+struct settings {
+    uint32_t entries, buffers, sends;
+    size_t buffer_size; /* rounded pool buffer size */
+};
+
+static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
+{
+    st->entries = cfg->io_uring_entries ? cfg->io_uring_entries : 256;
+    st->buffers = cfg->buffer_count ? cfg->buffer_count : 256;
+    st->sends = cfg->sends_max ? cfg->sends_max : 1024;
+    uint32_t payload = cfg->buffer_size ? cfg->buffer_size : 2048;
+    if (st->entries > ZCN_UDP_ENTRIES_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "io_uring_entries %u is over %u", st->entries,
+                        ZCN_UDP_ENTRIES_MAX);
+    if (st->buffers < 2 || st->buffers > ZCN_UDP_BUFFERS_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "buffer_count %u is not in 2..%u", st->buffers,
+                        ZCN_UDP_BUFFERS_MAX);
+    if (payload > ZCN_UDP_DATAGRAM_MAX_V6)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "buffer_size %u is over the largest UDP datagram (%u)", payload,
+                        ZCN_UDP_DATAGRAM_MAX_V6);
+    if (st->sends > ZCN_UDP_SENDS_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "sends_max %u is over %u", st->sends,
+                        ZCN_UDP_SENDS_MAX);
+    if (cfg->rcvbuf < 0 || cfg->sndbuf < 0)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "rcvbuf/sndbuf must not be negative");
+    uint32_t known = ZCN_UDP_REUSEADDR | ZCN_UDP_REUSEPORT | ZCN_UDP_BROADCAST | ZCN_UDP_V6ONLY;
+    if (cfg->flags & ~known)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", cfg->flags & ~known);
+    size_t raw = (size_t)payload + ZCN_UDP_HEADROOM;
+    st->buffer_size = (raw + ZCN_PAGE_SIZE - 1) / ZCN_PAGE_SIZE * ZCN_PAGE_SIZE;
+    return ZCN_OK;
+}
+
+/* The provided-buffer ring (liburing 2.3 has no io_uring_setup_buf_ring):
+ * page-aligned memory, registered, then filled from the pool. */
+static ZCN_Error setup_buffer_ring(ZCN_UdpSocket *u)
+{
+    uint32_t reserve = u->buffer_count / 4 > 0 ? u->buffer_count / 4 : 1;
+    u->br_max = u->buffer_count - reserve;
+    u->br_target = u->br_max < RING_START ? u->br_max : RING_START;
+    uint32_t entries = zcn_pow2_ceil(u->br_max);
+    u->br_mask = entries - 1;
+    u->br_bytes = ((size_t)entries * sizeof(struct io_uring_buf) + ZCN_PAGE_SIZE - 1) /
+                  ZCN_PAGE_SIZE * ZCN_PAGE_SIZE;
+    void *mem = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return zcn_fail((ZCN_Error)errno, "mmap of the buffer ring: %s", strerror(errno));
+    u->br = mem;
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)mem;
+    reg.ring_entries = entries;
+    reg.bgid = u->bgid;
+    int ret = io_uring_register_buf_ring(u->ring, &reg, 0);
+    if (ret < 0) {
+        if (ret == -EINVAL || ret == -ENOSYS)
+            return zcn_fail(ZCN_ERR_URING_UNSUPPORTED,
+                            "provided-buffer rings need Linux >= 5.19 (register_buf_ring: %s)",
+                            strerror(-ret));
+        if (ret == -ENOMEM)
+            return zcn_fail(ZCN_ERR_MEMLOCK, "register_buf_ring: ENOMEM (RLIMIT_MEMLOCK?)");
+        if (ret == -EEXIST)
+            return zcn_fail((ZCN_Error)EEXIST,
+                            "register_buf_ring: EEXIST (not the ring's owner thread?)");
+        return zcn_fail((ZCN_Error)-ret, "register_buf_ring: %s", strerror(-ret));
+    }
+    u->br_registered = true;
+    io_uring_buf_ring_init(u->br);
+    for (uint32_t i = 0; i < u->br_target; i++) {
+        int64_t bid = buf_take(u);
+        if (bid < 0)
+            break;
+        ring_add(u, (uint32_t)bid);
+    }
+    ring_publish(u);
+    return ZCN_OK;
+}
+
+static ZCN_Error alloc_tables(ZCN_UdpSocket *u, const struct settings *st,
+                              const ZCN_UdpConfig *cfg)
+{
+    ZCN_Error e = ZCN_OK;
+    u->meta = calloc(u->buffer_count, sizeof *u->meta);
+    u->slots = calloc(st->sends, sizeof *u->slots);
+    if (u->meta == NULL || u->slots == NULL)
+        return zcn_fail((ZCN_Error)ENOMEM, "UDP socket tables");
+    u->slots_max = st->sends;
+    for (uint32_t i = 0; i < st->sends; i++)
+        u->slots[i].next = i + 1 < st->sends ? (int32_t)(i + 1) : NIL;
+    u->slot_free = 0;
+    if (cfg->buffer_memory != NULL)
+        u->pool = zcn_pool_create_in(cfg->buffer_memory, cfg->buffer_memory_size,
+                                     st->buffer_size, st->buffers, &e);
+    else
+        u->pool = zcn_pool_create(st->buffer_size, st->buffers, &e);
+    if (u->pool != NULL)
+        u->slab = zcn_pool_base(u->pool);
+    return e;
+}
+
+/* Cancels every request of this socket and, on a shared ring, waits until
+ * the kernel is done with them: the memory they point at is freed next. */
+static void cancel_all(ZCN_UdpSocket *u)
+{
+    u->destroying = true;
+    if (!u->started)
+        return;
+    /* Queued SQEs point into this socket's memory: hand them to the kernel
+     * now so none is submitted after the free. */
+    io_uring_submit(u->ring);
+    struct io_uring_sync_cancel_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.fd = u->fd;
+    reg.flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+    reg.timeout.tv_sec = 1;
+    reg.timeout.tv_nsec = 0;
+    (void)io_uring_register_sync_cancel(u->ring, &reg);
+    if (u->wake_armed) {
+        reg.fd = u->wake_fd;
+        (void)io_uring_register_sync_cancel(u->ring, &reg);
+    }
+}
+
+static void free_socket(ZCN_UdpSocket *u)
+{
+    if (u->br_registered)
+        io_uring_unregister_buf_ring(u->ring, u->bgid);
+    if (u->server != NULL)
+        zcn_server_detach(u->server, u->source_id);
+    /* Ring teardown (own ring) cancels anything left before memory goes. */
+    if (u->ring_handle != NULL)
+        zcn_ring_destroy(u->ring_handle);
+    if (u->br != NULL)
+        munmap(u->br, u->br_bytes);
+    if (u->fd >= 0)
+        close(u->fd);
+    if (u->wake_fd >= 0)
+        close(u->wake_fd);
+    zcn_pool_destroy(u->pool);
+    free(u->meta);
+    free(u->slots);
+    free(u);
+}
+
+static ZCN_UdpSocket *alloc_socket(const ZCN_UdpConfig *cfg, struct settings *st,
+                                   ZCN_Error *err)
+{
+    zcn_clear_detail();
+    if (cfg == NULL) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "config is NULL"));
+        return NULL;
+    }
+    ZCN_Error e = read_config(cfg, st);
+    if (e != ZCN_OK) {
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    ZCN_UdpSocket *u = calloc(1, sizeof *u);
+    if (u == NULL) {
+        zcn_set_err(err, zcn_fail((ZCN_Error)ENOMEM, "UDP socket"));
+        return NULL;
+    }
+    u->src.handle_cqe = handle_cqe;
+    u->fd = -1;
+    u->wake_fd = -1;
+    u->lent_head = NIL;
+    u->autoflush = true;
+    u->buffer_count = st->buffers;
+    u->buffer_size = st->buffer_size;
+    u->gen = atomic_fetch_add(&next_gen, 1) & 0x3fu;
+    /* Only the sizes matter: the kernel lays name, control and payload out
+     * in each provided buffer. */
+    u->rmsg.msg_namelen = NAME_BYTES;
+    return u;
+}
+
+/* The parts common to both create calls, once the ring is known. */
+static ZCN_Error finish_create(ZCN_UdpSocket *u, const ZCN_UdpConfig *cfg,
+                               const struct settings *st)
+{
+    ZCN_Error e = alloc_tables(u, st, cfg);
+    if (e == ZCN_OK)
+        e = open_socket(u, cfg);
+    if (e == ZCN_OK)
+        e = setup_buffer_ring(u);
+    return e;
+}
+
+ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
+{
+    struct settings st;
+    ZCN_UdpSocket *u = alloc_socket(cfg, &st, err);
+    if (u == NULL)
+        return NULL;
+    u->bgid = OWN_BGID;
+    ZCN_Error e = ZCN_OK;
+    /* CQ room for a completion per buffer and per send at once, so the
+     * multishot receive is not ended by overflow in normal operation. */
+    uint64_t cq = (uint64_t)st.buffers + st.sends + 64;
+    uint32_t cq_entries = cq > 65536 ? 65536 : zcn_pow2_ceil((uint32_t)cq);
+    if (cq_entries < st.entries * 2)
+        cq_entries = st.entries * 2;
+    u->ring_handle = zcn_ring_create_ex(st.entries, cq_entries, ZCN_RING_START_DISABLED, &e);
+    if (u->ring_handle != NULL)
+        u->ring = zcn_ring_io_uring(u->ring_handle);
+    if (e == ZCN_OK) {
+        u->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (u->wake_fd < 0)
+            e = zcn_fail((ZCN_Error)errno, "eventfd: %s", strerror(errno));
+    }
+    if (e == ZCN_OK)
+        e = finish_create(u, cfg, &st);
+    if (e != ZCN_OK) {
+        free_socket(u);
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    zcn_set_err(err, ZCN_OK);
+    return u;
+}
+
+ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server, const ZCN_UdpConfig *cfg,
+                                        ZCN_Error *err)
+{
+    if (server == NULL) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL"));
+        return NULL;
+    }
+    struct settings st;
+    ZCN_UdpSocket *u = alloc_socket(cfg, &st, err);
+    if (u == NULL)
+        return NULL;
+    u->ring = zcn_server_uring(server);
+    /* An empty enter proves the ring is enabled (the server started) and
+     * that this is its owner thread, before any SQE of ours is queued: an
+     * SQE left in a disabled ring would outlive a failed create. */
+    int ret = io_uring_get_events(u->ring);
+    ZCN_Error e = ZCN_OK;
+    if (ret == -EBADFD)
+        e = zcn_fail(ZCN_ERR_NOT_STARTED, "start the server before attaching UDP sockets");
+    else if (ret == -EEXIST)
+        e = zcn_fail(ZCN_ERR_BUSY, "not the server's owner thread");
+    else if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+        e = zcn_fail((ZCN_Error)-ret, "io_uring_enter: %s", strerror(-ret));
+    if (e == ZCN_OK)
+        e = zcn_server_attach(server, &u->src, &u->source_id);
+    if (e == ZCN_OK) {
+        u->server = server;
+        /* The server's own receive ring is group 0. */
+        u->bgid = (uint16_t)(1 + u->source_id);
+        e = finish_create(u, cfg, &st);
+    }
+    if (e == ZCN_OK)
+        e = start(u);
+    if (e != ZCN_OK) {
+        u->started = false; /* nothing was submitted to the kernel yet */
+        free_socket(u);
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    zcn_set_err(err, ZCN_OK);
+    return u;
+}
+
+ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *u)
+{
+    if (u == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
+    if (u->in_callback || (u->server != NULL && zcn_server_in_callback(u->server)))
+        return zcn_fail(ZCN_ERR_BUSY, "the UDP socket cannot be destroyed from a callback");
+    cancel_all(u);
+    free_socket(u);
+    return ZCN_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* queries                                                             */
+/* ------------------------------------------------------------------ */
+
+uint16_t zcn_udp_port(const ZCN_UdpSocket *u)
+{
+    return u == NULL ? 0 : u->port;
+}
+
+int zcn_udp_fd(const ZCN_UdpSocket *u)
+{
+    return u == NULL ? -1 : u->fd;
+}
+
+ZCN_Error zcn_udp_local_address(const ZCN_UdpSocket *u, struct sockaddr *addr,
+                                socklen_t *len_inout)
+{
+    if (u == NULL || addr == NULL || len_inout == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket, addr or len is NULL");
+    if (getsockname(u->fd, addr, len_inout) != 0)
+        return zcn_fail((ZCN_Error)errno, "getsockname: %s", strerror(errno));
+    return ZCN_OK;
+}
+
+size_t zcn_udp_buffer_size(const ZCN_UdpSocket *u)
+{
+    return u == NULL ? 0 : u->buffer_size;
+}
+
+size_t zcn_udp_datagram_capacity(const ZCN_UdpSocket *u)
+{
+    if (u == NULL)
+        return 0;
+    size_t cap = u->buffer_size - ZCN_UDP_HEADROOM;
+    return cap < datagram_max(u) ? cap : datagram_max(u);
+}
+
+const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *u)
+{
+    return u == NULL ? NULL : u->slab;
+}
+
+ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
+{
+    if (u == NULL || out == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket or out is NULL");
+    *out = u->stats;
+    out->buffers_total = u->buffer_count;
+    ZCN_PoolStats ps;
+    uint64_t in_pool = 0;
+    if (zcn_pool_stats(u->pool, &ps) == ZCN_OK)
+        in_pool = ps.free;
+    out->buffers_in_use = u->buffer_count - in_pool - u->br_count;
+    /* The socket's drop counter: datagrams the kernel threw away because
+     * the receive queue (SO_RCVBUF) was full while we were not reading. */
+    uint32_t mem[SK_MEMINFO_VARS];
+    socklen_t len = sizeof mem;
+    if (getsockopt(u->fd, SOL_SOCKET, SO_MEMINFO, mem, &len) == 0 &&
+        len > SK_MEMINFO_DROPS * sizeof(uint32_t))
+        out->kernel_drops = mem[SK_MEMINFO_DROPS];
+    return ZCN_OK;
+}

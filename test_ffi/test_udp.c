@@ -1,0 +1,699 @@
+/* UDP through the C API: round trips (IPv4, IPv6, 0 bytes, 64 KiB),
+ * truncation, bursts larger than the buffer ring, connected sockets and
+ * refused peers, batch and zero-copy sends, poll mode, a UDP socket in a
+ * TCP server's loop, stop from a thread and a signal, multicast on loopback,
+ * bad input and create/destroy cycles. */
+#include "t_helpers.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- helpers --------------------------------------------------------- */
+
+static struct sockaddr_in addr4(uint16_t port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+static struct sockaddr_in6 addr6(uint16_t port)
+{
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons(port)};
+    a.sin6_addr = in6addr_loopback;
+    return a;
+}
+
+/* A plain client socket on loopback with a receive timeout. */
+static int client(int family, uint16_t *port_out)
+{
+    int fd = socket(family, SOCK_DGRAM, 0);
+    T_CHECK(fd >= 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int big = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    if (family == AF_INET) {
+        struct sockaddr_in a = addr4(0);
+        T_CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    } else {
+        struct sockaddr_in6 a = addr6(0);
+        T_CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    }
+    struct sockaddr_in6 got;
+    socklen_t len = sizeof got;
+    getsockname(fd, (struct sockaddr *)&got, &len);
+    *port_out = ntohs(got.sin6_port); /* same offset in sockaddr_in */
+    return fd;
+}
+
+static void client_send(int fd, int family, uint16_t port, const void *data, size_t len)
+{
+    ssize_t n;
+    if (family == AF_INET) {
+        struct sockaddr_in a = addr4(port);
+        n = sendto(fd, data, len, 0, (struct sockaddr *)&a, sizeof a);
+    } else {
+        struct sockaddr_in6 a = addr6(port);
+        n = sendto(fd, data, len, 0, (struct sockaddr *)&a, sizeof a);
+    }
+    T_CHECK(n == (ssize_t)len);
+}
+
+static ZCN_UdpSocket *make_udp(const char *address, ZCN_UdpConfig *extra)
+{
+    ZCN_UdpConfig cfg = {0};
+    if (extra != NULL)
+        cfg = *extra;
+    cfg.address = address;
+    ZCN_Error err = ZCN_OK;
+    ZCN_UdpSocket *u = zcn_udp_create(&cfg, &err);
+    if (u == NULL)
+        fprintf(stderr, "zcn_udp_create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
+    T_CHECK(u != NULL);
+    T_CHECK(err == ZCN_OK);
+    T_CHECK(zcn_udp_port(u) != 0);
+    return u;
+}
+
+/* What the recording callback saw. */
+struct seen {
+    int count;
+    size_t last_len;
+    uint32_t last_flags;
+    int last_family;
+    socklen_t last_peer_len;
+    uint8_t last_data[70000];
+    ZCN_UdpSocket *sock;
+    int echo;
+    ZCN_Error busy_run, busy_destroy;
+};
+
+static void record(void *ud, const struct sockaddr *peer, socklen_t peer_len,
+                   const uint8_t *data, size_t len, uint32_t flags)
+{
+    struct seen *s = ud;
+    s->count++;
+    s->last_len = len;
+    s->last_flags = flags;
+    s->last_family = peer->sa_family;
+    s->last_peer_len = peer_len;
+    memcpy(s->last_data, data, len < sizeof s->last_data ? len : sizeof s->last_data);
+    if (s->echo)
+        T_CHECK_ERR(zcn_udp_sendto(s->sock, peer, peer_len, data, len), ZCN_OK);
+    s->busy_run = zcn_udp_run_once_timeout(s->sock, 0, NULL);
+    s->busy_destroy = zcn_udp_destroy(s->sock);
+}
+
+/* Runs the loop until the callback has seen `want` datagrams (or 5 s). */
+static void run_until_count(ZCN_UdpSocket *u, struct seen *s, int want)
+{
+    time_t end = time(NULL) + 5;
+    while (s->count < want && time(NULL) < end)
+        T_CHECK_ERR(zcn_udp_run_once_timeout(u, 100, NULL), ZCN_OK);
+    T_CHECK(s->count >= want);
+}
+
+static int open_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    T_CHECK(d != NULL);
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* ---- round trips ------------------------------------------------------ */
+
+static void round_trip(int family, const char *address, size_t len)
+{
+    ZCN_UdpConfig cfg = {.buffer_size = 65507};
+    ZCN_UdpSocket *u = make_udp(address, len > 2000 ? &cfg : NULL);
+    struct seen *s = calloc(1, sizeof *s);
+    s->sock = u;
+    s->echo = 1;
+    T_CHECK_ERR(zcn_udp_set_callback(u, s, record), ZCN_OK);
+    uint16_t cport;
+    int fd = client(family, &cport);
+    uint8_t *out = malloc(len + 1), *in = malloc(len + 1);
+    for (size_t i = 0; i < len; i++)
+        out[i] = (uint8_t)(i * 7 + 3);
+    client_send(fd, family, zcn_udp_port(u), out, len);
+    run_until_count(u, s, 1);
+    T_CHECK(s->last_len == len);
+    T_CHECK(s->last_flags == 0);
+    T_CHECK(s->last_family == family);
+    T_CHECK(s->last_peer_len == (family == AF_INET ? sizeof(struct sockaddr_in)
+                                                   : sizeof(struct sockaddr_in6)));
+    T_CHECK(memcmp(s->last_data, out, len) == 0);
+    /* From inside the callback: running the loop or destroying is BUSY. */
+    T_CHECK_ERR(s->busy_run, ZCN_ERR_BUSY);
+    T_CHECK_ERR(s->busy_destroy, ZCN_ERR_BUSY);
+    /* The echo went out at the end of the turn: flush it through. */
+    zcn_udp_run_once_timeout(u, 50, NULL);
+    ssize_t n = recv(fd, in, len + 1, 0);
+    T_CHECK(n == (ssize_t)len);
+    T_CHECK(memcmp(in, out, len) == 0);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.datagrams_received == 1 && st.bytes_received == len);
+    T_CHECK(st.datagrams_sent == 1 && st.bytes_sent == len);
+    T_CHECK(len == 0 || st.sends_zero_copy == 1);
+    close(fd);
+    free(out);
+    free(in);
+    free(s);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- truncation -------------------------------------------------------- */
+
+static void truncation(void)
+{
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", NULL);
+    size_t cap = zcn_udp_datagram_capacity(u);
+    T_CHECK(cap == zcn_udp_buffer_size(u) - ZCN_UDP_HEADROOM);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    size_t len = cap + 5000;
+    uint8_t *out = malloc(len);
+    memset(out, 'x', len);
+    client_send(fd, AF_INET, zcn_udp_port(u), out, len);
+    /* Poll mode shows the real size beside the truncated length. */
+    ZCN_UdpEvent ev[4];
+    uint32_t count = 0;
+    time_t end = time(NULL) + 5;
+    while (count == 0 && time(NULL) < end)
+        T_CHECK_ERR(zcn_udp_poll(u, ev, 4, 100, &count), ZCN_OK);
+    T_CHECK(count == 1);
+    T_CHECK(ev[0].flags & ZCN_UDP_TRUNCATED);
+    T_CHECK(ev[0].len == cap);
+    T_CHECK(ev[0].full_len == len);
+    T_CHECK(ev[0].data == zcn_udp_buffer_base(u) + ev[0].offset);
+    T_CHECK(memcmp(ev[0].data, out, cap) == 0);
+    /* And the echo handler does not echo a cut datagram. */
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u), ZCN_OK);
+    client_send(fd, AF_INET, zcn_udp_port(u), out, len);
+    client_send(fd, AF_INET, zcn_udp_port(u), "ok", 2);
+    char in[16];
+    end = time(NULL) + 5;
+    ZCN_UdpStats st = {0};
+    while (st.datagrams_received < 3 && time(NULL) < end) {
+        zcn_udp_run_once_timeout(u, 100, NULL);
+        zcn_udp_stats(u, &st);
+    }
+    zcn_udp_run_once_timeout(u, 20, NULL);
+    T_CHECK(recv(fd, in, sizeof in, 0) == 2);
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.truncated == 2);
+    T_CHECK(st.datagrams_sent == 1);
+    close(fd);
+    free(out);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- a burst larger than the buffer ring ------------------------------- */
+
+static void counting(void *ud, const struct sockaddr *peer, socklen_t peer_len,
+                     const uint8_t *data, size_t len, uint32_t flags)
+{
+    (void)peer, (void)peer_len, (void)data, (void)len, (void)flags;
+    (*(int *)ud)++;
+}
+
+static void burst(void)
+{
+    ZCN_UdpConfig cfg = {.buffer_count = 8, .rcvbuf = 256 * 1024};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
+    int got = 0;
+    T_CHECK_ERR(zcn_udp_set_callback(u, &got, counting), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 0, NULL), ZCN_OK); /* arm */
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    const int sent = 3000;
+    uint8_t msg[64] = {1};
+    for (int i = 0; i < sent; i++)
+        client_send(fd, AF_INET, zcn_udp_port(u), msg, sizeof msg);
+    ZCN_UdpStats st = {0};
+    /* Every datagram is either delivered or counted as a kernel drop. */
+    time_t end = time(NULL) + 10;
+    uint32_t handled = 1;
+    while (time(NULL) < end && (handled > 0 || st.datagrams_received + st.kernel_drops < (uint64_t)sent)) {
+        T_CHECK_ERR(zcn_udp_run_once_timeout(u, 50, &handled), ZCN_OK);
+        zcn_udp_stats(u, &st);
+    }
+    fprintf(stderr, "burst: %d sent, %llu received, %llu kernel drops, %llu ENOBUFS events\n",
+            sent, (unsigned long long)st.datagrams_received, (unsigned long long)st.kernel_drops,
+            (unsigned long long)st.recv_exhaustion_events);
+    T_CHECK(st.datagrams_received + st.kernel_drops == (uint64_t)sent);
+    T_CHECK(st.recv_exhaustion_events > 0);
+    T_CHECK(got == (int)st.datagrams_received);
+    /* Still receiving afterwards. */
+    client_send(fd, AF_INET, zcn_udp_port(u), msg, 10);
+    int before = got;
+    end = time(NULL) + 5;
+    while (got == before && time(NULL) < end)
+        T_CHECK_ERR(zcn_udp_run_once_timeout(u, 100, NULL), ZCN_OK);
+    T_CHECK(got == before + 1);
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.buffers_in_use == 0);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- sends: batch, acquired buffer, connected, refused ------------------- */
+
+static void batch_and_buffers(void)
+{
+    ZCN_UdpConfig cfg = {.sends_max = 256, .buffer_count = 512}; /* 128 for sends */
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    struct sockaddr_in to = addr4(cport);
+    enum { N = 100 };
+    ZCN_UdpMessage msgs[N];
+    uint32_t vals[N];
+    for (int i = 0; i < N; i++) {
+        vals[i] = (uint32_t)i;
+        msgs[i] = (ZCN_UdpMessage){(struct sockaddr *)&to, sizeof to, (uint8_t *)&vals[i], 4};
+    }
+    size_t queued = 0;
+    T_CHECK_ERR(zcn_udp_sendto_batch(u, msgs, N, &queued), ZCN_OK);
+    T_CHECK(queued == N);
+    for (int i = 0; i < N; i++) {
+        uint32_t v;
+        T_CHECK(recv(fd, &v, sizeof v, 0) == 4);
+        T_CHECK(v == (uint32_t)i);
+    }
+    /* A bad message in the middle: the ones before it still go. */
+    msgs[3].addr_len = 3;
+    T_CHECK_ERR(zcn_udp_sendto_batch(u, msgs, 10, &queued), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(queued == 3);
+    for (int i = 0; i < 3; i++) {
+        uint32_t v;
+        T_CHECK(recv(fd, &v, sizeof v, 0) == 4 && v == (uint32_t)i);
+    }
+    /* An acquired buffer moves to the socket without a copy. */
+    size_t capacity = 0;
+    uint8_t *b = zcn_udp_acquire_buffer(u, &capacity);
+    T_CHECK(b != NULL && capacity == zcn_udp_buffer_size(u));
+    memcpy(b, "owned", 5);
+    T_CHECK_ERR(zcn_udp_sendto_buffer(u, (struct sockaddr *)&to, sizeof to, b, 5), ZCN_OK);
+    char in[16];
+    T_CHECK(recv(fd, in, sizeof in, 0) == 5 && memcmp(in, "owned", 5) == 0);
+    T_CHECK_ERR(zcn_udp_sendto_buffer(u, (struct sockaddr *)&to, sizeof to, b, 5),
+                ZCN_ERR_FOREIGN_POINTER); /* no longer ours */
+    T_CHECK_ERR(zcn_udp_release_buffer(u, b), ZCN_ERR_FOREIGN_POINTER);
+    b = zcn_udp_acquire_buffer(u, NULL);
+    T_CHECK_ERR(zcn_udp_release_buffer(u, b), ZCN_OK);
+    /* Autoflush off: queued until flush, then one submit. */
+    T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)"later", 5), ZCN_OK);
+    T_CHECK(recv(fd, in, sizeof in, MSG_DONTWAIT) == -1 && errno == EAGAIN);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    T_CHECK(recv(fd, in, sizeof in, 0) == 5 && memcmp(in, "later", 5) == 0);
+    /* Completions reaped: every slot and buffer back. */
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 50, NULL), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.datagrams_sent == N + 3 + 2);
+    T_CHECK(st.buffers_in_use == 0);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+static void queue_limit(void)
+{
+    ZCN_UdpConfig cfg = {.sends_max = 4, .buffer_count = 64};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    struct sockaddr_in to = addr4(cport);
+    for (int i = 0; i < 4; i++)
+        T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)"q", 1), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)"q", 1),
+                ZCN_ERR_QUEUE_FULL);
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 100, NULL), ZCN_OK); /* reaps the sends */
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)"q", 1), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.send_exhaustion_drops == 1);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+static void connected(void)
+{
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    ZCN_UdpConfig cfg = {.connect_address = "127.0.0.1", .connect_port = cport};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
+    T_CHECK_ERR(zcn_udp_send(u, (uint8_t *)"hi", 2), ZCN_OK);
+    char in[8];
+    T_CHECK(recv(fd, in, sizeof in, 0) == 2);
+    close(fd); /* the peer goes away: ICMP port unreachable follows sends */
+    ZCN_UdpStats st = {0};
+    time_t end = time(NULL) + 5;
+    while (st.recv_errors + st.send_errors < 1 && time(NULL) < end) {
+        zcn_udp_send(u, (uint8_t *)"x", 1);
+        zcn_udp_run_once_timeout(u, 50, NULL);
+        zcn_udp_stats(u, &st);
+    }
+    T_CHECK(st.recv_errors + st.send_errors >= 1);
+    T_CHECK(st.last_recv_error == ECONNREFUSED || st.last_send_error == ECONNREFUSED);
+    /* The socket still works for a new peer on that port. */
+    int fd2 = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = addr4(cport);
+    if (bind(fd2, (struct sockaddr *)&a, sizeof a) == 0) {
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(fd2, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        zcn_udp_run_once_timeout(u, 20, NULL);
+        T_CHECK_ERR(zcn_udp_send(u, (uint8_t *)"back", 4), ZCN_OK);
+        T_CHECK(recv(fd2, in, sizeof in, 0) == 4);
+    }
+    close(fd2);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- bad input ---------------------------------------------------------- */
+
+static void bad_input(void)
+{
+    ZCN_Error err = ZCN_OK;
+    T_CHECK(zcn_udp_create(NULL, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
+    ZCN_UdpConfig cfg = {.address = "not-an-address"};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(strstr(zcn_error_detail(), "not-an-address") != NULL);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .buffer_count = 1};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .buffer_size = 70000};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .sends_max = 1u << 20};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .flags = 1u << 20};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .connect_address = "::1", .connect_port = 9};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_UdpConfig){.address = "192.0.2.1"}; /* not ours */
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL);
+    T_CHECK_ERR(err, (ZCN_Error)EADDRNOTAVAIL);
+
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", NULL);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .port = zcn_udp_port(u)};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL);
+    T_CHECK_ERR(err, (ZCN_Error)EADDRINUSE);
+
+    struct sockaddr_in to = addr4(9);
+    struct sockaddr_in6 to6 = addr6(9);
+    const uint8_t *d = (const uint8_t *)"x";
+    T_CHECK_ERR(zcn_udp_sendto(NULL, (struct sockaddr *)&to, sizeof to, d, 1),
+                ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to6, sizeof to6, d, 1),
+                ZCN_ERR_INVALID_ARGUMENT); /* wrong family */
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, 4, d, 1), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, NULL, 1),
+                ZCN_ERR_INVALID_ARGUMENT);
+    struct sockaddr_in port0 = addr4(0);
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&port0, sizeof port0, d, 1),
+                ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_send(u, d, 1), (ZCN_Error)EDESTADDRREQ);
+    static uint8_t big[70000];
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, 65508),
+                ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(strstr(zcn_error_detail(), "65507") != NULL);
+    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, 60000),
+                ZCN_ERR_INVALID_ARGUMENT); /* over one 4 KiB pool buffer */
+    T_CHECK_ERR(zcn_udp_sendto_batch(u, NULL, 3, NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_sendto_buffer(u, (struct sockaddr *)&to, sizeof to, big, 1),
+                ZCN_ERR_FOREIGN_POINTER);
+    T_CHECK_ERR(zcn_udp_poll(u, NULL, 0, 0, NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_join_multicast(u, "10.0.0.1", NULL, 0), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_join_multicast(u, "ff02::1", NULL, 0), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_join_multicast(NULL, "239.1.1.1", NULL, 0), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_destroy(NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_run_once(NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_stop(NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_stats(NULL, NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(zcn_udp_port(NULL) == 0 && zcn_udp_fd(NULL) == -1);
+    T_CHECK(zcn_udp_acquire_buffer(NULL, NULL) == NULL);
+    T_CHECK(zcn_udp_create_on_server(NULL, &cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- in a TCP server's loop --------------------------------------------- */
+
+static void on_server(void)
+{
+    ZCN_Config scfg = {.address = "127.0.0.1"};
+    ZCN_Error err = ZCN_OK;
+    ZCN_Server *srv = zcn_server_create(&scfg, &err);
+    T_CHECK(srv != NULL);
+    T_CHECK_ERR(zcn_server_use_echo_handler(srv), ZCN_OK);
+    ZCN_UdpConfig ucfg = {.address = "127.0.0.1"};
+    T_CHECK(zcn_udp_create_on_server(srv, &ucfg, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_NOT_STARTED);
+    T_CHECK_ERR(zcn_server_start(srv), ZCN_OK);
+    ZCN_UdpSocket *u = zcn_udp_create_on_server(srv, &ucfg, &err);
+    if (u == NULL)
+        fprintf(stderr, "create_on_server: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
+    T_CHECK(u != NULL);
+    ZCN_UdpSocket *u2 = zcn_udp_create_on_server(srv, &ucfg, &err); /* a second one */
+    T_CHECK(u2 != NULL);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u2), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_run_once(u), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_ERR_BUSY);
+
+    int tcp = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in ta = addr4(zcn_server_port(srv));
+    T_CHECK(connect(tcp, (struct sockaddr *)&ta, sizeof ta) == 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(tcp, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    T_CHECK(send(tcp, "tcp!", 4, 0) == 4);
+    client_send(fd, AF_INET, zcn_udp_port(u), "udp1", 4);
+    client_send(fd, AF_INET, zcn_udp_port(u2), "udp2", 4);
+    char in[8];
+    int got_tcp = 0, got_udp = 0;
+    time_t end = time(NULL) + 5;
+    while ((got_tcp < 4 || got_udp < 2) && time(NULL) < end) {
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 50, NULL), ZCN_OK);
+        ssize_t n = recv(tcp, in + got_tcp, sizeof in - (size_t)got_tcp, MSG_DONTWAIT);
+        if (n > 0)
+            got_tcp += (int)n;
+        while (recv(fd, in, sizeof in, MSG_DONTWAIT) == 4)
+            got_udp++;
+    }
+    T_CHECK(got_tcp == 4 && got_udp == 2);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.datagrams_received == 1 && st.datagrams_sent == 1 && st.sends_zero_copy == 1);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    /* The other keeps working after its sibling is gone; then a new one
+     * reuses the freed source slot. */
+    client_send(fd, AF_INET, zcn_udp_port(u2), "again", 5);
+    ZCN_UdpSocket *u3 = zcn_udp_create_on_server(srv, &ucfg, &err);
+    T_CHECK(u3 != NULL);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u3), ZCN_OK);
+    client_send(fd, AF_INET, zcn_udp_port(u3), "three", 5);
+    int got = 0;
+    end = time(NULL) + 5;
+    while (got < 2 && time(NULL) < end) {
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 50, NULL), ZCN_OK);
+        while (recv(fd, in, sizeof in, MSG_DONTWAIT) == 5)
+            got++;
+    }
+    T_CHECK(got == 2);
+    T_CHECK_ERR(zcn_udp_destroy(u2), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_destroy(u3), ZCN_OK);
+    close(tcp);
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
+}
+
+/* ---- stop from a thread and from a signal --------------------------------- */
+
+static ZCN_UdpSocket *g_sock;
+
+static void *stopper(void *arg)
+{
+    (void)arg;
+    usleep(100 * 1000);
+    zcn_udp_stop(g_sock);
+    return NULL;
+}
+
+static void *other_thread_send(void *arg)
+{
+    struct sockaddr_in to = addr4(9);
+    *(ZCN_Error *)arg = zcn_udp_sendto(g_sock, (struct sockaddr *)&to, sizeof to,
+                                       (const uint8_t *)"x", 1);
+    return NULL;
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    zcn_udp_stop(g_sock);
+}
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+}
+
+static void stopping(void)
+{
+    g_sock = make_udp("127.0.0.1", NULL);
+    pthread_t t;
+    T_CHECK(pthread_create(&t, NULL, stopper, NULL) == 0);
+    T_CHECK_ERR(zcn_udp_run(g_sock), ZCN_OK);
+    pthread_join(t, NULL);
+
+    /* The loop thread owns the socket now: another thread gets BUSY. */
+    ZCN_Error other = ZCN_OK;
+    T_CHECK(pthread_create(&t, NULL, other_thread_send, &other) == 0);
+    pthread_join(t, NULL);
+    T_CHECK_ERR(other, ZCN_ERR_BUSY);
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {.it_value = {.tv_usec = 100 * 1000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    T_CHECK_ERR(zcn_udp_run(g_sock), ZCN_OK);
+
+    /* A signal that does not stop: run_once returns EINTR. */
+    sa.sa_handler = on_usr1;
+    sigaction(SIGALRM, &sa, NULL);
+    /* First reap the wake-up the stop left behind. */
+    while (zcn_udp_run_once_timeout(g_sock, 20, NULL) == ZCN_OK) {
+        uint32_t handled = 0;
+        zcn_udp_run_once_timeout(g_sock, 0, &handled);
+        if (handled == 0)
+            break;
+    }
+    it = (struct itimerval){.it_value = {.tv_usec = 100 * 1000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    T_CHECK_ERR(zcn_udp_run_once(g_sock), (ZCN_Error)EINTR);
+    /* A stop requested while not running makes the next run return. */
+    zcn_udp_stop(g_sock);
+    T_CHECK_ERR(zcn_udp_run(g_sock), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_destroy(g_sock), ZCN_OK);
+    g_sock = NULL;
+}
+
+/* ---- multicast on loopback ----------------------------------------------- */
+
+static void multicast(void)
+{
+    ZCN_UdpConfig cfg = {.flags = ZCN_UDP_REUSEADDR};
+    ZCN_UdpSocket *u = make_udp("0.0.0.0", &cfg);
+    ZCN_Error e = zcn_udp_join_multicast(u, "239.255.77.77", "127.0.0.1", 0);
+    if (e != ZCN_OK) {
+        fprintf(stderr, "multicast: SKIP (join refused: %s, %s)\n", zcn_error_name(e),
+                zcn_error_detail());
+        zcn_udp_destroy(u);
+        return;
+    }
+    T_CHECK_ERR(zcn_udp_join_multicast(u, "239.255.77.77", "127.0.0.1", 0),
+                (ZCN_Error)EADDRINUSE); /* already a member */
+    int got = 0;
+    T_CHECK_ERR(zcn_udp_set_callback(u, &got, counting), ZCN_OK);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct in_addr lo = {htonl(INADDR_LOOPBACK)};
+    setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &lo, sizeof lo);
+    struct sockaddr_in g = {.sin_family = AF_INET, .sin_port = htons(zcn_udp_port(u))};
+    inet_pton(AF_INET, "239.255.77.77", &g.sin_addr);
+    ssize_t n = sendto(fd, "mc", 2, 0, (struct sockaddr *)&g, sizeof g);
+    if (n != 2) {
+        fprintf(stderr, "multicast: SKIP (sending to the group on lo: %s)\n", strerror(errno));
+    } else {
+        time_t end = time(NULL) + 2;
+        while (got == 0 && time(NULL) < end)
+            zcn_udp_run_once_timeout(u, 100, NULL);
+        if (got == 0)
+            fprintf(stderr, "multicast: SKIP (no delivery on lo: the kernel routes "
+                            "239.0.0.0/8 elsewhere here)\n");
+        else
+            fprintf(stderr, "multicast: delivered on loopback\n");
+    }
+    T_CHECK_ERR(zcn_udp_leave_multicast(u, "239.255.77.77", "127.0.0.1", 0), ZCN_OK);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- options and cycles ---------------------------------------------------- */
+
+static void options(void)
+{
+    ZCN_UdpConfig cfg = {.flags = ZCN_UDP_REUSEPORT | ZCN_UDP_BROADCAST,
+                         .rcvbuf = 1 << 20, .sndbuf = 1 << 19};
+    ZCN_UdpSocket *a = make_udp("127.0.0.1", &cfg);
+    cfg.port = zcn_udp_port(a);
+    ZCN_UdpSocket *b = make_udp("127.0.0.1", &cfg); /* same port: REUSEPORT */
+    int v = 0;
+    socklen_t l = sizeof v;
+    getsockopt(zcn_udp_fd(a), SOL_SOCKET, SO_BROADCAST, &v, &l);
+    T_CHECK(v == 1);
+    getsockopt(zcn_udp_fd(a), SOL_SOCKET, SO_RCVBUF, &v, &l);
+    T_CHECK(v >= 1 << 20); /* the kernel doubles it, within rmem_max */
+    struct sockaddr_in6 la;
+    socklen_t len = sizeof la;
+    T_CHECK_ERR(zcn_udp_local_address(a, (struct sockaddr *)&la, &len), ZCN_OK);
+    T_CHECK(len == sizeof(struct sockaddr_in));
+    T_CHECK_ERR(zcn_udp_destroy(a), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_destroy(b), ZCN_OK);
+}
+
+static void cycles(void)
+{
+    int before = open_fds();
+    for (int i = 0; i < 200; i++) {
+        ZCN_UdpSocket *u = make_udp(i % 2 ? "::1" : "127.0.0.1", NULL);
+        if (i % 3 == 0)
+            T_CHECK_ERR(zcn_udp_run_once_timeout(u, 0, NULL), ZCN_OK);
+        T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    }
+    T_CHECK(open_fds() == before);
+}
+
+int main(void)
+{
+    t_require_io_uring();
+    signal(SIGPIPE, SIG_IGN);
+    round_trip(AF_INET, "127.0.0.1", 5);
+    round_trip(AF_INET, "127.0.0.1", 0);
+    round_trip(AF_INET, "127.0.0.1", 65507);
+    round_trip(AF_INET6, "::1", 1200);
+    round_trip(AF_INET6, "::1", 65527);
+    truncation();
+    burst();
+    batch_and_buffers();
+    queue_limit();
+    connected();
+    bad_input();
+    on_server();
+    stopping();
+    multicast();
+    options();
+    cycles();
+    fprintf(stderr, "test_udp: all passed\n");
+    return T_EXIT_PASS;
+}

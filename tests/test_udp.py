@@ -1,0 +1,398 @@
+"""zcn.UdpSocket with real sockets on loopback: round trips from the socket
+module and from socat, 0-byte and 64 KiB datagrams, truncation, bursts over
+the buffer ring, connected sockets, bad input, threads and signals, the
+udp-echo CLI, and fds/RSS over many create/close cycles."""
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import require_io_uring
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def _uring():
+    require_io_uring()
+
+
+def _client(family=socket.AF_INET):
+    c = socket.socket(family, socket.SOCK_DGRAM)
+    c.settimeout(5)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    c.bind(("127.0.0.1", 0) if family == socket.AF_INET else ("::1", 0))
+    return c
+
+
+def _run_until(sock, cond, seconds=5):
+    end = time.monotonic() + seconds
+    while not cond() and time.monotonic() < end:
+        sock.run_once(0.05)
+    assert cond()
+
+
+def _echo_socket(**kw):
+    import zcn
+    sock = zcn.UdpSocket(kw.pop("host", "127.0.0.1"), 0, **kw)
+    sock.seen = []
+
+    def on_datagram(peer, data, flags):
+        sock.seen.append((peer, bytes(data), flags))
+        sock.sendto(data, peer)
+
+    sock.on_datagram = on_datagram
+    return sock
+
+
+@pytest.mark.parametrize("size", [0, 1, 1400, 65507])
+def test_round_trip_ipv4(size):
+    with _echo_socket(buffer_size=max(size, 1)) as sock, _client() as c:
+        payload = os.urandom(size)
+        c.sendto(payload, ("127.0.0.1", sock.port))
+        _run_until(sock, lambda: sock.seen)
+        peer, data, flags = sock.seen[0]
+        assert peer == c.getsockname()
+        assert data == payload and flags == 0
+        got, frm = c.recvfrom(70000)
+        assert got == payload and frm == ("127.0.0.1", sock.port)
+        st = sock.stats()
+        assert st.datagrams_received == 1 and st.bytes_received == size
+        assert st.sends_zero_copy + st.sends_copied == 1
+
+
+def test_round_trip_ipv6():
+    with _echo_socket(host="::1", buffer_size=65527) as sock, _client(socket.AF_INET6) as c:
+        payload = os.urandom(65527)
+        c.sendto(payload, ("::1", sock.port))
+        _run_until(sock, lambda: sock.seen)
+        peer, data, _ = sock.seen[0]
+        assert peer == c.getsockname()  # (host, port, flowinfo, scope_id)
+        assert len(peer) == 4 and data == payload
+        assert c.recvfrom(70000)[0] == payload
+
+
+def test_many_peers_and_copies():
+    import zcn
+    with zcn.UdpSocket() as sock:
+        seen = []
+        sock.on_datagram = lambda peer, data, flags: (seen.append(peer),
+                                                      sock.sendto(b"re:" + data, peer))
+        clients = [_client() for _ in range(20)]
+        for i, c in enumerate(clients):
+            c.sendto(str(i).encode(), sock.address)
+        _run_until(sock, lambda: len(seen) == 20)
+        for i, c in enumerate(clients):
+            assert c.recv(100) == b"re:" + str(i).encode()
+            c.close()
+        assert sock.stats().sends_copied == 20
+
+
+def test_truncation_flagged():
+    import zcn
+    with zcn.UdpSocket(buffer_size=1000) as sock, _client() as c:
+        seen = []
+        sock.on_datagram = lambda peer, data, flags: seen.append((len(data), flags))
+        c.sendto(b"x" * 10000, sock.address)
+        _run_until(sock, lambda: seen)
+        length, flags = seen[0]
+        assert flags & zcn.UDP_TRUNCATED
+        assert length == sock.buffer_size < 10000
+        assert sock.stats().truncated == 1
+
+
+def test_burst_over_buffer_ring_keeps_working():
+    import zcn
+    with zcn.UdpSocket(buffer_count=8, rcvbuf=256 * 1024) as sock, _client() as c:
+        count = [0]
+        sock.on_datagram = lambda peer, data, flags: count.__setitem__(0, count[0] + 1)
+        sock.run_once(0)  # arms the receive
+        sent = 3000
+        for _ in range(sent):
+            c.sendto(b"b" * 64, sock.address)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            st = sock.stats()
+            if st.datagrams_received + st.kernel_drops >= sent and not sock.run_once(0.05):
+                break
+            sock.run_once(0.05)
+        st = sock.stats()
+        assert st.datagrams_received + st.kernel_drops == sent
+        assert st.recv_exhaustion_events > 0
+        assert count[0] == st.datagrams_received
+        before = count[0]
+        c.sendto(b"after", sock.address)
+        _run_until(sock, lambda: count[0] == before + 1)
+        sock.run_once(0)  # the last batch's buffer is lent until the next call
+        assert sock.stats().buffers_in_use == 0
+
+
+def test_connected_send_and_refused_peer():
+    import zcn
+    c = _client()
+    with zcn.UdpSocket(connect=c.getsockname()) as sock:
+        sock.send(b"hi")
+        assert c.recv(10) == b"hi"
+        c.close()
+        end = time.monotonic() + 5
+        st = sock.stats()
+        while st.recv_errors + st.send_errors == 0 and time.monotonic() < end:
+            sock.send(b"x")
+            sock.run_once(0.05)
+            st = sock.stats()
+        assert 111 in (st.last_recv_error, st.last_send_error)  # ECONNREFUSED
+
+
+def test_bad_input_gives_clear_errors():
+    import zcn
+    with pytest.raises(ValueError):
+        zcn.UdpSocket("127.0.0.1", buffer_count=1)
+    with pytest.raises(ValueError):
+        zcn.UdpSocket("127.0.0.1", buffer_size=70000)
+    with pytest.raises(TypeError):
+        zcn.UdpSocket("127.0.0.1", port="80")
+    with pytest.raises(OSError):
+        zcn.UdpSocket("no-such-host.invalid")
+    with zcn.UdpSocket() as sock:
+        with pytest.raises(OSError) as info:
+            zcn.UdpSocket("127.0.0.1", sock.port)
+        assert info.value.errno == 98  # EADDRINUSE
+        with pytest.raises(ValueError):
+            sock.sendto(b"x", ("::1", 9))            # wrong family
+        with pytest.raises(ValueError):
+            sock.sendto(b"x", ("127.0.0.1", 0))      # port 0
+        with pytest.raises(TypeError):
+            sock.sendto(b"x", "127.0.0.1:9")
+        with pytest.raises(TypeError):
+            sock.sendto("text", ("127.0.0.1", 9))
+        with pytest.raises(zcn.InvalidArgumentError, match="65507"):
+            sock.sendto(bytes(65508), ("127.0.0.1", 9))
+        with pytest.raises(zcn.InvalidArgumentError, match="buffer"):
+            sock.sendto(bytes(60000), ("127.0.0.1", 9))
+        with pytest.raises(OSError) as info:
+            sock.send(b"x")
+        assert info.value.errno == 89  # EDESTADDRREQ
+        with pytest.raises(zcn.InvalidArgumentError):
+            sock.join_multicast("10.0.0.1")
+    sock.close()  # idempotent
+    with pytest.raises(zcn.ClosedError):
+        sock.sendto(b"x", ("127.0.0.1", 9))
+    with pytest.raises(zcn.ClosedError):
+        sock.run_once(0)
+    with pytest.raises(zcn.ClosedError):
+        sock.stats()
+    sock.stop()  # no-op when closed
+
+
+def test_view_is_released_after_callback():
+    import zcn
+    kept = []
+    with zcn.UdpSocket() as sock, _client() as c:
+        sock.on_datagram = lambda peer, data, flags: kept.append(data)
+        c.sendto(b"abc", sock.address)
+        _run_until(sock, lambda: kept)
+        with pytest.raises(ValueError):
+            bytes(kept[0])
+
+
+def test_callback_exception_propagates_and_batch_resumes():
+    import zcn
+    with zcn.UdpSocket() as sock, _client() as c:
+        seen = []
+
+        def on_datagram(peer, data, flags):
+            seen.append(bytes(data))
+            if data == b"boom":
+                raise RuntimeError("boom")
+
+        sock.on_datagram = on_datagram
+        for msg in (b"a", b"boom", b"b"):
+            c.sendto(msg, sock.address)
+        time.sleep(0.1)
+        with pytest.raises(RuntimeError):
+            while len(seen) < 3:
+                sock.run_once(1)
+        _run_until(sock, lambda: len(seen) == 3)
+        assert seen == [b"a", b"boom", b"b"]
+
+
+def test_busy_inside_callback():
+    import zcn
+    with zcn.UdpSocket() as sock, _client() as c:
+        errors = []
+
+        def on_datagram(peer, data, flags):
+            for call in (lambda: sock.run_once(0), sock.close):
+                try:
+                    call()
+                except zcn.BusyError as exc:
+                    errors.append(exc)
+
+        sock.on_datagram = on_datagram
+        c.sendto(b"x", sock.address)
+        _run_until(sock, lambda: len(errors) == 2)
+
+
+def test_stop_from_thread_and_signal():
+    import zcn
+    with zcn.UdpSocket() as sock:
+        t = threading.Timer(0.1, sock.stop)
+        t.start()
+        start = time.monotonic()
+        sock.serve_forever()
+        assert time.monotonic() - start < 5
+        t.join()
+        old = signal.signal(signal.SIGALRM, lambda *a: sock.stop())
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            sock.serve_forever()
+        finally:
+            signal.signal(signal.SIGALRM, old)
+
+
+def test_close_from_another_thread_while_serving():
+    import zcn
+    sock = zcn.UdpSocket()
+    t = threading.Thread(target=sock.serve_forever)
+    t.start()
+    time.sleep(0.1)
+    sock.close()
+    t.join(5)
+    assert not t.is_alive() and sock.closed
+
+
+def test_other_thread_send_is_busy():
+    import zcn
+    with zcn.UdpSocket() as sock:
+        sock.run_once(0)  # this thread owns it now
+        errors = []
+
+        def send():
+            try:
+                sock.sendto(b"x", ("127.0.0.1", 9))
+            except zcn.BusyError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=send)
+        t.start()
+        t.join()
+        assert errors
+
+
+def test_c_echo_handler():
+    import zcn
+    with zcn.UdpSocket(handler="c") as sock, _client() as c:
+        with pytest.raises(ValueError):
+            sock.on_datagram = print
+        for i in range(50):
+            c.sendto(b"%d" % i, sock.address)
+        got = []
+        end = time.monotonic() + 5
+        while len(got) < 50 and time.monotonic() < end:
+            sock.run_once(0.05)
+            try:
+                while True:
+                    got.append(c.recv(100, socket.MSG_DONTWAIT))
+            except (BlockingIOError, TimeoutError):
+                pass
+        assert sorted(got) == sorted(b"%d" % i for i in range(50))
+
+
+def test_options_and_multicast():
+    import zcn
+    with zcn.UdpSocket("0.0.0.0", reuse_addr=True, reuse_port=True, broadcast=True,
+                       rcvbuf=1 << 20, sndbuf=1 << 19) as sock:
+        fd = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            assert fd.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) == 1
+            assert fd.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        finally:
+            fd.close()
+        with zcn.UdpSocket("0.0.0.0", sock.port, reuse_addr=True, reuse_port=True):
+            pass  # a second socket on the same port
+        try:
+            sock.join_multicast("239.255.77.78", "127.0.0.1")
+        except OSError as exc:
+            pytest.skip(f"multicast join refused on loopback: {exc}")
+        seen = []
+        sock.on_datagram = lambda peer, data, flags: seen.append(bytes(data))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        s.sendto(b"mc", ("239.255.77.78", sock.port))
+        end = time.monotonic() + 2
+        while not seen and time.monotonic() < end:
+            sock.run_once(0.05)
+        s.close()
+        if not seen:
+            pytest.skip("multicast to 239.255.77.78 is not delivered on loopback here")
+        assert seen == [b"mc"]
+        sock.leave_multicast("239.255.77.78", "127.0.0.1")
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_socat_round_trip():
+    with _echo_socket() as sock:
+        t = threading.Thread(target=sock.serve_forever)
+        t.start()
+        try:
+            out = subprocess.run(["socat", "-t", "2", "-T", "2", "-",
+                                  f"UDP:127.0.0.1:{sock.port}"],
+                                 input=b"hello from socat\n", capture_output=True, timeout=10)
+        finally:
+            sock.stop()
+            t.join(5)
+        assert out.stdout == b"hello from socat\n"
+
+
+def _wait_port_line(proc):
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()
+    return int(line.split()[-1])
+
+
+@pytest.mark.parametrize("command", [["zcn", "udp-echo"], ["zcn._udp_cli"]])
+@pytest.mark.parametrize("handler", ["c", "python"])
+def test_cli_udp_echo(handler, command):
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--host", "127.0.0.1",
+                             "--port", "0", "--handler", handler],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        port = _wait_port_line(proc)
+        with _client() as c:
+            c.sendto(b"ping", ("127.0.0.1", port))
+            assert c.recv(100) == b"ping"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+    assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_fds_and_rss_flat_over_cycles():
+    psutil = pytest.importorskip("psutil")
+    import zcn
+    me = psutil.Process()
+
+    def cycle(n):
+        for i in range(n):
+            with zcn.UdpSocket("::1" if i % 2 else "127.0.0.1") as sock:
+                if i % 3 == 0:
+                    sock.run_once(0)
+        gc.collect()
+
+    cycle(50)  # warm up caches and allocator
+    fds, rss = me.num_fds(), me.memory_info().rss
+    cycle(500)
+    assert me.num_fds() == fds
+    assert me.memory_info().rss - rss < 8 << 20

@@ -1,0 +1,191 @@
+"""The zcn command line: ``python -m zcn <command>`` (or ``zcn <command>``).
+
+    python -m zcn echo --port 8080 --handler c      TCP echo server (Ctrl-C ends it)
+    python -m zcn echo --port 8080 --handler python the same through a Python on_data
+    python -m zcn version                           library, bindings, io_uring here
+
+Each subcommand is a ``add_*_parser(subparsers)`` function that registers
+itself with ``set_defaults(func=...)``; ``func(args)`` returns the exit code.
+Subcommands that live in other modules (``bench``, ``udp-echo``) are added
+when their module is present, so adding one is one line in _REGISTRARS.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+
+_STATS_SUMMARY = ("connections_accepted", "connections_closed", "connections_rejected",
+                  "bytes_received", "bytes_sent", "recv_ops", "send_ops",
+                  "sends_zero_copy", "sends_copied", "send_queue_full_events",
+                  "buffer_exhaustion_events", "idle_timeouts")
+
+
+# --- echo ---------------------------------------------------------------------
+def add_echo_parser(subparsers):
+    p = subparsers.add_parser(
+        "echo", help="TCP echo server on io_uring",
+        description="Echo every byte received back to its sender until SIGINT/SIGTERM, "
+                    "then print a one-line summary of the server's counters.")
+    p.add_argument("--host", default="127.0.0.1", help="address or name to bind "
+                   "(default 127.0.0.1; 0.0.0.0 = all IPv4 interfaces)")
+    p.add_argument("--port", type=int, default=8080, help="port (0 = any free one; "
+                   "default 8080)")
+    p.add_argument("--handler", choices=("c", "python"), default="c",
+                   help="c: the built-in C echo, no Python per message; python: a Python "
+                        "on_data that sends the received view back (default c)")
+    p.add_argument("--buffer-size", type=int, default=16384,
+                   help="bytes per receive buffer, rounded up to 4096 (default 16384)")
+    p.add_argument("--buffer-pool-size", type=int, default=1024,
+                   help="receive and send buffers (default 1024)")
+    p.add_argument("--connections-max", type=int, default=4096,
+                   help="open connections at once; more are closed at accept (default 4096)")
+    p.add_argument("--backlog", type=int, default=1024, help="listen() backlog (default 1024)")
+    p.add_argument("--io-uring-entries", type=int, default=256,
+                   help="io_uring submission queue entries (default 256)")
+    p.add_argument("--send-queue-max-bytes", type=int, default=1 << 20,
+                   help="per-connection send queue limit (default 1 MiB)")
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="close connections idle this many seconds (default: never)")
+    p.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
+    p.set_defaults(func=run_echo)
+    return p
+
+
+def _format_address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _python_echo(server):
+    """on_data/on_drain/on_close for an echo that keeps order under
+    backpressure: the received view goes back without a copy; when the
+    queue is full the rest is copied and sent on drain."""
+    import zcn
+
+    send = server.send
+    backlog = {}  # fd -> [bytes ...] waiting for on_drain
+
+    def on_data(fd, data):
+        waiting = backlog.get(fd)
+        if waiting:
+            waiting.append(bytes(data))
+            return
+        try:
+            send(fd, data)
+        except zcn.QueueFullError:
+            backlog[fd] = [bytes(data)]
+        except zcn.ClosedError:
+            pass  # the peer is gone (reset in this batch): nothing to answer
+
+    def on_drain(fd):
+        waiting = backlog.get(fd)
+        while waiting:
+            try:
+                send(fd, waiting[0])
+            except zcn.QueueFullError:
+                return
+            except zcn.ClosedError:
+                break
+            waiting.pop(0)
+        backlog.pop(fd, None)
+
+    def on_close(fd):
+        backlog.pop(fd, None)
+
+    return on_data, on_drain, on_close
+
+
+def run_echo(args):
+    import zcn
+
+    try:
+        server = zcn.TcpServer(
+            args.host, args.port, handler=args.handler, buffer_size=args.buffer_size,
+            buffer_pool_size=args.buffer_pool_size, connections_max=args.connections_max,
+            backlog=args.backlog, io_uring_entries=args.io_uring_entries,
+            send_queue_max_bytes=args.send_queue_max_bytes, idle_timeout=args.idle_timeout,
+            reuse_port=args.reuse_port)
+    except (OSError, ValueError, TypeError, zcn.ZcnError) as exc:
+        print(f"zcn echo: cannot listen on {args.host} port {args.port}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.handler == "python":
+        server.on_data, server.on_drain, server.on_close = _python_echo(server)
+    previous = {sig: signal.signal(sig, lambda *_: server.stop())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"zcn echo listening on {_format_address(server.host, server.port)} "
+              f"(handler={args.handler})", flush=True)
+        server.serve_forever()
+        stats = server.stats()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.server_close()
+    summary = " ".join(f"{name}={getattr(stats, name)}" for name in _STATS_SUMMARY)
+    print(f"zcn echo stats: {summary}", flush=True)
+    return 0
+
+
+# --- version ------------------------------------------------------------------
+def add_version_parser(subparsers):
+    p = subparsers.add_parser("version", help="library and binding versions, io_uring here")
+    p.set_defaults(func=run_version)
+    return p
+
+
+def run_version(args):
+    import platform
+
+    import zcn
+    from zcn import _ffi
+
+    print(f"zcn {zcn.__version__} (library {_ffi.zcn_version_string().decode()} at "
+          f"{getattr(_ffi.lib, '_name', '?')}; bindings "
+          f"{_ffi.VERSION_MAJOR}.{_ffi.VERSION_MINOR}.{_ffi.VERSION_PATCH})")
+    print(f"python {platform.python_version()}, kernel {platform.release()}")
+    try:
+        with zcn.Ring(8) as ring:
+            flags = "|".join(ring.setup_flag_names()) or "none"
+        print(f"io_uring: available (setup flags {flags})")
+    except zcn.IoUringUnavailableError as exc:
+        print(f"io_uring: unavailable ({type(exc).__name__}: {exc})")
+    return 0
+
+
+# --- the command --------------------------------------------------------------
+# (module, function) pairs: each function adds one subparser. Modules that
+# are not there (a partial install) are skipped.
+_REGISTRARS = (
+    (__name__, "add_echo_parser"),
+    ("zcn._udp_cli", "add_udp_echo_parser"),
+    ("zcn.bench", "add_parser"),
+    (__name__, "add_version_parser"),
+)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m zcn", description="zero_copy_net: networking on io_uring.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name, function_name in _REGISTRARS:
+        if module_name == __name__:
+            register = globals()[function_name]
+        else:
+            try:
+                register = getattr(importlib.import_module(module_name), function_name)
+            except (ImportError, AttributeError):
+                continue
+        register(subparsers)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,824 @@
+"""The echo benchmark: ``python -m zcn bench [--quick | --smoke] ...``.
+
+Servers, each in its own process pinned to one CPU (the load generator on the
+other):
+
+    zcn-c     zcn with the built-in C echo handler (bench/zcn_echo.c)
+    zcn-py    zcn.TcpServer with a Python on_data that sends the view back
+    epoll     a classic single-threaded epoll echo server in C (bench/epoll_echo.c)
+    asyncio   an asyncio Protocol echo (bench/asyncio_echo.py)
+    uvloop    the same Protocol on uvloop (skipped with a note if not installed)
+
+The load generator (bench/loadgen.c) drives N connections with D messages of
+S bytes in flight each, verifies every echoed byte and reports msgs/s, MB/s
+and RTT percentiles; the harness reads the server's CPU time (user+system,
+psutil) over exactly the measured window, so CPU per message separates the
+servers even when the load generator saturates first. Rounds are
+interleaved (the server order rotates each round); medians with min/max.
+
+The C tools are built with CMake (targets loadgen, epoll_echo, zcn_echo);
+the harness finds them in --build-dir, $ZCN_BENCH_BUILD or ./build/bench.
+Results: a table on the terminal, a JSON file of every figure
+(bench/results/<timestamp>.json or --json) and PNG plots when matplotlib is
+installed. Exit status 1 only if content verification failed or a server
+died: goals are reported, never enforced.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVER_ORDER = ("zcn-c", "zcn-py", "epoll", "asyncio", "uvloop")
+SERVER_DESCRIPTIONS = {
+    "zcn-c": "zcn, built-in C echo handler (bench/zcn_echo.c)",
+    "zcn-py": "zcn.TcpServer, Python on_data: server.send(fd, data)",
+    "epoll": "single-threaded epoll echo in C, level-triggered, 64 KiB read buffer (bench/epoll_echo.c)",
+    "asyncio": "asyncio Protocol echo, standard event loop (bench/asyncio_echo.py)",
+    "uvloop": "the same asyncio Protocol on uvloop (bench/asyncio_echo.py --loop uvloop)",
+}
+LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
+START_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Workload:
+    key: str
+    title: str
+    conns: int
+    depth: int
+    size: int
+    mode: str = "echo"            # "echo" or "connect"
+    spin: bool = False            # load generator busy-polls (latency workload)
+    zcn_config: dict = field(default_factory=dict)
+    fresh_server: bool = False    # a new server per round (RSS per connection)
+
+    def label(self):
+        if self.mode == "connect":
+            return f"{self.conns} conns setup"
+        size = f"{self.size // 1024}KiB" if self.size % 1024 == 0 else f"{self.size}B"
+        return f"{self.conns}x{self.depth}x{size}"
+
+
+def workloads(profile, conns_many=None):
+    """The workloads of a profile. zcn_config is what a user would pick for
+    the workload (the rest are the library's defaults)."""
+    small = {"buffer_size": 16384, "buffer_pool_size": 1024}  # the defaults
+    many = conns_many or (500 if profile == "smoke" else 10000)
+    wls = [
+        Workload("ping", "1 connection ping-pong, 64 B (latency)", 1, 1, 64, spin=True,
+                 zcn_config=dict(small)),
+        Workload("c200", "200 connections x depth 1 x 64 B", 200, 1, 64, zcn_config=dict(small)),
+        Workload("c50d16", "50 connections x depth 16 x 64 B", 50, 16, 64, zcn_config=dict(small)),
+        Workload("c10x16k", "10 connections x depth 1 x 16 KiB", 10, 1, 16384,
+                 zcn_config=dict(small)),
+        Workload("stream", "1 connection streaming 64 KiB messages (depth 8)", 1, 8, 65536,
+                 zcn_config={"buffer_size": 65536, "buffer_pool_size": 256}),
+        Workload("conn10k", f"{many} concurrent connections: setup rate, RSS per connection",
+                 many, 1, 64, mode="connect",
+                 zcn_config={"buffer_size": 4096, "buffer_pool_size": 4096,
+                             "connections_max": max(12000, many + many // 5), "backlog": 4096},
+                 fresh_server=True),
+    ]
+    if profile == "smoke":
+        keep = {"ping", "c200", "conn10k"}
+        wls = [w for w in wls if w.key in keep]
+    return wls
+
+
+PROFILES = {
+    # rounds, warm-up s, window s
+    "smoke": (1, 0.1, 0.4),
+    "quick": (1, 0.2, 0.6),
+    "full": (3, 0.5, 2.0),
+}
+
+# --------------------------------------------------------------------------
+# locating things
+# --------------------------------------------------------------------------
+
+
+def _source_root(build_dir):
+    here = Path(__file__).resolve().parent.parent
+    if (here / "bench" / "loadgen.c").exists():
+        return here
+    cache = Path(build_dir) / "CMakeCache.txt" if build_dir else None
+    if cache is not None and cache.exists():
+        for line in cache.read_text(errors="replace").splitlines():
+            if line.startswith("CMAKE_HOME_DIRECTORY:"):
+                return Path(line.split("=", 1)[1])
+    return None
+
+
+def find_build_dir(arg):
+    candidates = []
+    if arg:
+        candidates.append(Path(arg))
+    elif os.environ.get("ZCN_BENCH_BUILD"):
+        candidates.append(Path(os.environ["ZCN_BENCH_BUILD"]))
+    else:
+        root = Path(__file__).resolve().parent.parent
+        candidates += [root / "build" / "bench", Path.cwd() / "build" / "bench"]
+    for c in candidates:
+        if tool_path(c, "loadgen") is not None:
+            return c.resolve()
+    raise SystemExit(
+        "zcn bench: the C tools (loadgen, epoll_echo, zcn_echo) were not found in "
+        + ", ".join(str(c) for c in candidates)
+        + ".\nBuild them: cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release && "
+        "cmake --build build/bench -j --target loadgen epoll_echo zcn_echo\n"
+        "then pass --build-dir build/bench (or set ZCN_BENCH_BUILD).")
+
+
+def tool_path(build_dir, name):
+    for p in (Path(build_dir) / "bench" / name, Path(build_dir) / name):
+        if p.is_file() and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def machine_info():
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu_model": model or platform.processor(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "hostname_hash": hash(platform.node()) & 0xFFFF,
+    }
+    try:
+        info["liburing"] = subprocess.run(["pkg-config", "--modversion", "liburing"],
+                                          capture_output=True, text=True,
+                                          timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import zcn
+        info["zcn"] = zcn.__version__
+    except Exception as exc:  # noqa: BLE001 - informational only
+        info["zcn"] = f"unavailable: {exc}"
+    try:
+        import uvloop
+        info["uvloop"] = uvloop.__version__
+    except ImportError:
+        info["uvloop"] = None
+    try:
+        import psutil
+        info["psutil"] = psutil.__version__
+    except ImportError:
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------
+# servers
+# --------------------------------------------------------------------------
+
+
+def _pin_and_raise(cpu):
+    def pre():
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return pre
+
+
+class Server:
+    """One echo server process, pinned; knows its port and psutil handle."""
+
+    def __init__(self, name, cmd, cpu, env=None):
+        import psutil
+
+        self.name = name
+        self.cmd = cmd
+        self.stderr_path = None
+        import tempfile
+
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     stdin=subprocess.DEVNULL, text=True, env=env,
+                                     preexec_fn=_pin_and_raise(cpu))
+        lines = queue.Queue()
+        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()),
+                         daemon=True).start()
+        try:
+            line = lines.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            line = ""
+        m = LISTEN_RE.search(line or "")
+        if m is None:
+            self.stop()
+            last = (self.stderr_text().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(f"{name} did not start: {last}")
+        self.banner = line.strip()
+        self.port = int(m.group(2))
+        self.ps = psutil.Process(self.proc.pid)
+
+    def cpu_s(self):
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def rss(self):
+        return self.ps.memory_info().rss
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stderr_text(self):
+        try:
+            self._stderr.seek(0)
+            return self._stderr.read().strip()[-2000:]
+        except (OSError, ValueError):
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+def server_command(name, wl, build_dir, src_root):
+    """(argv, env, config description) for one server and workload."""
+    cfg = wl.zcn_config
+    py = sys.executable
+    env = dict(os.environ)
+    if name == "zcn-c":
+        exe = tool_path(build_dir, "zcn_echo")
+        if exe is None:
+            raise FileNotFoundError(f"zcn_echo not built in {build_dir}")
+        argv = [str(exe), "--port", "0"]
+        for key, opt in (("buffer_size", "--buffer-size"), ("buffer_pool_size", "--buffers"),
+                         ("connections_max", "--connections-max"), ("backlog", "--backlog")):
+            if key in cfg:
+                argv += [opt, str(cfg[key])]
+        return argv, env, dict(cfg, handler="c")
+    if name == "zcn-py":
+        import zcn
+
+        pkg_parent = str(Path(zcn.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
+        argv = [py, "-m", "zcn.bench", "serve-python", "--port", "0"]
+        for key in ("buffer_size", "buffer_pool_size", "connections_max", "backlog"):
+            if key in cfg:
+                argv += ["--" + key.replace("_", "-"), str(cfg[key])]
+        return argv, env, dict(cfg, handler="python")
+    if name == "epoll":
+        exe = tool_path(build_dir, "epoll_echo")
+        if exe is None:
+            raise FileNotFoundError(f"epoll_echo not built in {build_dir}")
+        return [str(exe), "--port", "0", "--backlog", "4096"], env, {"backlog": 4096}
+    if name in ("asyncio", "uvloop"):
+        if src_root is None or not (src_root / "bench" / "asyncio_echo.py").exists():
+            raise FileNotFoundError("bench/asyncio_echo.py not found (run from a source checkout)")
+        if name == "uvloop":
+            try:
+                import uvloop  # noqa: F401
+            except ImportError:
+                raise FileNotFoundError("uvloop is not installed (pip install .[bench])") from None
+        return ([py, str(src_root / "bench" / "asyncio_echo.py"), "--loop", name, "--port", "0",
+                 "--backlog", "4096"], env, {"backlog": 4096})
+    raise ValueError(f"unknown server {name!r}")
+
+
+def serve_python(argv):
+    """The zcn-py server process: zcn.TcpServer with a Python echo."""
+    p = argparse.ArgumentParser(prog="python -m zcn.bench serve-python")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--buffer-size", type=int, default=16384)
+    p.add_argument("--buffer-pool-size", type=int, default=1024)
+    p.add_argument("--connections-max", type=int, default=4096)
+    p.add_argument("--backlog", type=int, default=1024)
+    a = p.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    import zcn
+
+    server = zcn.TcpServer(a.host, a.port, handler="python", buffer_size=a.buffer_size,
+                           buffer_pool_size=a.buffer_pool_size,
+                           connections_max=a.connections_max, backlog=a.backlog)
+    send = server.send
+
+    def on_data(fd, data):
+        send(fd, data)
+
+    server.on_data = on_data
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.stop())
+    print(f"zcn-py listening on {a.host}:{server.port} (handler=python)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+# --------------------------------------------------------------------------
+# one measurement
+# --------------------------------------------------------------------------
+
+
+def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
+    argv = [str(loadgen), "--port", str(server.port), "--mode", wl.mode, "--conns",
+            str(wl.conns), "--depth", str(wl.depth), "--size", str(wl.size),
+            "--duration", str(duration), "--warmup", str(warmup)]
+    if client_cpu is not None:
+        argv += ["--cpu", str(client_cpu)]
+    if wl.spin:
+        argv.append("--spin")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.PIPE, text=True, preexec_fn=_pin_and_raise(None))
+    timer = threading.Timer(warmup + duration + 90, proc.kill)
+    timer.start()
+    out = {"server": server.name}
+    rss_before = server.rss()
+    cpu0 = cpu1 = None
+    t0 = t1 = None
+    result = None
+    try:
+        for line in proc.stdout:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            kind = ev.get("event")
+            if kind == "window_start":
+                cpu0, t0 = server.cpu_s(), time.perf_counter()
+            elif kind == "window_end":
+                cpu1, t1 = server.cpu_s(), time.perf_counter()
+            elif kind == "ready":
+                out["rss_before"] = rss_before
+                out["rss_held"] = server.rss()
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            elif kind == "result":
+                result = ev
+        proc.wait(timeout=30)
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stderr = proc.stderr.read()
+        for f in (proc.stdout, proc.stderr, proc.stdin):
+            try:
+                f.close()
+            except (OSError, BrokenPipeError):
+                pass
+    if result is None:
+        return dict(out, ok=False, error=f"loadgen gave no result (exit {proc.returncode}): "
+                                         f"{stderr.strip()[-500:]}")
+    result.pop("event", None)
+    out.update(result)
+    if wl.mode == "echo" and cpu0 is not None and cpu1 is not None:
+        msgs = result.get("msgs") or 0
+        out["server_cpu_s"] = cpu1 - cpu0
+        out["server_cpu_util"] = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None
+        out["cpu_us_per_msg"] = (cpu1 - cpu0) / msgs * 1e6 if msgs else None
+    if wl.mode == "connect" and "rss_held" in out:
+        n = result.get("established") or wl.conns
+        out["rss_per_conn"] = (out["rss_held"] - out["rss_before"]) / n
+    if not server.alive():
+        out["ok"] = False
+        out["error"] = f"server exited ({server.proc.returncode}): {server.stderr_text()[-500:]}"
+    return out
+
+
+# --------------------------------------------------------------------------
+# summaries, table, goals, plots
+# --------------------------------------------------------------------------
+
+METRICS = ("msgs_per_s", "mb_per_s", "cpu_us_per_msg", "server_cpu_util", "client_cpu_util",
+           "connect_per_s", "setup_per_s", "rss_per_conn", "rss_before")
+RTT_METRICS = ("p50", "p99", "p999", "mean")
+
+
+def _mmm(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def summarize(rounds):
+    s = {}
+    for m in METRICS:
+        v = _mmm([r.get(m) for r in rounds])
+        if v is not None:
+            s[m] = v
+    for m in RTT_METRICS:
+        v = _mmm([(r.get("rtt_ns") or {}).get(m) for r in rounds if
+                  (r.get("rtt_ns") or {}).get("count")])
+        if v is not None:
+            s["rtt_" + m + "_ns"] = v
+    s["ok"] = all(r.get("ok") for r in rounds) and bool(rounds)
+    s["bytes_verified"] = sum(r.get("bytes_verified") or 0 for r in rounds)
+    s["verify_errors"] = sum(r.get("verify_errors") or 0 for r in rounds)
+    return s
+
+
+def _fmt(v, digits=1):
+    if v is None:
+        return "-"
+    if abs(v) >= 10000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def _range(s, key, scale=1.0, digits=1):
+    m = s.get(key)
+    if m is None:
+        return "-"
+    return (f"{_fmt(m['median'] * scale, digits)} "
+            f"[{_fmt(m['min'] * scale, digits)}..{_fmt(m['max'] * scale, digits)}]")
+
+
+def _med(s, key):
+    m = (s or {}).get(key)
+    return None if m is None else m["median"]
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def table(wl, results):
+    lines = [f"\n== {wl.label()}: {wl.title}"]
+    base = results.get("epoll", {}).get("summary")
+    if wl.mode == "connect":
+        hdr = (f"{'server':8} {'setup conns/s':>26} {'connect/s':>12} "
+               f"{'RSS/conn KiB':>22} {'idle RSS MiB':>12}  ok")
+        lines.append(hdr)
+        for name, r in results.items():
+            s = r.get("summary")
+            if s is None:
+                lines.append(f"{name:8} skipped: {r.get('note')}")
+                continue
+            lines.append(f"{name:8} {_range(s, 'setup_per_s', 1, 0):>26} "
+                         f"{_fmt(_med(s, 'connect_per_s'), 0):>12} "
+                         f"{_range(s, 'rss_per_conn', 1 / 1024, 2):>22} "
+                         f"{_fmt((_med(s, 'rss_before') or 0) / 2**20, 1):>12}  "
+                         f"{'yes' if s['ok'] else 'NO'}")
+        return "\n".join(lines)
+    hdr = (f"{'server':8} {'msgs/s median [min..max]':>30} {'MB/s':>8} "
+           f"{'CPU us/msg [min..max]':>24} {'srv%':>5} {'cli%':>5} "
+           f"{'p50 us':>8} {'p99 us':>8} {'p99.9us':>8} {'x epoll thr':>11} {'x epoll cpu':>11}  ok")
+    lines.append(hdr)
+    for name, r in results.items():
+        s = r.get("summary")
+        if s is None:
+            lines.append(f"{name:8} skipped: {r.get('note')}")
+            continue
+        thr_ratio = _ratio(_med(s, "msgs_per_s"), _med(base, "msgs_per_s"))
+        cpu_ratio = _ratio(_med(s, "cpu_us_per_msg"), _med(base, "cpu_us_per_msg"))
+        lines.append(
+            f"{name:8} {_range(s, 'msgs_per_s', 1, 0):>30} {_fmt(_med(s, 'mb_per_s'), 1):>8} "
+            f"{_range(s, 'cpu_us_per_msg', 1, 2):>24} "
+            f"{_fmt((_med(s, 'server_cpu_util') or 0) * 100, 0):>5} "
+            f"{_fmt((_med(s, 'client_cpu_util') or 0) * 100, 0):>5} "
+            f"{_fmt((_med(s, 'rtt_p50_ns') or 0) / 1e3, 1):>8} "
+            f"{_fmt((_med(s, 'rtt_p99_ns') or 0) / 1e3, 1):>8} "
+            f"{_fmt((_med(s, 'rtt_p999_ns') or 0) / 1e3, 1):>8} "
+            f"{_fmt(thr_ratio, 2):>11} {_fmt(cpu_ratio, 2):>11}  {'yes' if s['ok'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def evaluate_goals(report):
+    by_key = {w["key"]: w for w in report["workloads"]}
+
+    def med(wkey, server, metric):
+        w = by_key.get(wkey)
+        s = (w or {}).get("results", {}).get(server, {}).get("summary")
+        return _med(s, metric)
+
+    goals = []
+
+    def goal(text, value, target, cmp):
+        met = None if value is None else (value <= target if cmp == "<=" else value >= target)
+        goals.append({"goal": text, "measured": value, "target": f"{cmp} {target}", "met": met})
+
+    goal("zcn-c CPU per message <= 0.80x epoll at 200x1x64B",
+         _ratio(med("c200", "zcn-c", "cpu_us_per_msg"), med("c200", "epoll", "cpu_us_per_msg")),
+         0.80, "<=")
+    for w in report["workloads"]:
+        if w["mode"] != "echo":
+            continue
+        goal(f"zcn-c throughput >= 1.0x epoll at {w['label']}",
+             _ratio(med(w["key"], "zcn-c", "msgs_per_s"), med(w["key"], "epoll", "msgs_per_s")),
+             1.0, ">=")
+    goal("zcn-py CPU per message <= 0.85x uvloop at 200x1x64B",
+         _ratio(med("c200", "zcn-py", "cpu_us_per_msg"), med("c200", "uvloop", "cpu_us_per_msg")),
+         0.85, "<=")
+    goal("zcn-c 1-connection p50 RTT <= 1.0x epoll",
+         _ratio(med("ping", "zcn-c", "rtt_p50_ns"), med("ping", "epoll", "rtt_p50_ns")),
+         1.0, "<=")
+    return goals
+
+
+def goals_text(goals):
+    out = ["\n== goals (reported, never enforced)"]
+    for g in goals:
+        state = {True: "met", False: "MISSED", None: "n/a"}[g["met"]]
+        out.append(f"  {state:6} {g['goal']}: measured {_fmt(g['measured'], 2)}x "
+                   f"(target {g['target']})")
+    return "\n".join(out)
+
+
+def make_plots(report, stem):
+    """PNG plots next to `stem` (a path without extension); returns the paths
+    written or a note why none were."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "matplotlib not installed (pip install .[bench]): no plots"
+    echo = [w for w in report["workloads"] if w["mode"] == "echo"]
+    servers = [s for s in SERVER_ORDER
+               if any(w["results"].get(s, {}).get("summary") for w in echo)]
+    if not echo or not servers:
+        return [], "nothing to plot"
+    paths = []
+    width = 0.8 / len(servers)
+    for metric, ylabel, fname, log in (
+            ("msgs_per_s", "messages/s (median, min-max bars)", "throughput", True),
+            ("cpu_us_per_msg", "server CPU us per message (median, min-max bars)", "cpu", True)):
+        fig, ax = plt.subplots(figsize=(9, 4.2), dpi=90)
+        for i, srv in enumerate(servers):
+            xs, ys, lo, hi = [], [], [], []
+            for j, w in enumerate(echo):
+                s = w["results"].get(srv, {}).get("summary") or {}
+                m = s.get(metric)
+                if m is None:
+                    continue
+                xs.append(j + (i - (len(servers) - 1) / 2) * width)
+                ys.append(m["median"])
+                lo.append(m["median"] - m["min"])
+                hi.append(m["max"] - m["median"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], label=srv, capsize=2)
+        ax.set_xticks(range(len(echo)))
+        ax.set_xticklabels([w["label"] for w in echo])
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(f"echo {fname}: {report['machine']['cpu_model']}, "
+                     f"{report['machine']['cpus']} CPUs, {report['profile']} run")
+        ax.legend(fontsize=8, ncol=len(servers))
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = f"{stem}-{fname}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths, None
+
+
+# --------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------
+
+
+def add_arguments(p):
+    prof = p.add_mutually_exclusive_group()
+    prof.add_argument("--quick", action="store_true",
+                      help="1 round of short windows, every workload (< 1 minute)")
+    prof.add_argument("--smoke", action="store_true",
+                      help="seconds: ping, 200x1x64B, 500-connection setup; for CI")
+    p.add_argument("--rounds", type=int, help="rounds per workload (default by profile)")
+    p.add_argument("--duration", type=float, help="measured window per run, s")
+    p.add_argument("--warmup", type=float, help="warm-up per run, s")
+    p.add_argument("--servers", help=f"comma list of {','.join(SERVER_ORDER)} "
+                                     "(default: all; --smoke: epoll,zcn-c)")
+    p.add_argument("--workloads", help="comma list of workload keys "
+                                       "(ping,c200,c50d16,c10x16k,stream,conn10k)")
+    p.add_argument("--conns-many", type=int, help="connections of the setup workload "
+                                                  "(default 10000; 500 with --smoke)")
+    p.add_argument("--build-dir", help="CMake build dir holding bench/loadgen etc. "
+                                       "(default $ZCN_BENCH_BUILD or ./build/bench)")
+    p.add_argument("--json", help="results file (default bench/results/<timestamp>.json)")
+    p.add_argument("--plots", help="directory for the PNG plots (default: beside the JSON)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--server-cpu", type=int, help="CPU for the servers (default: the last)")
+    p.add_argument("--client-cpu", type=int, help="CPU for the load generator (default: the first)")
+    return p
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("bench", help="echo benchmark: zcn vs epoll, asyncio, uvloop",
+                              description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _progress(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(args):
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        raise SystemExit("zcn bench needs psutil (pip install .[bench])") from None
+    profile = "smoke" if args.smoke else "quick" if args.quick else "full"
+    rounds, warmup, duration = PROFILES[profile]
+    rounds = args.rounds or rounds
+    warmup = args.warmup if args.warmup is not None else warmup
+    duration = args.duration or duration
+    build_dir = find_build_dir(args.build_dir)
+    loadgen = tool_path(build_dir, "loadgen")
+    src_root = _source_root(build_dir)
+    default_servers = "epoll,zcn-c" if profile == "smoke" else ",".join(SERVER_ORDER)
+    servers = [s.strip() for s in (args.servers or default_servers).split(",") if s.strip()]
+    for s in servers:
+        if s not in SERVER_ORDER:
+            raise SystemExit(f"zcn bench: unknown server {s!r} (choose from {SERVER_ORDER})")
+    wls = workloads(profile, args.conns_many)
+    if args.workloads:
+        keys = [k.strip() for k in args.workloads.split(",")]
+        unknown = set(keys) - {w.key for w in workloads("full")}
+        if unknown:
+            raise SystemExit(f"zcn bench: unknown workloads {sorted(unknown)}")
+        wls = [w for w in workloads("full", args.conns_many) if w.key in keys]
+
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu = args.server_cpu if args.server_cpu is not None else cpus[-1]
+    client_cpu = args.client_cpu if args.client_cpu is not None else cpus[0]
+    notes = []
+    if server_cpu == client_cpu:
+        notes.append("only one CPU: server and load generator share it")
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.json:
+        json_path = Path(args.json)
+    else:
+        base = (src_root or Path.cwd()) / "bench" / "results"
+        json_path = base / f"{stamp}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+
+    report = {
+        "version": 1, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "profile": profile, "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
+        "machine": machine_info(),
+        "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration,
+                     "server_cpu": server_cpu, "client_cpu": client_cpu,
+                     "build_dir": str(build_dir)},
+        "servers": {s: {"description": SERVER_DESCRIPTIONS[s]} for s in servers},
+        "workloads": [], "notes": notes,
+    }
+    total_runs = sum(rounds * len(servers) for _ in wls)
+    done = 0
+    t_start = time.monotonic()
+    old_affinity = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {client_cpu})  # keep the harness off the server's CPU
+    except OSError:
+        pass
+    ok_all = True
+    _progress(f"zcn bench ({profile}): {len(servers)} servers x {len(wls)} workloads x "
+              f"{rounds} rounds, window {duration}s after {warmup}s warm-up; server on CPU "
+              f"{server_cpu}, load generator on CPU {client_cpu}")
+    try:
+        for wl in wls:
+            entry = {"key": wl.key, "label": wl.label(), "title": wl.title, "mode": wl.mode,
+                     "conns": wl.conns, "depth": wl.depth, "size": wl.size, "spin": wl.spin,
+                     "zcn_config": wl.zcn_config, "results": {}}
+            per_server = {s: {"rounds": [], "config": None, "note": None} for s in servers}
+            live = {}
+
+            def start(name):
+                try:
+                    argv, env, cfg = server_command(name, wl, build_dir, src_root)
+                    per_server[name]["config"] = cfg
+                    srv = Server(name, argv, server_cpu, env)
+                    time.sleep(0.05)
+                    return srv
+                except (FileNotFoundError, RuntimeError) as exc:
+                    per_server[name]["note"] = str(exc)
+                    _progress(f"  {name}: skipped: {exc}")
+                    return None
+
+            try:
+                if not wl.fresh_server:
+                    for name in servers:
+                        live[name] = start(name)
+                for rnd in range(rounds):
+                    order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+                    for name in order:
+                        done += 1
+                        if per_server[name]["note"] and name not in live:
+                            continue
+                        srv = start(name) if wl.fresh_server else live.get(name)
+                        if srv is None:
+                            continue
+                        try:
+                            r = run_loadgen(loadgen, srv, wl, warmup, duration, client_cpu)
+                        finally:
+                            if wl.fresh_server:
+                                srv.stop()
+                                r_stderr = srv.stderr_text()
+                            else:
+                                r_stderr = None
+                        r["round"] = rnd
+                        if r_stderr and "stats:" in r_stderr:
+                            r["server_stats"] = r_stderr.splitlines()[-1]
+                        per_server[name]["rounds"].append(r)
+                        if not r.get("ok"):
+                            ok_all = False
+                        if wl.mode == "connect":
+                            fig = (f"{_fmt(r.get('setup_per_s'), 0)} conns/s set up, "
+                                   f"{_fmt((r.get('rss_per_conn') or 0) / 1024, 2)} KiB RSS/conn")
+                        else:
+                            fig = (f"{_fmt(r.get('msgs_per_s'), 0)} msg/s, "
+                                   f"{_fmt(r.get('cpu_us_per_msg'), 2)} us CPU/msg, p50 "
+                                   f"{_fmt(((r.get('rtt_ns') or {}).get('p50') or 0) / 1e3, 1)} us")
+                        err = "" if r.get("ok") else f"  FAILED: {r.get('error') or r.get('first_error')}"
+                        _progress(f"[{done:3}/{total_runs}] {wl.label():22} round {rnd + 1}/{rounds} "
+                                  f"{name:8} {fig}{err}")
+            finally:
+                for name, srv in live.items():
+                    if srv is not None:
+                        srv.stop()
+                        text = srv.stderr_text()
+                        if "stats:" in text:
+                            per_server[name]["server_stats"] = text.splitlines()[-1]
+            for name in servers:
+                ps = per_server[name]
+                res = {"config": ps["config"], "rounds": ps["rounds"]}
+                if ps.get("server_stats"):
+                    res["server_stats"] = ps["server_stats"]
+                if ps["rounds"]:
+                    res["summary"] = summarize(ps["rounds"])
+                else:
+                    res["note"] = ps["note"] or "not run"
+                entry["results"][name] = res
+            report["workloads"].append(entry)
+            print(table(wl, entry["results"]), flush=True)
+    finally:
+        try:
+            os.sched_setaffinity(0, old_affinity)
+        except OSError:
+            pass
+    report["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    report["goals"] = evaluate_goals(report)
+    report["ok"] = ok_all
+    print(goals_text(report["goals"]))
+    if not args.no_plots:
+        stem = str(Path(args.plots) / json_path.stem) if args.plots else str(json_path.with_suffix(""))
+        if args.plots:
+            Path(args.plots).mkdir(parents=True, exist_ok=True)
+        paths, note = make_plots(report, stem)
+        report["plots"] = paths
+        if note:
+            notes.append(note)
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nresults: {json_path}" + "".join(f"\nplot: {p}" for p in report.get("plots", [])))
+    for n in notes:
+        print(f"note: {n}")
+    print(f"elapsed {report['elapsed_s']} s; content verification "
+          f"{'passed' if ok_all else 'FAILED'}")
+    return 0 if ok_all else 1
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve-python"]:
+        return serve_python(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m zcn bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,813 @@
+"""zcn.TcpServer: the io_uring TCP server with Python callbacks.
+
+    import zcn
+
+    def on_data(fd, data):          # data: a read-only memoryview, borrowed
+        server.send(fd, data)       # echo without copying
+
+    with zcn.TcpServer("127.0.0.1", 8080, on_data=on_data) as server:
+        server.serve_forever()      # until server.stop() (or Ctrl-C)
+
+How it runs. With handler="python" (the default) the loop is
+zcn_server_poll: one ctypes call fills a preallocated array with up to
+EVENTS_MAX events (accept, data, close, drain), which are decoded with
+struct.iter_unpack and dispatched to the callbacks here; no C-to-Python
+callback per event. With handler="c" the built-in C echo answers every
+message without entering Python; on_accept/on_close/on_drain, if any, are
+called through ctypes callbacks.
+
+Borrowed data. ``on_data(fd, data)`` gets a read-only memoryview into the
+server's receive buffer. It is valid only during the call: the view is
+released when the callback returns, so a kept reference raises ValueError
+instead of showing data that has since been overwritten. Copy what you keep
+(``bytes(data)``). Passing the view (or a slice of it) to send() from the
+callback moves the buffer to the send queue without a copy. Slices taken
+of the view (``data[4:]``) are not released with it: they stay readable
+but show whatever the buffer holds later, never unmapped memory, because
+the buffer memory is an mmap owned by this object and unmapped only when
+no view of it is left.
+
+Threads. The thread that first calls run_once() or serve_forever() becomes
+the loop thread (the ring is single-issuer): run_once, serve_forever, send,
+close and queued_bytes belong to it, and callbacks run on it. stop() may be
+called from any thread or from a signal handler. server_close() from
+another thread while the loop runs stops the loop and waits until the loop
+thread has closed the server (on_close calls then run on the loop thread);
+from inside a callback it raises BusyError (call stop() instead).
+
+Exceptions from callbacks are not swallowed: processing stops, the
+exception propagates out of run_once()/serve_forever(), and the events of
+the batch not yet dispatched are kept; the next run_once() dispatches them
+before it waits for new ones.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import math
+import mmap
+import operator
+import socket
+import struct
+import threading
+from ctypes import POINTER, c_int, c_uint32, c_void_p, py_object
+from dataclasses import dataclass
+from time import monotonic as _monotonic
+
+from . import _ffi
+from .errors import BusyError, ClosedError, error_from_code
+
+__all__ = ["TcpServer", "ServerStats", "EVENTS_MAX"]
+
+log = logging.getLogger(__name__)
+
+#: Events fetched per zcn_server_poll call (one ctypes crossing per batch).
+EVENTS_MAX = 256
+
+PAGE_SIZE = _ffi.PAGE_SIZE
+ENTRIES_MAX = 32768
+BUFFERS_MIN, BUFFERS_MAX = 2, 32768
+BUFFER_SIZE_MAX = 64 << 20
+CONNECTIONS_MAX = 1 << 20
+UINT32_MAX = 0xFFFFFFFF
+INT32_MAX = 0x7FFFFFFF
+_HANDLERS = ("python", "c")
+
+_EVENT = struct.Struct(_ffi.EVENT_FORMAT)
+_EVENT_SIZE = _EVENT.size
+if _EVENT_SIZE != ctypes.sizeof(_ffi.Event):  # pragma: no cover - a broken mirror
+    raise ImportError("zcn: EVENT_FORMAT does not match ZCN_Event")
+_ACCEPT, _DATA, _CLOSE, _DRAIN = (_ffi.EVENT_ACCEPT, _ffi.EVENT_DATA,
+                                  _ffi.EVENT_CLOSE, _ffi.EVENT_DRAIN)
+_ERR_CLOSED = ClosedError.code
+#: _cur_view outside on_data: an object no caller can pass (None could be).
+_NO_VIEW = object()
+
+# The hot-path bindings, bound once (a module global is one lookup).
+_send = _ffi.zcn_server_send
+# send() of a received view: the same C function through PyDLL (keeps the
+# GIL: zcn_server_send never blocks, so releasing and retaking it is pure
+# cost) and without argtypes (no from_param conversion per argument). The
+# pointers are passed as prebuilt c_void_p objects; fd and len as Python
+# ints, which ctypes passes as C int and libffi sign-extends to the 64-bit
+# register of the size_t parameter: exact for len < 2**31, and a received
+# view is at most one buffer (<= 64 MiB). Measured: about half the cost of
+# the argtypes call on the CDLL (py_overhead.py, docs/PYTHON_GUIDE.md).
+_send_view = ctypes.PyDLL(_ffi.lib._name, handle=_ffi.lib._handle).zcn_server_send
+_send_view.restype = c_int
+# zcn_server_poll once per batch, likewise without argtypes (prebuilt
+# pointer objects, small ints), but on the CDLL: it waits, so the GIL goes.
+_poll_raw = ctypes.CDLL(_ffi.lib._name, handle=_ffi.lib._handle).zcn_server_poll
+_poll_raw.restype = c_int
+_run_once_timeout = _ffi.zcn_server_run_once_timeout
+_stop = _ffi.zcn_server_stop
+
+
+# --- the buffer protocol, for send() of any bytes-like object --------------
+class _PyBuffer(ctypes.Structure):
+    # typedef struct bufferinfo {...} Py_buffer;  (Include/pybuffer.h)
+    _fields_ = [
+        ("buf", c_void_p), ("obj", py_object), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", c_int), ("ndim", c_int),
+        ("format", c_void_p), ("shape", c_void_p), ("strides", c_void_p),
+        ("suboffsets", c_void_p), ("internal", c_void_p),
+    ]
+
+
+_PyBUF_SIMPLE = 0
+# Own function objects (a prototype bound to the symbol), not the shared
+# ctypes.pythonapi attributes: another module setting argtypes on those
+# would change ours.
+_get_buffer = ctypes.PYFUNCTYPE(c_int, py_object, POINTER(_PyBuffer), c_int)(
+    ("PyObject_GetBuffer", ctypes.pythonapi))
+_release_buffer = ctypes.PYFUNCTYPE(None, POINTER(_PyBuffer))(
+    ("PyBuffer_Release", ctypes.pythonapi))
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """A snapshot of a server's counters (see zcn_server_stats)."""
+
+    connections_active: int
+    connections_accepted: int
+    connections_closed: int
+    connections_rejected: int      #: closed at accept: over connections_max
+    idle_timeouts: int
+    bytes_received: int
+    bytes_sent: int
+    recv_ops: int                  #: receive completions carrying data
+    send_ops: int                  #: send completions
+    buffers_total: int
+    buffers_in_use: int
+    buffer_exhaustion_events: int  #: receives that found no buffer (ENOBUFS)
+    sends_zero_copy: int           #: sends that moved a received buffer
+    sends_copied: int              #: sends that copied into pool buffers
+    send_queue_full_events: int    #: sends refused with QueueFullError
+    accept_backoffs: int           #: accept paused for EMFILE/ENFILE/ENOMEM
+
+
+_STATS_FIELDS = tuple(name for name, _ in _ffi.ServerStats._fields_)
+
+
+# --- argument checks ---------------------------------------------------------
+def _int_arg(value, name, low, high):
+    """An int (or __index__) in low..high; never a bool, float or None."""
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
+def _bool_arg(value, name):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def _callback_arg(value, name):
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+    return value
+
+
+def _seconds_arg(value, name, allow_zero):
+    """A number of seconds (int or float, not bool) -> milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, "
+                        f"not {type(value).__name__}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if math.isinf(value):
+        return None
+    ms = math.ceil(value * 1000)
+    return ms
+
+
+def _fd_arg(fd):
+    if isinstance(fd, bool) or fd is None:
+        raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+    try:
+        return operator.index(fd)
+    except TypeError:
+        raise TypeError(f"fd must be an int, not {type(fd).__name__}") from None
+
+
+def _resolve_host(host):
+    """A numeric address for ``host`` (IPv4 preferred), for the C side,
+    which takes literals only. "" means all IPv4 interfaces."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if host == "":
+        return "0.0.0.0"
+    if "\0" in host:
+        raise ValueError("host contains a NUL character")
+    infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                               socket.AI_PASSIVE)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for fam, _type, _proto, _name, sockaddr in infos:
+            if fam == family:
+                return sockaddr[0]
+    raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
+
+
+def _round_up(size):
+    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+class TcpServer:
+    """A TCP server on io_uring listening on ``host``:``port`` (port 0 picks
+    a free port; read it back from ``port``). See the module docstring for
+    the rules on borrowed data, threads and exceptions.
+
+    Callbacks (any may be None, all settable as attributes):
+      on_accept(fd)        a connection was accepted
+      on_data(fd, data)    bytes arrived; data is borrowed (valid during the call)
+      on_close(fd)         the connection ended, exactly once per on_accept
+      on_drain(fd)         a send refused with QueueFullError may be retried
+
+    handler="c" answers every message with the built-in C echo (no Python
+    per message); on_data must then be None.
+    """
+
+    def __init__(self, host="127.0.0.1", port=0, *, on_accept=None, on_data=None,
+                 on_close=None, on_drain=None, handler="python", io_uring_entries=256,
+                 buffer_pool_size=1024, buffer_size=16384, backlog=1024,
+                 connections_max=4096, send_queue_max_bytes=1 << 20, idle_timeout=None,
+                 tcp_nodelay=True, reuse_port=False):
+        self._handle = None  # first: __del__ and close must work if __init__ fails
+        if not isinstance(handler, str):
+            raise TypeError(f"handler must be 'python' or 'c', not {type(handler).__name__}")
+        if handler not in _HANDLERS:
+            raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
+        self._c_handler = handler == "c"
+        self._on_accept = _callback_arg(on_accept, "on_accept")
+        self._on_data = None
+        self.on_data = on_data  # the property checks the handler
+        self._on_close = _callback_arg(on_close, "on_close")
+        self._on_drain = _callback_arg(on_drain, "on_drain")
+        port = _int_arg(port, "port", 0, 65535)
+        entries = _int_arg(io_uring_entries, "io_uring_entries", 1, ENTRIES_MAX)
+        buffers = _int_arg(buffer_pool_size, "buffer_pool_size", BUFFERS_MIN, BUFFERS_MAX)
+        buffer_size = _int_arg(buffer_size, "buffer_size", 1, BUFFER_SIZE_MAX)
+        backlog = _int_arg(backlog, "backlog", 1, INT32_MAX)
+        connections_max = _int_arg(connections_max, "connections_max", 1, CONNECTIONS_MAX)
+        sendq = _int_arg(send_queue_max_bytes, "send_queue_max_bytes", 1, UINT32_MAX)
+        idle_ms = 0
+        if idle_timeout is not None:
+            idle_ms = _seconds_arg(idle_timeout, "idle_timeout", allow_zero=False) or 0
+            if idle_ms > UINT32_MAX:
+                raise ValueError(f"idle_timeout must be at most {UINT32_MAX / 1000} s")
+        tcp_nodelay = _bool_arg(tcp_nodelay, "tcp_nodelay")
+        reuse_port = _bool_arg(reuse_port, "reuse_port")
+        literal = _resolve_host(host)
+
+        self._lock = threading.RLock()
+        self._fds = set()           # connections accepted and not yet reported closed
+        self._owner = None          # thread ident of the loop thread, once started
+        self._loop_thread = None    # ident while run_once/serve_forever runs
+        self._stop_requested = False
+        self._close_requested = False
+        self._closed_event = threading.Event()
+        self._pending = None        # iterator over the undispatched events of a batch
+        self._cur_view = _NO_VIEW   # the view on_data is being called with
+        self._cur_ptr = None
+        self._cur_len = 0
+        self._callback_errors = []  # handler="c": exceptions raised in callbacks
+        self._cfuncs = ()
+
+        # The buffer slab is Python's (as in zcn.BufferPool): a view a user
+        # keeps can never point into unmapped memory.
+        rounded = _round_up(buffer_size)
+        slab_bytes = rounded * buffers
+        self._mm = mmap.mmap(-1, slab_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._anchor = ctypes.c_char.from_buffer(self._mm)
+        self._slab = memoryview(self._mm).toreadonly()
+        base = ctypes.addressof(self._anchor)
+        self._buffer_size = rounded
+
+        # The event array: a bytearray whose address C writes to.
+        self._ev_bytes = bytearray(EVENTS_MAX * _EVENT_SIZE)
+        self._ev_anchor = (ctypes.c_char * len(self._ev_bytes)).from_buffer(self._ev_bytes)
+        self._ev_ptr = c_void_p(ctypes.addressof(self._ev_anchor))
+        self._ev_view = memoryview(self._ev_bytes)
+        self._count = c_uint32(0)
+        self._count_ptr = ctypes.pointer(self._count)
+
+        config = _ffi.Config(
+            address=literal.encode(), port=port, io_uring_entries=entries,
+            buffer_pool_size=buffers, buffer_size=rounded, backlog=backlog,
+            connections_max=connections_max, send_queue_max_bytes=sendq,
+            idle_timeout_ms=idle_ms, tcp_nodelay=1 if tcp_nodelay else -1,
+            flags=_ffi.SERVER_REUSEPORT if reuse_port else 0,
+            buffer_memory=base, buffer_memory_size=slab_bytes,
+        )
+        try:
+            handle = _ffi.create(_ffi.zcn_server_create, ctypes.byref(config))
+        except BaseException:
+            self._drop_memory()
+            raise
+        self._handle = handle
+        self._handle_ptr = c_void_p(handle)
+        # c_void_p of every buffer start, for the send of a received view
+        self._buffer_ptrs = [c_void_p(base + i * rounded) for i in range(buffers)]
+        self._host = literal
+        self._port = _ffi.zcn_server_port(handle)
+        if self._c_handler:
+            self._install_c_callbacks(handle)
+
+    # --- callbacks -----------------------------------------------------------
+    @property
+    def on_accept(self):
+        return self._on_accept
+
+    @on_accept.setter
+    def on_accept(self, fn):
+        self._on_accept = _callback_arg(fn, "on_accept")
+
+    @property
+    def on_data(self):
+        return self._on_data
+
+    @on_data.setter
+    def on_data(self, fn):
+        fn = _callback_arg(fn, "on_data")
+        if fn is not None and self._c_handler:
+            raise ValueError("on_data must be None with handler='c' (the C echo answers "
+                             "every message)")
+        self._on_data = fn
+
+    @property
+    def on_close(self):
+        return self._on_close
+
+    @on_close.setter
+    def on_close(self, fn):
+        self._on_close = _callback_arg(fn, "on_close")
+
+    @property
+    def on_drain(self):
+        return self._on_drain
+
+    @on_drain.setter
+    def on_drain(self, fn):
+        self._on_drain = _callback_arg(fn, "on_drain")
+
+    # --- shape ---------------------------------------------------------------
+    @property
+    def host(self):
+        """The numeric address the server is bound to."""
+        return self._host
+
+    @property
+    def port(self):
+        """The bound port (the one picked by the kernel when created with 0)."""
+        return self._port
+
+    @property
+    def address(self):
+        return (self._host, self._port)
+
+    @property
+    def handler(self):
+        return "c" if self._c_handler else "python"
+
+    @property
+    def buffer_size(self):
+        """Bytes per receive buffer (the requested size rounded up to 4096):
+        the most one on_data call can carry."""
+        return self._buffer_size
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    @property
+    def connections(self):
+        """The fds of the open connections (a new frozenset)."""
+        return frozenset(self._fds)
+
+    def fileno(self):
+        """The listening socket's fd (for diagnostics; do not close it)."""
+        return _ffi.zcn_server_listen_fd(self._live())
+
+    def __repr__(self):
+        if self._handle is None:
+            return "<zcn.TcpServer closed>"
+        return (f"<zcn.TcpServer {self._host}:{self._port} handler={self.handler} "
+                f"connections={len(self._fds)}>")
+
+    def _live(self):
+        handle = self._handle
+        if handle is None:
+            raise ClosedError("zcn.TcpServer is closed")
+        return handle
+
+    # --- sending -------------------------------------------------------------
+    def send(self, fd, data):
+        """Queues ``data`` (any bytes-like object) for connection ``fd`` and
+        returns at once; data goes out in order. The received view of the
+        current on_data call (or a slice of it) is sent without a copy;
+        anything else is copied into pool buffers, so ``data`` may be reused
+        as soon as send returns.
+
+        Raises ClosedError (fd not open, closing, or the server is closed),
+        QueueFullError (the connection's queue is over send_queue_max_bytes:
+        nothing was queued; on_drain follows), ExhaustedError (no pool buffer
+        for the copy), TypeError (fd not an int, data not bytes-like),
+        ValueError (data is a released view).
+        """
+        if type(fd) is not int:
+            fd = _fd_arg(fd)
+        if fd not in self._fds:
+            raise self._closed_error(fd)
+        if data is self._cur_view:
+            rc = _send_view(self._handle_ptr, fd, self._cur_ptr, self._cur_len)
+        elif type(data) is bytes:
+            rc = _send(self._handle, fd, data, len(data))
+        else:
+            rc = self._send_buffer(fd, data)
+        if rc:
+            raise error_from_code(rc, f"send(fd={fd})")
+
+    def _send_buffer(self, fd, data):
+        if isinstance(data, str):
+            raise TypeError("send() takes a bytes-like object, not str (encode it first)")
+        view = _PyBuffer()
+        try:
+            _get_buffer(data, ctypes.byref(view), _PyBUF_SIMPLE)
+        except BufferError:
+            # not contiguous (e.g. a strided memoryview): send a contiguous copy
+            data = memoryview(data).tobytes()
+            return _send(self._handle, fd, data, len(data))
+        try:
+            return _send(self._handle, fd, view.buf, view.len)
+        finally:
+            _release_buffer(ctypes.byref(view))
+
+    def _closed_error(self, fd):
+        if self._handle is None:
+            return ClosedError("zcn.TcpServer is closed")
+        return ClosedError(f"fd {fd} is not an open connection of this server",
+                           code=_ERR_CLOSED)
+
+    def close(self, fd):
+        """Closes connection ``fd`` gracefully: no more on_data, queued data
+        is still sent, then on_close(fd) follows from the loop. ClosedError
+        if fd is not open (or already closing)."""
+        if type(fd) is not int:
+            fd = _fd_arg(fd)
+        if fd not in self._fds:
+            raise self._closed_error(fd)
+        rc = _ffi.zcn_server_close(self._handle, fd)
+        if rc:
+            raise error_from_code(rc, f"close(fd={fd})")
+
+    def queued_bytes(self, fd):
+        """Bytes queued for ``fd`` and not yet sent (0 if it is not open)."""
+        if type(fd) is not int:
+            fd = _fd_arg(fd)
+        handle = self._live()
+        if fd < 0 or fd > INT32_MAX:
+            return 0
+        return _ffi.zcn_server_queued_bytes(handle, fd)
+
+    def stats(self):
+        """A ServerStats snapshot (O(buffer_pool_size): for looking, not per
+        message)."""
+        raw = _ffi.ServerStats()
+        with self._lock:
+            _ffi.zcn_server_stats(self._live(), ctypes.byref(raw))
+        return ServerStats(*(getattr(raw, name) for name in _STATS_FIELDS))
+
+    # --- the loop ------------------------------------------------------------
+    def run_once(self, timeout=None):
+        """Waits for events and dispatches them; returns how many were
+        handled (with handler="c": completions, as the C loop counts them).
+
+        ``timeout`` in seconds; None waits until at least one event. Returns
+        0 on timeout, when a signal interrupted the wait (Python then runs
+        its handler, e.g. raising KeyboardInterrupt) or when stop() was
+        called (the request is consumed). Events kept from a batch whose
+        callback raised are dispatched first, without waiting.
+        """
+        if timeout is None:
+            timeout_ms = -1
+        else:
+            timeout_ms = _seconds_arg(timeout, "timeout", allow_zero=True)
+            timeout_ms = -1 if timeout_ms is None else min(timeout_ms, INT32_MAX)
+        self._enter_loop()
+        try:
+            if self._stop_requested:
+                self._stop_requested = False
+                return 0
+            handled = self._run(timeout_ms)
+            if not handled and self._stop_requested:
+                self._stop_requested = False
+            return handled
+        finally:
+            self._exit_loop()
+
+    def serve_forever(self, poll_interval=None):
+        """Runs the loop until stop() (then returns normally) or until a
+        callback raises (the exception propagates; calling serve_forever or
+        run_once again resumes). ``poll_interval`` (seconds) bounds each wait,
+        for loops that want to check something periodically; None waits as
+        long as needed (signals and stop() still wake it)."""
+        timeout_ms = -1
+        if poll_interval is not None:
+            timeout_ms = _seconds_arg(poll_interval, "poll_interval", allow_zero=False)
+            timeout_ms = -1 if timeout_ms is None else min(timeout_ms, INT32_MAX)
+        self._enter_loop()
+        try:
+            run = self._run
+            while not self._stop_requested:
+                run(timeout_ms)
+            self._stop_requested = False
+        finally:
+            self._exit_loop()
+
+    def stop(self):
+        """Asks the loop to return: serve_forever returns, a waiting run_once
+        returns 0. Callable from any thread and from a signal handler; a
+        request made while no loop runs ends the next run_once/serve_forever
+        at once. No-op on a closed server."""
+        with self._lock:  # reentrant: safe from a signal handler on this thread
+            handle = self._handle
+            if handle is not None:
+                # The flag first: the loop checks it when the wake-up ends its wait.
+                self._stop_requested = True
+                _stop(handle)
+
+    def _enter_loop(self):
+        me = threading.get_ident()
+        with self._lock:
+            handle = self._live()
+            if self._loop_thread is not None:
+                if self._loop_thread == me:
+                    raise BusyError("run_once()/serve_forever() called from inside a "
+                                    "callback of the same server")
+                raise RuntimeError("zcn.TcpServer: the loop is already running in "
+                                   "another thread")
+            if self._owner is None:
+                _ffi.zcn_server_start(handle)  # this thread becomes the ring's issuer
+                self._owner = me
+            elif self._owner != me:
+                raise RuntimeError("zcn.TcpServer: the loop must run on the thread that "
+                                   "started it (io_uring single issuer)")
+            self._loop_thread = me
+
+    def _exit_loop(self):
+        with self._lock:
+            self._loop_thread = None
+            close_now = self._close_requested
+        if close_now:
+            # server_close() from another thread asked this one to close
+            # (callbacks run here); on_close errors surface here too.
+            try:
+                self._close_now()
+            finally:
+                self._closed_event.set()
+
+    def _run(self, timeout_ms):
+        """One wait and dispatch; loops while a wait brings no event."""
+        if self._pending is not None:
+            handled = self._dispatch()
+            if handled:
+                return handled
+        if self._c_handler:
+            return self._run_c(timeout_ms)
+        handle = self._handle_ptr
+        ev_ptr = self._ev_ptr
+        count = self._count
+        count_ptr = self._count_ptr
+        deadline = _monotonic_ms() + timeout_ms if timeout_ms > 0 else None
+        while True:
+            rc = _poll_raw(handle, ev_ptr, EVENTS_MAX, timeout_ms, count_ptr)
+            n = count.value
+            if n:
+                self._pending = _EVENT.iter_unpack(self._ev_view[:n * _EVENT_SIZE])
+                return self._dispatch()
+            if rc:
+                if rc == errno.EINTR:
+                    return 0
+                raise error_from_code(rc, "zcn_server_poll")
+            # No event: a timeout, a stop request or completions that made
+            # no event (sends). Only the first two end the call.
+            if self._stop_requested or timeout_ms == 0:
+                return 0
+            if deadline is not None:
+                timeout_ms = deadline - _monotonic_ms()
+                if timeout_ms <= 0:
+                    return 0
+
+    def _dispatch(self):
+        """Calls the callbacks for the events of self._pending; keeps the
+        rest when one raises (see run_once)."""
+        handled = 0
+        slab = self._slab
+        fds = self._fds
+        buffer_ptrs = self._buffer_ptrs
+        buffer_size = self._buffer_size
+        for etype, fd, length, _reserved, offset, address in self._pending:
+            handled += 1
+            if etype == _DATA:
+                on_data = self._on_data
+                if on_data is None:
+                    continue
+                view = slab[offset:offset + length]
+                self._cur_view = view
+                # (received data starts at its buffer's start: the prebuilt pointer)
+                self._cur_ptr = (buffer_ptrs[offset // buffer_size]
+                                 if offset % buffer_size == 0 else c_void_p(address))
+                self._cur_len = length
+                try:
+                    on_data(fd, view)
+                finally:
+                    self._cur_view = _NO_VIEW
+                    try:
+                        view.release()
+                    except BufferError:
+                        pass  # exported by the user (e.g. numpy): it outlives the call
+            elif etype == _ACCEPT:
+                fds.add(fd)
+                if self._on_accept is not None:
+                    self._on_accept(fd)
+            elif etype == _CLOSE:
+                fds.discard(fd)
+                if self._on_close is not None:
+                    self._on_close(fd)
+            elif etype == _DRAIN:
+                if self._on_drain is not None:
+                    self._on_drain(fd)
+        self._pending = None
+        return handled
+
+    # --- handler="c": the C loop with ctypes callbacks ------------------------
+    def _install_c_callbacks(self, handle):
+        # Always installed, so the open fds are known (for server_close) and
+        # the attributes may be set later; they run per connection, not per
+        # message.
+        def on_accept(_user_data, fd):
+            self._fds.add(fd)
+            self._call_guarded(self._on_accept, fd)
+
+        def on_close(_user_data, fd):
+            self._fds.discard(fd)
+            self._call_guarded(self._on_close, fd)
+
+        def on_drain(_user_data, fd):
+            self._call_guarded(self._on_drain, fd)
+
+        accept_fn, close_fn = _ffi.OnAccept(on_accept), _ffi.OnClose(on_close)
+        drain_fn = _ffi.OnDrain(on_drain)
+        self._cfuncs = (accept_fn, close_fn, drain_fn)  # alive as long as the server
+        _ffi.zcn_server_set_callbacks(handle, None, accept_fn, _ffi.OnData(), close_fn)
+        _ffi.zcn_server_use_echo_handler(handle)
+        _ffi.zcn_server_set_drain_callback(handle, drain_fn)
+
+    def _call_guarded(self, fn, fd):
+        """Runs a callback under C; an exception is kept (ctypes would only
+        print it) and re-raised from run_once."""
+        if fn is None:
+            return
+        try:
+            fn(fd)
+        except BaseException as exc:  # noqa: B902 - KeyboardInterrupt too
+            self._callback_errors.append(exc)
+            handle = self._handle
+            if handle is not None:
+                _stop(handle)  # end the C wait soon
+
+    def _run_c(self, timeout_ms):
+        handle = self._handle
+        count = self._count
+        while True:
+            rc = _run_once_timeout(handle, timeout_ms, self._count_ptr)
+            handled = count.value
+            if self._callback_errors:
+                self._raise_callback_error()
+            if rc:
+                if rc == errno.EINTR:
+                    return 0
+                raise error_from_code(rc, "zcn_server_run_once_timeout")
+            if handled or timeout_ms >= 0 or self._stop_requested:
+                return handled
+
+    def _raise_callback_error(self):
+        errors, self._callback_errors = self._callback_errors, []
+        for extra in errors[1:]:
+            log.error("zcn.TcpServer: a further callback raised in the same run",
+                      exc_info=extra)
+        raise errors[0]
+
+    # --- lifetime -----------------------------------------------------------
+    def server_close(self):
+        """Closes every connection (on_close is called for each one still
+        open), stops listening and frees the server. Idempotent.
+
+        From another thread while the loop runs: stops the loop and waits
+        until the loop thread has closed the server. From inside a callback:
+        BusyError (call stop(), then server_close() after the loop returns).
+        If on_close raises, the other on_close calls still happen and the
+        first exception is raised at the end.
+        """
+        me = threading.get_ident()
+        with self._lock:
+            if self._handle is None:
+                return
+            loop = self._loop_thread
+            if loop == me:
+                raise BusyError("server_close() cannot run inside a callback of the "
+                                "same server; call stop() and close after the loop returns")
+            if loop is not None:
+                self._close_requested = True
+                self._stop_requested = True
+                _stop(self._handle)
+        if loop is not None:
+            self._closed_event.wait()
+            if self._handle is not None:
+                raise BusyError("zcn.TcpServer: the loop thread could not close the "
+                                "server (see the exception raised there)")
+            return
+        self._close_now()
+
+    def _close_now(self):
+        with self._lock:
+            handle = self._handle
+            if handle is None:
+                return
+            # Closes are reported from our own fd set (poll mode reports
+            # nothing during destroy): keep C from calling back as well.
+            _ffi.zcn_server_set_callbacks(handle, None, _ffi.OnAccept(), _ffi.OnData(),
+                                          _ffi.OnClose())
+            _ffi.zcn_server_set_drain_callback(handle, _ffi.OnDrain())
+            # None before destroy: a stop() from a signal handler running
+            # right after it must not see a freed handle.
+            self._handle = None
+            try:
+                _ffi.zcn_server_destroy(handle)
+            except BaseException:
+                self._handle = handle  # still alive (e.g. BusyError): usable again
+                if self._c_handler:
+                    self._install_c_callbacks(handle)
+                raise
+            self._pending = None
+            self._cur_view = _NO_VIEW
+            self._drop_memory()
+            fds = sorted(self._fds)
+            self._fds.clear()
+        on_close = self._on_close
+        first = None
+        if on_close is not None:
+            for fd in fds:
+                try:
+                    on_close(fd)
+                except Exception as exc:
+                    if first is None:
+                        first = exc
+                    else:
+                        log.error("zcn.TcpServer: on_close(%d) raised during server_close",
+                                  fd, exc_info=exc)
+        if first is not None:
+            raise first
+
+    def _drop_memory(self):
+        self._cfuncs = ()
+        self._anchor = None
+        slab, self._slab = self._slab, None
+        if slab is not None:
+            slab.release()
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a user keeps a slice of a view: the mapping lives until it dies
+
+    def __enter__(self):
+        self._live()
+        return self
+
+    def __exit__(self, *exc):
+        self.server_close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None) is None:
+            if getattr(self, "_mm", None) is not None:
+                self._drop_memory()
+            return
+        try:
+            self._on_close = None  # no user code from the garbage collector
+            self._close_now()
+        except Exception:
+            pass  # interpreter shutdown: modules may already be gone
+
+
+def _monotonic_ms():
+    return int(_monotonic() * 1000)

@@ -1,0 +1,686 @@
+"""zcn.UdpSocket: UDP datagrams on io_uring with Python callbacks.
+
+    import zcn
+
+    def on_datagram(peer, data, flags):     # data: a read-only memoryview, borrowed
+        sock.sendto(data, peer)              # echo without copying
+
+    with zcn.UdpSocket("127.0.0.1", 9999, on_datagram=on_datagram) as sock:
+        sock.serve_forever()                 # until sock.stop() (or Ctrl-C)
+
+How it runs. With handler="python" (the default) the loop is zcn_udp_poll:
+one ctypes call fills a preallocated array with up to EVENTS_MAX datagram
+events (length, flags, peer address bytes, buffer offset), decoded with
+struct.iter_unpack and dispatched here; no C-to-Python callback per
+datagram. Sends made during a batch are queued and go to the kernel
+together with the next wait (one system call). With handler="c" the
+built-in C echo answers every datagram without entering Python.
+
+Peers are Python's usual address tuples: (host, port) for IPv4 and
+(host, port, flowinfo, scope_id) for IPv6, as the socket module gives them.
+
+Borrowed data. ``on_datagram(peer, data, flags)`` gets a read-only
+memoryview into the receive buffer, valid only during the call (it is
+released afterwards). Copy what you keep (``bytes(data)``); passing the view
+itself to sendto()/send() from the callback sends it without a copy.
+``flags & zcn.UDP_TRUNCATED`` says the datagram was larger than buffer_size
+and ``data`` is only its start.
+
+Threads. The first thread that runs the loop or sends becomes the socket's
+owner (the ring is single-issuer): run_once, serve_forever, sendto and send
+belong to it and callbacks run on it; another thread gets BusyError.
+stop() may be called from any thread or a signal handler; close() from
+another thread while the loop runs stops the loop and waits for it.
+
+Exceptions from on_datagram are not swallowed: they propagate out of
+run_once()/serve_forever(); the rest of the batch is kept and dispatched
+by the next call.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import math
+import mmap
+import operator
+import socket
+import struct
+import threading
+from ctypes import POINTER, c_int, c_uint32, c_void_p, py_object
+from dataclasses import dataclass
+from time import monotonic as _monotonic
+
+from . import _ffi
+from .errors import BusyError, ClosedError, error_from_code
+
+__all__ = ["UdpSocket", "UdpStats", "UDP_TRUNCATED", "EVENTS_MAX"]
+
+log = logging.getLogger(__name__)
+
+#: Datagram events fetched per zcn_udp_poll call (one ctypes crossing each).
+EVENTS_MAX = 256
+#: on_datagram flag: the datagram was cut to the buffer size.
+UDP_TRUNCATED = _ffi.UDP_TRUNCATED
+
+PAGE_SIZE = _ffi.PAGE_SIZE
+INT32_MAX = 0x7FFFFFFF
+_HANDLERS = ("python", "c")
+_PEER_CACHE_MAX = 4096
+
+_EVENT = struct.Struct(_ffi.UDP_EVENT_FORMAT)
+_EVENT_SIZE = _EVENT.size
+if _EVENT_SIZE != ctypes.sizeof(_ffi.UdpEvent):  # pragma: no cover - a broken mirror
+    raise ImportError("zcn: UDP_EVENT_FORMAT does not match ZCN_UdpEvent")
+
+_sendto = _ffi.zcn_udp_sendto
+_poll = _ffi.zcn_udp_poll
+_flush = _ffi.zcn_udp_flush
+_run_once_timeout = _ffi.zcn_udp_run_once_timeout
+_stop = _ffi.zcn_udp_stop
+_inet_ntop = socket.inet_ntop
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+
+
+class _PyBuffer(ctypes.Structure):
+    # typedef struct bufferinfo {...} Py_buffer;  (Include/pybuffer.h)
+    _fields_ = [
+        ("buf", c_void_p), ("obj", py_object), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", c_int), ("ndim", c_int),
+        ("format", c_void_p), ("shape", c_void_p), ("strides", c_void_p),
+        ("suboffsets", c_void_p), ("internal", c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [py_object, POINTER(_PyBuffer), c_int]
+_get_buffer.restype = c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [POINTER(_PyBuffer)]
+_release_buffer.restype = None
+
+
+@dataclass(frozen=True)
+class UdpStats:
+    """A snapshot of a UDP socket's counters (see zcn_udp_stats)."""
+
+    datagrams_received: int
+    bytes_received: int
+    datagrams_sent: int
+    bytes_sent: int
+    truncated: int               #: delivered cut, with UDP_TRUNCATED
+    recv_exhaustion_events: int  #: receives that found no buffer (ENOBUFS)
+    kernel_drops: int            #: dropped by the kernel: receive queue full
+    send_exhaustion_drops: int   #: sends refused: no send slot or pool buffer
+    send_errors: int             #: sends that failed in the kernel
+    recv_errors: int             #: receive errors (e.g. ECONNREFUSED when connected)
+    sends_zero_copy: int
+    sends_copied: int
+    buffers_total: int
+    buffers_in_use: int
+    last_send_error: int         #: errno of the last failed send, 0 if none
+    last_recv_error: int
+
+
+_STATS_FIELDS = tuple(name for name, _ in _ffi.UdpStats._fields_)
+
+
+# --- argument checks -------------------------------------------------------
+def _int_arg(value, name, low, high):
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
+def _bool_arg(value, name):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def _timeout_ms(value, name, allow_zero=True):
+    """Seconds (None = forever) -> milliseconds for C (-1 = forever)."""
+    if value is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, "
+                        f"not {type(value).__name__}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if math.isinf(value):
+        return -1
+    return min(math.ceil(value * 1000), INT32_MAX)
+
+
+def _resolve(host, family=socket.AF_UNSPEC):
+    """A numeric address for host (IPv4 preferred unless family says)."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if host == "":
+        return "0.0.0.0" if family != _AF_INET6 else "::"
+    if "\0" in host:
+        raise ValueError("host contains a NUL character")
+    infos = socket.getaddrinfo(host, None, family, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE)
+    for want in (_AF_INET, _AF_INET6):
+        for fam, _type, _proto, _name, sockaddr in infos:
+            if fam == want:
+                return sockaddr[0]
+    raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
+
+
+def _decode_peer(raw):
+    """sockaddr_in / sockaddr_in6 bytes -> the socket module's tuple."""
+    family = raw[0] | (raw[1] << 8)  # sa_family is host order (little endian here)
+    port = (raw[2] << 8) | raw[3]
+    if family == _AF_INET:
+        return (_inet_ntop(_AF_INET, raw[4:8]), port)
+    if family == _AF_INET6:
+        flowinfo = int.from_bytes(raw[4:8], "big")
+        scope_id = int.from_bytes(raw[24:28], "little")
+        return (_inet_ntop(_AF_INET6, raw[8:24]), port, flowinfo, scope_id)
+    return (f"<family {family}>", port)
+
+
+def _encode_addr(family, addr):
+    """An address tuple -> sockaddr bytes of the socket's family."""
+    if not isinstance(addr, tuple) or len(addr) < 2:
+        raise TypeError(f"address must be a (host, port) tuple, not {addr!r}")
+    host, port = addr[0], addr[1]
+    port = _int_arg(port, "port", 1, 65535)
+    other = _AF_INET6 if family == _AF_INET else _AF_INET
+    try:
+        socket.inet_pton(other, host)
+    except (OSError, TypeError, ValueError):
+        pass
+    else:
+        raise ValueError(f"{host!r} is not an {'IPv4' if family == _AF_INET else 'IPv6'} "
+                         f"address, and the socket is "
+                         f"{'IPv4' if family == _AF_INET else 'IPv6 (use ::ffff:a.b.c.d)'}")
+    literal = _resolve(host, family)
+    if family == _AF_INET:
+        if ":" in literal:
+            raise ValueError(f"{host!r} is not an IPv4 address (the socket is IPv4)")
+        return struct.pack("<H", _AF_INET) + struct.pack(">H", port) + \
+            socket.inet_pton(_AF_INET, literal) + bytes(8)
+    if ":" not in literal:
+        raise ValueError(f"{host!r} is not an IPv6 address (the socket is IPv6; "
+                         "use ::ffff:a.b.c.d for IPv4 peers)")
+    flowinfo = _int_arg(addr[2], "flowinfo", 0, 0xFFFFFFFF) if len(addr) > 2 else 0
+    scope_id = _int_arg(addr[3], "scope_id", 0, 0xFFFFFFFF) if len(addr) > 3 else 0
+    return (struct.pack("<H", _AF_INET6) + struct.pack(">H", port)
+            + flowinfo.to_bytes(4, "big") + socket.inet_pton(_AF_INET6, literal)
+            + scope_id.to_bytes(4, "little"))
+
+
+def _round_up(size):
+    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+class UdpSocket:
+    """A UDP socket on io_uring bound to ``host``:``port`` (port 0 picks a
+    free port: read it from ``port``). ``connect=(host, port)`` fixes the
+    one peer (send() then works, and only its datagrams arrive).
+
+    ``buffer_size`` is the largest datagram received whole (bigger ones
+    arrive cut, flagged UDP_TRUNCATED) and also the largest sendto() copy;
+    ``buffer_count`` buffers serve both directions (a quarter is kept for
+    copied sends). ``sends_max`` bounds sends in flight. ``rcvbuf``/``sndbuf``
+    set SO_RCVBUF/SO_SNDBUF; ``reuse_addr``, ``reuse_port`` and ``broadcast``
+    set the socket options of those names.
+
+    handler="c" answers every datagram with the built-in C echo (no Python
+    per datagram); on_datagram must then be None.
+    """
+
+    def __init__(self, host="127.0.0.1", port=0, *, on_datagram=None, connect=None,
+                 buffer_size=2048, buffer_count=256, sends_max=1024, io_uring_entries=256,
+                 reuse_addr=False, reuse_port=False, rcvbuf=None, sndbuf=None,
+                 broadcast=False, handler="python"):
+        self._handle = None  # first: close/__del__ must work if __init__ fails
+        self._mm = None
+        self._slab = None
+        if handler not in _HANDLERS:
+            raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
+        self._c_handler = handler == "c"
+        self._on_datagram = None
+        self.on_datagram = on_datagram
+        port = _int_arg(port, "port", 0, 65535)
+        buffer_size = _int_arg(buffer_size, "buffer_size", 1, _ffi.UDP_DATAGRAM_MAX_V6)
+        buffer_count = _int_arg(buffer_count, "buffer_count", 2, _ffi.UDP_BUFFERS_MAX)
+        sends_max = _int_arg(sends_max, "sends_max", 1, _ffi.UDP_SENDS_MAX)
+        entries = _int_arg(io_uring_entries, "io_uring_entries", 1, _ffi.UDP_ENTRIES_MAX)
+        rcvbuf = 0 if rcvbuf is None else _int_arg(rcvbuf, "rcvbuf", 1, INT32_MAX)
+        sndbuf = 0 if sndbuf is None else _int_arg(sndbuf, "sndbuf", 1, INT32_MAX)
+        flags = 0
+        if _bool_arg(reuse_addr, "reuse_addr"):
+            flags |= _ffi.UDP_REUSEADDR
+        if _bool_arg(reuse_port, "reuse_port"):
+            flags |= _ffi.UDP_REUSEPORT
+        if _bool_arg(broadcast, "broadcast"):
+            flags |= _ffi.UDP_BROADCAST
+        literal = _resolve(host)
+        self._family = _AF_INET6 if ":" in literal else _AF_INET
+        connect_literal, connect_port = None, 0
+        if connect is not None:
+            if not isinstance(connect, tuple) or len(connect) < 2:
+                raise TypeError(f"connect must be a (host, port) tuple, not {connect!r}")
+            connect_literal = _resolve(connect[0], self._family).encode()
+            connect_port = _int_arg(connect[1], "connect port", 1, 65535)
+
+        self._lock = threading.RLock()
+        self._loop_thread = None
+        self._stop_requested = False
+        self._close_requested = False
+        self._closed_event = threading.Event()
+        self._pending = None
+        self._dispatching = False
+        self._queued = False
+        self._cur_view = None
+        self._cur_addr = 0
+        self._cur_len = 0
+        self._peers = {}      # raw sockaddr bytes -> tuple
+        self._addrs = {}      # tuple -> (sockaddr bytes, len)
+        self._callback_errors = []
+        self._cfunc = None
+
+        # The buffer slab is Python's mmap (as in zcn.TcpServer): a view a
+        # user keeps never points into unmapped memory.
+        rounded = _round_up(buffer_size + _ffi.UDP_HEADROOM)
+        slab_bytes = rounded * buffer_count
+        self._mm = mmap.mmap(-1, slab_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._anchor = ctypes.c_char.from_buffer(self._mm)
+        self._slab = memoryview(self._mm).toreadonly()
+        base = ctypes.addressof(self._anchor)
+
+        self._ev_bytes = bytearray(EVENTS_MAX * _EVENT_SIZE)
+        self._ev_anchor = (ctypes.c_char * len(self._ev_bytes)).from_buffer(self._ev_bytes)
+        self._ev_addr = ctypes.addressof(self._ev_anchor)
+        self._ev_view = memoryview(self._ev_bytes)
+        self._count = c_uint32(0)
+        self._count_ptr = ctypes.pointer(self._count)
+
+        config = _ffi.UdpConfig(
+            address=literal.encode(), port=port, connect_address=connect_literal,
+            connect_port=connect_port, io_uring_entries=entries, buffer_count=buffer_count,
+            buffer_size=buffer_size, sends_max=sends_max, rcvbuf=rcvbuf, sndbuf=sndbuf,
+            flags=flags, buffer_memory=base, buffer_memory_size=slab_bytes,
+        )
+        try:
+            handle = _ffi.create(_ffi.zcn_udp_create, ctypes.byref(config))
+        except BaseException:
+            self._drop_memory()
+            raise
+        self._handle = handle
+        self._host = literal
+        self._port = _ffi.zcn_udp_port(handle)
+        self._capacity = _ffi.zcn_udp_datagram_capacity(handle)
+        self._connected = connect is not None
+        # Sends are submitted by the next wait (batched) or by an explicit
+        # flush when made outside the loop; see sendto.
+        _ffi.zcn_udp_set_autoflush(handle, 0)
+        if self._c_handler:
+            _ffi.zcn_udp_use_echo_handler(handle)
+
+    # --- attributes -------------------------------------------------------
+    @property
+    def on_datagram(self):
+        return self._on_datagram
+
+    @on_datagram.setter
+    def on_datagram(self, fn):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"on_datagram must be callable or None, not {type(fn).__name__}")
+        if fn is not None and self._c_handler:
+            raise ValueError("on_datagram must be None with handler='c'")
+        self._on_datagram = fn
+
+    @property
+    def host(self):
+        return self._host
+
+    @property
+    def port(self):
+        """The bound port (the kernel's pick when created with 0)."""
+        return self._port
+
+    @property
+    def address(self):
+        return (self._host, self._port)
+
+    @property
+    def family(self):
+        return self._family
+
+    @property
+    def buffer_size(self):
+        """The largest datagram received whole (may exceed the requested size:
+        buffers are whole pages)."""
+        return self._capacity
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def fileno(self):
+        """The socket's fd (for getsockopt/diagnostics; do not read or close it)."""
+        return _ffi.zcn_udp_fd(self._live())
+
+    def __repr__(self):
+        if self._handle is None:
+            return "<zcn.UdpSocket closed>"
+        return f"<zcn.UdpSocket {self._host}:{self._port}>"
+
+    def _live(self):
+        handle = self._handle
+        if handle is None:
+            raise ClosedError("zcn.UdpSocket is closed")
+        return handle
+
+    # --- sending ------------------------------------------------------------
+    def _sockaddr(self, addr):
+        entry = self._addrs.get(addr)
+        if entry is None:
+            raw = _encode_addr(self._family, addr)
+            entry = (raw, len(raw))
+            if len(self._addrs) >= _PEER_CACHE_MAX:
+                self._addrs.clear()
+            self._addrs[addr] = entry
+        return entry
+
+    def sendto(self, data, addr):
+        """Sends ``data`` (bytes-like) as one datagram to ``addr``, a
+        (host, port) tuple (IPv6: up to (host, port, flowinfo, scope_id)).
+        Returns once queued. The view passed to on_datagram is sent without
+        a copy; anything else is copied, so it may be reused at once.
+
+        Raises ValueError/InvalidArgumentError (bad address, over 65507/65527
+        bytes or over buffer_size), QueueFullError (sends_max in flight: run
+        the loop), ExhaustedError (no pool buffer), BusyError (another thread
+        owns the socket), ClosedError.
+        """
+        handle = self._handle
+        if handle is None:
+            raise ClosedError("zcn.UdpSocket is closed")
+        raw, raw_len = self._sockaddr(addr)
+        self._send(handle, raw, raw_len, data)
+
+    def send(self, data):
+        """Sends ``data`` to the connected peer (see connect=); OSError
+        EDESTADDRREQ when not connected."""
+        handle = self._handle
+        if handle is None:
+            raise ClosedError("zcn.UdpSocket is closed")
+        self._send(handle, None, 0, data)
+
+    def _send(self, handle, raw, raw_len, data):
+        if data is self._cur_view and data is not None:
+            rc = _sendto(handle, raw, raw_len, self._cur_addr, self._cur_len)
+        elif type(data) is bytes:
+            rc = _sendto(handle, raw, raw_len, data, len(data))
+        else:
+            rc = self._send_buffer(handle, raw, raw_len, data)
+        if rc == 0:
+            if self._dispatching:
+                self._queued = True  # submitted with the next wait or by run_once
+            else:
+                rc = _flush(handle)
+        if rc:
+            raise error_from_code(rc, "sendto")
+
+    def _send_buffer(self, handle, raw, raw_len, data):
+        if isinstance(data, str):
+            raise TypeError("sendto() takes a bytes-like object, not str (encode it first)")
+        view = _PyBuffer()
+        try:
+            _get_buffer(data, ctypes.byref(view), 0)
+        except BufferError:
+            data = memoryview(data).tobytes()
+            return _sendto(handle, raw, raw_len, data, len(data))
+        try:
+            return _sendto(handle, raw, raw_len, view.buf, view.len)
+        finally:
+            _release_buffer(ctypes.byref(view))
+
+    def join_multicast(self, group, interface=None):
+        """Joins a multicast group. ``interface``: an IPv4 address string
+        (e.g. "127.0.0.1") or an interface index (int) / name (str, IPv6 too);
+        None lets the kernel choose."""
+        self._membership(_ffi.zcn_udp_join_multicast, group, interface)
+
+    def leave_multicast(self, group, interface=None):
+        self._membership(_ffi.zcn_udp_leave_multicast, group, interface)
+
+    def _membership(self, fn, group, interface):
+        if not isinstance(group, str):
+            raise TypeError(f"group must be a str, not {type(group).__name__}")
+        if_addr, if_index = None, 0
+        if isinstance(interface, int) and not isinstance(interface, bool):
+            if_index = _int_arg(interface, "interface", 0, 0xFFFFFFFF)
+        elif isinstance(interface, str):
+            try:
+                socket.inet_pton(_AF_INET, interface)
+                if_addr = interface.encode()
+            except OSError:
+                if_index = socket.if_nametoindex(interface)
+        elif interface is not None:
+            raise TypeError("interface must be an address, a name, an index or None")
+        with self._lock:
+            fn(self._live(), group.encode(), if_addr, if_index)
+
+    def stats(self):
+        """A UdpStats snapshot (for looking, not per datagram)."""
+        raw = _ffi.UdpStats()
+        with self._lock:
+            _ffi.zcn_udp_stats(self._live(), ctypes.byref(raw))
+        return UdpStats(*(getattr(raw, name) for name in _STATS_FIELDS))
+
+    # --- the loop -----------------------------------------------------------
+    def run_once(self, timeout=None):
+        """Waits for datagrams and dispatches them; returns how many were
+        handled. ``timeout`` in seconds, None = until something happens.
+        Returns 0 on timeout, on a signal (Python then runs its handler) or
+        after stop() (the request is consumed)."""
+        timeout_ms = _timeout_ms(timeout, "timeout")
+        self._enter_loop()
+        try:
+            if self._stop_requested:
+                self._stop_requested = False
+                return 0
+            handled = self._run(timeout_ms)
+            if self._queued:
+                # serve_forever leaves this to its next wait; a caller of
+                # run_once may not wait again soon.
+                self._queued = False
+                rc = _flush(self._handle)
+                if rc:
+                    raise error_from_code(rc, "zcn_udp_flush")
+            if not handled and self._stop_requested:
+                self._stop_requested = False
+            return handled
+        finally:
+            self._exit_loop()
+
+    def serve_forever(self, poll_interval=None):
+        """Runs the loop until stop() (returns normally) or until on_datagram
+        raises (the exception propagates; calling again resumes)."""
+        timeout_ms = _timeout_ms(poll_interval, "poll_interval", allow_zero=False)
+        self._enter_loop()
+        try:
+            run = self._run
+            while not self._stop_requested:
+                run(timeout_ms)
+            self._stop_requested = False
+        finally:
+            self._exit_loop()
+
+    def stop(self):
+        """Asks the loop to return. Any thread or a signal handler; a request
+        made while no loop runs ends the next run_once/serve_forever at once.
+        No-op when closed."""
+        with self._lock:
+            handle = self._handle
+            if handle is not None:
+                _stop(handle)
+                self._stop_requested = True
+
+    def _enter_loop(self):
+        me = threading.get_ident()
+        with self._lock:
+            self._live()
+            if self._loop_thread is not None:
+                if self._loop_thread == me:
+                    raise BusyError("run_once()/serve_forever() called from inside "
+                                    "on_datagram of the same socket")
+                raise RuntimeError("zcn.UdpSocket: the loop is already running in "
+                                   "another thread")
+            self._loop_thread = me
+
+    def _exit_loop(self):
+        with self._lock:
+            self._loop_thread = None
+            close_now = self._close_requested
+        if close_now:
+            self._close_now()
+
+    def _run(self, timeout_ms):
+        if self._pending is not None:
+            handled = self._dispatch()
+            if handled:
+                return handled
+        handle = self._handle
+        if self._c_handler:
+            rc = _run_once_timeout(handle, timeout_ms, self._count_ptr)
+            if rc and rc != errno.EINTR:
+                raise error_from_code(rc, "zcn_udp_run_once_timeout")
+            return self._count.value
+        count = self._count
+        deadline = _monotonic_ms() + timeout_ms if timeout_ms > 0 else None
+        while True:
+            rc = _poll(handle, self._ev_addr, EVENTS_MAX, timeout_ms, self._count_ptr)
+            n = count.value
+            if n:
+                self._pending = _EVENT.iter_unpack(self._ev_view[:n * _EVENT_SIZE])
+                return self._dispatch()
+            if rc:
+                if rc == errno.EINTR:
+                    return 0
+                raise error_from_code(rc, "zcn_udp_poll")
+            # Completions without datagrams (sends): only a timeout or a stop
+            # ends the call.
+            if self._stop_requested or timeout_ms == 0:
+                return 0
+            if deadline is not None:
+                timeout_ms = deadline - _monotonic_ms()
+                if timeout_ms <= 0:
+                    return 0
+
+    def _dispatch(self):
+        handled = 0
+        slab = self._slab
+        peers = self._peers
+        on_datagram = self._on_datagram
+        self._dispatching = True
+        try:
+            for length, flags, peer_len, _full, offset, address, raw in self._pending:
+                handled += 1
+                if on_datagram is None:
+                    continue
+                key = raw[:peer_len]
+                peer = peers.get(key)
+                if peer is None:
+                    if len(peers) >= _PEER_CACHE_MAX:
+                        peers.clear()
+                    peer = peers[key] = _decode_peer(key)
+                view = slab[offset:offset + length]
+                self._cur_view = view
+                self._cur_addr = address
+                self._cur_len = length
+                try:
+                    on_datagram(peer, view, flags)
+                finally:
+                    self._cur_view = None
+                    try:
+                        view.release()
+                    except BufferError:
+                        pass  # exported by the user: it outlives the call
+            self._pending = None
+        except BaseException:
+            # The batch's sends would otherwise wait for the next loop call.
+            _flush(self._handle)
+            raise
+        finally:
+            self._dispatching = False
+        return handled
+
+    # --- lifetime -------------------------------------------------------------
+    def close(self):
+        """Cancels the socket's I/O and frees it. Idempotent. From another
+        thread while the loop runs: stops the loop and waits until the loop
+        thread has closed it; from inside on_datagram: BusyError."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._handle is None:
+                return
+            loop = self._loop_thread
+            if loop == me:
+                raise BusyError("close() cannot run inside on_datagram of the same socket; "
+                                "call stop() and close after the loop returns")
+            if loop is not None:
+                self._close_requested = True
+                _stop(self._handle)
+                self._stop_requested = True
+        if loop is not None:
+            self._closed_event.wait()
+            return
+        self._close_now()
+
+    def _close_now(self):
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            self._pending = None
+            self._cur_view = None
+            try:
+                _ffi.zcn_udp_destroy(handle)
+            finally:
+                self._drop_memory()
+                self._closed_event.set()
+
+    def _drop_memory(self):
+        self._anchor = None
+        slab, self._slab = self._slab, None
+        if slab is not None:
+            slab.release()
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a user keeps a slice of a view: the mapping lives until it dies
+
+    def __enter__(self):
+        self._live()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if getattr(self, "_handle", None) is not None:
+                self._close_now()
+            elif getattr(self, "_mm", None) is not None:
+                self._drop_memory()
+        except Exception:
+            pass  # interpreter shutdown: modules may already be gone
+
+
+def _monotonic_ms():
+    return int(_monotonic() * 1000)
