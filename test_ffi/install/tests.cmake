@@ -14,11 +14,18 @@ set_tests_properties(zcn_header_c11 PROPERTIES TIMEOUT 60)
 
 find_program(ZCN_CXX_COMPILER NAMES ${CMAKE_CXX_COMPILER} c++ g++ clang++)
 find_program(ZCN_BASH bash)
+# A sanitized static library needs the same sanitizer runtime at link time.
+set(ZCN_CXX_LINK_FLAGS "")
+if(ZCN_ASAN)
+  set(ZCN_CXX_LINK_FLAGS "-fsanitize=address,undefined")
+elseif(ZCN_TSAN)
+  set(ZCN_CXX_LINK_FLAGS "-fsanitize=thread")
+endif()
 if(ZCN_CXX_COMPILER AND ZCN_BASH)
   add_test(NAME zcn_header_cxx
     COMMAND ${ZCN_BASH} ${ZCN_INSTALL_TEST_DIR}/check_cxx.sh ${ZCN_CXX_COMPILER}
             ${PROJECT_SOURCE_DIR}/include $<TARGET_FILE:zero_copy_net_static>
-            ${CMAKE_CURRENT_BINARY_DIR}/header_cxx)
+            ${CMAKE_CURRENT_BINARY_DIR}/header_cxx "${ZCN_CXX_LINK_FLAGS}")
   set_tests_properties(zcn_header_cxx PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77)
 else()
   message(STATUS "zcn_header_cxx not registered: no C++ compiler or bash found")
