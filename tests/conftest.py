@@ -12,8 +12,27 @@ in that module's test file.
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
+
+#: The tests' own directory: a safe working directory for subprocesses
+#: (`python -m` puts the working directory first on sys.path, and the source
+#: tree's zcn/ holds no built library).
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def zcn_subprocess_env():
+    """os.environ plus a PYTHONPATH that makes a subprocess import the same
+    zcn package as this test process: the installed one in CI, the source
+    tree (with ZCN_LIBRARY) in development. Run such subprocesses with
+    cwd=TESTS_DIR, not the repository root."""
+    import zcn
+
+    env = dict(os.environ)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(zcn.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return env
 
 
 @functools.lru_cache(maxsize=None)

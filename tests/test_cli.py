@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_io_uring
+from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"^zcn echo listening on (\S+):(\d+) \(handler=(c|python)\)$")
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return zcn_subprocess_env()
 
 
 def _readline(proc, timeout=10.0):
@@ -46,7 +44,7 @@ class Echo:
     def __init__(self, *args):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "zcn", "echo", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=TESTS_DIR)
         line = _readline(self.proc)
         match = LISTENING.match(line)
         if match is None:
@@ -167,7 +165,7 @@ def test_port_in_use_fails_cleanly():
         taken.listen()
         port = taken.getsockname()[1]
         proc = subprocess.run([sys.executable, "-m", "zcn", "echo", "--port", str(port)],
-                              capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=20)
+                              capture_output=True, text=True, env=_env(), cwd=TESTS_DIR, timeout=20)
     if proc.returncode != 1 or "Address already in use" not in proc.stderr:
         pytest.fail(f"exit {proc.returncode}, stderr {proc.stderr!r}")
 
@@ -175,21 +173,21 @@ def test_port_in_use_fails_cleanly():
 def test_bad_arguments_are_usage_errors():
     for args in (["echo", "--handler", "rust"], ["echo", "--port", "x"], []):
         proc = subprocess.run([sys.executable, "-m", "zcn", *args], capture_output=True,
-                              text=True, env=_env(), cwd=ROOT, timeout=20)
+                              text=True, env=_env(), cwd=TESTS_DIR, timeout=20)
         if proc.returncode != 2 or "usage" not in proc.stderr:
             pytest.fail(f"{args}: exit {proc.returncode}, stderr {proc.stderr!r}")
 
 
 def test_help_lists_the_commands():
     proc = subprocess.run([sys.executable, "-m", "zcn", "--help"], capture_output=True,
-                          text=True, env=_env(), cwd=ROOT, timeout=20)
+                          text=True, env=_env(), cwd=TESTS_DIR, timeout=20)
     if proc.returncode != 0 or "echo" not in proc.stdout or "version" not in proc.stdout:
         pytest.fail(proc.stdout + proc.stderr)
 
 
 def test_version():
     proc = subprocess.run([sys.executable, "-m", "zcn", "version"], capture_output=True,
-                          text=True, env=_env(), cwd=ROOT, timeout=20)
+                          text=True, env=_env(), cwd=TESTS_DIR, timeout=20)
     import zcn
     if proc.returncode != 0 or f"zcn {zcn.__version__}" not in proc.stdout:
         pytest.fail(proc.stdout + proc.stderr)

@@ -24,7 +24,7 @@ import pytest
 import zcn
 from zcn.server import EVENTS_MAX
 
-from conftest import require_io_uring
+from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -888,11 +888,11 @@ def test_python_guide_examples_run():
     blocks = _guide_blocks()
     if len(blocks) < 5:
         pytest.fail(f"only {len(blocks)} python blocks in the guide")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = zcn_subprocess_env()
     for i, code in enumerate(blocks):
         if code.lstrip().startswith("# not run"):
             continue
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=20)
+                              text=True, timeout=20, cwd=TESTS_DIR)
         if proc.returncode != 0:
             pytest.fail(f"guide block {i} failed:\n{code}\n--- stderr:\n{proc.stderr}")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import require_io_uring
+from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -362,12 +362,11 @@ def _wait_port_line(proc):
 @pytest.mark.parametrize("command", [["zcn", "udp-echo"], ["zcn._udp_cli"]])
 @pytest.mark.parametrize("handler", ["c", "python"])
 def test_cli_udp_echo(handler, command):
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env = zcn_subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", *command, "--host", "127.0.0.1",
                              "--port", "0", "--handler", handler],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=TESTS_DIR)
     try:
         port = _wait_port_line(proc)
         with _client() as c:
