@@ -83,4 +83,113 @@ static inline uint32_t zcn_pow2_ceil(uint32_t v)
     return 1u << (32 - __builtin_clz(v - 1));
 }
 
+/* ------------------------------------------------------------------ */
+/* c/net.c: plumbing the TCP server and UDP sockets share              */
+/* ------------------------------------------------------------------ */
+
+struct io_uring;
+struct io_uring_sqe;
+struct sockaddr_storage;
+
+/* CLOCK_MONOTONIC in milliseconds. */
+uint64_t zcn_now_ms(void);
+
+/* An SQE, submitting what is queued if the SQ is full. NULL only if the
+ * kernel refuses that submit, which the caller reports. */
+struct io_uring_sqe *zcn_get_sqe(struct io_uring *ring);
+
+/* Submits what is queued and waits up to timeout_ms (-1 forever, 0 not at
+ * all) for a completion. Returns 0 or a negative errno (-ETIME on timeout,
+ * -EINTR on a signal); what to make of them is the caller's. */
+int zcn_wait(struct io_uring *ring, int timeout_ms);
+
+/* The loop driver both event loops share. `turn` runs one turn of a loop
+ * (timers, at most one wait, the completions ready) and reports the work
+ * done. zcn_run_until runs turns until something was handled, a stop
+ * request arrives, or timeout_ms passes (< 0: never; 0: one turn without
+ * waiting); *stopped tells the second.
+ *
+ * Stop requests are taken, not just seen: each zcn_*_stop makes exactly one
+ * loop call return early (the one that takes it), so a loop run again later
+ * waits as usual instead of returning at once forever. */
+typedef ZCN_Error (*zcn_turn_fn)(void *loop, int timeout_ms, uint32_t *handled);
+bool zcn_take_stop(_Atomic int *stop_requested);
+ZCN_Error zcn_run_until(void *loop, zcn_turn_fn turn, _Atomic int *stop_requested,
+                        int timeout_ms, uint32_t *handled_out, bool *stopped);
+
+/* CQ size for a ring whose completions in flight at once may number
+ * cq_want: a power of two, at most 65536, never below 2 * sq_entries. */
+uint32_t zcn_cq_entries(uint64_t cq_want, uint32_t sq_entries);
+
+/* Parses an IPv4 or IPv6 literal (NULL: "0.0.0.0") with port into *ss.
+ * field names the config field in the error detail. */
+ZCN_Error zcn_parse_address(const char *address, uint16_t port, struct sockaddr_storage *ss,
+                            socklen_t *len, const char *field);
+
+/* Wakes a loop waiting on the eventfd (signal-safe); drains it again. */
+void zcn_eventfd_wake(int fd);
+void zcn_eventfd_drain(int fd);
+
+/* ------------------------------------------------------------------ */
+/* c/bufring.c: pool buffers and the provided-buffer ring              */
+/* ------------------------------------------------------------------ */
+
+/* Where a pool buffer is; the same life cycle for TCP and UDP. */
+enum zcn_buf_state {
+    ZCN_BUF_POOL = 0,           /* free in the pool */
+    ZCN_BUF_RING,               /* in the kernel's buffer ring */
+    ZCN_BUF_RX,                 /* holds received data; refs > 0 */
+    ZCN_BUF_USER,               /* acquired by the user (acquire_buffer) */
+    ZCN_BUF_TX,                 /* being sent (copy or send_buffer); refs > 0 */
+};
+
+struct zcn_buf_meta {
+    uint32_t refs;
+    uint32_t len;               /* received bytes (TCP: pending deliveries) */
+    int32_t next;               /* pending-rx or lent list link */
+    uint8_t state;
+};
+
+/* Index of a buffer taken from the pool (for a copied send or the user);
+ * -1 if the pool is empty. */
+int64_t zcn_buf_take(ZCN_BufferPool *pool, const uint8_t *slab, size_t buffer_size);
+
+/* acquire_buffer / release_buffer / "is this the user's buffer", shared by
+ * zcn_server_* and zcn_udp_*. acquire_name is the public call named in the
+ * error detail. */
+uint8_t *zcn_user_buffer_acquire(ZCN_BufferPool *pool, struct zcn_buf_meta *meta,
+                                 const uint8_t *slab, size_t buffer_size,
+                                 size_t *capacity_out);
+int64_t zcn_user_buffer_index(const ZCN_BufferPool *pool, const struct zcn_buf_meta *meta,
+                              const uint8_t *buffer);
+ZCN_Error zcn_user_buffer_release(ZCN_BufferPool *pool, struct zcn_buf_meta *meta,
+                                  uint8_t *buffer, const char *acquire_name);
+
+/* A registered provided-buffer ring over a pool's slab (liburing 2.3 has no
+ * io_uring_setup_buf_ring): page-aligned memory, registered as group bgid.
+ * br != NULL exactly while registered (a failed setup unmaps at once). */
+struct io_uring_buf_ring;
+struct zcn_bufring {
+    struct io_uring_buf_ring *br;
+    size_t bytes;
+    const uint8_t *slab;
+    size_t buffer_size;
+    uint32_t mask;
+    uint32_t count;             /* buffers the kernel can take now */
+    uint32_t pending;           /* added, not yet published */
+    uint16_t bgid;
+};
+
+/* Maps and registers a ring of pow2_ceil(entries) slots; empty until
+ * buffers are added and published. */
+ZCN_Error zcn_bufring_setup(struct zcn_bufring *r, struct io_uring *ring, uint16_t bgid,
+                            uint32_t entries, const uint8_t *slab, size_t buffer_size);
+/* Unregister before the ring goes; unmap after the kernel let go. */
+void zcn_bufring_unregister(struct zcn_bufring *r, struct io_uring *ring);
+void zcn_bufring_unmap(struct zcn_bufring *r);
+/* Adds buffer bid; the kernel sees it after zcn_bufring_publish. */
+void zcn_bufring_add(struct zcn_bufring *r, uint32_t bid);
+/* Publishing is one release store; callers batch it per loop turn. */
+void zcn_bufring_publish(struct zcn_bufring *r);
+
 #endif

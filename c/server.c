@@ -18,7 +18,6 @@
 
 #include <liburing.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -26,10 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #define BUFFER_GROUP 0
@@ -55,21 +52,6 @@ enum conn_state {
     CONN_CLOSING,               /* flushing the send queue, then closing */
     CONN_DEAD,                  /* waiting for the kernel to let go */
     CONN_ZOMBIE,                /* close event emitted; fd closed at next poll */
-};
-
-enum buf_state {
-    BUF_POOL = 0,               /* free in the pool */
-    BUF_RING,                   /* in the kernel's buffer ring */
-    BUF_RX,                     /* holds received data; refs > 0 */
-    BUF_USER,                   /* acquired by the user (acquire_buffer) */
-    BUF_TX,                     /* user buffer handed to send_buffer */
-};
-
-struct buf_meta {
-    uint32_t refs;
-    uint32_t len;               /* received bytes (pending deliveries) */
-    int32_t next;               /* pending-rx or lent list link */
-    uint8_t state;
 };
 
 struct chunk {
@@ -102,7 +84,7 @@ struct conn {
     uint32_t lent_bufs;
     uint64_t lent_bytes;
     /* received data not yet delivered (delivery deferred while the send
-     * queue is over its limit), linked through buf_meta.next */
+     * queue is over its limit), linked through zcn_buf_meta.next */
     int32_t rx_head, rx_tail;
     int32_t service_next;
     int32_t lru_prev, lru_next;
@@ -119,15 +101,10 @@ struct ZCN_Server {
     uint8_t *slab;
     size_t buffer_size;
     uint32_t buffer_count;
-    struct buf_meta *meta;
+    struct zcn_buf_meta *meta;
 
-    struct io_uring_buf_ring *br;
-    size_t br_bytes;
-    uint32_t br_entries;
-    uint32_t br_mask;
-    uint32_t br_count;          /* buffers the kernel can take now */
+    struct zcn_bufring rx;      /* the receive ring, group BUFFER_GROUP */
     uint32_t br_target;         /* keep this many in the ring */
-    uint32_t br_pending;        /* added, not yet published */
     uint32_t br_extra;          /* grown when bursts found the ring empty */
 
     struct chunk *chunks;
@@ -194,13 +171,6 @@ struct ZCN_Server {
 /* ------------------------------------------------------------------ */
 /* small helpers                                                       */
 /* ------------------------------------------------------------------ */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static inline uint64_t pack_ud(enum op op, uint32_t gen, uint32_t slot)
 {
@@ -281,37 +251,15 @@ static inline bool lent_now(const ZCN_Server *s, const struct conn *c)
     return s->ev != NULL && c->lent_batch == s->batch && c->lent_bufs > 0;
 }
 
-/* An SQE, submitting what is queued if the SQ is full. NULL only if the
- * kernel refuses the submit, which the caller reports. */
-static struct io_uring_sqe *get_sqe(ZCN_Server *s)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(s->ring);
-    if (sqe != NULL)
-        return sqe;
-    io_uring_submit(s->ring);
-    return io_uring_get_sqe(s->ring);
-}
-
 /* ------------------------------------------------------------------ */
 /* buffers                                                             */
 /* ------------------------------------------------------------------ */
 
 static void ring_add(ZCN_Server *s, uint32_t bid)
 {
-    io_uring_buf_ring_add(s->br, buf_ptr(s, bid), (unsigned)s->buffer_size,
-                          (unsigned short)bid, (int)s->br_mask, (int)s->br_pending);
-    s->br_pending++;
-    s->br_count++;
-    s->meta[bid].state = BUF_RING;
+    zcn_bufring_add(&s->rx, bid);
+    s->meta[bid].state = ZCN_BUF_RING;
     s->meta[bid].refs = 0;
-}
-
-static void ring_publish(ZCN_Server *s)
-{
-    if (s->br_pending == 0)
-        return;
-    io_uring_buf_ring_advance(s->br, (int)s->br_pending);
-    s->br_pending = 0;
 }
 
 /* A buffer nobody refers to any more: refill the buffer ring first, the
@@ -331,7 +279,7 @@ static inline uint32_t ring_want(const ZCN_Server *s)
 static void ring_refill(ZCN_Server *s)
 {
     uint32_t want = ring_want(s);
-    while (s->br_count < want) {
+    while (s->rx.count < want) {
         void *p = zcn_pool_acquire(s->pool);
         if (p == NULL)
             break;
@@ -341,11 +289,11 @@ static void ring_refill(ZCN_Server *s)
 
 static void recycle(ZCN_Server *s, uint32_t bid)
 {
-    if (s->br_count < ring_want(s)) {
+    if (s->rx.count < ring_want(s)) {
         ring_add(s, bid);
         return;
     }
-    s->meta[bid].state = BUF_POOL;
+    s->meta[bid].state = ZCN_BUF_POOL;
     zcn_pool_release(s->pool, buf_ptr(s, bid));
 }
 
@@ -356,18 +304,15 @@ static inline void buf_ref(ZCN_Server *s, uint32_t bid)
 
 static inline void buf_unref(ZCN_Server *s, uint32_t bid)
 {
-    struct buf_meta *m = &s->meta[bid];
+    struct zcn_buf_meta *m = &s->meta[bid];
     if (--m->refs == 0)
         recycle(s, bid);
 }
 
 /* Takes a pool buffer for a copied send or for the user; -1 if none. */
-static int64_t buf_take(ZCN_Server *s)
+static inline int64_t buf_take(ZCN_Server *s)
 {
-    void *p = zcn_pool_acquire(s->pool);
-    if (p == NULL)
-        return -1;
-    return (int64_t)(((uint8_t *)p - s->slab) / s->buffer_size);
+    return zcn_buf_take(s->pool, s->slab, s->buffer_size);
 }
 
 /* ------------------------------------------------------------------ */
@@ -482,7 +427,7 @@ static void service_add(ZCN_Server *s, struct conn *c);
 
 static void arm_recv(ZCN_Server *s, struct conn *c)
 {
-    struct io_uring_sqe *sqe = get_sqe(s);
+    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL) {
         service_add(s, c); /* retried from the service list */
         return;
@@ -499,7 +444,7 @@ static void cancel_recv(ZCN_Server *s, struct conn *c)
 {
     if (!c->recv_armed || c->recv_cancelled)
         return;
-    struct io_uring_sqe *sqe = get_sqe(s);
+    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL)
         return;
     io_uring_prep_cancel64(sqe, pack_ud(OP_RECV, c->gen, (uint32_t)slot_of(s, c)), 0);
@@ -635,7 +580,7 @@ static void submit_send(ZCN_Server *s, struct conn *c)
 {
     if (c->send_inflight || c->sq_head == NIL)
         return;
-    struct io_uring_sqe *sqe = get_sqe(s);
+    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL) {
         service_add(s, c);
         return;
@@ -745,8 +690,8 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
     size_t room = 0;
     if (c->sq_tail != NIL) {
         tail = &s->chunks[c->sq_tail];
-        const struct buf_meta *tm = &s->meta[tail->bid];
-        if (tm->state == BUF_TX && tm->refs == 1)
+        const struct zcn_buf_meta *tm = &s->meta[tail->bid];
+        if (tm->state == ZCN_BUF_TX && tm->refs == 1)
             room = s->buffer_size - (tail->off + tail->len);
     }
     size_t into_tail = len < room ? len : room;
@@ -765,7 +710,7 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
         size_t off = into_tail + taken * s->buffer_size;
         size_t n = len - off < s->buffer_size ? len - off : s->buffer_size;
         memcpy(buf_ptr(s, (uint32_t)bid), data + off, n);
-        s->meta[bid].state = BUF_TX;
+        s->meta[bid].state = ZCN_BUF_TX;
         s->meta[bid].refs = 1;
         s->chunks[idx] = (struct chunk){(uint32_t)bid, 0, (uint32_t)n, NIL};
         if (last != NIL)
@@ -779,7 +724,7 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
         while (first != NIL) {
             int32_t next = s->chunks[first].next;
             s->meta[s->chunks[first].bid].refs = 0;
-            s->meta[s->chunks[first].bid].state = BUF_POOL;
+            s->meta[s->chunks[first].bid].state = ZCN_BUF_POOL;
             zcn_pool_release(s->pool, buf_ptr(s, s->chunks[first].bid));
             chunk_put(s, first);
             first = next;
@@ -821,10 +766,10 @@ ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len
     size_t off = (size_t)(data - buf_ptr(s, bid));
     if (off + len > s->buffer_size)
         return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "data spans more than one pool buffer");
-    struct buf_meta *m = &s->meta[bid];
-    if (m->state == BUF_USER)
+    struct zcn_buf_meta *m = &s->meta[bid];
+    if (m->state == ZCN_BUF_USER)
         return send_copy(s, c, data, len);
-    if (m->state != BUF_RX || m->refs == 0)
+    if (m->state != ZCN_BUF_RX || m->refs == 0)
         return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
                         "data points into a receive buffer that is no longer lent");
     if (c->sq_tail != NIL) {
@@ -854,41 +799,21 @@ uint8_t *zcn_server_acquire_buffer(ZCN_Server *s, size_t *capacity_out)
 {
     if (s == NULL)
         return NULL;
-    int64_t bid = buf_take(s);
-    if (bid < 0)
-        return NULL;
-    s->meta[bid].state = BUF_USER;
-    s->meta[bid].refs = 0;
-    if (capacity_out != NULL)
-        *capacity_out = s->buffer_size;
-    return buf_ptr(s, (uint32_t)bid);
-}
-
-/* The index of a buffer the user holds, or -1. */
-static int64_t user_buffer(const ZCN_Server *s, const uint8_t *buffer)
-{
-    int64_t bid = zcn_pool_index_of(s->pool, buffer);
-    if (bid < 0 || s->meta[bid].state != BUF_USER)
-        return -1;
-    return bid;
+    return zcn_user_buffer_acquire(s->pool, s->meta, s->slab, s->buffer_size, capacity_out);
 }
 
 ZCN_Error zcn_server_release_buffer(ZCN_Server *s, uint8_t *buffer)
 {
     if (s == NULL || buffer == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
-    int64_t bid = user_buffer(s, buffer);
-    if (bid < 0)
-        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_server_acquire_buffer");
-    s->meta[bid].state = BUF_POOL;
-    return zcn_pool_release(s->pool, buffer);
+    return zcn_user_buffer_release(s->pool, s->meta, buffer, "zcn_server_acquire_buffer");
 }
 
 ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t len)
 {
     if (s == NULL || buffer == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
-    int64_t bid = user_buffer(s, buffer);
+    int64_t bid = zcn_user_buffer_index(s->pool, s->meta, buffer);
     if (bid < 0)
         return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_server_acquire_buffer");
     if (len > s->buffer_size)
@@ -901,7 +826,7 @@ ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t 
     int32_t idx = chunk_take(s);
     if (idx == NIL)
         return zcn_fail(ZCN_ERR_EXHAUSTED, "send chunk table full");
-    s->meta[bid].state = BUF_TX;
+    s->meta[bid].state = ZCN_BUF_TX;
     s->meta[bid].refs = 1;
     if (len == 0) {
         chunk_put(s, idx);
@@ -1018,8 +943,8 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
 
     if (cqe->flags & IORING_CQE_F_BUFFER) {
         uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        s->br_count--;
-        s->meta[bid].state = BUF_RX;
+        s->rx.count--;
+        s->meta[bid].state = ZCN_BUF_RX;
         s->meta[bid].refs = 1;
         if (res > 0 && c->state == CONN_OPEN) {
             s->stats.recv_ops++;
@@ -1128,7 +1053,7 @@ static void on_send(ZCN_Server *s, struct conn *c, int res)
 
 static void arm_accept(ZCN_Server *s)
 {
-    struct io_uring_sqe *sqe = get_sqe(s);
+    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL)
         return;
     io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -1204,7 +1129,7 @@ static void on_accept_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
              * the kernel is not retrying on its own meanwhile. */
             accept_backoff(s);
             if (more) {
-                struct io_uring_sqe *sqe = get_sqe(s);
+                struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
                 if (sqe != NULL) {
                     io_uring_prep_cancel64(sqe, pack_ud(OP_ACCEPT, 0, 0), 0);
                     io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
@@ -1221,7 +1146,7 @@ static void on_accept_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
 
 static void arm_wake(ZCN_Server *s)
 {
-    struct io_uring_sqe *sqe = get_sqe(s);
+    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL)
         return;
     io_uring_prep_poll_multishot(sqe, s->wake_fd, POLLIN);
@@ -1231,11 +1156,9 @@ static void arm_wake(ZCN_Server *s)
 
 static void on_wake(ZCN_Server *s, struct io_uring_cqe *cqe)
 {
-    uint64_t value;
     if (!(cqe->flags & IORING_CQE_F_MORE))
         s->wake_armed = false;
-    while (read(s->wake_fd, &value, sizeof value) > 0) {
-    }
+    zcn_eventfd_drain(s->wake_fd);
     if (!s->wake_armed && !s->destroying)
         arm_wake(s);
 }
@@ -1270,7 +1193,7 @@ static void handle_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
          * Return a buffer it may carry so none leaks. */
         if (cqe->flags & IORING_CQE_F_BUFFER) {
             uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-            s->br_count--;
+            s->rx.count--;
             s->meta[bid].refs = 1;
             buf_unref(s, bid);
         }
@@ -1304,7 +1227,7 @@ static void run_service_list(ZCN_Server *s)
             if (c->rx_head != NIL || c->eof) {
                 flush_pending_rx(s, c);
             } else if (!c->recv_armed) {
-                if (s->br_count == 0)
+                if (s->rx.count == 0)
                     service_add(s, c); /* still no buffers: wait */
                 else
                     arm_recv(s, c);
@@ -1366,24 +1289,10 @@ static void end_batch(ZCN_Server *s)
  * Returns 0 or a negative errno (-ETIME on timeout, -EINTR on a signal). */
 static int wait_cqe(ZCN_Server *s, int timeout_ms)
 {
-    struct io_uring_cqe *cqe = NULL;
     flush_tx(s);
     ring_refill(s);
-    ring_publish(s);
-    if (io_uring_cq_ready(s->ring) > 0 || timeout_ms == 0) {
-        int ret = io_uring_submit_and_get_events(s->ring);
-        return ret < 0 ? ret : 0;
-    }
-    if (timeout_ms < 0) {
-        int ret = io_uring_submit_and_wait(s->ring, 1);
-        return ret < 0 ? ret : 0;
-    }
-    struct __kernel_timespec ts = {
-        .tv_sec = timeout_ms / 1000,
-        .tv_nsec = (long long)(timeout_ms % 1000) * 1000000,
-    };
-    int ret = io_uring_submit_and_wait_timeout(s->ring, &cqe, 1, &ts, NULL);
-    return ret < 0 ? ret : 0;
+    zcn_bufring_publish(&s->rx);
+    return zcn_wait(s->ring, timeout_ms);
 }
 
 static uint32_t reap(ZCN_Server *s)
@@ -1408,7 +1317,7 @@ static uint32_t reap(ZCN_Server *s)
 static ZCN_Error turn(ZCN_Server *s, int timeout_ms, uint32_t *handled)
 {
     *handled = 0;
-    s->now_ms = now_ms();
+    s->now_ms = zcn_now_ms();
     uint64_t closed_before = s->stats.connections_closed;
     try_resume_accept(s);
     sweep_idle(s);
@@ -1426,7 +1335,7 @@ static ZCN_Error turn(ZCN_Server *s, int timeout_ms, uint32_t *handled)
     }
     if (ret < 0 && ret != -ETIME && ret != -EAGAIN && ret != -EBUSY)
         return zcn_fail((ZCN_Error)-ret, "io_uring_enter failed");
-    s->now_ms = now_ms();
+    s->now_ms = zcn_now_ms();
     uint32_t seen = reap(s);
     sweep_idle(s);
     run_service_list(s);
@@ -1445,44 +1354,16 @@ static ZCN_Error loop_guard(ZCN_Server *s)
     return ZCN_OK;
 }
 
-/* Runs turns until something was handled, the stop flag is up, or the
- * deadline passes (timeout_ms < 0: none). */
-/* Takes a pending stop request: each zcn_server_stop makes exactly one loop
- * call return early (the one that sees it), so a loop run again later does
- * not return at once forever. */
-static bool take_stop(ZCN_Server *s)
+static ZCN_Error turn_cb(void *loop, int timeout_ms, uint32_t *handled)
 {
-    return atomic_exchange_explicit(&s->stop_requested, 0, memory_order_acq_rel) != 0;
+    return turn(loop, timeout_ms, handled);
 }
 
-/* Runs turns until something was handled, a stop request arrives, or the
- * deadline passes (timeout_ms < 0: none). *stopped tells the last. */
+/* Ends the previous poll batch, then runs turns (zcn_run_until). */
 static ZCN_Error run_until(ZCN_Server *s, int timeout_ms, uint32_t *handled_out, bool *stopped)
 {
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)timeout_ms;
-    uint32_t handled = 0;
-    ZCN_Error err = ZCN_OK;
     end_batch(s);
-    *stopped = take_stop(s);
-    for (;;) {
-        int left;
-        if (*stopped || timeout_ms == 0) {
-            left = 0;
-        } else if (timeout_ms < 0) {
-            left = -1;
-        } else {
-            uint64_t now = now_ms();
-            left = now >= deadline ? 0 : (int)(deadline - now);
-        }
-        err = turn(s, left, &handled);
-        if (!*stopped)
-            *stopped = take_stop(s);
-        if (err != ZCN_OK || handled > 0 || left == 0 || *stopped)
-            break;
-    }
-    if (handled_out != NULL)
-        *handled_out = handled;
-    return err;
+    return zcn_run_until(s, turn_cb, &s->stop_requested, timeout_ms, handled_out, stopped);
 }
 
 ZCN_Error zcn_server_run_once(ZCN_Server *s)
@@ -1550,9 +1431,7 @@ ZCN_Error zcn_server_stop(ZCN_Server *s)
     if (s == NULL)
         return ZCN_ERR_INVALID_ARGUMENT; /* no detail: must stay signal-safe */
     atomic_store_explicit(&s->stop_requested, 1, memory_order_release);
-    uint64_t one = 1;
-    ssize_t n = write(s->wake_fd, &one, sizeof one);
-    (void)n; /* EAGAIN means a wake-up is already pending */
+    zcn_eventfd_wake(s->wake_fd);
     return ZCN_OK;
 }
 
@@ -1598,36 +1477,11 @@ static ZCN_Error read_config(const ZCN_Config *cfg, struct settings *out)
     return ZCN_OK;
 }
 
-static ZCN_Error parse_address(const char *address, uint16_t port, struct sockaddr_storage *ss,
-                               socklen_t *len)
-{
-    memset(ss, 0, sizeof *ss);
-    if (address == NULL)
-        address = "0.0.0.0";
-    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, address, &in4->sin_addr) == 1) {
-        in4->sin_family = AF_INET;
-        in4->sin_port = htons(port);
-        *len = sizeof *in4;
-        return ZCN_OK;
-    }
-    if (inet_pton(AF_INET6, address, &in6->sin6_addr) == 1) {
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons(port);
-        *len = sizeof *in6;
-        return ZCN_OK;
-    }
-    return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
-                    "address \"%.64s\" is not an IPv4 or IPv6 literal (resolve names first)",
-                    address);
-}
-
 static ZCN_Error open_listener(ZCN_Server *s, const ZCN_Config *cfg, const struct settings *st)
 {
     struct sockaddr_storage ss;
     socklen_t len;
-    ZCN_Error err = parse_address(cfg->address, cfg->port, &ss, &len);
+    ZCN_Error err = zcn_parse_address(cfg->address, cfg->port, &ss, &len, "address");
     if (err != ZCN_OK)
         return err;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1660,39 +1514,18 @@ static ZCN_Error open_listener(ZCN_Server *s, const ZCN_Config *cfg, const struc
     return ZCN_OK;
 }
 
-/* The provided-buffer ring (liburing 2.3 has no io_uring_setup_buf_ring):
- * page-aligned memory, registered, then filled from the pool. */
+/* The receive ring (c/bufring.c), filled from the pool; a quarter of the
+ * buffers stay in the pool as the reserve for copied sends. */
 static ZCN_Error setup_buffer_ring(ZCN_Server *s)
 {
     uint32_t reserve = s->buffer_count / 4;
     s->br_target = s->buffer_count - reserve;
-    s->br_entries = zcn_pow2_ceil(s->br_target);
-    s->br_mask = s->br_entries - 1;
-    s->br_bytes = (size_t)s->br_entries * sizeof(struct io_uring_buf);
-    void *mem = mmap(NULL, s->br_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED)
-        return zcn_fail((ZCN_Error)errno, "mmap of the buffer ring: %s", strerror(errno));
-    s->br = mem;
-    struct io_uring_buf_reg reg;
-    memset(&reg, 0, sizeof reg);
-    reg.ring_addr = (uint64_t)(uintptr_t)mem;
-    reg.ring_entries = s->br_entries;
-    reg.bgid = BUFFER_GROUP;
-    int ret = io_uring_register_buf_ring(s->ring, &reg, 0);
-    if (ret < 0) {
-        munmap(mem, s->br_bytes);
-        s->br = NULL;
-        if (ret == -EINVAL || ret == -ENOSYS)
-            return zcn_fail(ZCN_ERR_URING_UNSUPPORTED,
-                            "provided-buffer rings need Linux >= 5.19 (register_buf_ring: %s)",
-                            strerror(-ret));
-        if (ret == -ENOMEM)
-            return zcn_fail(ZCN_ERR_MEMLOCK, "register_buf_ring: ENOMEM (RLIMIT_MEMLOCK?)");
-        return zcn_fail((ZCN_Error)-ret, "register_buf_ring: %s", strerror(-ret));
-    }
-    io_uring_buf_ring_init(s->br);
+    ZCN_Error e = zcn_bufring_setup(&s->rx, s->ring, BUFFER_GROUP, s->br_target, s->slab,
+                                    s->buffer_size);
+    if (e != ZCN_OK)
+        return e;
     ring_refill(s);
-    ring_publish(s);
+    zcn_bufring_publish(&s->rx);
     /* The send queue limit in buffers: what send_queue_max_bytes needs when
      * buffers are full, but never more than a quarter of the receive ring,
      * so a few peers that stop reading cannot take every buffer. */
@@ -1737,10 +1570,8 @@ static ZCN_Error alloc_tables(ZCN_Server *s, const struct settings *st)
 
 static void free_server(ZCN_Server *s)
 {
-    if (s->br != NULL) {
-        io_uring_unregister_buf_ring(s->ring, BUFFER_GROUP);
-        munmap(s->br, s->br_bytes);
-    }
+    zcn_bufring_unregister(&s->rx, s->ring);
+    zcn_bufring_unmap(&s->rx);
     if (s->ring_handle != NULL)
         zcn_ring_destroy(s->ring_handle);
     if (s->listen_fd >= 0)
@@ -1801,10 +1632,8 @@ ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
         /* CQ room for a completion per connection and per buffer at once, so
          * multishot requests are not ended by overflow in normal operation. */
         uint64_t cq = (uint64_t)s->conns_max * 2 + s->buffer_count + 64;
-        uint32_t cq_entries = cq > 65536 ? 65536 : zcn_pow2_ceil((uint32_t)cq);
-        if (cq_entries < st.entries * 2)
-            cq_entries = st.entries * 2;
-        s->ring_handle = zcn_ring_create_ex(st.entries, cq_entries, ZCN_RING_START_DISABLED, &e);
+        s->ring_handle = zcn_ring_create_ex(st.entries, zcn_cq_entries(cq, st.entries),
+                                            ZCN_RING_START_DISABLED, &e);
         if (s->ring_handle != NULL)
             s->ring = zcn_ring_io_uring(s->ring_handle);
     }
@@ -1841,7 +1670,7 @@ ZCN_Error zcn_server_start(ZCN_Server *s)
     if (e != ZCN_OK)
         return e;
     s->started = true;
-    s->now_ms = now_ms();
+    s->now_ms = zcn_now_ms();
     arm_accept(s);
     arm_wake(s);
     int ret = io_uring_submit(s->ring);
@@ -1860,7 +1689,7 @@ static void drain_for_destroy(ZCN_Server *s)
     if (s->listen_fd >= 0) {
         shutdown(s->listen_fd, SHUT_RDWR);
         if (s->accept_armed) {
-            struct io_uring_sqe *sqe = get_sqe(s);
+            struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
             if (sqe != NULL) {
                 io_uring_prep_cancel64(sqe, pack_ud(OP_ACCEPT, 0, 0), 0);
                 io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
@@ -1868,7 +1697,7 @@ static void drain_for_destroy(ZCN_Server *s)
         }
     }
     if (s->wake_armed) {
-        struct io_uring_sqe *sqe = get_sqe(s);
+        struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
         if (sqe != NULL) {
             io_uring_prep_cancel64(sqe, pack_ud(OP_WAKE, 0, 0), 0);
             io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
@@ -1878,9 +1707,9 @@ static void drain_for_destroy(ZCN_Server *s)
     end_batch(s);
     for (uint32_t i = 0; i < s->conns_max; i++)
         abort_conn(s, &s->conns[i]);
-    uint64_t deadline = now_ms() + DESTROY_DRAIN_MS;
+    uint64_t deadline = zcn_now_ms() + DESTROY_DRAIN_MS;
     while (s->conns_active > 0 || s->accept_armed || s->wake_armed) {
-        s->now_ms = now_ms();
+        s->now_ms = zcn_now_ms();
         if (s->now_ms >= deadline)
             break;
         /* -EEXIST: destroy runs on another thread than the loop did, which
@@ -1959,7 +1788,7 @@ ZCN_Error zcn_server_stats(const ZCN_Server *s, ZCN_ServerStats *out)
     uint64_t in_pool = 0;
     if (zcn_pool_stats(s->pool, &ps) == ZCN_OK)
         in_pool = ps.free;
-    out->buffers_in_use = s->buffer_count - in_pool - s->br_count;
+    out->buffers_in_use = s->buffer_count - in_pool - s->rx.count;
     return ZCN_OK;
 }
 

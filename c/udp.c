@@ -29,9 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifndef SO_MEMINFO
@@ -55,20 +53,6 @@ enum op {
     OP_RECV = 1,
     OP_SEND = 2,
     OP_WAKE = 3,
-};
-
-enum buf_state {
-    BUF_POOL = 0, /* free in the pool */
-    BUF_RING,     /* in the kernel's buffer ring */
-    BUF_RX,       /* holds a received datagram; refs > 0 */
-    BUF_USER,     /* acquired by the user */
-    BUF_TX,       /* being sent; refs > 0 */
-};
-
-struct buf_meta {
-    uint32_t refs;
-    int32_t next; /* lent list link (poll mode) */
-    uint8_t state;
 };
 
 union peer_addr {
@@ -103,17 +87,12 @@ struct ZCN_UdpSocket {
     uint8_t *slab;
     size_t buffer_size;     /* bytes per pool buffer */
     uint32_t buffer_count;
-    struct buf_meta *meta;
+    struct zcn_buf_meta *meta;
 
-    struct io_uring_buf_ring *br;
-    size_t br_bytes;
+    struct zcn_bufring rx;  /* the receive ring, group bgid */
     uint16_t bgid;
-    bool br_registered;
-    uint32_t br_mask;
-    uint32_t br_count;      /* buffers the kernel can take now */
     uint32_t br_target;     /* keep this many in the ring (grows after ENOBUFS) */
     uint32_t br_max;        /* the ring's capacity: buffers minus the send reserve */
-    uint32_t br_pending;    /* added, not yet published */
 
     struct msghdr rmsg;     /* recvmsg template: only the sizes matter */
     bool recv_armed;
@@ -150,13 +129,6 @@ static _Atomic uint32_t next_gen;
 /* small helpers                                                       */
 /* ------------------------------------------------------------------ */
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* tag (24 bits) = op (2) | gen (6) | index (16). */
 static inline uint64_t make_ud(const ZCN_UdpSocket *u, enum op op, uint32_t index)
 {
@@ -187,17 +159,6 @@ static inline uint8_t *buf_ptr(const ZCN_UdpSocket *u, uint32_t bid)
 static inline size_t datagram_max(const ZCN_UdpSocket *u)
 {
     return u->family == AF_INET6 ? ZCN_UDP_DATAGRAM_MAX_V6 : ZCN_UDP_DATAGRAM_MAX_V4;
-}
-
-/* An SQE, submitting what is queued if the SQ is full; NULL only if the
- * kernel refuses that submit. */
-static struct io_uring_sqe *get_sqe(ZCN_UdpSocket *u)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(u->ring);
-    if (sqe != NULL)
-        return sqe;
-    io_uring_submit(u->ring);
-    return io_uring_get_sqe(u->ring);
 }
 
 static void callback_enter(ZCN_UdpSocket *u)
@@ -236,22 +197,16 @@ static ZCN_Error owner_check(ZCN_UdpSocket *u)
 
 static void ring_add(ZCN_UdpSocket *u, uint32_t bid)
 {
-    io_uring_buf_ring_add(u->br, buf_ptr(u, bid), (unsigned)u->buffer_size,
-                          (unsigned short)bid, (int)u->br_mask, (int)u->br_pending);
-    u->br_pending++;
-    u->br_count++;
-    u->meta[bid].state = BUF_RING;
+    zcn_bufring_add(&u->rx, bid);
+    u->meta[bid].state = ZCN_BUF_RING;
     u->meta[bid].refs = 0;
 }
 
 /* Publishing is one release store; done per recycle batch so a shared
  * server's loop (which does not know our ring) never waits on it. */
-static void ring_publish(ZCN_UdpSocket *u)
+static inline void ring_publish(ZCN_UdpSocket *u)
 {
-    if (u->br_pending == 0)
-        return;
-    io_uring_buf_ring_advance(u->br, (int)u->br_pending);
-    u->br_pending = 0;
+    zcn_bufring_publish(&u->rx);
 }
 
 static void arm_recv(ZCN_UdpSocket *u);
@@ -260,11 +215,11 @@ static void arm_recv(ZCN_UdpSocket *u);
  * stack, so the next buffer taken from it is the warmest). */
 static void recycle(ZCN_UdpSocket *u, uint32_t bid)
 {
-    if (u->br_count < u->br_target && !u->destroying) {
+    if (u->rx.count < u->br_target && !u->destroying) {
         ring_add(u, bid);
         return;
     }
-    u->meta[bid].state = BUF_POOL;
+    u->meta[bid].state = ZCN_BUF_POOL;
     zcn_pool_release(u->pool, buf_ptr(u, bid));
 }
 
@@ -274,26 +229,23 @@ static inline void buf_unref(ZCN_UdpSocket *u, uint32_t bid)
         recycle(u, bid);
 }
 
-static int64_t buf_take(ZCN_UdpSocket *u)
+static inline int64_t buf_take(ZCN_UdpSocket *u)
 {
-    void *p = zcn_pool_acquire(u->pool);
-    if (p == NULL)
-        return -1;
-    return (int64_t)(((uint8_t *)p - u->slab) / u->buffer_size);
+    return zcn_buf_take(u->pool, u->slab, u->buffer_size);
 }
 
 /* Re-arms the multishot receive once it has ended and buffers are there
  * again; with none, the next recycle calls this again. */
 static void maybe_rearm(ZCN_UdpSocket *u)
 {
-    while (u->br_count < u->br_target && !u->destroying) {
+    while (u->rx.count < u->br_target && !u->destroying) {
         int64_t bid = buf_take(u);
         if (bid < 0)
             break;
         ring_add(u, (uint32_t)bid);
     }
     ring_publish(u);
-    if (u->started && !u->recv_armed && !u->destroying && u->br_count > 0)
+    if (u->started && !u->recv_armed && !u->destroying && u->rx.count > 0)
         arm_recv(u);
 }
 
@@ -313,7 +265,7 @@ static void end_batch(ZCN_UdpSocket *u)
 
 static void arm_recv(ZCN_UdpSocket *u)
 {
-    struct io_uring_sqe *sqe = get_sqe(u);
+    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
     if (sqe == NULL)
         return; /* retried by maybe_rearm on the next turn */
     /* MSG_TRUNC makes the kernel report the datagram's real size in
@@ -380,8 +332,8 @@ static void on_recv(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
         u->recv_armed = false;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
         uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        u->br_count--;
-        u->meta[bid].state = BUF_RX;
+        u->rx.count--;
+        u->meta[bid].state = ZCN_BUF_RX;
         u->meta[bid].refs = 1;
         if (cqe->res >= (int)ZCN_UDP_HEADROOM && !u->destroying)
             deliver(u, bid, cqe->res);
@@ -475,7 +427,7 @@ static ZCN_Error queue_send(ZCN_UdpSocket *u, const struct sockaddr *addr, uint3
                         "%u sends in flight (sends_max): run the loop to complete them",
                         u->slots_max);
     }
-    struct io_uring_sqe *sqe = get_sqe(u);
+    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
     if (sqe == NULL) {
         u->stats.send_exhaustion_drops++;
         return zcn_fail(ZCN_ERR_QUEUE_FULL, "the submission queue is full");
@@ -507,9 +459,9 @@ static int64_t lent_buffer(const ZCN_UdpSocket *u, const uint8_t *data, size_t l
     if ((size_t)(data - buf_ptr(u, bid)) + len > u->buffer_size)
         return -2;
     uint8_t st = u->meta[bid].state;
-    if (st == BUF_USER)
+    if (st == ZCN_BUF_USER)
         return -1; /* the user's own buffer: copy, it stays theirs */
-    if ((st != BUF_RX && st != BUF_TX) || u->meta[bid].refs == 0)
+    if ((st != ZCN_BUF_RX && st != ZCN_BUF_TX) || u->meta[bid].refs == 0)
         return -2;
     return bid;
 }
@@ -548,12 +500,12 @@ static ZCN_Error send_one(ZCN_UdpSocket *u, const struct sockaddr *addr, socklen
     uint8_t *copy = buf_ptr(u, (uint32_t)bid);
     if (len > 0)
         memcpy(copy, data, len);
-    u->meta[bid].state = BUF_TX;
+    u->meta[bid].state = ZCN_BUF_TX;
     u->meta[bid].refs = 1;
     e = queue_send(u, addr, (uint32_t)bid, copy, (uint32_t)len);
     if (e != ZCN_OK) {
         u->meta[bid].refs = 0;
-        u->meta[bid].state = BUF_POOL;
+        u->meta[bid].state = ZCN_BUF_POOL;
         zcn_pool_release(u->pool, copy);
         return e;
     }
@@ -642,33 +594,14 @@ uint8_t *zcn_udp_acquire_buffer(ZCN_UdpSocket *u, size_t *capacity_out)
 {
     if (u == NULL)
         return NULL;
-    int64_t bid = buf_take(u);
-    if (bid < 0)
-        return NULL;
-    u->meta[bid].state = BUF_USER;
-    u->meta[bid].refs = 0;
-    if (capacity_out != NULL)
-        *capacity_out = u->buffer_size;
-    return buf_ptr(u, (uint32_t)bid);
-}
-
-static int64_t user_buffer(const ZCN_UdpSocket *u, const uint8_t *buffer)
-{
-    int64_t bid = zcn_pool_index_of(u->pool, buffer);
-    if (bid < 0 || u->meta[bid].state != BUF_USER)
-        return -1;
-    return bid;
+    return zcn_user_buffer_acquire(u->pool, u->meta, u->slab, u->buffer_size, capacity_out);
 }
 
 ZCN_Error zcn_udp_release_buffer(ZCN_UdpSocket *u, uint8_t *buffer)
 {
     if (u == NULL || buffer == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket or buffer is NULL");
-    int64_t bid = user_buffer(u, buffer);
-    if (bid < 0)
-        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_udp_acquire_buffer");
-    u->meta[bid].state = BUF_POOL;
-    return zcn_pool_release(u->pool, buffer);
+    return zcn_user_buffer_release(u->pool, u->meta, buffer, "zcn_udp_acquire_buffer");
 }
 
 ZCN_Error zcn_udp_sendto_buffer(ZCN_UdpSocket *u, const struct sockaddr *addr,
@@ -679,7 +612,7 @@ ZCN_Error zcn_udp_sendto_buffer(ZCN_UdpSocket *u, const struct sockaddr *addr,
         return e;
     if (buffer == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "buffer is NULL");
-    int64_t bid = user_buffer(u, buffer);
+    int64_t bid = zcn_user_buffer_index(u->pool, u->meta, buffer);
     if (bid < 0)
         return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_udp_acquire_buffer");
     if (len > u->buffer_size)
@@ -688,11 +621,11 @@ ZCN_Error zcn_udp_sendto_buffer(ZCN_UdpSocket *u, const struct sockaddr *addr,
     e = check_dest(u, addr, addr_len, len);
     if (e != ZCN_OK)
         return e;
-    u->meta[bid].state = BUF_TX;
+    u->meta[bid].state = ZCN_BUF_TX;
     u->meta[bid].refs = 1;
     e = queue_send(u, addr, (uint32_t)bid, buffer, (uint32_t)len);
     if (e != ZCN_OK) {
-        u->meta[bid].state = BUF_USER;
+        u->meta[bid].state = ZCN_BUF_USER;
         u->meta[bid].refs = 0;
         return e;
     }
@@ -750,7 +683,7 @@ ZCN_Error zcn_udp_set_callback(ZCN_UdpSocket *u, void *user_data, ZCN_OnDatagram
 
 static void arm_wake(ZCN_UdpSocket *u)
 {
-    struct io_uring_sqe *sqe = get_sqe(u);
+    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
     if (sqe == NULL)
         return;
     io_uring_prep_poll_multishot(sqe, u->wake_fd, POLLIN);
@@ -761,11 +694,9 @@ static void arm_wake(ZCN_UdpSocket *u)
 
 static void on_wake(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
 {
-    uint64_t value;
     if (!(cqe->flags & IORING_CQE_F_MORE))
         u->wake_armed = false;
-    while (read(u->wake_fd, &value, sizeof value) > 0) {
-    }
+    zcn_eventfd_drain(u->wake_fd);
     if (!u->wake_armed && !u->destroying)
         arm_wake(u);
 }
@@ -812,23 +743,9 @@ static ZCN_Error start(ZCN_UdpSocket *u)
 
 static int wait_cqe(ZCN_UdpSocket *u, int timeout_ms)
 {
-    struct io_uring_cqe *cqe = NULL;
     ring_publish(u);
     u->unsubmitted = false;
-    if (io_uring_cq_ready(u->ring) > 0 || timeout_ms == 0) {
-        int ret = io_uring_submit_and_get_events(u->ring);
-        return ret < 0 ? ret : 0;
-    }
-    if (timeout_ms < 0) {
-        int ret = io_uring_submit_and_wait(u->ring, 1);
-        return ret < 0 ? ret : 0;
-    }
-    struct __kernel_timespec ts = {
-        .tv_sec = timeout_ms / 1000,
-        .tv_nsec = (long long)(timeout_ms % 1000) * 1000000,
-    };
-    int ret = io_uring_submit_and_wait_timeout(u->ring, &cqe, 1, &ts, NULL);
-    return ret < 0 ? ret : 0;
+    return zcn_wait(u->ring, timeout_ms);
 }
 
 static uint32_t reap(ZCN_UdpSocket *u)
@@ -878,26 +795,16 @@ static ZCN_Error loop_guard(ZCN_UdpSocket *u)
     return start(u);
 }
 
-static ZCN_Error run_until(ZCN_UdpSocket *u, int timeout_ms, uint32_t *handled_out)
+static ZCN_Error turn_cb(void *loop, int timeout_ms, uint32_t *handled)
 {
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now_ms() + (uint64_t)timeout_ms;
-    uint32_t handled = 0;
-    ZCN_Error err = ZCN_OK;
+    return turn(loop, timeout_ms, handled);
+}
+
+/* Ends the previous poll batch, then runs turns (zcn_run_until). */
+static ZCN_Error run_until(ZCN_UdpSocket *u, int timeout_ms, uint32_t *handled_out, bool *stopped)
+{
     end_batch(u);
-    for (;;) {
-        int left = -1;
-        if (timeout_ms >= 0) {
-            uint64_t now = now_ms();
-            left = now >= deadline ? 0 : (int)(deadline - now);
-        }
-        err = turn(u, left, &handled);
-        if (err != ZCN_OK || handled > 0 || left == 0 ||
-            atomic_load_explicit(&u->stop_requested, memory_order_relaxed))
-            break;
-    }
-    if (handled_out != NULL)
-        *handled_out = handled;
-    return err;
+    return zcn_run_until(u, turn_cb, &u->stop_requested, timeout_ms, handled_out, stopped);
 }
 
 ZCN_Error zcn_udp_run_once(ZCN_UdpSocket *u)
@@ -913,7 +820,8 @@ ZCN_Error zcn_udp_run_once_timeout(ZCN_UdpSocket *u, int timeout_ms, uint32_t *h
     if (err != ZCN_OK)
         return err;
     u->ev = NULL;
-    err = run_until(u, timeout_ms, handled_out);
+    bool stopped;
+    err = run_until(u, timeout_ms, handled_out, &stopped);
     return err == ZCN_OK ? submit_now(u) : err;
 }
 
@@ -930,7 +838,8 @@ ZCN_Error zcn_udp_poll(ZCN_UdpSocket *u, ZCN_UdpEvent *events, uint32_t capacity
     u->ev = events;
     u->ev_cap = capacity;
     u->ev_n = 0;
-    err = run_until(u, timeout_ms, NULL);
+    bool stopped;
+    err = run_until(u, timeout_ms, NULL, &stopped);
     if (err == ZCN_OK)
         err = submit_now(u); /* sends from this turn go now, not at the next call */
     if (count_out != NULL)
@@ -946,15 +855,14 @@ ZCN_Error zcn_udp_run(ZCN_UdpSocket *u)
     if (err != ZCN_OK)
         return err;
     u->ev = NULL;
-    while (!atomic_load_explicit(&u->stop_requested, memory_order_acquire)) {
-        err = run_until(u, -1, NULL);
-        if (err == (ZCN_Error)EINTR)
-            continue;
-        if (err != ZCN_OK)
+    for (;;) {
+        bool stopped = false;
+        err = run_until(u, -1, NULL, &stopped);
+        if (stopped) /* sends queued meanwhile go now, not at a next wait */
+            return err == ZCN_OK || err == (ZCN_Error)EINTR ? submit_now(u) : err;
+        if (err != ZCN_OK && err != (ZCN_Error)EINTR)
             return err;
     }
-    atomic_store_explicit(&u->stop_requested, 0, memory_order_release);
-    return ZCN_OK;
 }
 
 ZCN_Error zcn_udp_stop(ZCN_UdpSocket *u)
@@ -962,36 +870,13 @@ ZCN_Error zcn_udp_stop(ZCN_UdpSocket *u)
     if (u == NULL || u->server != NULL)
         return ZCN_ERR_INVALID_ARGUMENT; /* no detail: must stay signal-safe */
     atomic_store_explicit(&u->stop_requested, 1, memory_order_release);
-    uint64_t one = 1;
-    ssize_t n = write(u->wake_fd, &one, sizeof one);
-    (void)n; /* EAGAIN means a wake-up is already pending */
+    zcn_eventfd_wake(u->wake_fd);
     return ZCN_OK;
 }
 
 /* ------------------------------------------------------------------ */
 /* options                                                             */
 /* ------------------------------------------------------------------ */
-
-static ZCN_Error parse_address(const char *address, uint16_t port, union peer_addr *a,
-                               socklen_t *len, const char *field)
-{
-    memset(a, 0, sizeof *a);
-    if (inet_pton(AF_INET, address, &a->in4.sin_addr) == 1) {
-        a->in4.sin_family = AF_INET;
-        a->in4.sin_port = htons(port);
-        *len = sizeof a->in4;
-        return ZCN_OK;
-    }
-    if (inet_pton(AF_INET6, address, &a->in6.sin6_addr) == 1) {
-        a->in6.sin6_family = AF_INET6;
-        a->in6.sin6_port = htons(port);
-        *len = sizeof a->in6;
-        return ZCN_OK;
-    }
-    return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
-                    "%s \"%.64s\" is not an IPv4 or IPv6 literal (resolve names first)", field,
-                    address);
-}
 
 static ZCN_Error set_int_opt(int fd, int level, int name, int value, const char *what)
 {
@@ -1020,39 +905,40 @@ static ZCN_Error apply_options(int fd, int family, const ZCN_UdpConfig *cfg)
 
 static ZCN_Error open_socket(ZCN_UdpSocket *u, const ZCN_UdpConfig *cfg)
 {
-    union peer_addr local;
+    struct sockaddr_storage local;
     socklen_t len = 0;
     const char *address = cfg->address != NULL ? cfg->address : "0.0.0.0";
-    ZCN_Error e = parse_address(address, cfg->port, &local, &len, "address");
+    ZCN_Error e = zcn_parse_address(address, cfg->port, &local, &len, "address");
     if (e != ZCN_OK)
         return e;
-    u->family = local.sa.sa_family;
+    u->family = local.ss_family;
     u->fd = socket(u->family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (u->fd < 0)
         return zcn_fail((ZCN_Error)errno, "socket: %s", strerror(errno));
     e = apply_options(u->fd, u->family, cfg);
     if (e != ZCN_OK)
         return e;
-    if (bind(u->fd, &local.sa, len) != 0)
+    if (bind(u->fd, (struct sockaddr *)&local, len) != 0)
         return zcn_fail((ZCN_Error)errno, "bind %s port %u: %s", address, cfg->port,
                         strerror(errno));
     if (cfg->connect_address != NULL) {
-        union peer_addr peer;
+        struct sockaddr_storage peer;
         socklen_t plen = 0;
-        e = parse_address(cfg->connect_address, cfg->connect_port, &peer, &plen,
-                          "connect_address");
+        e = zcn_parse_address(cfg->connect_address, cfg->connect_port, &peer, &plen,
+                              "connect_address");
         if (e != ZCN_OK)
             return e;
-        if (peer.sa.sa_family != u->family || cfg->connect_port == 0)
+        if (peer.ss_family != u->family || cfg->connect_port == 0)
             return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
                             "connect_address must be of the bound address's family, with a port");
-        if (connect(u->fd, &peer.sa, plen) != 0)
+        if (connect(u->fd, (struct sockaddr *)&peer, plen) != 0)
             return zcn_fail((ZCN_Error)errno, "connect: %s", strerror(errno));
         u->connected = true;
     }
     len = sizeof local;
-    getsockname(u->fd, &local.sa, &len);
-    u->port = ntohs(u->family == AF_INET6 ? local.in6.sin6_port : local.in4.sin_port);
+    getsockname(u->fd, (struct sockaddr *)&local, &len);
+    u->port = ntohs(u->family == AF_INET6 ? ((struct sockaddr_in6 *)&local)->sin6_port
+                                          : ((struct sockaddr_in *)&local)->sin_port);
     return ZCN_OK;
 }
 
@@ -1143,41 +1029,17 @@ static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
     return ZCN_OK;
 }
 
-/* The provided-buffer ring (liburing 2.3 has no io_uring_setup_buf_ring):
- * page-aligned memory, registered, then filled from the pool. */
+/* The receive ring (c/bufring.c), sized for all but the send reserve and
+ * filled with br_target buffers at first. */
 static ZCN_Error setup_buffer_ring(ZCN_UdpSocket *u)
 {
     uint32_t reserve = u->buffer_count / 4 > 0 ? u->buffer_count / 4 : 1;
     u->br_max = u->buffer_count - reserve;
     u->br_target = u->br_max < RING_START ? u->br_max : RING_START;
-    uint32_t entries = zcn_pow2_ceil(u->br_max);
-    u->br_mask = entries - 1;
-    u->br_bytes = ((size_t)entries * sizeof(struct io_uring_buf) + ZCN_PAGE_SIZE - 1) /
-                  ZCN_PAGE_SIZE * ZCN_PAGE_SIZE;
-    void *mem = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED)
-        return zcn_fail((ZCN_Error)errno, "mmap of the buffer ring: %s", strerror(errno));
-    u->br = mem;
-    struct io_uring_buf_reg reg;
-    memset(&reg, 0, sizeof reg);
-    reg.ring_addr = (uint64_t)(uintptr_t)mem;
-    reg.ring_entries = entries;
-    reg.bgid = u->bgid;
-    int ret = io_uring_register_buf_ring(u->ring, &reg, 0);
-    if (ret < 0) {
-        if (ret == -EINVAL || ret == -ENOSYS)
-            return zcn_fail(ZCN_ERR_URING_UNSUPPORTED,
-                            "provided-buffer rings need Linux >= 5.19 (register_buf_ring: %s)",
-                            strerror(-ret));
-        if (ret == -ENOMEM)
-            return zcn_fail(ZCN_ERR_MEMLOCK, "register_buf_ring: ENOMEM (RLIMIT_MEMLOCK?)");
-        if (ret == -EEXIST)
-            return zcn_fail((ZCN_Error)EEXIST,
-                            "register_buf_ring: EEXIST (not the ring's owner thread?)");
-        return zcn_fail((ZCN_Error)-ret, "register_buf_ring: %s", strerror(-ret));
-    }
-    u->br_registered = true;
-    io_uring_buf_ring_init(u->br);
+    ZCN_Error e = zcn_bufring_setup(&u->rx, u->ring, u->bgid, u->br_max, u->slab,
+                                    u->buffer_size);
+    if (e != ZCN_OK)
+        return e;
     for (uint32_t i = 0; i < u->br_target; i++) {
         int64_t bid = buf_take(u);
         if (bid < 0)
@@ -1235,15 +1097,13 @@ static void cancel_all(ZCN_UdpSocket *u)
 
 static void free_socket(ZCN_UdpSocket *u)
 {
-    if (u->br_registered)
-        io_uring_unregister_buf_ring(u->ring, u->bgid);
+    zcn_bufring_unregister(&u->rx, u->ring);
     if (u->server != NULL)
         zcn_server_detach(u->server, u->source_id);
     /* Ring teardown (own ring) cancels anything left before memory goes. */
     if (u->ring_handle != NULL)
         zcn_ring_destroy(u->ring_handle);
-    if (u->br != NULL)
-        munmap(u->br, u->br_bytes);
+    zcn_bufring_unmap(&u->rx);
     if (u->fd >= 0)
         close(u->fd);
     if (u->wake_fd >= 0)
@@ -1309,10 +1169,8 @@ ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
     /* CQ room for a completion per buffer and per send at once, so the
      * multishot receive is not ended by overflow in normal operation. */
     uint64_t cq = (uint64_t)st.buffers + st.sends + 64;
-    uint32_t cq_entries = cq > 65536 ? 65536 : zcn_pow2_ceil((uint32_t)cq);
-    if (cq_entries < st.entries * 2)
-        cq_entries = st.entries * 2;
-    u->ring_handle = zcn_ring_create_ex(st.entries, cq_entries, ZCN_RING_START_DISABLED, &e);
+    u->ring_handle = zcn_ring_create_ex(st.entries, zcn_cq_entries(cq, st.entries),
+                                        ZCN_RING_START_DISABLED, &e);
     if (u->ring_handle != NULL)
         u->ring = zcn_ring_io_uring(u->ring_handle);
     if (e == ZCN_OK) {
@@ -1437,7 +1295,7 @@ ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
     uint64_t in_pool = 0;
     if (zcn_pool_stats(u->pool, &ps) == ZCN_OK)
         in_pool = ps.free;
-    out->buffers_in_use = u->buffer_count - in_pool - u->br_count;
+    out->buffers_in_use = u->buffer_count - in_pool - u->rx.count;
     /* The socket's drop counter: datagrams the kernel threw away because
      * the receive queue (SO_RCVBUF) was full while we were not reading. */
     uint32_t mem[SK_MEMINFO_VARS];

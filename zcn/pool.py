@@ -29,12 +29,11 @@ owner at a time.
 from __future__ import annotations
 
 import ctypes
-import mmap
-import operator
 import threading
 from dataclasses import dataclass
 
 from . import _ffi
+from ._util import HandleOwner, MappedMemory, int_arg, round_up_pages
 from .errors import ClosedError, DoubleFreeError, ForeignPointerError
 
 __all__ = ["BufferPool", "Buffer", "PoolStats", "PAGE_SIZE", "COUNT_MAX", "BYTES_MAX"]
@@ -56,20 +55,6 @@ class PoolStats:
     freed: int        #: successful releases since create
     failed: int       #: acquires that found the pool empty
     buffer_size: int  #: bytes per buffer (a multiple of 4096)
-
-
-def _int_arg(value, name):
-    """An int (or an object with __index__), never a bool, float or None."""
-    if isinstance(value, bool) or value is None:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-
-
-def _round_up(size):
-    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
 
 class Buffer:
@@ -140,7 +125,7 @@ class Buffer:
         return f"<zcn.Buffer index={self._index} {state}>"
 
 
-class BufferPool:
+class BufferPool(HandleOwner):
     """``count`` page-aligned buffers of ``buffer_size`` bytes (rounded up to
     a multiple of 4096), acquired and released without copying or
     allocating in C.
@@ -148,15 +133,12 @@ class BufferPool:
     A context manager; close() is idempotent and also runs from __del__.
     """
 
+    _kind = "zcn.BufferPool"
+
     def __init__(self, buffer_size=4096, count=1024):
-        self._handle = None  # first: __del__ must work if __init__ fails
-        buffer_size = _int_arg(buffer_size, "buffer_size")
-        count = _int_arg(count, "count")
-        if not 1 <= buffer_size <= BYTES_MAX:
-            raise ValueError(f"buffer_size must be in 1..{BYTES_MAX}, got {buffer_size}")
-        if not 1 <= count <= COUNT_MAX:
-            raise ValueError(f"count must be in 1..{COUNT_MAX}, got {count}")
-        rounded = _round_up(buffer_size)
+        buffer_size = int_arg(buffer_size, "buffer_size", 1, BYTES_MAX)
+        count = int_arg(count, "count", 1, COUNT_MAX)
+        rounded = round_up_pages(buffer_size)
         slab_bytes = rounded * count
         if slab_bytes > BYTES_MAX:
             raise ValueError(f"{count} buffers of {rounded} bytes exceed the pool limit "
@@ -164,12 +146,9 @@ class BufferPool:
         self._lock = threading.Lock()
         self._out = {}    # index -> Buffer, the buffers acquired now
         self._ring = None  # the zcn.Ring we registered with
-        self._mm = mmap.mmap(-1, slab_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        # The ctypes object holds a buffer export of the mmap: mm.close()
-        # cannot unmap while it exists, so the C pool never sees it vanish.
-        self._anchor = ctypes.c_char.from_buffer(self._mm)
-        self._slab = memoryview(self._mm)
-        self._base = ctypes.addressof(self._anchor)
+        self._memory = MappedMemory(slab_bytes)
+        self._slab = self._memory.view
+        self._base = self._memory.address
         self._buffer_size = rounded
         self._count = count
         self._handle = _ffi.create(_ffi.zcn_pool_create_in, self._base, slab_bytes,
@@ -209,44 +188,15 @@ class BufferPool:
             pass  # e.g. closed from another thread than a SINGLE_ISSUER ring's
 
     def _drop_memory(self):
-        self._anchor = None  # drops the ctypes export
-        slab, self._slab = self._slab, None
-        if slab is not None:
-            slab.release()
-        mm, self._mm = self._mm, None
-        try:
-            mm.close()
-        except BufferError:
-            pass  # the caller holds views: the mapping lives until they die
-
-    @property
-    def closed(self):
-        return self._handle is None
-
-    def __enter__(self):
-        self._live()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass  # interpreter shutdown: modules may already be gone
+        self._slab = None
+        memory, self._memory = self._memory, None
+        memory.close()
 
     def __repr__(self):
         if self._handle is None:
             return "<zcn.BufferPool closed>"
         return (f"<zcn.BufferPool buffer_size={self._buffer_size} count={self._count} "
                 f"in_use={len(self._out)}>")
-
-    def _live(self):
-        handle = self._handle
-        if handle is None:
-            raise ClosedError("zcn.BufferPool is closed")
-        return handle
 
     # --- shape --------------------------------------------------------------
     @property

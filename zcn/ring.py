@@ -14,11 +14,11 @@ when the ring got IORING_SETUP_SINGLE_ISSUER).
 from __future__ import annotations
 
 import enum
-import operator
 import threading
 
 from . import _ffi
-from .errors import ClosedError
+from ._util import HandleOwner
+from ._util import int_arg as _int_arg
 
 __all__ = ["Ring", "Opcode", "SetupFlag", "Feature", "NO_TUNING", "SQPOLL",
            "ENTRIES_MAX"]
@@ -159,19 +159,7 @@ def _names(enum_cls, value):
     return names
 
 
-def _int_arg(value, name):
-    """An int (or object with __index__) but never a bool or a float."""
-    if type(value) is int:  # the common case, kept cheap for nop()
-        return value
-    if isinstance(value, bool) or value is None:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-
-
-class Ring:
+class Ring(HandleOwner):
     """One io_uring instance.
 
     ``entries`` (1..32768) is the SQ size, rounded up to a power of two by the
@@ -182,15 +170,14 @@ class Ring:
     reason in the message) when io_uring cannot be used here.
     """
 
+    _kind = "zcn.Ring"
+
     def __init__(self, entries=256, flags=0):
-        entries = _int_arg(entries, "entries")
+        entries = _int_arg(entries, "entries", 1, ENTRIES_MAX)
         flags = _int_arg(flags, "flags")
-        if not 1 <= entries <= ENTRIES_MAX:
-            raise ValueError(f"entries must be in 1..{ENTRIES_MAX}, got {entries}")
         if flags & ~_KNOWN_FLAGS or flags < 0:
             raise ValueError(f"unknown Ring flags {flags:#x} (known: NO_TUNING=1, SQPOLL=2)")
         self._lock = threading.Lock()
-        self._handle = None
         self._handle = _ffi.create(_ffi.zcn_ring_create, entries, flags)
         # Cached: nop() checks batch against it on every call.
         self._sq_entries = _ffi.zcn_ring_sq_entries(self._handle)
@@ -203,20 +190,8 @@ class Ring:
         if handle:
             _ffi.zcn_ring_destroy(handle)
 
-    @property
-    def closed(self):
-        return self._handle is None
-
-    def __enter__(self):
-        self._live()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        # __init__ may have failed before _handle existed.
-        if getattr(self, "_handle", None):
+    def _finalize(self):
+        if self._handle:  # also false when __init__ failed (the class default)
             self.close()
 
     def __repr__(self):
@@ -224,12 +199,6 @@ class Ring:
             return "<zcn.Ring closed>"
         return (f"<zcn.Ring sq_entries={self.sq_entries} cq_entries={self.cq_entries} "
                 f"setup={'|'.join(sorted(self.setup_flag_names()))}>")
-
-    def _live(self):
-        handle = self._handle
-        if handle is None:
-            raise ClosedError("zcn.Ring is closed")
-        return handle
 
     # --- shape ------------------------------------------------------------
     @property

@@ -45,17 +45,29 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
-import math
-import mmap
-import operator
-import socket
 import struct
 import threading
-from ctypes import POINTER, c_int, c_uint32, c_void_p, py_object
+from ctypes import c_int, c_uint32, c_void_p
 from dataclasses import dataclass
-from time import monotonic as _monotonic
 
 from . import _ffi
+from ._util import (
+    HandleOwner,
+    MappedMemory,
+    PyBUF_SIMPLE,
+    c_writable_bytes,
+    round_up_pages,
+)
+from ._util import PyBuffer as _PyBuffer
+from ._util import bool_arg as _bool_arg
+from ._util import callback_arg as _callback_arg
+from ._util import get_buffer as _get_buffer
+from ._util import int_arg as _int_arg
+from ._util import monotonic_ms as _monotonic_ms
+from ._util import release_buffer as _release_buffer
+from ._util import resolve_host as _resolve_host
+from ._util import seconds_to_ms as _seconds_arg
+from ._util import timeout_ms as _timeout_ms
 from .errors import BusyError, ClosedError, error_from_code
 
 __all__ = ["TcpServer", "ServerStats", "EVENTS_MAX"]
@@ -104,27 +116,6 @@ _run_once_timeout = _ffi.zcn_server_run_once_timeout
 _stop = _ffi.zcn_server_stop
 
 
-# --- the buffer protocol, for send() of any bytes-like object --------------
-class _PyBuffer(ctypes.Structure):
-    # typedef struct bufferinfo {...} Py_buffer;  (Include/pybuffer.h)
-    _fields_ = [
-        ("buf", c_void_p), ("obj", py_object), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", c_int), ("ndim", c_int),
-        ("format", c_void_p), ("shape", c_void_p), ("strides", c_void_p),
-        ("suboffsets", c_void_p), ("internal", c_void_p),
-    ]
-
-
-_PyBUF_SIMPLE = 0
-# Own function objects (a prototype bound to the symbol), not the shared
-# ctypes.pythonapi attributes: another module setting argtypes on those
-# would change ours.
-_get_buffer = ctypes.PYFUNCTYPE(c_int, py_object, POINTER(_PyBuffer), c_int)(
-    ("PyObject_GetBuffer", ctypes.pythonapi))
-_release_buffer = ctypes.PYFUNCTYPE(None, POINTER(_PyBuffer))(
-    ("PyBuffer_Release", ctypes.pythonapi))
-
-
 @dataclass(frozen=True)
 class ServerStats:
     """A snapshot of a server's counters (see zcn_server_stats)."""
@@ -150,77 +141,21 @@ class ServerStats:
 _STATS_FIELDS = tuple(name for name, _ in _ffi.ServerStats._fields_)
 
 
-# --- argument checks ---------------------------------------------------------
-def _int_arg(value, name, low, high):
-    """An int (or __index__) in low..high; never a bool, float or None."""
-    if isinstance(value, bool) or value is None:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
-    return value
+def _callback_property(name):
+    """on_<event> as a property that checks the value; the loop reads the
+    ``_on_<event>`` attribute directly."""
+    attr = "_" + name
+
+    def get(self):
+        return getattr(self, attr)
+
+    def set(self, fn):
+        setattr(self, attr, _callback_arg(fn, name))
+
+    return property(get, set)
 
 
-def _bool_arg(value, name):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
-    return value
-
-
-def _callback_arg(value, name):
-    if value is not None and not callable(value):
-        raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
-    return value
-
-
-def _seconds_arg(value, name, allow_zero):
-    """A number of seconds (int or float, not bool) -> milliseconds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, "
-                        f"not {type(value).__name__}")
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    if math.isinf(value):
-        return None
-    ms = math.ceil(value * 1000)
-    return ms
-
-
-def _fd_arg(fd):
-    if isinstance(fd, bool) or fd is None:
-        raise TypeError(f"fd must be an int, not {type(fd).__name__}")
-    try:
-        return operator.index(fd)
-    except TypeError:
-        raise TypeError(f"fd must be an int, not {type(fd).__name__}") from None
-
-
-def _resolve_host(host):
-    """A numeric address for ``host`` (IPv4 preferred), for the C side,
-    which takes literals only. "" means all IPv4 interfaces."""
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {type(host).__name__}")
-    if host == "":
-        return "0.0.0.0"
-    if "\0" in host:
-        raise ValueError("host contains a NUL character")
-    infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                               socket.AI_PASSIVE)
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for fam, _type, _proto, _name, sockaddr in infos:
-            if fam == family:
-                return sockaddr[0]
-    raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
-
-
-def _round_up(size):
-    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-
-
-class TcpServer:
+class TcpServer(HandleOwner):
     """A TCP server on io_uring listening on ``host``:``port`` (port 0 picks
     a free port; read it back from ``port``). See the module docstring for
     the rules on borrowed data, threads and exceptions.
@@ -235,12 +170,14 @@ class TcpServer:
     per message); on_data must then be None.
     """
 
+    _kind = "zcn.TcpServer"
+    _memory = None
+
     def __init__(self, host="127.0.0.1", port=0, *, on_accept=None, on_data=None,
                  on_close=None, on_drain=None, handler="python", io_uring_entries=256,
                  buffer_pool_size=1024, buffer_size=16384, backlog=1024,
                  connections_max=4096, send_queue_max_bytes=1 << 20, idle_timeout=None,
                  tcp_nodelay=True, reuse_port=False):
-        self._handle = None  # first: __del__ and close must work if __init__ fails
         if not isinstance(handler, str):
             raise TypeError(f"handler must be 'python' or 'c', not {type(handler).__name__}")
         if handler not in _HANDLERS:
@@ -283,19 +220,16 @@ class TcpServer:
 
         # The buffer slab is Python's (as in zcn.BufferPool): a view a user
         # keeps can never point into unmapped memory.
-        rounded = _round_up(buffer_size)
+        rounded = round_up_pages(buffer_size)
         slab_bytes = rounded * buffers
-        self._mm = mmap.mmap(-1, slab_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._anchor = ctypes.c_char.from_buffer(self._mm)
-        self._slab = memoryview(self._mm).toreadonly()
-        base = ctypes.addressof(self._anchor)
+        self._memory = MappedMemory(slab_bytes, readonly=True)
+        self._slab = self._memory.view
+        base = self._memory.address
         self._buffer_size = rounded
 
         # The event array: a bytearray whose address C writes to.
-        self._ev_bytes = bytearray(EVENTS_MAX * _EVENT_SIZE)
-        self._ev_anchor = (ctypes.c_char * len(self._ev_bytes)).from_buffer(self._ev_bytes)
-        self._ev_ptr = c_void_p(ctypes.addressof(self._ev_anchor))
-        self._ev_view = memoryview(self._ev_bytes)
+        self._ev_anchor, ev_address, self._ev_view = c_writable_bytes(EVENTS_MAX * _EVENT_SIZE)
+        self._ev_ptr = c_void_p(ev_address)
         self._count = c_uint32(0)
         self._count_ptr = ctypes.pointer(self._count)
 
@@ -322,13 +256,9 @@ class TcpServer:
             self._install_c_callbacks(handle)
 
     # --- callbacks -----------------------------------------------------------
-    @property
-    def on_accept(self):
-        return self._on_accept
-
-    @on_accept.setter
-    def on_accept(self, fn):
-        self._on_accept = _callback_arg(fn, "on_accept")
+    on_accept = _callback_property("on_accept")
+    on_close = _callback_property("on_close")
+    on_drain = _callback_property("on_drain")
 
     @property
     def on_data(self):
@@ -341,22 +271,6 @@ class TcpServer:
             raise ValueError("on_data must be None with handler='c' (the C echo answers "
                              "every message)")
         self._on_data = fn
-
-    @property
-    def on_close(self):
-        return self._on_close
-
-    @on_close.setter
-    def on_close(self, fn):
-        self._on_close = _callback_arg(fn, "on_close")
-
-    @property
-    def on_drain(self):
-        return self._on_drain
-
-    @on_drain.setter
-    def on_drain(self, fn):
-        self._on_drain = _callback_arg(fn, "on_drain")
 
     # --- shape ---------------------------------------------------------------
     @property
@@ -384,10 +298,6 @@ class TcpServer:
         return self._buffer_size
 
     @property
-    def closed(self):
-        return self._handle is None
-
-    @property
     def connections(self):
         """The fds of the open connections (a new frozenset)."""
         return frozenset(self._fds)
@@ -401,12 +311,6 @@ class TcpServer:
             return "<zcn.TcpServer closed>"
         return (f"<zcn.TcpServer {self._host}:{self._port} handler={self.handler} "
                 f"connections={len(self._fds)}>")
-
-    def _live(self):
-        handle = self._handle
-        if handle is None:
-            raise ClosedError("zcn.TcpServer is closed")
-        return handle
 
     # --- sending -------------------------------------------------------------
     def send(self, fd, data):
@@ -423,7 +327,7 @@ class TcpServer:
         ValueError (data is a released view).
         """
         if type(fd) is not int:
-            fd = _fd_arg(fd)
+            fd = _int_arg(fd, "fd")
         if fd not in self._fds:
             raise self._closed_error(fd)
         if data is self._cur_view:
@@ -440,7 +344,7 @@ class TcpServer:
             raise TypeError("send() takes a bytes-like object, not str (encode it first)")
         view = _PyBuffer()
         try:
-            _get_buffer(data, ctypes.byref(view), _PyBUF_SIMPLE)
+            _get_buffer(data, ctypes.byref(view), PyBUF_SIMPLE)
         except BufferError:
             # not contiguous (e.g. a strided memoryview): send a contiguous copy
             data = memoryview(data).tobytes()
@@ -452,7 +356,7 @@ class TcpServer:
 
     def _closed_error(self, fd):
         if self._handle is None:
-            return ClosedError("zcn.TcpServer is closed")
+            return ClosedError(f"{self._kind} is closed")
         return ClosedError(f"fd {fd} is not an open connection of this server",
                            code=_ERR_CLOSED)
 
@@ -461,7 +365,7 @@ class TcpServer:
         is still sent, then on_close(fd) follows from the loop. ClosedError
         if fd is not open (or already closing)."""
         if type(fd) is not int:
-            fd = _fd_arg(fd)
+            fd = _int_arg(fd, "fd")
         if fd not in self._fds:
             raise self._closed_error(fd)
         rc = _ffi.zcn_server_close(self._handle, fd)
@@ -471,7 +375,7 @@ class TcpServer:
     def queued_bytes(self, fd):
         """Bytes queued for ``fd`` and not yet sent (0 if it is not open)."""
         if type(fd) is not int:
-            fd = _fd_arg(fd)
+            fd = _int_arg(fd, "fd")
         handle = self._live()
         if fd < 0 or fd > INT32_MAX:
             return 0
@@ -496,11 +400,7 @@ class TcpServer:
         called (the request is consumed). Events kept from a batch whose
         callback raised are dispatched first, without waiting.
         """
-        if timeout is None:
-            timeout_ms = -1
-        else:
-            timeout_ms = _seconds_arg(timeout, "timeout", allow_zero=True)
-            timeout_ms = -1 if timeout_ms is None else min(timeout_ms, INT32_MAX)
+        timeout_ms = _timeout_ms(timeout, "timeout")
         self._enter_loop()
         try:
             if self._stop_requested:
@@ -519,10 +419,7 @@ class TcpServer:
         run_once again resumes). ``poll_interval`` (seconds) bounds each wait,
         for loops that want to check something periodically; None waits as
         long as needed (signals and stop() still wake it)."""
-        timeout_ms = -1
-        if poll_interval is not None:
-            timeout_ms = _seconds_arg(poll_interval, "poll_interval", allow_zero=False)
-            timeout_ms = -1 if timeout_ms is None else min(timeout_ms, INT32_MAX)
+        timeout_ms = _timeout_ms(poll_interval, "poll_interval", allow_zero=False)
         self._enter_loop()
         try:
             run = self._run
@@ -779,35 +676,18 @@ class TcpServer:
 
     def _drop_memory(self):
         self._cfuncs = ()
-        self._anchor = None
-        slab, self._slab = self._slab, None
-        if slab is not None:
-            slab.release()
-        mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # a user keeps a slice of a view: the mapping lives until it dies
-
-    def __enter__(self):
-        self._live()
-        return self
+        self._slab = None
+        memory, self._memory = self._memory, None
+        if memory is not None:
+            memory.close()
 
     def __exit__(self, *exc):
         self.server_close()
 
-    def __del__(self):
-        if getattr(self, "_handle", None) is None:
-            if getattr(self, "_mm", None) is not None:
+    def _finalize(self):
+        if self._handle is None:
+            if self._memory is not None:
                 self._drop_memory()
             return
-        try:
-            self._on_close = None  # no user code from the garbage collector
-            self._close_now()
-        except Exception:
-            pass  # interpreter shutdown: modules may already be gone
-
-
-def _monotonic_ms():
-    return int(_monotonic() * 1000)
+        self._on_close = None  # no user code from the garbage collector
+        self._close_now()

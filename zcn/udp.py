@@ -41,17 +41,29 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
-import math
-import mmap
-import operator
 import socket
 import struct
 import threading
-from ctypes import POINTER, c_int, c_uint32, c_void_p, py_object
+from ctypes import c_uint32
 from dataclasses import dataclass
-from time import monotonic as _monotonic
 
 from . import _ffi
+from ._util import (
+    HandleOwner,
+    MappedMemory,
+    PyBUF_SIMPLE,
+    c_writable_bytes,
+    resolve_host,
+    round_up_pages,
+)
+from ._util import PyBuffer as _PyBuffer
+from ._util import bool_arg as _bool_arg
+from ._util import callback_arg as _callback_arg
+from ._util import get_buffer as _get_buffer
+from ._util import int_arg as _int_arg
+from ._util import monotonic_ms as _monotonic_ms
+from ._util import release_buffer as _release_buffer
+from ._util import timeout_ms as _timeout_ms
 from .errors import BusyError, ClosedError, error_from_code
 
 __all__ = ["UdpSocket", "UdpStats", "UDP_TRUNCATED", "EVENTS_MAX"]
@@ -82,24 +94,6 @@ _inet_ntop = socket.inet_ntop
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
 
 
-class _PyBuffer(ctypes.Structure):
-    # typedef struct bufferinfo {...} Py_buffer;  (Include/pybuffer.h)
-    _fields_ = [
-        ("buf", c_void_p), ("obj", py_object), ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t), ("readonly", c_int), ("ndim", c_int),
-        ("format", c_void_p), ("shape", c_void_p), ("strides", c_void_p),
-        ("suboffsets", c_void_p), ("internal", c_void_p),
-    ]
-
-
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = [py_object, POINTER(_PyBuffer), c_int]
-_get_buffer.restype = c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = [POINTER(_PyBuffer)]
-_release_buffer.restype = None
-
-
 @dataclass(frozen=True)
 class UdpStats:
     """A snapshot of a UDP socket's counters (see zcn_udp_stats)."""
@@ -125,53 +119,9 @@ class UdpStats:
 _STATS_FIELDS = tuple(name for name, _ in _ffi.UdpStats._fields_)
 
 
-# --- argument checks -------------------------------------------------------
-def _int_arg(value, name, low, high):
-    if isinstance(value, bool) or value is None:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
-    return value
-
-
-def _bool_arg(value, name):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
-    return value
-
-
-def _timeout_ms(value, name, allow_zero=True):
-    """Seconds (None = forever) -> milliseconds for C (-1 = forever)."""
-    if value is None:
-        return -1
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, "
-                        f"not {type(value).__name__}")
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    if math.isinf(value):
-        return -1
-    return min(math.ceil(value * 1000), INT32_MAX)
-
-
 def _resolve(host, family=socket.AF_UNSPEC):
     """A numeric address for host (IPv4 preferred unless family says)."""
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {type(host).__name__}")
-    if host == "":
-        return "0.0.0.0" if family != _AF_INET6 else "::"
-    if "\0" in host:
-        raise ValueError("host contains a NUL character")
-    infos = socket.getaddrinfo(host, None, family, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE)
-    for want in (_AF_INET, _AF_INET6):
-        for fam, _type, _proto, _name, sockaddr in infos:
-            if fam == want:
-                return sockaddr[0]
-    raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
+    return resolve_host(host, family, socket.SOCK_DGRAM)
 
 
 def _decode_peer(raw):
@@ -218,11 +168,7 @@ def _encode_addr(family, addr):
             + scope_id.to_bytes(4, "little"))
 
 
-def _round_up(size):
-    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-
-
-class UdpSocket:
+class UdpSocket(HandleOwner):
     """A UDP socket on io_uring bound to ``host``:``port`` (port 0 picks a
     free port: read it from ``port``). ``connect=(host, port)`` fixes the
     one peer (send() then works, and only its datagrams arrive).
@@ -238,12 +184,13 @@ class UdpSocket:
     per datagram); on_datagram must then be None.
     """
 
+    _kind = "zcn.UdpSocket"
+    _memory = None
+
     def __init__(self, host="127.0.0.1", port=0, *, on_datagram=None, connect=None,
                  buffer_size=2048, buffer_count=256, sends_max=1024, io_uring_entries=256,
                  reuse_addr=False, reuse_port=False, rcvbuf=None, sndbuf=None,
                  broadcast=False, handler="python"):
-        self._handle = None  # first: close/__del__ must work if __init__ fails
-        self._mm = None
         self._slab = None
         if handler not in _HANDLERS:
             raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
@@ -291,17 +238,14 @@ class UdpSocket:
 
         # The buffer slab is Python's mmap (as in zcn.TcpServer): a view a
         # user keeps never points into unmapped memory.
-        rounded = _round_up(buffer_size + _ffi.UDP_HEADROOM)
+        rounded = round_up_pages(buffer_size + _ffi.UDP_HEADROOM)
         slab_bytes = rounded * buffer_count
-        self._mm = mmap.mmap(-1, slab_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._anchor = ctypes.c_char.from_buffer(self._mm)
-        self._slab = memoryview(self._mm).toreadonly()
-        base = ctypes.addressof(self._anchor)
+        self._memory = MappedMemory(slab_bytes, readonly=True)
+        self._slab = self._memory.view
+        base = self._memory.address
 
-        self._ev_bytes = bytearray(EVENTS_MAX * _EVENT_SIZE)
-        self._ev_anchor = (ctypes.c_char * len(self._ev_bytes)).from_buffer(self._ev_bytes)
-        self._ev_addr = ctypes.addressof(self._ev_anchor)
-        self._ev_view = memoryview(self._ev_bytes)
+        self._ev_anchor, self._ev_addr, self._ev_view = c_writable_bytes(
+            EVENTS_MAX * _EVENT_SIZE)
         self._count = c_uint32(0)
         self._count_ptr = ctypes.pointer(self._count)
 
@@ -334,8 +278,7 @@ class UdpSocket:
 
     @on_datagram.setter
     def on_datagram(self, fn):
-        if fn is not None and not callable(fn):
-            raise TypeError(f"on_datagram must be callable or None, not {type(fn).__name__}")
+        fn = _callback_arg(fn, "on_datagram")
         if fn is not None and self._c_handler:
             raise ValueError("on_datagram must be None with handler='c'")
         self._on_datagram = fn
@@ -363,10 +306,6 @@ class UdpSocket:
         buffers are whole pages)."""
         return self._capacity
 
-    @property
-    def closed(self):
-        return self._handle is None
-
     def fileno(self):
         """The socket's fd (for getsockopt/diagnostics; do not read or close it)."""
         return _ffi.zcn_udp_fd(self._live())
@@ -375,12 +314,6 @@ class UdpSocket:
         if self._handle is None:
             return "<zcn.UdpSocket closed>"
         return f"<zcn.UdpSocket {self._host}:{self._port}>"
-
-    def _live(self):
-        handle = self._handle
-        if handle is None:
-            raise ClosedError("zcn.UdpSocket is closed")
-        return handle
 
     # --- sending ------------------------------------------------------------
     def _sockaddr(self, addr):
@@ -438,7 +371,7 @@ class UdpSocket:
             raise TypeError("sendto() takes a bytes-like object, not str (encode it first)")
         view = _PyBuffer()
         try:
-            _get_buffer(data, ctypes.byref(view), 0)
+            _get_buffer(data, ctypes.byref(view), PyBUF_SIMPLE)
         except BufferError:
             data = memoryview(data).tobytes()
             return _sendto(handle, raw, raw_len, data, len(data))
@@ -526,8 +459,9 @@ class UdpSocket:
         with self._lock:
             handle = self._handle
             if handle is not None:
-                _stop(handle)
+                # The flag first: the loop, once woken, must see it.
                 self._stop_requested = True
+                _stop(handle)
 
     def _enter_loop(self):
         me = threading.get_ident()
@@ -633,8 +567,8 @@ class UdpSocket:
                                 "call stop() and close after the loop returns")
             if loop is not None:
                 self._close_requested = True
-                _stop(self._handle)
                 self._stop_requested = True
+                _stop(self._handle)
         if loop is not None:
             self._closed_event.wait()
             return
@@ -654,33 +588,13 @@ class UdpSocket:
                 self._closed_event.set()
 
     def _drop_memory(self):
-        self._anchor = None
-        slab, self._slab = self._slab, None
-        if slab is not None:
-            slab.release()
-        mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # a user keeps a slice of a view: the mapping lives until it dies
+        self._slab = None
+        memory, self._memory = self._memory, None
+        if memory is not None:
+            memory.close()
 
-    def __enter__(self):
-        self._live()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            if getattr(self, "_handle", None) is not None:
-                self._close_now()
-            elif getattr(self, "_mm", None) is not None:
-                self._drop_memory()
-        except Exception:
-            pass  # interpreter shutdown: modules may already be gone
-
-
-def _monotonic_ms():
-    return int(_monotonic() * 1000)
+    def _finalize(self):
+        if self._handle is not None:
+            self._close_now()
+        elif self._memory is not None:
+            self._drop_memory()

@@ -1,0 +1,127 @@
+/* Plumbing the TCP server (server.c) and the UDP sockets (udp.c) share:
+ * the clock, SQEs, the wait of a loop turn, CQ sizing, address literals
+ * and the wake-up eventfd. */
+#include "internal.h"
+
+#include <liburing.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t zcn_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+struct io_uring_sqe *zcn_get_sqe(struct io_uring *ring)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (sqe != NULL)
+        return sqe;
+    io_uring_submit(ring);
+    return io_uring_get_sqe(ring);
+}
+
+int zcn_wait(struct io_uring *ring, int timeout_ms)
+{
+    struct io_uring_cqe *cqe = NULL;
+    if (io_uring_cq_ready(ring) > 0 || timeout_ms == 0) {
+        int ret = io_uring_submit_and_get_events(ring);
+        return ret < 0 ? ret : 0;
+    }
+    if (timeout_ms < 0) {
+        int ret = io_uring_submit_and_wait(ring, 1);
+        return ret < 0 ? ret : 0;
+    }
+    struct __kernel_timespec ts = {
+        .tv_sec = timeout_ms / 1000,
+        .tv_nsec = (long long)(timeout_ms % 1000) * 1000000,
+    };
+    int ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+    return ret < 0 ? ret : 0;
+}
+
+uint32_t zcn_cq_entries(uint64_t cq_want, uint32_t sq_entries)
+{
+    uint32_t cq_entries = cq_want > 65536 ? 65536 : zcn_pow2_ceil((uint32_t)cq_want);
+    if (cq_entries < sq_entries * 2)
+        cq_entries = sq_entries * 2;
+    return cq_entries;
+}
+
+ZCN_Error zcn_parse_address(const char *address, uint16_t port, struct sockaddr_storage *ss,
+                            socklen_t *len, const char *field)
+{
+    memset(ss, 0, sizeof *ss);
+    if (address == NULL)
+        address = "0.0.0.0";
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, address, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons(port);
+        *len = sizeof *in4;
+        return ZCN_OK;
+    }
+    if (inet_pton(AF_INET6, address, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        *len = sizeof *in6;
+        return ZCN_OK;
+    }
+    return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                    "%s \"%.64s\" is not an IPv4 or IPv6 literal (resolve names first)", field,
+                    address);
+}
+
+void zcn_eventfd_wake(int fd)
+{
+    uint64_t one = 1;
+    ssize_t n = write(fd, &one, sizeof one);
+    (void)n; /* EAGAIN means a wake-up is already pending */
+}
+
+void zcn_eventfd_drain(int fd)
+{
+    uint64_t value;
+    while (read(fd, &value, sizeof value) > 0) {
+    }
+}
+
+bool zcn_take_stop(_Atomic int *stop_requested)
+{
+    return atomic_exchange_explicit(stop_requested, 0, memory_order_acq_rel) != 0;
+}
+
+ZCN_Error zcn_run_until(void *loop, zcn_turn_fn turn, _Atomic int *stop_requested,
+                        int timeout_ms, uint32_t *handled_out, bool *stopped)
+{
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : zcn_now_ms() + (uint64_t)timeout_ms;
+    uint32_t handled = 0;
+    ZCN_Error err = ZCN_OK;
+    *stopped = zcn_take_stop(stop_requested);
+    for (;;) {
+        int left;
+        if (*stopped || timeout_ms == 0) {
+            left = 0;
+        } else if (timeout_ms < 0) {
+            left = -1;
+        } else {
+            uint64_t now = zcn_now_ms();
+            left = now >= deadline ? 0 : (int)(deadline - now);
+        }
+        err = turn(loop, left, &handled);
+        if (!*stopped)
+            *stopped = zcn_take_stop(stop_requested);
+        if (err != ZCN_OK || handled > 0 || left == 0 || *stopped)
+            break;
+    }
+    if (handled_out != NULL)
+        *handled_out = handled;
+    return err;
+}

@@ -1,0 +1,201 @@
+"""Pieces shared by zcn's classes: argument checks, host resolution, the
+handle lifecycle, mmap-owned buffer memory and the buffer protocol.
+
+Private: nothing here is API. The per-message paths of TcpServer and
+UdpSocket import the objects below as module globals (one lookup) and do
+not call through extra Python layers.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import operator
+import socket
+from ctypes import POINTER, c_int, c_void_p, py_object
+from time import monotonic as _monotonic
+
+from . import _ffi
+from .errors import ClosedError
+
+PAGE_SIZE = _ffi.PAGE_SIZE
+INT32_MAX = 0x7FFFFFFF
+
+
+# --- argument checks ---------------------------------------------------------
+def int_arg(value, name, low=None, high=None):
+    """An int (or an object with __index__), never a bool, float or None;
+    checked against low..high when both are given."""
+    if type(value) is not int:  # the common case skips the conversion
+        if isinstance(value, bool) or value is None:
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+    if low is not None and not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
+def bool_arg(value, name):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def callback_arg(value, name):
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+    return value
+
+
+def seconds_to_ms(value, name, allow_zero):
+    """A number of seconds (int or float, not bool) -> milliseconds, rounded
+    up; None for infinity."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, "
+                        f"not {type(value).__name__}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if math.isinf(value):
+        return None
+    return math.ceil(value * 1000)
+
+
+def timeout_ms(value, name, allow_zero=True):
+    """A loop timeout in seconds (None or infinity = forever) -> the C
+    side's milliseconds (-1 = forever, at most INT32_MAX)."""
+    if value is None:
+        return -1
+    ms = seconds_to_ms(value, name, allow_zero)
+    return -1 if ms is None else min(ms, INT32_MAX)
+
+
+def monotonic_ms():
+    return int(_monotonic() * 1000)
+
+
+def resolve_host(host, family=socket.AF_UNSPEC, socktype=socket.SOCK_STREAM):
+    """A numeric address for ``host`` (IPv4 preferred unless ``family``
+    says), for the C side, which takes literals only. "" means all
+    interfaces of the family (IPv4 unless family is AF_INET6)."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if host == "":
+        return "::" if family == socket.AF_INET6 else "0.0.0.0"
+    if "\0" in host:
+        raise ValueError("host contains a NUL character")
+    infos = socket.getaddrinfo(host, None, family, socktype, 0, socket.AI_PASSIVE)
+    for want in (socket.AF_INET, socket.AF_INET6):
+        for fam, _type, _proto, _name, sockaddr in infos:
+            if fam == want:
+                return sockaddr[0]
+    raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
+
+
+def round_up_pages(size):
+    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+# --- the handle lifecycle ----------------------------------------------------
+class HandleOwner:
+    """Base of the classes owning a C handle (None once closed).
+
+    A subclass sets ``_kind`` (its name in messages) and defines close();
+    __del__ runs _finalize() (close() unless overridden) and swallows
+    errors, as the interpreter may be shutting down. ``_handle`` defaults to
+    None at class level, so everything here works when __init__ failed.
+    """
+
+    _kind = "zcn object"
+    _handle = None
+
+    def _live(self):
+        handle = self._handle
+        if handle is None:
+            raise ClosedError(f"{self._kind} is closed")
+        return handle
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def __enter__(self):
+        self._live()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _finalize(self):
+        self.close()
+
+    def __del__(self):
+        try:
+            self._finalize()
+        except Exception:
+            pass  # interpreter shutdown: modules may already be gone
+
+
+# --- memory C reads and writes -----------------------------------------------
+class MappedMemory:
+    """An anonymous private mmap handed to C by address.
+
+    Python owns it, so a memoryview a user keeps can never point into
+    unmapped memory: the ctypes anchor holds a buffer export (mm.close()
+    cannot unmap while C uses it), and close() unmaps only when no user view
+    is left; otherwise the mapping dies with the last view.
+    """
+
+    __slots__ = ("_anchor", "_mm", "address", "view")
+
+    def __init__(self, size, readonly=False):
+        self._mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._anchor = ctypes.c_char.from_buffer(self._mm)
+        view = memoryview(self._mm)
+        self.view = view.toreadonly() if readonly else view
+        self.address = ctypes.addressof(self._anchor)
+
+    def close(self):
+        """Releases our view and export and unmaps if nobody else holds a
+        view. Idempotent."""
+        self._anchor = None  # drops the ctypes export
+        view, self.view = self.view, None
+        if view is not None:
+            view.release()
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a user keeps a view: the mapping lives until it dies
+
+
+def c_writable_bytes(size):
+    """A zeroed bytearray for C to write into: (anchor, address, memoryview).
+    Keep the anchor as long as C may write: it pins the bytearray."""
+    raw = bytearray(size)
+    anchor = (ctypes.c_char * size).from_buffer(raw)
+    return anchor, ctypes.addressof(anchor), memoryview(raw)
+
+
+# --- the buffer protocol, for sending any bytes-like object ------------------
+class PyBuffer(ctypes.Structure):
+    # typedef struct bufferinfo {...} Py_buffer;  (Include/pybuffer.h)
+    _fields_ = [
+        ("buf", c_void_p), ("obj", py_object), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", c_int), ("ndim", c_int),
+        ("format", c_void_p), ("shape", c_void_p), ("strides", c_void_p),
+        ("suboffsets", c_void_p), ("internal", c_void_p),
+    ]
+
+
+PyBUF_SIMPLE = 0
+# Own function objects (a prototype bound to the symbol), not the shared
+# ctypes.pythonapi attributes: another module setting argtypes on those
+# would change ours. PYFUNCTYPE: a set Python error (BufferError) is raised.
+get_buffer = ctypes.PYFUNCTYPE(c_int, py_object, POINTER(PyBuffer), c_int)(
+    ("PyObject_GetBuffer", ctypes.pythonapi))
+release_buffer = ctypes.PYFUNCTYPE(None, POINTER(PyBuffer))(
+    ("PyBuffer_Release", ctypes.pythonapi))
