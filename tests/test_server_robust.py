@@ -273,7 +273,10 @@ def test_peer_reset_mid_transfer(server, handler):
         except (socket.timeout, BlockingIOError):
             pass  # the server stopped reading: its queue is full
         if i % 2:
-            c.recv(100)  # some rounds have the server's send half done
+            try:
+                c.recv(100)  # some rounds have the server's send half done
+            except socket.timeout:
+                pass  # a loaded machine: no echo yet; the reset still lands mid-stream
         _reset(c)
     st = srv.wait_stats(lambda s: s["connections_active"] == 0, timeout=15)
     assert st["connections_active"] == 0, st
