@@ -47,7 +47,7 @@ import errno
 import logging
 import struct
 import threading
-from ctypes import c_int, c_uint32, c_void_p
+from ctypes import c_int, c_uint32
 from dataclasses import dataclass
 
 from . import _ffi
@@ -90,6 +90,13 @@ _EVENT = struct.Struct(_ffi.EVENT_FORMAT)
 _EVENT_SIZE = _EVENT.size
 if _EVENT_SIZE != ctypes.sizeof(_ffi.Event):  # pragma: no cover - a broken mirror
     raise ImportError("zcn: EVENT_FORMAT does not match ZCN_Event")
+# What the loop decodes: type, fd, len, offset. reserved and the data
+# pointer are skipped (pad bytes): the pointer is the slab base + offset, and
+# every decoded field costs an int object per event.
+_EVENT_DECODE = struct.Struct(_ffi.EVENT_FORMAT.replace("IQQ", "4xQ8x"))
+if _EVENT_DECODE.size != _EVENT_SIZE:  # pragma: no cover - a broken mirror
+    raise ImportError("zcn: EVENT_FORMAT changed; update _EVENT_DECODE")
+_iter_events = _EVENT_DECODE.iter_unpack
 _ACCEPT, _DATA, _CLOSE, _DRAIN = (_ffi.EVENT_ACCEPT, _ffi.EVENT_DATA,
                                   _ffi.EVENT_CLOSE, _ffi.EVENT_DRAIN)
 _ERR_CLOSED = ClosedError.code
@@ -101,19 +108,29 @@ _send = _ffi.zcn_server_send
 # send() of a received view: the same C function through PyDLL (keeps the
 # GIL: zcn_server_send never blocks, so releasing and retaking it is pure
 # cost) and without argtypes (no from_param conversion per argument). The
-# pointers are passed as prebuilt c_void_p objects; fd and len as Python
-# ints, which ctypes passes as C int and libffi sign-extends to the 64-bit
-# register of the size_t parameter: exact for len < 2**31, and a received
-# view is at most one buffer (<= 64 MiB). Measured: about half the cost of
-# the argtypes call on the CDLL (py_overhead.py, docs/PYTHON_GUIDE.md).
+# pointers are passed as prebuilt byref() objects (_c_pointer): ctypes
+# passes those as they are, where a c_void_p argument costs a conversion
+# object per call. fd and len go as Python ints, which ctypes passes as C
+# int and libffi sign-extends to the 64-bit register of the size_t
+# parameter: exact for len < 2**31, and a received view is at most one
+# buffer (<= 64 MiB). Measured: about half the cost of the argtypes call on
+# the CDLL (py_overhead.py, docs/PYTHON_GUIDE.md).
 _send_view = ctypes.PyDLL(_ffi.lib._name, handle=_ffi.lib._handle).zcn_server_send
 _send_view.restype = c_int
 # zcn_server_poll once per batch, likewise without argtypes (prebuilt
-# pointer objects, small ints), but on the CDLL: it waits, so the GIL goes.
+# byref() pointers, small ints), but on the CDLL: it waits, so the GIL goes.
 _poll_raw = ctypes.CDLL(_ffi.lib._name, handle=_ffi.lib._handle).zcn_server_poll
 _poll_raw.restype = c_int
 _run_once_timeout = _ffi.zcn_server_run_once_timeout
 _stop = _ffi.zcn_server_stop
+
+
+def _c_pointer(address):
+    """A prebuilt argument passing ``address`` as a pointer: byref() of a
+    c_char placed at it (nothing is read there). For the calls made without
+    argtypes: ctypes passes a byref() object as it is, where a c_void_p
+    argument costs a conversion object per call."""
+    return ctypes.byref(ctypes.c_char.from_address(address))
 
 
 @dataclass(frozen=True)
@@ -213,7 +230,7 @@ class TcpServer(HandleOwner):
         self._closed_event = threading.Event()
         self._pending = None        # iterator over the undispatched events of a batch
         self._cur_view = _NO_VIEW   # the view on_data is being called with
-        self._cur_ptr = None
+        self._cur_ptr = None        # its address (a _c_pointer)
         self._cur_len = 0
         self._callback_errors = []  # handler="c": exceptions raised in callbacks
         self._cfuncs = ()
@@ -228,10 +245,13 @@ class TcpServer(HandleOwner):
         self._buffer_size = rounded
 
         # The event array: a bytearray whose address C writes to.
-        self._ev_anchor, ev_address, self._ev_view = c_writable_bytes(EVENTS_MAX * _EVENT_SIZE)
-        self._ev_ptr = c_void_p(ev_address)
+        self._ev_anchor, ev_address, ev_view = c_writable_bytes(EVENTS_MAX * _EVENT_SIZE)
+        self._ev_ptr = ctypes.byref(self._ev_anchor)
+        # ev_view[:n * _EVENT_SIZE] for every n, made once (not per batch)
+        self._ev_views = [ev_view[:n * _EVENT_SIZE] for n in range(EVENTS_MAX + 1)]
         self._count = c_uint32(0)
         self._count_ptr = ctypes.pointer(self._count)
+        self._count_arg = ctypes.byref(self._count)
 
         config = _ffi.Config(
             address=literal.encode(), port=port, io_uring_entries=entries,
@@ -247,9 +267,12 @@ class TcpServer(HandleOwner):
             self._drop_memory()
             raise
         self._handle = handle
-        self._handle_ptr = c_void_p(handle)
-        # c_void_p of every buffer start, for the send of a received view
-        self._buffer_ptrs = [c_void_p(base + i * rounded) for i in range(buffers)]
+        self._handle_arg = _c_pointer(handle)
+        # a _c_pointer of every buffer start (received data starts there), by
+        # offset in the slab, for the send of a received view
+        self._buffer_ptrs = {i * rounded: _c_pointer(base + i * rounded)
+                             for i in range(buffers)}
+        self._base = base
         self._host = literal
         self._port = _ffi.zcn_server_port(handle)
         if self._c_handler:
@@ -331,7 +354,7 @@ class TcpServer(HandleOwner):
         if fd not in self._fds:
             raise self._closed_error(fd)
         if data is self._cur_view:
-            rc = _send_view(self._handle_ptr, fd, self._cur_ptr, self._cur_len)
+            rc = _send_view(self._handle_arg, fd, self._cur_ptr, self._cur_len)
         elif type(data) is bytes:
             rc = _send(self._handle, fd, data, len(data))
         else:
@@ -422,9 +445,12 @@ class TcpServer(HandleOwner):
         timeout_ms = _timeout_ms(poll_interval, "poll_interval", allow_zero=False)
         self._enter_loop()
         try:
-            run = self._run
-            while not self._stop_requested:
-                run(timeout_ms)
+            if self._c_handler:
+                run = self._run
+                while not self._stop_requested:
+                    run(timeout_ms)
+            else:
+                self._serve_python(timeout_ms)
             self._stop_requested = False
         finally:
             self._exit_loop()
@@ -479,16 +505,16 @@ class TcpServer(HandleOwner):
                 return handled
         if self._c_handler:
             return self._run_c(timeout_ms)
-        handle = self._handle_ptr
+        handle = self._handle_arg
         ev_ptr = self._ev_ptr
         count = self._count
-        count_ptr = self._count_ptr
+        count_ptr = self._count_arg
         deadline = _monotonic_ms() + timeout_ms if timeout_ms > 0 else None
         while True:
             rc = _poll_raw(handle, ev_ptr, EVENTS_MAX, timeout_ms, count_ptr)
             n = count.value
             if n:
-                self._pending = _EVENT.iter_unpack(self._ev_view[:n * _EVENT_SIZE])
+                self._pending = _iter_events(self._ev_views[n])
                 return self._dispatch()
             if rc:
                 if rc == errno.EINTR:
@@ -503,25 +529,43 @@ class TcpServer(HandleOwner):
                 if timeout_ms <= 0:
                     return 0
 
+    def _serve_python(self, timeout_ms):
+        """serve_forever's loop for handler="python": _run's poll and
+        dispatch without a call and the local setup per batch."""
+        handle = self._handle_arg
+        ev_ptr = self._ev_ptr
+        ev_views = self._ev_views
+        count = self._count
+        count_ptr = self._count_arg
+        dispatch = self._dispatch
+        while not self._stop_requested:
+            if self._pending is not None:
+                dispatch()
+                continue
+            rc = _poll_raw(handle, ev_ptr, EVENTS_MAX, timeout_ms, count_ptr)
+            n = count.value
+            if n:
+                self._pending = _iter_events(ev_views[n])
+                dispatch()
+            elif rc and rc != errno.EINTR:
+                raise error_from_code(rc, "zcn_server_poll")
+
     def _dispatch(self):
         """Calls the callbacks for the events of self._pending; keeps the
         rest when one raises (see run_once)."""
         handled = 0
         slab = self._slab
         fds = self._fds
-        buffer_ptrs = self._buffer_ptrs
-        buffer_size = self._buffer_size
-        for etype, fd, length, _reserved, offset, address in self._pending:
+        ptr_at = self._buffer_ptrs.get
+        base = self._base
+        for etype, fd, length, offset in self._pending:
             handled += 1
             if etype == _DATA:
                 on_data = self._on_data
                 if on_data is None:
                     continue
-                view = slab[offset:offset + length]
-                self._cur_view = view
-                # (received data starts at its buffer's start: the prebuilt pointer)
-                self._cur_ptr = (buffer_ptrs[offset // buffer_size]
-                                 if offset % buffer_size == 0 else c_void_p(address))
+                self._cur_view = view = slab[offset:offset + length]
+                self._cur_ptr = ptr_at(offset) or _c_pointer(base + offset)
                 self._cur_len = length
                 try:
                     on_data(fd, view)
