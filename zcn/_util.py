@@ -138,6 +138,25 @@ class HandleOwner:
             pass  # interpreter shutdown: modules may already be gone
 
 
+class BoundSocket(HandleOwner):
+    """A HandleOwner bound to a local address: sets ``_host`` (the numeric
+    address) and ``_port`` (the bound port, the kernel's pick for 0)."""
+
+    @property
+    def host(self):
+        """The numeric address bound to."""
+        return self._host
+
+    @property
+    def port(self):
+        """The bound port (the kernel's pick when created with port 0)."""
+        return self._port
+
+    @property
+    def address(self):
+        return (self._host, self._port)
+
+
 # --- memory C reads and writes -----------------------------------------------
 class MappedMemory:
     """An anonymous private mmap handed to C by address.

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 from . import _ffi
 from ._util import (
-    HandleOwner,
+    BoundSocket,
     MappedMemory,
     PyBUF_SIMPLE,
     c_writable_bytes,
@@ -172,7 +172,7 @@ def _callback_property(name):
     return property(get, set)
 
 
-class TcpServer(HandleOwner):
+class TcpServer(BoundSocket):
     """A TCP server on io_uring listening on ``host``:``port`` (port 0 picks
     a free port; read it back from ``port``). See the module docstring for
     the rules on borrowed data, threads and exceptions.
@@ -296,20 +296,6 @@ class TcpServer(HandleOwner):
         self._on_data = fn
 
     # --- shape ---------------------------------------------------------------
-    @property
-    def host(self):
-        """The numeric address the server is bound to."""
-        return self._host
-
-    @property
-    def port(self):
-        """The bound port (the one picked by the kernel when created with 0)."""
-        return self._port
-
-    @property
-    def address(self):
-        return (self._host, self._port)
-
     @property
     def handler(self):
         return "c" if self._c_handler else "python"

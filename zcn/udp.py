@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from . import _ffi
 from ._util import (
-    HandleOwner,
+    BoundSocket,
     MappedMemory,
     PyBUF_SIMPLE,
     c_writable_bytes,
@@ -168,7 +168,7 @@ def _encode_addr(family, addr):
             + scope_id.to_bytes(4, "little"))
 
 
-class UdpSocket(HandleOwner):
+class UdpSocket(BoundSocket):
     """A UDP socket on io_uring bound to ``host``:``port`` (port 0 picks a
     free port: read it from ``port``). ``connect=(host, port)`` fixes the
     one peer (send() then works, and only its datagrams arrive).
@@ -282,19 +282,6 @@ class UdpSocket(HandleOwner):
         if fn is not None and self._c_handler:
             raise ValueError("on_datagram must be None with handler='c'")
         self._on_datagram = fn
-
-    @property
-    def host(self):
-        return self._host
-
-    @property
-    def port(self):
-        """The bound port (the kernel's pick when created with 0)."""
-        return self._port
-
-    @property
-    def address(self):
-        return (self._host, self._port)
 
     @property
     def family(self):
