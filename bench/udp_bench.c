@@ -2,7 +2,12 @@
  *
  *   udp_bench zcn PORT [BUFFERS] zcn UDP echo server (C echo handler, zcn_udp_run;
  *                               BUFFERS pool buffers, default 1024)
- *   udp_bench baseline PORT     plain recvmmsg/sendmmsg echo server (no zcn)
+ *   udp_bench baseline PORT     plain recvmmsg/sendmmsg echo server (no zcn):
+ *                               blocking recvmmsg (MSG_WAITFORONE)
+ *   udp_bench baseline-poll PORT
+ *                               the same, readiness-driven: recvmmsg with
+ *                               MSG_DONTWAIT, poll() for POLLIN when empty
+ *                               (how an epoll/io_uring-poll loop would read)
  *   udp_bench load PORT SIZE SECONDS [WINDOW] [BURST]
  *                               closed-loop load generator: keeps WINDOW
  *                               datagrams in flight, sends in sendmmsg bursts
@@ -108,7 +113,7 @@ static int run_zcn(uint16_t port, uint32_t buffers)
     return err == ZCN_OK ? 0 : 1;
 }
 
-static int run_baseline(uint16_t port)
+static int run_baseline(uint16_t port, bool poll_first)
 {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     set_bufs(fd);
@@ -135,7 +140,12 @@ static int run_baseline(uint16_t port)
             msgs[i].msg_hdr.msg_name = &peers[i];
             msgs[i].msg_hdr.msg_namelen = sizeof peers[i];
         }
-        int n = recvmmsg(fd, msgs, BATCH, MSG_WAITFORONE, NULL);
+        int n = recvmmsg(fd, msgs, BATCH, poll_first ? MSG_DONTWAIT : MSG_WAITFORONE, NULL);
+        if (n < 0 && poll_first && errno == EAGAIN) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            (void)poll(&p, 1, 100);
+            continue;
+        }
         if (n <= 0)
             continue; /* EINTR: g_stop decides */
         for (int i = 0; i < n; i++)
@@ -280,11 +290,13 @@ int main(int argc, char **argv)
     if (argc >= 3 && strcmp(argv[1], "zcn") == 0)
         return run_zcn((uint16_t)atoi(argv[2]), argc > 3 ? (uint32_t)atoi(argv[3]) : 1024);
     if (argc >= 3 && strcmp(argv[1], "baseline") == 0)
-        return run_baseline((uint16_t)atoi(argv[2]));
+        return run_baseline((uint16_t)atoi(argv[2]), false);
+    if (argc >= 3 && strcmp(argv[1], "baseline-poll") == 0)
+        return run_baseline((uint16_t)atoi(argv[2]), true);
     if (argc >= 5 && strcmp(argv[1], "load") == 0)
         return run_load((uint16_t)atoi(argv[2]), (size_t)atol(argv[3]), atof(argv[4]),
                         argc > 5 ? (uint64_t)atol(argv[5]) : 256,
                         argc > 6 ? atoi(argv[6]) : 32);
-    fprintf(stderr, "usage: udp_bench zcn PORT [BUFFERS] | baseline PORT | load PORT SIZE SECONDS [WINDOW] [BURST]\n");
+    fprintf(stderr, "usage: udp_bench zcn PORT [BUFFERS] | baseline PORT | baseline-poll PORT | load PORT SIZE SECONDS [WINDOW] [BURST]\n");
     return 2;
 }

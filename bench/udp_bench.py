@@ -12,7 +12,8 @@ size: echoed datagrams/s and server CPU time per datagram (psutil: user +
 system of the server process during the load window), median [min..max]
 over the rounds, plus totals of loss and corrupt echoes.
 
-Servers: baseline (recvmmsg/sendmmsg, 64 per call), zcn (C echo handler,
+Servers: baseline (blocking recvmmsg/sendmmsg, 64 per call), baseline-poll
+(the same reading on readiness: MSG_DONTWAIT, poll() when empty), zcn (C echo handler,
 zcn_udp_run), zcn-py (zcn.UdpSocket, Python on_datagram via
 `python -m zcn._udp_cli --handler python`), zcn-py-c (the same CLI with the
 C handler, the loop driven from Python).
@@ -41,6 +42,7 @@ def server_cmd(name, binary):
           "--rcvbuf", str(4 << 20), "--sndbuf", str(4 << 20), "--buffer-count", "1024"]
     return {
         "baseline": [binary, "baseline", "0"],
+        "baseline-poll": [binary, "baseline-poll", "0"],
         "zcn": [binary, "zcn", "0"],
         "zcn-py": py + ["--handler", "python"],
         "zcn-py-c": py + ["--handler", "c"],
