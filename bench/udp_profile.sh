@@ -26,11 +26,16 @@ taskset -c 0 "$BIN" "$SERVER" 0 >"$TMP/server" 2>/dev/null &
 SP=$!
 for _ in $(seq 50); do [ -s "$TMP/server" ] && break; sleep 0.1; done
 PORT=$(awk '{print $2}' "$TMP/server")
+[ -n "$PORT" ] || { echo "udp_profile.sh: '$BIN $SERVER' did not start (server: zcn, baseline or baseline-poll)" >&2; exit 1; }
 LOAD_S=$((SECONDS_REC + 2))
 taskset -c 1 "$BIN" load "$PORT" "$SIZE" "$LOAD_S" 256 32 >"$TMP/load" &
 LP=$!
 sleep 1
-perf record -F 4000 -e cpu-clock -p "$SP" -o "$TMP/perf.data" -- sleep "$SECONDS_REC" >/dev/null 2>&1
+if ! perf record -F 4000 -e cpu-clock -p "$SP" -o "$TMP/perf.data" -- sleep "$SECONDS_REC" >"$TMP/perf.log" 2>&1; then
+    echo "udp_profile.sh: perf record failed (permission? kernel.perf_event_paranoid):" >&2
+    cat "$TMP/perf.log" >&2
+    exit 1
+fi
 wait "$LP"
 kill -INT "$SP"
 wait "$SP" || true
