@@ -1,7 +1,10 @@
 /* UDP echo benchmark tools (driven by bench/udp_bench.py):
  *
  *   udp_bench zcn PORT [BUFFERS] zcn UDP echo server (C echo handler, zcn_udp_run;
- *                               BUFFERS pool buffers, default 1024)
+ *                               BUFFERS pool buffers, default 1024), default
+ *                               receive mode (readiness)
+ *   udp_bench zcn-multishot PORT [BUFFERS]
+ *                               the same with ZCN_UDP_RECV_MULTISHOT
  *   udp_bench baseline PORT     plain recvmmsg/sendmmsg echo server (no zcn):
  *                               blocking recvmmsg (MSG_WAITFORONE)
  *   udp_bench baseline-poll PORT
@@ -82,9 +85,10 @@ static void set_bufs(int fd)
 
 /* ---- servers ---------------------------------------------------------- */
 
-static int run_zcn(uint16_t port, uint32_t buffers)
+static int run_zcn(uint16_t port, uint32_t buffers, uint32_t recv_mode)
 {
     ZCN_UdpConfig cfg = {0};
+    cfg.recv_mode = recv_mode;
     cfg.address = "127.0.0.1";
     cfg.port = port;
     cfg.buffer_count = buffers;
@@ -288,7 +292,10 @@ static int run_load(uint16_t port, size_t size, double seconds, uint64_t window,
 int main(int argc, char **argv)
 {
     if (argc >= 3 && strcmp(argv[1], "zcn") == 0)
-        return run_zcn((uint16_t)atoi(argv[2]), argc > 3 ? (uint32_t)atoi(argv[3]) : 1024);
+        return run_zcn((uint16_t)atoi(argv[2]), argc > 3 ? (uint32_t)atoi(argv[3]) : 1024, 0);
+    if (argc >= 3 && strcmp(argv[1], "zcn-multishot") == 0)
+        return run_zcn((uint16_t)atoi(argv[2]), argc > 3 ? (uint32_t)atoi(argv[3]) : 1024,
+                       ZCN_UDP_RECV_MULTISHOT);
     if (argc >= 3 && strcmp(argv[1], "baseline") == 0)
         return run_baseline((uint16_t)atoi(argv[2]), false);
     if (argc >= 3 && strcmp(argv[1], "baseline-poll") == 0)
@@ -297,6 +304,6 @@ int main(int argc, char **argv)
         return run_load((uint16_t)atoi(argv[2]), (size_t)atol(argv[3]), atof(argv[4]),
                         argc > 5 ? (uint64_t)atol(argv[5]) : 256,
                         argc > 6 ? atoi(argv[6]) : 32);
-    fprintf(stderr, "usage: udp_bench zcn PORT [BUFFERS] | baseline PORT | baseline-poll PORT | load PORT SIZE SECONDS [WINDOW] [BURST]\n");
+    fprintf(stderr, "usage: udp_bench zcn|zcn-multishot PORT [BUFFERS] | baseline PORT | baseline-poll PORT | load PORT SIZE SECONDS [WINDOW] [BURST]\n");
     return 2;
 }

@@ -14,7 +14,8 @@ over the rounds, plus totals of loss and corrupt echoes.
 
 Servers: baseline (blocking recvmmsg/sendmmsg, 64 per call), baseline-poll
 (the same reading on readiness: MSG_DONTWAIT, poll() when empty), zcn (C echo handler,
-zcn_udp_run), zcn-py (zcn.UdpSocket, Python on_datagram via
+zcn_udp_run, the default readiness receive), zcn-multishot (the same with
+ZCN_UDP_RECV_MULTISHOT), zcn-py (zcn.UdpSocket, Python on_datagram via
 `python -m zcn._udp_cli --handler python`), zcn-py-c (the same CLI with the
 C handler, the loop driven from Python).
 """
@@ -44,6 +45,7 @@ def server_cmd(name, binary):
         "baseline": [binary, "baseline", "0"],
         "baseline-poll": [binary, "baseline-poll", "0"],
         "zcn": [binary, "zcn", "0"],
+        "zcn-multishot": [binary, "zcn-multishot", "0"],
         "zcn-py": py + ["--handler", "python"],
         "zcn-py-c": py + ["--handler", "c"],
     }[name]

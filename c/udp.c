@@ -1,12 +1,22 @@
-/* UDP sockets: multishot recvmsg into a provided-buffer ring built from the
- * pool, sends from pool buffers (copied, moved from a receive, or handed
- * over by the user), on the socket's own ring or on a TCP server's.
+/* UDP sockets: two ways to receive into pool buffers, sends from pool
+ * buffers (copied, moved from a receive, or handed over by the user), on
+ * the socket's own ring or on a TCP server's.
  *
- * Receive buffer layout (what the kernel writes for a multishot recvmsg):
- *   [io_uring_recvmsg_out 16][peer name NAME_BYTES][payload]
- * The sizes are fixed by the msghdr template (no control messages), so the
- * payload always starts
- * ZCN_UDP_HEADROOM bytes into the buffer.
+ * Receiving (ZCN_UdpConfig.recv_mode):
+ * - readiness (the default): a multishot poll on the socket says it is
+ *   readable; recvmmsg(MSG_DONTWAIT) then reads up to RX_BATCH datagrams
+ *   straight into pool buffers held ready in rx_bid[]. One full batch asks
+ *   for another turn with a NOP (OP_RECV index RX_MORE) so sends and other
+ *   sources get their turn between batches; a short batch means the socket
+ *   was drained and the poll reports the next datagram.
+ * - multishot: a multishot recvmsg on a provided-buffer ring built from the
+ *   pool. No system call per batch, but on Linux 6.18 the kernel's copy
+ *   into the buffer costs 3-5x more per byte on this path (see
+ *   docs/PERFORMANCE.md), so it loses at 1400 B.
+ *
+ * Receive buffer layout, the same for both:
+ *   [16 bytes: io_uring_recvmsg_out][peer name NAME_BYTES][payload]
+ * so the payload always starts ZCN_UDP_HEADROOM bytes into the buffer.
  *
  * A buffer's life: ring -> received (refs = 1 while lent to the callback or
  * poll batch) -> maybe referenced by sends -> back to the ring (or the pool,
@@ -42,10 +52,15 @@
 #define CQE_BATCH 256u          /* completions handled per wait */
 #define OWN_BGID 0              /* buffer group on a socket's own ring */
 #define RING_START 64u          /* buffers in the receive ring at first */
+#define RX_BATCH 64u            /* datagrams per recvmmsg (readiness mode) */
+#define RX_MORE 1u              /* OP_RECV index of the read-on NOP */
 #define NIL (-1)
 
-_Static_assert(sizeof(struct io_uring_recvmsg_out) + NAME_BYTES == ZCN_UDP_HEADROOM,
-               "ZCN_UDP_HEADROOM must match the recvmsg layout");
+/* Room between the peer name and the payload (the msghdr's control area in
+ * multishot mode; unused with recvmmsg). */
+#define GAP_BYTES (ZCN_UDP_HEADROOM - sizeof(struct io_uring_recvmsg_out) - NAME_BYTES)
+_Static_assert(ZCN_UDP_HEADROOM >= sizeof(struct io_uring_recvmsg_out) + NAME_BYTES,
+               "ZCN_UDP_HEADROOM must hold the recvmsg header and name");
 _Static_assert(NAME_BYTES >= sizeof(struct sockaddr_in6), "name room");
 
 enum op {
@@ -94,8 +109,19 @@ struct ZCN_UdpSocket {
     uint32_t br_target;     /* keep this many in the ring (grows after ENOBUFS) */
     uint32_t br_max;        /* the ring's capacity: buffers minus the send reserve */
 
+    uint32_t recv_mode;     /* ZCN_UDP_RECV_READINESS or _MULTISHOT */
     struct msghdr rmsg;     /* recvmsg template: only the sizes matter */
-    bool recv_armed;
+    bool recv_armed;        /* the multishot recvmsg or poll is in the kernel */
+
+    /* readiness mode: recvmmsg slot i reads into buffer rx_bid[i] */
+    struct mmsghdr rx_msgs[RX_BATCH];
+    struct iovec rx_iov[RX_BATCH];
+    int32_t rx_bid[RX_BATCH]; /* NIL: the slot holds no buffer */
+    uint32_t rx_slots;      /* slots in use: min(RX_BATCH, br_max) */
+    uint32_t rx_held;       /* slots holding a buffer */
+    bool rx_more;           /* the read-on NOP is queued */
+    bool rx_resume;         /* reading stopped early (no buffer or SQE): read
+                               on once maybe_rearm can queue the NOP */
     bool started;           /* ring enabled and receiving */
     bool destroying;
 
@@ -236,8 +262,23 @@ static inline int64_t buf_take(ZCN_UdpSocket *u)
 
 /* Re-arms the multishot receive once it has ended and buffers are there
  * again; with none, the next recycle calls this again. */
+static void queue_read_on(ZCN_UdpSocket *u);
+static uint32_t fill_slots(ZCN_UdpSocket *u, uint32_t want);
+
 static void maybe_rearm(ZCN_UdpSocket *u)
 {
+    if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
+        if (!u->started || u->destroying)
+            return;
+        if (!u->recv_armed)
+            arm_recv(u);
+        /* Buffers came back (or an SQE is free again) after a stop. */
+        if (u->rx_resume && !u->rx_more && fill_slots(u, 1) > 0) {
+            u->rx_resume = false;
+            queue_read_on(u);
+        }
+        return;
+    }
     while (u->rx.count < u->br_target && !u->destroying) {
         int64_t bid = buf_take(u);
         if (bid < 0)
@@ -268,6 +309,13 @@ static void arm_recv(ZCN_UdpSocket *u)
     struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
     if (sqe == NULL)
         return; /* retried by maybe_rearm on the next turn */
+    if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
+        io_uring_prep_poll_multishot(sqe, u->fd, POLLIN);
+        io_uring_sqe_set_data64(sqe, make_ud(u, OP_RECV, 0));
+        u->recv_armed = true;
+        u->unsubmitted = true;
+        return;
+    }
     /* MSG_TRUNC makes the kernel report the datagram's real size in
      * io_uring_recvmsg_out.payloadlen while copying only what fits. */
     io_uring_prep_recvmsg_multishot(sqe, u->fd, &u->rmsg, MSG_TRUNC);
@@ -294,11 +342,35 @@ static void emit_event(ZCN_UdpSocket *u, uint32_t bid, const void *peer, uint32_
     u->lent_head = (int32_t)bid;
 }
 
-/* Hands one received buffer (refs 1) to the user. */
+/* Hands one received buffer (refs 1) to the user: len bytes of a datagram
+ * of full_len, room the bytes the buffer had for it. */
+static void hand_over(ZCN_UdpSocket *u, uint32_t bid, const void *peer, uint32_t peer_len,
+                      uint32_t len, uint32_t full_len, bool truncated)
+{
+    const uint8_t *data = buf_ptr(u, bid) + ZCN_UDP_HEADROOM;
+    uint32_t flags = truncated || full_len > len ? ZCN_UDP_TRUNCATED : 0;
+    if (peer_len > NAME_BYTES)
+        peer_len = NAME_BYTES;
+    u->stats.datagrams_received++;
+    u->stats.bytes_received += len;
+    if (flags & ZCN_UDP_TRUNCATED)
+        u->stats.truncated++;
+    if (u->ev != NULL) {
+        emit_event(u, bid, peer, peer_len, data, len, full_len, flags);
+        return;
+    }
+    if (u->on_datagram != NULL) {
+        callback_enter(u);
+        u->on_datagram(u->user_data, peer, (socklen_t)peer_len, data, len, flags);
+        callback_leave(u);
+    }
+    buf_unref(u, bid);
+}
+
+/* A multishot recvmsg completion's buffer. */
 static void deliver(ZCN_UdpSocket *u, uint32_t bid, int res)
 {
-    uint8_t *buf = buf_ptr(u, bid);
-    struct io_uring_recvmsg_out *o = io_uring_recvmsg_validate(buf, res, &u->rmsg);
+    struct io_uring_recvmsg_out *o = io_uring_recvmsg_validate(buf_ptr(u, bid), res, &u->rmsg);
     if (o == NULL) { /* cannot happen: the kernel always writes the header */
         u->stats.recv_errors++;
         buf_unref(u, bid);
@@ -306,24 +378,119 @@ static void deliver(ZCN_UdpSocket *u, uint32_t bid, int res)
     }
     uint32_t room = (uint32_t)res - ZCN_UDP_HEADROOM;
     uint32_t len = o->payloadlen < room ? o->payloadlen : room;
-    uint32_t flags = (o->flags & MSG_TRUNC) || o->payloadlen > len ? ZCN_UDP_TRUNCATED : 0;
-    uint32_t peer_len = o->namelen < NAME_BYTES ? o->namelen : NAME_BYTES;
-    const uint8_t *data = buf + ZCN_UDP_HEADROOM;
-    u->stats.datagrams_received++;
-    u->stats.bytes_received += len;
-    if (flags & ZCN_UDP_TRUNCATED)
-        u->stats.truncated++;
-    if (u->ev != NULL) {
-        emit_event(u, bid, io_uring_recvmsg_name(o), peer_len, data, len, o->payloadlen, flags);
+    hand_over(u, bid, io_uring_recvmsg_name(o), o->namelen, len, o->payloadlen,
+              (o->flags & MSG_TRUNC) != 0);
+}
+
+/* Readiness mode: makes the first `want` slots hold a buffer; returns how
+ * many leading slots do (fewer when the pool is empty). */
+static uint32_t fill_slots(ZCN_UdpSocket *u, uint32_t want)
+{
+    for (uint32_t i = 0; i < want; i++) {
+        if (u->rx_bid[i] != NIL)
+            continue;
+        int64_t bid = buf_take(u);
+        if (bid < 0)
+            return i;
+        uint8_t *buf = buf_ptr(u, (uint32_t)bid);
+        u->meta[bid].state = ZCN_BUF_RING; /* reserved for a receive */
+        u->meta[bid].refs = 0;
+        u->rx_bid[i] = (int32_t)bid;
+        u->rx_held++;
+        u->rx_iov[i].iov_base = buf + ZCN_UDP_HEADROOM;
+        u->rx_iov[i].iov_len = u->buffer_size - ZCN_UDP_HEADROOM;
+        u->rx_msgs[i].msg_hdr.msg_name = buf + sizeof(struct io_uring_recvmsg_out);
+    }
+    return want;
+}
+
+/* Queues the NOP whose completion makes the loop read on (OP_RECV, RX_MORE):
+ * it comes back on whichever ring and loop the socket runs in. */
+static void queue_read_on(ZCN_UdpSocket *u)
+{
+    if (u->rx_more)
+        return;
+    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    if (sqe == NULL) {
+        u->rx_resume = true;
         return;
     }
-    if (u->on_datagram != NULL) {
-        callback_enter(u);
-        u->on_datagram(u->user_data, io_uring_recvmsg_name(o), (socklen_t)peer_len, data, len,
-                       flags);
-        callback_leave(u);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, make_ud(u, OP_RECV, RX_MORE));
+    u->rx_more = true;
+    u->unsubmitted = true;
+}
+
+/* Readiness mode: one recvmmsg batch into the slots, delivered in order. */
+static void read_batch(ZCN_UdpSocket *u)
+{
+    uint32_t want = u->rx_slots;
+    if (u->ev != NULL) {
+        uint32_t room = u->ev_cap - u->ev_n;
+        if (room == 0) { /* the poll batch is full: read on at the next call */
+            queue_read_on(u);
+            return;
+        }
+        if (room < want)
+            want = room;
     }
-    buf_unref(u, bid);
+    want = fill_slots(u, want);
+    if (want == 0) {
+        /* Datagrams wait in the socket (up to SO_RCVBUF) until a buffer
+         * comes back; maybe_rearm then reads on. */
+        u->stats.recv_exhaustion_events++;
+        u->rx_resume = true;
+        return;
+    }
+    for (uint32_t i = 0; i < want; i++)
+        u->rx_msgs[i].msg_hdr.msg_namelen = NAME_BYTES;
+    int n = -1;
+    for (int attempt = 0; attempt < 2 && n < 0; attempt++) {
+        /* MSG_TRUNC: msg_len is the datagram's real size. */
+        n = recvmmsg(u->fd, u->rx_msgs, want, MSG_DONTWAIT | MSG_TRUNC, NULL);
+        if (n >= 0 || errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+        /* A pending socket error (ECONNREFUSED after an ICMP error on a
+         * connected socket) is returned once and cleared: read again. */
+        u->stats.recv_errors++;
+        u->stats.last_recv_error = errno;
+    }
+    if (n <= 0)
+        return; /* drained, or failing: the poll reports what comes next */
+    for (uint32_t i = 0; i < (uint32_t)n; i++) {
+        uint32_t bid = (uint32_t)u->rx_bid[i];
+        u->rx_bid[i] = NIL;
+        u->rx_held--;
+        u->meta[bid].state = ZCN_BUF_RX;
+        u->meta[bid].refs = 1;
+        const struct msghdr *h = &u->rx_msgs[i].msg_hdr;
+        uint32_t full = u->rx_msgs[i].msg_len;
+        uint32_t room = (uint32_t)u->rx_iov[i].iov_len;
+        hand_over(u, bid, h->msg_name, h->msg_namelen, full < room ? full : room, full,
+                  (h->msg_flags & MSG_TRUNC) != 0);
+    }
+    if ((uint32_t)n == want)
+        queue_read_on(u); /* maybe more: after the loop has had its turn */
+}
+
+/* Readiness mode: the poll (index 0) or the read-on NOP (RX_MORE). */
+static void on_ready(ZCN_UdpSocket *u, struct io_uring_cqe *cqe, uint32_t index)
+{
+    if (index == RX_MORE) {
+        u->rx_more = false;
+    } else {
+        if (!(cqe->flags & IORING_CQE_F_MORE))
+            u->recv_armed = false; /* maybe_rearm polls again */
+        if (cqe->res < 0) {
+            if (cqe->res != -ECANCELED) {
+                u->stats.recv_errors++;
+                u->stats.last_recv_error = -cqe->res;
+            }
+            return;
+        }
+    }
+    if (!u->destroying)
+        read_batch(u);
 }
 
 static void on_recv(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
@@ -709,7 +876,10 @@ static void handle_cqe(zcn_source *src, struct io_uring_cqe *cqe)
         return; /* an earlier socket's request on a shared ring */
     switch (tag_op(tag)) {
     case OP_RECV:
-        on_recv(u, cqe);
+        if (u->recv_mode == ZCN_UDP_RECV_READINESS)
+            on_ready(u, cqe, tag_index(tag));
+        else
+            on_recv(u, cqe);
         break;
     case OP_SEND:
         on_send(u, tag_index(tag), cqe->res);
@@ -998,6 +1168,7 @@ ZCN_Error zcn_udp_leave_multicast(ZCN_UdpSocket *u, const char *group, const cha
 struct settings {
     uint32_t entries, buffers, sends;
     size_t buffer_size; /* rounded pool buffer size */
+    uint32_t recv_mode;
 };
 
 static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
@@ -1021,6 +1192,10 @@ static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
                         ZCN_UDP_SENDS_MAX);
     if (cfg->rcvbuf < 0 || cfg->sndbuf < 0)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "rcvbuf/sndbuf must not be negative");
+    st->recv_mode = cfg->recv_mode ? cfg->recv_mode : ZCN_UDP_RECV_READINESS;
+    if (st->recv_mode != ZCN_UDP_RECV_READINESS && st->recv_mode != ZCN_UDP_RECV_MULTISHOT)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "recv_mode %u is not a ZCN_UDP_RECV_* value",
+                        cfg->recv_mode);
     uint32_t known = ZCN_UDP_REUSEADDR | ZCN_UDP_REUSEPORT | ZCN_UDP_BROADCAST | ZCN_UDP_V6ONLY;
     if (cfg->flags & ~known)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", cfg->flags & ~known);
@@ -1029,12 +1204,23 @@ static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
     return ZCN_OK;
 }
 
-/* The receive ring (c/bufring.c), sized for all but the send reserve and
- * filled with br_target buffers at first. */
-static ZCN_Error setup_buffer_ring(ZCN_UdpSocket *u)
+/* Receive buffers may use all but a send reserve of a quarter. Readiness
+ * mode: recvmmsg slots (filled at the first read). Multishot mode: the
+ * receive ring (c/bufring.c), filled with br_target buffers at first. */
+static ZCN_Error setup_receive(ZCN_UdpSocket *u)
 {
     uint32_t reserve = u->buffer_count / 4 > 0 ? u->buffer_count / 4 : 1;
     u->br_max = u->buffer_count - reserve;
+    if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
+        u->br_target = 0; /* freed buffers go straight back to the pool */
+        u->rx_slots = u->br_max < RX_BATCH ? u->br_max : RX_BATCH;
+        for (uint32_t i = 0; i < RX_BATCH; i++) {
+            u->rx_bid[i] = NIL;
+            u->rx_msgs[i].msg_hdr.msg_iov = &u->rx_iov[i];
+            u->rx_msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        return ZCN_OK;
+    }
     u->br_target = u->br_max < RING_START ? u->br_max : RING_START;
     ZCN_Error e = zcn_bufring_setup(&u->rx, u->ring, u->bgid, u->br_max, u->slab,
                                     u->buffer_size);
@@ -1139,10 +1325,12 @@ static ZCN_UdpSocket *alloc_socket(const ZCN_UdpConfig *cfg, struct settings *st
     u->autoflush = true;
     u->buffer_count = st->buffers;
     u->buffer_size = st->buffer_size;
+    u->recv_mode = st->recv_mode;
     u->gen = atomic_fetch_add(&next_gen, 1) & 0x3fu;
     /* Only the sizes matter: the kernel lays name, control and payload out
      * in each provided buffer. */
     u->rmsg.msg_namelen = NAME_BYTES;
+    u->rmsg.msg_controllen = GAP_BYTES;
     return u;
 }
 
@@ -1154,7 +1342,7 @@ static ZCN_Error finish_create(ZCN_UdpSocket *u, const ZCN_UdpConfig *cfg,
     if (e == ZCN_OK)
         e = open_socket(u, cfg);
     if (e == ZCN_OK)
-        e = setup_buffer_ring(u);
+        e = setup_receive(u);
     return e;
 }
 
@@ -1295,7 +1483,7 @@ ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
     uint64_t in_pool = 0;
     if (zcn_pool_stats(u->pool, &ps) == ZCN_OK)
         in_pool = ps.free;
-    out->buffers_in_use = u->buffer_count - in_pool - u->rx.count;
+    out->buffers_in_use = u->buffer_count - in_pool - u->rx.count - u->rx_held;
     /* The socket's drop counter: datagrams the kernel threw away because
      * the receive queue (SO_RCVBUF) was full while we were not reading. */
     uint32_t mem[SK_MEMINFO_VARS];

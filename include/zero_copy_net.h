@@ -458,7 +458,7 @@ typedef struct ZCN_UdpSocket ZCN_UdpSocket;
 #define ZCN_UDP_DATAGRAM_MAX_V6 65527u
 /* Bytes at the start of every receive buffer that hold the kernel's
  * io_uring_recvmsg_out header and the peer address; the datagram follows. */
-#define ZCN_UDP_HEADROOM 48u
+#define ZCN_UDP_HEADROOM 512u
 /* Upper bounds checked by zcn_udp_create. */
 #define ZCN_UDP_BUFFERS_MAX 32768u
 #define ZCN_UDP_SENDS_MAX 65535u
@@ -470,6 +470,20 @@ enum {
     ZCN_UDP_REUSEPORT = 1u << 1, /* SO_REUSEPORT: several sockets, one port */
     ZCN_UDP_BROADCAST = 1u << 2, /* SO_BROADCAST: may send to broadcast addresses */
     ZCN_UDP_V6ONLY = 1u << 3,    /* IPV6_V6ONLY on an IPv6 socket */
+};
+
+/* ZCN_UdpConfig.recv_mode: how datagrams reach the pool buffers. Both
+ * deliver the same datagrams, peers, flags and stats; they differ in cost. */
+enum {
+    /* 0 = the default, ZCN_UDP_RECV_READINESS. */
+    /* A multishot poll tells when the socket is readable; recvmmsg then
+     * reads up to 64 datagrams straight into pool buffers, one system call
+     * per batch. The faster one on Linux 6.18 (docs/PERFORMANCE.md). */
+    ZCN_UDP_RECV_READINESS = 1,
+    /* Multishot recvmsg on a provided-buffer ring: no system call per
+     * batch, but the kernel's copy on this path costs more per byte, so
+     * it is slower for large datagrams on the kernels measured. */
+    ZCN_UDP_RECV_MULTISHOT = 2,
 };
 
 /* Bits of the `flags` argument of ZCN_OnDatagram / ZCN_UdpEvent.flags. */
@@ -503,6 +517,7 @@ typedef struct ZCN_UdpConfig {
      * socket. */
     void *buffer_memory;
     size_t buffer_memory_size;
+    uint32_t recv_mode;           /* ZCN_UDP_RECV_*; 0 = ZCN_UDP_RECV_READINESS */
 } ZCN_UdpConfig;
 
 /* One received datagram. `data` is borrowed from a pool buffer: valid until

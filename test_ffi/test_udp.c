@@ -71,12 +71,16 @@ static void client_send(int fd, int family, uint16_t port, const void *data, siz
     T_CHECK(n == (ssize_t)len);
 }
 
+/* Every scenario runs once per receive mode (main). */
+static uint32_t g_recv_mode;
+
 static ZCN_UdpSocket *make_udp(const char *address, ZCN_UdpConfig *extra)
 {
     ZCN_UdpConfig cfg = {0};
     if (extra != NULL)
         cfg = *extra;
     cfg.address = address;
+    cfg.recv_mode = g_recv_mode;
     ZCN_Error err = ZCN_OK;
     ZCN_UdpSocket *u = zcn_udp_create(&cfg, &err);
     if (u == NULL)
@@ -241,6 +245,13 @@ static void burst(void)
     int got = 0;
     T_CHECK_ERR(zcn_udp_set_callback(u, &got, counting), ZCN_OK);
     T_CHECK_ERR(zcn_udp_run_once_timeout(u, 0, NULL), ZCN_OK); /* arm */
+    /* The user holds every free buffer, so receiving runs dry at once
+     * (multishot mode: once the ring's own buffers are used). */
+    uint8_t *held[8];
+    int nheld = 0;
+    while (nheld < 8 && (held[nheld] = zcn_udp_acquire_buffer(u, NULL)) != NULL)
+        nheld++;
+    T_CHECK(nheld > 0);
     uint16_t cport;
     int fd = client(AF_INET, &cport);
     const int sent = 3000;
@@ -248,6 +259,13 @@ static void burst(void)
     for (int i = 0; i < sent; i++)
         client_send(fd, AF_INET, zcn_udp_port(u), msg, sizeof msg);
     ZCN_UdpStats st = {0};
+    for (int i = 0; i < 5; i++)
+        T_CHECK_ERR(zcn_udp_run_once_timeout(u, 10, NULL), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.recv_exhaustion_events > 0);
+    T_CHECK(st.datagrams_received < (uint64_t)sent);
+    for (int i = 0; i < nheld; i++)
+        T_CHECK_ERR(zcn_udp_release_buffer(u, held[i]), ZCN_OK);
     /* Every datagram is either delivered or counted as a kernel drop. */
     time_t end = time(NULL) + 10;
     uint32_t handled = 1;
@@ -270,6 +288,43 @@ static void burst(void)
     T_CHECK(got == before + 1);
     T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
     T_CHECK(st.buffers_in_use == 0);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- poll batches smaller than what waits in the socket ----------------- */
+
+static void small_polls(void)
+{
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", NULL);
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 0, NULL), ZCN_OK); /* arm */
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    enum { N = 150 };
+    for (uint32_t i = 0; i < N; i++)
+        client_send(fd, AF_INET, zcn_udp_port(u), &i, sizeof i);
+    /* Three at a time: each call returns at once while datagrams wait,
+     * in the order they were sent, none lost. */
+    ZCN_UdpEvent ev[3];
+    uint32_t next = 0;
+    time_t end = time(NULL) + 10;
+    while (next < N && time(NULL) < end) {
+        uint32_t count = 0;
+        T_CHECK_ERR(zcn_udp_poll(u, ev, 3, 1000, &count), ZCN_OK);
+        T_CHECK(count <= 3);
+        for (uint32_t k = 0; k < count; k++) {
+            uint32_t v;
+            T_CHECK(ev[k].len == sizeof v);
+            memcpy(&v, ev[k].data, sizeof v);
+            T_CHECK(v == next);
+            next++;
+        }
+    }
+    T_CHECK(next == N);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.datagrams_received == N);
+    T_CHECK(st.kernel_drops == 0);
     close(fd);
     T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
 }
@@ -407,6 +462,9 @@ static void bad_input(void)
     T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
     cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .flags = 1u << 20};
     T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .recv_mode = 3};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(strstr(zcn_error_detail(), "recv_mode") != NULL);
     cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .connect_address = "::1", .connect_port = 9};
     T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
     cfg = (ZCN_UdpConfig){.address = "192.0.2.1"}; /* not ours */
@@ -464,7 +522,7 @@ static void on_server(void)
     ZCN_Server *srv = zcn_server_create(&scfg, &err);
     T_CHECK(srv != NULL);
     T_CHECK_ERR(zcn_server_use_echo_handler(srv), ZCN_OK);
-    ZCN_UdpConfig ucfg = {.address = "127.0.0.1"};
+    ZCN_UdpConfig ucfg = {.address = "127.0.0.1", .recv_mode = g_recv_mode};
     T_CHECK(zcn_udp_create_on_server(srv, &ucfg, &err) == NULL);
     T_CHECK_ERR(err, ZCN_ERR_NOT_STARTED);
     T_CHECK_ERR(zcn_server_start(srv), ZCN_OK);
@@ -520,6 +578,29 @@ static void on_server(void)
             got++;
     }
     T_CHECK(got == 2);
+    /* More than one receive batch (64) waiting: all are echoed, with TCP
+     * still served between batches. */
+    enum { N = 200 };
+    for (uint32_t i = 0; i < N; i++)
+        client_send(fd, AF_INET, zcn_udp_port(u3), &i, sizeof i);
+    T_CHECK(send(tcp, "more", 4, 0) == 4);
+    got = 0;
+    got_tcp = 0;
+    end = time(NULL) + 5;
+    while ((got < N || got_tcp < 4) && time(NULL) < end) {
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 50, NULL), ZCN_OK);
+        uint32_t v;
+        while (recv(fd, &v, sizeof v, MSG_DONTWAIT) == (ssize_t)sizeof v) {
+            T_CHECK(v == (uint32_t)got);
+            got++;
+        }
+        ssize_t n = recv(tcp, in, sizeof in, MSG_DONTWAIT);
+        if (n > 0)
+            got_tcp += (int)n;
+    }
+    T_CHECK_ERR(zcn_udp_stats(u3, &st), ZCN_OK);
+    T_CHECK(st.kernel_drops == 0);
+    T_CHECK(got == N && got_tcp == 4);
     T_CHECK_ERR(zcn_udp_destroy(u2), ZCN_OK);
     T_CHECK_ERR(zcn_udp_destroy(u3), ZCN_OK);
     close(tcp);
@@ -674,10 +755,21 @@ static void cycles(void)
     T_CHECK(open_fds() == before);
 }
 
+static const struct {
+    uint32_t mode;
+    const char *name;
+} modes[] = {
+    {0, "default (readiness)"},
+    {ZCN_UDP_RECV_MULTISHOT, "multishot"},
+};
+
 int main(void)
 {
     t_require_io_uring();
     signal(SIGPIPE, SIG_IGN);
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+    g_recv_mode = modes[m].mode;
+    fprintf(stderr, "test_udp: receive mode %s\n", modes[m].name);
     round_trip(AF_INET, "127.0.0.1", 5);
     round_trip(AF_INET, "127.0.0.1", 0);
     round_trip(AF_INET, "127.0.0.1", 65507);
@@ -685,6 +777,7 @@ int main(void)
     round_trip(AF_INET6, "::1", 65527);
     truncation();
     burst();
+    small_polls();
     batch_and_buffers();
     queue_limit();
     connected();
@@ -694,6 +787,7 @@ int main(void)
     multicast();
     options();
     cycles();
+    }
     fprintf(stderr, "test_udp: all passed\n");
     return T_EXIT_PASS;
 }

@@ -26,6 +26,10 @@ def _uring():
     require_io_uring()
 
 
+# Tests that take `recv_mode` run once per receive mode.
+RECV_MODES = pytest.mark.parametrize("recv_mode", ["readiness", "multishot"])
+
+
 def _client(family=socket.AF_INET):
     c = socket.socket(family, socket.SOCK_DGRAM)
     c.settimeout(5)
@@ -54,9 +58,10 @@ def _echo_socket(**kw):
     return sock
 
 
+@RECV_MODES
 @pytest.mark.parametrize("size", [0, 1, 1400, 65507])
-def test_round_trip_ipv4(size):
-    with _echo_socket(buffer_size=max(size, 1)) as sock, _client() as c:
+def test_round_trip_ipv4(size, recv_mode):
+    with _echo_socket(buffer_size=max(size, 1), recv_mode=recv_mode) as sock, _client() as c:
         payload = os.urandom(size)
         c.sendto(payload, ("127.0.0.1", sock.port))
         _run_until(sock, lambda: sock.seen)
@@ -97,9 +102,10 @@ def test_many_peers_and_copies():
         assert sock.stats().sends_copied == 20
 
 
-def test_truncation_flagged():
+@RECV_MODES
+def test_truncation_flagged(recv_mode):
     import zcn
-    with zcn.UdpSocket(buffer_size=1000) as sock, _client() as c:
+    with zcn.UdpSocket(buffer_size=1000, recv_mode=recv_mode) as sock, _client() as c:
         seen = []
         sock.on_datagram = lambda peer, data, flags: seen.append((len(data), flags))
         c.sendto(b"x" * 10000, sock.address)
@@ -110,9 +116,11 @@ def test_truncation_flagged():
         assert sock.stats().truncated == 1
 
 
-def test_burst_over_buffer_ring_keeps_working():
+@RECV_MODES
+def test_burst_over_buffer_ring_keeps_working(recv_mode):
     import zcn
-    with zcn.UdpSocket(buffer_count=8, rcvbuf=256 * 1024) as sock, _client() as c:
+    with zcn.UdpSocket(buffer_count=8, rcvbuf=256 * 1024, recv_mode=recv_mode) as sock, \
+            _client() as c:
         count = [0]
         sock.on_datagram = lambda peer, data, flags: count.__setitem__(0, count[0] + 1)
         sock.run_once(0)  # arms the receive
@@ -127,7 +135,11 @@ def test_burst_over_buffer_ring_keeps_working():
             sock.run_once(0.05)
         st = sock.stats()
         assert st.datagrams_received + st.kernel_drops == sent
-        assert st.recv_exhaustion_events > 0
+        if recv_mode == "multishot":
+            # The kernel fills the 6-buffer ring faster than batches return.
+            # (Readiness mode reads only into buffers it holds, so here it
+            # never runs dry; test_udp.c makes it, by holding the buffers.)
+            assert st.recv_exhaustion_events > 0
         assert count[0] == st.datagrams_received
         before = count[0]
         c.sendto(b"after", sock.address)
@@ -136,10 +148,11 @@ def test_burst_over_buffer_ring_keeps_working():
         assert sock.stats().buffers_in_use == 0
 
 
-def test_connected_send_and_refused_peer():
+@RECV_MODES
+def test_connected_send_and_refused_peer(recv_mode):
     import zcn
     c = _client()
-    with zcn.UdpSocket(connect=c.getsockname()) as sock:
+    with zcn.UdpSocket(connect=c.getsockname(), recv_mode=recv_mode) as sock:
         sock.send(b"hi")
         assert c.recv(10) == b"hi"
         c.close()
@@ -154,6 +167,8 @@ def test_connected_send_and_refused_peer():
 
 def test_bad_input_gives_clear_errors():
     import zcn
+    with pytest.raises(ValueError, match="recv_mode"):
+        zcn.UdpSocket("127.0.0.1", recv_mode="epoll")
     with pytest.raises(ValueError):
         zcn.UdpSocket("127.0.0.1", buffer_count=1)
     with pytest.raises(ValueError):
@@ -288,9 +303,10 @@ def test_other_thread_send_is_busy():
         assert errors
 
 
-def test_c_echo_handler():
+@RECV_MODES
+def test_c_echo_handler(recv_mode):
     import zcn
-    with zcn.UdpSocket(handler="c") as sock, _client() as c:
+    with zcn.UdpSocket(handler="c", recv_mode=recv_mode) as sock, _client() as c:
         with pytest.raises(ValueError):
             sock.on_datagram = print
         for i in range(50):

@@ -299,11 +299,13 @@ zcn_server_buffer_size = _fn("zcn_server_buffer_size", c_size_t, [c_void_p])
 # --- UDP ------------------------------------------------------------------------
 UDP_DATAGRAM_MAX_V4 = 65507
 UDP_DATAGRAM_MAX_V6 = 65527
-UDP_HEADROOM = 48
+UDP_HEADROOM = 512
 UDP_BUFFERS_MAX = 32768
 UDP_SENDS_MAX = 65535
 UDP_ENTRIES_MAX = 32768
 UDP_REUSEADDR, UDP_REUSEPORT, UDP_BROADCAST, UDP_V6ONLY = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+# ZCN_UDP_RECV_*: ZCN_UdpConfig.recv_mode
+UDP_RECV_READINESS, UDP_RECV_MULTISHOT = 1, 2
 UDP_TRUNCATED = 1 << 0
 
 
@@ -323,6 +325,7 @@ class UdpConfig(Structure):
         ("flags", c_uint32),
         ("buffer_memory", c_void_p),
         ("buffer_memory_size", c_size_t),
+        ("recv_mode", c_uint32),
     ]
 
 

@@ -78,6 +78,7 @@ UDP_TRUNCATED = _ffi.UDP_TRUNCATED
 PAGE_SIZE = _ffi.PAGE_SIZE
 INT32_MAX = 0x7FFFFFFF
 _HANDLERS = ("python", "c")
+_RECV_MODES = {"readiness": _ffi.UDP_RECV_READINESS, "multishot": _ffi.UDP_RECV_MULTISHOT}
 _PEER_CACHE_MAX = 4096
 
 _EVENT = struct.Struct(_ffi.UDP_EVENT_FORMAT)
@@ -178,7 +179,10 @@ class UdpSocket(BoundSocket):
     ``buffer_count`` buffers serve both directions (a quarter is kept for
     copied sends). ``sends_max`` bounds sends in flight. ``rcvbuf``/``sndbuf``
     set SO_RCVBUF/SO_SNDBUF; ``reuse_addr``, ``reuse_port`` and ``broadcast``
-    set the socket options of those names.
+    set the socket options of those names. ``recv_mode`` picks how datagrams
+    reach the buffers: "readiness" (default: a multishot poll, then recvmmsg
+    batches) or "multishot" (multishot recvmsg on a provided-buffer ring);
+    see docs/UDP.md.
 
     handler="c" answers every datagram with the built-in C echo (no Python
     per datagram); on_datagram must then be None.
@@ -190,10 +194,12 @@ class UdpSocket(BoundSocket):
     def __init__(self, host="127.0.0.1", port=0, *, on_datagram=None, connect=None,
                  buffer_size=2048, buffer_count=256, sends_max=1024, io_uring_entries=256,
                  reuse_addr=False, reuse_port=False, rcvbuf=None, sndbuf=None,
-                 broadcast=False, handler="python"):
+                 broadcast=False, handler="python", recv_mode="readiness"):
         self._slab = None
         if handler not in _HANDLERS:
             raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
+        if recv_mode not in _RECV_MODES:
+            raise ValueError(f"recv_mode must be 'readiness' or 'multishot', got {recv_mode!r}")
         self._c_handler = handler == "c"
         self._on_datagram = None
         self.on_datagram = on_datagram
@@ -254,6 +260,7 @@ class UdpSocket(BoundSocket):
             connect_port=connect_port, io_uring_entries=entries, buffer_count=buffer_count,
             buffer_size=buffer_size, sends_max=sends_max, rcvbuf=rcvbuf, sndbuf=sndbuf,
             flags=flags, buffer_memory=base, buffer_memory_size=slab_bytes,
+            recv_mode=_RECV_MODES[recv_mode],
         )
         try:
             handle = _ffi.create(_ffi.zcn_udp_create, ctypes.byref(config))
