@@ -52,6 +52,9 @@ ZCN_Error zcn_ring_enable(ZCN_Ring *ring);
 struct io_uring_cqe;
 typedef struct zcn_source {
     void (*handle_cqe)(struct zcn_source *src, struct io_uring_cqe *cqe);
+    /* Called before each wait of the server's loop: work the source
+     * queued (UDP: its send batch) goes to the kernel now. May be NULL. */
+    void (*flush)(struct zcn_source *src);
 } zcn_source;
 #define ZCN_SOURCES_MAX 64
 #define ZCN_OP_SOURCE 7u
@@ -68,6 +71,9 @@ ZCN_Error zcn_server_attach(ZCN_Server *server, zcn_source *src, uint32_t *id_ou
 void zcn_server_detach(ZCN_Server *server, uint32_t id);
 /* The server's struct io_uring (void * to keep liburing out of this header). */
 void *zcn_server_uring(ZCN_Server *server);
+/* Test hook (test_ffi/test_udp.c): while on, every sendmmsg of the socket
+ * fails with EAGAIN as if its send buffer were full. */
+void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
 /* Nonzero while one of the server's callbacks runs. A source brackets its
  * own callbacks with zcn_server_callback_enter/leave so that running the
  * loop or destroying the server from them gives ZCN_ERR_BUSY. */

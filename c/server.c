@@ -1290,6 +1290,14 @@ static void end_batch(ZCN_Server *s)
 static int wait_cqe(ZCN_Server *s, int timeout_ms)
 {
     flush_tx(s);
+    for (uint32_t i = 0, seen = 0; seen < s->sources_count && i < ZCN_SOURCES_MAX; i++) {
+        zcn_source *src = s->sources[i];
+        if (src == NULL)
+            continue;
+        seen++;
+        if (src->flush != NULL)
+            src->flush(src);
+    }
     ring_refill(s);
     zcn_bufring_publish(&s->rx);
     return zcn_wait(s->ring, timeout_ms);

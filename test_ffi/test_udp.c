@@ -11,12 +11,16 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+
+/* From c/internal.h (the tests link the static library). */
+void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
 
 /* ---- helpers --------------------------------------------------------- */
 
@@ -397,15 +401,73 @@ static void queue_limit(void)
     uint16_t cport;
     int fd = client(AF_INET, &cport);
     struct sockaddr_in to = addr4(cport);
+    /* With autoflush each send leaves at once: the limit never bites. */
+    for (int i = 0; i < 10; i++)
+        T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)"a", 1), ZCN_OK);
+    /* Without, sends wait for the flush and sends_max bounds them. */
+    T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
     for (int i = 0; i < 4; i++)
         T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)"q", 1), ZCN_OK);
     T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)"q", 1),
                 ZCN_ERR_QUEUE_FULL);
-    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 100, NULL), ZCN_OK); /* reaps the sends */
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)"q", 1), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     ZCN_UdpStats st;
     T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
     T_CHECK(st.send_exhaustion_drops == 1);
+    T_CHECK(st.datagrams_sent == 15);
+    T_CHECK(st.buffers_in_use == 0);
+    char in[4];
+    for (int i = 0; i < 15; i++)
+        T_CHECK(recv(fd, in, sizeof in, 0) == 1);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- a full send buffer: the rest wait in io_uring, in order ------------ */
+
+static void full_sndbuf(void)
+{
+    ZCN_UdpConfig cfg = {.sends_max = 512, .buffer_count = 1024};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    struct sockaddr_in to = addr4(cport);
+    T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
+    zcn_udp_test_full_sndbuf(u, true);
+    uint32_t seq = 0;
+    for (; seq < 100; seq++)
+        T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)&seq, 4),
+                    ZCN_OK);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK); /* EAGAIN: all 100 go to io_uring */
+    zcn_udp_test_full_sndbuf(u, false);
+    /* Room again, but these follow the 100 still in flight, not overtake. */
+    for (; seq < 150; seq++)
+        T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)&seq, 4),
+                    ZCN_OK);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    ZCN_UdpStats st = {0};
+    time_t end = time(NULL) + 5;
+    while (st.datagrams_sent < 150 && time(NULL) < end) {
+        T_CHECK_ERR(zcn_udp_run_once_timeout(u, 50, NULL), ZCN_OK);
+        zcn_udp_stats(u, &st);
+    }
+    T_CHECK(st.datagrams_sent == 150);
+    /* All completed: back to sendmmsg. */
+    for (; seq < 160; seq++)
+        T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, (uint8_t *)&seq, 4),
+                    ZCN_OK);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.datagrams_sent == 160);
+    T_CHECK(st.send_errors == 0);
+    T_CHECK(st.buffers_in_use == 0);
+    for (uint32_t i = 0; i < 160; i++) {
+        uint32_t v = ~0u;
+        T_CHECK(recv(fd, &v, sizeof v, 0) == 4);
+        T_CHECK(v == i);
+    }
     close(fd);
     T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
 }
@@ -780,6 +842,7 @@ int main(void)
     small_polls();
     batch_and_buffers();
     queue_limit();
+    full_sndbuf();
     connected();
     bad_input();
     on_server();
