@@ -130,6 +130,7 @@ struct ZCN_UdpSocket {
     uint32_t rx_slots;      /* slots in use: min(RX_BATCH, br_max) */
     uint32_t rx_held;       /* slots holding a buffer */
     bool rx_more;           /* the read-on NOP is queued */
+    bool rx_idle;           /* the socket was drained: wait for POLLIN */
     bool rx_resume;         /* reading stopped early (no buffer or SQE): read
                                on once maybe_rearm can queue the NOP */
     bool started;           /* ring enabled and receiving */
@@ -286,13 +287,13 @@ static void maybe_rearm(ZCN_UdpSocket *u)
     if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
         if (!u->started || u->destroying)
             return;
-        if (!u->recv_armed)
-            arm_recv(u);
         /* Buffers came back (or an SQE is free again) after a stop. */
         if (u->rx_resume && !u->rx_more && fill_slots(u, 1) > 0) {
             u->rx_resume = false;
             queue_read_on(u);
         }
+        if (u->rx_idle && !u->recv_armed)
+            arm_recv(u);
         return;
     }
     while (u->rx.count < u->br_target && !u->destroying) {
@@ -326,7 +327,7 @@ static void arm_recv(ZCN_UdpSocket *u)
     if (sqe == NULL)
         return; /* retried by maybe_rearm on the next turn */
     if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
-        io_uring_prep_poll_multishot(sqe, u->fd, POLLIN);
+        io_uring_prep_poll_add(sqe, u->fd, POLLIN);
         io_uring_sqe_set_data64(sqe, make_ud(u, OP_RECV, 0));
         u->recv_armed = true;
         u->unsubmitted = true;
@@ -471,8 +472,10 @@ static void read_batch(ZCN_UdpSocket *u)
         u->stats.recv_errors++;
         u->stats.last_recv_error = errno;
     }
-    if (n <= 0)
-        return; /* drained, or failing: the poll reports what comes next */
+    if (n <= 0) {
+        u->rx_idle = true; /* drained, or failing: the poll reports what comes next */
+        return;
+    }
     for (uint32_t i = 0; i < (uint32_t)n; i++) {
         uint32_t bid = (uint32_t)u->rx_bid[i];
         u->rx_bid[i] = NIL;
@@ -487,6 +490,8 @@ static void read_batch(ZCN_UdpSocket *u)
     }
     if ((uint32_t)n == want)
         queue_read_on(u); /* maybe more: after the loop has had its turn */
+    else
+        u->rx_idle = true; /* recvmmsg stopped at an empty queue */
 }
 
 /* Readiness mode: the poll (index 0) or the read-on NOP (RX_MORE). */
@@ -495,13 +500,14 @@ static void on_ready(ZCN_UdpSocket *u, struct io_uring_cqe *cqe, uint32_t index)
     if (index == RX_MORE) {
         u->rx_more = false;
     } else {
-        if (!(cqe->flags & IORING_CQE_F_MORE))
-            u->recv_armed = false; /* maybe_rearm polls again */
+        u->recv_armed = false; /* one-shot */
+        u->rx_idle = false;
         if (cqe->res < 0) {
             if (cqe->res != -ECANCELED) {
                 u->stats.recv_errors++;
                 u->stats.last_recv_error = -cqe->res;
             }
+            u->rx_idle = true; /* maybe_rearm polls again */
             return;
         }
     }
@@ -1006,6 +1012,7 @@ static ZCN_Error start(ZCN_UdpSocket *u)
         arm_wake(u);
     }
     u->started = true;
+    u->rx_idle = true; /* readiness: until the first poll fires */
     arm_recv(u);
     if (u->server == NULL)
         return submit_now(u);
