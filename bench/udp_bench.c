@@ -3,6 +3,9 @@
  *   udp_bench zcn PORT [BUFFERS] zcn UDP echo server (C echo handler, zcn_udp_run;
  *                               BUFFERS pool buffers, default 1024), default
  *                               receive mode (readiness)
+ *   udp_bench zcn-nogso PORT [BUFFERS]
+ *                               the same with ZCN_UDP_NO_GSO (each datagram
+ *                               its own send, as in the baselines)
  *   udp_bench zcn-multishot PORT [BUFFERS]
  *                               the same with ZCN_UDP_RECV_MULTISHOT
  *   udp_bench baseline PORT     plain recvmmsg/sendmmsg echo server (no zcn):
@@ -85,10 +88,11 @@ static void set_bufs(int fd)
 
 /* ---- servers ---------------------------------------------------------- */
 
-static int run_zcn(uint16_t port, uint32_t buffers, uint32_t recv_mode)
+static int run_zcn(uint16_t port, uint32_t buffers, uint32_t recv_mode, uint32_t flags)
 {
     ZCN_UdpConfig cfg = {0};
     cfg.recv_mode = recv_mode;
+    cfg.flags = flags;
     cfg.address = "127.0.0.1";
     cfg.port = port;
     cfg.buffer_count = buffers;
@@ -109,8 +113,10 @@ static int run_zcn(uint16_t port, uint32_t buffers, uint32_t recv_mode)
     err = zcn_udp_run(g_sock);
     ZCN_UdpStats st;
     zcn_udp_stats(g_sock, &st);
-    fprintf(stderr, "zcn: received %llu sent %llu enobufs %llu send_drops %llu kernel_drops %llu\n",
+    fprintf(stderr, "zcn: received %llu sent %llu gso_sends %llu enobufs %llu send_drops %llu "
+            "kernel_drops %llu\n",
             (unsigned long long)st.datagrams_received, (unsigned long long)st.datagrams_sent,
+            (unsigned long long)st.gso_sends,
             (unsigned long long)st.recv_exhaustion_events,
             (unsigned long long)st.send_exhaustion_drops, (unsigned long long)st.kernel_drops);
     zcn_udp_destroy(g_sock);
@@ -291,11 +297,13 @@ static int run_load(uint16_t port, size_t size, double seconds, uint64_t window,
 
 int main(int argc, char **argv)
 {
+    uint32_t buffers = argc > 3 ? (uint32_t)atoi(argv[3]) : 1024;
     if (argc >= 3 && strcmp(argv[1], "zcn") == 0)
-        return run_zcn((uint16_t)atoi(argv[2]), argc > 3 ? (uint32_t)atoi(argv[3]) : 1024, 0);
+        return run_zcn((uint16_t)atoi(argv[2]), buffers, 0, 0);
+    if (argc >= 3 && strcmp(argv[1], "zcn-nogso") == 0)
+        return run_zcn((uint16_t)atoi(argv[2]), buffers, 0, ZCN_UDP_NO_GSO);
     if (argc >= 3 && strcmp(argv[1], "zcn-multishot") == 0)
-        return run_zcn((uint16_t)atoi(argv[2]), argc > 3 ? (uint32_t)atoi(argv[3]) : 1024,
-                       ZCN_UDP_RECV_MULTISHOT);
+        return run_zcn((uint16_t)atoi(argv[2]), buffers, ZCN_UDP_RECV_MULTISHOT, 0);
     if (argc >= 3 && strcmp(argv[1], "baseline") == 0)
         return run_baseline((uint16_t)atoi(argv[2]), false);
     if (argc >= 3 && strcmp(argv[1], "baseline-poll") == 0)
@@ -304,6 +312,6 @@ int main(int argc, char **argv)
         return run_load((uint16_t)atoi(argv[2]), (size_t)atol(argv[3]), atof(argv[4]),
                         argc > 5 ? (uint64_t)atol(argv[5]) : 256,
                         argc > 6 ? atoi(argv[6]) : 32);
-    fprintf(stderr, "usage: udp_bench zcn|zcn-multishot PORT [BUFFERS] | baseline PORT | baseline-poll PORT | load PORT SIZE SECONDS [WINDOW] [BURST]\n");
+    fprintf(stderr, "usage: udp_bench zcn|zcn-nogso|zcn-multishot PORT [BUFFERS] | baseline PORT | baseline-poll PORT | load PORT SIZE SECONDS [WINDOW] [BURST]\n");
     return 2;
 }

@@ -45,6 +45,7 @@ def server_cmd(name, binary):
         "baseline": [binary, "baseline", "0"],
         "baseline-poll": [binary, "baseline-poll", "0"],
         "zcn": [binary, "zcn", "0"],
+        "zcn-nogso": [binary, "zcn-nogso", "0"],
         "zcn-multishot": [binary, "zcn-multishot", "0"],
         "zcn-py": py + ["--handler", "python"],
         "zcn-py-c": py + ["--handler", "c"],

@@ -74,6 +74,9 @@ void *zcn_server_uring(ZCN_Server *server);
 /* Test hook (test_ffi/test_udp.c): while on, every sendmmsg of the socket
  * fails with EAGAIN as if its send buffer were full. */
 void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
+/* Test hook: the next GSO send (several datagrams in one sendmmsg entry)
+ * fails with errno err before reaching the kernel. */
+void zcn_udp_test_fail_gso(ZCN_UdpSocket *sock, int err);
 /* Nonzero while one of the server's callbacks runs. A source brackets its
  * own callbacks with zcn_server_callback_enter/leave so that running the
  * loop or destroying the server from them gives ZCN_ERR_BUSY. */

@@ -3,24 +3,28 @@
  * the socket's own ring or on a TCP server's.
  *
  * Receiving (ZCN_UdpConfig.recv_mode):
- * - readiness (the default): a multishot poll on the socket says it is
- *   readable; recvmmsg(MSG_DONTWAIT) then reads up to RX_BATCH datagrams
- *   straight into pool buffers held ready in rx_bid[]. One full batch asks
- *   for another turn with a NOP (OP_RECV index RX_MORE) so sends and other
- *   sources get their turn between batches; a short batch means the socket
- *   was drained and the poll reports the next datagram.
+ * - readiness (the default): recvmmsg(MSG_DONTWAIT) reads up to RX_BATCH
+ *   datagrams straight into pool buffers held ready in rx_bid[]. A full
+ *   batch asks for another turn with a NOP (OP_RECV index RX_MORE), so sends
+ *   and other sources get their turn between batches; a short one means the
+ *   socket is empty, and only then is a one-shot poll armed. (A multishot
+ *   poll would stay on the socket's wait queue, where every datagram we send
+ *   wakes it from sock_wfree: measurably dearer than one poll per drain.)
  * - multishot: a multishot recvmsg on a provided-buffer ring built from the
- *   pool. No system call per batch, but on Linux 6.18 the kernel's copy
- *   into the buffer costs 3-5x more per byte on this path (see
- *   docs/PERFORMANCE.md), so it loses at 1400 B.
+ *   pool. No system call per batch, but a CQE and a wake-up per datagram;
+ *   slightly dearer than readiness on Linux 6.18 (docs/PERFORMANCE.md).
  *
- * Sending: sends queue in tx_msgs and go to the kernel with one sendmmsg
- * per batch (at the end of the loop's turn, or at once outside callbacks
+ * Sending: a turn's sends queue in tx_msgs and go to the kernel with one
+ * sendmmsg (at the end of the loop's turn, or at once outside callbacks
  * with autoflush); a UDP send completes in that call, so the buffer is
- * free again right after it. Only when the socket buffer is full (EAGAIN)
- * do the rest become io_uring SENDs, which wait for room; while any is in
- * flight, later sends follow them there so datagrams leave in order.
- * (io_uring SENDs for everything cost about 5% more CPU per datagram.)
+ * free again right after it. Runs of datagrams to the same peer with the
+ * same size share one tx_msgs entry, a UDP GSO send (UDP_SEGMENT): the
+ * kernel does the route, IP and device work once for the run and cuts it
+ * into the same datagrams the peer would have got one by one. Only when
+ * the socket buffer is full (EAGAIN) do the rest become io_uring SENDs,
+ * which wait for room; while any is in flight, later sends follow them
+ * there so datagrams leave in order. (An io_uring SEND per datagram would
+ * add an SQE, a CQE and task work to the same kernel send.)
  *
  * Receive buffer layout, the same for both:
  *   [16 bytes: io_uring_recvmsg_out][peer name NAME_BYTES][payload]
@@ -50,6 +54,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103 /* Linux 4.18, linux/udp.h */
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
 #ifndef SO_MEMINFO
 #define SO_MEMINFO 55 /* Linux 4.12 */
 #endif
@@ -63,6 +73,12 @@
 #define RX_BATCH 64u            /* datagrams per recvmmsg (readiness mode) */
 #define RX_MORE 1u              /* OP_RECV index of the read-on NOP */
 #define TX_BATCH 64u            /* datagrams per sendmmsg */
+/* UDP GSO limits: segments per send (UDP_MAX_SEGMENTS is 64 before Linux
+ * 6.9) and payload bytes per send (the IP length field's 64 KiB, minus
+ * headers, with room to spare for IPv6 extension headers). */
+#define GSO_SEGMENTS_MAX 64u
+#define GSO_BYTES_MAX 65000u
+#define GSO_CTL_BYTES CMSG_SPACE(sizeof(uint16_t))
 #define NIL (-1)
 
 /* Room between the peer name and the payload (the msghdr's control area in
@@ -141,11 +157,23 @@ struct ZCN_UdpSocket {
     int32_t slot_free;
     uint32_t sends_inflight;  /* queued in tx_msgs or in io_uring */
     uint32_t sends_async;     /* of those, in io_uring */
+    /* The turn's sends: datagram i is tx_iov[i] in send slot tx_slot[i];
+     * tx_msgs[g] sends datagrams tx_first[g] .. + msg_iovlen - 1, several
+     * of them as one UDP GSO send (cmsg in tx_ctl[tx_first[g]]). */
     struct mmsghdr tx_msgs[TX_BATCH];
     struct iovec tx_iov[TX_BATCH];
     uint32_t tx_slot[TX_BATCH];
-    uint32_t tx_n;
+    uint32_t tx_first[TX_BATCH];
+    union {
+        struct cmsghdr align;
+        uint8_t bytes[GSO_CTL_BYTES];
+    } tx_ctl[TX_BATCH];
+    uint32_t tx_n;            /* datagrams queued */
+    uint32_t tx_groups;       /* sendmmsg entries */
+    uint32_t tx_group_bytes;  /* payload bytes of the last entry */
+    uint32_t gso_size_max;    /* coalesce datagrams up to this size; 0 = GSO off */
     bool test_full_sndbuf;    /* zcn_udp_test_full_sndbuf */
+    int test_gso_errno;       /* zcn_udp_test_fail_gso */
     bool autoflush;
     bool unsubmitted;       /* SQEs queued since the last submit */
 
@@ -600,39 +628,157 @@ static void send_async(ZCN_UdpSocket *u, uint32_t index, const struct iovec *iov
     u->unsubmitted = true;
 }
 
-/* Sends the queued batch with sendmmsg. Each datagram completes here;
- * once the socket buffer is full the rest go to io_uring (send_async). */
+/* Datagram i of the turn has completed with `res`. */
+static inline void tx_done(ZCN_UdpSocket *u, uint32_t i, int res)
+{
+    on_send(u, u->tx_slot[i], res);
+}
+
+/* Datagrams from..n-1 of the turn wait for room in io_uring, in order. */
+static void tx_rest_async(ZCN_UdpSocket *u, uint32_t from, uint32_t n)
+{
+    for (uint32_t i = from; i < n; i++)
+        send_async(u, u->tx_slot[i], &u->tx_iov[i]);
+}
+
+/* Entry g of the batch failed with e. An error that says GSO cannot work
+ * at this size (EINVAL, EMSGSIZE: the route's MTU) or at all (EIO: no
+ * checksum offload or IPsec; ENOPROTOOPT, EOPNOTSUPP: no UDP_SEGMENT)
+ * stops later batches from coalescing so, and the entry's datagrams are
+ * sent one by one: a GSO limit costs no datagram. Any other error (e.g.
+ * ECONNREFUSED, EACCES) is the destination's: every datagram of the entry
+ * fails with it, as each would alone. Returns the datagram to continue from
+ * in io_uring if the socket buffer filled, else n. */
+static uint32_t tx_failed(ZCN_UdpSocket *u, uint32_t g, int e, uint32_t n)
+{
+    const struct msghdr *h = &u->tx_msgs[g].msg_hdr;
+    uint32_t first = u->tx_first[g];
+    uint32_t seg = (uint32_t)u->tx_iov[first].iov_len;
+    bool gso_error = h->msg_iovlen > 1 && (e == EINVAL || e == EMSGSIZE || e == EIO ||
+                                          e == ENOPROTOOPT || e == EOPNOTSUPP);
+    if (!gso_error) {
+        for (uint32_t i = first; i < first + (uint32_t)h->msg_iovlen; i++)
+            tx_done(u, i, -e);
+        return n;
+    }
+    if (e == EINVAL || e == EMSGSIZE)
+        u->gso_size_max = seg - 1; /* seg > 0: empty datagrams never coalesce */
+    else
+        u->gso_size_max = 0;
+    for (uint32_t i = first; i < first + (uint32_t)h->msg_iovlen; i++) {
+        struct msghdr one = {.msg_name = h->msg_name, .msg_namelen = h->msg_namelen,
+                             .msg_iov = &u->tx_iov[i], .msg_iovlen = 1};
+        ssize_t r = sendmsg(u->fd, &one, MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
+            return i;
+        tx_done(u, i, r < 0 ? -errno : (int)r);
+    }
+    return n;
+}
+
+/* Sends the turn's datagrams with sendmmsg, same-peer runs as GSO sends.
+ * Each datagram completes here; once the socket buffer is full the rest go
+ * to io_uring (send_async). */
 static void flush_tx(ZCN_UdpSocket *u)
 {
-    uint32_t i = 0, n = u->tx_n;
+    uint32_t g = 0, groups = u->tx_groups, n = u->tx_n;
     u->tx_n = 0;
-    while (i < n) {
+    u->tx_groups = 0;
+    while (g < groups) {
         int m;
         if (u->test_full_sndbuf) {
             errno = EAGAIN;
             m = -1;
+        } else if (u->test_gso_errno != 0 && u->tx_msgs[g].msg_hdr.msg_iovlen > 1) {
+            errno = u->test_gso_errno;
+            u->test_gso_errno = 0;
+            m = -1;
         } else {
-            m = sendmmsg(u->fd, &u->tx_msgs[i], n - i, MSG_DONTWAIT);
+            m = sendmmsg(u->fd, &u->tx_msgs[g], groups - g, MSG_DONTWAIT);
         }
         if (m > 0) {
-            for (uint32_t k = i; k < i + (uint32_t)m; k++)
-                on_send(u, u->tx_slot[k], (int)u->tx_msgs[k].msg_len);
-            i += (uint32_t)m;
+            for (uint32_t k = g; k < g + (uint32_t)m; k++) {
+                uint32_t first = u->tx_first[k];
+                for (uint32_t i = first; i < first + (uint32_t)u->tx_msgs[k].msg_hdr.msg_iovlen; i++)
+                    tx_done(u, i, (int)u->tx_iov[i].iov_len);
+                if (u->tx_msgs[k].msg_hdr.msg_iovlen > 1)
+                    u->stats.gso_sends++;
+            }
+            g += (uint32_t)m;
             continue;
         }
         int e = m < 0 ? errno : EIO;
         if (e == EINTR)
             continue;
         if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) {
-            for (; i < n; i++)
-                send_async(u, u->tx_slot[i], &u->tx_iov[i]);
-            break;
+            tx_rest_async(u, u->tx_first[g], n);
+            return;
         }
-        /* This datagram failed (ECONNREFUSED after an ICMP error, EACCES
-         * for a broadcast without ZCN_UDP_BROADCAST, ...); the rest go on. */
-        on_send(u, u->tx_slot[i], -e);
-        i++;
+        uint32_t stop = tx_failed(u, g, e, n);
+        if (stop < n) {
+            tx_rest_async(u, stop, n);
+            return;
+        }
+        g++; /* the rest go on */
     }
+}
+
+/* Whether datagram `len` to `addr` (NULL: the connected peer) may join the
+ * last sendmmsg entry as one more GSO segment: same peer, the entry's
+ * segments all of the first one's size, this one no larger (a shorter one
+ * ends the entry), within the GSO limits. */
+static bool tx_can_join(const ZCN_UdpSocket *u, const struct sockaddr *addr, socklen_t alen,
+                        uint32_t len)
+{
+    if (u->tx_groups == 0 || len == 0)
+        return false;
+    const struct msghdr *h = &u->tx_msgs[u->tx_groups - 1].msg_hdr;
+    size_t seg = u->tx_iov[u->tx_first[u->tx_groups - 1]].iov_len;
+    if (seg > u->gso_size_max || len > seg || u->tx_iov[u->tx_n - 1].iov_len != seg)
+        return false;
+    if (h->msg_iovlen >= GSO_SEGMENTS_MAX || u->tx_group_bytes + len > GSO_BYTES_MAX)
+        return false;
+    if (addr == NULL || h->msg_name == NULL)
+        return addr == NULL && h->msg_name == NULL;
+    return h->msg_namelen == alen && memcmp(h->msg_name, addr, alen) == 0;
+}
+
+/* Adds datagram iov (send slot `index`, destination addr of alen bytes
+ * stored in the slot, or NULL) to the turn's sendmmsg batch. */
+static void tx_queue(ZCN_UdpSocket *u, uint32_t index, const struct sockaddr *addr,
+                     socklen_t alen, struct iovec iov)
+{
+    bool join = tx_can_join(u, addr, alen, (uint32_t)iov.iov_len);
+    uint32_t k = u->tx_n++;
+    u->tx_iov[k] = iov;
+    u->tx_slot[k] = index;
+    if (join) {
+        uint32_t first = u->tx_first[u->tx_groups - 1];
+        struct msghdr *h = &u->tx_msgs[u->tx_groups - 1].msg_hdr;
+        if (h->msg_iovlen == 1) { /* the second datagram: now a GSO send */
+            struct cmsghdr *c = &u->tx_ctl[first].align;
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)u->tx_iov[first].iov_len;
+            memcpy(CMSG_DATA(c), &seg, sizeof seg);
+            h->msg_control = c;
+            h->msg_controllen = GSO_CTL_BYTES;
+        }
+        h->msg_iovlen++;
+        u->tx_group_bytes += (uint32_t)iov.iov_len;
+        return;
+    }
+    uint32_t g = u->tx_groups++;
+    u->tx_first[g] = k;
+    u->tx_group_bytes = (uint32_t)iov.iov_len;
+    struct msghdr *h = &u->tx_msgs[g].msg_hdr;
+    h->msg_name = addr != NULL ? &u->slots[index].addr : NULL;
+    h->msg_namelen = addr != NULL ? alen : 0;
+    h->msg_iov = &u->tx_iov[k];
+    h->msg_iovlen = 1;
+    h->msg_control = NULL;
+    h->msg_controllen = 0;
 }
 
 /* Checks a destination; on success *addr_out is the address to use (NULL
@@ -695,14 +841,7 @@ static ZCN_Error queue_send(ZCN_UdpSocket *u, const struct sockaddr *addr, uint3
         send_async(u, (uint32_t)index, &iov);
         return ZCN_OK;
     }
-    uint32_t k = u->tx_n++;
-    u->tx_iov[k] = iov;
-    u->tx_slot[k] = (uint32_t)index;
-    struct msghdr *h = &u->tx_msgs[k].msg_hdr;
-    h->msg_name = addr != NULL ? &sl->addr : NULL;
-    h->msg_namelen = alen;
-    h->msg_iov = &u->tx_iov[k];
-    h->msg_iovlen = 1;
+    tx_queue(u, (uint32_t)index, addr != NULL ? &sl->addr.sa : NULL, alen, iov);
     return ZCN_OK;
 }
 
@@ -992,6 +1131,11 @@ static void handle_cqe(zcn_source *src, struct io_uring_cqe *cqe)
 void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *u, bool on)
 {
     u->test_full_sndbuf = on;
+}
+
+void zcn_udp_test_fail_gso(ZCN_UdpSocket *u, int err)
+{
+    u->test_gso_errno = err;
 }
 
 /* The server's loop is about to wait: send what callbacks queued. */
@@ -1305,7 +1449,8 @@ static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
     if (st->recv_mode != ZCN_UDP_RECV_READINESS && st->recv_mode != ZCN_UDP_RECV_MULTISHOT)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "recv_mode %u is not a ZCN_UDP_RECV_* value",
                         cfg->recv_mode);
-    uint32_t known = ZCN_UDP_REUSEADDR | ZCN_UDP_REUSEPORT | ZCN_UDP_BROADCAST | ZCN_UDP_V6ONLY;
+    uint32_t known = ZCN_UDP_REUSEADDR | ZCN_UDP_REUSEPORT | ZCN_UDP_BROADCAST | ZCN_UDP_V6ONLY |
+                     ZCN_UDP_NO_GSO;
     if (cfg->flags & ~known)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", cfg->flags & ~known);
     size_t raw = (size_t)payload + ZCN_UDP_HEADROOM;
@@ -1436,6 +1581,7 @@ static ZCN_UdpSocket *alloc_socket(const ZCN_UdpConfig *cfg, struct settings *st
     u->buffer_count = st->buffers;
     u->buffer_size = st->buffer_size;
     u->recv_mode = st->recv_mode;
+    u->gso_size_max = (cfg->flags & ZCN_UDP_NO_GSO) ? 0 : ZCN_UDP_DATAGRAM_MAX_V6;
     u->gen = atomic_fetch_add(&next_gen, 1) & 0x3fu;
     /* Only the sizes matter: the kernel lays name, control and payload out
      * in each provided buffer. */

@@ -470,19 +470,28 @@ enum {
     ZCN_UDP_REUSEPORT = 1u << 1, /* SO_REUSEPORT: several sockets, one port */
     ZCN_UDP_BROADCAST = 1u << 2, /* SO_BROADCAST: may send to broadcast addresses */
     ZCN_UDP_V6ONLY = 1u << 3,    /* IPV6_V6ONLY on an IPv6 socket */
+    /* Send every datagram on its own. By default, datagrams of one turn's
+     * batch that go to the same peer with the same size are handed to the
+     * kernel as one UDP GSO send (UDP_SEGMENT, Linux 4.18): the peer still
+     * receives separate, identical datagrams, and the route and IP work is
+     * done once per batch instead of once per datagram. Where the route
+     * refuses GSO (MTU, no checksum offload, IPsec) the datagrams are sent
+     * one by one and the socket stops coalescing at that size. */
+    ZCN_UDP_NO_GSO = 1u << 4,
 };
 
 /* ZCN_UdpConfig.recv_mode: how datagrams reach the pool buffers. Both
  * deliver the same datagrams, peers, flags and stats; they differ in cost. */
 enum {
     /* 0 = the default, ZCN_UDP_RECV_READINESS. */
-    /* A multishot poll tells when the socket is readable; recvmmsg then
-     * reads up to 64 datagrams straight into pool buffers, one system call
-     * per batch. The faster one on Linux 6.18 (docs/PERFORMANCE.md). */
+    /* recvmmsg reads up to 64 datagrams straight into pool buffers, one
+     * system call per batch; when a read finds the socket empty, a one-shot
+     * io_uring poll says when it is readable again. The faster one on
+     * Linux 6.18 (docs/PERFORMANCE.md). */
     ZCN_UDP_RECV_READINESS = 1,
     /* Multishot recvmsg on a provided-buffer ring: no system call per
-     * batch, but the kernel's copy on this path costs more per byte, so
-     * it is slower for large datagrams on the kernels measured. */
+     * batch, but a completion and a wake-up per datagram; a few per cent
+     * more CPU per datagram than readiness on the kernels measured. */
     ZCN_UDP_RECV_MULTISHOT = 2,
 };
 
@@ -550,6 +559,8 @@ typedef struct ZCN_UdpStats {
     uint64_t buffers_in_use;         /* not in the receive ring or the free pool */
     int32_t last_send_error;         /* errno of the last failed send, 0 if none */
     int32_t last_recv_error;         /* errno of the last failed receive, 0 if none */
+    uint64_t gso_sends;              /* system-call sends that carried several
+                                        datagrams as one UDP GSO send */
 } ZCN_UdpStats;
 
 /* Creates a UDP socket with its own io_uring: validates the config, creates

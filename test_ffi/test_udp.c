@@ -21,6 +21,7 @@
 
 /* From c/internal.h (the tests link the static library). */
 void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
+void zcn_udp_test_fail_gso(ZCN_UdpSocket *sock, int err);
 
 /* ---- helpers --------------------------------------------------------- */
 
@@ -472,6 +473,175 @@ static void full_sndbuf(void)
     T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
 }
 
+/* ---- GSO: same-peer runs leave as one send, arrive as datagrams ---------- */
+
+/* Queues datagram `seq` of `len` bytes (seq, then a pattern of it) to `to`. */
+static void gso_queue(ZCN_UdpSocket *u, const struct sockaddr_in *to, uint32_t seq, size_t len)
+{
+    static uint8_t data[2000];
+    for (size_t i = 0; i < len; i++)
+        data[i] = (uint8_t)(seq * 31 + i);
+    if (len >= 4)
+        memcpy(data, &seq, 4);
+    T_CHECK_ERR(zcn_udp_sendto(u, (const struct sockaddr *)to, sizeof *to, data, len), ZCN_OK);
+}
+
+/* Receives the next datagram on fd and checks it is `seq` of `len` bytes. */
+static void gso_expect(int fd, uint32_t seq, size_t len)
+{
+    static uint8_t in[2100];
+    ssize_t n = recv(fd, in, sizeof in, 0);
+    if (n != (ssize_t)len)
+        fprintf(stderr, "gso: datagram %u: got %zd bytes, want %zu\n", seq, n, len);
+    T_CHECK(n == (ssize_t)len);
+    for (size_t i = 4; i < len; i++)
+        T_CHECK(in[i] == (uint8_t)(seq * 31 + i));
+    if (len >= 4) {
+        uint32_t got;
+        memcpy(&got, in, 4);
+        T_CHECK(got == seq);
+    }
+}
+
+static uint64_t gso_sends(ZCN_UdpSocket *u)
+{
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.send_errors == 0);
+    return st.gso_sends;
+}
+
+static void gso(void)
+{
+    ZCN_UdpConfig cfg = {.sends_max = 1024, .buffer_count = 1024};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
+    uint16_t pa, pb;
+    int a = client(AF_INET, &pa), b = client(AF_INET, &pb);
+    struct sockaddr_in to_a = addr4(pa), to_b = addr4(pb);
+    T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
+
+    /* One batch: a run to A with a shorter tail and an empty datagram, a
+     * run to B, A again, then sizes that change every datagram. */
+    uint32_t seq = 0;
+    for (int i = 0; i < 30; i++)
+        gso_queue(u, &to_a, seq++, 100);
+    gso_queue(u, &to_a, seq++, 40);    /* a shorter last segment */
+    gso_queue(u, &to_a, seq++, 0);     /* never coalesced */
+    for (int i = 0; i < 10; i++)
+        gso_queue(u, &to_b, seq++, 100);
+    for (int i = 0; i < 5; i++)
+        gso_queue(u, &to_a, seq++, 100);
+    for (int i = 0; i < 6; i++)
+        gso_queue(u, &to_a, seq++, (size_t)(60 + i));
+    T_CHECK(gso_sends(u) == 0); /* nothing sent before the flush */
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    /* 30 + tail, the 10 to B and the 5 to A were GSO sends; 60 then 61 is
+     * not a run (a segment may only be shorter than the first). */
+    T_CHECK(gso_sends(u) == 3);
+    seq = 0;
+    for (int i = 0; i < 30; i++)
+        gso_expect(a, seq++, 100);
+    gso_expect(a, seq++, 40);
+    gso_expect(a, seq++, 0);
+    for (int i = 0; i < 10; i++)
+        gso_expect(b, seq++, 100);
+    for (int i = 0; i < 5; i++)
+        gso_expect(a, seq++, 100);
+    for (int i = 0; i < 6; i++)
+        gso_expect(a, seq++, (size_t)(60 + i));
+
+    /* A run of 100 x 1400 B: over 64 segments and over 64 KiB, so split
+     * into several GSO sends, which arrive whole and in order. */
+    uint64_t before = gso_sends(u);
+    for (uint32_t i = 0; i < 100; i++)
+        gso_queue(u, &to_a, 1000 + i, 1400);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    T_CHECK(gso_sends(u) >= before + 3);
+    for (uint32_t i = 0; i < 100; i++)
+        gso_expect(a, 1000 + i, 1400);
+
+    /* The route refuses GSO at this size (EINVAL, as for a segment over the
+     * MTU): the datagrams go one by one, none lost, and this size is not
+     * coalesced again; smaller ones still are. */
+    zcn_udp_test_fail_gso(u, EINVAL);
+    before = gso_sends(u);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_queue(u, &to_a, 2000 + i, 1000);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_queue(u, &to_a, 3000 + i, 1000);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    T_CHECK(gso_sends(u) == before);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_queue(u, &to_a, 4000 + i, 500);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    T_CHECK(gso_sends(u) == before + 1);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_expect(a, 2000 + i, 1000);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_expect(a, 3000 + i, 1000);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_expect(a, 4000 + i, 500);
+
+    /* EIO (no checksum offload, IPsec): GSO off for good. */
+    zcn_udp_test_fail_gso(u, EIO);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_queue(u, &to_b, 5000 + i, 100);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_queue(u, &to_b, 6000 + i, 10);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    T_CHECK(gso_sends(u) == before + 1);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_expect(b, 5000 + i, 100);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_expect(b, 6000 + i, 10);
+
+    /* Any other error is the destination's: the whole run fails with it,
+     * counted per datagram, and GSO stays on for the next batch. */
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    u = make_udp("127.0.0.1", &cfg);
+    T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
+    zcn_udp_test_fail_gso(u, ECONNREFUSED);
+    for (uint32_t i = 0; i < 8; i++)
+        gso_queue(u, &to_a, 7000 + i, 100);
+    gso_queue(u, &to_b, 7008, 100); /* its own entry: still sent */
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.send_errors == 8 && st.last_send_error == ECONNREFUSED);
+    T_CHECK(st.datagrams_sent == 1 && st.buffers_in_use == 0);
+    gso_expect(b, 7008, 100);
+    for (uint32_t i = 0; i < 8; i++)
+        gso_queue(u, &to_a, 7100 + i, 100);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.gso_sends == 1 && st.datagrams_sent == 9);
+    for (uint32_t i = 0; i < 8; i++)
+        gso_expect(a, 7100 + i, 100);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+
+    /* ZCN_UDP_NO_GSO: every datagram its own send. */
+    ZCN_UdpConfig off = cfg;
+    off.flags = ZCN_UDP_NO_GSO;
+    u = make_udp("127.0.0.1", &off);
+    T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_queue(u, &to_a, 8000 + i, 100);
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    T_CHECK(gso_sends(u) == 0);
+    for (uint32_t i = 0; i < 20; i++)
+        gso_expect(a, 8000 + i, 100);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+
+    /* Nothing else arrived anywhere. */
+    uint8_t spare[8];
+    T_CHECK(recv(a, spare, sizeof spare, MSG_DONTWAIT) == -1 && errno == EAGAIN);
+    T_CHECK(recv(b, spare, sizeof spare, MSG_DONTWAIT) == -1 && errno == EAGAIN);
+    close(a);
+    close(b);
+}
+
 static void connected(void)
 {
     uint16_t cport;
@@ -843,6 +1013,7 @@ int main(void)
     batch_and_buffers();
     queue_limit();
     full_sndbuf();
+    gso();
     connected();
     bad_input();
     on_server();

@@ -323,6 +323,29 @@ def test_c_echo_handler(recv_mode):
         assert sorted(got) == sorted(b"%d" % i for i in range(50))
 
 
+@RECV_MODES
+@pytest.mark.parametrize("gso", [True, False])
+def test_burst_echo_arrives_as_separate_datagrams(recv_mode, gso):
+    """A burst from one peer is echoed in one batch; with GSO (the default)
+    the batch leaves as few sends, and the peer still gets each datagram on
+    its own, intact and in order."""
+    with _echo_socket(recv_mode=recv_mode, gso=gso, buffer_count=512) as sock, \
+            _client() as c:
+        sent = [bytes([i]) * 1000 + b"%04d" % i for i in range(50)]
+        for d in sent:
+            c.sendto(d, sock.address)
+        _run_until(sock, lambda: len(sock.seen) == len(sent))
+        sock.run_once(0.05)
+        got = [c.recv(2000) for _ in sent]
+        assert got == sent
+        st = sock.stats()
+        assert st.datagrams_sent == len(sent) and st.send_errors == 0
+        if gso:
+            assert 1 <= st.gso_sends < len(sent)
+        else:
+            assert st.gso_sends == 0
+
+
 def test_options_and_multicast():
     import zcn
     with zcn.UdpSocket("0.0.0.0", reuse_addr=True, reuse_port=True, broadcast=True,

@@ -304,6 +304,7 @@ UDP_BUFFERS_MAX = 32768
 UDP_SENDS_MAX = 65535
 UDP_ENTRIES_MAX = 32768
 UDP_REUSEADDR, UDP_REUSEPORT, UDP_BROADCAST, UDP_V6ONLY = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+UDP_NO_GSO = 1 << 4
 # ZCN_UDP_RECV_*: ZCN_UdpConfig.recv_mode
 UDP_RECV_READINESS, UDP_RECV_MULTISHOT = 1, 2
 UDP_TRUNCATED = 1 << 0
@@ -336,7 +337,7 @@ class UdpStats(Structure):
         "truncated", "recv_exhaustion_events", "kernel_drops", "send_exhaustion_drops",
         "send_errors", "recv_errors", "sends_zero_copy", "sends_copied",
         "buffers_total", "buffers_in_use",
-    )] + [("last_send_error", c_int32), ("last_recv_error", c_int32)]
+    )] + [("last_send_error", c_int32), ("last_recv_error", c_int32), ("gso_sends", c_uint64)]
 
 
 class UdpEvent(Structure):

@@ -34,6 +34,8 @@ def _add_arguments(p):
     p.add_argument("--buffer-count", type=int, default=1024, help="pool buffers (default 1024)")
     p.add_argument("--rcvbuf", type=int, default=None, help="SO_RCVBUF bytes (default: system)")
     p.add_argument("--sndbuf", type=int, default=None, help="SO_SNDBUF bytes (default: system)")
+    p.add_argument("--no-gso", action="store_true",
+                   help="send each datagram on its own (no UDP GSO coalescing)")
     p.add_argument("--stats", action="store_true", help="print the counters on exit")
 
 
@@ -43,7 +45,7 @@ def run_udp_echo(args):
 
     sock = zcn.UdpSocket(args.host, args.port, handler=args.handler,
                          buffer_size=args.buffer_size, buffer_count=args.buffer_count,
-                         rcvbuf=args.rcvbuf, sndbuf=args.sndbuf)
+                         rcvbuf=args.rcvbuf, sndbuf=args.sndbuf, gso=not args.no_gso)
     if args.handler == "python":
         sendto = sock.sendto
         sock.on_datagram = lambda peer, data, flags: (

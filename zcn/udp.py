@@ -115,6 +115,7 @@ class UdpStats:
     buffers_in_use: int
     last_send_error: int         #: errno of the last failed send, 0 if none
     last_recv_error: int
+    gso_sends: int               #: sends that carried several datagrams (UDP GSO)
 
 
 _STATS_FIELDS = tuple(name for name, _ in _ffi.UdpStats._fields_)
@@ -179,7 +180,9 @@ class UdpSocket(BoundSocket):
     ``buffer_count`` buffers serve both directions (a quarter is kept for
     copied sends). ``sends_max`` bounds sends in flight. ``rcvbuf``/``sndbuf``
     set SO_RCVBUF/SO_SNDBUF; ``reuse_addr``, ``reuse_port`` and ``broadcast``
-    set the socket options of those names. ``recv_mode`` picks how datagrams
+    set the socket options of those names. ``gso=False`` sends every
+    datagram on its own instead of coalescing same-peer, same-size runs of
+    a batch into UDP GSO sends (the peer sees the same datagrams either way). ``recv_mode`` picks how datagrams
     reach the buffers: "readiness" (default: a multishot poll, then recvmmsg
     batches) or "multishot" (multishot recvmsg on a provided-buffer ring);
     see docs/UDP.md.
@@ -194,7 +197,7 @@ class UdpSocket(BoundSocket):
     def __init__(self, host="127.0.0.1", port=0, *, on_datagram=None, connect=None,
                  buffer_size=2048, buffer_count=256, sends_max=1024, io_uring_entries=256,
                  reuse_addr=False, reuse_port=False, rcvbuf=None, sndbuf=None,
-                 broadcast=False, handler="python", recv_mode="readiness"):
+                 broadcast=False, handler="python", recv_mode="readiness", gso=True):
         self._slab = None
         if handler not in _HANDLERS:
             raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
@@ -217,6 +220,8 @@ class UdpSocket(BoundSocket):
             flags |= _ffi.UDP_REUSEPORT
         if _bool_arg(broadcast, "broadcast"):
             flags |= _ffi.UDP_BROADCAST
+        if not _bool_arg(gso, "gso"):
+            flags |= _ffi.UDP_NO_GSO
         literal = _resolve(host)
         self._family = _AF_INET6 if ":" in literal else _AF_INET
         connect_literal, connect_port = None, 0
