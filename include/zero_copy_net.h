@@ -630,8 +630,9 @@ ZCN_API const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *sock);
  * run the loop to reap them), ZCN_ERR_EXHAUSTED (no pool buffer for the
  * copy), ZCN_ERR_BUSY (another thread owns the socket). The last two are
  * counted in send_exhaustion_drops. A send that fails in the kernel later
- * (ECONNREFUSED ...) is counted in send_errors / last_send_error. A 0-byte
- * datagram is a valid datagram and is sent. */
+ * (ECONNREFUSED ...) is counted in send_errors / last_send_error, once per
+ * datagram (with GSO, for every datagram of the run it was sent in; see
+ * ZCN_UDP_NO_GSO). A 0-byte datagram is a valid datagram and is sent. */
 ZCN_API ZCN_Error zcn_udp_sendto(ZCN_UdpSocket *sock, const struct sockaddr *addr,
                                  socklen_t addr_len, const uint8_t *data, size_t len);
 /* zcn_udp_sendto to the connected peer. */

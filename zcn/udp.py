@@ -182,10 +182,11 @@ class UdpSocket(BoundSocket):
     set SO_RCVBUF/SO_SNDBUF; ``reuse_addr``, ``reuse_port`` and ``broadcast``
     set the socket options of those names. ``gso=False`` sends every
     datagram on its own instead of coalescing same-peer, same-size runs of
-    a batch into UDP GSO sends (the peer sees the same datagrams either way). ``recv_mode`` picks how datagrams
-    reach the buffers: "readiness" (default: a multishot poll, then recvmmsg
-    batches) or "multishot" (multishot recvmsg on a provided-buffer ring);
-    see docs/UDP.md.
+    a batch into UDP GSO sends (the peer sees the same datagrams either way).
+    ``recv_mode`` picks how datagrams reach the buffers: "readiness"
+    (default: recvmmsg batches, an io_uring poll when the socket is empty)
+    or "multishot" (multishot recvmsg on a provided-buffer ring); see
+    docs/UDP.md.
 
     handler="c" answers every datagram with the built-in C echo (no Python
     per datagram); on_datagram must then be None.
