@@ -14,8 +14,9 @@ over the rounds, plus totals of loss and corrupt echoes.
 
 Servers: baseline (blocking recvmmsg/sendmmsg, 64 per call), baseline-poll
 (the same reading on readiness: MSG_DONTWAIT, poll() when empty), zcn (C echo handler,
-zcn_udp_run, the default readiness receive), zcn-multishot (the same with
-ZCN_UDP_RECV_MULTISHOT), zcn-py (zcn.UdpSocket, Python on_datagram via
+zcn_udp_run, the default readiness receive, GSO sends), zcn-nogso (the same
+with ZCN_UDP_NO_GSO: every datagram its own send, as in the baselines),
+zcn-multishot (the same as zcn with ZCN_UDP_RECV_MULTISHOT), zcn-py (zcn.UdpSocket, Python on_datagram via
 `python -m zcn._udp_cli --handler python`), zcn-py-c (the same CLI with the
 C handler, the loop driven from Python).
 """
@@ -32,6 +33,17 @@ import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+
+def _zcn_pythonpath():
+    """Where the servers' `import zcn` should look: the zcn this Python
+    imports (an installed package, or any on PYTHONPATH), else the source
+    tree (which needs ZCN_LIBRARY pointing at a built library)."""
+    try:
+        import zcn
+    except Exception:  # not importable here, or its library would not load
+        return ROOT
+    return os.path.dirname(os.path.dirname(os.path.abspath(zcn.__file__)))
 
 
 def _pin(cpu):
@@ -54,7 +66,7 @@ def server_cmd(name, binary):
 
 def one_run(name, binary, size, seconds, window, burst, server_cpu, load_cpu):
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = _zcn_pythonpath() + os.pathsep + env.get("PYTHONPATH", "")
     srv = subprocess.Popen(server_cmd(name, binary), stdout=subprocess.PIPE, text=True,
                            env=env, preexec_fn=_pin(server_cpu))
     try:
@@ -96,7 +108,7 @@ def fmt(values, spec):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "release", "bench", "udp_bench"))
-    ap.add_argument("--servers", nargs="+", default=["baseline", "zcn", "zcn-py"])
+    ap.add_argument("--servers", nargs="+", default=["baseline", "zcn", "zcn-nogso", "zcn-py"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[64, 1400])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3.0)

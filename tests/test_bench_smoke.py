@@ -20,7 +20,7 @@ import pytest
 from conftest import require_io_uring
 
 SRC = Path(__file__).resolve().parent.parent
-TOOLS = ("loadgen", "epoll_echo", "zcn_echo")
+TOOLS = ("loadgen", "epoll_echo", "zcn_echo", "udp_bench")
 
 
 def _has_tools(build):
@@ -133,3 +133,27 @@ def test_loadgen_detects_a_server_that_corrupts_data(bench_build, tmp_path):
     assert result["ok"] is False
     assert result["verify_errors"] >= 1
     assert "differ" in result["first_error"]
+
+
+@pytest.mark.timeout(180)
+def test_udp_bench_runs_and_verifies_every_echo(bench_build):
+    """bench/udp_bench.py: every server answers, every echoed byte checked
+    (the load generator counts corrupt echoes in `bad`)."""
+    require_io_uring()
+    script = SRC / "bench" / "udp_bench.py"
+    tool = next(p for p in (bench_build / "bench" / "udp_bench", bench_build / "udp_bench")
+                if p.exists())
+    servers = ["baseline", "zcn", "zcn-nogso", "zcn-multishot", "zcn-py"]
+    proc = subprocess.run(
+        [sys.executable, str(script), "--bin", str(tool), "--rounds", "1", "--seconds", "0.5",
+         "--sizes", "64", "1400", "--servers", *servers],
+        capture_output=True, text=True, timeout=150, cwd=Path(__file__).resolve().parent)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines()
+            if line.startswith("| 64 ") or line.startswith("| 1400 ")]
+    assert {(r[0].strip(), r[1].strip()) for r in rows} == \
+        {(size, s) for size in ("64", "1400") for s in servers}
+    for size, server, rate, _cpu, _rel, lost_sent, bad in (map(str.strip, r) for r in rows):
+        assert float(rate.split()[0].replace(",", "")) > 0, (size, server)
+        assert int(lost_sent.split("/")[1]) > 0, (size, server)
+        assert bad == "0", (size, server)

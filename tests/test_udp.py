@@ -325,12 +325,14 @@ def test_c_echo_handler(recv_mode):
 
 @RECV_MODES
 @pytest.mark.parametrize("gso", [True, False])
-def test_burst_echo_arrives_as_separate_datagrams(recv_mode, gso):
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_burst_echo_arrives_as_separate_datagrams(recv_mode, gso, host):
     """A burst from one peer is echoed in one batch; with GSO (the default)
     the batch leaves as few sends, and the peer still gets each datagram on
     its own, intact and in order."""
-    with _echo_socket(recv_mode=recv_mode, gso=gso, buffer_count=512) as sock, \
-            _client() as c:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with _echo_socket(host=host, recv_mode=recv_mode, gso=gso, buffer_count=512) as sock, \
+            _client(family) as c:
         sent = [bytes([i]) * 1000 + b"%04d" % i for i in range(50)]
         for d in sent:
             c.sendto(d, sock.address)
