@@ -436,3 +436,65 @@ def test_fds_and_rss_flat_over_cycles():
     cycle(500)
     assert me.num_fds() == fds
     assert me.memory_info().rss - rss < 8 << 20
+
+
+# --- examples/udp_echo.py and docs/UDP.md stay true ----------------------------
+
+ROOT = os.path.dirname(TESTS_DIR)
+
+
+def test_example_udp_echo_py():
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "examples", "udp_echo.py"),
+                             "127.0.0.1", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=zcn_subprocess_env(), cwd=TESTS_DIR)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("udp_echo.py listening on 127.0.0.1 "), (line, proc.stderr.read())
+        port = int(line.split()[-1])
+        with _client() as c:
+            for payload in (b"one", b"", b"x" * 1400):
+                c.sendto(payload, ("127.0.0.1", port))
+                assert c.recv(2000) == payload
+        if shutil.which("socat"):
+            out = subprocess.run(["socat", "-t2", "-", f"UDP:127.0.0.1:{port}"],
+                                 input=b"socat", capture_output=True, timeout=10).stdout
+            assert out == b"socat"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "UdpStats(datagrams_received=" in err
+
+
+def _udp_doc_blocks(lang):
+    import re
+    with open(os.path.join(ROOT, "docs", "UDP.md")) as f:
+        return re.findall(rf"```{lang}\n(.*?)```", f.read(), re.S)
+
+
+def test_udp_guide_python_example_runs():
+    (code,) = _udp_doc_blocks("python")
+    proc = subprocess.run([sys.executable, "-c", code], env=zcn_subprocess_env(),
+                          capture_output=True, text=True, timeout=20, cwd=TESTS_DIR)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("(b'hello', ('127.0.0.1', "), proc.stdout
+    assert lines[1] == "1"
+
+
+def test_udp_guide_c_example_builds_and_runs(tmp_path):
+    import zcn
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler (cc or gcc)")
+    code = _udp_doc_blocks("c")[0]  # the whole program; the later block is a fragment
+    src = tmp_path / "app.c"
+    src.write_text(code)
+    libdir = os.path.dirname(os.path.abspath(zcn._ffi.lib._name))
+    exe = tmp_path / "app"
+    subprocess.run([cc, "-std=c11", "-D_DEFAULT_SOURCE", "-Wall", "-Werror", str(src),
+                    "-I", os.path.join(ROOT, "include"), "-L", libdir, "-lzero_copy_net",
+                    f"-Wl,-rpath,{libdir}", "-o", str(exe)], check=True, timeout=60)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "echoed 5 bytes: hello\n"
