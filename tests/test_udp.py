@@ -175,6 +175,8 @@ def test_bad_input_gives_clear_errors():
         zcn.UdpSocket("127.0.0.1", buffer_size=70000)
     with pytest.raises(TypeError):
         zcn.UdpSocket("127.0.0.1", port="80")
+    with pytest.raises(TypeError, match="gso"):
+        zcn.UdpSocket("127.0.0.1", gso="off")
     with pytest.raises(OSError):
         zcn.UdpSocket("no-such-host.invalid")
     with zcn.UdpSocket() as sock:
@@ -400,7 +402,7 @@ def _wait_port_line(proc):
     return int(line.split()[-1])
 
 
-@pytest.mark.parametrize("command", [["zcn", "udp-echo"], ["zcn._udp_cli"]])
+@pytest.mark.parametrize("command", [["zcn", "udp-echo"], ["zcn._udp_cli", "--no-gso"]])
 @pytest.mark.parametrize("handler", ["c", "python"])
 def test_cli_udp_echo(handler, command):
     env = zcn_subprocess_env()
