@@ -5,20 +5,8 @@
 set -u
 exe=$1
 command -v socat >/dev/null || command -v nc >/dev/null || { echo "SKIP: neither socat nor nc"; exit 77; }
-out=$(mktemp); trap 'rm -f "$out"; kill -9 $pid 2>/dev/null' EXIT
-"$exe" 127.0.0.1 0 >"$out" 2>&1 & pid=$!
-port=
-for _ in $(seq 100); do
-  port=$(sed -n 's/^udp_echo listening on 127.0.0.1 \([0-9]*\)$/\1/p' "$out")
-  [ -n "$port" ] && break
-  if ! kill -0 $pid 2>/dev/null; then
-    cat "$out"
-    grep -q "io_uring" "$out" && { echo SKIP; exit 77; }
-    exit 1
-  fi
-  sleep 0.05
-done
-[ -n "$port" ] || { echo "FAIL: no listening line"; cat "$out"; exit 1; }
+source "$(dirname "$0")/start_example.sh"
+start_example '^udp_echo listening on 127.0.0.1 \([0-9]*\)$' "$exe" 127.0.0.1 0
 fail=0 sent=0
 if command -v socat >/dev/null; then
   got=$(printf 'hello socat' | timeout 10 socat -t2 - "UDP:127.0.0.1:$port")
