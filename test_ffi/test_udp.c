@@ -503,6 +503,20 @@ static void gso_expect(int fd, uint32_t seq, size_t len)
     }
 }
 
+/* Datagrams first..first+count-1, each of len bytes, queued / expected. */
+static void gso_queue_run(ZCN_UdpSocket *u, const struct sockaddr_in *to, uint32_t first,
+                          uint32_t count, size_t len)
+{
+    for (uint32_t i = 0; i < count; i++)
+        gso_queue(u, to, first + i, len);
+}
+
+static void gso_expect_run(int fd, uint32_t first, uint32_t count, size_t len)
+{
+    for (uint32_t i = 0; i < count; i++)
+        gso_expect(fd, first + i, len);
+}
+
 static uint64_t gso_sends(ZCN_UdpSocket *u)
 {
     ZCN_UdpStats st;
@@ -553,49 +567,37 @@ static void gso(void)
     /* A run of 100 x 1400 B: over 64 segments and over 64 KiB, so split
      * into several GSO sends, which arrive whole and in order. */
     uint64_t before = gso_sends(u);
-    for (uint32_t i = 0; i < 100; i++)
-        gso_queue(u, &to_a, 1000 + i, 1400);
+    gso_queue_run(u, &to_a, 1000, 100, 1400);
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     T_CHECK(gso_sends(u) >= before + 3);
-    for (uint32_t i = 0; i < 100; i++)
-        gso_expect(a, 1000 + i, 1400);
+    gso_expect_run(a, 1000, 100, 1400);
 
     /* The route refuses GSO at this size (EINVAL, as for a segment over the
      * MTU): the datagrams go one by one, none lost, and this size is not
      * coalesced again; smaller ones still are. */
     zcn_udp_test_fail_gso(u, EINVAL);
     before = gso_sends(u);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_queue(u, &to_a, 2000 + i, 1000);
+    gso_queue_run(u, &to_a, 2000, 20, 1000);
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_queue(u, &to_a, 3000 + i, 1000);
+    gso_queue_run(u, &to_a, 3000, 20, 1000);
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     T_CHECK(gso_sends(u) == before);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_queue(u, &to_a, 4000 + i, 500);
+    gso_queue_run(u, &to_a, 4000, 20, 500);
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     T_CHECK(gso_sends(u) == before + 1);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_expect(a, 2000 + i, 1000);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_expect(a, 3000 + i, 1000);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_expect(a, 4000 + i, 500);
+    gso_expect_run(a, 2000, 20, 1000);
+    gso_expect_run(a, 3000, 20, 1000);
+    gso_expect_run(a, 4000, 20, 500);
 
     /* EIO (no checksum offload, IPsec): GSO off for good. */
     zcn_udp_test_fail_gso(u, EIO);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_queue(u, &to_b, 5000 + i, 100);
+    gso_queue_run(u, &to_b, 5000, 20, 100);
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_queue(u, &to_b, 6000 + i, 10);
+    gso_queue_run(u, &to_b, 6000, 20, 10);
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     T_CHECK(gso_sends(u) == before + 1);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_expect(b, 5000 + i, 100);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_expect(b, 6000 + i, 10);
+    gso_expect_run(b, 5000, 20, 100);
+    gso_expect_run(b, 6000, 20, 10);
 
     /* Any other error is the destination's: the whole run fails with it,
      * counted per datagram, and GSO stays on for the next batch. */
@@ -603,8 +605,7 @@ static void gso(void)
     u = make_udp("127.0.0.1", &cfg);
     T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
     zcn_udp_test_fail_gso(u, ECONNREFUSED);
-    for (uint32_t i = 0; i < 8; i++)
-        gso_queue(u, &to_a, 7000 + i, 100);
+    gso_queue_run(u, &to_a, 7000, 8, 100);
     gso_queue(u, &to_b, 7008, 100); /* its own entry: still sent */
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     ZCN_UdpStats st;
@@ -612,13 +613,11 @@ static void gso(void)
     T_CHECK(st.send_errors == 8 && st.last_send_error == ECONNREFUSED);
     T_CHECK(st.datagrams_sent == 1 && st.buffers_in_use == 0);
     gso_expect(b, 7008, 100);
-    for (uint32_t i = 0; i < 8; i++)
-        gso_queue(u, &to_a, 7100 + i, 100);
+    gso_queue_run(u, &to_a, 7100, 8, 100);
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
     T_CHECK(st.gso_sends == 1 && st.datagrams_sent == 9);
-    for (uint32_t i = 0; i < 8; i++)
-        gso_expect(a, 7100 + i, 100);
+    gso_expect_run(a, 7100, 8, 100);
     T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
 
     /* ZCN_UDP_NO_GSO: every datagram its own send. */
@@ -626,12 +625,10 @@ static void gso(void)
     off.flags = ZCN_UDP_NO_GSO;
     u = make_udp("127.0.0.1", &off);
     T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_queue(u, &to_a, 8000 + i, 100);
+    gso_queue_run(u, &to_a, 8000, 20, 100);
     T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
     T_CHECK(gso_sends(u) == 0);
-    for (uint32_t i = 0; i < 20; i++)
-        gso_expect(a, 8000 + i, 100);
+    gso_expect_run(a, 8000, 20, 100);
     T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
 
     /* Nothing else arrived anywhere. */
