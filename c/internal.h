@@ -139,6 +139,31 @@ ZCN_Error zcn_parse_address(const char *address, uint16_t port, struct sockaddr_
 void zcn_eventfd_wake(int fd);
 void zcn_eventfd_drain(int fd);
 
+/* A loop's wakeup pipe (zcn_server_wakeup_fd, zcn_udp_wakeup_fd): created
+ * on first request, watched by a multishot poll the loop arms before each
+ * wait; a byte written to it ends the wait and the loop call returns EINTR,
+ * as a signal would. */
+struct zcn_wakeup_pipe {
+    int read_fd;                /* -1 until requested */
+    int write_fd;
+    bool armed;                 /* a poll on read_fd is in flight */
+    bool fired;                 /* bytes came: the loop call returns EINTR */
+};
+void zcn_wakeup_init(struct zcn_wakeup_pipe *p);
+/* Creates the pipe (non-blocking, close-on-exec) if needed; *fd_out gets its
+ * write end. */
+ZCN_Error zcn_wakeup_open(struct zcn_wakeup_pipe *p, int *fd_out);
+/* Queues the poll (user_data ud) if the pipe exists and none is armed. */
+void zcn_wakeup_arm(struct zcn_wakeup_pipe *p, struct io_uring *ring, uint64_t ud);
+/* The poll's completion: drains the pipe and marks it fired. */
+void zcn_wakeup_on_cqe(struct zcn_wakeup_pipe *p, const struct io_uring_cqe *cqe);
+/* Whether bytes came since the last call (clears the mark). */
+bool zcn_wakeup_take(struct zcn_wakeup_pipe *p);
+/* The loop call returns EINTR for a signal anyway: the bytes that signal
+ * wrote must not end the next call too. */
+void zcn_wakeup_consume(struct zcn_wakeup_pipe *p);
+void zcn_wakeup_close(struct zcn_wakeup_pipe *p);
+
 /* ------------------------------------------------------------------ */
 /* c/bufring.c: pool buffers and the provided-buffer ring              */
 /* ------------------------------------------------------------------ */

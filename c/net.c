@@ -1,12 +1,15 @@
 /* Plumbing the TCP server (server.c) and the UDP sockets (udp.c) share:
  * the clock, SQEs, the wait of a loop turn, CQ sizing, address literals
- * and the wake-up eventfd. */
+ * and the wake-up eventfd and pipe. */
 #include "internal.h"
 
 #include <liburing.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -91,6 +94,79 @@ void zcn_eventfd_drain(int fd)
     uint64_t value;
     while (read(fd, &value, sizeof value) > 0) {
     }
+}
+
+/* Reads the pipe empty; whether there was anything. A poll completion
+ * whose bytes a consume took already finds none: no second EINTR. */
+static bool drain_pipe(int fd)
+{
+    char sink[64];
+    bool any = false;
+    while (read(fd, sink, sizeof sink) > 0)
+        any = true;
+    return any;
+}
+
+void zcn_wakeup_init(struct zcn_wakeup_pipe *p)
+{
+    p->read_fd = p->write_fd = -1;
+    p->armed = p->fired = false;
+}
+
+ZCN_Error zcn_wakeup_open(struct zcn_wakeup_pipe *p, int *fd_out)
+{
+    if (p->write_fd < 0) {
+        int fds[2];
+        if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
+            return zcn_fail((ZCN_Error)errno, "pipe2: %s", strerror(errno));
+        p->read_fd = fds[0];
+        p->write_fd = fds[1];
+    }
+    *fd_out = p->write_fd;
+    return ZCN_OK;
+}
+
+void zcn_wakeup_arm(struct zcn_wakeup_pipe *p, struct io_uring *ring, uint64_t ud)
+{
+    if (p->read_fd < 0 || p->armed)
+        return;
+    struct io_uring_sqe *sqe = zcn_get_sqe(ring);
+    if (sqe == NULL)
+        return; /* tried again before the next wait */
+    io_uring_prep_poll_multishot(sqe, p->read_fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, ud);
+    p->armed = true;
+}
+
+void zcn_wakeup_on_cqe(struct zcn_wakeup_pipe *p, const struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        p->armed = false;
+    if (cqe->res != -ECANCELED && drain_pipe(p->read_fd))
+        p->fired = true;
+}
+
+void zcn_wakeup_consume(struct zcn_wakeup_pipe *p)
+{
+    if (p->read_fd >= 0)
+        drain_pipe(p->read_fd);
+    p->fired = false;
+}
+
+bool zcn_wakeup_take(struct zcn_wakeup_pipe *p)
+{
+    bool fired = p->fired;
+    p->fired = false;
+    return fired;
+}
+
+void zcn_wakeup_close(struct zcn_wakeup_pipe *p)
+{
+    if (p->read_fd >= 0)
+        close(p->read_fd);
+    if (p->write_fd >= 0)
+        close(p->write_fd);
+    zcn_wakeup_init(p);
 }
 
 bool zcn_take_stop(_Atomic int *stop_requested)

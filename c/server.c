@@ -43,6 +43,7 @@ enum op {
     OP_SEND,
     OP_WAKE,
     OP_IGNORE,                  /* cancels: the result does not matter */
+    OP_WAKEUP_PIPE,             /* zcn_server_wakeup_fd's pipe */
     OP_SOURCE = ZCN_OP_SOURCE,  /* an attached source's request (UDP) */
 };
 
@@ -126,6 +127,7 @@ struct ZCN_Server {
     bool accept_armed;
     bool wake_armed;
     bool destroying;
+    struct zcn_wakeup_pipe wakeup;
     int in_callback;
     _Atomic int stop_requested;
 
@@ -1174,6 +1176,9 @@ static void handle_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
     case OP_WAKE:
         on_wake(s, cqe);
         return;
+    case OP_WAKEUP_PIPE:
+        zcn_wakeup_on_cqe(&s->wakeup, cqe);
+        return;
     case OP_IGNORE:
         return;
     case OP_SOURCE:
@@ -1285,9 +1290,9 @@ static void end_batch(ZCN_Server *s)
     s->batch++; /* what the last batch lent is the caller's answer now */
 }
 
-/* Waits up to timeout_ms (-1 forever, 0 not at all) for a completion.
- * Returns 0 or a negative errno (-ETIME on timeout, -EINTR on a signal). */
-static int wait_cqe(ZCN_Server *s, int timeout_ms)
+/* What a wait hands the kernel first: queued sends (ours and the attached
+ * sources'), receive buffers back in the ring. */
+static void prepare_submit(ZCN_Server *s)
 {
     flush_tx(s);
     for (uint32_t i = 0, seen = 0; seen < s->sources_count && i < ZCN_SOURCES_MAX; i++) {
@@ -1300,7 +1305,26 @@ static int wait_cqe(ZCN_Server *s, int timeout_ms)
     }
     ring_refill(s);
     zcn_bufring_publish(&s->rx);
+}
+
+/* Waits up to timeout_ms (-1 forever, 0 not at all) for a completion.
+ * Returns 0 or a negative errno (-ETIME on timeout, -EINTR on a signal). */
+static int wait_cqe(ZCN_Server *s, int timeout_ms)
+{
+    prepare_submit(s);
     return zcn_wait(s->ring, timeout_ms);
+}
+
+/* Sends queued since the last wait (by callbacks, or by a binding after
+ * zcn_server_poll returned) go to the kernel now rather than at the next
+ * wait. No system call when nothing is queued. */
+static ZCN_Error submit_now(ZCN_Server *s)
+{
+    prepare_submit(s);
+    int ret = io_uring_submit(s->ring);
+    if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
+        return zcn_fail((ZCN_Error)-ret, "io_uring_submit: %s", strerror(-ret));
+    return ZCN_OK;
 }
 
 static uint32_t reap(ZCN_Server *s)
@@ -1336,8 +1360,10 @@ static ZCN_Error turn(ZCN_Server *s, int timeout_ms, uint32_t *handled)
     int timer_ms = next_timer_ms(s);
     if (timer_ms >= 0 && (wait_ms < 0 || timer_ms < wait_ms))
         wait_ms = timer_ms;
+    zcn_wakeup_arm(&s->wakeup, s->ring, pack_ud(OP_WAKEUP_PIPE, 0, 0));
     int ret = wait_cqe(s, wait_ms);
     if (ret == -EINTR) {
+        zcn_wakeup_consume(&s->wakeup);
         *handled = early;
         return early > 0 ? ZCN_OK : zcn_fail((ZCN_Error)EINTR, "interrupted by a signal");
     }
@@ -1348,6 +1374,8 @@ static ZCN_Error turn(ZCN_Server *s, int timeout_ms, uint32_t *handled)
     sweep_idle(s);
     run_service_list(s);
     *handled = early + seen;
+    if (zcn_wakeup_take(&s->wakeup))
+        return zcn_fail((ZCN_Error)EINTR, "interrupted: a byte came on the wakeup fd");
     return ZCN_OK;
 }
 
@@ -1371,7 +1399,16 @@ static ZCN_Error turn_cb(void *loop, int timeout_ms, uint32_t *handled)
 static ZCN_Error run_until(ZCN_Server *s, int timeout_ms, uint32_t *handled_out, bool *stopped)
 {
     end_batch(s);
-    return zcn_run_until(s, turn_cb, &s->stop_requested, timeout_ms, handled_out, stopped);
+    ZCN_Error err = zcn_run_until(s, turn_cb, &s->stop_requested, timeout_ms, handled_out, stopped);
+    /* A stopped loop may not wait again soon: what its callbacks sent (a
+     * reply, then stop) goes now. Other returns leave that to the next
+     * wait, which submits it in the same system call. */
+    if (*stopped) {
+        ZCN_Error e = submit_now(s);
+        if (err == ZCN_OK)
+            err = e;
+    }
+    return err;
 }
 
 ZCN_Error zcn_server_run_once(ZCN_Server *s)
@@ -1441,6 +1478,24 @@ ZCN_Error zcn_server_stop(ZCN_Server *s)
     atomic_store_explicit(&s->stop_requested, 1, memory_order_release);
     zcn_eventfd_wake(s->wake_fd);
     return ZCN_OK;
+}
+
+ZCN_Error zcn_server_flush(ZCN_Server *s)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    if (!s->started)
+        return ZCN_OK; /* nothing can be queued before start */
+    return submit_now(s);
+}
+
+ZCN_Error zcn_server_wakeup_fd(ZCN_Server *s, int *fd_out)
+{
+    if (fd_out != NULL)
+        *fd_out = -1;
+    if (s == NULL || fd_out == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, s == NULL ? "server is NULL" : "fd_out is NULL");
+    return zcn_wakeup_open(&s->wakeup, fd_out);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1586,6 +1641,7 @@ static void free_server(ZCN_Server *s)
         close(s->listen_fd);
     if (s->wake_fd >= 0)
         close(s->wake_fd);
+    zcn_wakeup_close(&s->wakeup);
     zcn_pool_destroy(s->pool);
     free(s->meta);
     free(s->conns);
@@ -1615,6 +1671,7 @@ ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
     }
     s->listen_fd = -1;
     s->wake_fd = -1;
+    zcn_wakeup_init(&s->wakeup);
     s->buffer_count = st.buffers;
     s->buffer_size = st.buffer_size;
     s->backlog = st.backlog;
@@ -1711,12 +1768,19 @@ static void drain_for_destroy(ZCN_Server *s)
             io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
         }
     }
+    if (s->wakeup.armed) {
+        struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
+        if (sqe != NULL) {
+            io_uring_prep_cancel64(sqe, pack_ud(OP_WAKEUP_PIPE, 0, 0), 0);
+            io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
+        }
+    }
     s->ev = NULL; /* destroy reports closes through callbacks only */
     end_batch(s);
     for (uint32_t i = 0; i < s->conns_max; i++)
         abort_conn(s, &s->conns[i]);
     uint64_t deadline = zcn_now_ms() + DESTROY_DRAIN_MS;
-    while (s->conns_active > 0 || s->accept_armed || s->wake_armed) {
+    while (s->conns_active > 0 || s->accept_armed || s->wake_armed || s->wakeup.armed) {
         s->now_ms = zcn_now_ms();
         if (s->now_ms >= deadline)
             break;

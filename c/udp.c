@@ -88,11 +88,13 @@ _Static_assert(ZCN_UDP_HEADROOM >= sizeof(struct io_uring_recvmsg_out) + NAME_BY
                "ZCN_UDP_HEADROOM must hold the recvmsg header and name");
 _Static_assert(NAME_BYTES >= sizeof(struct sockaddr_in6), "name room");
 
+#define WAKE_PIPE 1u /* OP_WAKE index of the wakeup pipe's poll */
+
 enum op {
     OP_IGNORE = 0, /* cancels: the result does not matter */
     OP_RECV = 1,
     OP_SEND = 2,
-    OP_WAKE = 3,
+    OP_WAKE = 3,       /* index 0: the stop eventfd; 1: the wakeup pipe */
 };
 
 union peer_addr {
@@ -179,6 +181,7 @@ struct ZCN_UdpSocket {
 
     int wake_fd;
     bool wake_armed;
+    struct zcn_wakeup_pipe wakeup;
     _Atomic int stop_requested;
     pthread_t owner;
     bool owner_set;
@@ -1120,7 +1123,10 @@ static void handle_cqe(zcn_source *src, struct io_uring_cqe *cqe)
         on_send(u, tag_index(tag), cqe->res);
         break;
     case OP_WAKE:
-        on_wake(u, cqe);
+        if (tag_index(tag) == WAKE_PIPE)
+            zcn_wakeup_on_cqe(&u->wakeup, cqe);
+        else
+            on_wake(u, cqe);
         break;
     default:
         break;
@@ -1165,6 +1171,8 @@ static ZCN_Error start(ZCN_UdpSocket *u)
 
 static int wait_cqe(ZCN_UdpSocket *u, int timeout_ms)
 {
+    if (!u->destroying)
+        zcn_wakeup_arm(&u->wakeup, u->ring, make_ud(u, OP_WAKE, WAKE_PIPE));
     flush_tx(u);
     ring_publish(u);
     u->unsubmitted = false;
@@ -1194,12 +1202,16 @@ static ZCN_Error turn(ZCN_UdpSocket *u, int timeout_ms, uint32_t *handled)
     *handled = 0;
     maybe_rearm(u);
     int ret = wait_cqe(u, timeout_ms);
-    if (ret == -EINTR)
+    if (ret == -EINTR) {
+        zcn_wakeup_consume(&u->wakeup);
         return zcn_fail((ZCN_Error)EINTR, "interrupted by a signal");
+    }
     if (ret < 0 && ret != -ETIME && ret != -EAGAIN && ret != -EBUSY)
         return zcn_fail((ZCN_Error)-ret, "io_uring_enter: %s", strerror(-ret));
     *handled = reap(u);
     maybe_rearm(u);
+    if (zcn_wakeup_take(&u->wakeup))
+        return zcn_fail((ZCN_Error)EINTR, "interrupted: a byte came on the wakeup fd");
     return ZCN_OK;
 }
 
@@ -1221,6 +1233,16 @@ static ZCN_Error loop_guard(ZCN_UdpSocket *u)
 static ZCN_Error turn_cb(void *loop, int timeout_ms, uint32_t *handled)
 {
     return turn(loop, timeout_ms, handled);
+}
+
+/* A loop call returns: sends its callbacks queued go now, also when the
+ * call ends with EINTR (the wakeup pipe ends it after a turn's work). */
+static ZCN_Error submit_after(ZCN_UdpSocket *u, ZCN_Error err)
+{
+    if (err != ZCN_OK && err != (ZCN_Error)EINTR)
+        return err;
+    ZCN_Error e = submit_now(u);
+    return e != ZCN_OK ? e : err;
 }
 
 /* Ends the previous poll batch, then runs turns (zcn_run_until). */
@@ -1245,7 +1267,7 @@ ZCN_Error zcn_udp_run_once_timeout(ZCN_UdpSocket *u, int timeout_ms, uint32_t *h
     u->ev = NULL;
     bool stopped;
     err = run_until(u, timeout_ms, handled_out, &stopped);
-    return err == ZCN_OK ? submit_now(u) : err;
+    return submit_after(u, err);
 }
 
 ZCN_Error zcn_udp_poll(ZCN_UdpSocket *u, ZCN_UdpEvent *events, uint32_t capacity, int timeout_ms,
@@ -1263,8 +1285,7 @@ ZCN_Error zcn_udp_poll(ZCN_UdpSocket *u, ZCN_UdpEvent *events, uint32_t capacity
     u->ev_n = 0;
     bool stopped;
     err = run_until(u, timeout_ms, NULL, &stopped);
-    if (err == ZCN_OK)
-        err = submit_now(u); /* sends from this turn go now, not at the next call */
+    err = submit_after(u, err); /* sends from this turn go now, not at the next call */
     if (count_out != NULL)
         *count_out = u->ev_n;
     u->ev = NULL;
@@ -1295,6 +1316,18 @@ ZCN_Error zcn_udp_stop(ZCN_UdpSocket *u)
     atomic_store_explicit(&u->stop_requested, 1, memory_order_release);
     zcn_eventfd_wake(u->wake_fd);
     return ZCN_OK;
+}
+
+ZCN_Error zcn_udp_wakeup_fd(ZCN_UdpSocket *u, int *fd_out)
+{
+    if (fd_out != NULL)
+        *fd_out = -1;
+    if (u == NULL || fd_out == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, u == NULL ? "socket is NULL" : "fd_out is NULL");
+    if (u->server != NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "this socket runs in its server's loop: use zcn_server_wakeup_fd");
+    return zcn_wakeup_open(&u->wakeup, fd_out);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1533,6 +1566,10 @@ static void cancel_all(ZCN_UdpSocket *u)
         reg.fd = u->wake_fd;
         (void)io_uring_register_sync_cancel(u->ring, &reg);
     }
+    if (u->wakeup.armed) {
+        reg.fd = u->wakeup.read_fd;
+        (void)io_uring_register_sync_cancel(u->ring, &reg);
+    }
 }
 
 static void free_socket(ZCN_UdpSocket *u)
@@ -1548,6 +1585,7 @@ static void free_socket(ZCN_UdpSocket *u)
         close(u->fd);
     if (u->wake_fd >= 0)
         close(u->wake_fd);
+    zcn_wakeup_close(&u->wakeup);
     zcn_pool_destroy(u->pool);
     free(u->meta);
     free(u->slots);
@@ -1576,6 +1614,7 @@ static ZCN_UdpSocket *alloc_socket(const ZCN_UdpConfig *cfg, struct settings *st
     u->src.flush = flush_source;
     u->fd = -1;
     u->wake_fd = -1;
+    zcn_wakeup_init(&u->wakeup);
     u->lent_head = NIL;
     u->autoflush = true;
     u->buffer_count = st->buffers;

@@ -363,7 +363,9 @@ ZCN_API int zcn_server_listen_fd(const ZCN_Server *server);
 /* Runs the loop until at least one completion has been handled (callbacks
  * called), or a stop request, or a signal interrupts the wait (EINTR is
  * returned, so a `while (running)` loop whose signal handler clears
- * `running` ends). Work per call is bounded by the CQ size. */
+ * `running` ends). Work per call is bounded by the CQ size. Sends its
+ * callbacks made reach the kernel with the next wait, or at once when the
+ * call ends because of a stop (see zcn_server_flush). */
 ZCN_API ZCN_Error zcn_server_run_once(ZCN_Server *server);
 /* The same with a timeout: timeout_ms < 0 waits forever, 0 does not wait.
  * Returns ZCN_OK also on timeout; *handled_out (may be NULL) gets the number
@@ -380,6 +382,32 @@ ZCN_API ZCN_Error zcn_server_run(ZCN_Server *server);
  * early, the one that sees it, which also clears it; a request made while no
  * loop runs makes the next loop call return at once. */
 ZCN_API ZCN_Error zcn_server_stop(ZCN_Server *server);
+/* Hands sends queued since the loop last waited to the kernel now. Sends
+ * made in callbacks, or after zcn_server_poll returned, are otherwise
+ * submitted by the loop's next wait (in the same system call); a loop call
+ * that ends because of zcn_server_stop submits them itself. Use it when the
+ * loop will not run again soon after sending outside it. No system call if
+ * nothing is queued. The owner thread only (inside callbacks too). */
+ZCN_API ZCN_Error zcn_server_flush(ZCN_Server *server);
+/* A file descriptor that interrupts the loop: the write end of a
+ * non-blocking pipe the loop watches. Whenever a byte is written to it, the
+ * loop's current wait -- or its next one, if none is in progress -- ends and
+ * that loop call returns EINTR, as if a signal had interrupted it (callbacks
+ * for completions reaped in the same turn still run; zcn_server_run just
+ * goes on). The loop reads the pipe empty.
+ *
+ * For bindings whose signal handlers run after the C call returns, such as
+ * Python's signal module: give this fd to signal.set_wakeup_fd while the
+ * loop runs. Otherwise a signal that arrives just before the loop goes to
+ * sleep leaves the handler waiting until the next event. C programs do not
+ * need it: zcn_server_stop is async-signal-safe and has no such gap.
+ *
+ * Created on the first call (errno EMFILE/ENFILE if no fd is left); later
+ * calls return the same fd. Owned by the server: do not close it;
+ * zcn_server_destroy does. Call it on the thread that runs the loop or
+ * before the loop runs; the loop starts watching the pipe at its next turn.
+ * NULL server or fd_out: ZCN_ERR_INVALID_ARGUMENT. */
+ZCN_API ZCN_Error zcn_server_wakeup_fd(ZCN_Server *server, int *fd_out);
 
 /* Event-batch alternative to callbacks, for bindings where a callback per
  * event is costly (the Python layer uses it). */
@@ -692,6 +720,10 @@ ZCN_API ZCN_Error zcn_udp_run_once_timeout(ZCN_UdpSocket *sock, int timeout_ms,
                                            uint32_t *handled_out);
 ZCN_API ZCN_Error zcn_udp_run(ZCN_UdpSocket *sock);
 ZCN_API ZCN_Error zcn_udp_stop(ZCN_UdpSocket *sock);
+/* zcn_server_wakeup_fd for a socket with its own ring (same semantics,
+ * ownership and threading). A socket on a server gives
+ * ZCN_ERR_INVALID_ARGUMENT: use the server's. */
+ZCN_API ZCN_Error zcn_udp_wakeup_fd(ZCN_UdpSocket *sock, int *fd_out);
 
 /* Event-batch alternative to the callback (the Python layer uses it). */
 typedef struct ZCN_UdpEvent {

@@ -1,13 +1,14 @@
 /* UDP through the C API: round trips (IPv4, IPv6, 0 bytes, 64 KiB),
  * truncation, bursts larger than the buffer ring, connected sockets and
  * refused peers, batch and zero-copy sends, poll mode, a UDP socket in a
- * TCP server's loop, stop from a thread and a signal, multicast on loopback,
- * bad input and create/destroy cycles. */
+ * TCP server's loop, stop from a thread and a signal, the wakeup fd,
+ * multicast on loopback, bad input and create/destroy cycles. */
 #include "t_helpers.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -764,6 +765,9 @@ static void on_server(void)
     T_CHECK_ERR(zcn_udp_use_echo_handler(u), ZCN_OK);
     T_CHECK_ERR(zcn_udp_use_echo_handler(u2), ZCN_OK);
     T_CHECK_ERR(zcn_udp_run_once(u), ZCN_ERR_INVALID_ARGUMENT);
+    int wfd = 0;
+    T_CHECK_ERR(zcn_udp_wakeup_fd(u, &wfd), ZCN_ERR_INVALID_ARGUMENT); /* the server's */
+    T_CHECK(wfd == -1);
     T_CHECK_ERR(zcn_server_destroy(srv), ZCN_ERR_BUSY);
 
     int tcp = socket(AF_INET, SOCK_STREAM, 0);
@@ -909,6 +913,106 @@ static void stopping(void)
     g_sock = NULL;
 }
 
+/* ---- the wakeup fd ---------------------------------------------------------- */
+
+static int g_wakeup_fd = -1;
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* What Python's C-level signal handler does: one byte to the wakeup fd. */
+static void write_wakeup(int sig)
+{
+    char b = (char)sig;
+    ssize_t n = write(g_wakeup_fd, &b, 1);
+    (void)n;
+}
+
+static void *late_wakeup(void *arg)
+{
+    (void)arg;
+    usleep(100 * 1000);
+    write_wakeup(SIGUSR2);
+    return NULL;
+}
+
+static void wakeup(void)
+{
+    int fds0 = open_fds();
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", NULL);
+    int fd = 7, again = -1;
+    T_CHECK_ERR(zcn_udp_wakeup_fd(NULL, &fd), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(fd == -1);
+    T_CHECK_ERR(zcn_udp_wakeup_fd(u, NULL), ZCN_ERR_INVALID_ARGUMENT);
+    int fds1 = open_fds();
+    T_CHECK_ERR(zcn_udp_wakeup_fd(u, &fd), ZCN_OK);
+    T_CHECK(fd >= 0 && (fcntl(fd, F_GETFL) & O_NONBLOCK));
+    T_CHECK_ERR(zcn_udp_wakeup_fd(u, &again), ZCN_OK);
+    T_CHECK(again == fd);
+    T_CHECK(open_fds() == fds1 + 2); /* one pipe, made once */
+    g_wakeup_fd = fd;
+
+    /* The race it closes: the signal lands after the loop call began but
+     * before it sleeps. Raised first here, it must end the wait at once. */
+    struct sigaction sa = {0};
+    sa.sa_handler = write_wakeup;
+    sigaction(SIGUSR2, &sa, NULL);
+    raise(SIGUSR2);
+    uint64_t t0 = mono_ms();
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 5000, NULL), (ZCN_Error)EINTR);
+    T_CHECK(mono_ms() - t0 < 2000);
+    /* Taken: the next call waits its timeout as usual. */
+    uint32_t handled = 99;
+    t0 = mono_ms();
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 100, &handled), ZCN_OK);
+    T_CHECK(handled == 0 && mono_ms() - t0 >= 90);
+
+    /* A byte written while the loop sleeps ends the wait too. */
+    pthread_t t;
+    T_CHECK(pthread_create(&t, NULL, late_wakeup, NULL) == 0);
+    t0 = mono_ms();
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 5000, NULL), (ZCN_Error)EINTR);
+    T_CHECK(mono_ms() - t0 < 2000);
+    pthread_join(t, NULL);
+
+    /* Datagrams reaped in the interrupted turn are answered without
+     * another loop call. */
+    struct seen *s = calloc(1, sizeof *s);
+    s->sock = u;
+    s->echo = 1;
+    T_CHECK_ERR(zcn_udp_set_callback(u, s, record), ZCN_OK);
+    uint16_t cport;
+    int c = client(AF_INET, &cport);
+    client_send(c, AF_INET, zcn_udp_port(u), "both", 4);
+    write_wakeup(SIGUSR2);
+    usleep(20 * 1000);
+    /* Both were ready before the wait: one turn reaps both. */
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 5000, NULL), (ZCN_Error)EINTR);
+    T_CHECK(s->count == 1);
+    char in[8];
+    T_CHECK(recv(c, in, sizeof in, 0) == 4 && memcmp(in, "both", 4) == 0);
+    close(c);
+
+    /* zcn_udp_run goes on through it; only a stop ends it. */
+    write_wakeup(SIGUSR2);
+    g_sock = u;
+    T_CHECK(pthread_create(&t, NULL, stopper, NULL) == 0);
+    t0 = mono_ms();
+    T_CHECK_ERR(zcn_udp_run(u), ZCN_OK);
+    T_CHECK(mono_ms() - t0 >= 90);
+    pthread_join(t, NULL);
+
+    sa.sa_handler = SIG_DFL;
+    sigaction(SIGUSR2, &sa, NULL);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    T_CHECK(open_fds() == fds0); /* destroy closed the pipe */
+    free(s);
+}
+
 /* ---- multicast on loopback ----------------------------------------------- */
 
 static void multicast(void)
@@ -1015,6 +1119,7 @@ int main(void)
     bad_input();
     on_server();
     stopping();
+    wakeup();
     multicast();
     options();
     cycles();
