@@ -269,6 +269,11 @@ zcn_server_run_once_timeout = _fn("zcn_server_run_once_timeout", ZCN_Error,
 zcn_server_run = _fn("zcn_server_run", ZCN_Error, [c_void_p])
 # ZCN_Error zcn_server_stop(ZCN_Server *server);
 zcn_server_stop = _fn("zcn_server_stop", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_server_flush(ZCN_Server *server);
+zcn_server_flush = _fn("zcn_server_flush", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_server_wakeup_fd(ZCN_Server *server, int *fd_out);
+zcn_server_wakeup_fd = _fn("zcn_server_wakeup_fd", ZCN_Error, [c_void_p, POINTER(c_int)],
+                           _check_rc)
 # ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_t capacity,
 #                           int timeout_ms, uint32_t *count_out);
 zcn_server_poll = _fn("zcn_server_poll", ZCN_Error,
@@ -439,6 +444,8 @@ zcn_udp_run_once_timeout = _fn("zcn_udp_run_once_timeout", ZCN_Error,
 zcn_udp_run = _fn("zcn_udp_run", ZCN_Error, [c_void_p])
 # ZCN_Error zcn_udp_stop(ZCN_UdpSocket *sock);
 zcn_udp_stop = _fn("zcn_udp_stop", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_udp_wakeup_fd(ZCN_UdpSocket *sock, int *fd_out);
+zcn_udp_wakeup_fd = _fn("zcn_udp_wakeup_fd", ZCN_Error, [c_void_p, POINTER(c_int)], _check_rc)
 # ZCN_Error zcn_udp_poll(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, uint32_t capacity,
 #                        int timeout_ms, uint32_t *count_out);
 zcn_udp_poll = _fn("zcn_udp_poll", ZCN_Error,

@@ -11,7 +11,9 @@ import ctypes
 import math
 import mmap
 import operator
+import signal
 import socket
+import threading
 from ctypes import POINTER, c_int, c_void_p, py_object
 from time import monotonic as _monotonic
 
@@ -70,6 +72,46 @@ def timeout_ms(value, name, allow_zero=True):
         return -1
     ms = seconds_to_ms(value, name, allow_zero)
     return -1 if ms is None else min(ms, INT32_MAX)
+
+
+# --- signals while a loop waits ----------------------------------------------
+# Python runs a signal's handler on the main thread once the C call in
+# progress returns. A loop call that has begun but not yet gone to sleep in
+# the kernel when the signal lands would sleep on until the next event, and
+# the handler (stop(), KeyboardInterrupt) with it. While such a call may
+# wait, signal.set_wakeup_fd points at the loop's wakeup fd: the byte
+# Python's C-level handler writes there ends the wait, whenever it comes.
+_MAIN_IDENT = threading.main_thread().ident
+
+
+def wakeup_install(get_fd):
+    """Entering a loop call that may wait: on the main thread, points
+    signal.set_wakeup_fd at get_fd() (the loop's wakeup pipe, made on first
+    use). Returns the fd for wakeup_restore, or None if nothing changed: not
+    the main thread (handlers do not run there; their stop() wakes the loop
+    by itself), no fd to be had, or another wakeup fd in place (asyncio's),
+    which is left alone."""
+    if threading.get_ident() != _MAIN_IDENT:
+        return None
+    fd = get_fd()
+    if fd is None:
+        return None
+    try:
+        old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main interpreter
+        return None
+    if old not in (-1, fd):
+        signal.set_wakeup_fd(old)
+        return None
+    return fd
+
+
+def wakeup_restore(fd):
+    """Leaving the loop call: no wakeup fd again, unless a handler set
+    another one meanwhile."""
+    current = signal.set_wakeup_fd(-1)
+    if current not in (-1, fd):
+        signal.set_wakeup_fd(current)
 
 
 def monotonic_ms():

@@ -68,6 +68,8 @@ from ._util import release_buffer as _release_buffer
 from ._util import resolve_host as _resolve_host
 from ._util import seconds_to_ms as _seconds_arg
 from ._util import timeout_ms as _timeout_ms
+from ._util import wakeup_install as _wakeup_install
+from ._util import wakeup_restore as _wakeup_restore
 from .errors import BusyError, ClosedError, error_from_code
 
 __all__ = ["TcpServer", "ServerStats", "EVENTS_MAX"]
@@ -123,6 +125,13 @@ _poll_raw = ctypes.CDLL(_ffi.lib._name, handle=_ffi.lib._handle).zcn_server_poll
 _poll_raw.restype = c_int
 _run_once_timeout = _ffi.zcn_server_run_once_timeout
 _stop = _ffi.zcn_server_stop
+_flush_raw = _ffi.zcn_server_flush  # returns the code
+
+
+def _flush(handle):
+    rc = _flush_raw(handle)
+    if rc:
+        raise error_from_code(rc, "zcn_server_flush")
 
 
 def _c_pointer(address):
@@ -225,6 +234,8 @@ class TcpServer(BoundSocket):
         self._fds = set()           # connections accepted and not yet reported closed
         self._owner = None          # thread ident of the loop thread, once started
         self._loop_thread = None    # ident while run_once/serve_forever runs
+        self._wakeup = None         # fd given to signal.set_wakeup_fd while the loop waits
+        self._wakeup_fd = None      # the C loop's wakeup pipe, made on first use
         self._stop_requested = False
         self._close_requested = False
         self._closed_event = threading.Event()
@@ -410,12 +421,13 @@ class TcpServer(BoundSocket):
         callback raised are dispatched first, without waiting.
         """
         timeout_ms = _timeout_ms(timeout, "timeout")
-        self._enter_loop()
+        self._enter_loop(timeout_ms != 0)
         try:
             if self._stop_requested:
                 self._stop_requested = False
                 return 0
             handled = self._run(timeout_ms)
+            _flush(self._handle)  # its callbacks' sends go now, not at the next wait
             if not handled and self._stop_requested:
                 self._stop_requested = False
             return handled
@@ -429,7 +441,7 @@ class TcpServer(BoundSocket):
         for loops that want to check something periodically; None waits as
         long as needed (signals and stop() still wake it)."""
         timeout_ms = _timeout_ms(poll_interval, "poll_interval", allow_zero=False)
-        self._enter_loop()
+        self._enter_loop(True)
         try:
             if self._c_handler:
                 run = self._run
@@ -438,6 +450,7 @@ class TcpServer(BoundSocket):
             else:
                 self._serve_python(timeout_ms)
             self._stop_requested = False
+            _flush(self._handle)  # a reply sent just before stop() goes now
         finally:
             self._exit_loop()
 
@@ -453,7 +466,7 @@ class TcpServer(BoundSocket):
                 self._stop_requested = True
                 _stop(handle)
 
-    def _enter_loop(self):
+    def _enter_loop(self, waits):
         me = threading.get_ident()
         with self._lock:
             handle = self._live()
@@ -470,8 +483,24 @@ class TcpServer(BoundSocket):
                 raise RuntimeError("zcn.TcpServer: the loop must run on the thread that "
                                    "started it (io_uring single issuer)")
             self._loop_thread = me
+        if waits:
+            self._wakeup = _wakeup_install(self._get_wakeup_fd)
+
+    def _get_wakeup_fd(self):
+        fd = self._wakeup_fd
+        if fd is None:
+            out = c_int(-1)
+            try:
+                _ffi.zcn_server_wakeup_fd(self._handle, out)
+            except OSError:  # no fd left: signals are then seen at the next event
+                return None
+            fd = self._wakeup_fd = out.value
+        return fd
 
     def _exit_loop(self):
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            _wakeup_restore(wakeup)
         with self._lock:
             self._loop_thread = None
             close_now = self._close_requested
@@ -544,34 +573,39 @@ class TcpServer(BoundSocket):
         fds = self._fds
         ptr_at = self._buffer_ptrs.get
         base = self._base
-        for etype, fd, length, offset in self._pending:
-            handled += 1
-            if etype == _DATA:
-                on_data = self._on_data
-                if on_data is None:
-                    continue
-                self._cur_view = view = slab[offset:offset + length]
-                self._cur_ptr = ptr_at(offset) or _c_pointer(base + offset)
-                self._cur_len = length
-                try:
-                    on_data(fd, view)
-                finally:
-                    self._cur_view = _NO_VIEW
+        try:
+            for etype, fd, length, offset in self._pending:
+                handled += 1
+                if etype == _DATA:
+                    on_data = self._on_data
+                    if on_data is None:
+                        continue
+                    self._cur_view = view = slab[offset:offset + length]
+                    self._cur_ptr = ptr_at(offset) or _c_pointer(base + offset)
+                    self._cur_len = length
                     try:
-                        view.release()
-                    except BufferError:
-                        pass  # exported by the user (e.g. numpy): it outlives the call
-            elif etype == _ACCEPT:
-                fds.add(fd)
-                if self._on_accept is not None:
-                    self._on_accept(fd)
-            elif etype == _CLOSE:
-                fds.discard(fd)
-                if self._on_close is not None:
-                    self._on_close(fd)
-            elif etype == _DRAIN:
-                if self._on_drain is not None:
-                    self._on_drain(fd)
+                        on_data(fd, view)
+                    finally:
+                        self._cur_view = _NO_VIEW
+                        try:
+                            view.release()
+                        except BufferError:
+                            pass  # exported by the user (e.g. numpy): it outlives the call
+                elif etype == _ACCEPT:
+                    fds.add(fd)
+                    if self._on_accept is not None:
+                        self._on_accept(fd)
+                elif etype == _CLOSE:
+                    fds.discard(fd)
+                    if self._on_close is not None:
+                        self._on_close(fd)
+                elif etype == _DRAIN:
+                    if self._on_drain is not None:
+                        self._on_drain(fd)
+        except BaseException:
+            # The batch's sends would otherwise wait for the next loop call.
+            _flush_raw(self._handle)
+            raise
         self._pending = None
         return handled
 
@@ -618,6 +652,7 @@ class TcpServer(BoundSocket):
             rc = _run_once_timeout(handle, timeout_ms, self._count_ptr)
             handled = count.value
             if self._callback_errors:
+                _flush_raw(handle)  # what callbacks sent before raising
                 self._raise_callback_error()
             if rc:
                 if rc == errno.EINTR:

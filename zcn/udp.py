@@ -44,7 +44,7 @@ import logging
 import socket
 import struct
 import threading
-from ctypes import c_uint32
+from ctypes import c_int, c_uint32
 from dataclasses import dataclass
 
 from . import _ffi
@@ -64,6 +64,8 @@ from ._util import int_arg as _int_arg
 from ._util import monotonic_ms as _monotonic_ms
 from ._util import release_buffer as _release_buffer
 from ._util import timeout_ms as _timeout_ms
+from ._util import wakeup_install as _wakeup_install
+from ._util import wakeup_restore as _wakeup_restore
 from .errors import BusyError, ClosedError, error_from_code
 
 __all__ = ["UdpSocket", "UdpStats", "UDP_TRUNCATED", "EVENTS_MAX"]
@@ -234,6 +236,8 @@ class UdpSocket(BoundSocket):
 
         self._lock = threading.RLock()
         self._loop_thread = None
+        self._wakeup = None     # fd given to signal.set_wakeup_fd while the loop waits
+        self._wakeup_fd = None  # the C loop's wakeup pipe, made on first use
         self._stop_requested = False
         self._close_requested = False
         self._closed_event = threading.Event()
@@ -420,19 +424,13 @@ class UdpSocket(BoundSocket):
         Returns 0 on timeout, on a signal (Python then runs its handler) or
         after stop() (the request is consumed)."""
         timeout_ms = _timeout_ms(timeout, "timeout")
-        self._enter_loop()
+        self._enter_loop(timeout_ms != 0)
         try:
             if self._stop_requested:
                 self._stop_requested = False
                 return 0
             handled = self._run(timeout_ms)
-            if self._queued:
-                # serve_forever leaves this to its next wait; a caller of
-                # run_once may not wait again soon.
-                self._queued = False
-                rc = _flush(self._handle)
-                if rc:
-                    raise error_from_code(rc, "zcn_udp_flush")
+            self._flush_queued()
             if not handled and self._stop_requested:
                 self._stop_requested = False
             return handled
@@ -443,14 +441,24 @@ class UdpSocket(BoundSocket):
         """Runs the loop until stop() (returns normally) or until on_datagram
         raises (the exception propagates; calling again resumes)."""
         timeout_ms = _timeout_ms(poll_interval, "poll_interval", allow_zero=False)
-        self._enter_loop()
+        self._enter_loop(True)
         try:
             run = self._run
             while not self._stop_requested:
                 run(timeout_ms)
             self._stop_requested = False
+            self._flush_queued()
         finally:
             self._exit_loop()
+
+    def _flush_queued(self):
+        # Within serve_forever the next wait submits what on_datagram sent;
+        # a loop call returning may not wait again soon, so it goes now.
+        if self._queued:
+            self._queued = False
+            rc = _flush(self._handle)
+            if rc:
+                raise error_from_code(rc, "zcn_udp_flush")
 
     def stop(self):
         """Asks the loop to return. Any thread or a signal handler; a request
@@ -463,7 +471,7 @@ class UdpSocket(BoundSocket):
                 self._stop_requested = True
                 _stop(handle)
 
-    def _enter_loop(self):
+    def _enter_loop(self, waits):
         me = threading.get_ident()
         with self._lock:
             self._live()
@@ -474,8 +482,24 @@ class UdpSocket(BoundSocket):
                 raise RuntimeError("zcn.UdpSocket: the loop is already running in "
                                    "another thread")
             self._loop_thread = me
+        if waits:
+            self._wakeup = _wakeup_install(self._get_wakeup_fd)
+
+    def _get_wakeup_fd(self):
+        fd = self._wakeup_fd
+        if fd is None:
+            out = c_int(-1)
+            try:
+                _ffi.zcn_udp_wakeup_fd(self._handle, out)
+            except OSError:  # no fd left: signals are then seen at the next event
+                return None
+            fd = self._wakeup_fd = out.value
+        return fd
 
     def _exit_loop(self):
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            _wakeup_restore(wakeup)
         with self._lock:
             self._loop_thread = None
             close_now = self._close_requested
