@@ -350,6 +350,71 @@ def test_burst_echo_arrives_as_separate_datagrams(recv_mode, gso, host):
             assert st.gso_sends == 0
 
 
+@pytest.mark.parametrize("gso", [True, False])
+def test_sendmany_one_system_call_for_many_datagrams(gso):
+    """Outside the loop, sendmany queues every datagram and submits them
+    together: equal-size runs to one peer become GSO sends; the peers get
+    each datagram on its own, in order."""
+    import zcn
+    with zcn.UdpSocket(gso=gso) as sock, _client() as a, _client() as b:
+        to_a = [b"a%03d" % i for i in range(100)]
+        assert sock.sendmany(to_a, a.getsockname()) == 100
+        assert [a.recv(100) for _ in to_a] == to_a
+        st = sock.stats()
+        assert st.datagrams_sent == 100
+        assert (1 <= st.gso_sends <= 2) if gso else st.gso_sends == 0
+        # Pairs carry their own address; sizes and kinds may mix.
+        pairs = [(b"x" * (i % 7), a.getsockname() if i % 2 else b.getsockname())
+                 for i in range(20)]
+        pairs.append((bytearray(b"ba"), b.getsockname()))
+        pairs.append((memoryview(b"mv"), a.getsockname()))
+        assert sock.sendmany(pairs) == 22
+        want_a = [d for d, to in pairs if to == a.getsockname()]
+        want_b = [bytes(d) for d, to in pairs if to == b.getsockname()]
+        assert [a.recv(100) for _ in want_a] == want_a
+        assert [b.recv(100) for _ in want_b] == want_b
+        assert sock.sendmany([]) == 0
+        assert sock.sendmany(iter([b"gen"]), b.getsockname()) == 1
+        assert b.recv(10) == b"gen"
+
+
+def test_sendmany_connected_and_over_sends_max():
+    import zcn
+    with _client() as c, zcn.UdpSocket(connect=c.getsockname(), sends_max=16) as sock:
+        # 64 > sends_max: full queues are submitted and retried, none is lost.
+        data = [b"%02d" % i for i in range(64)]
+        assert sock.sendmany(data) == 64
+        assert [c.recv(10) for _ in data] == data
+
+
+def test_sendmany_errors_say_how_many_were_sent():
+    import zcn
+    with zcn.UdpSocket() as sock, _client() as c:
+        to = c.getsockname()
+        with pytest.raises(TypeError) as info:
+            sock.sendmany([b"one", b"two", "three", b"four"], to)
+        assert info.value.sent == 2
+        assert [c.recv(10), c.recv(10)] == [b"one", b"two"]
+        with pytest.raises(TypeError, match="pairs"):
+            sock.sendmany([(b"x", to, 1)])
+        with pytest.raises(ValueError) as info:
+            sock.sendmany([b"ok", b"x" * 70000], to)
+        assert info.value.sent == 1 and c.recv(10) == b"ok"
+        with pytest.raises(OSError):  # not connected, no address
+            sock.sendmany([b"nowhere"])
+    with pytest.raises(zcn.ClosedError):
+        sock.sendmany([b"late"], to)
+
+
+def test_sendmany_inside_on_datagram_leaves_with_the_loop():
+    import zcn
+    with zcn.UdpSocket() as sock, _client() as c:
+        sock.on_datagram = lambda peer, data, flags: sock.sendmany([data, b"+1", b"+2"], peer)
+        c.sendto(b"req", sock.address)
+        _run_until(sock, lambda: sock.stats().datagrams_sent == 3)
+        assert [c.recv(10) for _ in range(3)] == [b"req", b"+1", b"+2"]
+
+
 def test_options_and_multicast():
     import zcn
     with zcn.UdpSocket("0.0.0.0", reuse_addr=True, reuse_port=True, broadcast=True,

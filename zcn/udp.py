@@ -66,7 +66,7 @@ from ._util import release_buffer as _release_buffer
 from ._util import timeout_ms as _timeout_ms
 from ._util import wakeup_install as _wakeup_install
 from ._util import wakeup_restore as _wakeup_restore
-from .errors import BusyError, ClosedError, error_from_code
+from .errors import BusyError, ClosedError, QueueFullError, error_from_code
 
 __all__ = ["UdpSocket", "UdpStats", "UDP_TRUNCATED", "EVENTS_MAX"]
 
@@ -91,6 +91,7 @@ if _EVENT_SIZE != ctypes.sizeof(_ffi.UdpEvent):  # pragma: no cover - a broken m
 _sendto = _ffi.zcn_udp_sendto
 _poll = _ffi.zcn_udp_poll
 _flush = _ffi.zcn_udp_flush
+_QUEUE_FULL = QueueFullError.code
 _run_once_timeout = _ffi.zcn_udp_run_once_timeout
 _stop = _ffi.zcn_udp_stop
 _inet_ntop = socket.inet_ntop
@@ -354,6 +355,61 @@ class UdpSocket(BoundSocket):
         if handle is None:
             raise ClosedError("zcn.UdpSocket is closed")
         self._send(handle, None, 0, data)
+
+    def sendmany(self, datagrams, addr=None):
+        """Sends several datagrams with one system call (sendmmsg; a run of
+        equal-size datagrams to one peer leaves as one UDP GSO send).
+
+        Each item of ``datagrams`` is a bytes-like object, sent to ``addr``
+        (None: the connected peer), or a ``(data, addr)`` pair with its own
+        address. Returns how many were sent. Inside on_datagram they are
+        queued like sendto's and leave with the loop's next wait.
+
+        Raises what sendto raises, for the first datagram that cannot be
+        queued; those before it have been sent, and the exception's
+        ``sent`` attribute says how many. With sends_max in flight it
+        submits what is queued and retries once before QueueFullError.
+        """
+        handle = self._handle
+        if handle is None:
+            raise ClosedError("zcn.UdpSocket is closed")
+        raw, raw_len = (None, 0) if addr is None else self._sockaddr(addr)
+        sockaddr = self._sockaddr
+        cur = self._cur_view
+        sent = 0
+        try:
+            for data in datagrams:
+                to, to_len = raw, raw_len
+                if type(data) is tuple:
+                    if len(data) != 2:
+                        raise TypeError("sendmany() items are bytes-like objects or "
+                                        f"(data, addr) pairs, not a {len(data)}-tuple")
+                    data, item_addr = data
+                    to, to_len = sockaddr(item_addr)
+                # sendto's choice, inlined: the borrowed view without a copy.
+                if data is cur and data is not None:
+                    rc = _sendto(handle, to, to_len, self._cur_addr, self._cur_len)
+                elif type(data) is bytes:
+                    rc = _sendto(handle, to, to_len, data, len(data))
+                else:
+                    rc = self._send_buffer(handle, to, to_len, data)
+                if rc == _QUEUE_FULL and not self._dispatching:
+                    rc = _flush(handle) or self._send_buffer(handle, to, to_len, data)
+                if rc:
+                    raise error_from_code(rc, "sendmany")
+                sent += 1
+        except BaseException as exc:
+            if not self._dispatching:
+                _flush(handle)  # what was queued before the failure goes
+            exc.sent = sent
+            raise
+        if self._dispatching:
+            self._queued = self._queued or sent > 0
+        else:
+            rc = _flush(handle)
+            if rc:
+                raise error_from_code(rc, "zcn_udp_flush")
+        return sent
 
     def _send(self, handle, raw, raw_len, data):
         if data is self._cur_view and data is not None:
