@@ -539,14 +539,19 @@ def _udp_doc_blocks(lang):
         return re.findall(rf"```{lang}\n(.*?)```", f.read(), re.S)
 
 
-def test_udp_guide_python_example_runs():
-    (code,) = _udp_doc_blocks("python")
+def _run_doc_block(code):
     proc = subprocess.run([sys.executable, "-c", code], env=zcn_subprocess_env(),
                           capture_output=True, text=True, timeout=20, cwd=TESTS_DIR)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith("(b'hello', ('127.0.0.1', "), proc.stdout
+    return proc.stdout.splitlines()
+
+
+def test_udp_guide_python_examples_run():
+    echo, sendmany = _udp_doc_blocks("python")
+    lines = _run_doc_block(echo)
+    assert lines[0].startswith("(b'hello', ('127.0.0.1', "), lines
     assert lines[1] == "1"
+    assert _run_doc_block(sendmany) == ["64", "2", "b'00000000' b'00000001'"]
 
 
 def test_udp_guide_c_example_builds_and_runs(tmp_path):
