@@ -5,8 +5,12 @@
 
 #include "zero_copy_net.h"
 
+#include <dirent.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 #define T_EXIT_PASS 0
 #define T_EXIT_FAIL 1
@@ -45,6 +49,51 @@ static inline void t_require_io_uring(void)
         exit(T_EXIT_SKIP);
     }
     zcn_ring_destroy(ring);
+}
+
+/* CLOCK_MONOTONIC in milliseconds. */
+static inline uint64_t t_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* How many fds the process has open (/proc/self/fd, its own dir fd included). */
+static inline int t_open_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    T_CHECK(d != NULL);
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* The wakeup fd t_write_wakeup writes to (zcn_*_wakeup_fd). */
+static inline int *t_wakeup_target(void)
+{
+    static int fd = -1;
+    return &fd;
+}
+
+/* What Python's C-level signal handler does: one byte (the signal number)
+ * to the wakeup fd. Usable as a signal handler. */
+static inline void t_write_wakeup(int sig)
+{
+    char b = (char)sig;
+    ssize_t n = write(*t_wakeup_target(), &b, 1);
+    (void)n;
+}
+
+/* Thread body: the same byte, 100 ms from now. */
+static inline void *t_late_wakeup(void *arg)
+{
+    (void)arg;
+    usleep(100 * 1000);
+    t_write_wakeup(12); /* SIGUSR2's number here; any byte will do */
+    return NULL;
 }
 
 #endif

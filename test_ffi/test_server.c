@@ -4,7 +4,6 @@
 #include "t_helpers.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -376,100 +375,64 @@ static void test_send_then_stop(void)
 
 /* ---- the wakeup fd ---------------------------------------------------------- */
 
-static int wakeup_fd = -1;
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static int open_fds(void)
-{
-    int n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    T_CHECK(d != NULL);
-    while (readdir(d) != NULL)
-        n++;
-    closedir(d);
-    return n;
-}
-
-/* What Python's C-level signal handler does: one byte to the wakeup fd. */
-static void write_wakeup(int sig)
-{
-    char b = (char)sig;
-    ssize_t n = write(wakeup_fd, &b, 1);
-    (void)n;
-}
-
-static void *late_wakeup(void *arg)
-{
-    (void)arg;
-    usleep(100 * 1000);
-    write_wakeup(SIGUSR2);
-    return NULL;
-}
-
 static void test_wakeup_fd(void)
 {
-    int fds0 = open_fds();
+    int fds0 = t_open_fds();
     ZCN_Server *s = make_server(NULL);
     int fd = 7, again = -1;
     T_CHECK_ERR(zcn_server_wakeup_fd(NULL, &fd), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK(fd == -1);
     T_CHECK_ERR(zcn_server_wakeup_fd(s, NULL), ZCN_ERR_INVALID_ARGUMENT);
-    int fds1 = open_fds();
+    int fds1 = t_open_fds();
     T_CHECK_ERR(zcn_server_wakeup_fd(s, &fd), ZCN_OK); /* before start: fine */
     T_CHECK(fd >= 0 && (fcntl(fd, F_GETFL) & O_NONBLOCK));
     T_CHECK_ERR(zcn_server_wakeup_fd(s, &again), ZCN_OK);
-    T_CHECK(again == fd && open_fds() == fds1 + 2);
-    wakeup_fd = fd;
+    T_CHECK(again == fd && t_open_fds() == fds1 + 2);
+    *t_wakeup_target() = fd;
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
 
     /* The race it closes: a signal after the loop call began, before it
      * sleeps. Raised first here, it must end the wait at once. */
-    struct sigaction sa = {.sa_handler = write_wakeup};
+    struct sigaction sa = {.sa_handler = t_write_wakeup};
     sigaction(SIGUSR2, &sa, NULL);
     raise(SIGUSR2);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = t_mono_ms();
     T_CHECK_ERR(zcn_server_run_once_timeout(s, 5000, NULL), (ZCN_Error)EINTR);
-    T_CHECK(mono_ms() - t0 < 2000);
+    T_CHECK(t_mono_ms() - t0 < 2000);
     uint32_t handled = 99;
-    t0 = mono_ms();
+    t0 = t_mono_ms();
     T_CHECK_ERR(zcn_server_run_once_timeout(s, 100, &handled), ZCN_OK); /* taken */
-    T_CHECK(handled == 0 && mono_ms() - t0 >= 90);
+    T_CHECK(handled == 0 && t_mono_ms() - t0 >= 90);
 
     /* While the loop sleeps, in poll mode: events that came in the same
      * turn are still reported. */
     pthread_t th;
-    T_CHECK(pthread_create(&th, NULL, late_wakeup, NULL) == 0);
+    T_CHECK(pthread_create(&th, NULL, t_late_wakeup, NULL) == 0);
     ZCN_Event ev[8];
     uint32_t n = 9;
-    t0 = mono_ms();
+    t0 = t_mono_ms();
     T_CHECK_ERR(zcn_server_poll(s, ev, 8, 5000, &n), (ZCN_Error)EINTR);
-    T_CHECK(n == 0 && mono_ms() - t0 < 2000);
+    T_CHECK(n == 0 && t_mono_ms() - t0 < 2000);
     pthread_join(th, NULL);
     int c = connect_to(zcn_server_port(s));
     usleep(20 * 1000);
-    write_wakeup(SIGUSR2);
+    t_write_wakeup(SIGUSR2);
     T_CHECK_ERR(zcn_server_poll(s, ev, 8, 5000, &n), (ZCN_Error)EINTR);
     T_CHECK(n == 1 && ev[0].type == ZCN_EVENT_ACCEPT);
     close(c);
 
     /* zcn_server_run goes on through it; only a stop ends it. */
-    write_wakeup(SIGUSR2);
+    t_write_wakeup(SIGUSR2);
     T_CHECK(pthread_create(&th, NULL, stopper, s) == 0);
-    t0 = mono_ms();
+    t0 = t_mono_ms();
     T_CHECK_ERR(zcn_server_run(s), ZCN_OK);
-    T_CHECK(mono_ms() - t0 >= 90);
+    T_CHECK(t_mono_ms() - t0 >= 90);
     pthread_join(th, NULL);
 
     sa.sa_handler = SIG_DFL;
     sigaction(SIGUSR2, &sa, NULL);
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
-    T_CHECK(open_fds() == fds0); /* destroy closed the pipe */
+    T_CHECK(t_open_fds() == fds0); /* destroy closed the pipe */
 }
 
 /* ---- backpressure --------------------------------------------------------- */

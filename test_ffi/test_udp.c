@@ -135,17 +135,6 @@ static void run_until_count(ZCN_UdpSocket *u, struct seen *s, int want)
     T_CHECK(s->count >= want);
 }
 
-static int open_fds(void)
-{
-    int n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    T_CHECK(d != NULL);
-    while (readdir(d) != NULL)
-        n++;
-    closedir(d);
-    return n;
-}
-
 /* ---- round trips ------------------------------------------------------ */
 
 static void round_trip(int family, const char *address, size_t len)
@@ -915,68 +904,43 @@ static void stopping(void)
 
 /* ---- the wakeup fd ---------------------------------------------------------- */
 
-static int g_wakeup_fd = -1;
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* What Python's C-level signal handler does: one byte to the wakeup fd. */
-static void write_wakeup(int sig)
-{
-    char b = (char)sig;
-    ssize_t n = write(g_wakeup_fd, &b, 1);
-    (void)n;
-}
-
-static void *late_wakeup(void *arg)
-{
-    (void)arg;
-    usleep(100 * 1000);
-    write_wakeup(SIGUSR2);
-    return NULL;
-}
-
 static void wakeup(void)
 {
-    int fds0 = open_fds();
+    int fds0 = t_open_fds();
     ZCN_UdpSocket *u = make_udp("127.0.0.1", NULL);
     int fd = 7, again = -1;
     T_CHECK_ERR(zcn_udp_wakeup_fd(NULL, &fd), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK(fd == -1);
     T_CHECK_ERR(zcn_udp_wakeup_fd(u, NULL), ZCN_ERR_INVALID_ARGUMENT);
-    int fds1 = open_fds();
+    int fds1 = t_open_fds();
     T_CHECK_ERR(zcn_udp_wakeup_fd(u, &fd), ZCN_OK);
     T_CHECK(fd >= 0 && (fcntl(fd, F_GETFL) & O_NONBLOCK));
     T_CHECK_ERR(zcn_udp_wakeup_fd(u, &again), ZCN_OK);
     T_CHECK(again == fd);
-    T_CHECK(open_fds() == fds1 + 2); /* one pipe, made once */
-    g_wakeup_fd = fd;
+    T_CHECK(t_open_fds() == fds1 + 2); /* one pipe, made once */
+    *t_wakeup_target() = fd;
 
     /* The race it closes: the signal lands after the loop call began but
      * before it sleeps. Raised first here, it must end the wait at once. */
     struct sigaction sa = {0};
-    sa.sa_handler = write_wakeup;
+    sa.sa_handler = t_write_wakeup;
     sigaction(SIGUSR2, &sa, NULL);
     raise(SIGUSR2);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = t_mono_ms();
     T_CHECK_ERR(zcn_udp_run_once_timeout(u, 5000, NULL), (ZCN_Error)EINTR);
-    T_CHECK(mono_ms() - t0 < 2000);
+    T_CHECK(t_mono_ms() - t0 < 2000);
     /* Taken: the next call waits its timeout as usual. */
     uint32_t handled = 99;
-    t0 = mono_ms();
+    t0 = t_mono_ms();
     T_CHECK_ERR(zcn_udp_run_once_timeout(u, 100, &handled), ZCN_OK);
-    T_CHECK(handled == 0 && mono_ms() - t0 >= 90);
+    T_CHECK(handled == 0 && t_mono_ms() - t0 >= 90);
 
     /* A byte written while the loop sleeps ends the wait too. */
     pthread_t t;
-    T_CHECK(pthread_create(&t, NULL, late_wakeup, NULL) == 0);
-    t0 = mono_ms();
+    T_CHECK(pthread_create(&t, NULL, t_late_wakeup, NULL) == 0);
+    t0 = t_mono_ms();
     T_CHECK_ERR(zcn_udp_run_once_timeout(u, 5000, NULL), (ZCN_Error)EINTR);
-    T_CHECK(mono_ms() - t0 < 2000);
+    T_CHECK(t_mono_ms() - t0 < 2000);
     pthread_join(t, NULL);
 
     /* Datagrams reaped in the interrupted turn are answered without
@@ -988,7 +952,7 @@ static void wakeup(void)
     uint16_t cport;
     int c = client(AF_INET, &cport);
     client_send(c, AF_INET, zcn_udp_port(u), "both", 4);
-    write_wakeup(SIGUSR2);
+    t_write_wakeup(SIGUSR2);
     usleep(20 * 1000);
     /* Both were ready before the wait: one turn reaps both. */
     T_CHECK_ERR(zcn_udp_run_once_timeout(u, 5000, NULL), (ZCN_Error)EINTR);
@@ -998,18 +962,18 @@ static void wakeup(void)
     close(c);
 
     /* zcn_udp_run goes on through it; only a stop ends it. */
-    write_wakeup(SIGUSR2);
+    t_write_wakeup(SIGUSR2);
     g_sock = u;
     T_CHECK(pthread_create(&t, NULL, stopper, NULL) == 0);
-    t0 = mono_ms();
+    t0 = t_mono_ms();
     T_CHECK_ERR(zcn_udp_run(u), ZCN_OK);
-    T_CHECK(mono_ms() - t0 >= 90);
+    T_CHECK(t_mono_ms() - t0 >= 90);
     pthread_join(t, NULL);
 
     sa.sa_handler = SIG_DFL;
     sigaction(SIGUSR2, &sa, NULL);
     T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
-    T_CHECK(open_fds() == fds0); /* destroy closed the pipe */
+    T_CHECK(t_open_fds() == fds0); /* destroy closed the pipe */
     free(s);
 }
 
@@ -1078,14 +1042,14 @@ static void options(void)
 
 static void cycles(void)
 {
-    int before = open_fds();
+    int before = t_open_fds();
     for (int i = 0; i < 200; i++) {
         ZCN_UdpSocket *u = make_udp(i % 2 ? "::1" : "127.0.0.1", NULL);
         if (i % 3 == 0)
             T_CHECK_ERR(zcn_udp_run_once_timeout(u, 0, NULL), ZCN_OK);
         T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
     }
-    T_CHECK(open_fds() == before);
+    T_CHECK(t_open_fds() == before);
 }
 
 static const struct {

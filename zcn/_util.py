@@ -84,34 +84,50 @@ def timeout_ms(value, name, allow_zero=True):
 _MAIN_IDENT = threading.main_thread().ident
 
 
-def wakeup_install(get_fd):
-    """Entering a loop call that may wait: on the main thread, points
-    signal.set_wakeup_fd at get_fd() (the loop's wakeup pipe, made on first
-    use). Returns the fd for wakeup_restore, or None if nothing changed: not
-    the main thread (handlers do not run there; their stop() wakes the loop
-    by itself), no fd to be had, or another wakeup fd in place (asyncio's),
-    which is left alone."""
-    if threading.get_ident() != _MAIN_IDENT:
-        return None
-    fd = get_fd()
-    if fd is None:
-        return None
-    try:
-        old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-    except ValueError:  # not the main interpreter
-        return None
-    if old not in (-1, fd):
-        signal.set_wakeup_fd(old)
-        return None
-    return fd
+class LoopWakeup:
+    """The wakeup fd of one C loop (zcn_server_wakeup_fd or
+    zcn_udp_wakeup_fd, made on first use) and whether it is installed."""
 
+    __slots__ = ("_get_fd", "_fd", "_installed")
 
-def wakeup_restore(fd):
-    """Leaving the loop call: no wakeup fd again, unless a handler set
-    another one meanwhile."""
-    current = signal.set_wakeup_fd(-1)
-    if current not in (-1, fd):
-        signal.set_wakeup_fd(current)
+    def __init__(self, get_fd):
+        self._get_fd = get_fd
+        self._fd = None
+        self._installed = None
+
+    def enter(self, handle):
+        """A loop call that may wait begins: on the main thread, points
+        signal.set_wakeup_fd at the loop's pipe. Nothing changes on other
+        threads (handlers do not run there; their stop() wakes the loop by
+        itself), without a pipe (no fd left), or when another wakeup fd is
+        in place (asyncio's), which is left alone."""
+        if threading.get_ident() != _MAIN_IDENT:
+            return
+        fd = self._fd
+        if fd is None:
+            out = c_int(-1)
+            try:
+                self._get_fd(handle, out)
+            except OSError:  # no fd left: signals are then seen at the next event
+                return
+            fd = self._fd = out.value
+        try:
+            old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        except ValueError:  # not the main interpreter
+            return
+        if old not in (-1, fd):
+            signal.set_wakeup_fd(old)
+            return
+        self._installed = fd
+
+    def exit(self):
+        """The loop call returns: no wakeup fd again, unless a handler set
+        another one meanwhile."""
+        fd, self._installed = self._installed, None
+        if fd is not None:
+            current = signal.set_wakeup_fd(-1)
+            if current not in (-1, fd):
+                signal.set_wakeup_fd(current)
 
 
 def monotonic_ms():

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from . import _ffi
 from ._util import (
     BoundSocket,
+    LoopWakeup,
     MappedMemory,
     PyBUF_SIMPLE,
     c_writable_bytes,
@@ -68,8 +69,6 @@ from ._util import release_buffer as _release_buffer
 from ._util import resolve_host as _resolve_host
 from ._util import seconds_to_ms as _seconds_arg
 from ._util import timeout_ms as _timeout_ms
-from ._util import wakeup_install as _wakeup_install
-from ._util import wakeup_restore as _wakeup_restore
 from .errors import BusyError, ClosedError, error_from_code
 
 __all__ = ["TcpServer", "ServerStats", "EVENTS_MAX"]
@@ -234,8 +233,7 @@ class TcpServer(BoundSocket):
         self._fds = set()           # connections accepted and not yet reported closed
         self._owner = None          # thread ident of the loop thread, once started
         self._loop_thread = None    # ident while run_once/serve_forever runs
-        self._wakeup = None         # fd given to signal.set_wakeup_fd while the loop waits
-        self._wakeup_fd = None      # the C loop's wakeup pipe, made on first use
+        self._wakeup = LoopWakeup(_ffi.zcn_server_wakeup_fd)  # signals end its waits
         self._stop_requested = False
         self._close_requested = False
         self._closed_event = threading.Event()
@@ -484,23 +482,10 @@ class TcpServer(BoundSocket):
                                    "started it (io_uring single issuer)")
             self._loop_thread = me
         if waits:
-            self._wakeup = _wakeup_install(self._get_wakeup_fd)
-
-    def _get_wakeup_fd(self):
-        fd = self._wakeup_fd
-        if fd is None:
-            out = c_int(-1)
-            try:
-                _ffi.zcn_server_wakeup_fd(self._handle, out)
-            except OSError:  # no fd left: signals are then seen at the next event
-                return None
-            fd = self._wakeup_fd = out.value
-        return fd
+            self._wakeup.enter(self._handle)
 
     def _exit_loop(self):
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            _wakeup_restore(wakeup)
+        self._wakeup.exit()
         with self._lock:
             self._loop_thread = None
             close_now = self._close_requested

@@ -44,12 +44,13 @@ import logging
 import socket
 import struct
 import threading
-from ctypes import c_int, c_uint32
+from ctypes import c_uint32
 from dataclasses import dataclass
 
 from . import _ffi
 from ._util import (
     BoundSocket,
+    LoopWakeup,
     MappedMemory,
     PyBUF_SIMPLE,
     c_writable_bytes,
@@ -64,8 +65,6 @@ from ._util import int_arg as _int_arg
 from ._util import monotonic_ms as _monotonic_ms
 from ._util import release_buffer as _release_buffer
 from ._util import timeout_ms as _timeout_ms
-from ._util import wakeup_install as _wakeup_install
-from ._util import wakeup_restore as _wakeup_restore
 from .errors import BusyError, ClosedError, QueueFullError, error_from_code
 
 __all__ = ["UdpSocket", "UdpStats", "UDP_TRUNCATED", "EVENTS_MAX"]
@@ -237,8 +236,7 @@ class UdpSocket(BoundSocket):
 
         self._lock = threading.RLock()
         self._loop_thread = None
-        self._wakeup = None     # fd given to signal.set_wakeup_fd while the loop waits
-        self._wakeup_fd = None  # the C loop's wakeup pipe, made on first use
+        self._wakeup = LoopWakeup(_ffi.zcn_udp_wakeup_fd)  # signals end its waits
         self._stop_requested = False
         self._close_requested = False
         self._closed_event = threading.Event()
@@ -539,23 +537,10 @@ class UdpSocket(BoundSocket):
                                    "another thread")
             self._loop_thread = me
         if waits:
-            self._wakeup = _wakeup_install(self._get_wakeup_fd)
-
-    def _get_wakeup_fd(self):
-        fd = self._wakeup_fd
-        if fd is None:
-            out = c_int(-1)
-            try:
-                _ffi.zcn_udp_wakeup_fd(self._handle, out)
-            except OSError:  # no fd left: signals are then seen at the next event
-                return None
-            fd = self._wakeup_fd = out.value
-        return fd
+            self._wakeup.enter(self._handle)
 
     def _exit_loop(self):
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            _wakeup_restore(wakeup)
+        self._wakeup.exit()
         with self._lock:
             self._loop_thread = None
             close_now = self._close_requested
