@@ -82,6 +82,7 @@ def timeout_ms(value, name, allow_zero=True):
 # wait, signal.set_wakeup_fd points at the loop's wakeup fd: the byte
 # Python's C-level handler writes there ends the wait, whenever it comes.
 _MAIN_IDENT = threading.main_thread().ident
+WAKEUP_MIN_WAIT_MS = 100
 
 
 class LoopWakeup:
@@ -95,13 +96,16 @@ class LoopWakeup:
         self._fd = None
         self._installed = None
 
-    def enter(self, handle):
-        """A loop call that may wait begins: on the main thread, points
-        signal.set_wakeup_fd at the loop's pipe. Nothing changes on other
+    def enter(self, handle, timeout_ms):
+        """A loop call begins: on the main thread, if it may wait longer
+        than WAKEUP_MIN_WAIT_MS (timeout_ms < 0: forever), points
+        signal.set_wakeup_fd at the loop's pipe. That costs about 1 µs (two
+        system calls), so shorter waits go without: a signal in the gap is
+        then handled when the wait times out. Nothing changes on other
         threads (handlers do not run there; their stop() wakes the loop by
         itself), without a pipe (no fd left), or when another wakeup fd is
         in place (asyncio's), which is left alone."""
-        if threading.get_ident() != _MAIN_IDENT:
+        if 0 <= timeout_ms <= WAKEUP_MIN_WAIT_MS or threading.get_ident() != _MAIN_IDENT:
             return
         fd = self._fd
         if fd is None:

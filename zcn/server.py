@@ -419,7 +419,7 @@ class TcpServer(BoundSocket):
         callback raised are dispatched first, without waiting.
         """
         timeout_ms = _timeout_ms(timeout, "timeout")
-        self._enter_loop(timeout_ms != 0)
+        self._enter_loop(timeout_ms)
         try:
             if self._stop_requested:
                 self._stop_requested = False
@@ -439,7 +439,7 @@ class TcpServer(BoundSocket):
         for loops that want to check something periodically; None waits as
         long as needed (signals and stop() still wake it)."""
         timeout_ms = _timeout_ms(poll_interval, "poll_interval", allow_zero=False)
-        self._enter_loop(True)
+        self._enter_loop(timeout_ms)
         try:
             if self._c_handler:
                 run = self._run
@@ -464,7 +464,7 @@ class TcpServer(BoundSocket):
                 self._stop_requested = True
                 _stop(handle)
 
-    def _enter_loop(self, waits):
+    def _enter_loop(self, timeout_ms):
         me = threading.get_ident()
         with self._lock:
             handle = self._live()
@@ -481,8 +481,7 @@ class TcpServer(BoundSocket):
                 raise RuntimeError("zcn.TcpServer: the loop must run on the thread that "
                                    "started it (io_uring single issuer)")
             self._loop_thread = me
-        if waits:
-            self._wakeup.enter(self._handle)
+        self._wakeup.enter(self._handle, timeout_ms)
 
     def _exit_loop(self):
         self._wakeup.exit()

@@ -478,7 +478,7 @@ class UdpSocket(BoundSocket):
         Returns 0 on timeout, on a signal (Python then runs its handler) or
         after stop() (the request is consumed)."""
         timeout_ms = _timeout_ms(timeout, "timeout")
-        self._enter_loop(timeout_ms != 0)
+        self._enter_loop(timeout_ms)
         try:
             if self._stop_requested:
                 self._stop_requested = False
@@ -495,7 +495,7 @@ class UdpSocket(BoundSocket):
         """Runs the loop until stop() (returns normally) or until on_datagram
         raises (the exception propagates; calling again resumes)."""
         timeout_ms = _timeout_ms(poll_interval, "poll_interval", allow_zero=False)
-        self._enter_loop(True)
+        self._enter_loop(timeout_ms)
         try:
             run = self._run
             while not self._stop_requested:
@@ -525,7 +525,7 @@ class UdpSocket(BoundSocket):
                 self._stop_requested = True
                 _stop(handle)
 
-    def _enter_loop(self, waits):
+    def _enter_loop(self, timeout_ms):
         me = threading.get_ident()
         with self._lock:
             self._live()
@@ -536,8 +536,7 @@ class UdpSocket(BoundSocket):
                 raise RuntimeError("zcn.UdpSocket: the loop is already running in "
                                    "another thread")
             self._loop_thread = me
-        if waits:
-            self._wakeup.enter(self._handle)
+        self._wakeup.enter(self._handle, timeout_ms)
 
     def _exit_loop(self):
         self._wakeup.exit()
