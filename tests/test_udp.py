@@ -378,6 +378,63 @@ def test_sendmany_one_system_call_for_many_datagrams(gso):
         assert b.recv(10) == b"gen"
 
 
+# Runs in a child: a network namespace of its own (root, or CAP_SYS_ADMIN)
+# whose loopback MTU it may lower without touching the machine's.
+_SMALL_MTU_SCRIPT = r"""
+import ctypes, fcntl, json, os, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+    print(json.dumps({"skip": "unshare(CLONE_NEWNET): " + os.strerror(ctypes.get_errno())}))
+    sys.exit(0)
+ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def ifreq(fmt, value):
+    return struct.pack(fmt, b"lo", value)
+flags = struct.unpack_from("16sh", fcntl.ioctl(ctl, 0x8913, ifreq("16sh", 0)))[1]  # SIOCGIFFLAGS
+fcntl.ioctl(ctl, 0x8914, ifreq("16sh", flags | 1))                                # up
+import zcn
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+rx.bind(("127.0.0.1", 0))
+rx.settimeout(5)
+big = [bytes([i]) * 1400 for i in range(20)]
+small = [bytes([i]) * 1000 for i in range(20)]
+out = {}
+def run(name, batches):
+    with zcn.UdpSocket() as tx:
+        gso = []
+        for batch in batches:
+            tx.sendmany(batch, rx.getsockname())
+            gso.append(tx.stats().gso_sends)
+        st = tx.stats()
+        want = [d for batch in batches for d in batch]
+        got = [rx.recv(2000) for _ in want]
+        out[name] = {"gso": gso, "errors": st.send_errors, "sent": st.datagrams_sent,
+                     "intact": got == want}
+run("mtu65536", [big])
+fcntl.ioctl(ctl, 0x8922, ifreq("16si", 1280))                                     # SIOCSIFMTU
+run("mtu1280", [big, small])
+print(json.dumps(out))
+"""
+
+
+def test_gso_falls_back_on_a_route_with_a_small_mtu():
+    """A real route that refuses the GSO segment size: loopback at MTU 1280
+    in a private network namespace. 1400 B runs go datagram by datagram
+    (IP fragments them), 1000 B runs still coalesce, nothing is lost."""
+    import json
+    proc = subprocess.run([sys.executable, "-c", _SMALL_MTU_SCRIPT], env=zcn_subprocess_env(),
+                          capture_output=True, text=True, timeout=30, cwd=TESTS_DIR)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert out["mtu65536"] == {"gso": [1], "errors": 0, "sent": 20, "intact": True}
+    # The first GSO send fails (segment over the MTU: EMSGSIZE on 6.18, EINVAL
+    # on older kernels; the C test covers that one through a hook); the run
+    # is resent one by one and later runs of that size are not coalesced.
+    assert out["mtu1280"] == {"gso": [0, 1], "errors": 0, "sent": 40, "intact": True}
+
+
 def test_sendmany_connected_and_over_sends_max():
     import zcn
     with _client() as c, zcn.UdpSocket(connect=c.getsockname(), sends_max=16) as sock:
