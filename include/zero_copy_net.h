@@ -21,7 +21,8 @@
  * - Threading: a ZCN_BufferPool may be used from any number of threads at
  *   once. A ZCN_Ring and a ZCN_Server belong to the one thread that drives
  *   them; the only exception is zcn_server_stop(), which any thread or a
- *   signal handler may call.
+ *   signal handler may call (and a write to the zcn_server_wakeup_fd pipe,
+ *   which is plain I/O on an fd).
  */
 #ifndef ZERO_COPY_NET_H
 #define ZERO_COPY_NET_H

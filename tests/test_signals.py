@@ -195,3 +195,28 @@ def test_signal_right_after_an_echo_stops_the_loop(kind):
         os.sched_setaffinity(0, cpus)
         signal.signal(signal.SIGUSR1, previous)
     assert late == [], f"{len(late)} of {rounds} signals were seen only by the watchdog"
+
+
+@KINDS
+def test_keyboard_interrupt_while_installing_leaves_a_clean_loop(kind, monkeypatch):
+    """A handler may raise (KeyboardInterrupt) at any bytecode, also just
+    after the wakeup fd was pointed at the loop: the loop call must still
+    put it back and not count as running."""
+    loop, _ping = _make(kind)
+    real = signal.set_wakeup_fd
+    calls = []
+
+    def set_then_interrupt(fd, **kw):
+        old = real(fd, **kw)
+        calls.append(fd)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return old
+
+    with loop:
+        monkeypatch.setattr(signal, "set_wakeup_fd", set_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_once(None)
+        monkeypatch.undo()
+        assert _current_wakeup_fd() == -1
+        assert loop.run_once(0) == 0  # not "already running"

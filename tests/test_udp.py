@@ -454,6 +454,8 @@ def test_sendmany_errors_say_how_many_were_sent():
         assert [c.recv(10), c.recv(10)] == [b"one", b"two"]
         with pytest.raises(TypeError, match="pairs"):
             sock.sendmany([(b"x", to, 1)])
+        with pytest.raises(TypeError, match="iterable of datagrams"):
+            sock.sendmany(b"one datagram", to)
         with pytest.raises(ValueError) as info:
             sock.sendmany([b"ok", b"x" * 70000], to)
         assert info.value.sent == 1 and c.recv(10) == b"ok"

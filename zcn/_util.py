@@ -115,14 +115,15 @@ class LoopWakeup:
             except OSError:  # no fd left: signals are then seen at the next event
                 return
             fd = self._fd = out.value
+        self._installed = fd  # first: a KeyboardInterrupt below still gets exit()
         try:
             old = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
         except ValueError:  # not the main interpreter
+            self._installed = None
             return
         if old not in (-1, fd):
             signal.set_wakeup_fd(old)
-            return
-        self._installed = fd
+            self._installed = None
 
     def exit(self):
         """The loop call returns: no wakeup fd again, unless a handler set

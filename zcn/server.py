@@ -481,7 +481,11 @@ class TcpServer(BoundSocket):
                 raise RuntimeError("zcn.TcpServer: the loop must run on the thread that "
                                    "started it (io_uring single issuer)")
             self._loop_thread = me
-        self._wakeup.enter(self._handle, timeout_ms)
+        try:
+            self._wakeup.enter(self._handle, timeout_ms)
+        except BaseException:  # a signal handler's exception: leave as we came
+            self._exit_loop()
+            raise
 
     def _exit_loop(self):
         self._wakeup.exit()

@@ -371,6 +371,9 @@ class UdpSocket(BoundSocket):
         handle = self._handle
         if handle is None:
             raise ClosedError("zcn.UdpSocket is closed")
+        if isinstance(datagrams, (bytes, bytearray, memoryview, str)):
+            raise TypeError("sendmany() takes an iterable of datagrams; "
+                            "send a single one with sendto()")
         raw, raw_len = (None, 0) if addr is None else self._sockaddr(addr)
         sockaddr = self._sockaddr
         cur = self._cur_view
@@ -536,7 +539,11 @@ class UdpSocket(BoundSocket):
                 raise RuntimeError("zcn.UdpSocket: the loop is already running in "
                                    "another thread")
             self._loop_thread = me
-        self._wakeup.enter(self._handle, timeout_ms)
+        try:
+            self._wakeup.enter(self._handle, timeout_ms)
+        except BaseException:  # a signal handler's exception: leave as we came
+            self._exit_loop()
+            raise
 
     def _exit_loop(self):
         self._wakeup.exit()
