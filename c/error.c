@@ -57,6 +57,7 @@ static const struct {
     {ZCN_ERR_URING_UNSUPPORTED, "ZCN_ERR_URING_UNSUPPORTED", "io_uring or a needed io_uring feature is not supported by this kernel"},
     {ZCN_ERR_MEMLOCK, "ZCN_ERR_MEMLOCK", "locked-memory limit (RLIMIT_MEMLOCK) too low"},
     {ZCN_ERR_TIMEOUT, "ZCN_ERR_TIMEOUT", "timed out"},
+    {ZCN_ERR_WRONG_THREAD, "ZCN_ERR_WRONG_THREAD", "called from a thread that does not own the handle"},
 };
 
 const char *zcn_strerror(ZCN_Error err)

@@ -107,6 +107,30 @@ uint64_t zcn_now_ms(void);
  * kernel refuses that submit, which the caller reports. */
 struct io_uring_sqe *zcn_get_sqe(struct io_uring *ring);
 
+/* Test hook (test_ffi): the next `count` zcn_get_sqe calls on this thread
+ * return NULL, as if the kernel had refused the submit that makes room.
+ * Every path that needs an SQE must retry later instead of losing work. */
+void zcn_test_fail_sqes(uint32_t count);
+
+/* A process-wide registry of live loop handles, so that a stop request
+ * from a signal handler or another thread can never touch a handle being
+ * destroyed or already freed (the common "global pointer, signal handler
+ * calls stop" pattern). Lock-free and async-signal-safe.
+ *
+ * zcn_live_add registers h (at create) and returns its slot, or -1 when the
+ * registry is full: such a handle is found by nobody, so stopping it then
+ * relies on the caller alone (see zcn_live_acquire). zcn_live_remove (at
+ * the start of destroy) unregisters it and waits until every stop that
+ * found it has finished. zcn_live_acquire finds h and pins it, returning
+ * the slot to pass to zcn_live_release; -1 if h is not registered and the
+ * registry never overflowed; -2 if it is not registered but the registry
+ * overflowed once (h may be live but unregistered: the caller proceeds). */
+#define ZCN_LIVE_MAX 1024
+int zcn_live_add(void *h);
+void zcn_live_remove(int slot);
+int zcn_live_acquire(const void *h);
+void zcn_live_release(int slot);
+
 /* Submits what is queued and waits up to timeout_ms (-1 forever, 0 not at
  * all) for a completion. Returns 0 or a negative errno (-ETIME on timeout,
  * -EINTR on a signal); what to make of them is the caller's. */

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,8 +22,19 @@ uint64_t zcn_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static _Thread_local uint32_t sqe_failures_left;
+
+void zcn_test_fail_sqes(uint32_t count)
+{
+    sqe_failures_left = count;
+}
+
 struct io_uring_sqe *zcn_get_sqe(struct io_uring *ring)
 {
+    if (ZCN_UNLIKELY(sqe_failures_left > 0)) {
+        sqe_failures_left--;
+        return NULL;
+    }
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (sqe != NULL)
         return sqe;
@@ -200,4 +212,62 @@ ZCN_Error zcn_run_until(void *loop, zcn_turn_fn turn, _Atomic int *stop_requeste
     if (handled_out != NULL)
         *handled_out = handled;
     return err;
+}
+
+/* ------------------------------------------------------------------ */
+/* the live-handle registry (internal.h)                               */
+/* ------------------------------------------------------------------ */
+
+static struct {
+    _Atomic(const void *) handle;
+    _Atomic uint32_t users;     /* stop calls inside, pinning the handle */
+} live[ZCN_LIVE_MAX];
+static _Atomic int live_overflowed;
+
+int zcn_live_add(void *h)
+{
+    for (int i = 0; i < ZCN_LIVE_MAX; i++) {
+        const void *expected = NULL;
+        if (atomic_compare_exchange_strong(&live[i].handle, &expected, h))
+            return i;
+    }
+    atomic_store(&live_overflowed, 1);
+    return -1;
+}
+
+void zcn_live_remove(int slot)
+{
+    if (slot < 0 || slot >= ZCN_LIVE_MAX)
+        return;
+    atomic_store(&live[slot].handle, NULL);
+    /* A stop that pinned the handle before it went finishes its eventfd
+     * write and leaves; a signal handler interrupting this thread runs to
+     * the end before we continue, so this never waits on ourselves. */
+    while (atomic_load(&live[slot].users) != 0)
+        sched_yield();
+}
+
+int zcn_live_acquire(const void *h)
+{
+    if (h == NULL)
+        return -1;
+    for (int i = 0; i < ZCN_LIVE_MAX; i++) {
+        if (atomic_load_explicit(&live[i].handle, memory_order_acquire) != h)
+            continue;
+        atomic_fetch_add(&live[i].users, 1);
+        /* Pinned first, then checked again: a remove that cleared the
+         * slot in between either sees our pin and waits, or we see it
+         * gone and let go. */
+        if (atomic_load(&live[i].handle) == h)
+            return i;
+        atomic_fetch_sub(&live[i].users, 1);
+        break;
+    }
+    return atomic_load(&live_overflowed) ? -2 : -1;
+}
+
+void zcn_live_release(int slot)
+{
+    if (slot >= 0 && slot < ZCN_LIVE_MAX)
+        atomic_fetch_sub(&live[slot].users, 1);
 }

@@ -1,18 +1,32 @@
-/* The TCP server: one io_uring event loop with multishot accept, multishot
- * recv into a provided-buffer ring built from the pool, and a per-connection
- * send queue of pool buffers.
+/* The TCP server: one io_uring event loop with multishot accept, recv into
+ * a provided-buffer ring built from the pool, and a per-connection send
+ * queue of pool buffers.
  *
  * The path of one message: the kernel picks a buffer from the buffer ring and
  * posts a recv completion naming it; on_data borrows it; zcn_server_send of
  * that memory takes a reference instead of copying; when the last reference
  * (callback, pending delivery, send chunk) drops, the buffer goes back to the
- * buffer ring (or to the pool, to keep a reserve for copied sends).
+ * buffer ring (or to the pool, to keep room for copied sends).
  *
  * Every connection is a slot in a fixed array sized connections_max; fd ->
  * slot goes through a table sized by RLIMIT_NOFILE. A slot is reused only
  * when no request in the kernel refers to it any more (recv_armed and
  * send_inflight both clear), and SQE user_data carries a generation so a
  * stale completion could never touch a new connection.
+ *
+ * The buffer policy (docs/BUFFERS.md, ZCN_Config in the header): buffers a
+ * connection keeps beyond a callback -- its send queue and its deferred
+ * receives -- are "held" and counted against a server-wide budget of
+ * buffer_count - reserve, so the reserve always feeds receives. Each
+ * connection may hold up to its cap, a fair share of the budget under
+ * pressure. A receive is armed only for a connection that may take another
+ * buffer; multishot only while it holds nothing and the server is not under
+ * pressure (else one buffer per request), so held data cannot grow behind
+ * our back by more than the completions in flight when a cap was reached.
+ * Connections waiting for budget wait in FIFO order; if the budget stays
+ * used up while one waits, the stalled connection holding the most is
+ * aborted. Queued data that makes no progress for send_timeout_ms is
+ * aborted too, as is a connection over the hard limit.
  */
 #include "internal.h"
 
@@ -22,6 +36,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -35,6 +51,13 @@
 #define ACCEPT_BACKOFF_MIN_MS 10
 #define ACCEPT_BACKOFF_MAX_MS 1000
 #define DESTROY_DRAIN_MS 2000
+#define SEND_TIMEOUT_DEFAULT_MS 60000
+/* A connection whose queued data made no progress for this long may be
+ * evicted when another one waits for budget. */
+#define EVICT_STALL_MS 100
+/* Zero-copy slices shorter than this are copied into the packed last
+ * buffer of a non-empty queue: bytes then bound buffers and chunks. */
+#define COALESCE_BYTES 512
 #define NIL (-1)
 
 enum op {
@@ -62,16 +85,30 @@ struct chunk {
     int32_t next;
 };
 
+/* Links of the intrusive lists connections are on (NOT_LINKED = on none). */
+#define NOT_LINKED (-2)
+struct link {
+    int32_t prev, next;
+};
+struct list {
+    int32_t head, tail;
+    uint32_t count;
+};
+
 struct conn {
     int fd;
     uint8_t state;
     bool recv_armed;
+    bool recv_multishot;        /* the armed recv takes any number of buffers */
     bool recv_cancelled;        /* a cancel for the armed recv is queued */
     bool send_inflight;
+    bool send_cancelled;
     bool eof;                   /* the peer closed its side */
+    bool eof_reported;          /* on_eof / EOF event emitted */
+    bool shut_wr;               /* zcn_server_shutdown: FIN once drained */
+    bool shut_wr_done;
     bool want_drain;            /* a send was refused: emit DRAIN later */
-    bool in_service;            /* on the service list */
-    bool in_lru;
+    bool rst;                   /* aborted: close with a reset */
     bool in_tx;                 /* on the send-submission list */
     uint32_t gen;
     /* send queue: a list of chunks */
@@ -79,18 +116,26 @@ struct conn {
     uint64_t queued_bytes;
     uint32_t sq_bufs;           /* distinct buffers the queue holds (runs of
                                    chunks on one buffer count once) */
+    uint32_t sq_chunks;
+    uint32_t inflight_chunks;   /* chunks the send in flight reads */
+    /* received data not yet delivered (delivery deferred while the
+     * connection is over its cap), linked through zcn_buf_meta.next */
+    int32_t rx_head, rx_tail;
+    uint32_t rx_bufs;
+    uint64_t rx_bytes;
     /* poll mode: data lent to the caller in batch `lent_batch`, which the
      * caller may still send: counted against the queue limit */
     uint32_t lent_batch;
     uint32_t lent_bufs;
     uint64_t lent_bytes;
-    /* received data not yet delivered (delivery deferred while the send
-     * queue is over its limit), linked through zcn_buf_meta.next */
-    int32_t rx_head, rx_tail;
-    int32_t service_next;
-    int32_t lru_prev, lru_next;
-    int32_t zombie_next;
+    struct link service;        /* work waiting for room, buffers or SQEs */
+    struct link lru;            /* idle order (idle_timeout_ms) */
+    struct link wait;           /* waiting for budget, FIFO */
+    struct link prog;           /* has queued data; oldest progress first */
+    int32_t zombie_next;        /* also the free-slot link */
     uint64_t last_active_ms;
+    uint64_t progress_ms;       /* last send progress (or queue start) */
+    uint64_t bytes_in, bytes_out;
     struct msghdr msg;
     struct iovec iov[IOV_BATCH];
 };
@@ -105,30 +150,50 @@ struct ZCN_Server {
     struct zcn_buf_meta *meta;
 
     struct zcn_bufring rx;      /* the receive ring, group BUFFER_GROUP */
-    uint32_t br_target;         /* keep this many in the ring */
+    uint32_t br_target;         /* the most the ring may hold */
     uint32_t br_extra;          /* grown when bursts found the ring empty */
+
+    /* the buffer policy */
+    uint32_t pool_free;         /* buffers free in the pool */
+    uint32_t reserve;
+    uint32_t budget;            /* buffer_count - reserve */
+    uint32_t parked;            /* buffers held by connections */
+    uint32_t holders;           /* connections holding any */
+    uint32_t user_bufs;         /* acquired by the application */
+    uint32_t lent_count;        /* lent to the current poll batch */
+    uint32_t copy_headroom;     /* pool buffers the ring leaves for copies */
+    uint64_t send_timeout_ms;   /* 0 = never */
+    uint32_t hard_max_bufs;
+    uint64_t evict_check_ms;    /* last eviction scan */
 
     struct chunk *chunks;
     uint32_t chunks_max;
+    uint32_t conn_chunks_max;
     int32_t chunk_free;
+    uint32_t chunks_used;
 
     struct conn *conns;
     uint32_t conns_max;
     uint32_t conns_active;
-    int32_t conn_free;          /* free slots, linked via service_next */
+    int32_t conn_free;          /* free slots, linked via zombie_next */
     int32_t *fd_table;          /* fd -> slot, NIL if none */
     uint32_t fd_table_size;
 
     int listen_fd;
     uint16_t port;
     int wake_fd;
-    uint64_t wake_buf;
     bool started;
     bool accept_armed;
     bool wake_armed;
     bool destroying;
+    bool poll_mode;             /* events go to zcn_server_poll's array */
+    bool half_close_flag;
     struct zcn_wakeup_pipe wakeup;
     int in_callback;
+    struct conn *delivering;    /* on_data is running for it */
+    int in_loop;                /* inside a loop call (events may be emitted) */
+    int live_slot;              /* zcn_live registry entry (safe stop) */
+    pthread_t owner;
     _Atomic int stop_requested;
 
     uint32_t backlog;
@@ -140,8 +205,7 @@ struct ZCN_Server {
     uint64_t now_ms;
     uint64_t accept_resume_ms;
     uint32_t accept_backoff_ms;
-    int32_t lru_head, lru_tail;
-    int32_t service_head, service_tail;
+    struct list lru, service, waiters, progress;
     int32_t zombie_head;
     int32_t lent_head;          /* bids lent to the current poll batch */
 
@@ -151,6 +215,7 @@ struct ZCN_Server {
     ZCN_OnData on_data;
     ZCN_OnClose on_close;
     ZCN_OnDrain on_drain;
+    ZCN_OnEof on_eof;
     /* poll mode: events go here instead */
     ZCN_Event *ev;
     uint32_t ev_cap;
@@ -221,36 +286,226 @@ static inline bool has_room(const ZCN_Server *s, uint32_t k)
     return s->ev == NULL || s->ev_n + k <= s->ev_cap;
 }
 
-/* The send queue is over its limit, in bytes or in buffers. Buffers count
- * because every received segment holds a whole pool buffer however short
- * it is: with a byte limit alone, one peer that sends small segments and
- * never reads would park every buffer of the server in its queue and all
- * other connections' receives would stall on ENOBUFS. */
-static inline bool queue_full(const ZCN_Server *s, const struct conn *c)
+/* Events may be emitted now: inside a loop call, and in poll mode only
+ * inside zcn_server_poll. Work that would emit one outside (a close
+ * started between polls) waits on the service list for the next turn, so
+ * callbacks never run inside an API call made outside the loop and a poll
+ * caller always sees its CLOSE event. */
+static inline bool can_emit(const ZCN_Server *s)
 {
-    return c->queued_bytes > s->send_queue_max_bytes || c->sq_bufs > s->send_queue_max_bufs;
+    return s->in_loop > 0 && (!s->poll_mode || s->ev != NULL);
 }
 
-/* More data for c should wait: if the user echoed it, the queue would go
- * over its limit. In poll mode the data lent by the current batch has not
- * been answered yet, so it counts as queued already; otherwise a batch of
- * deliveries would all pass the check and the echoes get QUEUE_FULL. */
-static inline bool must_defer(const ZCN_Server *s, const struct conn *c)
+static inline bool half_close(const ZCN_Server *s)
 {
-    uint64_t bytes = c->queued_bytes;
-    uint64_t bufs = c->sq_bufs;
-    if (s->ev != NULL && c->lent_batch == s->batch) {
-        bytes += c->lent_bytes;
-        bufs += c->lent_bufs;
+    return s->half_close_flag || s->on_eof != NULL;
+}
+
+static ZCN_Error owner_check(const ZCN_Server *s, const char *fn)
+{
+    if (s->started && !pthread_equal(pthread_self(), s->owner))
+        return zcn_fail(ZCN_ERR_WRONG_THREAD,
+                        "%s called from a thread that does not own the server: the thread "
+                        "that called zcn_server_start runs its loop and makes its calls",
+                        fn);
+    return ZCN_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* intrusive lists over the connection array                           */
+/* ------------------------------------------------------------------ */
+
+#define LINK(s, slot, off) ((struct link *)((char *)&(s)->conns[slot] + (off)))
+
+static inline bool linked(const struct link *l)
+{
+    return l->prev != NOT_LINKED;
+}
+
+static void list_push(ZCN_Server *s, struct list *l, size_t off, struct conn *c)
+{
+    int32_t slot = slot_of(s, c);
+    struct link *k = LINK(s, slot, off);
+    if (linked(k))
+        return;
+    k->prev = l->tail;
+    k->next = NIL;
+    if (l->tail != NIL)
+        LINK(s, l->tail, off)->next = slot;
+    else
+        l->head = slot;
+    l->tail = slot;
+    l->count++;
+}
+
+static void list_push_head(ZCN_Server *s, struct list *l, size_t off, struct conn *c)
+{
+    int32_t slot = slot_of(s, c);
+    struct link *k = LINK(s, slot, off);
+    if (linked(k))
+        return;
+    k->prev = NIL;
+    k->next = l->head;
+    if (l->head != NIL)
+        LINK(s, l->head, off)->prev = slot;
+    else
+        l->tail = slot;
+    l->head = slot;
+    l->count++;
+}
+
+static void list_remove(ZCN_Server *s, struct list *l, size_t off, struct conn *c)
+{
+    int32_t slot = slot_of(s, c);
+    struct link *k = LINK(s, slot, off);
+    if (!linked(k))
+        return;
+    if (k->prev != NIL)
+        LINK(s, k->prev, off)->next = k->next;
+    else
+        l->head = k->next;
+    if (k->next != NIL)
+        LINK(s, k->next, off)->prev = k->prev;
+    else
+        l->tail = k->prev;
+    k->prev = k->next = NOT_LINKED;
+    l->count--;
+}
+
+static struct conn *list_pop(ZCN_Server *s, struct list *l, size_t off)
+{
+    if (l->head == NIL)
+        return NULL;
+    struct conn *c = &s->conns[l->head];
+    list_remove(s, l, off, c);
+    return c;
+}
+
+#define OFF_SERVICE offsetof(struct conn, service)
+#define OFF_LRU offsetof(struct conn, lru)
+#define OFF_WAIT offsetof(struct conn, wait)
+#define OFF_PROG offsetof(struct conn, prog)
+
+static void service_add(ZCN_Server *s, struct conn *c)
+{
+    list_push(s, &s->service, OFF_SERVICE, c);
+}
+
+static void unlink_all(ZCN_Server *s, struct conn *c)
+{
+    list_remove(s, &s->service, OFF_SERVICE, c);
+    list_remove(s, &s->lru, OFF_LRU, c);
+    list_remove(s, &s->waiters, OFF_WAIT, c);
+    list_remove(s, &s->progress, OFF_PROG, c);
+}
+
+/* ------------------------------------------------------------------ */
+/* the buffer policy                                                   */
+/* ------------------------------------------------------------------ */
+
+static inline uint32_t held(const struct conn *c)
+{
+    return c->sq_bufs + c->rx_bufs;
+}
+
+/* Buffers counted against the budget; the current poll batch's lent data
+ * counts too, since the caller may still queue it. */
+static inline uint32_t budget_used(const ZCN_Server *s)
+{
+    return s->parked + s->user_bufs + (s->ev != NULL ? s->lent_count : 0);
+}
+
+static inline bool under_pressure(const ZCN_Server *s)
+{
+    return 2 * (uint64_t)budget_used(s) >= s->budget;
+}
+
+/* The most one connection may hold under pressure: the budget split among
+ * the connections holding or waiting for buffers, with one share left over
+ * so a newcomer finds room without an eviction. */
+static inline uint32_t fair_share(const ZCN_Server *s)
+{
+    uint32_t share = s->budget / (s->holders + s->waiters.count + 1);
+    return share < 1 ? 1 : share;
+}
+
+static inline uint32_t buf_cap(const ZCN_Server *s)
+{
+    uint32_t cap = s->send_queue_max_bufs;
+    if (under_pressure(s)) {
+        uint32_t share = fair_share(s);
+        if (share < cap)
+            cap = share;
     }
-    return bytes > s->send_queue_max_bytes || bufs > s->send_queue_max_bufs;
+    return cap;
 }
 
-/* The current poll batch lent data of c that the caller has not answered
- * yet (it answers after the poll returns). */
+static void held_add(ZCN_Server *s, struct conn *c, uint32_t *field, int32_t delta)
+{
+    uint32_t before = held(c);
+    *field = (uint32_t)((int32_t)*field + delta);
+    s->parked = (uint32_t)((int32_t)s->parked + delta);
+    uint32_t after = held(c);
+    if (before == 0 && after > 0)
+        s->holders++;
+    else if (before > 0 && after == 0)
+        s->holders--;
+}
+
 static inline bool lent_now(const ZCN_Server *s, const struct conn *c)
 {
     return s->ev != NULL && c->lent_batch == s->batch && c->lent_bufs > 0;
+}
+
+/* c was handed data by the on_data call running now, or by the last poll
+ * batch (whose answers come after zcn_server_poll returned). */
+static inline bool delivered_to(const ZCN_Server *s, const struct conn *c)
+{
+    if (s->poll_mode)
+        return c->lent_batch == s->batch && c->lent_bufs > 0;
+    return s->delivering == c;
+}
+
+enum gate {
+    GATE_OPEN = 0,
+    GATE_OWN,                   /* over its own limits: wait for its sends */
+    GATE_BUDGET,                /* the server-wide budget is used up: wait */
+};
+
+/* Whether c may be handed `len` more bytes in `extra` more buffers (1 for a
+ * fresh receive, 0 for one already deferred and counted): if the user
+ * echoed them, its queue would stay within its limits and the server's
+ * budget. In poll mode what the current batch lent c counts as queued
+ * already; otherwise a batch of deliveries would all pass the check and
+ * the echoes get QUEUE_FULL. */
+static enum gate delivery_gate(const ZCN_Server *s, const struct conn *c, uint64_t len,
+                               uint32_t extra)
+{
+    uint64_t bytes = c->queued_bytes + len;
+    uint32_t bufs = held(c) + extra;
+    if (lent_now(s, c)) {
+        bytes += c->lent_bytes;
+        bufs += c->lent_bufs;
+    }
+    if (bytes > s->send_queue_max_bytes || bufs > buf_cap(s))
+        return GATE_OWN;
+    if (budget_used(s) + extra > s->budget)
+        return GATE_BUDGET;
+    return GATE_OPEN;
+}
+
+/* Pool buffers the ring may not take: room left in the budget for copied
+ * sends, up to a headroom. */
+static inline uint32_t pool_keep(const ZCN_Server *s)
+{
+    uint32_t used = budget_used(s);
+    uint32_t room = used < s->budget ? s->budget - used : 0;
+    return room < s->copy_headroom ? room : s->copy_headroom;
+}
+
+static void wait_for_budget(ZCN_Server *s, struct conn *c)
+{
+    list_push(s, &s->waiters, OFF_WAIT, c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -264,8 +519,6 @@ static void ring_add(ZCN_Server *s, uint32_t bid)
     s->meta[bid].refs = 0;
 }
 
-/* A buffer nobody refers to any more: refill the buffer ring first, the
- * pool's send reserve after. */
 /* How many buffers the receive ring should hold now: enough for a burst
  * from every open connection, not the whole pool. The ring is FIFO, so a
  * returned buffer is reused only after all the others in it; keeping it
@@ -277,26 +530,45 @@ static inline uint32_t ring_want(const ZCN_Server *s)
     return want < s->br_target ? (uint32_t)want : s->br_target;
 }
 
+static inline void pool_put(ZCN_Server *s, uint32_t bid)
+{
+    s->meta[bid].state = ZCN_BUF_POOL;
+    s->meta[bid].refs = 0;
+    s->pool_free++;
+    zcn_pool_release(s->pool, buf_ptr(s, bid));
+}
+
+/* Takes a pool buffer for a copied send or for the user; -1 if none. */
+static inline int64_t pool_take(ZCN_Server *s)
+{
+    int64_t bid = zcn_buf_take(s->pool, s->slab, s->buffer_size);
+    if (bid >= 0)
+        s->pool_free--;
+    return bid;
+}
+
 /* Tops the ring up from the pool before waiting. */
 static void ring_refill(ZCN_Server *s)
 {
     uint32_t want = ring_want(s);
-    while (s->rx.count < want) {
-        void *p = zcn_pool_acquire(s->pool);
-        if (p == NULL)
+    uint32_t keep = pool_keep(s);
+    while (s->rx.count < want && s->pool_free > keep) {
+        int64_t bid = pool_take(s);
+        if (bid < 0)
             break;
-        ring_add(s, (uint32_t)(((uint8_t *)p - s->slab) / s->buffer_size));
+        ring_add(s, (uint32_t)bid);
     }
 }
 
+/* A buffer nobody refers to any more: refill the buffer ring first, the
+ * pool after. */
 static void recycle(ZCN_Server *s, uint32_t bid)
 {
-    if (s->rx.count < ring_want(s)) {
+    if (s->rx.count < ring_want(s) && s->pool_free >= pool_keep(s)) {
         ring_add(s, bid);
         return;
     }
-    s->meta[bid].state = ZCN_BUF_POOL;
-    zcn_pool_release(s->pool, buf_ptr(s, bid));
+    pool_put(s, bid);
 }
 
 static inline void buf_ref(ZCN_Server *s, uint32_t bid)
@@ -309,12 +581,6 @@ static inline void buf_unref(ZCN_Server *s, uint32_t bid)
     struct zcn_buf_meta *m = &s->meta[bid];
     if (--m->refs == 0)
         recycle(s, bid);
-}
-
-/* Takes a pool buffer for a copied send or for the user; -1 if none. */
-static inline int64_t buf_take(ZCN_Server *s)
-{
-    return zcn_buf_take(s->pool, s->slab, s->buffer_size);
 }
 
 /* ------------------------------------------------------------------ */
@@ -344,6 +610,10 @@ static void emit(ZCN_Server *s, uint32_t type, struct conn *c)
         if (s->on_drain != NULL)
             s->on_drain(s->user_data, c->fd);
         break;
+    case ZCN_EVENT_EOF:
+        if (s->on_eof != NULL)
+            s->on_eof(s->user_data, c->fd);
+        break;
     default:
         break;
     }
@@ -372,6 +642,7 @@ static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
         }
         c->lent_bufs++;
         c->lent_bytes += len;
+        s->lent_count++;
         s->meta[bid].next = s->lent_head;
         s->lent_head = (int32_t)bid;
         return;
@@ -379,8 +650,11 @@ static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
     if (s->on_data != NULL) {
         /* The built-in echo gets the server; user callbacks their user_data. */
         void *ud = s->on_data == echo_on_data ? (void *)s : s->user_data;
+        struct conn *outer = s->delivering;
         s->in_callback++;
+        s->delivering = c;
         s->on_data(ud, c->fd, data, len);
+        s->delivering = outer;
         s->in_callback--;
     }
     buf_unref(s, bid);
@@ -390,42 +664,33 @@ static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
 /* connection lifetime                                                 */
 /* ------------------------------------------------------------------ */
 
-static void lru_remove(ZCN_Server *s, struct conn *c)
-{
-    if (!c->in_lru)
-        return;
-    if (c->lru_prev != NIL)
-        s->conns[c->lru_prev].lru_next = c->lru_next;
-    else
-        s->lru_head = c->lru_next;
-    if (c->lru_next != NIL)
-        s->conns[c->lru_next].lru_prev = c->lru_prev;
-    else
-        s->lru_tail = c->lru_prev;
-    c->in_lru = false;
-}
-
 /* Marks activity: the connection moves to the young end of the idle list. */
 static void touch(ZCN_Server *s, struct conn *c)
 {
     if (s->idle_timeout_ms == 0 || c->state != CONN_OPEN)
         return;
     c->last_active_ms = s->now_ms;
-    if (c->in_lru && s->lru_tail == slot_of(s, c))
-        return;
-    lru_remove(s, c);
-    int32_t slot = slot_of(s, c);
-    c->lru_prev = s->lru_tail;
-    c->lru_next = NIL;
-    if (s->lru_tail != NIL)
-        s->conns[s->lru_tail].lru_next = slot;
-    else
-        s->lru_head = slot;
-    s->lru_tail = slot;
-    c->in_lru = true;
+    if (c->lru.next == NIL && linked(&c->lru))
+        return; /* already the youngest */
+    list_remove(s, &s->lru, OFF_LRU, c);
+    list_push(s, &s->lru, OFF_LRU, c);
 }
 
-static void service_add(ZCN_Server *s, struct conn *c);
+/* The queue moved (or started): the connection goes to the young end of
+ * the progress list, which send timeouts and evictions read from the old
+ * end. */
+static void send_progress(ZCN_Server *s, struct conn *c)
+{
+    if (c->sq_head == NIL) {
+        list_remove(s, &s->progress, OFF_PROG, c);
+        return;
+    }
+    c->progress_ms = s->now_ms;
+    if (c->prog.next == NIL && linked(&c->prog))
+        return;
+    list_remove(s, &s->progress, OFF_PROG, c);
+    list_push(s, &s->progress, OFF_PROG, c);
+}
 
 static void arm_recv(ZCN_Server *s, struct conn *c)
 {
@@ -434,24 +699,76 @@ static void arm_recv(ZCN_Server *s, struct conn *c)
         service_add(s, c); /* retried from the service list */
         return;
     }
-    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    /* Multishot takes buffers as fast as the peer sends; while c holds
+     * buffers (its peer is not keeping up) or the server is under
+     * pressure, each request takes one, so what c holds stays within the
+     * cap checked before arming. */
+    bool multishot = held(c) == 0 && !under_pressure(s);
+    if (multishot)
+        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    else
+        io_uring_prep_recv(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = BUFFER_GROUP;
     io_uring_sqe_set_data64(sqe, pack_ud(OP_RECV, c->gen, (uint32_t)slot_of(s, c)));
     c->recv_armed = true;
+    c->recv_multishot = multishot;
     c->recv_cancelled = false;
+}
+
+/* Arms c's receive if it may take another full buffer; otherwise it waits:
+ * for its own sends (they call back here) or for budget (the wait list). */
+static void maybe_arm_recv(ZCN_Server *s, struct conn *c)
+{
+    if (c->state != CONN_OPEN || c->recv_armed || c->eof || c->rx_head != NIL)
+        return;
+    enum gate g = delivery_gate(s, c, s->buffer_size, 1);
+    if (g == GATE_BUDGET) {
+        wait_for_budget(s, c);
+        return;
+    }
+    if (g == GATE_OWN) {
+        /* Its own sends call back here, except when what holds it back is
+         * data the current poll batch lent it: that returns next turn. */
+        if (lent_now(s, c))
+            service_add(s, c);
+        return;
+    }
+    if (s->rx.count == 0) {
+        service_add(s, c); /* no buffer in the ring yet: wait for one */
+        return;
+    }
+    arm_recv(s, c);
+}
+
+static void cancel_ud(ZCN_Server *s, uint64_t ud, bool *done_flag, struct conn *c)
+{
+    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
+    if (sqe == NULL) {
+        /* Retried from the service list: a DEAD connection whose recv is
+         * never cancelled would never finish. */
+        if (c != NULL)
+            service_add(s, c);
+        return;
+    }
+    io_uring_prep_cancel64(sqe, ud, 0);
+    io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
+    if (done_flag != NULL)
+        *done_flag = true;
 }
 
 static void cancel_recv(ZCN_Server *s, struct conn *c)
 {
     if (!c->recv_armed || c->recv_cancelled)
         return;
-    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
-    if (sqe == NULL)
+    cancel_ud(s, pack_ud(OP_RECV, c->gen, (uint32_t)slot_of(s, c)), &c->recv_cancelled, c);
+}
+
+static void cancel_send(ZCN_Server *s, struct conn *c)
+{
+    if (!c->send_inflight || c->send_cancelled)
         return;
-    io_uring_prep_cancel64(sqe, pack_ud(OP_RECV, c->gen, (uint32_t)slot_of(s, c)), 0);
-    io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
-    c->recv_cancelled = true;
+    cancel_ud(s, pack_ud(OP_SEND, c->gen, (uint32_t)slot_of(s, c)), &c->send_cancelled, c);
 }
 
 static void drop_pending_rx(ZCN_Server *s, struct conn *c)
@@ -459,60 +776,92 @@ static void drop_pending_rx(ZCN_Server *s, struct conn *c)
     while (c->rx_head != NIL) {
         uint32_t bid = (uint32_t)c->rx_head;
         c->rx_head = s->meta[bid].next;
+        held_add(s, c, &c->rx_bufs, -1);
         buf_unref(s, bid);
     }
     c->rx_tail = NIL;
+    c->rx_bytes = 0;
+}
+
+static void chunk_put(ZCN_Server *s, int32_t idx)
+{
+    s->chunks[idx].next = s->chunk_free;
+    s->chunk_free = idx;
+    s->chunks_used--;
+}
+
+static int32_t chunk_take(ZCN_Server *s)
+{
+    int32_t idx = s->chunk_free;
+    if (idx != NIL) {
+        s->chunk_free = s->chunks[idx].next;
+        s->chunks_used++;
+    }
+    return idx;
+}
+
+/* Drops the queue after its first `keep` chunks (those a send in flight
+ * still reads; they go when it completes). */
+static void drop_send_queue_after(ZCN_Server *s, struct conn *c, uint32_t keep)
+{
+    int32_t prev = NIL, i = c->sq_head;
+    for (uint32_t n = 0; n < keep && i != NIL; n++) {
+        prev = i;
+        i = s->chunks[i].next;
+    }
+    if (i == NIL)
+        return;
+    if (prev != NIL) {
+        s->chunks[prev].next = NIL;
+        c->sq_tail = prev;
+    } else {
+        c->sq_head = c->sq_tail = NIL;
+    }
+    int32_t last_bid = prev != NIL ? (int32_t)s->chunks[prev].bid : -1;
+    while (i != NIL) {
+        struct chunk *ch = &s->chunks[i];
+        int32_t next = ch->next;
+        c->queued_bytes -= ch->len;
+        /* sq_bufs counts runs of chunks on one buffer */
+        if ((int32_t)ch->bid != last_bid)
+            held_add(s, c, &c->sq_bufs, -1);
+        last_bid = (int32_t)ch->bid;
+        c->sq_chunks--;
+        buf_unref(s, ch->bid);
+        chunk_put(s, i);
+        i = next;
+    }
+    send_progress(s, c);
 }
 
 static void drop_send_queue(ZCN_Server *s, struct conn *c)
 {
-    while (c->sq_head != NIL) {
-        struct chunk *ch = &s->chunks[c->sq_head];
-        int32_t next = ch->next;
-        buf_unref(s, ch->bid);
-        ch->next = s->chunk_free;
-        s->chunk_free = c->sq_head;
-        c->sq_head = next;
-    }
-    c->sq_tail = NIL;
-    c->queued_bytes = 0;
-    c->sq_bufs = 0;
-}
-
-static void service_add(ZCN_Server *s, struct conn *c)
-{
-    if (c->in_service)
-        return;
-    c->in_service = true;
-    c->service_next = NIL;
-    int32_t slot = slot_of(s, c);
-    if (s->service_tail != NIL)
-        s->conns[s->service_tail].service_next = slot;
-    else
-        s->service_head = slot;
-    s->service_tail = slot;
+    drop_send_queue_after(s, c, 0);
 }
 
 static void free_slot(ZCN_Server *s, struct conn *c)
 {
     if (c->fd >= 0 && (uint32_t)c->fd < s->fd_table_size)
         s->fd_table[c->fd] = NIL;
+    if (c->rst) {
+        /* An abortive close: the peer gets a reset, not a FIN. */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
     close(c->fd);
     c->fd = -1;
     c->state = CONN_FREE;
     c->gen = (c->gen + 1) & 0xffffffu;
-    c->service_next = s->conn_free;
+    c->zombie_next = s->conn_free;
     s->conn_free = slot_of(s, c);
 }
-
-static void try_resume_accept(ZCN_Server *s);
 
 /* The kernel has let go of the connection: tell the user, then close. */
 static void finalize(ZCN_Server *s, struct conn *c)
 {
     drop_pending_rx(s, c);
     drop_send_queue(s, c);
-    lru_remove(s, c);
+    unlink_all(s, c);
     s->conns_active--;
     s->stats.connections_closed++;
     if (s->ev != NULL) {
@@ -535,31 +884,45 @@ static void finalize(ZCN_Server *s, struct conn *c)
 static void progress_close(ZCN_Server *s, struct conn *c)
 {
     if (c->state == CONN_CLOSING && c->sq_head == NIL && !c->send_inflight) {
-        shutdown(c->fd, SHUT_WR);
-        cancel_recv(s, c);
+        if (!c->shut_wr_done)
+            shutdown(c->fd, SHUT_WR);
         c->state = CONN_DEAD;
     }
-    if (c->state == CONN_DEAD && !c->recv_armed && !c->send_inflight) {
-        if (!has_room(s, 1)) {
-            service_add(s, c);
-            return;
-        }
-        finalize(s, c);
+    if (c->state != CONN_DEAD)
+        return;
+    cancel_recv(s, c); /* again if the last try found no SQE */
+    if (c->rst)
+        cancel_send(s, c);
+    if (c->recv_armed || c->send_inflight)
+        return;
+    if (!can_emit(s) || !has_room(s, 1)) {
+        service_add(s, c);
+        return;
     }
+    finalize(s, c);
 }
 
-/* Ends a connection now: queued data is dropped. */
-static void abort_conn(ZCN_Server *s, struct conn *c)
+/* Ends a connection now: queued and deferred data is dropped. With rst the
+ * peer gets a reset (eviction, zcn_server_abort); otherwise both directions
+ * are shut down (idle timeout, a failed receive). */
+static void abort_conn(ZCN_Server *s, struct conn *c, bool rst)
 {
     if (c->state != CONN_OPEN && c->state != CONN_CLOSING)
         return;
     c->state = CONN_DEAD;
-    /* shutdown ends a pending recv (EOF) and send (EPIPE) promptly. */
-    shutdown(c->fd, SHUT_RDWR);
+    c->want_drain = false;
+    if (rst) {
+        /* Cancels end the requests; the close in free_slot sends the RST. */
+        c->rst = true;
+        cancel_send(s, c);
+    } else {
+        /* shutdown ends a pending recv (EOF) and send (EPIPE) promptly. */
+        shutdown(c->fd, SHUT_RDWR);
+    }
     cancel_recv(s, c);
     drop_pending_rx(s, c);
-    if (!c->send_inflight)
-        drop_send_queue(s, c);
+    drop_send_queue_after(s, c, c->send_inflight ? c->inflight_chunks : 0);
+    list_remove(s, &s->waiters, OFF_WAIT, c);
     progress_close(s, c);
 }
 
@@ -569,9 +932,26 @@ static void begin_close(ZCN_Server *s, struct conn *c)
     if (c->state != CONN_OPEN)
         return;
     c->state = CONN_CLOSING;
+    c->want_drain = false;
     cancel_recv(s, c);
     drop_pending_rx(s, c);
+    list_remove(s, &s->waiters, OFF_WAIT, c);
     progress_close(s, c);
+}
+
+/* zcn_server_shutdown's FIN goes once the queue has drained; when the peer
+ * has finished too, nothing is left to do: close. */
+static void progress_shutdown(ZCN_Server *s, struct conn *c)
+{
+    if (c->state != CONN_OPEN || !c->shut_wr)
+        return;
+    if (!c->shut_wr_done && c->sq_head == NIL && !c->send_inflight) {
+        shutdown(c->fd, SHUT_WR);
+        c->shut_wr_done = true;
+    }
+    if (c->shut_wr_done && c->eof && c->rx_head == NIL &&
+        (c->eof_reported || !half_close(s)))
+        begin_close(s, c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -590,6 +970,7 @@ static void submit_send(ZCN_Server *s, struct conn *c)
     struct chunk *ch = &s->chunks[c->sq_head];
     if (ch->next == NIL) {
         io_uring_prep_send(sqe, c->fd, buf_ptr(s, ch->bid) + ch->off, ch->len, MSG_NOSIGNAL);
+        c->inflight_chunks = 1;
     } else {
         size_t n = 0;
         for (int32_t i = c->sq_head; i != NIL && n < IOV_BATCH; i = s->chunks[i].next) {
@@ -601,9 +982,11 @@ static void submit_send(ZCN_Server *s, struct conn *c)
         c->msg.msg_iov = c->iov;
         c->msg.msg_iovlen = n;
         io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+        c->inflight_chunks = (uint32_t)n;
     }
     io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, c->gen, (uint32_t)slot_of(s, c)));
     c->send_inflight = true;
+    c->send_cancelled = false;
 }
 
 static void flush_tx(ZCN_Server *s)
@@ -632,32 +1015,22 @@ static void want_send(ZCN_Server *s, struct conn *c)
 
 static void enqueue_chunk(ZCN_Server *s, struct conn *c, int32_t idx)
 {
+    bool was_empty = c->sq_head == NIL;
     s->chunks[idx].next = NIL;
     if (c->sq_tail != NIL) {
         struct chunk *prev = &s->chunks[c->sq_tail];
         prev->next = idx;
         if (prev->bid != s->chunks[idx].bid)
-            c->sq_bufs++;
+            held_add(s, c, &c->sq_bufs, 1);
     } else {
         c->sq_head = idx;
-        c->sq_bufs++;
+        held_add(s, c, &c->sq_bufs, 1);
     }
     c->sq_tail = idx;
+    c->sq_chunks++;
     c->queued_bytes += s->chunks[idx].len;
-}
-
-static int32_t chunk_take(ZCN_Server *s)
-{
-    int32_t idx = s->chunk_free;
-    if (idx != NIL)
-        s->chunk_free = s->chunks[idx].next;
-    return idx;
-}
-
-static void chunk_put(ZCN_Server *s, int32_t idx)
-{
-    s->chunks[idx].next = s->chunk_free;
-    s->chunk_free = idx;
+    if (was_empty)
+        send_progress(s, c); /* the stall clock starts now */
 }
 
 /* Checks common to every send; returns the open connection or NULL with
@@ -669,41 +1042,84 @@ static struct conn *send_target(ZCN_Server *s, int fd, ZCN_Error *err)
         *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
         return NULL;
     }
-    if (queue_full(s, c)) {
-        c->want_drain = true;
-        s->stats.send_queue_full_events++;
-        *err = zcn_fail(ZCN_ERR_QUEUE_FULL,
-                        "fd %d has %llu bytes in %u buffers queued (limit %llu bytes, %u buffers)",
-                        fd, (unsigned long long)c->queued_bytes, c->sq_bufs,
-                        (unsigned long long)s->send_queue_max_bytes, s->send_queue_max_bufs);
+    if (c->shut_wr) {
+        *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d was shut down for sending (zcn_server_shutdown)",
+                        fd);
         return NULL;
     }
     *err = ZCN_OK;
     return c;
 }
 
+/* Refuses a send that would not fit: its bytes into the queue, cap_bufs
+ * more buffers into the connection's cap, budget_bufs more into the
+ * server's budget (0 for a buffer counted already), its chunks into the
+ * connection's and the server's chunk tables. A refusal asks for DRAIN. */
+static ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_t cap_bufs,
+                       uint32_t budget_bufs, uint32_t new_chunks)
+{
+    if (len > s->send_queue_max_bytes)
+        return zcn_fail((ZCN_Error)EMSGSIZE,
+                        "a %zu-byte send is larger than send_queue_max_bytes (%llu)", len,
+                        (unsigned long long)s->send_queue_max_bytes);
+    const char *why = NULL;
+    bool budget = false;
+    if (c->queued_bytes + len > s->send_queue_max_bytes)
+        why = "its bytes";
+    else if (cap_bufs > 0 && held(c) + cap_bufs > buf_cap(s))
+        why = "its buffer cap";
+    else if (new_chunks > 0 && c->sq_chunks + new_chunks > s->conn_chunks_max)
+        why = "its chunk cap";
+    else if (budget_bufs > 0 && budget_used(s) + budget_bufs > s->budget)
+        why = "the server's buffer budget", budget = true;
+    else if (new_chunks > 0 && s->chunks_used + new_chunks > s->chunks_max)
+        why = "the server's chunk table", budget = true;
+    if (why == NULL)
+        return ZCN_OK;
+    c->want_drain = true;
+    if (budget)
+        wait_for_budget(s, c); /* DRAIN comes when the budget frees */
+    s->stats.send_queue_full_events++;
+    return zcn_fail(ZCN_ERR_QUEUE_FULL,
+                    "fd %d: a %zu-byte send would exceed %s (%llu bytes in %u buffers queued; "
+                    "limits %llu bytes, %u buffers now)",
+                    c->fd, len, why, (unsigned long long)c->queued_bytes, held(c),
+                    (unsigned long long)s->send_queue_max_bytes, buf_cap(s));
+}
+
+/* The server owns the last buffer of c's queue alone (a copy or a
+ * send_buffer buffer): how many bytes still fit after its data. */
+static size_t tail_room(const ZCN_Server *s, const struct conn *c)
+{
+    if (c->sq_tail == NIL)
+        return 0;
+    const struct chunk *tail = &s->chunks[c->sq_tail];
+    const struct zcn_buf_meta *tm = &s->meta[tail->bid];
+    if (tm->state != ZCN_BUF_TX || tm->refs != 1)
+        return 0;
+    return s->buffer_size - (tail->off + tail->len);
+}
+
 /* Copies data into pool buffers and queues them. Small sends first fill the
- * room left in the queue's last buffer when the server owns it alone (a
- * copy or a send_buffer buffer), so a stream of short messages to a slow
- * reader costs bytes, not one buffer each. All or nothing. */
+ * room left in the queue's last buffer when the server owns it alone, so a
+ * stream of short messages to a slow reader costs bytes, not one buffer
+ * each. All or nothing. */
 static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, size_t len)
 {
-    struct chunk *tail = NULL;
-    size_t room = 0;
-    if (c->sq_tail != NIL) {
-        tail = &s->chunks[c->sq_tail];
-        const struct zcn_buf_meta *tm = &s->meta[tail->bid];
-        if (tm->state == ZCN_BUF_TX && tm->refs == 1)
-            room = s->buffer_size - (tail->off + tail->len);
-    }
+    if (len > s->send_queue_max_bytes)
+        return admit(s, c, len, 0, 0, 0); /* EMSGSIZE, before any size arithmetic */
+    size_t room = tail_room(s, c);
     size_t into_tail = len < room ? len : room;
     size_t rest = len - into_tail;
-    size_t need = (rest + s->buffer_size - 1) / s->buffer_size;
+    size_t need = rest / s->buffer_size + (rest % s->buffer_size != 0);
+    ZCN_Error err = admit(s, c, len, (uint32_t)need, (uint32_t)need, (uint32_t)need);
+    if (err != ZCN_OK)
+        return err;
     int32_t first = NIL, last = NIL;
     size_t taken = 0;
     for (; taken < need; taken++) {
         int32_t idx = chunk_take(s);
-        int64_t bid = idx == NIL ? -1 : buf_take(s);
+        int64_t bid = idx == NIL ? -1 : pool_take(s);
         if (bid < 0) {
             if (idx != NIL)
                 chunk_put(s, idx);
@@ -725,9 +1141,7 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
         /* all or nothing: give back what was taken */
         while (first != NIL) {
             int32_t next = s->chunks[first].next;
-            s->meta[s->chunks[first].bid].refs = 0;
-            s->meta[s->chunks[first].bid].state = ZCN_BUF_POOL;
-            zcn_pool_release(s->pool, buf_ptr(s, s->chunks[first].bid));
+            pool_put(s, s->chunks[first].bid);
             chunk_put(s, first);
             first = next;
         }
@@ -736,6 +1150,7 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
     if (into_tail > 0) {
         /* Past the bytes a send in flight may be reading, so safe to write
          * while it runs; on_send consumes chunks by byte count. */
+        struct chunk *tail = &s->chunks[c->sq_tail];
         memcpy(buf_ptr(s, tail->bid) + tail->off + tail->len, data, into_tail);
         tail->len += (uint32_t)into_tail;
         c->queued_bytes += into_tail;
@@ -750,45 +1165,46 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
     return ZCN_OK;
 }
 
-ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len)
+/* A slice of a lent receive buffer: referenced, not copied, unless it is
+ * small and would wait behind other data anyway (then packed), or c is at
+ * its chunk cap. */
+static ZCN_Error send_lent(ZCN_Server *s, struct conn *c, uint32_t bid, size_t off,
+                           const uint8_t *data, size_t len)
 {
-    if (s == NULL || (data == NULL && len != 0))
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or data is NULL");
-    ZCN_Error err;
-    struct conn *c = send_target(s, fd, &err);
-    if (c == NULL)
-        return err;
-    if (len == 0)
-        return ZCN_OK;
-    uint8_t *end = s->slab + (size_t)s->buffer_count * s->buffer_size;
-    if (data < s->slab || data >= end)
-        return send_copy(s, c, data, len);
-
-    uint32_t bid = (uint32_t)((size_t)(data - s->slab) / s->buffer_size);
-    size_t off = (size_t)(data - buf_ptr(s, bid));
-    if (off + len > s->buffer_size)
-        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "data spans more than one pool buffer");
-    struct zcn_buf_meta *m = &s->meta[bid];
-    if (m->state == ZCN_BUF_USER)
-        return send_copy(s, c, data, len);
-    if (m->state != ZCN_BUF_RX || m->refs == 0)
-        return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
-                        "data points into a receive buffer that is no longer lent");
+    bool same_buf = false;
     if (c->sq_tail != NIL) {
         /* The next bytes of the buffer the queue ends with (a message
          * parsed and answered piece by piece): grow that chunk. */
         struct chunk *tail = &s->chunks[c->sq_tail];
         if (tail->bid == bid && tail->off + tail->len == off) {
+            ZCN_Error err = admit(s, c, len, 0, 0, 0);
+            if (err != ZCN_OK)
+                return err;
             tail->len += (uint32_t)len;
             c->queued_bytes += len;
             s->stats.sends_zero_copy++;
             want_send(s, c);
             return ZCN_OK;
         }
+        same_buf = tail->bid == bid;
+        if (len < COALESCE_BYTES || c->sq_chunks >= s->conn_chunks_max) {
+            ZCN_Error err = send_copy(s, c, data, len);
+            if (err == ZCN_OK)
+                s->stats.sends_coalesced++;
+            /* With no pool buffer for the copy, referencing still works. */
+            if (err != ZCN_ERR_EXHAUSTED || c->sq_chunks >= s->conn_chunks_max)
+                return err;
+        }
     }
+    /* Data delivered to c itself passed the delivery gate, which made room
+     * for it in c's cap and the budget: echoing it never fails on them.
+     * Data of another connection (a proxy) must fit c's cap and the
+     * budget like any other buffer. */
+    uint32_t more = same_buf || delivered_to(s, c) ? 0 : 1;
+    ZCN_Error err = admit(s, c, len, more, more, 1);
+    if (err != ZCN_OK)
+        return err;
     int32_t idx = chunk_take(s);
-    if (idx == NIL)
-        return zcn_fail(ZCN_ERR_EXHAUSTED, "send chunk table full");
     buf_ref(s, bid);
     s->chunks[idx] = (struct chunk){bid, (uint32_t)off, (uint32_t)len, NIL};
     enqueue_chunk(s, c, idx);
@@ -797,44 +1213,103 @@ ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len
     return ZCN_OK;
 }
 
+ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len)
+{
+    if (s == NULL || (data == NULL && len != 0))
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or data is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_send");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = send_target(s, fd, &err);
+    if (c == NULL)
+        return err;
+    if (len == 0)
+        return ZCN_OK;
+    const uint8_t *end = s->slab + (size_t)s->buffer_count * s->buffer_size;
+    if (data < s->slab || data >= end)
+        return send_copy(s, c, data, len);
+
+    uint32_t bid = (uint32_t)((size_t)(data - s->slab) / s->buffer_size);
+    size_t off = (size_t)(data - buf_ptr(s, bid));
+    /* len may be anything (SIZE_MAX): compare without adding to it. */
+    if (len > s->buffer_size - off)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
+                        "data at offset %zu with len %zu runs past its %zu-byte pool buffer", off,
+                        len, s->buffer_size);
+    struct zcn_buf_meta *m = &s->meta[bid];
+    if (m->state == ZCN_BUF_USER)
+        return send_copy(s, c, data, len);
+    if (m->state != ZCN_BUF_RX || m->refs == 0)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
+                        "data points into a receive buffer that is no longer lent");
+    return send_lent(s, c, bid, off, data, len);
+}
+
 uint8_t *zcn_server_acquire_buffer(ZCN_Server *s, size_t *capacity_out)
 {
-    if (s == NULL)
+    if (s == NULL || owner_check(s, "zcn_server_acquire_buffer") != ZCN_OK)
         return NULL;
-    return zcn_user_buffer_acquire(s->pool, s->meta, s->slab, s->buffer_size, capacity_out);
+    if (budget_used(s) + 1 > s->budget) {
+        zcn_fail(ZCN_ERR_EXHAUSTED, "the budget of %u buffers is used up (%u more are the "
+                 "receive reserve)", s->budget, s->reserve);
+        return NULL;
+    }
+    uint8_t *p = zcn_user_buffer_acquire(s->pool, s->meta, s->slab, s->buffer_size,
+                                         capacity_out);
+    if (p == NULL) {
+        zcn_fail(ZCN_ERR_EXHAUSTED, "no free pool buffer");
+        return NULL;
+    }
+    s->pool_free--;
+    s->user_bufs++;
+    return p;
 }
 
 ZCN_Error zcn_server_release_buffer(ZCN_Server *s, uint8_t *buffer)
 {
     if (s == NULL || buffer == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
-    return zcn_user_buffer_release(s->pool, s->meta, buffer, "zcn_server_acquire_buffer");
+    ZCN_Error err = owner_check(s, "zcn_server_release_buffer");
+    if (err != ZCN_OK)
+        return err;
+    err = zcn_user_buffer_release(s->pool, s->meta, buffer, "zcn_server_acquire_buffer");
+    if (err == ZCN_OK) {
+        s->pool_free++;
+        s->user_bufs--;
+    }
+    return err;
 }
 
 ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t len)
 {
     if (s == NULL || buffer == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_send_buffer");
+    if (err != ZCN_OK)
+        return err;
     int64_t bid = zcn_user_buffer_index(s->pool, s->meta, buffer);
     if (bid < 0)
         return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_server_acquire_buffer");
     if (len > s->buffer_size)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "len %zu is larger than the buffer (%zu)", len,
                         s->buffer_size);
-    ZCN_Error err;
     struct conn *c = send_target(s, fd, &err);
     if (c == NULL)
         return err;
-    int32_t idx = chunk_take(s);
-    if (idx == NIL)
-        return zcn_fail(ZCN_ERR_EXHAUSTED, "send chunk table full");
-    s->meta[bid].state = ZCN_BUF_TX;
-    s->meta[bid].refs = 1;
     if (len == 0) {
-        chunk_put(s, idx);
-        buf_unref(s, (uint32_t)bid);
+        s->user_bufs--;
+        pool_put(s, (uint32_t)bid);
         return ZCN_OK;
     }
+    /* The buffer is counted already (as the user's): moving it into the
+     * queue takes nothing more from the budget, only from c's cap. */
+    err = admit(s, c, len, 1, 0, 1);
+    if (err != ZCN_OK)
+        return err;
+    int32_t idx = chunk_take(s);
+    s->user_bufs--;
+    s->meta[bid].state = ZCN_BUF_TX;
+    s->meta[bid].refs = 1;
     s->chunks[idx] = (struct chunk){(uint32_t)bid, 0, (uint32_t)len, NIL};
     enqueue_chunk(s, c, idx);
     s->stats.sends_zero_copy++;
@@ -842,14 +1317,61 @@ ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t 
     return ZCN_OK;
 }
 
+/* A connection of this server that has not ended yet (OPEN or CLOSING). */
+static struct conn *live_conn(ZCN_Server *s, int fd, ZCN_Error *err, bool open_only)
+{
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || (c->state != CONN_OPEN && (open_only || c->state != CONN_CLOSING))) {
+        *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
+        return NULL;
+    }
+    return c;
+}
+
 ZCN_Error zcn_server_close(ZCN_Server *s, int fd)
 {
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
-    struct conn *c = lookup(s, fd);
-    if (c == NULL || c->state != CONN_OPEN)
-        return zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
+    ZCN_Error err = owner_check(s, "zcn_server_close");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = live_conn(s, fd, &err, true);
+    if (c == NULL)
+        return err;
     begin_close(s, c);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_shutdown(ZCN_Server *s, int fd)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_shutdown");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = live_conn(s, fd, &err, true);
+    if (c == NULL)
+        return err;
+    if (c->shut_wr)
+        return zcn_fail(ZCN_ERR_CLOSED, "fd %d is already shut down for sending", fd);
+    c->shut_wr = true;
+    c->want_drain = false;
+    progress_shutdown(s, c);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_abort(ZCN_Server *s, int fd)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_abort");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = live_conn(s, fd, &err, false);
+    if (c == NULL)
+        return err;
+    s->stats.aborts++;
+    abort_conn(s, c, true);
     return ZCN_OK;
 }
 
@@ -863,6 +1385,35 @@ size_t zcn_server_queued_bytes(const ZCN_Server *s, int fd)
     return (size_t)c->queued_bytes;
 }
 
+ZCN_Error zcn_server_conn_info(const ZCN_Server *s, int fd, ZCN_ConnInfo *out)
+{
+    if (s == NULL || out == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or out is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_conn_info");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || c->state == CONN_FREE || c->state == CONN_ZOMBIE)
+        return zcn_fail(ZCN_ERR_CLOSED, "fd %d is not a connection of this server", fd);
+    memset(out, 0, sizeof *out);
+    out->bytes_received = c->bytes_in;
+    out->bytes_sent = c->bytes_out;
+    out->queued_bytes = c->queued_bytes;
+    out->deferred_bytes = c->rx_bytes;
+    out->queued_buffers = c->sq_bufs;
+    out->deferred_buffers = c->rx_bufs;
+    out->buffers_held = held(c);
+    out->buffer_cap = buf_cap(s);
+    out->flags = (c->eof ? ZCN_CONN_EOF : 0u) | (c->shut_wr ? ZCN_CONN_SHUT_WR : 0u) |
+                 (c->state != CONN_OPEN ? ZCN_CONN_CLOSING : 0u) |
+                 (linked(&c->wait) ? ZCN_CONN_WAITING : 0u) |
+                 (c->state == CONN_OPEN && !c->recv_armed && !c->eof ? ZCN_CONN_PAUSED : 0u);
+    uint64_t now = zcn_now_ms();
+    if (c->sq_head != NIL && now > c->progress_ms)
+        out->send_stall_ms = now - c->progress_ms;
+    return ZCN_OK;
+}
+
 static void echo_on_data(void *user_data, int fd, const uint8_t *data, size_t len)
 {
     ZCN_Server *s = user_data;
@@ -870,7 +1421,7 @@ static void echo_on_data(void *user_data, int fd, const uint8_t *data, size_t le
         /* An echo that cannot send would silently lose data: end it. */
         struct conn *c = lookup(s, fd);
         if (c != NULL)
-            abort_conn(s, c);
+            abort_conn(s, c, false);
     }
 }
 
@@ -886,13 +1437,28 @@ ZCN_Error zcn_server_use_echo_handler(ZCN_Server *s)
 /* completions                                                         */
 /* ------------------------------------------------------------------ */
 
-/* The peer has finished sending and all it sent was delivered: close once
- * the answers are queued. In poll mode the caller answers the current
- * batch after the poll returns, so a close now would refuse those sends
- * (ZCN_ERR_CLOSED) and lose the reply to a half-closed request; the close
- * waits for the next poll. */
+/* The peer has finished sending and all it sent was delivered. In
+ * half-close mode the application hears of it and decides; otherwise the
+ * connection closes once the answers are queued. In poll mode the caller
+ * answers the current batch after the poll returns, so a close now would
+ * refuse those sends (ZCN_ERR_CLOSED) and lose the reply to a half-closed
+ * request; the close waits for the next poll. */
 static void on_peer_eof(ZCN_Server *s, struct conn *c)
 {
+    if (c->state != CONN_OPEN)
+        return;
+    if (half_close(s)) {
+        if (!c->eof_reported) {
+            if (!has_room(s, 1)) {
+                service_add(s, c);
+                return;
+            }
+            c->eof_reported = true;
+            emit(s, ZCN_EVENT_EOF, c);
+        }
+        progress_shutdown(s, c);
+        return;
+    }
     if (lent_now(s, c)) {
         service_add(s, c);
         return;
@@ -900,28 +1466,36 @@ static void on_peer_eof(ZCN_Server *s, struct conn *c)
     begin_close(s, c);
 }
 
-/* Delivers deferred data while the send queue allows and there is room. */
+/* Delivers deferred data while c's limits and the budget allow and there is
+ * room, then re-arms its receive. */
 static void flush_pending_rx(ZCN_Server *s, struct conn *c)
 {
-    while (c->rx_head != NIL && c->state == CONN_OPEN && !must_defer(s, c)) {
+    while (c->rx_head != NIL && c->state == CONN_OPEN) {
+        uint32_t bid = (uint32_t)c->rx_head;
+        enum gate g = delivery_gate(s, c, s->meta[bid].len, 0);
+        if (g == GATE_BUDGET)
+            wait_for_budget(s, c);
+        if (g != GATE_OPEN)
+            return;
         if (!has_room(s, 2)) {
             service_add(s, c);
             return;
         }
-        uint32_t bid = (uint32_t)c->rx_head;
         c->rx_head = s->meta[bid].next;
         if (c->rx_head == NIL)
             c->rx_tail = NIL;
+        held_add(s, c, &c->rx_bufs, -1);
+        c->rx_bytes -= s->meta[bid].len;
         emit_data(s, c, bid, s->meta[bid].len);
     }
     if (c->state != CONN_OPEN || c->rx_head != NIL)
         return;
+    list_remove(s, &s->waiters, OFF_WAIT, c);
     if (c->eof) {
         on_peer_eof(s, c);
         return;
     }
-    if (!c->recv_armed)
-        arm_recv(s, c);
+    maybe_arm_recv(s, c);
 }
 
 static void defer_rx(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
@@ -933,7 +1507,20 @@ static void defer_rx(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
     else
         c->rx_head = (int32_t)bid;
     c->rx_tail = (int32_t)bid;
-    cancel_recv(s, c); /* stop taking buffers until the queue drains */
+    held_add(s, c, &c->rx_bufs, 1);
+    c->rx_bytes += len;
+    cancel_recv(s, c); /* stop taking buffers until it may take more */
+}
+
+/* The hard limit: a connection holding more than this (its cap overshot
+ * by completions already in flight, many times over) is aborted. */
+static bool over_hard_limit(ZCN_Server *s, struct conn *c)
+{
+    if (held(c) <= s->hard_max_bufs)
+        return false;
+    s->stats.hard_limit_aborts++;
+    abort_conn(s, c, true);
+    return true;
 }
 
 static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
@@ -951,12 +1538,20 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
         if (res > 0 && c->state == CONN_OPEN) {
             s->stats.recv_ops++;
             s->stats.bytes_received += (uint64_t)res;
+            c->bytes_in += (uint64_t)res;
             touch(s, c);
-            if (c->rx_head != NIL || must_defer(s, c) || !has_room(s, 2)) {
-                defer_rx(s, c, bid, (uint32_t)res);
-                service_add(s, c);
-            } else {
+            /* Data already deferred goes first: this waits behind it. */
+            enum gate g = c->rx_head != NIL ? GATE_OWN : delivery_gate(s, c, (uint32_t)res, 1);
+            if (g == GATE_OPEN && has_room(s, 2)) {
                 emit_data(s, c, bid, (uint32_t)res);
+            } else {
+                defer_rx(s, c, bid, (uint32_t)res);
+                if (g == GATE_BUDGET)
+                    wait_for_budget(s, c);
+                else if (!linked(&c->wait))
+                    service_add(s, c); /* re-checked each turn */
+                if (over_hard_limit(s, c))
+                    return;
             }
         } else {
             buf_unref(s, bid); /* closing: data after close is dropped */
@@ -964,6 +1559,8 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
     }
 
     if (res == 0) {
+        if (!c->eof)
+            s->stats.eofs++;
         c->eof = true;
     } else if (res < 0) {
         switch (-res) {
@@ -986,7 +1583,7 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
             /* Also when already closing: the recv has ended either way
              * (no F_MORE), and progress_close below must see that, or a
              * closing connection whose recv fails would never finish. */
-            abort_conn(s, c);
+            abort_conn(s, c, false);
             break;
         }
     }
@@ -994,20 +1591,28 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
     if (c->state == CONN_OPEN) {
         if (c->eof && c->rx_head == NIL)
             on_peer_eof(s, c);
-        else if (!c->recv_armed && c->rx_head == NIL && !c->eof && res != -ENOBUFS)
-            arm_recv(s, c);
+        else if (!c->recv_armed && res != -ENOBUFS)
+            maybe_arm_recv(s, c);
     } else {
         progress_close(s, c);
     }
 }
 
+/* c's queue drained below half its limits after a refused send. */
+static bool drain_due(const ZCN_Server *s, const struct conn *c)
+{
+    return c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
+           held(c) <= buf_cap(s) / 2 && budget_used(s) < s->budget;
+}
+
 static void on_send(ZCN_Server *s, struct conn *c, int res)
 {
     c->send_inflight = false;
+    c->send_cancelled = false;
     if (res < 0 && res != -EINTR && res != -EAGAIN) {
         drop_send_queue(s, c);
         if (c->state == CONN_OPEN || c->state == CONN_CLOSING)
-            abort_conn(s, c);
+            abort_conn(s, c, false);
         progress_close(s, c);
         return;
     }
@@ -1015,6 +1620,7 @@ static void on_send(ZCN_Server *s, struct conn *c, int res)
     if (res > 0) {
         size_t left = (size_t)res;
         s->stats.bytes_sent += left;
+        c->bytes_out += left;
         c->queued_bytes -= left;
         while (left > 0 && c->sq_head != NIL) {
             struct chunk *ch = &s->chunks[c->sq_head];
@@ -1029,11 +1635,13 @@ static void on_send(ZCN_Server *s, struct conn *c, int res)
             if (c->sq_head == NIL)
                 c->sq_tail = NIL;
             if (c->sq_head == NIL || s->chunks[c->sq_head].bid != ch->bid)
-                c->sq_bufs--;
+                held_add(s, c, &c->sq_bufs, -1);
+            c->sq_chunks--;
             buf_unref(s, ch->bid);
             chunk_put(s, done);
         }
         touch(s, c);
+        send_progress(s, c);
     }
     if (c->state == CONN_DEAD) {
         drop_send_queue(s, c);
@@ -1042,13 +1650,15 @@ static void on_send(ZCN_Server *s, struct conn *c, int res)
     }
     want_send(s, c);
     if (c->state == CONN_OPEN) {
-        if (c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
-            c->sq_bufs <= s->send_queue_max_bufs / 2 && has_room(s, 1)) {
+        if (drain_due(s, c) && has_room(s, 1)) {
             c->want_drain = false;
             emit(s, ZCN_EVENT_DRAIN, c);
         }
-        if (c->rx_head != NIL && !must_defer(s, c))
+        if (c->rx_head != NIL)
             flush_pending_rx(s, c);
+        else
+            maybe_arm_recv(s, c);
+        progress_shutdown(s, c);
     }
     progress_close(s, c);
 }
@@ -1057,7 +1667,7 @@ static void arm_accept(ZCN_Server *s)
 {
     struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL)
-        return;
+        return; /* try_resume_accept tries again next turn */
     io_uring_prep_multishot_accept(sqe, s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, pack_ud(OP_ACCEPT, 0, 0));
     s->accept_armed = true;
@@ -1092,22 +1702,23 @@ static void new_connection(ZCN_Server *s, int fd)
     }
     int32_t slot = s->conn_free;
     struct conn *c = &s->conns[slot];
-    s->conn_free = c->service_next;
+    s->conn_free = c->zombie_next;
     uint32_t gen = c->gen;
-    memset(c, 0, sizeof *c);
+    memset(c, 0, sizeof *c); /* on no list: finalize unlinked it */
     c->gen = gen;
     c->fd = fd;
     c->state = CONN_OPEN;
     c->sq_head = c->sq_tail = NIL;
     c->rx_head = c->rx_tail = NIL;
-    c->service_next = c->lru_prev = c->lru_next = c->zombie_next = NIL;
+    c->service.prev = c->service.next = NOT_LINKED;
+    c->lru = c->wait = c->prog = c->service;
+    c->zombie_next = NIL;
     s->fd_table[fd] = slot;
     s->conns_active++;
     s->stats.connections_accepted++;
     touch(s, c);
     emit(s, ZCN_EVENT_ACCEPT, c);
-    if (c->state == CONN_OPEN && !c->recv_armed)
-        arm_recv(s, c);
+    maybe_arm_recv(s, c);
 }
 
 static void on_accept_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
@@ -1130,13 +1741,8 @@ static void on_accept_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
             /* Out of fds or memory: wait before trying again, and make sure
              * the kernel is not retrying on its own meanwhile. */
             accept_backoff(s);
-            if (more) {
-                struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
-                if (sqe != NULL) {
-                    io_uring_prep_cancel64(sqe, pack_ud(OP_ACCEPT, 0, 0), 0);
-                    io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
-                }
-            }
+            if (more)
+                cancel_ud(s, pack_ud(OP_ACCEPT, 0, 0), NULL, NULL);
             return;
         default: /* ECONNABORTED, EINTR, ECANCELED ...: transient */
             break;
@@ -1150,7 +1756,7 @@ static void arm_wake(ZCN_Server *s)
 {
     struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL)
-        return;
+        return; /* turn() tries again before its next wait */
     io_uring_prep_poll_multishot(sqe, s->wake_fd, POLLIN);
     io_uring_sqe_set_data64(sqe, pack_ud(OP_WAKE, 0, 0));
     s->wake_armed = true;
@@ -1214,63 +1820,142 @@ static void handle_cqe(ZCN_Server *s, struct io_uring_cqe *cqe)
 /* the loop                                                            */
 /* ------------------------------------------------------------------ */
 
-/* Work that was waiting for room, buffers or SQEs. */
+/* Connections waiting for budget, first come first served, while the
+ * budget has room; a refused sender hears DRAIN. */
+static void serve_waiters(ZCN_Server *s)
+{
+    while (s->waiters.head != NIL && budget_used(s) < s->budget && has_room(s, 2)) {
+        struct conn *c = &s->conns[s->waiters.head];
+        list_remove(s, &s->waiters, OFF_WAIT, c);
+        if (c->state != CONN_OPEN)
+            continue;
+        if (drain_due(s, c)) {
+            c->want_drain = false;
+            emit(s, ZCN_EVENT_DRAIN, c);
+        }
+        if (c->state != CONN_OPEN)
+            continue;
+        if (c->rx_head != NIL)
+            flush_pending_rx(s, c);
+        else
+            maybe_arm_recv(s, c);
+        if (linked(&c->wait)) {
+            /* Still short of budget: it keeps its place at the head. */
+            list_remove(s, &s->waiters, OFF_WAIT, c);
+            list_push_head(s, &s->waiters, OFF_WAIT, c);
+            return;
+        }
+    }
+}
+
+/* Someone waits for budget and none is left: abort the connection that
+ * holds the most among those whose queued data made no progress for
+ * EVICT_STALL_MS (they are at the old end of the progress list). */
+static void evict_for_waiters(ZCN_Server *s)
+{
+    if (s->waiters.head == NIL || budget_used(s) < s->budget || s->evict_check_ms == s->now_ms)
+        return;
+    s->evict_check_ms = s->now_ms;
+    struct conn *victim = NULL;
+    for (int32_t i = s->progress.head; i != NIL; i = s->conns[i].prog.next) {
+        struct conn *c = &s->conns[i];
+        if (s->now_ms - c->progress_ms < EVICT_STALL_MS)
+            break;
+        bool live = c->state == CONN_OPEN || c->state == CONN_CLOSING;
+        if (live && (victim == NULL || held(c) > held(victim)))
+            victim = c;
+    }
+    if (victim == NULL)
+        return;
+    s->stats.evictions++;
+    abort_conn(s, victim, true);
+}
+
+/* Connections whose queued data made no progress for send_timeout_ms. */
+static void sweep_send_timeouts(ZCN_Server *s)
+{
+    if (s->send_timeout_ms == 0)
+        return;
+    while (s->progress.head != NIL && has_room(s, 1)) {
+        struct conn *c = &s->conns[s->progress.head];
+        if (s->now_ms - c->progress_ms < s->send_timeout_ms)
+            break;
+        list_remove(s, &s->progress, OFF_PROG, c);
+        if (c->state != CONN_OPEN && c->state != CONN_CLOSING)
+            continue;
+        s->stats.send_timeouts++;
+        abort_conn(s, c, true);
+    }
+}
+
+/* Work that was waiting for room, buffers, budget or SQEs. */
 static void run_service_list(ZCN_Server *s)
 {
     ring_refill(s);
-    int32_t head = s->service_head;
-    s->service_head = s->service_tail = NIL;
-    while (head != NIL) {
-        struct conn *c = &s->conns[head];
-        head = c->service_next;
-        c->in_service = false;
+    serve_waiters(s);
+    evict_for_waiters(s);
+    /* Only what is queued now: entries re-added meanwhile wait a turn. */
+    for (uint32_t n = s->service.count; n > 0; n--) {
+        struct conn *c = list_pop(s, &s->service, OFF_SERVICE);
+        if (c == NULL)
+            break;
         if (!has_room(s, 2)) {
             service_add(s, c);
             continue;
         }
         if (c->state == CONN_OPEN) {
-            if (c->rx_head != NIL || c->eof) {
+            if (c->rx_head != NIL || c->eof)
                 flush_pending_rx(s, c);
-            } else if (!c->recv_armed) {
-                if (s->rx.count == 0)
-                    service_add(s, c); /* still no buffers: wait */
-                else
-                    arm_recv(s, c);
-            }
+            else
+                maybe_arm_recv(s, c);
             submit_send(s, c);
+            progress_shutdown(s, c);
         } else {
             progress_close(s, c);
         }
     }
+    serve_waiters(s);
 }
 
 static void sweep_idle(ZCN_Server *s)
 {
     if (s->idle_timeout_ms == 0)
         return;
-    while (s->lru_head != NIL && has_room(s, 1)) {
-        struct conn *c = &s->conns[s->lru_head];
+    while (s->lru.head != NIL && has_room(s, 1)) {
+        struct conn *c = &s->conns[s->lru.head];
         if (s->now_ms - c->last_active_ms < s->idle_timeout_ms)
             break;
-        lru_remove(s, c);
+        list_remove(s, &s->lru, OFF_LRU, c);
         s->stats.idle_timeouts++;
-        abort_conn(s, c);
+        abort_conn(s, c, false);
     }
 }
 
-/* Milliseconds until the next timer (idle expiry, accept resume), or -1. */
+static void min_due(int64_t *best, uint64_t due, uint64_t now)
+{
+    int64_t ms = due > now ? (int64_t)(due - now) : 0;
+    if (*best < 0 || ms < *best)
+        *best = ms;
+}
+
+/* Milliseconds until the next timer (idle expiry, send timeout, eviction
+ * check, accept resume), or -1. */
 static int next_timer_ms(const ZCN_Server *s)
 {
     int64_t best = -1;
-    if (s->idle_timeout_ms != 0 && s->lru_head != NIL) {
-        uint64_t due = s->conns[s->lru_head].last_active_ms + s->idle_timeout_ms;
-        best = due > s->now_ms ? (int64_t)(due - s->now_ms) : 0;
+    if (s->idle_timeout_ms != 0 && s->lru.head != NIL)
+        min_due(&best, s->conns[s->lru.head].last_active_ms + s->idle_timeout_ms, s->now_ms);
+    if (s->progress.head != NIL) {
+        uint64_t oldest = s->conns[s->progress.head].progress_ms;
+        if (s->send_timeout_ms != 0)
+            min_due(&best, oldest + s->send_timeout_ms, s->now_ms);
+        if (s->waiters.head != NIL)
+            min_due(&best, oldest + EVICT_STALL_MS, s->now_ms);
     }
-    if (s->started && !s->accept_armed && !s->destroying) {
-        int64_t due = s->accept_resume_ms > s->now_ms ? (int64_t)(s->accept_resume_ms - s->now_ms) : 0;
-        if (best < 0 || due < best)
-            best = due;
-    }
+    if (s->started && !s->accept_armed && !s->destroying)
+        min_due(&best, s->accept_resume_ms, s->now_ms);
+    if (s->waiters.head != NIL && best < 0)
+        best = EVICT_STALL_MS;
     return best > INT32_MAX ? INT32_MAX : (int)best;
 }
 
@@ -1282,6 +1967,7 @@ static void end_batch(ZCN_Server *s)
         s->lent_head = s->meta[bid].next;
         buf_unref(s, bid);
     }
+    s->lent_count = 0;
     while (s->zombie_head != NIL) {
         struct conn *c = &s->conns[s->zombie_head];
         s->zombie_head = c->zombie_next;
@@ -1344,6 +2030,14 @@ static uint32_t reap(ZCN_Server *s)
     return seen;
 }
 
+/* Timers and deferred work of a turn. */
+static void housekeeping(ZCN_Server *s)
+{
+    sweep_idle(s);
+    sweep_send_timeouts(s);
+    run_service_list(s);
+}
+
 /* One turn of the loop: timers, deferred work, at most one wait, then the
  * completions that are ready. *handled gets the work done. */
 static ZCN_Error turn(ZCN_Server *s, int timeout_ms, uint32_t *handled)
@@ -1352,8 +2046,9 @@ static ZCN_Error turn(ZCN_Server *s, int timeout_ms, uint32_t *handled)
     s->now_ms = zcn_now_ms();
     uint64_t closed_before = s->stats.connections_closed;
     try_resume_accept(s);
-    sweep_idle(s);
-    run_service_list(s);
+    if (!s->wake_armed)
+        arm_wake(s); /* a stop from another thread must always wake us */
+    housekeeping(s);
     uint32_t early = (uint32_t)(s->stats.connections_closed - closed_before) + s->ev_n;
 
     int wait_ms = early > 0 ? 0 : timeout_ms;
@@ -1371,18 +2066,20 @@ static ZCN_Error turn(ZCN_Server *s, int timeout_ms, uint32_t *handled)
         return zcn_fail((ZCN_Error)-ret, "io_uring_enter failed");
     s->now_ms = zcn_now_ms();
     uint32_t seen = reap(s);
-    sweep_idle(s);
-    run_service_list(s);
+    housekeeping(s);
     *handled = early + seen;
     if (zcn_wakeup_take(&s->wakeup))
         return zcn_fail((ZCN_Error)EINTR, "interrupted: a byte came on the wakeup fd");
     return ZCN_OK;
 }
 
-static ZCN_Error loop_guard(ZCN_Server *s)
+static ZCN_Error loop_guard(ZCN_Server *s, const char *fn)
 {
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    ZCN_Error err = owner_check(s, fn);
+    if (err != ZCN_OK)
+        return err;
     if (s->in_callback)
         return zcn_fail(ZCN_ERR_BUSY, "the loop cannot be run from inside a callback");
     if (!s->started)
@@ -1398,6 +2095,7 @@ static ZCN_Error turn_cb(void *loop, int timeout_ms, uint32_t *handled)
 /* Ends the previous poll batch, then runs turns (zcn_run_until). */
 static ZCN_Error run_until(ZCN_Server *s, int timeout_ms, uint32_t *handled_out, bool *stopped)
 {
+    s->in_loop++;
     end_batch(s);
     ZCN_Error err = zcn_run_until(s, turn_cb, &s->stop_requested, timeout_ms, handled_out, stopped);
     /* A stopped loop may not wait again soon: what its callbacks sent (a
@@ -1408,12 +2106,13 @@ static ZCN_Error run_until(ZCN_Server *s, int timeout_ms, uint32_t *handled_out,
         if (err == ZCN_OK)
             err = e;
     }
+    s->in_loop--;
     return err;
 }
 
 ZCN_Error zcn_server_run_once(ZCN_Server *s)
 {
-    ZCN_Error err = loop_guard(s);
+    ZCN_Error err = loop_guard(s, "zcn_server_run_once");
     if (err != ZCN_OK)
         return err;
     s->ev = NULL;
@@ -1425,7 +2124,7 @@ ZCN_Error zcn_server_run_once_timeout(ZCN_Server *s, int timeout_ms, uint32_t *h
 {
     if (handled_out != NULL)
         *handled_out = 0;
-    ZCN_Error err = loop_guard(s);
+    ZCN_Error err = loop_guard(s, "zcn_server_run_once_timeout");
     if (err != ZCN_OK)
         return err;
     s->ev = NULL;
@@ -1438,11 +2137,12 @@ ZCN_Error zcn_server_poll(ZCN_Server *s, ZCN_Event *events, uint32_t capacity, i
 {
     if (count_out != NULL)
         *count_out = 0;
-    ZCN_Error err = loop_guard(s);
+    ZCN_Error err = loop_guard(s, "zcn_server_poll");
     if (err != ZCN_OK)
         return err;
     if (events == NULL || capacity < 4)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "events must hold at least 4 entries");
+    s->poll_mode = true;
     s->ev = events;
     s->ev_cap = capacity;
     s->ev_n = 0;
@@ -1457,7 +2157,7 @@ ZCN_Error zcn_server_poll(ZCN_Server *s, ZCN_Event *events, uint32_t capacity, i
 
 ZCN_Error zcn_server_run(ZCN_Server *s)
 {
-    ZCN_Error err = loop_guard(s);
+    ZCN_Error err = loop_guard(s, "zcn_server_run");
     if (err != ZCN_OK)
         return err;
     s->ev = NULL;
@@ -1473,10 +2173,14 @@ ZCN_Error zcn_server_run(ZCN_Server *s)
 
 ZCN_Error zcn_server_stop(ZCN_Server *s)
 {
-    if (s == NULL)
+    /* The registry lookup touches only the registry, never *s: a server
+     * destroyed (or being destroyed) is simply not found. */
+    int slot = zcn_live_acquire(s);
+    if (slot == -1)
         return ZCN_ERR_INVALID_ARGUMENT; /* no detail: must stay signal-safe */
     atomic_store_explicit(&s->stop_requested, 1, memory_order_release);
     zcn_eventfd_wake(s->wake_fd);
+    zcn_live_release(slot);
     return ZCN_OK;
 }
 
@@ -1484,6 +2188,9 @@ ZCN_Error zcn_server_flush(ZCN_Server *s)
 {
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_flush");
+    if (err != ZCN_OK)
+        return err;
     if (!s->started)
         return ZCN_OK; /* nothing can be queued before start */
     return submit_now(s);
@@ -1495,6 +2202,9 @@ ZCN_Error zcn_server_wakeup_fd(ZCN_Server *s, int *fd_out)
         *fd_out = -1;
     if (s == NULL || fd_out == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, s == NULL ? "server is NULL" : "fd_out is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_wakeup_fd");
+    if (err != ZCN_OK)
+        return err;
     return zcn_wakeup_open(&s->wakeup, fd_out);
 }
 
@@ -1503,11 +2213,14 @@ ZCN_Error zcn_server_wakeup_fd(ZCN_Server *s, int *fd_out)
 /* ------------------------------------------------------------------ */
 
 struct settings {
-    uint32_t entries, buffers, backlog, conns_max, idle_ms, flags;
+    uint32_t entries, buffers, backlog, conns_max, idle_ms, flags, reserve, send_timeout_ms,
+        hard_max;
     size_t buffer_size;
     uint64_t sendq_max;
     bool nodelay;
 };
+
+#define KNOWN_FLAGS ((uint32_t)(ZCN_SERVER_REUSEPORT | ZCN_SERVER_HALF_CLOSE))
 
 static ZCN_Error read_config(const ZCN_Config *cfg, struct settings *out)
 {
@@ -1520,6 +2233,8 @@ static ZCN_Error read_config(const ZCN_Config *cfg, struct settings *out)
     out->idle_ms = cfg->idle_timeout_ms;
     out->nodelay = cfg->tcp_nodelay >= 0;
     out->flags = cfg->flags;
+    out->send_timeout_ms = cfg->send_timeout_ms ? cfg->send_timeout_ms : SEND_TIMEOUT_DEFAULT_MS;
+    out->hard_max = cfg->conn_buffers_hard_max;
     if (out->entries > ZCN_SERVER_ENTRIES_MAX)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "io_uring_entries %u is over %u", out->entries,
                         ZCN_SERVER_ENTRIES_MAX);
@@ -1532,11 +2247,20 @@ static ZCN_Error read_config(const ZCN_Config *cfg, struct settings *out)
     if (out->conns_max > ZCN_SERVER_CONNECTIONS_MAX)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "connections_max %u is over %u",
                         out->conns_max, ZCN_SERVER_CONNECTIONS_MAX);
-    if (out->flags & ~(uint32_t)ZCN_SERVER_REUSEPORT)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", out->flags);
+    if (out->flags & ~KNOWN_FLAGS)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", out->flags & ~KNOWN_FLAGS);
+    out->reserve = cfg->buffer_reserve ? cfg->buffer_reserve : out->buffers / 4;
+    if (out->reserve == 0)
+        out->reserve = 1;
+    if (out->reserve >= out->buffers)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "buffer_reserve %u must be below buffer_pool_size %u", out->reserve,
+                        out->buffers);
     if (out->backlog > INT32_MAX)
         out->backlog = INT32_MAX;
     out->buffer_size = (out->buffer_size + ZCN_PAGE_SIZE - 1) / ZCN_PAGE_SIZE * ZCN_PAGE_SIZE;
+    if (out->sendq_max < out->buffer_size)
+        out->sendq_max = out->buffer_size; /* one received buffer always fits */
     return ZCN_OK;
 }
 
@@ -1577,25 +2301,32 @@ static ZCN_Error open_listener(ZCN_Server *s, const ZCN_Config *cfg, const struc
     return ZCN_OK;
 }
 
-/* The receive ring (c/bufring.c), filled from the pool; a quarter of the
- * buffers stay in the pool as the reserve for copied sends. */
-static ZCN_Error setup_buffer_ring(ZCN_Server *s)
+/* The receive ring (c/bufring.c), filled from the pool, and the limits
+ * that depend on the buffer counts. */
+static ZCN_Error setup_buffer_ring(ZCN_Server *s, const struct settings *st)
 {
-    uint32_t reserve = s->buffer_count / 4;
-    s->br_target = s->buffer_count - reserve;
+    s->reserve = st->reserve;
+    s->budget = s->buffer_count - s->reserve;
+    s->br_target = s->buffer_count - s->reserve;
+    if (s->br_target < 1)
+        s->br_target = 1;
+    s->copy_headroom = s->buffer_count / 8 > 2 ? s->buffer_count / 8 : 2;
+    s->pool_free = s->buffer_count;
     ZCN_Error e = zcn_bufring_setup(&s->rx, s->ring, BUFFER_GROUP, s->br_target, s->slab,
                                     s->buffer_size);
     if (e != ZCN_OK)
         return e;
     ring_refill(s);
     zcn_bufring_publish(&s->rx);
-    /* The send queue limit in buffers: what send_queue_max_bytes needs when
-     * buffers are full, but never more than a quarter of the receive ring,
-     * so a few peers that stop reading cannot take every buffer. */
-    uint64_t bufs = (s->send_queue_max_bytes + s->buffer_size - 1) / s->buffer_size + 1;
-    if (bufs > s->br_target / 4)
-        bufs = s->br_target / 4;
+    /* The per-connection cap in buffers: what send_queue_max_bytes needs
+     * when buffers are full, but never more than a quarter of the budget,
+     * so a few peers that stop reading cannot take it all. */
+    uint64_t bufs = s->send_queue_max_bytes / s->buffer_size + 1;
+    if (bufs > s->budget / 4)
+        bufs = s->budget / 4;
     s->send_queue_max_bufs = bufs < 2 ? 2 : (uint32_t)bufs;
+    s->hard_max_bufs = st->hard_max ? st->hard_max : 2 * s->send_queue_max_bufs + 64;
+    s->conn_chunks_max = 2 * s->send_queue_max_bufs + IOV_BATCH;
     return ZCN_OK;
 }
 
@@ -1609,7 +2340,10 @@ static ZCN_Error alloc_tables(ZCN_Server *s, const struct settings *st)
         nofile = 1u << 24;
     s->fd_table_size = (uint32_t)nofile;
     s->conns_max = st->conns_max < nofile ? st->conns_max : (uint32_t)nofile;
-    s->chunks_max = s->buffer_count * 2 + s->conns_max;
+    /* Chunks: a packed or zero-copy chunk per buffer and a few slices
+     * more, and some per connection; each connection is capped too
+     * (conn_chunks_max), so none can take the table. */
+    s->chunks_max = s->buffer_count * 4 + s->conns_max * 2;
     s->meta = calloc(s->buffer_count, sizeof *s->meta);
     s->conns = calloc(s->conns_max, sizeof *s->conns);
     s->fd_table = malloc((size_t)s->fd_table_size * sizeof *s->fd_table);
@@ -1624,8 +2358,11 @@ static ZCN_Error alloc_tables(ZCN_Server *s, const struct settings *st)
         s->chunks[i].next = i + 1 < s->chunks_max ? (int32_t)(i + 1) : NIL;
     s->chunk_free = 0;
     for (uint32_t i = 0; i < s->conns_max; i++) {
-        s->conns[i].fd = -1;
-        s->conns[i].service_next = i + 1 < s->conns_max ? (int32_t)(i + 1) : NIL;
+        struct conn *c = &s->conns[i];
+        c->fd = -1;
+        c->zombie_next = i + 1 < s->conns_max ? (int32_t)(i + 1) : NIL;
+        c->service.prev = c->service.next = NOT_LINKED;
+        c->lru = c->wait = c->prog = c->service;
     }
     s->conn_free = 0;
     return ZCN_OK;
@@ -1651,6 +2388,14 @@ static void free_server(ZCN_Server *s)
     free(s);
 }
 
+static void init_lists(ZCN_Server *s)
+{
+    struct list empty = {NIL, NIL, 0};
+    s->lru = s->service = s->waiters = s->progress = empty;
+    s->zombie_head = NIL;
+    s->lent_head = NIL;
+}
+
 ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
 {
     zcn_clear_detail();
@@ -1658,7 +2403,7 @@ ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
         zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "config is NULL"));
         return NULL;
     }
-    struct settings st;
+    struct settings st = {0};
     ZCN_Error e = read_config(cfg, &st);
     if (e != ZCN_OK) {
         zcn_set_err(err, e);
@@ -1671,17 +2416,17 @@ ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
     }
     s->listen_fd = -1;
     s->wake_fd = -1;
+    s->live_slot = -1;
     zcn_wakeup_init(&s->wakeup);
     s->buffer_count = st.buffers;
     s->buffer_size = st.buffer_size;
     s->backlog = st.backlog;
     s->send_queue_max_bytes = st.sendq_max;
     s->idle_timeout_ms = st.idle_ms;
+    s->send_timeout_ms = st.send_timeout_ms == ZCN_TIMEOUT_NEVER ? 0 : st.send_timeout_ms;
     s->nodelay = st.nodelay;
-    s->lru_head = s->lru_tail = NIL;
-    s->service_head = s->service_tail = NIL;
-    s->zombie_head = NIL;
-    s->lent_head = NIL;
+    s->half_close_flag = (st.flags & ZCN_SERVER_HALF_CLOSE) != 0;
+    init_lists(s);
 
     e = alloc_tables(s, &st);
     if (e == ZCN_OK) {
@@ -1710,12 +2455,13 @@ ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
             e = zcn_fail((ZCN_Error)errno, "eventfd: %s", strerror(errno));
     }
     if (e == ZCN_OK)
-        e = setup_buffer_ring(s);
+        e = setup_buffer_ring(s, &st);
     if (e != ZCN_OK) {
         free_server(s);
         zcn_set_err(err, e);
         return NULL;
     }
+    s->live_slot = zcn_live_add(s);
     zcn_set_err(err, ZCN_OK);
     return s;
 }
@@ -1734,6 +2480,7 @@ ZCN_Error zcn_server_start(ZCN_Server *s)
     ZCN_Error e = zcn_ring_enable(s->ring_handle);
     if (e != ZCN_OK)
         return e;
+    s->owner = pthread_self();
     s->started = true;
     s->now_ms = zcn_now_ms();
     arm_accept(s);
@@ -1751,34 +2498,21 @@ ZCN_Error zcn_server_start(ZCN_Server *s)
 static void drain_for_destroy(ZCN_Server *s)
 {
     s->destroying = true;
+    s->in_loop++;
     if (s->listen_fd >= 0) {
         shutdown(s->listen_fd, SHUT_RDWR);
-        if (s->accept_armed) {
-            struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
-            if (sqe != NULL) {
-                io_uring_prep_cancel64(sqe, pack_ud(OP_ACCEPT, 0, 0), 0);
-                io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
-            }
-        }
+        if (s->accept_armed)
+            cancel_ud(s, pack_ud(OP_ACCEPT, 0, 0), NULL, NULL);
     }
-    if (s->wake_armed) {
-        struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
-        if (sqe != NULL) {
-            io_uring_prep_cancel64(sqe, pack_ud(OP_WAKE, 0, 0), 0);
-            io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
-        }
-    }
-    if (s->wakeup.armed) {
-        struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
-        if (sqe != NULL) {
-            io_uring_prep_cancel64(sqe, pack_ud(OP_WAKEUP_PIPE, 0, 0), 0);
-            io_uring_sqe_set_data64(sqe, pack_ud(OP_IGNORE, 0, 0));
-        }
-    }
+    if (s->wake_armed)
+        cancel_ud(s, pack_ud(OP_WAKE, 0, 0), NULL, NULL);
+    if (s->wakeup.armed)
+        cancel_ud(s, pack_ud(OP_WAKEUP_PIPE, 0, 0), NULL, NULL);
     s->ev = NULL; /* destroy reports closes through callbacks only */
+    s->poll_mode = false;
     end_batch(s);
     for (uint32_t i = 0; i < s->conns_max; i++)
-        abort_conn(s, &s->conns[i]);
+        abort_conn(s, &s->conns[i], false);
     uint64_t deadline = zcn_now_ms() + DESTROY_DRAIN_MS;
     while (s->conns_active > 0 || s->accept_armed || s->wake_armed || s->wakeup.armed) {
         s->now_ms = zcn_now_ms();
@@ -1801,6 +2535,7 @@ static void drain_for_destroy(ZCN_Server *s)
         if (c->state != CONN_ZOMBIE)
             finalize(s, c);
     }
+    s->in_loop--;
 }
 
 ZCN_Error zcn_server_destroy(ZCN_Server *s)
@@ -1812,6 +2547,9 @@ ZCN_Error zcn_server_destroy(ZCN_Server *s)
     if (s->sources_count > 0)
         return zcn_fail(ZCN_ERR_BUSY, "%u UDP sockets still use this server's loop: destroy them first",
                         s->sources_count);
+    /* From now on zcn_server_stop does not find the server; one already
+     * inside it has finished when this returns. */
+    zcn_live_remove(s->live_slot);
     if (s->started)
         drain_for_destroy(s);
     /* io_uring_queue_exit (in zcn_ring_destroy) cancels what is left. */
@@ -1839,6 +2577,14 @@ ZCN_Error zcn_server_set_drain_callback(ZCN_Server *s, ZCN_OnDrain on_drain)
     return ZCN_OK;
 }
 
+ZCN_Error zcn_server_set_eof_callback(ZCN_Server *s, ZCN_OnEof on_eof)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    s->on_eof = on_eof;
+    return ZCN_OK;
+}
+
 uint16_t zcn_server_port(const ZCN_Server *s)
 {
     return s == NULL ? 0 : s->port;
@@ -1856,11 +2602,10 @@ ZCN_Error zcn_server_stats(const ZCN_Server *s, ZCN_ServerStats *out)
     *out = s->stats;
     out->connections_active = s->conns_active;
     out->buffers_total = s->buffer_count;
-    ZCN_PoolStats ps;
-    uint64_t in_pool = 0;
-    if (zcn_pool_stats(s->pool, &ps) == ZCN_OK)
-        in_pool = ps.free;
-    out->buffers_in_use = s->buffer_count - in_pool - s->rx.count;
+    out->buffers_in_use = s->buffer_count - s->pool_free - s->rx.count;
+    out->buffers_held = (uint64_t)s->parked + s->user_bufs;
+    out->buffer_budget = s->budget;
+    out->buffer_waiters = s->waiters.count;
     return ZCN_OK;
 }
 

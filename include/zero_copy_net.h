@@ -22,7 +22,9 @@
  *   once. A ZCN_Ring and a ZCN_Server belong to the one thread that drives
  *   them; the only exception is zcn_server_stop(), which any thread or a
  *   signal handler may call (and a write to the zcn_server_wakeup_fd pipe,
- *   which is plain I/O on an fd).
+ *   which is plain I/O on an fd). Once started, a server checks the rule:
+ *   its functions called from another thread return ZCN_ERR_WRONG_THREAD
+ *   and do nothing.
  */
 #ifndef ZERO_COPY_NET_H
 #define ZERO_COPY_NET_H
@@ -101,6 +103,10 @@ typedef enum ZCN_Error {
     ZCN_ERR_MEMLOCK,
     /* A wait ended without an event. */
     ZCN_ERR_TIMEOUT,
+    /* Called from a thread that does not own the handle: a started server
+     * belongs to the thread that called zcn_server_start (see each
+     * function's threading note). Nothing was done. */
+    ZCN_ERR_WRONG_THREAD,
     ZCN_ERR_LAST_
 } ZCN_Error;
 
@@ -247,6 +253,13 @@ typedef struct ZCN_Server ZCN_Server;
 enum {
     /* SO_REUSEPORT on the listening socket (several servers, one port). */
     ZCN_SERVER_REUSEPORT = 1u << 0,
+    /* Half-close mode: a peer's FIN ends its stream, not the connection.
+     * The connection stays open for sending after on_eof / the EOF event
+     * until the application calls zcn_server_close, zcn_server_shutdown or
+     * zcn_server_abort. Setting an on_eof callback turns it on as well.
+     * Without it, a connection closes once the peer has finished sending
+     * and the replies queued by then are sent. */
+    ZCN_SERVER_HALF_CLOSE = 1u << 1,
 };
 
 /* Upper bounds checked by zcn_server_create. */
@@ -254,11 +267,31 @@ enum {
 #define ZCN_SERVER_BUFFERS_MAX 32768u
 #define ZCN_SERVER_BUFFER_SIZE_MAX (64u << 20)
 #define ZCN_SERVER_CONNECTIONS_MAX (1u << 20)
+/* A timeout field set to this never expires. */
+#define ZCN_TIMEOUT_NEVER UINT32_MAX
 
 /* Server configuration. Zero in any field but `address`/`port` means the
  * default given beside it, so `ZCN_Config c = {0}` plus an address is a
  * working server. The struct is read by zcn_server_create only; strings need
- * not outlive that call. */
+ * not outlive that call.
+ *
+ * The buffer policy (docs/BUFFERS.md). Every byte the server holds lives in
+ * one of buffer_pool_size pool buffers. A connection *holds* the buffers of
+ * its send queue and of its received data whose delivery is deferred; the
+ * sum over all connections (plus buffers the application acquired) may
+ * never exceed buffer_pool_size - buffer_reserve: the reserve always feeds
+ * receives, so every connection can make progress whatever the others do.
+ * Each connection may hold at most send_queue_max_bytes and the matching
+ * number of buffers; once half the budget is in use ("pressure") that cap
+ * shrinks to a fair share, budget / (connections holding or waiting + 1).
+ * A connection over its cap gets no more data delivered (its receive is
+ * paused; the kernel's socket buffers hold the rest) and its sends get
+ * ZCN_ERR_QUEUE_FULL until it drains. A connection that waits for budget
+ * waits in first-come first-served order; while one waits and the budget is
+ * used up, the connection holding the most buffers whose sends made no
+ * progress for 100 ms is aborted (stats.evictions). A connection whose
+ * queued data makes no progress for send_timeout_ms, or that holds more
+ * than conn_buffers_hard_max buffers, is aborted too. */
 typedef struct ZCN_Config {
     const char *address;            /* IPv4 or IPv6 literal; NULL = "0.0.0.0" */
     uint16_t port;                  /* 0 = an ephemeral port (zcn_server_port) */
@@ -268,10 +301,11 @@ typedef struct ZCN_Config {
     uint32_t backlog;               /* listen() backlog; 0 = 1024 */
     uint32_t connections_max;       /* open connections at once; 0 = 4096 (capped
                                        by RLIMIT_NOFILE); more are closed at accept */
-    uint32_t send_queue_max_bytes;  /* per connection; 0 = 1 MiB. Also caps the pool
-                                       buffers one queue may hold at
+    uint32_t send_queue_max_bytes;  /* per connection; 0 = 1 MiB; raised to
+                                       buffer_size if smaller. Also caps the pool
+                                       buffers one connection may hold at
                                        send_queue_max_bytes / buffer_size + 1 (at
-                                       most a quarter of the receive ring). See
+                                       most a quarter of the budget). See
                                        zcn_server_send */
     uint32_t idle_timeout_ms;       /* close after this long without I/O; 0 = never */
     int32_t tcp_nodelay;            /* 0 = default (on), > 0 on, < 0 off */
@@ -282,16 +316,29 @@ typedef struct ZCN_Config {
      * alive while views of it exist; C users may pass huge pages. */
     void *buffer_memory;
     size_t buffer_memory_size;
+    /* Pool buffers held data may never take (they feed receives);
+     * 0 = buffer_pool_size / 4 (at least 1); at most buffer_pool_size - 1. */
+    uint32_t buffer_reserve;
+    /* Abort (RST) a connection whose queued data made no send progress for
+     * this long; 0 = 60000; ZCN_TIMEOUT_NEVER = never. */
+    uint32_t send_timeout_ms;
+    /* Abort (RST) a connection holding more pool buffers than this (its
+     * cap can be overshot by receives already in flight when it was
+     * reached); 0 = 2 * the per-connection buffer cap + 64. */
+    uint32_t conn_buffers_hard_max;
 } ZCN_Config;
 
 /* Data callbacks receive borrowed memory: `data` points into a pool buffer
  * and is valid only until the callback returns. Copy what you keep, or pass
  * it to zcn_server_send from inside the callback (no copy: the buffer moves
  * to the send queue). All callbacks run on the thread inside
- * zcn_server_run_once / zcn_server_poll / zcn_server_run, never concurrently.
- * From a callback you may call zcn_server_send*, zcn_server_close,
- * zcn_server_*_buffer, zcn_server_stats and zcn_server_stop; running the loop
- * or destroying the server from a callback gives ZCN_ERR_BUSY. */
+ * zcn_server_run_once / zcn_server_poll / zcn_server_run, never concurrently,
+ * and never from inside another zcn_server_* call made outside the loop:
+ * what such a call starts (a close, say) is reported at the loop's next
+ * turn. From a callback you may call zcn_server_send*, zcn_server_close,
+ * zcn_server_shutdown, zcn_server_abort, zcn_server_*_buffer,
+ * zcn_server_stats, zcn_server_conn_info and zcn_server_stop; running the
+ * loop or destroying the server from a callback gives ZCN_ERR_BUSY. */
 typedef void (*ZCN_OnAccept)(void *user_data, int fd);
 typedef void (*ZCN_OnData)(void *user_data, int fd, const uint8_t *data, size_t len);
 /* Called exactly once per accepted connection, whatever ends it (peer close,
@@ -302,6 +349,10 @@ typedef void (*ZCN_OnClose)(void *user_data, int fd);
 /* A connection whose send was refused with ZCN_ERR_QUEUE_FULL has drained
  * to half its limit: sending will succeed again. */
 typedef void (*ZCN_OnDrain)(void *user_data, int fd);
+/* Half-close mode: the peer has finished sending (FIN) and every byte it
+ * sent has been delivered. Once per connection. The connection stays open
+ * for sending until the application closes it. */
+typedef void (*ZCN_OnEof)(void *user_data, int fd);
 
 typedef struct ZCN_ServerStats {
     uint64_t connections_active;
@@ -320,7 +371,43 @@ typedef struct ZCN_ServerStats {
     uint64_t sends_copied;           /* zcn_server_send calls that copied */
     uint64_t send_queue_full_events; /* sends refused with ZCN_ERR_QUEUE_FULL */
     uint64_t accept_backoffs;        /* accept paused for EMFILE/ENFILE/ENOMEM */
+    /* The buffer policy (see ZCN_Config). */
+    uint64_t buffers_held;           /* held by connections (send queues and
+                                        deferred receives) and by the application */
+    uint64_t buffer_budget;          /* buffer_pool_size - buffer_reserve */
+    uint64_t buffer_waiters;         /* connections waiting for budget now */
+    uint64_t evictions;              /* aborted to free budget for a waiter */
+    uint64_t send_timeouts;          /* aborted: no send progress for send_timeout_ms */
+    uint64_t hard_limit_aborts;      /* aborted: over conn_buffers_hard_max */
+    uint64_t aborts;                 /* zcn_server_abort calls that aborted */
+    uint64_t sends_coalesced;        /* small zero-copy slices copied into a packed
+                                        buffer instead of holding their own */
+    uint64_t eofs;                   /* peers that finished sending (FIN) */
 } ZCN_ServerStats;
+
+/* One connection's share of the buffers and its state, for applications
+ * that watch or evict peers themselves (zcn_server_conn_info). */
+enum {
+    ZCN_CONN_EOF = 1u << 0,          /* the peer finished sending */
+    ZCN_CONN_SHUT_WR = 1u << 1,      /* zcn_server_shutdown was called */
+    ZCN_CONN_CLOSING = 1u << 2,      /* closing: sends refused */
+    ZCN_CONN_WAITING = 1u << 3,      /* waiting for budget (see ZCN_Config) */
+    ZCN_CONN_PAUSED = 1u << 4,       /* no receive armed: over its cap or waiting */
+};
+typedef struct ZCN_ConnInfo {
+    uint64_t bytes_received;         /* since accept */
+    uint64_t bytes_sent;
+    uint64_t queued_bytes;           /* in the send queue, not yet sent */
+    uint64_t deferred_bytes;         /* received, not yet delivered */
+    uint32_t queued_buffers;         /* distinct pool buffers of the send queue */
+    uint32_t deferred_buffers;       /* pool buffers of deferred receives */
+    uint32_t buffers_held;           /* the two above: what counts against the budget */
+    uint32_t buffer_cap;             /* the most it may hold now (its share under pressure) */
+    uint32_t flags;                  /* ZCN_CONN_* bits */
+    uint32_t reserved;
+    uint64_t send_stall_ms;          /* ms since its queued data last made progress
+                                        (0 when nothing is queued) */
+} ZCN_ConnInfo;
 
 /* Creates a server: validates the config, creates its io_uring (probed as
  * zcn_ring_create does), its buffer pool and a listening socket bound to
@@ -335,17 +422,30 @@ typedef struct ZCN_ServerStats {
 ZCN_API ZCN_Server *zcn_server_create(const ZCN_Config *config, ZCN_Error *err);
 /* Closes every connection (on_close is called for each, callback mode),
  * cancels all I/O and frees everything. Not from inside a callback
- * (ZCN_ERR_BUSY, nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT. */
+ * (ZCN_ERR_BUSY, nothing done). Any thread while the loop is not running
+ * (ideally the owner: another thread cannot reap a DEFER_TASKRUN ring and
+ * leaves the last cancellations to the kernel's ring teardown). A
+ * zcn_server_stop racing with destroy from a signal handler or another
+ * thread is safe: it either stops the server before it goes or returns
+ * ZCN_ERR_INVALID_ARGUMENT without touching it. NULL gives
+ * ZCN_ERR_INVALID_ARGUMENT. */
 ZCN_API ZCN_Error zcn_server_destroy(ZCN_Server *server);
 
 /* Sets the callbacks (any may be NULL) and the user_data passed to them.
  * user_data is passed through, never freed: it must stay valid until the
  * callbacks are replaced or zcn_server_destroy returns (destroy calls
- * on_close). May be called again at any time from the owner thread. */
+ * on_close). May be called again at any time from the owner thread, or from
+ * any thread while the loop is not running (as zcn_server_set_drain_callback,
+ * zcn_server_set_eof_callback and zcn_server_use_echo_handler). */
 ZCN_API ZCN_Error zcn_server_set_callbacks(ZCN_Server *server, void *user_data,
                                            ZCN_OnAccept on_accept, ZCN_OnData on_data,
                                            ZCN_OnClose on_close);
 ZCN_API ZCN_Error zcn_server_set_drain_callback(ZCN_Server *server, ZCN_OnDrain on_drain);
+/* Sets the end-of-stream callback (NULL to remove it), with the user_data
+ * of zcn_server_set_callbacks. While one is set the server is in half-close
+ * mode (see ZCN_SERVER_HALF_CLOSE). Owner thread, or any thread while the
+ * loop is not running; it applies to FINs seen from then on. */
+ZCN_API ZCN_Error zcn_server_set_eof_callback(ZCN_Server *server, ZCN_OnEof on_eof);
 /* Replaces on_data with a built-in echo written in C (each received buffer is
  * sent back without copying); on_accept/on_close and user_data stay as set.
  * A later zcn_server_set_callbacks replaces the echo with its on_data. */
@@ -353,8 +453,9 @@ ZCN_API ZCN_Error zcn_server_use_echo_handler(ZCN_Server *server);
 
 /* Starts accepting (multishot accept). The calling thread becomes the
  * server's owner: from now on only it may run the loop, send, close and so
- * on (zcn_server_stop excepted). ZCN_ERR_ALREADY_STARTED if called twice,
- * ZCN_ERR_BUSY from inside a callback. */
+ * on (zcn_server_stop excepted; others get ZCN_ERR_WRONG_THREAD).
+ * ZCN_ERR_ALREADY_STARTED if called twice, ZCN_ERR_BUSY from inside a
+ * callback. */
 ZCN_API ZCN_Error zcn_server_start(ZCN_Server *server);
 /* The bound port (useful with port 0); 0 for NULL. */
 ZCN_API uint16_t zcn_server_port(const ZCN_Server *server);
@@ -366,7 +467,7 @@ ZCN_API int zcn_server_listen_fd(const ZCN_Server *server);
  * returned, so a `while (running)` loop whose signal handler clears
  * `running` ends). Work per call is bounded by the CQ size. Sends its
  * callbacks made reach the kernel with the next wait, or at once when the
- * call ends because of a stop (see zcn_server_flush). */
+ * call ends because of a stop (see zcn_server_flush). Owner thread. */
 ZCN_API ZCN_Error zcn_server_run_once(ZCN_Server *server);
 /* The same with a timeout: timeout_ms < 0 waits forever, 0 does not wait.
  * Returns ZCN_OK also on timeout; *handled_out (may be NULL) gets the number
@@ -381,7 +482,9 @@ ZCN_API ZCN_Error zcn_server_run(ZCN_Server *server);
  * thread (an atomic flag plus an eventfd write). Each request makes exactly
  * one loop call (zcn_server_run, run_once, run_once_timeout or poll) return
  * early, the one that sees it, which also clears it; a request made while no
- * loop runs makes the next loop call return at once. */
+ * loop runs makes the next loop call return at once. A server being
+ * destroyed, or already destroyed (the common global-pointer-in-a-signal-
+ * handler pattern), gives ZCN_ERR_INVALID_ARGUMENT and touches nothing. */
 ZCN_API ZCN_Error zcn_server_stop(ZCN_Server *server);
 /* Hands sends queued since the loop last waited to the kernel now. Sends
  * made in callbacks, or after zcn_server_poll returned, are otherwise
@@ -417,6 +520,7 @@ enum {
     ZCN_EVENT_DATA = 2,
     ZCN_EVENT_CLOSE = 3,
     ZCN_EVENT_DRAIN = 4,
+    ZCN_EVENT_EOF = 5,      /* half-close mode: the peer finished sending */
 };
 typedef struct ZCN_Event {
     uint32_t type;          /* ZCN_EVENT_* */
@@ -432,8 +536,10 @@ typedef struct ZCN_Event {
  * copy, until the next zcn_server_poll / run_once call on this server. A
  * CLOSE event's fd stays reserved until that next call too, so its number is
  * not reused before the caller has seen the event. Completions that do not
- * fit stay queued for the next call. Do not mix with callbacks: while events
- * are polled, callbacks are not called. */
+ * fit stay queued for the next call. Do not mix with callbacks: once a
+ * server has been polled, callbacks are not called, and closes started
+ * between polls (zcn_server_close, _abort, _shutdown) are reported as CLOSE
+ * events by the next poll, the fd staying open until then. */
 ZCN_API ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_t capacity,
                                   int timeout_ms, uint32_t *count_out);
 
@@ -442,20 +548,29 @@ ZCN_API ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_
  * If `data` is memory lent by the current on_data call (or the current poll
  * batch), the buffer moves to the send queue without copying; any other
  * memory is copied into pool buffers, so the caller's memory is free again
- * on return. len 0 is a no-op.
- * Errors: ZCN_ERR_CLOSED (fd is not an open connection of this server),
- * ZCN_ERR_QUEUE_FULL (the connection already has more than
- * send_queue_max_bytes queued, or holds more pool buffers than its buffer
- * cap (short received segments each hold a whole buffer): nothing is
- * queued; on_drain follows. While a connection is over its limit its
- * received data is not delivered, so a handler that sends at most what it
- * received per callback never sees this error),
- * ZCN_ERR_EXHAUSTED (no pool buffer for the copy), ZCN_ERR_FOREIGN_POINTER
- * (data points into a receive buffer that is no longer lent). */
+ * on return. Small slices (under 512 bytes) of a lent buffer sent while the
+ * queue is not empty are copied into the queue's packed last buffer, so a
+ * peer that does not read holds bytes, not one buffer per message. len 0 is
+ * a no-op. All or nothing: on any error nothing is queued.
+ * Errors: ZCN_ERR_CLOSED (fd is not an open connection of this server, or it
+ * was shut down for sending), EMSGSIZE (len is larger than
+ * send_queue_max_bytes: it could never fit), ZCN_ERR_QUEUE_FULL (the bytes
+ * would take the queue over send_queue_max_bytes, or the buffers over the
+ * connection's cap, or the server-wide budget is used up; nothing is queued
+ * and on_drain follows once sending can succeed. While a connection is over
+ * its limits its received data is not delivered, so a handler that sends at
+ * most what it received per callback never sees this error),
+ * ZCN_ERR_EXHAUSTED (no free pool buffer for the copy right now),
+ * ZCN_ERR_FOREIGN_POINTER (data points into a receive buffer that is no
+ * longer lent, or runs past the end of a lent buffer),
+ * ZCN_ERR_WRONG_THREAD (not the owner thread). */
 ZCN_API ZCN_Error zcn_server_send(ZCN_Server *server, int fd, const uint8_t *data, size_t len);
 /* Takes a free pool buffer to fill and pass to zcn_server_send_buffer; NULL
- * when none is free. *capacity_out (may be NULL) gets its size. Release it
- * with zcn_server_release_buffer if not sent. Owner thread only. */
+ * when none can be had: the pool is empty, or taking one would eat into the
+ * receive reserve (it counts as held, see ZCN_Config), or the caller is not
+ * the owner thread (zcn_error_detail says which). *capacity_out (may be
+ * NULL) gets its size. Release it with zcn_server_release_buffer if not
+ * sent. */
 ZCN_API uint8_t *zcn_server_acquire_buffer(ZCN_Server *server, size_t *capacity_out);
 ZCN_API ZCN_Error zcn_server_release_buffer(ZCN_Server *server, uint8_t *buffer);
 /* Sends the first `len` bytes of a buffer from zcn_server_acquire_buffer
@@ -464,12 +579,33 @@ ZCN_API ZCN_Error zcn_server_release_buffer(ZCN_Server *server, uint8_t *buffer)
  * plus ZCN_ERR_FOREIGN_POINTER if `buffer` is not an acquired buffer start and
  * ZCN_ERR_INVALID_ARGUMENT if len is larger than the buffer. */
 ZCN_API ZCN_Error zcn_server_send_buffer(ZCN_Server *server, int fd, uint8_t *buffer, size_t len);
-/* Stops receiving on fd, sends what is queued, then closes; on_close follows.
- * ZCN_ERR_CLOSED if fd is not open (or already closing). */
+/* Stops receiving on fd, sends what is queued, then closes; on_close follows
+ * (at the loop's next turn when called outside it). A queue that makes no
+ * progress is dropped after send_timeout_ms. ZCN_ERR_CLOSED if fd is not
+ * open (or already closing). Owner thread. */
 ZCN_API ZCN_Error zcn_server_close(ZCN_Server *server, int fd);
+/* Half-closes our side: once the queued data is sent, a FIN goes to the
+ * peer (shutdown(SHUT_WR)); receiving goes on. Later sends get
+ * ZCN_ERR_CLOSED. When the peer has finished sending too, the connection
+ * closes (on_close follows). ZCN_ERR_CLOSED if fd is not open or already
+ * shut down. Owner thread. */
+ZCN_API ZCN_Error zcn_server_shutdown(ZCN_Server *server, int fd);
+/* Abortive close: the peer gets a reset (RST), queued and deferred data is
+ * dropped and its buffers return at once (those of a send in flight as soon
+ * as the kernel lets go of them, within a loop turn); on_close follows at
+ * the loop's next turn. For evicting a peer. Works on a closing connection
+ * too. ZCN_ERR_CLOSED if fd is not a connection of this server or already
+ * ending. Owner thread. */
+ZCN_API ZCN_Error zcn_server_abort(ZCN_Server *server, int fd);
 /* Bytes queued for fd and not yet sent (0 if not open). */
 ZCN_API size_t zcn_server_queued_bytes(const ZCN_Server *server, int fd);
+/* Fills *out with fd's share of the buffers and its state. ZCN_ERR_CLOSED if
+ * fd is not a connection of this server (closing ones are reported until
+ * on_close). Owner thread. */
+ZCN_API ZCN_Error zcn_server_conn_info(const ZCN_Server *server, int fd, ZCN_ConnInfo *out);
 
+/* A snapshot of the counters. Any thread: from another thread while the
+ * loop runs, each counter is a recent value (not one atomic snapshot). */
 ZCN_API ZCN_Error zcn_server_stats(const ZCN_Server *server, ZCN_ServerStats *out);
 /* The start of the server's buffer slab and each buffer's size (for
  * ZCN_Event.offset); NULL/0 for NULL. */

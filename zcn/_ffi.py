@@ -184,7 +184,12 @@ def create(func, *args):
 
 # --- TCP server ---------------------------------------------------------------
 SERVER_REUSEPORT = 1 << 0
-EVENT_ACCEPT, EVENT_DATA, EVENT_CLOSE, EVENT_DRAIN = 1, 2, 3, 4
+SERVER_HALF_CLOSE = 1 << 1
+TIMEOUT_NEVER = 0xFFFFFFFF
+EVENT_ACCEPT, EVENT_DATA, EVENT_CLOSE, EVENT_DRAIN, EVENT_EOF = 1, 2, 3, 4, 5
+# ZCN_CONN_*: ZCN_ConnInfo.flags
+CONN_EOF, CONN_SHUT_WR, CONN_CLOSING, CONN_WAITING, CONN_PAUSED = (
+    1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4)
 
 
 class Config(Structure):
@@ -203,6 +208,9 @@ class Config(Structure):
         ("flags", c_uint32),
         ("buffer_memory", c_void_p),
         ("buffer_memory_size", c_size_t),
+        ("buffer_reserve", c_uint32),
+        ("send_timeout_ms", c_uint32),
+        ("conn_buffers_hard_max", c_uint32),
     ]
 
 
@@ -214,7 +222,26 @@ class ServerStats(Structure):
         "recv_ops", "send_ops", "buffers_total", "buffers_in_use",
         "buffer_exhaustion_events", "sends_zero_copy", "sends_copied",
         "send_queue_full_events", "accept_backoffs",
+        "buffers_held", "buffer_budget", "buffer_waiters", "evictions", "send_timeouts",
+        "hard_limit_aborts", "aborts", "sends_coalesced", "eofs",
     )]
+
+
+class ConnInfo(Structure):
+    # typedef struct ZCN_ConnInfo {...} ZCN_ConnInfo;
+    _fields_ = [
+        ("bytes_received", c_uint64),
+        ("bytes_sent", c_uint64),
+        ("queued_bytes", c_uint64),
+        ("deferred_bytes", c_uint64),
+        ("queued_buffers", c_uint32),
+        ("deferred_buffers", c_uint32),
+        ("buffers_held", c_uint32),
+        ("buffer_cap", c_uint32),
+        ("flags", c_uint32),
+        ("reserved", c_uint32),
+        ("send_stall_ms", c_uint64),
+    ]
 
 
 class Event(Structure):
@@ -240,6 +267,8 @@ OnData = CFUNCTYPE(None, c_void_p, c_int, c_void_p, c_size_t)
 OnClose = CFUNCTYPE(None, c_void_p, c_int)
 # typedef void (*ZCN_OnDrain)(void *user_data, int fd);
 OnDrain = CFUNCTYPE(None, c_void_p, c_int)
+# typedef void (*ZCN_OnEof)(void *user_data, int fd);
+OnEof = CFUNCTYPE(None, c_void_p, c_int)
 
 # ZCN_Server *zcn_server_create(const ZCN_Config *config, ZCN_Error *err);
 zcn_server_create = _fn("zcn_server_create", c_void_p, [POINTER(Config), ErrOut])
@@ -252,6 +281,9 @@ zcn_server_set_callbacks = _fn("zcn_server_set_callbacks", ZCN_Error,
 # ZCN_Error zcn_server_set_drain_callback(ZCN_Server *server, ZCN_OnDrain on_drain);
 zcn_server_set_drain_callback = _fn("zcn_server_set_drain_callback", ZCN_Error,
                                     [c_void_p, OnDrain], _check_rc)
+# ZCN_Error zcn_server_set_eof_callback(ZCN_Server *server, ZCN_OnEof on_eof);
+zcn_server_set_eof_callback = _fn("zcn_server_set_eof_callback", ZCN_Error,
+                                  [c_void_p, OnEof], _check_rc)
 # ZCN_Error zcn_server_use_echo_handler(ZCN_Server *server);
 zcn_server_use_echo_handler = _fn("zcn_server_use_echo_handler", ZCN_Error, [c_void_p], _check_rc)
 # ZCN_Error zcn_server_start(ZCN_Server *server);
@@ -292,6 +324,13 @@ zcn_server_send_buffer = _fn("zcn_server_send_buffer", ZCN_Error,
                              [c_void_p, c_int, c_void_p, c_size_t])
 # ZCN_Error zcn_server_close(ZCN_Server *server, int fd);
 zcn_server_close = _fn("zcn_server_close", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_server_shutdown(ZCN_Server *server, int fd);
+zcn_server_shutdown = _fn("zcn_server_shutdown", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_server_abort(ZCN_Server *server, int fd);
+zcn_server_abort = _fn("zcn_server_abort", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_server_conn_info(const ZCN_Server *server, int fd, ZCN_ConnInfo *out);
+zcn_server_conn_info = _fn("zcn_server_conn_info", ZCN_Error,
+                           [c_void_p, c_int, POINTER(ConnInfo)])
 # size_t zcn_server_queued_bytes(const ZCN_Server *server, int fd);
 zcn_server_queued_bytes = _fn("zcn_server_queued_bytes", c_size_t, [c_void_p, c_int])
 # ZCN_Error zcn_server_stats(const ZCN_Server *server, ZCN_ServerStats *out);

@@ -161,6 +161,16 @@ class ServerStats:
     sends_copied: int              #: sends that copied into pool buffers
     send_queue_full_events: int    #: sends refused with QueueFullError
     accept_backoffs: int           #: accept paused for EMFILE/ENFILE/ENOMEM
+    # the buffer policy (docs/BUFFERS.md)
+    buffers_held: int              #: held by send queues, deferred receives and you
+    buffer_budget: int             #: buffer_pool_size - buffer_reserve
+    buffer_waiters: int            #: connections waiting for budget now
+    evictions: int                 #: aborted to free budget for a waiter
+    send_timeouts: int             #: aborted: queued data made no progress in send_timeout
+    hard_limit_aborts: int         #: aborted: held more than conn_buffers_hard_max
+    aborts: int                    #: abort() calls that aborted a connection
+    sends_coalesced: int           #: small zero-copy slices packed into a copy
+    eofs: int                      #: peers that finished sending (FIN)
 
 
 _STATS_FIELDS = tuple(name for name, _ in _ffi.ServerStats._fields_)

@@ -406,6 +406,9 @@ impl Server {
             flags: if config.reuse_port { sys::ZCN_SERVER_REUSEPORT } else { 0 },
             buffer_memory: ptr::null_mut(),
             buffer_memory_size: 0,
+            buffer_reserve: 0,
+            send_timeout_ms: 0,
+            conn_buffers_hard_max: 0,
         };
         let mut err = sys::ZCN_OK;
         // The config (and the address string) need only live through this call.

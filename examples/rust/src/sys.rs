@@ -66,6 +66,8 @@ pub struct ZCN_Server {
 }
 
 pub const ZCN_SERVER_REUSEPORT: u32 = 1 << 0;
+pub const ZCN_SERVER_HALF_CLOSE: u32 = 1 << 1;
+pub const ZCN_TIMEOUT_NEVER: u32 = u32::MAX;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +85,9 @@ pub struct ZCN_Config {
     pub flags: u32,
     pub buffer_memory: *mut c_void,
     pub buffer_memory_size: usize,
+    pub buffer_reserve: u32,
+    pub send_timeout_ms: u32,
+    pub conn_buffers_hard_max: u32,
 }
 
 /// `typedef void (*ZCN_OnAccept)(void *user_data, int fd);` (also OnClose, OnDrain)
@@ -113,12 +118,22 @@ pub struct ZCN_ServerStats {
     pub sends_copied: u64,
     pub send_queue_full_events: u64,
     pub accept_backoffs: u64,
+    pub buffers_held: u64,
+    pub buffer_budget: u64,
+    pub buffer_waiters: u64,
+    pub evictions: u64,
+    pub send_timeouts: u64,
+    pub hard_limit_aborts: u64,
+    pub aborts: u64,
+    pub sends_coalesced: u64,
+    pub eofs: u64,
 }
 
 pub const ZCN_EVENT_ACCEPT: u32 = 1;
 pub const ZCN_EVENT_DATA: u32 = 2;
 pub const ZCN_EVENT_CLOSE: u32 = 3;
 pub const ZCN_EVENT_DRAIN: u32 = 4;
+pub const ZCN_EVENT_EOF: u32 = 5;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
