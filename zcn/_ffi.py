@@ -46,20 +46,20 @@ def _candidates():
 
 
 def _load():
-    tried = []
+    tried = []  # (path, why it failed)
     for path in _candidates():
         if not os.path.exists(path):
-            tried.append(f"{path} (no such file)")
+            tried.append((path, "no such file"))
             continue
         try:
             return ctypes.CDLL(path, use_errno=True)
         except OSError as exc:
-            tried.append(f"{path} ({exc})")
-    raise ImportError(
-        "zcn: cannot load libzero_copy_net. Tried: " + "; ".join(tried)
-        + f". Install the package with `pip install .` (which builds the C "
-        f"library into it) or set {ENV_LIBRARY} to a built libzero_copy_net.so."
-    )
+            tried.append((path, str(exc)))
+    # Most often the source tree's zcn/ shadowing the installed package: the
+    # message says which case it is and how to fix it.
+    from ._load_error import describe
+    raise ImportError(describe(os.path.dirname(os.path.abspath(__file__)), tried,
+                               ENV_LIBRARY, os.environ.get(ENV_LIBRARY), _LIB_NAMES[0]))
 
 
 lib = _load()
