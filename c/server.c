@@ -472,17 +472,19 @@ enum gate {
     GATE_BUDGET,                /* the server-wide budget is used up: wait */
 };
 
-/* Whether c may be handed `len` more bytes in `extra` more buffers (1 for a
- * fresh receive, 0 for one already deferred and counted): if the user
- * echoed them, its queue would stay within its limits and the server's
- * budget. In poll mode what the current batch lent c counts as queued
- * already; otherwise a batch of deliveries would all pass the check and
- * the echoes get QUEUE_FULL. */
+/* Whether c may be handed `len` more bytes in one more buffer (`extra` is
+ * 1 for a fresh receive, 0 for the oldest deferred one, which the budget
+ * counts already): if the user echoed it, its queue would stay within its
+ * limits and the server's budget. Its other deferred buffers do not count
+ * against its cap here -- they come after this one -- or a connection
+ * that overshot its cap could never deliver again. In poll mode what the
+ * current batch lent c counts as queued already; otherwise a batch of
+ * deliveries would all pass the check and the echoes get QUEUE_FULL. */
 static enum gate delivery_gate(const ZCN_Server *s, const struct conn *c, uint64_t len,
                                uint32_t extra)
 {
     uint64_t bytes = c->queued_bytes + len;
-    uint32_t bufs = held(c) + extra;
+    uint32_t bufs = c->sq_bufs + 1;
     if (lent_now(s, c)) {
         bytes += c->lent_bytes;
         bufs += c->lent_bufs;

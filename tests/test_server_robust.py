@@ -342,7 +342,7 @@ def test_stalled_reader_bounded_and_others_unaffected(server, handler):
     hog.close()
     other.close()
     st = srv.wait_stats(lambda s: s["connections_active"] == 0)
-    assert st["buffers_in_use"] == 0
+    assert st["buffers_in_use"] == 0, st
 
 
 @pytest.mark.timeout(60)
@@ -388,7 +388,7 @@ def test_stalled_reader_with_small_writes_cannot_starve_buffers(server, handler)
     hog.close()
     other.close()
     st = srv.wait_stats(lambda s: s["connections_active"] == 0)
-    assert st["buffers_in_use"] == 0
+    assert st["buffers_in_use"] == 0, st
 
 
 @pytest.mark.timeout(30)

@@ -29,16 +29,29 @@ no view of it is left.
 
 Threads. The thread that first calls run_once() or serve_forever() becomes
 the loop thread (the ring is single-issuer): run_once, serve_forever, send,
-close and queued_bytes belong to it, and callbacks run on it. stop() may be
-called from any thread or from a signal handler. server_close() from
-another thread while the loop runs stops the loop and waits until the loop
-thread has closed the server (on_close calls then run on the loop thread);
-from inside a callback it raises BusyError (call stop() instead).
+close, shutdown, abort, queued_bytes and connection_info belong to it, and
+callbacks run on it; called from another thread they raise
+WrongThreadError, which names the loop thread. stop() may be called from
+any thread or from a signal handler. server_close() from another thread
+while the loop runs stops the loop and waits until the loop thread has
+closed the server (on_close calls then run on the loop thread); from inside
+a callback it raises BusyError (call stop() instead).
 
-Exceptions from callbacks are not swallowed: processing stops, the
-exception propagates out of run_once()/serve_forever(), and the events of
-the batch not yet dispatched are kept; the next run_once() dispatches them
-before it waits for new ones.
+Exceptions from callbacks affect their connection only, as in asyncio: by
+default the exception is logged with its traceback on the "zcn.server"
+logger, that connection is aborted (its peer gets a reset) and the server
+goes on serving the others. error_handler= changes the policy: a callable
+error_handler(fd, exc) decides (it may close or abort fd, or raise to end
+the loop), and error_handler="raise" lets every exception propagate out of
+run_once()/serve_forever() with the events of the batch not yet dispatched
+kept for the next run_once(). KeyboardInterrupt and SystemExit always
+propagate that way.
+
+Half-close. When the peer has finished sending (FIN) and all it sent was
+delivered, on_eof(fd) is called if set; the connection then stays open for
+sending until you close(), shutdown() or abort() it, so an answer computed
+later (a proxy waiting for its upstream) still reaches the peer. Without
+on_eof the connection closes once the replies queued by then are sent.
 """
 from __future__ import annotations
 
@@ -69,9 +82,9 @@ from ._util import release_buffer as _release_buffer
 from ._util import resolve_host as _resolve_host
 from ._util import seconds_to_ms as _seconds_arg
 from ._util import timeout_ms as _timeout_ms
-from .errors import BusyError, ClosedError, error_from_code
+from .errors import BusyError, ClosedError, WrongThreadError, error_from_code
 
-__all__ = ["TcpServer", "ServerStats", "EVENTS_MAX"]
+__all__ = ["TcpServer", "ServerStats", "ConnectionInfo", "EVENTS_MAX"]
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +111,11 @@ _EVENT_DECODE = struct.Struct(_ffi.EVENT_FORMAT.replace("IQQ", "4xQ8x"))
 if _EVENT_DECODE.size != _EVENT_SIZE:  # pragma: no cover - a broken mirror
     raise ImportError("zcn: EVENT_FORMAT changed; update _EVENT_DECODE")
 _iter_events = _EVENT_DECODE.iter_unpack
-_ACCEPT, _DATA, _CLOSE, _DRAIN = (_ffi.EVENT_ACCEPT, _ffi.EVENT_DATA,
-                                  _ffi.EVENT_CLOSE, _ffi.EVENT_DRAIN)
+_ACCEPT, _DATA, _CLOSE, _DRAIN, _EOF = (_ffi.EVENT_ACCEPT, _ffi.EVENT_DATA,
+                                        _ffi.EVENT_CLOSE, _ffi.EVENT_DRAIN, _ffi.EVENT_EOF)
 _ERR_CLOSED = ClosedError.code
+_ERR_WRONG_THREAD = WrongThreadError.code
+_ERROR_POLICIES = ("log", "raise")
 #: _cur_view outside on_data: an object no caller can pass (None could be).
 _NO_VIEW = object()
 
@@ -176,6 +191,27 @@ class ServerStats:
 _STATS_FIELDS = tuple(name for name, _ in _ffi.ServerStats._fields_)
 
 
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """One connection's share of the buffers and its state (see
+    zcn_server_conn_info and docs/BUFFERS.md)."""
+
+    bytes_received: int
+    bytes_sent: int
+    queued_bytes: int              #: in the send queue, not yet sent
+    deferred_bytes: int            #: received, delivery deferred (over its cap)
+    queued_buffers: int            #: pool buffers its send queue holds
+    deferred_buffers: int          #: pool buffers its deferred data holds
+    buffers_held: int              #: the two above: what counts against the budget
+    buffer_cap: int                #: the most it may hold now (its fair share under pressure)
+    eof: bool                      #: the peer finished sending
+    shut_down: bool                #: shutdown() was called
+    closing: bool                  #: close() or abort() was called; sends are refused
+    waiting: bool                  #: waiting for the server-wide budget
+    paused: bool                   #: no receive armed (over its cap, or waiting)
+    send_stall: float              #: seconds since its queued data last moved (0.0 if none)
+
+
 def _callback_property(name):
     """on_<event> as a property that checks the value; the loop reads the
     ``_on_<event>`` attribute directly."""
@@ -198,21 +234,36 @@ class TcpServer(BoundSocket):
     Callbacks (any may be None, all settable as attributes):
       on_accept(fd)        a connection was accepted
       on_data(fd, data)    bytes arrived; data is borrowed (valid during the call)
+      on_eof(fd)           the peer finished sending; the connection stays open
+                           for sending until you close/shutdown/abort it
+                           (without on_eof it closes once the replies are sent)
       on_close(fd)         the connection ended, exactly once per on_accept
       on_drain(fd)         a send refused with QueueFullError may be retried
+    error_handler: what a callback's exception does (see the module
+    docstring): None = log it and abort that connection, "raise", or a
+    callable error_handler(fd, exc).
 
     handler="c" answers every message with the built-in C echo (no Python
     per message); on_data must then be None.
+
+    The buffer policy (docs/BUFFERS.md): buffers held by send queues and
+    deferred receives may never take the last ``buffer_reserve`` buffers
+    (default a quarter of buffer_pool_size), which feed receives; under
+    pressure each connection's share shrinks; a connection whose queued
+    data makes no progress for ``send_timeout`` seconds (None = never) or
+    that holds more than ``conn_buffers_hard_max`` buffers is aborted.
     """
 
     _kind = "zcn.TcpServer"
     _memory = None
 
     def __init__(self, host="127.0.0.1", port=0, *, on_accept=None, on_data=None,
-                 on_close=None, on_drain=None, handler="python", io_uring_entries=256,
-                 buffer_pool_size=1024, buffer_size=16384, backlog=1024,
-                 connections_max=4096, send_queue_max_bytes=1 << 20, idle_timeout=None,
-                 tcp_nodelay=True, reuse_port=False):
+                 on_close=None, on_drain=None, on_eof=None, error_handler=None,
+                 handler="python", io_uring_entries=256, buffer_pool_size=1024,
+                 buffer_size=16384, backlog=1024, connections_max=4096,
+                 send_queue_max_bytes=1 << 20, idle_timeout=None, tcp_nodelay=True,
+                 reuse_port=False, buffer_reserve=None, send_timeout=60.0,
+                 conn_buffers_hard_max=None):
         if not isinstance(handler, str):
             raise TypeError(f"handler must be 'python' or 'c', not {type(handler).__name__}")
         if handler not in _HANDLERS:
@@ -223,6 +274,9 @@ class TcpServer(BoundSocket):
         self.on_data = on_data  # the property checks the handler
         self._on_close = _callback_arg(on_close, "on_close")
         self._on_drain = _callback_arg(on_drain, "on_drain")
+        self._on_eof = _callback_arg(on_eof, "on_eof")
+        self._error_handler = None
+        self.error_handler = error_handler  # the property checks it
         port = _int_arg(port, "port", 0, 65535)
         entries = _int_arg(io_uring_entries, "io_uring_entries", 1, ENTRIES_MAX)
         buffers = _int_arg(buffer_pool_size, "buffer_pool_size", BUFFERS_MIN, BUFFERS_MAX)
@@ -237,6 +291,19 @@ class TcpServer(BoundSocket):
                 raise ValueError(f"idle_timeout must be at most {UINT32_MAX / 1000} s")
         tcp_nodelay = _bool_arg(tcp_nodelay, "tcp_nodelay")
         reuse_port = _bool_arg(reuse_port, "reuse_port")
+        reserve = 0
+        if buffer_reserve is not None:
+            reserve = _int_arg(buffer_reserve, "buffer_reserve", 1, buffers - 1)
+        send_timeout_ms = _ffi.TIMEOUT_NEVER
+        if send_timeout is not None:
+            send_timeout_ms = _seconds_arg(send_timeout, "send_timeout", allow_zero=False)
+            if send_timeout_ms is None:  # infinity
+                send_timeout_ms = _ffi.TIMEOUT_NEVER
+            elif send_timeout_ms >= UINT32_MAX:
+                raise ValueError(f"send_timeout must be below {UINT32_MAX / 1000} s (or None)")
+        hard_max = 0
+        if conn_buffers_hard_max is not None:
+            hard_max = _int_arg(conn_buffers_hard_max, "conn_buffers_hard_max", 1, UINT32_MAX)
         literal = _resolve_host(host)
 
         self._lock = threading.RLock()
@@ -253,6 +320,8 @@ class TcpServer(BoundSocket):
         self._cur_len = 0
         self._callback_errors = []  # handler="c": exceptions raised in callbacks
         self._cfuncs = ()
+        self._eof_cfunc = None      # handler="c": the C on_eof thunk while on_eof is set
+        self._aborted = set()       # fds aborted by the error policy, until their close
 
         # The buffer slab is Python's (as in zcn.BufferPool): a view a user
         # keeps can never point into unmapped memory.
@@ -272,13 +341,21 @@ class TcpServer(BoundSocket):
         self._count_ptr = ctypes.pointer(self._count)
         self._count_arg = ctypes.byref(self._count)
 
+        # handler="python" polls events: half-close mode always, and the
+        # default (close once the replies are queued) is done here on the
+        # EOF event when on_eof is None. handler="c" turns the mode on with
+        # the C on_eof thunk only while on_eof is set.
+        flags = _ffi.SERVER_REUSEPORT if reuse_port else 0
+        if not self._c_handler:
+            flags |= _ffi.SERVER_HALF_CLOSE
         config = _ffi.Config(
             address=literal.encode(), port=port, io_uring_entries=entries,
             buffer_pool_size=buffers, buffer_size=rounded, backlog=backlog,
             connections_max=connections_max, send_queue_max_bytes=sendq,
             idle_timeout_ms=idle_ms, tcp_nodelay=1 if tcp_nodelay else -1,
-            flags=_ffi.SERVER_REUSEPORT if reuse_port else 0,
-            buffer_memory=base, buffer_memory_size=slab_bytes,
+            flags=flags, buffer_memory=base, buffer_memory_size=slab_bytes,
+            buffer_reserve=reserve, send_timeout_ms=send_timeout_ms,
+            conn_buffers_hard_max=hard_max,
         )
         try:
             handle = _ffi.create(_ffi.zcn_server_create, ctypes.byref(config))
@@ -301,6 +378,31 @@ class TcpServer(BoundSocket):
     on_accept = _callback_property("on_accept")
     on_close = _callback_property("on_close")
     on_drain = _callback_property("on_drain")
+
+    @property
+    def on_eof(self):
+        return self._on_eof
+
+    @on_eof.setter
+    def on_eof(self, fn):
+        fn = _callback_arg(fn, "on_eof")
+        self._on_eof = fn
+        if self._c_handler and self._handle is not None:
+            self._install_eof_callback(self._handle)
+
+    @property
+    def error_handler(self):
+        """What happens when a callback raises: None (log it, abort that
+        connection, keep serving), "raise" (propagate out of the loop), or a
+        callable error_handler(fd, exc) that decides."""
+        return self._error_handler
+
+    @error_handler.setter
+    def error_handler(self, handler):
+        if handler is not None and not callable(handler) and handler not in _ERROR_POLICIES[1:]:
+            raise TypeError("error_handler must be None, 'raise' or a callable "
+                            f"error_handler(fd, exc), not {handler!r}")
+        self._error_handler = handler
 
     @property
     def on_data(self):
@@ -348,11 +450,14 @@ class TcpServer(BoundSocket):
         anything else is copied into pool buffers, so ``data`` may be reused
         as soon as send returns.
 
-        Raises ClosedError (fd not open, closing, or the server is closed),
-        QueueFullError (the connection's queue is over send_queue_max_bytes:
-        nothing was queued; on_drain follows), ExhaustedError (no pool buffer
-        for the copy), TypeError (fd not an int, data not bytes-like),
-        ValueError (data is a released view).
+        All or nothing. Raises ClosedError (fd not open, closing, shut down,
+        or the server is closed), QueueFullError (it would take the queue
+        over send_queue_max_bytes or the connection's buffer share, or the
+        server's buffer budget is used up: nothing was queued; on_drain
+        follows), OSError EMSGSIZE (larger than send_queue_max_bytes: it can
+        never fit), ExhaustedError (no pool buffer for the copy right now),
+        WrongThreadError (not the loop thread), TypeError (fd not an int,
+        data not bytes-like), ValueError (data is a released view).
         """
         if type(fd) is not int:
             fd = _int_arg(fd, "fd")
@@ -365,7 +470,19 @@ class TcpServer(BoundSocket):
         else:
             rc = self._send_buffer(fd, data)
         if rc:
-            raise error_from_code(rc, f"send(fd={fd})")
+            raise self._error(rc, f"send(fd={fd})")
+
+    def _error(self, rc, where):
+        """The exception for a failed call; a call from the wrong thread
+        says which thread runs the loop."""
+        if rc == _ERR_WRONG_THREAD:
+            owner = self._owner
+            name = next((t.name for t in threading.enumerate() if t.ident == owner), owner)
+            return WrongThreadError(
+                f"{where}: called from thread {threading.current_thread().name!r}, but this "
+                f"server's loop runs on thread {name!r}; call it from a callback (or "
+                f"otherwise on that thread)", code=rc)
+        return error_from_code(rc, where)
 
     def _send_buffer(self, fd, data):
         if isinstance(data, str):
@@ -398,7 +515,58 @@ class TcpServer(BoundSocket):
             raise self._closed_error(fd)
         rc = _ffi.zcn_server_close(self._handle, fd)
         if rc:
-            raise error_from_code(rc, f"close(fd={fd})")
+            raise self._error(rc, f"close(fd={fd})")
+
+    def shutdown(self, fd):
+        """Half-closes our side of ``fd``: once the queued data is sent the
+        peer gets a FIN; receiving goes on, and later send() raises
+        ClosedError. When the peer has finished sending too, the connection
+        closes and on_close(fd) follows. ClosedError if fd is not open or
+        already shut down."""
+        if type(fd) is not int:
+            fd = _int_arg(fd, "fd")
+        if fd not in self._fds:
+            raise self._closed_error(fd)
+        rc = _ffi.zcn_server_shutdown(self._handle, fd)
+        if rc:
+            raise self._error(rc, f"shutdown(fd={fd})")
+
+    def abort(self, fd):
+        """Abortive close of ``fd``, for evicting a peer: the peer gets a
+        reset, queued and deferred data is dropped and its buffers return at
+        once; on_close(fd) follows from the loop. Works on a closing
+        connection too. ClosedError if fd is not a connection of this
+        server or is already ending."""
+        if type(fd) is not int:
+            fd = _int_arg(fd, "fd")
+        if fd not in self._fds:
+            raise self._closed_error(fd)
+        rc = _ffi.zcn_server_abort(self._handle, fd)
+        if rc:
+            raise self._error(rc, f"abort(fd={fd})")
+
+    def connection_info(self, fd):
+        """A ConnectionInfo of ``fd``: bytes in and out, what it holds of the
+        buffers and its share, its state. ClosedError if fd is not a
+        connection of this server."""
+        if type(fd) is not int:
+            fd = _int_arg(fd, "fd")
+        handle = self._live()
+        if fd not in self._fds:
+            raise self._closed_error(fd)
+        raw = _ffi.ConnInfo()
+        rc = _ffi.zcn_server_conn_info(handle, fd, ctypes.byref(raw))
+        if rc:
+            raise self._error(rc, f"connection_info(fd={fd})")
+        flags = raw.flags
+        return ConnectionInfo(
+            bytes_received=raw.bytes_received, bytes_sent=raw.bytes_sent,
+            queued_bytes=raw.queued_bytes, deferred_bytes=raw.deferred_bytes,
+            queued_buffers=raw.queued_buffers, deferred_buffers=raw.deferred_buffers,
+            buffers_held=raw.buffers_held, buffer_cap=raw.buffer_cap,
+            eof=bool(flags & _ffi.CONN_EOF), shut_down=bool(flags & _ffi.CONN_SHUT_WR),
+            closing=bool(flags & _ffi.CONN_CLOSING), waiting=bool(flags & _ffi.CONN_WAITING),
+            paused=bool(flags & _ffi.CONN_PAUSED), send_stall=raw.send_stall_ms / 1000.0)
 
     def queued_bytes(self, fd):
         """Bytes queued for ``fd`` and not yet sent (0 if it is not open)."""
@@ -482,14 +650,14 @@ class TcpServer(BoundSocket):
                 if self._loop_thread == me:
                     raise BusyError("run_once()/serve_forever() called from inside a "
                                     "callback of the same server")
-                raise RuntimeError("zcn.TcpServer: the loop is already running in "
-                                   "another thread")
+                raise WrongThreadError("zcn.TcpServer: the loop is already running in "
+                                       "another thread")
             if self._owner is None:
                 _ffi.zcn_server_start(handle)  # this thread becomes the ring's issuer
                 self._owner = me
             elif self._owner != me:
-                raise RuntimeError("zcn.TcpServer: the loop must run on the thread that "
-                                   "started it (io_uring single issuer)")
+                raise WrongThreadError("zcn.TcpServer: the loop must run on the thread that "
+                                       "started it (io_uring single issuer)")
             self._loop_thread = me
         try:
             self._wakeup.enter(self._handle, timeout_ms)
@@ -564,11 +732,13 @@ class TcpServer(BoundSocket):
                 raise error_from_code(rc, "zcn_server_poll")
 
     def _dispatch(self):
-        """Calls the callbacks for the events of self._pending; keeps the
-        rest when one raises (see run_once)."""
+        """Calls the callbacks for the events of self._pending. An exception
+        goes to the error policy (_callback_failed); one that propagates
+        keeps the rest of the batch (see run_once)."""
         handled = 0
         slab = self._slab
         fds = self._fds
+        aborted = self._aborted
         ptr_at = self._buffer_ptrs.get
         base = self._base
         try:
@@ -576,13 +746,15 @@ class TcpServer(BoundSocket):
                 handled += 1
                 if etype == _DATA:
                     on_data = self._on_data
-                    if on_data is None:
+                    if on_data is None or (aborted and fd in aborted):
                         continue
                     self._cur_view = view = slab[offset:offset + length]
                     self._cur_ptr = ptr_at(offset) or _c_pointer(base + offset)
                     self._cur_len = length
                     try:
                         on_data(fd, view)
+                    except Exception as exc:
+                        self._callback_failed("on_data", fd, exc)
                     finally:
                         self._cur_view = _NO_VIEW
                         try:
@@ -592,20 +764,59 @@ class TcpServer(BoundSocket):
                 elif etype == _ACCEPT:
                     fds.add(fd)
                     if self._on_accept is not None:
-                        self._on_accept(fd)
+                        self._guarded(self._on_accept, "on_accept", fd)
                 elif etype == _CLOSE:
                     fds.discard(fd)
+                    aborted.discard(fd)
                     if self._on_close is not None:
-                        self._on_close(fd)
+                        self._guarded(self._on_close, "on_close", fd)
+                elif aborted and fd in aborted:
+                    continue
+                elif etype == _EOF:
+                    if self._on_eof is not None:
+                        self._guarded(self._on_eof, "on_eof", fd)
+                    elif fd in fds:
+                        # Without on_eof: close once the replies queued so
+                        # far are sent (the C default in callback mode).
+                        _ffi.zcn_server_close(self._handle, fd)
                 elif etype == _DRAIN:
                     if self._on_drain is not None:
-                        self._on_drain(fd)
+                        self._guarded(self._on_drain, "on_drain", fd)
         except BaseException:
             # The batch's sends would otherwise wait for the next loop call.
             _flush_raw(self._handle)
             raise
         self._pending = None
         return handled
+
+    def _guarded(self, fn, name, fd):
+        try:
+            fn(fd)
+        except Exception as exc:
+            self._callback_failed(name, fd, exc)
+
+    def _callback_failed(self, name, fd, exc):
+        """The error policy for an exception a callback raised (see the
+        module docstring). Raising here propagates out of the loop."""
+        handler = self._error_handler
+        if handler == "raise":
+            raise exc
+        if handler is not None:
+            handler(fd, exc)  # what it raises propagates
+            return
+        if name == "on_close":
+            log.error("zcn.TcpServer: on_close(%d) raised", fd, exc_info=exc)
+            return
+        log.error("zcn.TcpServer: %s(%d) raised; aborting that connection", name, fd,
+                  exc_info=exc)
+        self._abort_after_error(fd)
+
+    def _abort_after_error(self, fd):
+        handle = self._handle
+        if handle is None or fd not in self._fds or fd in self._aborted:
+            return
+        if _ffi.zcn_server_abort(handle, fd) == 0:
+            self._aborted.add(fd)  # its remaining events of the batch are skipped
 
     # --- handler="c": the C loop with ctypes callbacks ------------------------
     def _install_c_callbacks(self, handle):
@@ -614,14 +825,15 @@ class TcpServer(BoundSocket):
         # message.
         def on_accept(_user_data, fd):
             self._fds.add(fd)
-            self._call_guarded(self._on_accept, fd)
+            self._call_guarded(self._on_accept, "on_accept", fd)
 
         def on_close(_user_data, fd):
             self._fds.discard(fd)
-            self._call_guarded(self._on_close, fd)
+            self._aborted.discard(fd)
+            self._call_guarded(self._on_close, "on_close", fd)
 
         def on_drain(_user_data, fd):
-            self._call_guarded(self._on_drain, fd)
+            self._call_guarded(self._on_drain, "on_drain", fd)
 
         accept_fn, close_fn = _ffi.OnAccept(on_accept), _ffi.OnClose(on_close)
         drain_fn = _ffi.OnDrain(on_drain)
@@ -629,14 +841,33 @@ class TcpServer(BoundSocket):
         _ffi.zcn_server_set_callbacks(handle, None, accept_fn, _ffi.OnData(), close_fn)
         _ffi.zcn_server_use_echo_handler(handle)
         _ffi.zcn_server_set_drain_callback(handle, drain_fn)
+        self._install_eof_callback(handle)
 
-    def _call_guarded(self, fn, fd):
-        """Runs a callback under C; an exception is kept (ctypes would only
-        print it) and re-raised from run_once."""
+    def _install_eof_callback(self, handle):
+        """handler="c": the C on_eof thunk while on_eof is set (half-close
+        mode), none otherwise (the C default closes after the replies)."""
+        if self._on_eof is None:
+            _ffi.zcn_server_set_eof_callback(handle, _ffi.OnEof())
+            self._eof_cfunc = None
+            return
+
+        def on_eof(_user_data, fd):
+            self._call_guarded(self._on_eof, "on_eof", fd)
+
+        self._eof_cfunc = _ffi.OnEof(on_eof)  # alive while installed
+        _ffi.zcn_server_set_eof_callback(handle, self._eof_cfunc)
+
+    def _call_guarded(self, fn, name, fd):
+        """Runs a callback under C. An exception goes to the error policy;
+        one that propagates (and KeyboardInterrupt, SystemExit) is kept --
+        ctypes would only print it -- and re-raised from run_once."""
         if fn is None:
             return
         try:
-            fn(fd)
+            try:
+                fn(fd)
+            except Exception as exc:
+                self._callback_failed(name, fd, exc)
         except BaseException as exc:  # noqa: B902 - KeyboardInterrupt too
             self._callback_errors.append(exc)
             handle = self._handle
@@ -707,6 +938,7 @@ class TcpServer(BoundSocket):
             _ffi.zcn_server_set_callbacks(handle, None, _ffi.OnAccept(), _ffi.OnData(),
                                           _ffi.OnClose())
             _ffi.zcn_server_set_drain_callback(handle, _ffi.OnDrain())
+            _ffi.zcn_server_set_eof_callback(handle, _ffi.OnEof())
             # None before destroy: a stop() from a signal handler running
             # right after it must not see a freed handle.
             self._handle = None
@@ -739,6 +971,7 @@ class TcpServer(BoundSocket):
 
     def _drop_memory(self):
         self._cfuncs = ()
+        self._eof_cfunc = None
         self._slab = None
         memory, self._memory = self._memory, None
         if memory is not None:
