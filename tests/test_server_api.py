@@ -25,6 +25,8 @@ import zcn
 from zcn.server import EVENTS_MAX
 
 from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
+from _tcp import (Background, connect, echo_server, recv_exact, recv_exact_running,
+                  recv_until_eof, run_until, wait_stats)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,94 +36,6 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture(autouse=True)
 def _uring():
     require_io_uring()
-
-
-# --- helpers -------------------------------------------------------------------
-
-def connect(server, timeout=10.0):
-    sock = socket.create_connection(server.address, timeout=timeout)
-    return sock
-
-
-def recv_exact(sock, n):
-    chunks, got = [], 0
-    while got < n:
-        chunk = sock.recv(min(1 << 20, n - got))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def recv_until_eof(sock):
-    chunks = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def run_until(server, condition, timeout=10.0, what="the condition"):
-    """Drives server.run_once on this thread until condition() holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        server.run_once(timeout=0.02)
-
-
-class Background:
-    """Runs server.serve_forever() on a thread, which also closes the server
-    (the recommended pattern: the loop thread owns the server)."""
-
-    def __init__(self, server):
-        self.server = server
-        self.error = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        try:
-            self.server.serve_forever()
-        except BaseException as exc:  # noqa: B902 - reported by __exit__
-            self.error = exc
-        finally:
-            self.server.server_close()
-
-    def __enter__(self):
-        self.thread.start()
-        return self.server
-
-    def __exit__(self, *exc):
-        self.server.stop()
-        self.thread.join(10)
-        if self.thread.is_alive():
-            pytest.fail("serve_forever did not return after stop()")
-        if self.error is not None:
-            raise self.error
-
-
-def wait_stats(server, condition, timeout=5.0):
-    """server.stats() once condition(stats) holds (the loop runs on another
-    thread: a send completion may be reaped just after the peer has the data)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = server.stats()
-        if condition(stats) or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.005)
-
-
-def echo_server(**kw):
-    server = zcn.TcpServer("127.0.0.1", 0, **kw)
-
-    def on_data(fd, data):
-        server.send(fd, data)
-
-    if kw.get("handler") != "c":
-        server.on_data = on_data
-    return server
 
 
 # --- echo integrity --------------------------------------------------------------
@@ -283,26 +197,6 @@ def test_copy_path_for_other_buffers(make):
         pytest.fail(f"got {got!r}")
     if stats.sends_copied != 1 or stats.sends_zero_copy != 0:
         pytest.fail(f"expected one copied send: {stats}")
-
-
-def recv_exact_running(server, sock, n, timeout=10.0):
-    """Reads n bytes from sock while driving the server on this thread."""
-    sock.setblocking(False)
-    data = b""
-    deadline = time.monotonic() + timeout
-    while len(data) < n:
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {len(data)} of {n} bytes")
-        server.run_once(timeout=0.01)
-        try:
-            chunk = sock.recv(n - len(data))
-        except BlockingIOError:
-            continue
-        if not chunk:
-            break
-        data += chunk
-    sock.setblocking(True)
-    return data
 
 
 def test_send_outside_callbacks_and_large_copies():

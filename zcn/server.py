@@ -959,8 +959,11 @@ class TcpServer(BoundSocket):
         if on_close is not None:
             for fd in fds:
                 try:
-                    on_close(fd)
-                except Exception as exc:
+                    try:
+                        on_close(fd)
+                    except Exception as exc:
+                        self._callback_failed("on_close", fd, exc)  # logs by default
+                except Exception as exc:  # the policy let it through
                     if first is None:
                         first = exc
                     else:
