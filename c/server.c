@@ -55,6 +55,9 @@
 /* A connection whose queued data made no progress for this long may be
  * evicted when another one waits for budget. */
 #define EVICT_STALL_MS 100
+/* How often connections with queued data are checked for send timeouts
+ * (at most; a quarter of send_timeout_ms when that is shorter). */
+#define SEND_SWEEP_MS 250
 /* Zero-copy slices shorter than this are copied into the packed last
  * buffer of a non-empty queue: bytes then bound buffers and chunks. */
 #define COALESCE_BYTES 512
@@ -131,7 +134,6 @@ struct conn {
     struct link service;        /* work waiting for room, buffers or SQEs */
     struct link lru;            /* idle order (idle_timeout_ms) */
     struct link wait;           /* waiting for budget, FIFO */
-    struct link prog;           /* has queued data; oldest progress first */
     int32_t zombie_next;        /* also the free-slot link */
     uint64_t last_active_ms;
     uint64_t progress_ms;       /* last send progress (or queue start) */
@@ -205,7 +207,9 @@ struct ZCN_Server {
     uint64_t now_ms;
     uint64_t accept_resume_ms;
     uint32_t accept_backoff_ms;
-    struct list lru, service, waiters, progress;
+    struct list lru, service, waiters;
+    uint32_t queues_busy;       /* connections with queued data */
+    uint64_t send_sweep_ms;     /* next send-timeout sweep */
     int32_t zombie_head;
     int32_t lent_head;          /* bids lent to the current poll batch */
 
@@ -384,7 +388,6 @@ static struct conn *list_pop(ZCN_Server *s, struct list *l, size_t off)
 #define OFF_SERVICE offsetof(struct conn, service)
 #define OFF_LRU offsetof(struct conn, lru)
 #define OFF_WAIT offsetof(struct conn, wait)
-#define OFF_PROG offsetof(struct conn, prog)
 
 static void service_add(ZCN_Server *s, struct conn *c)
 {
@@ -396,7 +399,6 @@ static void unlink_all(ZCN_Server *s, struct conn *c)
     list_remove(s, &s->service, OFF_SERVICE, c);
     list_remove(s, &s->lru, OFF_LRU, c);
     list_remove(s, &s->waiters, OFF_WAIT, c);
-    list_remove(s, &s->progress, OFF_PROG, c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -678,20 +680,16 @@ static void touch(ZCN_Server *s, struct conn *c)
     list_push(s, &s->lru, OFF_LRU, c);
 }
 
-/* The queue moved (or started): the connection goes to the young end of
- * the progress list, which send timeouts and evictions read from the old
- * end. */
-static void send_progress(ZCN_Server *s, struct conn *c)
+/* The queue moved, started or emptied: the stall clock that send timeouts
+ * and evictions read restarts. A store per message; the sweeps that read
+ * it scan the connections now and then (their cost does not ride on every
+ * message). */
+static inline void send_progress(ZCN_Server *s, struct conn *c, bool was_busy)
 {
-    if (c->sq_head == NIL) {
-        list_remove(s, &s->progress, OFF_PROG, c);
-        return;
-    }
+    bool busy = c->sq_head != NIL;
     c->progress_ms = s->now_ms;
-    if (c->prog.next == NIL && linked(&c->prog))
-        return;
-    list_remove(s, &s->progress, OFF_PROG, c);
-    list_push(s, &s->progress, OFF_PROG, c);
+    if (busy != was_busy)
+        s->queues_busy += busy ? 1 : (uint32_t)-1;
 }
 
 static void arm_recv(ZCN_Server *s, struct conn *c)
@@ -701,11 +699,14 @@ static void arm_recv(ZCN_Server *s, struct conn *c)
         service_add(s, c); /* retried from the service list */
         return;
     }
-    /* Multishot takes buffers as fast as the peer sends; while c holds
-     * buffers (its peer is not keeping up) or the server is under
-     * pressure, each request takes one, so what c holds stays within the
-     * cap checked before arming. */
-    bool multishot = held(c) == 0 && !under_pressure(s);
+    /* Multishot takes buffers as fast as the peer sends, so it is kept for
+     * connections far from their cap: a burst past the cap (completions in
+     * flight when it is reached) then stays within the hard limit. Near it,
+     * or while the server is under pressure, each request takes one
+     * buffer. A connection that merely holds the echo it just queued stays
+     * on multishot: re-arming one shot per message costs every healthy
+     * connection a request per message. */
+    bool multishot = 2 * held(c) <= buf_cap(s) && !under_pressure(s);
     if (multishot)
         io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     else
@@ -806,6 +807,7 @@ static int32_t chunk_take(ZCN_Server *s)
  * still reads; they go when it completes). */
 static void drop_send_queue_after(ZCN_Server *s, struct conn *c, uint32_t keep)
 {
+    bool was_busy = c->sq_head != NIL;
     int32_t prev = NIL, i = c->sq_head;
     for (uint32_t n = 0; n < keep && i != NIL; n++) {
         prev = i;
@@ -833,7 +835,7 @@ static void drop_send_queue_after(ZCN_Server *s, struct conn *c, uint32_t keep)
         chunk_put(s, i);
         i = next;
     }
-    send_progress(s, c);
+    send_progress(s, c, was_busy);
 }
 
 static void drop_send_queue(ZCN_Server *s, struct conn *c)
@@ -1032,7 +1034,7 @@ static void enqueue_chunk(ZCN_Server *s, struct conn *c, int32_t idx)
     c->sq_chunks++;
     c->queued_bytes += s->chunks[idx].len;
     if (was_empty)
-        send_progress(s, c); /* the stall clock starts now */
+        send_progress(s, c, false); /* the stall clock starts now */
 }
 
 /* Checks common to every send; returns the open connection or NULL with
@@ -1643,7 +1645,7 @@ static void on_send(ZCN_Server *s, struct conn *c, int res)
             chunk_put(s, done);
         }
         touch(s, c);
-        send_progress(s, c);
+        send_progress(s, c, true);
     }
     if (c->state == CONN_DEAD) {
         drop_send_queue(s, c);
@@ -1713,7 +1715,7 @@ static void new_connection(ZCN_Server *s, int fd)
     c->sq_head = c->sq_tail = NIL;
     c->rx_head = c->rx_tail = NIL;
     c->service.prev = c->service.next = NOT_LINKED;
-    c->lru = c->wait = c->prog = c->service;
+    c->lru = c->wait = c->service;
     c->zombie_next = NIL;
     s->fd_table[fd] = slot;
     s->conns_active++;
@@ -1852,19 +1854,20 @@ static void serve_waiters(ZCN_Server *s)
 
 /* Someone waits for budget and none is left: abort the connection that
  * holds the most among those whose queued data made no progress for
- * EVICT_STALL_MS (they are at the old end of the progress list). */
+ * EVICT_STALL_MS. A scan of every slot, at most once per millisecond and
+ * only under this pressure. */
 static void evict_for_waiters(ZCN_Server *s)
 {
     if (s->waiters.head == NIL || budget_used(s) < s->budget || s->evict_check_ms == s->now_ms)
         return;
     s->evict_check_ms = s->now_ms;
     struct conn *victim = NULL;
-    for (int32_t i = s->progress.head; i != NIL; i = s->conns[i].prog.next) {
+    for (uint32_t i = 0; i < s->conns_max; i++) {
         struct conn *c = &s->conns[i];
-        if (s->now_ms - c->progress_ms < EVICT_STALL_MS)
-            break;
         bool live = c->state == CONN_OPEN || c->state == CONN_CLOSING;
-        if (live && (victim == NULL || held(c) > held(victim)))
+        if (!live || c->sq_head == NIL || s->now_ms - c->progress_ms < EVICT_STALL_MS)
+            continue;
+        if (victim == NULL || held(c) > held(victim))
             victim = c;
     }
     if (victim == NULL)
@@ -1873,17 +1876,24 @@ static void evict_for_waiters(ZCN_Server *s)
     abort_conn(s, victim, true);
 }
 
-/* Connections whose queued data made no progress for send_timeout_ms. */
+static inline uint64_t send_sweep_period(const ZCN_Server *s)
+{
+    uint64_t quarter = s->send_timeout_ms / 4;
+    return quarter < SEND_SWEEP_MS ? (quarter > 0 ? quarter : 1) : SEND_SWEEP_MS;
+}
+
+/* Connections whose queued data made no progress for send_timeout_ms:
+ * checked every send_sweep_period while any has data queued. */
 static void sweep_send_timeouts(ZCN_Server *s)
 {
-    if (s->send_timeout_ms == 0)
+    if (s->send_timeout_ms == 0 || s->queues_busy == 0 || s->now_ms < s->send_sweep_ms)
         return;
-    while (s->progress.head != NIL && has_room(s, 1)) {
-        struct conn *c = &s->conns[s->progress.head];
+    s->send_sweep_ms = s->now_ms + send_sweep_period(s);
+    for (uint32_t i = 0; i < s->conns_max && has_room(s, 1); i++) {
+        struct conn *c = &s->conns[i];
+        if ((c->state != CONN_OPEN && c->state != CONN_CLOSING) || c->sq_head == NIL)
+            continue;
         if (s->now_ms - c->progress_ms < s->send_timeout_ms)
-            break;
-        list_remove(s, &s->progress, OFF_PROG, c);
-        if (c->state != CONN_OPEN && c->state != CONN_CLOSING)
             continue;
         s->stats.send_timeouts++;
         abort_conn(s, c, true);
@@ -1947,17 +1957,12 @@ static int next_timer_ms(const ZCN_Server *s)
     int64_t best = -1;
     if (s->idle_timeout_ms != 0 && s->lru.head != NIL)
         min_due(&best, s->conns[s->lru.head].last_active_ms + s->idle_timeout_ms, s->now_ms);
-    if (s->progress.head != NIL) {
-        uint64_t oldest = s->conns[s->progress.head].progress_ms;
-        if (s->send_timeout_ms != 0)
-            min_due(&best, oldest + s->send_timeout_ms, s->now_ms);
-        if (s->waiters.head != NIL)
-            min_due(&best, oldest + EVICT_STALL_MS, s->now_ms);
-    }
+    if (s->queues_busy > 0 && s->send_timeout_ms != 0)
+        min_due(&best, s->send_sweep_ms, s->now_ms);
     if (s->started && !s->accept_armed && !s->destroying)
         min_due(&best, s->accept_resume_ms, s->now_ms);
-    if (s->waiters.head != NIL && best < 0)
-        best = EVICT_STALL_MS;
+    if (s->waiters.head != NIL && (best < 0 || best > EVICT_STALL_MS / 4))
+        best = EVICT_STALL_MS / 4; /* the eviction check */
     return best > INT32_MAX ? INT32_MAX : (int)best;
 }
 
@@ -2364,7 +2369,7 @@ static ZCN_Error alloc_tables(ZCN_Server *s, const struct settings *st)
         c->fd = -1;
         c->zombie_next = i + 1 < s->conns_max ? (int32_t)(i + 1) : NIL;
         c->service.prev = c->service.next = NOT_LINKED;
-        c->lru = c->wait = c->prog = c->service;
+        c->lru = c->wait = c->service;
     }
     s->conn_free = 0;
     return ZCN_OK;
@@ -2393,7 +2398,7 @@ static void free_server(ZCN_Server *s)
 static void init_lists(ZCN_Server *s)
 {
     struct list empty = {NIL, NIL, 0};
-    s->lru = s->service = s->waiters = s->progress = empty;
+    s->lru = s->service = s->waiters = empty;
     s->zombie_head = NIL;
     s->lent_head = NIL;
 }

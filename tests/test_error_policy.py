@@ -161,12 +161,16 @@ def test_on_accept_raising_aborts_that_connection(handler, caplog):
     if handler == "python":
         server.on_data = lambda fd, data: server.send(fd, data)
     with Background(server):
-        refused = connect(server)
-        assert peer_is_cut_off(refused)
+        try:
+            refused = connect(server)
+        except ConnectionResetError:
+            pass  # reset before connect() returned: a loaded machine
+        else:
+            assert peer_is_cut_off(refused)
+            refused.close()
         with connect(server) as sock:
             sock.sendall(b"echo")
             assert recv_exact(sock, 4) == b"echo"
-        refused.close()
     assert any("on_accept" in r.getMessage() for r in caplog.records), caplog.text
 
 

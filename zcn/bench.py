@@ -50,6 +50,12 @@ SERVER_DESCRIPTIONS = {
     "asyncio": "asyncio Protocol echo, standard event loop (bench/asyncio_echo.py)",
     "uvloop": "the same asyncio Protocol on uvloop (bench/asyncio_echo.py --loop uvloop)",
 }
+#: With --baseline-build: the same zcn servers from another build (an older
+#: commit), interleaved with today's in one run, for before/after figures.
+BASELINE_SERVERS = {
+    "zcn-c-base": "zcn-c from the --baseline-build (before/after comparisons)",
+    "zcn-py-base": "zcn-py from the --baseline-build's source tree and library",
+}
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
 START_TIMEOUT_S = 20.0
 
@@ -115,12 +121,7 @@ def _source_root(build_dir):
     here = Path(__file__).resolve().parent.parent
     if (here / "bench" / "loadgen.c").exists():
         return here
-    cache = Path(build_dir) / "CMakeCache.txt" if build_dir else None
-    if cache is not None and cache.exists():
-        for line in cache.read_text(errors="replace").splitlines():
-            if line.startswith("CMAKE_HOME_DIRECTORY:"):
-                return Path(line.split("=", 1)[1])
-    return None
+    return _cmake_source_dir(build_dir) if build_dir else None
 
 
 def find_build_dir(arg):
@@ -148,6 +149,34 @@ def tool_path(build_dir, name):
         if p.is_file() and os.access(p, os.X_OK):
             return p
     return None
+
+
+def _cmake_source_dir(build_dir):
+    """The source tree a CMake build dir was configured from, or None."""
+    cache = Path(build_dir) / "CMakeCache.txt"
+    if cache.exists():
+        for line in cache.read_text(errors="replace").splitlines():
+            if line.startswith("CMAKE_HOME_DIRECTORY:"):
+                return Path(line.split("=", 1)[1])
+    return None
+
+
+def _baseline_command(name, wl, baseline):
+    """zcn-c-base / zcn-py-base: today's command, run from the baseline
+    build (its zcn_echo; its source tree's zcn package with its library)."""
+    if baseline is None:
+        raise FileNotFoundError(f"{name} needs --baseline-build")
+    root = _cmake_source_dir(baseline)
+    if name == "zcn-c-base":
+        argv, env, cfg = server_command("zcn-c", wl, baseline, root)
+        return argv, env, dict(cfg, build=str(baseline))
+    lib = next((p for p in (Path(baseline) / "libzero_copy_net.so",) if p.exists()), None)
+    if lib is None or root is None:
+        raise FileNotFoundError(f"no libzero_copy_net.so or source tree for {baseline}")
+    argv, env, cfg = server_command("zcn-py", wl, baseline, root)
+    env["PYTHONPATH"] = str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env["ZCN_LIBRARY"] = str(lib)
+    return argv, env, dict(cfg, build=str(baseline))
 
 
 def machine_info():
@@ -266,8 +295,11 @@ class Server:
         return self.proc.returncode
 
 
-def server_command(name, wl, build_dir, src_root):
-    """(argv, env, config description) for one server and workload."""
+def server_command(name, wl, build_dir, src_root, baseline=None):
+    """(argv, env, config description) for one server and workload.
+    baseline: the --baseline-build directory, for the *-base servers."""
+    if name in BASELINE_SERVERS:
+        return _baseline_command(name, wl, baseline)
     cfg = wl.zcn_config
     py = sys.executable
     env = dict(os.environ)
@@ -565,7 +597,7 @@ def make_plots(report, stem):
     except ImportError:
         return [], "matplotlib not installed (pip install .[bench]): no plots"
     echo = [w for w in report["workloads"] if w["mode"] == "echo"]
-    servers = [s for s in SERVER_ORDER
+    servers = [s for s in SERVER_ORDER + tuple(BASELINE_SERVERS)
                if any(w["results"].get(s, {}).get("summary") for w in echo)]
     if not echo or not servers:
         return [], "nothing to plot"
@@ -626,6 +658,9 @@ def add_arguments(p):
                                                   "(default 10000; 500 with --smoke)")
     p.add_argument("--build-dir", help="CMake build dir holding bench/loadgen etc. "
                                        "(default $ZCN_BENCH_BUILD or ./build/bench)")
+    p.add_argument("--baseline-build", help="a build dir of another commit (with bench/zcn_echo "
+                                            "and libzero_copy_net.so): adds the servers "
+                                            "zcn-c-base and zcn-py-base for before/after runs")
     p.add_argument("--json", help="results file (default bench/results/<timestamp>.json)")
     p.add_argument("--plots", help="directory for the PNG plots (default: beside the JSON)")
     p.add_argument("--no-plots", action="store_true")
@@ -661,9 +696,11 @@ def run(args):
     src_root = _source_root(build_dir)
     default_servers = "epoll,zcn-c" if profile == "smoke" else ",".join(SERVER_ORDER)
     servers = [s.strip() for s in (args.servers or default_servers).split(",") if s.strip()]
+    baseline = Path(args.baseline_build).resolve() if args.baseline_build else None
+    known = SERVER_ORDER + (tuple(BASELINE_SERVERS) if baseline else ())
     for s in servers:
-        if s not in SERVER_ORDER:
-            raise SystemExit(f"zcn bench: unknown server {s!r} (choose from {SERVER_ORDER})")
+        if s not in known:
+            raise SystemExit(f"zcn bench: unknown server {s!r} (choose from {known})")
     wls = workloads(profile, args.conns_many)
     if args.workloads:
         keys = [k.strip() for k in args.workloads.split(",")]
@@ -694,7 +731,8 @@ def run(args):
         "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration,
                      "server_cpu": server_cpu, "client_cpu": client_cpu,
                      "build_dir": str(build_dir)},
-        "servers": {s: {"description": SERVER_DESCRIPTIONS[s]} for s in servers},
+        "servers": {s: {"description": SERVER_DESCRIPTIONS.get(s) or BASELINE_SERVERS[s]}
+                    for s in servers},
         "workloads": [], "notes": notes,
     }
     total_runs = sum(rounds * len(servers) for _ in wls)
@@ -719,7 +757,7 @@ def run(args):
 
             def start(name):
                 try:
-                    argv, env, cfg = server_command(name, wl, build_dir, src_root)
+                    argv, env, cfg = server_command(name, wl, build_dir, src_root, baseline)
                     per_server[name]["config"] = cfg
                     srv = Server(name, argv, server_cpu, env)
                     time.sleep(0.05)
