@@ -61,6 +61,10 @@
 /* Zero-copy slices shorter than this are copied into the packed last
  * buffer of a non-empty queue: bytes then bound buffers and chunks. */
 #define COALESCE_BYTES 512
+/* Room under its cap a connection needs to receive with multishot (the
+ * kernel posts up to 32 completions per request before it lets others
+ * run, MULTISHOT_MAX_RETRY). */
+#define MSHOT_ROOM 32
 #define NIL (-1)
 
 enum op {
@@ -700,13 +704,14 @@ static void arm_recv(ZCN_Server *s, struct conn *c)
         return;
     }
     /* Multishot takes buffers as fast as the peer sends, so it is kept for
-     * connections far from their cap: a burst past the cap (completions in
-     * flight when it is reached) then stays within the hard limit. Near it,
+     * connections with MSHOT_ROOM buffers of room under their cap: the
+     * burst of completions already in flight when a cap is reached then
+     * rarely goes past it (and never past the hard limit). Near it,
      * or while the server is under pressure, each request takes one
      * buffer. A connection that merely holds the echo it just queued stays
      * on multishot: re-arming one shot per message costs every healthy
      * connection a request per message. */
-    bool multishot = 2 * held(c) <= buf_cap(s) && !under_pressure(s);
+    bool multishot = held(c) + MSHOT_ROOM <= buf_cap(s) && !under_pressure(s);
     if (multishot)
         io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     else

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -63,3 +66,20 @@ def uring_ring():
 
     with zcn.Ring(64) as ring:
         yield ring
+
+
+#: The repository root (docs/ lives there).
+ROOT = os.path.dirname(TESTS_DIR)
+
+
+def doc_blocks(doc, lang="python"):
+    """The ```lang code blocks of docs/<doc>, in order."""
+    with open(os.path.join(ROOT, "docs", doc)) as f:
+        return re.findall(rf"```{lang}\n(.*?)```", f.read(), re.S)
+
+
+def run_python_block(code, timeout=30):
+    """Runs a doc's Python block in a fresh interpreter that imports the
+    same zcn as the tests; the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, "-c", code], env=zcn_subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=TESTS_DIR)

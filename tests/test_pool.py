@@ -20,7 +20,7 @@ import pytest
 import zcn
 from zcn.pool import BYTES_MAX, COUNT_MAX, PAGE_SIZE
 
-from conftest import require_io_uring
+from conftest import doc_blocks, require_io_uring
 
 
 @pytest.fixture
@@ -436,9 +436,7 @@ _DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 
 def _doc_blocks(lang):
-    import re
-    with open(_DOC) as f:
-        return re.findall(rf"```{lang}\n(.*?)```", f.read(), re.S)
+    return doc_blocks("POOL.md", lang)
 
 
 def test_doc_python_examples_run():

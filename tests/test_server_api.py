@@ -10,11 +10,8 @@ import array
 import dataclasses
 import errno
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +21,7 @@ import pytest
 import zcn
 from zcn.server import EVENTS_MAX
 
-from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
+from conftest import doc_blocks, require_io_uring, run_python_block
 from _tcp import (Background, connect, echo_server, recv_exact, recv_exact_running,
                   recv_until_eof, run_until, wait_stats)
 
@@ -782,20 +779,13 @@ def test_idle_timeout_closes_quiet_connections():
 
 # --- the guide ------------------------------------------------------------------
 
-def _guide_blocks():
-    text = (ROOT / "docs" / "PYTHON_GUIDE.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, re.S)
-
-
 def test_python_guide_examples_run():
-    blocks = _guide_blocks()
+    blocks = doc_blocks("PYTHON_GUIDE.md")
     if len(blocks) < 5:
         pytest.fail(f"only {len(blocks)} python blocks in the guide")
-    env = zcn_subprocess_env()
     for i, code in enumerate(blocks):
         if code.lstrip().startswith("# not run"):
             continue
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=20, cwd=TESTS_DIR)
+        proc = run_python_block(code)
         if proc.returncode != 0:
             pytest.fail(f"guide block {i} failed:\n{code}\n--- stderr:\n{proc.stderr}")

@@ -1,5 +1,5 @@
-"""Half-close, shutdown, abort and connection_info on zcn.TcpServer (issue
-11). A peer's FIN ends its stream, not the connection: with on_eof set the
+"""Half-close, shutdown, abort, connection_info and the send limits of
+zcn.TcpServer, and the examples of docs/BUFFERS.md (issue 11). A peer's FIN ends its stream, not the connection: with on_eof set the
 connection stays open for sending until the application closes it, so an
 answer computed later (a proxy waiting for its upstream) still reaches the
 peer. Before, the FIN closed the connection and the late reply was refused
@@ -17,7 +17,7 @@ import pytest
 import zcn
 
 from _tcp import Background, connect, recv_exact, recv_until_eof, run_until
-from conftest import require_io_uring
+from conftest import doc_blocks, require_io_uring, run_python_block
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -240,3 +240,10 @@ def test_nc_half_close_through_a_late_answer():
         out = proc.stdout.read()
         proc.wait(5)
     assert out == b"late answer\n"
+
+
+def test_buffers_doc_example_runs():
+    (code,) = doc_blocks("BUFFERS.md")
+    proc = run_python_block(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "paused: True" in proc.stdout and "the peer saw a reset" in proc.stdout, proc.stdout
