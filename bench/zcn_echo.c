@@ -7,7 +7,8 @@
  *                 [--backlog N] [--send-queue-max BYTES]
  * (0 or absent = the library's default). Prints
  * "zcn_echo listening on HOST:PORT (...config...)" and serves until
- * SIGINT/SIGTERM, then prints the server's counters on stderr.
+ * SIGINT/SIGTERM, then prints the server's counters on stderr; SIGUSR1
+ * prints them (one "zcn_echo stats:" line) and goes on serving.
  */
 #include "zero_copy_net.h"
 
@@ -19,11 +20,37 @@
 #include <sys/resource.h>
 
 static ZCN_Server *server;
+static volatile sig_atomic_t quit, want_stats;
 
 static void on_signal(int sig)
 {
-    (void)sig;
+    if (sig == SIGUSR1)
+        want_stats = 1;
+    else
+        quit = 1;
     zcn_server_stop(server); /* async-signal-safe */
+}
+
+static void print_stats(void)
+{
+    ZCN_ServerStats st;
+    zcn_server_stats(server, &st);
+    fprintf(stderr,
+            "zcn_echo stats: accepted=%llu rejected=%llu recv_ops=%llu send_ops=%llu "
+            "sends_zero_copy=%llu sends_copied=%llu bytes_received=%llu "
+            "buffer_exhaustion_events=%llu send_queue_full_events=%llu active=%llu "
+            "buffers_in_use=%llu buffers_held=%llu buffer_budget=%llu evictions=%llu "
+            "send_timeouts=%llu hard_limit_aborts=%llu\n",
+            (unsigned long long)st.connections_accepted,
+            (unsigned long long)st.connections_rejected, (unsigned long long)st.recv_ops,
+            (unsigned long long)st.send_ops, (unsigned long long)st.sends_zero_copy,
+            (unsigned long long)st.sends_copied, (unsigned long long)st.bytes_received,
+            (unsigned long long)st.buffer_exhaustion_events,
+            (unsigned long long)st.send_queue_full_events,
+            (unsigned long long)st.connections_active, (unsigned long long)st.buffers_in_use,
+            (unsigned long long)st.buffers_held, (unsigned long long)st.buffer_budget,
+            (unsigned long long)st.evictions, (unsigned long long)st.send_timeouts,
+            (unsigned long long)st.hard_limit_aborts);
 }
 
 int main(int argc, char **argv)
@@ -83,6 +110,7 @@ int main(int argc, char **argv)
     act.sa_handler = on_signal;
     sigaction(SIGINT, &act, NULL);
     sigaction(SIGTERM, &act, NULL);
+    sigaction(SIGUSR1, &act, NULL);
     signal(SIGPIPE, SIG_IGN);
     printf("zcn_echo listening on %s:%u (buffer_size=%zu buffers=%u connections_max=%u "
            "entries=%u backlog=%u)\n",
@@ -91,19 +119,14 @@ int main(int argc, char **argv)
            cfg.connections_max ? cfg.connections_max : 4096,
            cfg.io_uring_entries ? cfg.io_uring_entries : 256, cfg.backlog ? cfg.backlog : 1024);
     fflush(stdout);
-    err = zcn_server_run(server);
-    ZCN_ServerStats st;
-    zcn_server_stats(server, &st);
-    fprintf(stderr,
-            "zcn_echo stats: accepted=%llu rejected=%llu recv_ops=%llu send_ops=%llu "
-            "sends_zero_copy=%llu sends_copied=%llu bytes_received=%llu "
-            "buffer_exhaustion_events=%llu send_queue_full_events=%llu\n",
-            (unsigned long long)st.connections_accepted,
-            (unsigned long long)st.connections_rejected, (unsigned long long)st.recv_ops,
-            (unsigned long long)st.send_ops, (unsigned long long)st.sends_zero_copy,
-            (unsigned long long)st.sends_copied, (unsigned long long)st.bytes_received,
-            (unsigned long long)st.buffer_exhaustion_events,
-            (unsigned long long)st.send_queue_full_events);
+    do {
+        err = zcn_server_run(server);
+        if (want_stats) {
+            want_stats = 0;
+            print_stats();
+        }
+    } while (err == ZCN_OK && !quit);
+    print_stats();
     zcn_server_destroy(server);
     return err == ZCN_OK ? 0 : 1;
 }
