@@ -53,7 +53,10 @@ struct io_uring_cqe;
 typedef struct zcn_source {
     void (*handle_cqe)(struct zcn_source *src, struct io_uring_cqe *cqe);
     /* Called before each wait of the server's loop: work the source
-     * queued (UDP: its send batch) goes to the kernel now. May be NULL. */
+     * queued (UDP: its send batch) goes to the kernel now, and work that
+     * waits for resources is retried (UDP: a receive that stopped for want
+     * of a buffer or an SQE), since the source's own completions may never
+     * come to do it. May be NULL. */
     void (*flush)(struct zcn_source *src);
 } zcn_source;
 #define ZCN_SOURCES_MAX 64
@@ -77,6 +80,9 @@ void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
 /* Test hook: the next GSO send (several datagrams in one sendmmsg entry)
  * fails with errno err before reaching the kernel. */
 void zcn_udp_test_fail_gso(ZCN_UdpSocket *sock, int err);
+/* Test hook: the next `count` SQEs the socket asks for for its receives and
+ * sends are refused, as when the SQ stays full after a submit. */
+void zcn_udp_test_fail_sqes(ZCN_UdpSocket *sock, uint32_t count);
 /* Nonzero while one of the server's callbacks runs. A source brackets its
  * own callbacks with zcn_server_callback_enter/leave so that running the
  * loop or destroying the server from them gives ZCN_ERR_BUSY. */

@@ -176,6 +176,7 @@ struct ZCN_UdpSocket {
     uint32_t gso_size_max;    /* coalesce datagrams up to this size; 0 = GSO off */
     bool test_full_sndbuf;    /* zcn_udp_test_full_sndbuf */
     int test_gso_errno;       /* zcn_udp_test_fail_gso */
+    uint32_t test_sqe_failures; /* zcn_udp_test_fail_sqes */
     bool autoflush;
     bool unsubmitted;       /* SQEs queued since the last submit */
 
@@ -265,6 +266,19 @@ static ZCN_Error owner_check(ZCN_UdpSocket *u)
     return ZCN_OK;
 }
 
+/* An SQE for a receive or send request of this socket; NULL when the SQ
+ * stays full even after a submit (the caller retries from maybe_rearm,
+ * which runs after each of the socket's completions and, on a server,
+ * before each wait of the server's loop). */
+static struct io_uring_sqe *get_sqe(ZCN_UdpSocket *u)
+{
+    if (ZCN_UNLIKELY(u->test_sqe_failures > 0)) {
+        u->test_sqe_failures--;
+        return NULL;
+    }
+    return zcn_get_sqe(u->ring);
+}
+
 /* ------------------------------------------------------------------ */
 /* buffers                                                             */
 /* ------------------------------------------------------------------ */
@@ -308,11 +322,15 @@ static inline int64_t buf_take(ZCN_UdpSocket *u)
     return zcn_buf_take(u->pool, u->slab, u->buffer_size);
 }
 
-/* Re-arms the multishot receive once it has ended and buffers are there
- * again; with none, the next recycle calls this again. */
 static void queue_read_on(ZCN_UdpSocket *u);
 static uint32_t fill_slots(ZCN_UdpSocket *u, uint32_t want);
 
+/* Resumes receiving where it stopped for want of a buffer or an SQE:
+ * readiness mode reads on (or polls again), multishot mode refills its
+ * ring and re-arms the receive once it has ended. Runs after each of the
+ * socket's completions, at each turn of its own loop and, on a server,
+ * before each wait of the server's loop (flush_source); with nothing to
+ * resume it costs a few branches. */
 static void maybe_rearm(ZCN_UdpSocket *u)
 {
     if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
@@ -354,9 +372,9 @@ static void end_batch(ZCN_UdpSocket *u)
 
 static void arm_recv(ZCN_UdpSocket *u)
 {
-    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    struct io_uring_sqe *sqe = get_sqe(u);
     if (sqe == NULL)
-        return; /* retried by maybe_rearm on the next turn */
+        return; /* retried by maybe_rearm */
     if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
         io_uring_prep_poll_add(sqe, u->fd, POLLIN);
         io_uring_sqe_set_data64(sqe, make_ud(u, OP_RECV, 0));
@@ -458,7 +476,7 @@ static void queue_read_on(ZCN_UdpSocket *u)
 {
     if (u->rx_more)
         return;
-    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    struct io_uring_sqe *sqe = get_sqe(u);
     if (sqe == NULL) {
         u->rx_resume = true;
         return;
@@ -615,7 +633,7 @@ static void on_send(ZCN_UdpSocket *u, uint32_t index, int res)
 static void send_async(ZCN_UdpSocket *u, uint32_t index, const struct iovec *iov)
 {
     struct send_slot *sl = &u->slots[index];
-    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    struct io_uring_sqe *sqe = get_sqe(u);
     if (sqe == NULL) { /* the SQ stays full even after a submit */
         on_send(u, index, -EBUSY);
         return;
@@ -1144,10 +1162,23 @@ void zcn_udp_test_fail_gso(ZCN_UdpSocket *u, int err)
     u->test_gso_errno = err;
 }
 
-/* The server's loop is about to wait: send what callbacks queued. */
+void zcn_udp_test_fail_sqes(ZCN_UdpSocket *u, uint32_t count)
+{
+    u->test_sqe_failures = count;
+}
+
+/* The server's loop is about to wait: send what callbacks queued, then
+ * resume receiving if it stopped for want of a buffer or an SQE. On its
+ * own ring the socket's loop does that every turn; in a server's loop
+ * only this hook runs every turn, and the socket's own completions, which
+ * also retry, never come once it has stopped reading. The sends go first:
+ * the buffers they free may be the ones the receive waits for. */
 static void flush_source(zcn_source *src)
 {
-    flush_tx((ZCN_UdpSocket *)src);
+    ZCN_UdpSocket *u = (ZCN_UdpSocket *)src;
+    flush_tx(u);
+    if (u->in_callback == 0) /* zcn_server_flush from our callback: the batch rearms */
+        maybe_rearm(u);
 }
 
 /* Enables the ring on the calling thread (own ring) and arms the receive. */

@@ -23,6 +23,7 @@
 /* From c/internal.h (the tests link the static library). */
 void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
 void zcn_udp_test_fail_gso(ZCN_UdpSocket *sock, int err);
+void zcn_udp_test_fail_sqes(ZCN_UdpSocket *sock, uint32_t count);
 
 /* ---- helpers --------------------------------------------------------- */
 
@@ -830,6 +831,124 @@ static void on_server(void)
     T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
 }
 
+/* ---- a socket on a server resumes after a shortage ----------------------- */
+
+/* Runs the server until `want` numbered datagrams (uint32 0, 1, ...) have
+ * come back on fd in order (or 5 s); returns how many did. */
+static uint32_t server_echoes(ZCN_Server *srv, int fd, uint32_t first, uint32_t want)
+{
+    uint32_t got = 0;
+    time_t end = time(NULL) + 5;
+    while (got < want && time(NULL) < end) {
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+        uint32_t v;
+        while (got < want && recv(fd, &v, sizeof v, MSG_DONTWAIT) == (ssize_t)sizeof v) {
+            T_CHECK(v == first + got);
+            got++;
+        }
+    }
+    return got;
+}
+
+static void send_numbered(int fd, uint16_t port, uint32_t first, uint32_t count)
+{
+    for (uint32_t i = first; i < first + count; i++)
+        client_send(fd, AF_INET, port, &i, sizeof i);
+}
+
+static ZCN_Server *started_server(void)
+{
+    ZCN_Config scfg = {.address = "127.0.0.1"};
+    ZCN_Error err = ZCN_OK;
+    ZCN_Server *srv = zcn_server_create(&scfg, &err);
+    T_CHECK(srv != NULL);
+    T_CHECK_ERR(zcn_server_start(srv), ZCN_OK);
+    return srv;
+}
+
+static ZCN_UdpSocket *echo_on_server(ZCN_Server *srv, uint32_t buffer_count)
+{
+    ZCN_UdpConfig ucfg = {.address = "127.0.0.1", .recv_mode = g_recv_mode,
+                          .buffer_count = buffer_count};
+    ZCN_Error err = ZCN_OK;
+    ZCN_UdpSocket *u = zcn_udp_create_on_server(srv, &ucfg, &err);
+    T_CHECK(u != NULL);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u), ZCN_OK);
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK); /* armed */
+    return u;
+}
+
+static void destroy_on_server(ZCN_Server *srv, ZCN_UdpSocket *u, int fd)
+{
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 10, NULL), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.buffers_in_use == 0);
+    T_CHECK(st.kernel_drops == 0);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
+}
+
+/* Reading stops when no buffer is free: here the user holds them all (and,
+ * in multishot mode, the echoes in the send batch hold the ring's 6). On
+ * its own ring the socket's loop retries every turn; in a server's loop
+ * none of the socket's own completions may ever come again, so the
+ * server's turns must resume it. sqe_failures: the SQEs asked for when it
+ * resumes are refused too (the re-armed multishot receive). */
+static void server_shortage(uint32_t sqe_failures)
+{
+    ZCN_Server *srv = started_server();
+    ZCN_UdpSocket *u = echo_on_server(srv, 8);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    uint8_t *held[8];
+    int nheld = 0;
+    while (nheld < 8 && (held[nheld] = zcn_udp_acquire_buffer(u, NULL)) != NULL)
+        nheld++;
+    T_CHECK(nheld > 0);
+    enum { N = 40 };
+    send_numbered(fd, zcn_udp_port(u), 0, N);
+    zcn_udp_test_fail_sqes(u, sqe_failures);
+    for (int i = 0; i < 5; i++)
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 10, NULL), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.recv_exhaustion_events > 0);
+    T_CHECK(st.datagrams_received < N);
+    /* Buffers back, outside any completion of the socket's. */
+    for (int i = 0; i < nheld; i++)
+        T_CHECK_ERR(zcn_udp_release_buffer(u, held[i]), ZCN_OK);
+    uint32_t got = server_echoes(srv, fd, 0, N);
+    fprintf(stderr, "server_shortage(%u SQE failures): %u of %d echoed\n", sqe_failures, got, N);
+    T_CHECK(got == N);
+    send_numbered(fd, zcn_udp_port(u), N, 1);
+    T_CHECK(server_echoes(srv, fd, N, 1) == 1);
+    destroy_on_server(srv, u, fd);
+}
+
+/* No SQE for the request that keeps receiving going: the read-on after a
+ * full batch or the poll after the socket was found empty (readiness), the
+ * receive re-armed after its ring ran dry (multishot). */
+static void server_no_sqe(void)
+{
+    ZCN_Server *srv = started_server();
+    ZCN_UdpSocket *u = echo_on_server(srv, 0);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    zcn_udp_test_fail_sqes(u, 3);
+    send_numbered(fd, zcn_udp_port(u), 0, 200); /* over a batch, over the ring */
+    uint32_t got = server_echoes(srv, fd, 0, 200);
+    fprintf(stderr, "server_no_sqe: %u of 200 echoed\n", got);
+    T_CHECK(got == 200);
+    zcn_udp_test_fail_sqes(u, 1);
+    send_numbered(fd, zcn_udp_port(u), 200, 1); /* read, found empty, poll refused */
+    T_CHECK(server_echoes(srv, fd, 200, 1) == 1);
+    send_numbered(fd, zcn_udp_port(u), 201, 1);
+    T_CHECK(server_echoes(srv, fd, 201, 1) == 1);
+    destroy_on_server(srv, u, fd);
+}
+
 /* ---- stop from a thread and from a signal --------------------------------- */
 
 static ZCN_UdpSocket *g_sock;
@@ -1082,6 +1201,9 @@ int main(void)
     connected();
     bad_input();
     on_server();
+    server_shortage(0);
+    server_shortage(3);
+    server_no_sqe();
     stopping();
     wakeup();
     multicast();
