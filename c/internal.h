@@ -61,6 +61,11 @@ typedef struct zcn_source {
 } zcn_source;
 #define ZCN_SOURCES_MAX 64
 #define ZCN_OP_SOURCE 7u
+/* A source id no server has: the server's loop drops a completion whose
+ * source id is not an attached source's, so a source may retire its own
+ * completions still in the CQ by rewriting their user_data to
+ * zcn_source_ud(ZCN_SOURCE_NONE, 0) (UDP destroy does). */
+#define ZCN_SOURCE_NONE 0xffffffffu
 /* user_data for a source's SQE: `tag` (24 bits) is the source's own. */
 static inline uint64_t zcn_source_ud(uint32_t source_id, uint32_t tag)
 {
@@ -83,6 +88,11 @@ void zcn_udp_test_fail_gso(ZCN_UdpSocket *sock, int err);
 /* Test hook: the next `count` SQEs the socket asks for for its receives and
  * sends are refused, as when the SQ stays full after a submit. */
 void zcn_udp_test_fail_sqes(ZCN_UdpSocket *sock, uint32_t count);
+/* Test hook: completions of an earlier socket's generation this socket was
+ * handed (it drops them; destroy's retire_posted means there are none). */
+uint64_t zcn_udp_test_stale_completions(const ZCN_UdpSocket *sock);
+/* Test hook: destroyed sockets still waiting for their last completions. */
+uint32_t zcn_udp_test_lingering(void);
 /* Nonzero while one of the server's callbacks runs. A source brackets its
  * own callbacks with zcn_server_callback_enter/leave so that running the
  * loop or destroying the server from them gives ZCN_ERR_BUSY. */

@@ -34,9 +34,14 @@
  * poll batch) -> maybe referenced by sends -> back to the ring (or the pool,
  * which keeps a reserve for copied sends) when the last reference drops.
  *
- * SQE user_data: zcn_source_ud(source_id, tag) with tag = op | gen | index;
- * gen tells this socket's requests from those of an earlier socket that
- * had the same source id on a shared server ring.
+ * SQE user_data: zcn_source_ud(source_id, tag) with tag = op | gen | index.
+ * On a server's ring a destroyed socket's completions must never reach the
+ * socket that takes its source id (and buffer group) next: destroy cancels
+ * its requests, waits for the kernel to let go of them, and retires the
+ * completions already posted but not yet reaped (retire_posted); it gives
+ * the source id up only once every request's last completion is accounted
+ * for (kernel_reqs), lingering until the server's loop has reaped the rest
+ * when that cannot be done at once. gen, 6 bits, is a second line only.
  */
 #include "internal.h"
 
@@ -153,6 +158,12 @@ struct ZCN_UdpSocket {
                                on once maybe_rearm can queue the NOP */
     bool started;           /* ring enabled and receiving */
     bool destroying;
+    /* Receive and send requests the kernel holds: SQE taken (get_sqe), its
+     * last completion (no IORING_CQE_F_MORE) not yet seen. On a server the
+     * source id and bgid are given up only when this is 0 (retire). */
+    uint32_t kernel_reqs;
+    bool lingering;         /* destroyed, waiting for kernel_reqs to reach 0 */
+    uint64_t test_stale;    /* completions of another generation that reached us */
 
     struct send_slot *slots;
     uint32_t slots_max;
@@ -199,6 +210,7 @@ struct ZCN_UdpSocket {
 };
 
 static _Atomic uint32_t next_gen;
+static _Atomic uint32_t lingering_sockets; /* zcn_udp_test_lingering */
 
 /* ------------------------------------------------------------------ */
 /* small helpers                                                       */
@@ -266,7 +278,8 @@ static ZCN_Error owner_check(ZCN_UdpSocket *u)
     return ZCN_OK;
 }
 
-/* An SQE for a receive or send request of this socket; NULL when the SQ
+/* An SQE for a receive or send request of this socket (counted in
+ * kernel_reqs until its last completion); NULL when the SQ
  * stays full even after a submit (the caller retries from maybe_rearm,
  * which runs after each of the socket's completions and, on a server,
  * before each wait of the server's loop). */
@@ -276,7 +289,10 @@ static struct io_uring_sqe *get_sqe(ZCN_UdpSocket *u)
         u->test_sqe_failures--;
         return NULL;
     }
-    return zcn_get_sqe(u->ring);
+    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    if (sqe != NULL)
+        u->kernel_reqs++;
+    return sqe;
 }
 
 /* ------------------------------------------------------------------ */
@@ -568,8 +584,11 @@ static void on_recv(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE))
         u->recv_armed = false;
-    if (cqe->flags & IORING_CQE_F_BUFFER) {
-        uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    /* A buffer the ring does not hold cannot be ours to take (a stray
+     * completion): touching it would put it in the ring twice. */
+    if ((cqe->flags & IORING_CQE_F_BUFFER) &&
+        ZCN_LIKELY(bid < u->buffer_count && u->meta[bid].state == ZCN_BUF_RING)) {
         u->rx.count--;
         u->meta[bid].state = ZCN_BUF_RX;
         u->meta[bid].refs = 1;
@@ -1124,12 +1143,33 @@ static void on_wake(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
         arm_wake(u);
 }
 
+static void free_socket(ZCN_UdpSocket *u);
+
+/* A receive's or send's last completion: the kernel holds one less. */
+static inline bool ends_request(enum op op, const struct io_uring_cqe *cqe)
+{
+    return (op == OP_RECV || op == OP_SEND) && !(cqe->flags & IORING_CQE_F_MORE);
+}
+
 static void handle_cqe(zcn_source *src, struct io_uring_cqe *cqe)
 {
     ZCN_UdpSocket *u = (ZCN_UdpSocket *)src;
     uint32_t tag = zcn_source_tag(io_uring_cqe_get_data64(cqe));
-    if (tag_gen(tag) != (u->gen & 0x3fu))
-        return; /* an earlier socket's request on a shared ring */
+    if (ZCN_UNLIKELY(tag_gen(tag) != (u->gen & 0x3fu))) {
+        u->test_stale++; /* an earlier socket's: retire_posted prevents it */
+        return;
+    }
+    if (ends_request(tag_op(tag), cqe))
+        u->kernel_reqs--;
+    if (ZCN_UNLIKELY(u->lingering)) {
+        /* Destroyed: only the count matters; the last one frees it all
+         * (the server touches nothing of ours after this call). */
+        if (u->kernel_reqs == 0) {
+            atomic_fetch_sub(&lingering_sockets, 1);
+            free_socket(u);
+        }
+        return;
+    }
     switch (tag_op(tag)) {
     case OP_RECV:
         if (u->recv_mode == ZCN_UDP_RECV_READINESS)
@@ -1137,8 +1177,9 @@ static void handle_cqe(zcn_source *src, struct io_uring_cqe *cqe)
         else
             on_recv(u, cqe);
         break;
-    case OP_SEND:
-        on_send(u, tag_index(tag), cqe->res);
+    case OP_SEND: /* only a send that went to io_uring completes here */
+        if (tag_index(tag) < u->slots_max && u->slots[tag_index(tag)].async)
+            on_send(u, tag_index(tag), cqe->res);
         break;
     case OP_WAKE:
         if (tag_index(tag) == WAKE_PIPE)
@@ -1167,6 +1208,16 @@ void zcn_udp_test_fail_sqes(ZCN_UdpSocket *u, uint32_t count)
     u->test_sqe_failures = count;
 }
 
+uint64_t zcn_udp_test_stale_completions(const ZCN_UdpSocket *u)
+{
+    return u->test_stale;
+}
+
+uint32_t zcn_udp_test_lingering(void)
+{
+    return atomic_load(&lingering_sockets);
+}
+
 /* The server's loop is about to wait: send what callbacks queued, then
  * resume receiving if it stopped for want of a buffer or an SQE. On its
  * own ring the socket's loop does that every turn; in a server's loop
@@ -1176,6 +1227,8 @@ void zcn_udp_test_fail_sqes(ZCN_UdpSocket *u, uint32_t count)
 static void flush_source(zcn_source *src)
 {
     ZCN_UdpSocket *u = (ZCN_UdpSocket *)src;
+    if (u->lingering)
+        return;
     flush_tx(u);
     if (u->in_callback == 0) /* zcn_server_flush from our callback: the batch rearms */
         maybe_rearm(u);
@@ -1603,6 +1656,31 @@ static void cancel_all(ZCN_UdpSocket *u)
     }
 }
 
+/* A socket on a server, after cancel_all: its requests' completions that
+ * are posted but not reaped would be dispatched to whichever socket takes
+ * this source id next. First have the kernel post what it still holds
+ * back (deferred task work, a CQ overflow backlog: io_uring_get_events),
+ * then retire each of ours in place: the CQEs between head and tail are
+ * userspace's, and one whose source id no server has (ZCN_SOURCE_NONE) is
+ * dropped by the server's loop unread. Each request whose last completion
+ * is retired leaves kernel_reqs. */
+static void retire_posted(ZCN_UdpSocket *u)
+{
+    (void)io_uring_get_events(u->ring); /* -EEXIST off the owner thread: lingers */
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    io_uring_for_each_cqe(u->ring, head, cqe)
+    {
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        if ((ud >> 56) != ZCN_OP_SOURCE || (uint32_t)ud != u->source_id)
+            continue;
+        uint32_t tag = zcn_source_tag(ud);
+        if (tag_gen(tag) == (u->gen & 0x3fu) && ends_request(tag_op(tag), cqe))
+            u->kernel_reqs--;
+        cqe->user_data = zcn_source_ud(ZCN_SOURCE_NONE, 0);
+    }
+}
+
 static void free_socket(ZCN_UdpSocket *u)
 {
     zcn_bufring_unregister(&u->rx, u->ring);
@@ -1753,6 +1831,19 @@ ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *u)
     if (u->in_callback || (u->server != NULL && zcn_server_in_callback(u->server)))
         return zcn_fail(ZCN_ERR_BUSY, "the UDP socket cannot be destroyed from a callback");
     cancel_all(u);
+    if (u->server != NULL && u->started) {
+        retire_posted(u);
+        if (u->kernel_reqs > 0) {
+            /* Completions still to come (a CQ overflow the kernel could not
+             * post back, or a request the cancel did not end in time): the
+             * socket keeps its source id, memory and fd until the server's
+             * loop has handed it the last of them (handle_cqe). */
+            u->lingering = true;
+            u->on_datagram = NULL;
+            atomic_fetch_add(&lingering_sockets, 1);
+            return ZCN_OK;
+        }
+    }
     free_socket(u);
     return ZCN_OK;
 }

@@ -614,7 +614,14 @@ ZCN_API ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server,
                                                 ZCN_Error *err);
 /* Cancels the socket's I/O, closes it and frees everything; queued sends
  * not yet completed are dropped. Not from inside a callback (ZCN_ERR_BUSY,
- * nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT. */
+ * nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT.
+ * On a server: waits for the kernel to let go of the socket's requests and
+ * retires their completions the server's loop has not reaped yet, so none
+ * can reach a socket created after it. Call it on the server's owner
+ * thread. Where some cannot be retired at once (the server's completion
+ * queue overflowed, or another thread called), the socket lingers, inert,
+ * until the server's loop has reaped them, and frees itself then;
+ * zcn_server_destroy gives ZCN_ERR_BUSY meanwhile (run the loop again). */
 ZCN_API ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *sock);
 
 /* Sets the datagram callback (NULL = datagrams are dropped after counting)

@@ -24,6 +24,8 @@
 void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
 void zcn_udp_test_fail_gso(ZCN_UdpSocket *sock, int err);
 void zcn_udp_test_fail_sqes(ZCN_UdpSocket *sock, uint32_t count);
+uint64_t zcn_udp_test_stale_completions(const ZCN_UdpSocket *sock);
+uint32_t zcn_udp_test_lingering(void);
 
 /* ---- helpers --------------------------------------------------------- */
 
@@ -949,6 +951,189 @@ static void server_no_sqe(void)
     destroy_on_server(srv, u, fd);
 }
 
+/* ---- late completions never reach the next socket in a source slot -------- */
+
+/* Datagrams of these tests carry {socket id, sequence}; a socket counts
+ * the ones that are not addressed to it. */
+struct tagged {
+    uint32_t id;
+    int count;
+    int wrong;
+};
+
+static void tagged_record(void *ud, const struct sockaddr *peer, socklen_t peer_len,
+                          const uint8_t *data, size_t len, uint32_t flags)
+{
+    (void)peer, (void)peer_len;
+    struct tagged *t = ud;
+    t->count++;
+    if (len != 8 || flags != 0 || memcmp(data, &t->id, 4) != 0)
+        t->wrong++;
+}
+
+static void send_tagged(int fd, uint16_t port, uint32_t id, uint32_t count)
+{
+    for (uint32_t seq = 0; seq < count; seq++) {
+        uint32_t msg[2] = {id, seq};
+        client_send(fd, AF_INET, port, msg, sizeof msg);
+    }
+}
+
+static ZCN_UdpSocket *tagged_on_server(ZCN_Server *srv, struct tagged *t, uint32_t id,
+                                       uint32_t recv_mode)
+{
+    ZCN_UdpConfig ucfg = {.address = "127.0.0.1", .recv_mode = recv_mode};
+    ZCN_Error err = ZCN_OK;
+    ZCN_UdpSocket *u = zcn_udp_create_on_server(srv, &ucfg, &err);
+    if (u == NULL)
+        fprintf(stderr, "create_on_server: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
+    T_CHECK(u != NULL);
+    *t = (struct tagged){.id = id};
+    T_CHECK_ERR(zcn_udp_set_callback(u, t, tagged_record), ZCN_OK);
+    return u;
+}
+
+/* Runs the server until t has seen `want` datagrams (or 5 s). */
+static void server_until(ZCN_Server *srv, const struct tagged *t, int want)
+{
+    time_t end = time(NULL) + 5;
+    while (t->count < want && time(NULL) < end)
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+}
+
+static void check_clean(ZCN_Server *srv, ZCN_UdpSocket *u, const struct tagged *t, int want)
+{
+    server_until(srv, t, want);
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    if (t->count != want || t->wrong != 0 || zcn_udp_test_stale_completions(u) != 0)
+        fprintf(stderr, "socket %u: %d datagrams (want %d), %d not its own, %llu stale "
+                "completions, %llu buffers in use\n", t->id, t->count, want, t->wrong,
+                (unsigned long long)zcn_udp_test_stale_completions(u),
+                (unsigned long long)st.buffers_in_use);
+    T_CHECK(t->wrong == 0);
+    T_CHECK(t->count == want);
+    T_CHECK(st.datagrams_received == (uint64_t)want);
+    T_CHECK(st.buffers_in_use == 0);
+    T_CHECK(zcn_udp_test_stale_completions(u) == 0);
+}
+
+/* The generation in user_data has 6 bits. A socket whose datagrams were
+ * received (completions posted, not yet reaped) is destroyed; 63 more
+ * sockets come and go in its source slot without the server's loop
+ * running, and the 64th has its generation again. None of the first one's
+ * completions may reach it: multishot ones carry buffers of its buffer
+ * group, which a newer socket would take as its own and put in its ring
+ * a second time. Then 200 cycles with datagrams in flight at destroy. */
+static void server_churn(void)
+{
+    ZCN_Server *srv = started_server();
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    static struct tagged t0, helper, t;
+    ZCN_UdpSocket *first = tagged_on_server(srv, &t0, 1000, g_recv_mode);
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK); /* receive armed */
+    send_tagged(fd, zcn_udp_port(first), 1000, 10);
+    /* Creating another socket runs the ring's deferred work: the first's
+     * receive completions are posted now, and nobody reaps them. */
+    ZCN_UdpSocket *other = tagged_on_server(srv, &helper, 2000, g_recv_mode);
+    T_CHECK_ERR(zcn_udp_destroy(first), ZCN_OK);
+    for (int i = 0; i < 62; i++) { /* generations +2 .. +63 */
+        ZCN_UdpSocket *u = tagged_on_server(srv, &t, 3000 + (uint32_t)i, g_recv_mode);
+        T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    }
+    ZCN_UdpSocket *same_gen = tagged_on_server(srv, &t, 4000, g_recv_mode); /* +64 */
+    send_tagged(fd, zcn_udp_port(same_gen), 4000, 5);
+    check_clean(srv, same_gen, &t, 5);
+    send_tagged(fd, zcn_udp_port(same_gen), 4000, 200);
+    check_clean(srv, same_gen, &t, 205);
+    T_CHECK_ERR(zcn_udp_destroy(same_gen), ZCN_OK);
+
+    /* Churn: each socket gets datagrams, some of them are delivered, then
+     * it is destroyed with the rest in flight; the next takes its slot. */
+    int helper_sent = 0;
+    for (uint32_t i = 0; i < 200; i++) {
+        uint32_t mode = i % 2 ? ZCN_UDP_RECV_MULTISHOT : ZCN_UDP_RECV_READINESS;
+        ZCN_UdpSocket *u = tagged_on_server(srv, &t, 5000 + i, mode);
+        if (i % 3 != 0)
+            T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK);
+        send_tagged(fd, zcn_udp_port(u), 5000 + i, 20);
+        send_tagged(fd, zcn_udp_port(other), 2000, 2);
+        helper_sent += 2;
+        if (i % 2 == 0)
+            T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK);
+        T_CHECK(t.wrong == 0);
+        T_CHECK(zcn_udp_test_stale_completions(u) == 0);
+        ZCN_UdpStats st;
+        T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+        T_CHECK(st.buffers_in_use <= st.buffers_total);
+        T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    }
+    T_CHECK(zcn_udp_test_lingering() == 0);
+    check_clean(srv, other, &helper, helper_sent);
+    T_CHECK_ERR(zcn_udp_destroy(other), ZCN_OK);
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
+}
+
+/* The server's CQ overflows (nobody reaps while multishot receives post a
+ * completion per datagram): a socket destroyed then cannot retire the
+ * completions the kernel keeps back, so it keeps its source slot and its
+ * memory until the server's loop has handed it the last one, then frees
+ * itself; meanwhile a new socket gets another slot. */
+static void server_linger(void)
+{
+    /* A 128-entry CQ: 8 SQ entries, one connection, two buffers. */
+    ZCN_Config scfg = {.address = "127.0.0.1", .io_uring_entries = 8, .connections_max = 1,
+                       .buffer_pool_size = 2};
+    ZCN_Error err = ZCN_OK;
+    ZCN_Server *srv = zcn_server_create(&scfg, &err);
+    T_CHECK(srv != NULL);
+    T_CHECK_ERR(zcn_server_start(srv), ZCN_OK);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    enum { FILL = 3 };
+    static struct tagged fill_t[FILL], victim_t, late_t;
+    ZCN_UdpSocket *fill[FILL];
+    for (uint32_t i = 0; i < FILL; i++)
+        fill[i] = tagged_on_server(srv, &fill_t[i], 100 + i, ZCN_UDP_RECV_MULTISHOT);
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK); /* all armed */
+    for (uint32_t i = 0; i < FILL; i++)
+        send_tagged(fd, zcn_udp_port(fill[i]), 100 + i, 60);
+    /* Creating a socket runs the deferred work: 180 completions for 128
+     * entries, nothing reaped. The victim's receive, armed now, ends with
+     * its destroy's cancel, and that completion waits in the overflow. */
+    ZCN_UdpSocket *late = tagged_on_server(srv, &late_t, 300, g_recv_mode);
+    ZCN_UdpSocket *victim = tagged_on_server(srv, &victim_t, 200, g_recv_mode);
+    T_CHECK_ERR(zcn_udp_destroy(victim), ZCN_OK);
+    uint32_t lingering = zcn_udp_test_lingering();
+    fprintf(stderr, "server_linger: %u socket(s) lingering after destroy\n", lingering);
+    T_CHECK(lingering == 1);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_ERR_BUSY);
+    /* The loop hands the victim its last completions, and it goes. */
+    time_t end = time(NULL) + 5;
+    while (zcn_udp_test_lingering() > 0 && time(NULL) < end)
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+    T_CHECK(zcn_udp_test_lingering() == 0);
+    /* Everyone else still works and saw only their own datagrams. */
+    send_tagged(fd, zcn_udp_port(late), 300, 10);
+    server_until(srv, &late_t, 10);
+    T_CHECK(late_t.count == 10 && late_t.wrong == 0);
+    T_CHECK(zcn_udp_test_stale_completions(late) == 0);
+    for (uint32_t i = 0; i < FILL; i++) {
+        T_CHECK(fill_t[i].wrong == 0);
+        T_CHECK(zcn_udp_test_stale_completions(fill[i]) == 0);
+        T_CHECK_ERR(zcn_udp_destroy(fill[i]), ZCN_OK);
+    }
+    T_CHECK_ERR(zcn_udp_destroy(late), ZCN_OK);
+    end = time(NULL) + 5;
+    while (zcn_udp_test_lingering() > 0 && time(NULL) < end)
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
+}
+
 /* ---- stop from a thread and from a signal --------------------------------- */
 
 static ZCN_UdpSocket *g_sock;
@@ -1204,6 +1389,8 @@ int main(void)
     server_shortage(0);
     server_shortage(3);
     server_no_sqe();
+    server_churn();
+    server_linger();
     stopping();
     wakeup();
     multicast();
