@@ -183,9 +183,13 @@ static void round_trip(int family, const char *address, size_t len)
 
 /* ---- truncation -------------------------------------------------------- */
 
-static void truncation(void)
+/* A datagram over buffer_size arrives cut, flagged and counted, with
+ * ZCN_UDP_SMALL_ONLY (flags) in both receive modes, and in multishot mode
+ * even with large buffers (the kernel picks the ring buffer first). */
+static void truncation(uint32_t flags)
 {
-    ZCN_UdpSocket *u = make_udp("127.0.0.1", NULL);
+    ZCN_UdpConfig cfg = {.flags = flags};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
     size_t cap = zcn_udp_datagram_capacity(u);
     T_CHECK(cap == zcn_udp_buffer_size(u) - ZCN_UDP_HEADROOM);
     uint16_t cport;
@@ -222,9 +226,164 @@ static void truncation(void)
     T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
     T_CHECK(st.truncated == 2);
     T_CHECK(st.datagrams_sent == 1);
+    T_CHECK(st.large_datagrams == 0);
+    T_CHECK(st.large_buffers_total == (flags & ZCN_UDP_SMALL_ONLY ? 0 : 16));
+    /* Small only, a copy must fit one small buffer. */
+    struct sockaddr_in to = addr4(cport);
+    ZCN_Error e = zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, out, len);
+    T_CHECK_ERR(e, flags & ZCN_UDP_SMALL_ONLY ? ZCN_ERR_INVALID_ARGUMENT : ZCN_OK);
+    if (e == ZCN_OK) {
+        uint8_t *back = malloc(len);
+        T_CHECK(recv(fd, back, len, 0) == (ssize_t)len && memcmp(back, out, len) == 0);
+        free(back);
+    }
     close(fd);
     free(out);
     T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- large datagrams: whole by default ----------------------------------- */
+
+static void fill_pattern(uint8_t *p, size_t len, uint32_t seed)
+{
+    for (size_t i = 0; i < len; i++)
+        p[i] = (uint8_t)((i * 131 + seed * 7 + (i >> 8)) ^ seed);
+}
+
+/* One datagram of len bytes from a client: the echo handler receives it
+ * (whole, readiness mode) and sends it back from the same buffer. */
+static void large_echo(int family, const char *address, size_t len, ZCN_UdpSocket *u, int fd,
+                       uint8_t *out, uint8_t *in)
+{
+    ZCN_UdpStats before, st;
+    T_CHECK_ERR(zcn_udp_stats(u, &before), ZCN_OK);
+    fill_pattern(out, len, (uint32_t)len);
+    client_send(fd, family, zcn_udp_port(u), out, len);
+    time_t end = time(NULL) + 5;
+    ssize_t n = -1;
+    while (n < 0 && time(NULL) < end) {
+        T_CHECK_ERR(zcn_udp_run_once_timeout(u, 20, NULL), ZCN_OK);
+        n = recv(fd, in, 70000, MSG_DONTWAIT);
+    }
+    if (n != (ssize_t)len)
+        fprintf(stderr, "large_echo %s %zu: got %zd\n", address, len, n);
+    T_CHECK(n == (ssize_t)len);
+    T_CHECK(memcmp(in, out, len) == 0);
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.datagrams_received == before.datagrams_received + 1);
+    T_CHECK(st.truncated == 0);
+    T_CHECK(st.sends_zero_copy == before.sends_zero_copy + (len > 0));
+    T_CHECK(st.sends_copied == before.sends_copied);
+    bool large = len > zcn_udp_buffer_size(u) - ZCN_UDP_HEADROOM;
+    T_CHECK(st.large_datagrams == before.large_datagrams + large);
+    T_CHECK(st.buffers_in_use == 0 && st.large_buffers_in_use == 0);
+}
+
+static void large_round_trips(int family, const char *address)
+{
+    ZCN_UdpSocket *u = make_udp(address, NULL); /* the defaults */
+    size_t max = family == AF_INET ? ZCN_UDP_DATAGRAM_MAX_V4 : ZCN_UDP_DATAGRAM_MAX_V6;
+    T_CHECK(zcn_udp_datagram_capacity(u) == max);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u), ZCN_OK);
+    uint16_t cport;
+    int fd = client(family, &cport);
+    uint8_t *out = malloc(70000), *in = malloc(70000);
+    const size_t sizes[] = {1, 1400, 3584, 3585, 9000, 60000, max};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+        large_echo(family, address, sizes[k], u, fd, out, in);
+    close(fd);
+    free(out);
+    free(in);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* Large and small datagrams mixed in one receive batch arrive whole and in
+ * order, through the callback and through poll batches (whose events'
+ * data is contiguous at base + offset and may be sent on without a copy);
+ * copied sends of large datagrams; few large buffers make reading wait,
+ * never cut. */
+static void large_mixed(void)
+{
+    ZCN_UdpConfig cfg = {.large_buffer_count = 2, .buffer_count = 512, .sends_max = 512,
+                         .rcvbuf = 4 << 20};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    struct sockaddr_in to = addr4(cport);
+    enum { N = 120 };
+    static uint8_t out[N][20000];
+    static uint8_t in[70000];
+    size_t lens[N];
+    for (uint32_t i = 0; i < N; i++) {
+        lens[i] = i % 3 == 0 ? 20000 - i : 100 + i;
+        fill_pattern(out[i], lens[i], i);
+        memcpy(out[i], &i, 4);
+        client_send(fd, AF_INET, zcn_udp_port(u), out[i], lens[i]);
+    }
+    /* Poll with a big batch: large datagrams stay lent (2 large buffers +
+     * one behind each slot) until the next call; echo each from the batch. */
+    uint32_t next = 0;
+    static ZCN_UdpEvent ev[256];
+    time_t end = time(NULL) + 10;
+    while (next < N && time(NULL) < end) {
+        uint32_t count = 0;
+        T_CHECK_ERR(zcn_udp_poll(u, ev, 256, 100, &count), ZCN_OK);
+        for (uint32_t k = 0; k < count; k++, next++) {
+            T_CHECK(ev[k].flags == 0);
+            if (ev[k].len != lens[next]) fprintf(stderr, "dgram %u: len %u full %u want %zu flags %u\n", next, ev[k].len, ev[k].full_len, lens[next], ev[k].flags);
+            T_CHECK(ev[k].len == lens[next] && ev[k].full_len == lens[next]);
+            T_CHECK(ev[k].data == zcn_udp_buffer_base(u) + ev[k].offset);
+            T_CHECK(memcmp(ev[k].data, out[next], lens[next]) == 0);
+            T_CHECK_ERR(zcn_udp_sendto(u, (const struct sockaddr *)ev[k].peer, ev[k].peer_len,
+                                       ev[k].data, ev[k].len), ZCN_OK);
+        }
+    }
+    T_CHECK(next == N);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.truncated == 0 && st.kernel_drops == 0);
+    T_CHECK(st.large_datagrams == N / 3);
+    T_CHECK(st.sends_zero_copy == N && st.sends_copied == 0);
+    for (uint32_t i = 0; i < N; i++) {
+        ssize_t n = recv(fd, in, sizeof in, 0);
+        T_CHECK(n == (ssize_t)lens[i] && memcmp(in, out[i], lens[i]) == 0);
+    }
+    /* Copied sends over buffer_size: from large buffers. */
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 0, NULL), ZCN_OK); /* the batch ends */
+    static uint8_t big[65507];
+    fill_pattern(big, sizeof big, 99);
+    for (int i = 0; i < 2; i++)
+        T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, sizeof big), ZCN_OK);
+    for (int i = 0; i < 2; i++) {
+        ssize_t n = recv(fd, in, sizeof in, 0);
+        T_CHECK(n == (ssize_t)sizeof big && memcmp(in, big, sizeof big) == 0);
+    }
+    /* With autoflush off the copies wait, each in a large buffer: only
+     * those the receive does not need behind its slots may be taken. */
+    T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
+    int queued = 0;
+    while (zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, sizeof big) == ZCN_OK)
+        queued++;
+    T_CHECK(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, sizeof big) ==
+            ZCN_ERR_EXHAUSTED);
+    T_CHECK(queued == 2); /* large_buffer_count */
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    for (int i = 0; i < queued; i++)
+        T_CHECK(recv(fd, in, sizeof in, 0) == (ssize_t)sizeof big);
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 10, NULL), ZCN_OK); /* the last batch back */
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.sends_copied == (uint64_t)queued + 2);
+    T_CHECK(st.buffers_in_use == 0 && st.large_buffers_in_use == 0);
+    T_CHECK(st.large_buffers_total == 2 + 64);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* Multishot mode cannot read a datagram whole past buffer_size: it stays
+ * cut and flagged (never echoed) by default too; copies still go large. */
+static void large_multishot(void)
+{
+    truncation(0);
 }
 
 /* ---- a burst larger than the buffer ring ------------------------------- */
@@ -716,8 +875,42 @@ static void bad_input(void)
     T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, 65508),
                 ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK(strstr(zcn_error_detail(), "65507") != NULL);
-    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, 60000),
+    ZCN_UdpConfig small_only = {.address = "127.0.0.1", .flags = ZCN_UDP_SMALL_ONLY,
+                                .recv_mode = g_recv_mode};
+    ZCN_UdpSocket *so = zcn_udp_create(&small_only, &err);
+    T_CHECK(so != NULL);
+    T_CHECK_ERR(zcn_udp_sendto(so, (struct sockaddr *)&to, sizeof to, big, 60000),
                 ZCN_ERR_INVALID_ARGUMENT); /* over one 4 KiB pool buffer */
+    T_CHECK(strstr(zcn_error_detail(), "ZCN_UDP_SMALL_ONLY") != NULL);
+    T_CHECK_ERR(zcn_udp_destroy(so), ZCN_OK);
+    /* Large buffers: their count is bounded, the memory size follows. */
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .large_buffer_count = ZCN_UDP_LARGE_BUFFERS_MAX + 1};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(strstr(zcn_error_detail(), "large_buffer_count") != NULL);
+    T_CHECK(zcn_udp_memory_size(&cfg) == 0);
+    T_CHECK(zcn_udp_memory_size(NULL) == 0);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .recv_mode = g_recv_mode};
+    size_t need = zcn_udp_memory_size(&cfg);
+    T_CHECK(need == 256 * 4096 + (size_t)(16 + (g_recv_mode == ZCN_UDP_RECV_MULTISHOT ? 0 : 64)) *
+                                     ZCN_UDP_LARGE_BUFFER_SIZE);
+    cfg.flags = ZCN_UDP_SMALL_ONLY;
+    T_CHECK(zcn_udp_memory_size(&cfg) == 256 * 4096);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .buffer_size = 65527};
+    T_CHECK(zcn_udp_memory_size(&cfg) == 256 * (size_t)ZCN_UDP_LARGE_BUFFER_SIZE);
+    static _Alignas(4096) uint8_t mem[8 * 4096];
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .buffer_count = 8,
+                          .buffer_memory = mem, .buffer_memory_size = 7 * 4096};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(strstr(zcn_error_detail(), "buffer_memory_size") != NULL);
+    /* Room for the small buffers only (sized before large buffers): the
+     * socket maps the large ones itself and still receives them whole. */
+    cfg.buffer_memory_size = sizeof mem;
+    cfg.recv_mode = g_recv_mode;
+    so = zcn_udp_create(&cfg, &err);
+    T_CHECK(so != NULL);
+    T_CHECK(zcn_udp_buffer_base(so) == mem);
+    T_CHECK_ERR(zcn_udp_sendto(so, (struct sockaddr *)&to, sizeof to, big, 60000), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_destroy(so), ZCN_OK);
     T_CHECK_ERR(zcn_udp_sendto_batch(u, NULL, 3, NULL), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_udp_sendto_buffer(u, (struct sockaddr *)&to, sizeof to, big, 1),
                 ZCN_ERR_FOREIGN_POINTER);
@@ -826,6 +1019,22 @@ static void on_server(void)
     T_CHECK_ERR(zcn_udp_stats(u3, &st), ZCN_OK);
     T_CHECK(st.kernel_drops == 0);
     T_CHECK(got == N && got_tcp == 4);
+    /* A large datagram, whole and echoed without a copy, in the server's
+     * loop (readiness mode: multishot cuts it). */
+    static uint8_t big[60000], back[60001];
+    fill_pattern(big, sizeof big, 7);
+    for (int k = 0; k < 3 && g_recv_mode != ZCN_UDP_RECV_MULTISHOT; k++) {
+        client_send(fd, AF_INET, zcn_udp_port(u3), big, sizeof big);
+        ssize_t n = -1;
+        end = time(NULL) + 5;
+        while (n < 0 && time(NULL) < end) {
+            T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+            n = recv(fd, back, sizeof back, MSG_DONTWAIT);
+        }
+        T_CHECK(n == (ssize_t)sizeof big && memcmp(back, big, sizeof big) == 0);
+        T_CHECK_ERR(zcn_udp_stats(u3, &st), ZCN_OK);
+        T_CHECK(st.large_datagrams == (uint64_t)k + 1 && st.sends_copied == 0);
+    }
     T_CHECK_ERR(zcn_udp_destroy(u2), ZCN_OK);
     T_CHECK_ERR(zcn_udp_destroy(u3), ZCN_OK);
     close(tcp);
@@ -1376,7 +1585,14 @@ int main(void)
     round_trip(AF_INET, "127.0.0.1", 65507);
     round_trip(AF_INET6, "::1", 1200);
     round_trip(AF_INET6, "::1", 65527);
-    truncation();
+    truncation(ZCN_UDP_SMALL_ONLY);
+    if (g_recv_mode == ZCN_UDP_RECV_MULTISHOT) {
+        large_multishot();
+    } else {
+        large_round_trips(AF_INET, "127.0.0.1");
+        large_round_trips(AF_INET6, "::1");
+        large_mixed();
+    }
     burst();
     small_polls();
     batch_and_buffers();
