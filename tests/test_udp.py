@@ -676,9 +676,9 @@ def test_example_udp_echo_py():
         assert line.startswith("udp_echo.py listening on 127.0.0.1 "), (line, proc.stderr.read())
         port = int(line.split()[-1])
         with _client() as c:
-            for payload in (b"one", b"", b"x" * 1400):
+            for payload in (b"one", b"", b"x" * 1400, os.urandom(60000)):
                 c.sendto(payload, ("127.0.0.1", port))
-                assert c.recv(2000) == payload
+                assert c.recv(70000) == payload
         if shutil.which("socat"):
             out = subprocess.run(["socat", "-t2", "-", f"UDP:127.0.0.1:{port}"],
                                  input=b"socat", capture_output=True, timeout=10).stdout
@@ -704,11 +704,12 @@ def _run_doc_block(code):
 
 
 def test_udp_guide_python_examples_run():
-    echo, sendmany = _udp_doc_blocks("python")
+    echo, sendmany, large = _udp_doc_blocks("python")
     lines = _run_doc_block(echo)
     assert lines[0].startswith("(b'hello', ('127.0.0.1', "), lines
     assert lines[1] == "1"
     assert _run_doc_block(sendmany) == ["64", "2", "b'00000000' b'00000001'"]
+    assert _run_doc_block(large) == ["9000 True", "60000 True", "65507 True", "3 0 0", "3584 1"]
 
 
 def test_udp_guide_c_example_builds_and_runs(tmp_path):
