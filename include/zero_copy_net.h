@@ -583,9 +583,10 @@ typedef struct ZCN_UdpConfig {
      * unchanged; one that does not is read on into a large buffer held
      * behind its receive slot and handed over there, whole and contiguous
      * (its first zcn_udp_buffer_size() - ZCN_UDP_HEADROOM bytes copied in
-     * front of the rest). large_buffer_count: large buffers for datagrams
-     * lent to callbacks or a poll batch and for sends; 0 = 16, at most
-     * ZCN_UDP_LARGE_BUFFERS_MAX. Readiness mode keeps one more behind each
+     * front of the rest). large_buffer_count: how many large datagrams may
+     * be held (lent to callbacks or a poll batch, or being sent) while
+     * every receive slot still has a large buffer behind it; 0 = 16, at
+     * most ZCN_UDP_LARGE_BUFFERS_MAX. Readiness mode has one more per
      * receive slot (min(64, 3/4 of buffer_count)). Their pages stay
      * untouched (address space only) until a datagram needs them. When
      * none is free, reading waits (datagrams wait in the socket), it does

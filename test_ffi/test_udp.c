@@ -1,7 +1,9 @@
 /* UDP through the C API: round trips (IPv4, IPv6, 0 bytes, 64 KiB),
- * truncation, bursts larger than the buffer ring, connected sockets and
- * refused peers, batch and zero-copy sends, poll mode, a UDP socket in a
- * TCP server's loop, stop from a thread and a signal, the wakeup fd,
+ * truncation (small only, multishot), large datagrams whole by default,
+ * bursts larger than the buffer ring, connected sockets and refused peers,
+ * batch and zero-copy sends, poll mode, a UDP socket in a TCP server's
+ * loop (resuming after a buffer or SQE shortage, late completions of
+ * destroyed sockets), stop from a thread and a signal, the wakeup fd,
  * multicast on loopback, bad input and create/destroy cycles. */
 #include "t_helpers.h"
 

@@ -185,9 +185,9 @@ class UdpSocket(BoundSocket):
     ``buffer_size`` is the largest datagram received into a small buffer;
     ``buffer_count`` such buffers serve both directions (a quarter is kept
     for copied sends). Bigger datagrams, up to the UDP limit, arrive whole in
-    a large buffer (``large_buffer_count`` of them for datagrams held at
-    once, plus one behind each receive slot; address space, touched only by
-    a large datagram), and bigger sendto() copies go from one.
+    a large buffer (``large_buffer_count`` of them for datagrams held, plus
+    one behind each receive slot; address space, touched only by a large
+    datagram), and bigger sendto() copies go from one.
     ``small_only=True`` has no large buffers: bigger datagrams arrive cut,
     flagged UDP_TRUNCATED, and a copy must fit buffer_size. So does
     recv_mode="multishot" on receive (the kernel picks the buffer before it
