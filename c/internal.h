@@ -53,11 +53,19 @@ struct io_uring_cqe;
 typedef struct zcn_source {
     void (*handle_cqe)(struct zcn_source *src, struct io_uring_cqe *cqe);
     /* Called before each wait of the server's loop: work the source
-     * queued (UDP: its send batch) goes to the kernel now. May be NULL. */
+     * queued (UDP: its send batch) goes to the kernel now, and work that
+     * waits for resources is retried (UDP: a receive that stopped for want
+     * of a buffer or an SQE), since the source's own completions may never
+     * come to do it. May be NULL. */
     void (*flush)(struct zcn_source *src);
 } zcn_source;
 #define ZCN_SOURCES_MAX 64
 #define ZCN_OP_SOURCE 7u
+/* A source id no server has: the server's loop drops a completion whose
+ * source id is not an attached source's, so a source may retire its own
+ * completions still in the CQ by rewriting their user_data to
+ * zcn_source_ud(ZCN_SOURCE_NONE, 0) (UDP destroy does). */
+#define ZCN_SOURCE_NONE 0xffffffffu
 /* user_data for a source's SQE: `tag` (24 bits) is the source's own. */
 static inline uint64_t zcn_source_ud(uint32_t source_id, uint32_t tag)
 {
@@ -77,6 +85,14 @@ void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
 /* Test hook: the next GSO send (several datagrams in one sendmmsg entry)
  * fails with errno err before reaching the kernel. */
 void zcn_udp_test_fail_gso(ZCN_UdpSocket *sock, int err);
+/* Test hook: the next `count` SQEs the socket asks for for its receives and
+ * sends are refused, as when the SQ stays full after a submit. */
+void zcn_udp_test_fail_sqes(ZCN_UdpSocket *sock, uint32_t count);
+/* Test hook: completions of an earlier socket's generation this socket was
+ * handed (it drops them; destroy's retire_posted means there are none). */
+uint64_t zcn_udp_test_stale_completions(const ZCN_UdpSocket *sock);
+/* Test hook: destroyed sockets still waiting for their last completions. */
+uint32_t zcn_udp_test_lingering(void);
 /* Nonzero while one of the server's callbacks runs. A source brackets its
  * own callbacks with zcn_server_callback_enter/leave so that running the
  * loop or destroying the server from them gives ZCN_ERR_BUSY. */

@@ -30,13 +30,34 @@
  *   [16 bytes: io_uring_recvmsg_out][peer name NAME_BYTES][payload]
  * so the payload always starts ZCN_UDP_HEADROOM bytes into the buffer.
  *
+ * Large datagrams: besides its buffer_count small buffers a socket has
+ * large ones (ZCN_UDP_LARGE_BUFFER_SIZE, any datagram fits) in the same
+ * slab, after the small ones; buffer ids run on, small ones first. A
+ * readiness read cannot know a datagram's size before recvmmsg consumes
+ * it, so each receive slot reads into two iovecs: its small buffer, then
+ * the rest of a large buffer parked behind the slot (its "spill"). A
+ * datagram that fits the small buffer never touches the spill; one that
+ * does not continues into the spill, and its first bytes (the small
+ * buffer's room) are copied in front of the rest there, so it is handed
+ * over whole and contiguous in the large buffer, and the slot takes a new
+ * spill. The spills' pages stay untouched, so unused address space, until
+ * a large datagram comes. The multishot receive cannot do this (the kernel
+ * picks one ring buffer before it sees the datagram): there, as with
+ * ZCN_UDP_SMALL_ONLY, a datagram over buffer_size arrives truncated. In
+ * both modes a copied send over buffer_size goes from a large buffer.
+ *
  * A buffer's life: ring -> received (refs = 1 while lent to the callback or
  * poll batch) -> maybe referenced by sends -> back to the ring (or the pool,
  * which keeps a reserve for copied sends) when the last reference drops.
  *
- * SQE user_data: zcn_source_ud(source_id, tag) with tag = op | gen | index;
- * gen tells this socket's requests from those of an earlier socket that
- * had the same source id on a shared server ring.
+ * SQE user_data: zcn_source_ud(source_id, tag) with tag = op | gen | index.
+ * On a server's ring a destroyed socket's completions must never reach the
+ * socket that takes its source id (and buffer group) next: destroy cancels
+ * its requests, waits for the kernel to let go of them, and retires the
+ * completions already posted but not yet reaped (retire_posted); it gives
+ * the source id up only once every request's last completion is accounted
+ * for (kernel_reqs), lingering until the server's loop has reaped the rest
+ * when that cannot be done at once. gen, 6 bits, is a second line only.
  */
 #include "internal.h"
 
@@ -51,6 +72,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,6 +89,7 @@
 #define SK_MEMINFO_VARS 9
 
 #define NAME_BYTES 32u          /* >= sizeof(struct sockaddr_in6), 8-aligned */
+#define LARGE_DEFAULT 16u       /* large_buffer_count 0 */
 #define CQE_BATCH 256u          /* completions handled per wait */
 #define OWN_BGID 0              /* buffer group on a socket's own ring */
 #define RING_START 64u          /* buffers in the receive ring at first */
@@ -87,6 +110,11 @@
 _Static_assert(ZCN_UDP_HEADROOM >= sizeof(struct io_uring_recvmsg_out) + NAME_BYTES,
                "ZCN_UDP_HEADROOM must hold the recvmsg header and name");
 _Static_assert(NAME_BYTES >= sizeof(struct sockaddr_in6), "name room");
+_Static_assert(ZCN_UDP_LARGE_BUFFER_SIZE % ZCN_PAGE_SIZE == 0 &&
+               ZCN_UDP_LARGE_BUFFER_SIZE - ZCN_PAGE_SIZE <
+                   ZCN_UDP_DATAGRAM_MAX_V6 + ZCN_UDP_HEADROOM &&
+               ZCN_UDP_LARGE_BUFFER_SIZE >= ZCN_UDP_DATAGRAM_MAX_V6 + ZCN_UDP_HEADROOM,
+               "a large buffer is the fewest pages any datagram fits in");
 
 #define WAKE_PIPE 1u /* OP_WAKE index of the wakeup pipe's poll */
 
@@ -130,7 +158,16 @@ struct ZCN_UdpSocket {
     uint8_t *slab;
     size_t buffer_size;     /* bytes per pool buffer */
     uint32_t buffer_count;
-    struct zcn_buf_meta *meta;
+    struct zcn_buf_meta *meta; /* small buffers, then large ones */
+    /* Large buffers: ids buffer_count .. + large_count - 1, at large_slab
+     * (right after the small ones unless the caller's memory held only
+     * those). large_count = 0: small only. */
+    ZCN_BufferPool *large_pool;
+    uint8_t *large_slab;
+    uint32_t large_count;
+    uint32_t large_free;    /* in large_pool */
+    uint8_t *own_map;       /* the mapping we made for the slab(s), or NULL */
+    size_t own_map_bytes;
 
     struct zcn_bufring rx;  /* the receive ring, group bgid */
     uint16_t bgid;
@@ -141,18 +178,28 @@ struct ZCN_UdpSocket {
     struct msghdr rmsg;     /* recvmsg template: only the sizes matter */
     bool recv_armed;        /* the multishot recvmsg or poll is in the kernel */
 
-    /* readiness mode: recvmmsg slot i reads into buffer rx_bid[i] */
+    /* readiness mode: recvmmsg slot i reads into buffer rx_bid[i] (iovec
+     * 2i), then, with large_rx, into the spill rx_spill[i] (iovec 2i + 1) */
     struct mmsghdr rx_msgs[RX_BATCH];
-    struct iovec rx_iov[RX_BATCH];
+    struct iovec rx_iov[2 * RX_BATCH];
     int32_t rx_bid[RX_BATCH]; /* NIL: the slot holds no buffer */
+    int32_t rx_spill[RX_BATCH]; /* a large buffer, or NIL */
     uint32_t rx_slots;      /* slots in use: min(RX_BATCH, br_max) */
     uint32_t rx_held;       /* slots holding a buffer */
+    uint32_t rx_spills;     /* slots holding a spill */
+    bool large_rx;          /* datagrams over buffer_size are read whole */
     bool rx_more;           /* the read-on NOP is queued */
     bool rx_idle;           /* the socket was drained: wait for POLLIN */
     bool rx_resume;         /* reading stopped early (no buffer or SQE): read
                                on once maybe_rearm can queue the NOP */
     bool started;           /* ring enabled and receiving */
     bool destroying;
+    /* Receive and send requests the kernel holds: SQE taken (get_sqe), its
+     * last completion (no IORING_CQE_F_MORE) not yet seen. On a server the
+     * source id and bgid are given up only when this is 0 (retire). */
+    uint32_t kernel_reqs;
+    bool lingering;         /* destroyed, waiting for kernel_reqs to reach 0 */
+    uint64_t test_stale;    /* completions of another generation that reached us */
 
     struct send_slot *slots;
     uint32_t slots_max;
@@ -176,6 +223,7 @@ struct ZCN_UdpSocket {
     uint32_t gso_size_max;    /* coalesce datagrams up to this size; 0 = GSO off */
     bool test_full_sndbuf;    /* zcn_udp_test_full_sndbuf */
     int test_gso_errno;       /* zcn_udp_test_fail_gso */
+    uint32_t test_sqe_failures; /* zcn_udp_test_fail_sqes */
     bool autoflush;
     bool unsubmitted;       /* SQEs queued since the last submit */
 
@@ -198,6 +246,7 @@ struct ZCN_UdpSocket {
 };
 
 static _Atomic uint32_t next_gen;
+static _Atomic uint32_t lingering_sockets; /* zcn_udp_test_lingering */
 
 /* ------------------------------------------------------------------ */
 /* small helpers                                                       */
@@ -225,9 +274,21 @@ static inline uint32_t tag_index(uint32_t tag)
     return tag & 0xffffu;
 }
 
+static inline bool is_large(const ZCN_UdpSocket *u, uint32_t bid)
+{
+    return bid >= u->buffer_count;
+}
+
 static inline uint8_t *buf_ptr(const ZCN_UdpSocket *u, uint32_t bid)
 {
+    if (ZCN_UNLIKELY(is_large(u, bid)))
+        return u->large_slab + (size_t)(bid - u->buffer_count) * ZCN_UDP_LARGE_BUFFER_SIZE;
     return u->slab + (size_t)bid * u->buffer_size;
+}
+
+static inline size_t buf_bytes(const ZCN_UdpSocket *u, uint32_t bid)
+{
+    return is_large(u, bid) ? ZCN_UDP_LARGE_BUFFER_SIZE : u->buffer_size;
 }
 
 static inline size_t datagram_max(const ZCN_UdpSocket *u)
@@ -265,6 +326,23 @@ static ZCN_Error owner_check(ZCN_UdpSocket *u)
     return ZCN_OK;
 }
 
+/* An SQE for a receive or send request of this socket (counted in
+ * kernel_reqs until its last completion); NULL when the SQ
+ * stays full even after a submit (the caller retries from maybe_rearm,
+ * which runs after each of the socket's completions and, on a server,
+ * before each wait of the server's loop). */
+static struct io_uring_sqe *get_sqe(ZCN_UdpSocket *u)
+{
+    if (ZCN_UNLIKELY(u->test_sqe_failures > 0)) {
+        u->test_sqe_failures--;
+        return NULL;
+    }
+    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    if (sqe != NULL)
+        u->kernel_reqs++;
+    return sqe;
+}
+
 /* ------------------------------------------------------------------ */
 /* buffers                                                             */
 /* ------------------------------------------------------------------ */
@@ -289,6 +367,12 @@ static void arm_recv(ZCN_UdpSocket *u);
  * stack, so the next buffer taken from it is the warmest). */
 static void recycle(ZCN_UdpSocket *u, uint32_t bid)
 {
+    if (ZCN_UNLIKELY(is_large(u, bid))) {
+        u->meta[bid].state = ZCN_BUF_POOL;
+        zcn_pool_release(u->large_pool, buf_ptr(u, bid));
+        u->large_free++;
+        return;
+    }
     if (u->rx.count < u->br_target && !u->destroying) {
         ring_add(u, bid);
         return;
@@ -308,11 +392,27 @@ static inline int64_t buf_take(ZCN_UdpSocket *u)
     return zcn_buf_take(u->pool, u->slab, u->buffer_size);
 }
 
-/* Re-arms the multishot receive once it has ended and buffers are there
- * again; with none, the next recycle calls this again. */
+/* A large buffer's id, or -1 when none is free. */
+static int64_t large_take(ZCN_UdpSocket *u)
+{
+    if (u->large_free == 0)
+        return -1;
+    int64_t i = zcn_buf_take(u->large_pool, u->large_slab, ZCN_UDP_LARGE_BUFFER_SIZE);
+    if (i < 0)
+        return -1;
+    u->large_free--;
+    return u->buffer_count + i;
+}
+
 static void queue_read_on(ZCN_UdpSocket *u);
 static uint32_t fill_slots(ZCN_UdpSocket *u, uint32_t want);
 
+/* Resumes receiving where it stopped for want of a buffer or an SQE:
+ * readiness mode reads on (or polls again), multishot mode refills its
+ * ring and re-arms the receive once it has ended. Runs after each of the
+ * socket's completions, at each turn of its own loop and, on a server,
+ * before each wait of the server's loop (flush_source); with nothing to
+ * resume it costs a few branches. */
 static void maybe_rearm(ZCN_UdpSocket *u)
 {
     if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
@@ -354,9 +454,9 @@ static void end_batch(ZCN_UdpSocket *u)
 
 static void arm_recv(ZCN_UdpSocket *u)
 {
-    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    struct io_uring_sqe *sqe = get_sqe(u);
     if (sqe == NULL)
-        return; /* retried by maybe_rearm on the next turn */
+        return; /* retried by maybe_rearm */
     if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
         io_uring_prep_poll_add(sqe, u->fd, POLLIN);
         io_uring_sqe_set_data64(sqe, make_ud(u, OP_RECV, 0));
@@ -430,24 +530,39 @@ static void deliver(ZCN_UdpSocket *u, uint32_t bid, int res)
               (o->flags & MSG_TRUNC) != 0);
 }
 
-/* Readiness mode: makes the first `want` slots hold a buffer; returns how
- * many leading slots do (fewer when the pool is empty). */
+/* Readiness mode: makes the first `want` slots hold a buffer (and, with
+ * large_rx, a spill); returns how many leading slots do (fewer when a
+ * pool is empty: a slot without a spill would cut a large datagram). */
 static uint32_t fill_slots(ZCN_UdpSocket *u, uint32_t want)
 {
     for (uint32_t i = 0; i < want; i++) {
-        if (u->rx_bid[i] != NIL)
-            continue;
-        int64_t bid = buf_take(u);
-        if (bid < 0)
-            return i;
-        uint8_t *buf = buf_ptr(u, (uint32_t)bid);
-        u->meta[bid].state = ZCN_BUF_RING; /* reserved for a receive */
-        u->meta[bid].refs = 0;
-        u->rx_bid[i] = (int32_t)bid;
-        u->rx_held++;
-        u->rx_iov[i].iov_base = buf + ZCN_UDP_HEADROOM;
-        u->rx_iov[i].iov_len = u->buffer_size - ZCN_UDP_HEADROOM;
-        u->rx_msgs[i].msg_hdr.msg_name = buf + sizeof(struct io_uring_recvmsg_out);
+        if (u->rx_bid[i] == NIL) {
+            int64_t bid = buf_take(u);
+            if (bid < 0)
+                return i;
+            uint8_t *buf = buf_ptr(u, (uint32_t)bid);
+            u->meta[bid].state = ZCN_BUF_RING; /* reserved for a receive */
+            u->meta[bid].refs = 0;
+            u->rx_bid[i] = (int32_t)bid;
+            u->rx_held++;
+            u->rx_iov[2 * i].iov_base = buf + ZCN_UDP_HEADROOM;
+            u->rx_iov[2 * i].iov_len = u->buffer_size - ZCN_UDP_HEADROOM;
+            u->rx_msgs[i].msg_hdr.msg_name = buf + sizeof(struct io_uring_recvmsg_out);
+        }
+        if (u->large_rx && u->rx_spill[i] == NIL) {
+            int64_t bid = large_take(u);
+            if (bid < 0)
+                return i;
+            u->meta[bid].state = ZCN_BUF_RING;
+            u->meta[bid].refs = 0;
+            u->rx_spill[i] = (int32_t)bid;
+            u->rx_spills++;
+            /* The rest of the datagram lands where it will follow its
+             * first buffer_size - HEADROOM bytes once they are copied in. */
+            size_t room = u->buffer_size - ZCN_UDP_HEADROOM;
+            u->rx_iov[2 * i + 1].iov_base = buf_ptr(u, (uint32_t)bid) + ZCN_UDP_HEADROOM + room;
+            u->rx_iov[2 * i + 1].iov_len = datagram_max(u) - room;
+        }
     }
     return want;
 }
@@ -458,7 +573,7 @@ static void queue_read_on(ZCN_UdpSocket *u)
 {
     if (u->rx_more)
         return;
-    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    struct io_uring_sqe *sqe = get_sqe(u);
     if (sqe == NULL) {
         u->rx_resume = true;
         return;
@@ -467,6 +582,30 @@ static void queue_read_on(ZCN_UdpSocket *u)
     io_uring_sqe_set_data64(sqe, make_ud(u, OP_RECV, RX_MORE));
     u->rx_more = true;
     u->unsubmitted = true;
+}
+
+/* Readiness mode: slot i's datagram of `full` bytes did not fit its small
+ * buffer and went on into its spill. The small buffer's part (and the peer
+ * name) is copied in front of the rest, the large buffer is handed over,
+ * and the small one stays in the slot for the next read. */
+static void deliver_spill(ZCN_UdpSocket *u, uint32_t i, uint32_t full)
+{
+    const struct msghdr *h = &u->rx_msgs[i].msg_hdr;
+    uint32_t lbid = (uint32_t)u->rx_spill[i];
+    u->rx_spill[i] = NIL;
+    u->rx_spills--;
+    uint8_t *large = buf_ptr(u, lbid);
+    const struct iovec *head = &u->rx_iov[2 * i];
+    memcpy(large + ZCN_UDP_HEADROOM, head->iov_base, head->iov_len);
+    uint32_t peer_len = h->msg_namelen < NAME_BYTES ? h->msg_namelen : NAME_BYTES;
+    uint8_t *peer = large + sizeof(struct io_uring_recvmsg_out);
+    memcpy(peer, h->msg_name, peer_len);
+    uint32_t room = (uint32_t)(head->iov_len + u->rx_iov[2 * i + 1].iov_len);
+    u->meta[lbid].state = ZCN_BUF_RX;
+    u->meta[lbid].refs = 1;
+    u->stats.large_datagrams++;
+    hand_over(u, lbid, peer, peer_len, full < room ? full : room, full,
+              (h->msg_flags & MSG_TRUNC) != 0);
 }
 
 /* Readiness mode: one recvmmsg batch into the slots, delivered in order. */
@@ -508,14 +647,18 @@ static void read_batch(ZCN_UdpSocket *u)
         return;
     }
     for (uint32_t i = 0; i < (uint32_t)n; i++) {
+        const struct msghdr *h = &u->rx_msgs[i].msg_hdr;
+        uint32_t full = u->rx_msgs[i].msg_len;
+        uint32_t room = (uint32_t)u->rx_iov[2 * i].iov_len;
+        if (ZCN_UNLIKELY(full > room && u->large_rx)) {
+            deliver_spill(u, i, full);
+            continue;
+        }
         uint32_t bid = (uint32_t)u->rx_bid[i];
         u->rx_bid[i] = NIL;
         u->rx_held--;
         u->meta[bid].state = ZCN_BUF_RX;
         u->meta[bid].refs = 1;
-        const struct msghdr *h = &u->rx_msgs[i].msg_hdr;
-        uint32_t full = u->rx_msgs[i].msg_len;
-        uint32_t room = (uint32_t)u->rx_iov[i].iov_len;
         hand_over(u, bid, h->msg_name, h->msg_namelen, full < room ? full : room, full,
                   (h->msg_flags & MSG_TRUNC) != 0);
     }
@@ -550,8 +693,11 @@ static void on_recv(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
 {
     if (!(cqe->flags & IORING_CQE_F_MORE))
         u->recv_armed = false;
-    if (cqe->flags & IORING_CQE_F_BUFFER) {
-        uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    /* A buffer the ring does not hold cannot be ours to take (a stray
+     * completion): touching it would put it in the ring twice. */
+    if ((cqe->flags & IORING_CQE_F_BUFFER) &&
+        ZCN_LIKELY(bid < u->buffer_count && u->meta[bid].state == ZCN_BUF_RING)) {
         u->rx.count--;
         u->meta[bid].state = ZCN_BUF_RX;
         u->meta[bid].refs = 1;
@@ -615,7 +761,7 @@ static void on_send(ZCN_UdpSocket *u, uint32_t index, int res)
 static void send_async(ZCN_UdpSocket *u, uint32_t index, const struct iovec *iov)
 {
     struct send_slot *sl = &u->slots[index];
-    struct io_uring_sqe *sqe = zcn_get_sqe(u->ring);
+    struct io_uring_sqe *sqe = get_sqe(u);
     if (sqe == NULL) { /* the SQ stays full even after a submit */
         on_send(u, index, -EBUSY);
         return;
@@ -848,15 +994,27 @@ static ZCN_Error queue_send(ZCN_UdpSocket *u, const struct sockaddr *addr, uint3
     return ZCN_OK;
 }
 
+/* The id of the buffer data points into, or -1 if it is in neither slab. */
+static int64_t buffer_of(const ZCN_UdpSocket *u, const uint8_t *data)
+{
+    const uint8_t *end = u->slab + (size_t)u->buffer_count * u->buffer_size;
+    if (data >= u->slab && data < end)
+        return (int64_t)((size_t)(data - u->slab) / u->buffer_size);
+    const uint8_t *lend = u->large_slab + (size_t)u->large_count * ZCN_UDP_LARGE_BUFFER_SIZE;
+    if (u->large_count > 0 && data >= u->large_slab && data < lend)
+        return u->buffer_count + (int64_t)((size_t)(data - u->large_slab) /
+                                           ZCN_UDP_LARGE_BUFFER_SIZE);
+    return -1;
+}
+
 /* The buffer holding lent receive data at [data, data+len), or -1 if the
  * memory is not in the slab. -2: in the slab but not sendable as is. */
 static int64_t lent_buffer(const ZCN_UdpSocket *u, const uint8_t *data, size_t len)
 {
-    const uint8_t *end = u->slab + (size_t)u->buffer_count * u->buffer_size;
-    if (data < u->slab || data >= end)
+    int64_t bid = buffer_of(u, data);
+    if (bid < 0)
         return -1;
-    uint32_t bid = (uint32_t)((size_t)(data - u->slab) / u->buffer_size);
-    if ((size_t)(data - buf_ptr(u, bid)) + len > u->buffer_size)
+    if ((size_t)(data - buf_ptr(u, (uint32_t)bid)) + len > buf_bytes(u, (uint32_t)bid))
         return -2;
     uint8_t st = u->meta[bid].state;
     if (st == ZCN_BUF_USER)
@@ -864,6 +1022,31 @@ static int64_t lent_buffer(const ZCN_UdpSocket *u, const uint8_t *data, size_t l
     if ((st != ZCN_BUF_RX && st != ZCN_BUF_TX) || u->meta[bid].refs == 0)
         return -2;
     return bid;
+}
+
+/* A buffer for a copied send of len bytes: a small one when it fits, else
+ * a large one, as long as the readiness receive keeps enough to give each
+ * of its slots a spill again. */
+static ZCN_Error copy_buffer(ZCN_UdpSocket *u, size_t len, uint32_t *bid_out)
+{
+    int64_t bid;
+    if (len <= u->buffer_size) {
+        bid = buf_take(u);
+    } else if (u->large_count == 0) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "datagram of %zu bytes does not fit a %zu-byte pool buffer "
+                        "(raise buffer_size, or drop ZCN_UDP_SMALL_ONLY)", len, u->buffer_size);
+    } else {
+        uint32_t spills_wanted = u->large_rx ? u->rx_slots - u->rx_spills : 0;
+        bid = u->large_free > spills_wanted ? large_take(u) : -1;
+    }
+    if (bid < 0) {
+        u->stats.send_exhaustion_drops++;
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "no free %s buffer for a %zu-byte copy",
+                        len <= u->buffer_size ? "pool" : "large", len);
+    }
+    *bid_out = (uint32_t)bid;
+    return ZCN_OK;
 }
 
 static ZCN_Error send_one(ZCN_UdpSocket *u, const struct sockaddr *addr, socklen_t addr_len,
@@ -888,25 +1071,19 @@ static ZCN_Error send_one(ZCN_UdpSocket *u, const struct sockaddr *addr, socklen
         u->stats.sends_zero_copy++;
         return ZCN_OK;
     }
-    if (len > u->buffer_size)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
-                        "datagram of %zu bytes does not fit a %zu-byte pool buffer "
-                        "(raise buffer_size)", len, u->buffer_size);
-    bid = buf_take(u);
-    if (bid < 0) {
-        u->stats.send_exhaustion_drops++;
-        return zcn_fail(ZCN_ERR_EXHAUSTED, "no free pool buffer for a %zu-byte copy", len);
-    }
-    uint8_t *copy = buf_ptr(u, (uint32_t)bid);
+    uint32_t cbid = 0;
+    e = copy_buffer(u, len, &cbid);
+    if (e != ZCN_OK)
+        return e;
+    uint8_t *copy = buf_ptr(u, cbid);
     if (len > 0)
         memcpy(copy, data, len);
-    u->meta[bid].state = ZCN_BUF_TX;
-    u->meta[bid].refs = 1;
-    e = queue_send(u, addr, (uint32_t)bid, copy, (uint32_t)len);
+    u->meta[cbid].state = ZCN_BUF_TX;
+    u->meta[cbid].refs = 1;
+    e = queue_send(u, addr, cbid, copy, (uint32_t)len);
     if (e != ZCN_OK) {
-        u->meta[bid].refs = 0;
-        u->meta[bid].state = ZCN_BUF_POOL;
-        zcn_pool_release(u->pool, copy);
+        u->meta[cbid].refs = 0;
+        recycle(u, cbid);
         return e;
     }
     u->stats.sends_copied++;
@@ -1106,12 +1283,33 @@ static void on_wake(ZCN_UdpSocket *u, struct io_uring_cqe *cqe)
         arm_wake(u);
 }
 
+static void free_socket(ZCN_UdpSocket *u);
+
+/* A receive's or send's last completion: the kernel holds one less. */
+static inline bool ends_request(enum op op, const struct io_uring_cqe *cqe)
+{
+    return (op == OP_RECV || op == OP_SEND) && !(cqe->flags & IORING_CQE_F_MORE);
+}
+
 static void handle_cqe(zcn_source *src, struct io_uring_cqe *cqe)
 {
     ZCN_UdpSocket *u = (ZCN_UdpSocket *)src;
     uint32_t tag = zcn_source_tag(io_uring_cqe_get_data64(cqe));
-    if (tag_gen(tag) != (u->gen & 0x3fu))
-        return; /* an earlier socket's request on a shared ring */
+    if (ZCN_UNLIKELY(tag_gen(tag) != (u->gen & 0x3fu))) {
+        u->test_stale++; /* an earlier socket's: retire_posted prevents it */
+        return;
+    }
+    if (ends_request(tag_op(tag), cqe))
+        u->kernel_reqs--;
+    if (ZCN_UNLIKELY(u->lingering)) {
+        /* Destroyed: only the count matters; the last one frees it all
+         * (the server touches nothing of ours after this call). */
+        if (u->kernel_reqs == 0) {
+            atomic_fetch_sub(&lingering_sockets, 1);
+            free_socket(u);
+        }
+        return;
+    }
     switch (tag_op(tag)) {
     case OP_RECV:
         if (u->recv_mode == ZCN_UDP_RECV_READINESS)
@@ -1119,8 +1317,9 @@ static void handle_cqe(zcn_source *src, struct io_uring_cqe *cqe)
         else
             on_recv(u, cqe);
         break;
-    case OP_SEND:
-        on_send(u, tag_index(tag), cqe->res);
+    case OP_SEND: /* only a send that went to io_uring completes here */
+        if (tag_index(tag) < u->slots_max && u->slots[tag_index(tag)].async)
+            on_send(u, tag_index(tag), cqe->res);
         break;
     case OP_WAKE:
         if (tag_index(tag) == WAKE_PIPE)
@@ -1144,10 +1343,35 @@ void zcn_udp_test_fail_gso(ZCN_UdpSocket *u, int err)
     u->test_gso_errno = err;
 }
 
-/* The server's loop is about to wait: send what callbacks queued. */
+void zcn_udp_test_fail_sqes(ZCN_UdpSocket *u, uint32_t count)
+{
+    u->test_sqe_failures = count;
+}
+
+uint64_t zcn_udp_test_stale_completions(const ZCN_UdpSocket *u)
+{
+    return u->test_stale;
+}
+
+uint32_t zcn_udp_test_lingering(void)
+{
+    return atomic_load(&lingering_sockets);
+}
+
+/* The server's loop is about to wait: send what callbacks queued, then
+ * resume receiving if it stopped for want of a buffer or an SQE. On its
+ * own ring the socket's loop does that every turn; in a server's loop
+ * only this hook runs every turn, and the socket's own completions, which
+ * also retry, never come once it has stopped reading. The sends go first:
+ * the buffers they free may be the ones the receive waits for. */
 static void flush_source(zcn_source *src)
 {
-    flush_tx((ZCN_UdpSocket *)src);
+    ZCN_UdpSocket *u = (ZCN_UdpSocket *)src;
+    if (u->lingering)
+        return;
+    flush_tx(u);
+    if (u->in_callback == 0) /* zcn_server_flush from our callback: the batch rearms */
+        maybe_rearm(u);
 }
 
 /* Enables the ring on the calling thread (own ring) and arms the receive. */
@@ -1455,7 +1679,17 @@ struct settings {
     uint32_t entries, buffers, sends;
     size_t buffer_size; /* rounded pool buffer size */
     uint32_t recv_mode;
+    uint32_t rx_slots;  /* readiness receive slots */
+    uint32_t large;     /* large buffers in all (0: small only) */
+    bool large_rx;      /* readiness reads datagrams over buffer_size whole */
 };
+
+/* Buffers the receive may hold: all but a send reserve of a quarter. */
+static uint32_t receive_max(uint32_t buffers)
+{
+    uint32_t reserve = buffers / 4 > 0 ? buffers / 4 : 1;
+    return buffers - reserve;
+}
 
 static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
 {
@@ -1483,28 +1717,65 @@ static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "recv_mode %u is not a ZCN_UDP_RECV_* value",
                         cfg->recv_mode);
     uint32_t known = ZCN_UDP_REUSEADDR | ZCN_UDP_REUSEPORT | ZCN_UDP_BROADCAST | ZCN_UDP_V6ONLY |
-                     ZCN_UDP_NO_GSO;
+                     ZCN_UDP_NO_GSO | ZCN_UDP_SMALL_ONLY;
     if (cfg->flags & ~known)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", cfg->flags & ~known);
+    if (cfg->large_buffer_count > ZCN_UDP_LARGE_BUFFERS_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "large_buffer_count %u is over %u",
+                        cfg->large_buffer_count, ZCN_UDP_LARGE_BUFFERS_MAX);
     size_t raw = (size_t)payload + ZCN_UDP_HEADROOM;
     st->buffer_size = (raw + ZCN_PAGE_SIZE - 1) / ZCN_PAGE_SIZE * ZCN_PAGE_SIZE;
+    uint32_t rx_max = receive_max(st->buffers);
+    st->rx_slots = rx_max < RX_BATCH ? rx_max : RX_BATCH;
+    /* Large buffers unless told not to, or unless a small one holds any
+     * datagram already. The readiness receive parks one behind each slot. */
+    bool large = !(cfg->flags & ZCN_UDP_SMALL_ONLY) &&
+                 st->buffer_size - ZCN_UDP_HEADROOM < ZCN_UDP_DATAGRAM_MAX_V6;
+    st->large_rx = large && st->recv_mode == ZCN_UDP_RECV_READINESS;
+    st->large = !large ? 0
+                       : (cfg->large_buffer_count ? cfg->large_buffer_count : LARGE_DEFAULT) +
+                             (st->large_rx ? st->rx_slots : 0);
     return ZCN_OK;
+}
+
+/* Bytes of buffer memory: the small buffers, then the large ones. */
+static size_t small_bytes(const struct settings *st)
+{
+    return (size_t)st->buffers * st->buffer_size;
+}
+
+static size_t slab_bytes(const struct settings *st)
+{
+    return small_bytes(st) + (size_t)st->large * ZCN_UDP_LARGE_BUFFER_SIZE;
+}
+
+size_t zcn_udp_memory_size(const ZCN_UdpConfig *cfg)
+{
+    if (cfg == NULL) {
+        zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "config is NULL");
+        return 0;
+    }
+    struct settings st;
+    if (read_config(cfg, &st) != ZCN_OK)
+        return 0;
+    return slab_bytes(&st);
 }
 
 /* Receive buffers may use all but a send reserve of a quarter. Readiness
  * mode: recvmmsg slots (filled at the first read). Multishot mode: the
  * receive ring (c/bufring.c), filled with br_target buffers at first. */
-static ZCN_Error setup_receive(ZCN_UdpSocket *u)
+static ZCN_Error setup_receive(ZCN_UdpSocket *u, const struct settings *st)
 {
-    uint32_t reserve = u->buffer_count / 4 > 0 ? u->buffer_count / 4 : 1;
-    u->br_max = u->buffer_count - reserve;
+    u->br_max = receive_max(u->buffer_count);
     if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
         u->br_target = 0; /* freed buffers go straight back to the pool */
-        u->rx_slots = u->br_max < RX_BATCH ? u->br_max : RX_BATCH;
+        u->rx_slots = st->rx_slots;
+        u->large_rx = st->large_rx;
         for (uint32_t i = 0; i < RX_BATCH; i++) {
             u->rx_bid[i] = NIL;
-            u->rx_msgs[i].msg_hdr.msg_iov = &u->rx_iov[i];
-            u->rx_msgs[i].msg_hdr.msg_iovlen = 1;
+            u->rx_spill[i] = NIL;
+            u->rx_msgs[i].msg_hdr.msg_iov = &u->rx_iov[2 * i];
+            u->rx_msgs[i].msg_hdr.msg_iovlen = u->large_rx ? 2 : 1;
         }
         return ZCN_OK;
     }
@@ -1523,11 +1794,61 @@ static ZCN_Error setup_receive(ZCN_UdpSocket *u)
     return ZCN_OK;
 }
 
+static ZCN_Error map_own(ZCN_UdpSocket *u, size_t bytes, uint8_t **out)
+{
+    void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return zcn_fail((ZCN_Error)ENOMEM, "mmap of %zu bytes of UDP buffers: %s", bytes,
+                        strerror(errno));
+    u->own_map = m;
+    u->own_map_bytes = bytes;
+    *out = m;
+    return ZCN_OK;
+}
+
+/* The slab: small buffers, then the large ones, in the caller's memory
+ * or in one mapping of ours. Caller memory with room for the small ones
+ * only (sized before large buffers existed) still works: the large ones
+ * then get a mapping of their own. Untouched pages cost nothing. */
+static ZCN_Error map_slabs(ZCN_UdpSocket *u, const struct settings *st, const ZCN_UdpConfig *cfg)
+{
+    size_t small = small_bytes(st), large = slab_bytes(st) - small;
+    uint8_t *mem = cfg->buffer_memory, *large_mem = NULL;
+    ZCN_Error e = ZCN_OK;
+    if (mem == NULL) {
+        e = map_own(u, small + large, &mem);
+        large_mem = mem + small;
+    } else if (cfg->buffer_memory_size < small) {
+        e = zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                     "buffer_memory_size %zu is less than the %zu bytes of the buffer_count "
+                     "buffers (zcn_udp_memory_size gives what the config needs)",
+                     cfg->buffer_memory_size, small);
+    } else if (cfg->buffer_memory_size >= small + large) {
+        large_mem = mem + small;
+    } else if (large > 0) {
+        e = map_own(u, large, &large_mem);
+    }
+    if (e != ZCN_OK)
+        return e;
+    u->pool = zcn_pool_create_in(mem, small, st->buffer_size, st->buffers, &e);
+    if (u->pool == NULL)
+        return e;
+    u->slab = mem;
+    if (large == 0)
+        return ZCN_OK;
+    u->large_pool = zcn_pool_create_in(large_mem, large, ZCN_UDP_LARGE_BUFFER_SIZE, st->large, &e);
+    if (u->large_pool == NULL)
+        return e;
+    u->large_slab = large_mem;
+    u->large_count = st->large;
+    u->large_free = st->large;
+    return ZCN_OK;
+}
+
 static ZCN_Error alloc_tables(ZCN_UdpSocket *u, const struct settings *st,
                               const ZCN_UdpConfig *cfg)
 {
-    ZCN_Error e = ZCN_OK;
-    u->meta = calloc(u->buffer_count, sizeof *u->meta);
+    u->meta = calloc((size_t)u->buffer_count + st->large, sizeof *u->meta);
     u->slots = calloc(st->sends, sizeof *u->slots);
     if (u->meta == NULL || u->slots == NULL)
         return zcn_fail((ZCN_Error)ENOMEM, "UDP socket tables");
@@ -1535,14 +1856,7 @@ static ZCN_Error alloc_tables(ZCN_UdpSocket *u, const struct settings *st,
     for (uint32_t i = 0; i < st->sends; i++)
         u->slots[i].next = i + 1 < st->sends ? (int32_t)(i + 1) : NIL;
     u->slot_free = 0;
-    if (cfg->buffer_memory != NULL)
-        u->pool = zcn_pool_create_in(cfg->buffer_memory, cfg->buffer_memory_size,
-                                     st->buffer_size, st->buffers, &e);
-    else
-        u->pool = zcn_pool_create(st->buffer_size, st->buffers, &e);
-    if (u->pool != NULL)
-        u->slab = zcn_pool_base(u->pool);
-    return e;
+    return map_slabs(u, st, cfg);
 }
 
 /* Cancels every request of this socket and, on a shared ring, waits until
@@ -1572,6 +1886,31 @@ static void cancel_all(ZCN_UdpSocket *u)
     }
 }
 
+/* A socket on a server, after cancel_all: its requests' completions that
+ * are posted but not reaped would be dispatched to whichever socket takes
+ * this source id next. First have the kernel post what it still holds
+ * back (deferred task work, a CQ overflow backlog: io_uring_get_events),
+ * then retire each of ours in place: the CQEs between head and tail are
+ * userspace's, and one whose source id no server has (ZCN_SOURCE_NONE) is
+ * dropped by the server's loop unread. Each request whose last completion
+ * is retired leaves kernel_reqs. */
+static void retire_posted(ZCN_UdpSocket *u)
+{
+    (void)io_uring_get_events(u->ring); /* -EEXIST off the owner thread: lingers */
+    struct io_uring_cqe *cqe;
+    unsigned head;
+    io_uring_for_each_cqe(u->ring, head, cqe)
+    {
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        if ((ud >> 56) != ZCN_OP_SOURCE || (uint32_t)ud != u->source_id)
+            continue;
+        uint32_t tag = zcn_source_tag(ud);
+        if (tag_gen(tag) == (u->gen & 0x3fu) && ends_request(tag_op(tag), cqe))
+            u->kernel_reqs--;
+        cqe->user_data = zcn_source_ud(ZCN_SOURCE_NONE, 0);
+    }
+}
+
 static void free_socket(ZCN_UdpSocket *u)
 {
     zcn_bufring_unregister(&u->rx, u->ring);
@@ -1587,6 +1926,9 @@ static void free_socket(ZCN_UdpSocket *u)
         close(u->wake_fd);
     zcn_wakeup_close(&u->wakeup);
     zcn_pool_destroy(u->pool);
+    zcn_pool_destroy(u->large_pool);
+    if (u->own_map != NULL)
+        munmap(u->own_map, u->own_map_bytes);
     free(u->meta);
     free(u->slots);
     free(u);
@@ -1637,7 +1979,7 @@ static ZCN_Error finish_create(ZCN_UdpSocket *u, const ZCN_UdpConfig *cfg,
     if (e == ZCN_OK)
         e = open_socket(u, cfg);
     if (e == ZCN_OK)
-        e = setup_receive(u);
+        e = setup_receive(u, st);
     return e;
 }
 
@@ -1722,6 +2064,19 @@ ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *u)
     if (u->in_callback || (u->server != NULL && zcn_server_in_callback(u->server)))
         return zcn_fail(ZCN_ERR_BUSY, "the UDP socket cannot be destroyed from a callback");
     cancel_all(u);
+    if (u->server != NULL && u->started) {
+        retire_posted(u);
+        if (u->kernel_reqs > 0) {
+            /* Completions still to come (a CQ overflow the kernel could not
+             * post back, or a request the cancel did not end in time): the
+             * socket keeps its source id, memory and fd until the server's
+             * loop has handed it the last of them (handle_cqe). */
+            u->lingering = true;
+            u->on_datagram = NULL;
+            atomic_fetch_add(&lingering_sockets, 1);
+            return ZCN_OK;
+        }
+    }
     free_socket(u);
     return ZCN_OK;
 }
@@ -1760,7 +2115,7 @@ size_t zcn_udp_datagram_capacity(const ZCN_UdpSocket *u)
     if (u == NULL)
         return 0;
     size_t cap = u->buffer_size - ZCN_UDP_HEADROOM;
-    return cap < datagram_max(u) ? cap : datagram_max(u);
+    return cap < datagram_max(u) && !u->large_rx ? cap : datagram_max(u);
 }
 
 const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *u)
@@ -1779,6 +2134,8 @@ ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
     if (zcn_pool_stats(u->pool, &ps) == ZCN_OK)
         in_pool = ps.free;
     out->buffers_in_use = u->buffer_count - in_pool - u->rx.count - u->rx_held;
+    out->large_buffers_total = u->large_count;
+    out->large_buffers_in_use = u->large_count - u->large_free - u->rx_spills;
     /* The socket's drop counter: datagrams the kernel threw away because
      * the receive queue (SO_RCVBUF) was full while we were not reading. */
     uint32_t mem[SK_MEMINFO_VARS];

@@ -4,8 +4,8 @@
     echo hello | socat -t1 - UDP:127.0.0.1:9999
     nc -u 127.0.0.1 9999
 
-Each datagram goes back to its sender; sending the borrowed view itself
-means no copy. Ctrl-C stops it.
+Each datagram, up to the UDP limit, goes back to its sender; sending the
+borrowed view itself means no copy. Ctrl-C stops it.
 """
 import signal
 import sys
@@ -20,7 +20,7 @@ def main():
     with zcn.UdpSocket(host, port) as sock:
         def on_datagram(peer, data, flags):
             if flags & zcn.UDP_TRUNCATED:
-                return  # larger than buffer_size: not the sender's datagram
+                return  # cut (small_only or multishot): not the sender's datagram
             sock.sendto(data, peer)
 
         sock.on_datagram = on_datagram

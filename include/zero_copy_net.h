@@ -628,6 +628,10 @@ typedef struct ZCN_UdpSocket ZCN_UdpSocket;
 #define ZCN_UDP_BUFFERS_MAX 32768u
 #define ZCN_UDP_SENDS_MAX 65535u
 #define ZCN_UDP_ENTRIES_MAX 32768u
+/* Bytes of a large buffer (ZCN_UdpConfig.large_buffer_count): headroom and
+ * the largest datagram, in whole pages. */
+#define ZCN_UDP_LARGE_BUFFER_SIZE 69632u
+#define ZCN_UDP_LARGE_BUFFERS_MAX 4096u
 
 /* Bits for ZCN_UdpConfig.flags. */
 enum {
@@ -643,6 +647,11 @@ enum {
      * refuses GSO (MTU, no checksum offload, IPsec) the datagrams are sent
      * one by one and the socket stops coalescing at that size. */
     ZCN_UDP_NO_GSO = 1u << 4,
+    /* Small buffers only, as before large buffers existed: a datagram over
+     * buffer_size arrives cut (ZCN_UDP_TRUNCATED, ZCN_UdpEvent.full_len,
+     * stats.truncated) and a copied send must fit one small buffer. Saves
+     * the large buffers' address space. */
+    ZCN_UDP_SMALL_ONLY = 1u << 5,
 };
 
 /* ZCN_UdpConfig.recv_mode: how datagrams reach the pool buffers. Both
@@ -656,7 +665,12 @@ enum {
     ZCN_UDP_RECV_READINESS = 1,
     /* Multishot recvmsg on a provided-buffer ring: no system call per
      * batch, but a completion and a wake-up per datagram; a few per cent
-     * more CPU per datagram than readiness on the kernels measured. */
+     * more CPU per datagram than readiness on the kernels measured.
+     * Receives datagrams up to buffer_size whole only: the kernel picks a
+     * ring buffer before it sees the datagram, so a larger one arrives
+     * truncated (ZCN_UDP_TRUNCATED) even with large buffers, which serve
+     * copied sends only in this mode. Raise buffer_size to receive large
+     * datagrams whole here. */
     ZCN_UDP_RECV_MULTISHOT = 2,
 };
 
@@ -664,7 +678,9 @@ enum {
 enum {
     /* The datagram was larger than the buffer: `len` bytes are its start
      * only (ZCN_UdpEvent.full_len has its real size). Never passed on as
-     * if whole. Raise ZCN_UdpConfig.buffer_size to receive it whole. */
+     * if whole. Happens only with ZCN_UDP_SMALL_ONLY or in multishot mode,
+     * for datagrams over buffer_size (raise buffer_size to receive them
+     * whole there). */
     ZCN_UDP_TRUNCATED = 1u << 0,
 };
 
@@ -678,20 +694,41 @@ typedef struct ZCN_UdpConfig {
     uint16_t connect_port;        /* the peer's port (needed with connect_address) */
     uint32_t io_uring_entries;    /* own ring's SQ entries; 0 = 256 (ignored on a server) */
     uint32_t buffer_count;        /* receive + send buffers; 0 = 256; 2..ZCN_UDP_BUFFERS_MAX */
-    uint32_t buffer_size;         /* largest datagram received whole; 0 = 2048;
-                                     at most ZCN_UDP_DATAGRAM_MAX_V6. Each buffer is
-                                     buffer_size + ZCN_UDP_HEADROOM rounded up to 4096,
-                                     so zcn_udp_datagram_capacity() may be larger */
+    uint32_t buffer_size;         /* largest datagram received into a small buffer;
+                                     0 = 2048; at most ZCN_UDP_DATAGRAM_MAX_V6. Each
+                                     buffer is buffer_size + ZCN_UDP_HEADROOM rounded
+                                     up to 4096, so it may hold more. Larger datagrams
+                                     go to large buffers (see large_buffer_count) */
     uint32_t sends_max;           /* sends queued or in flight at once; 0 = 1024 */
     int32_t rcvbuf;               /* SO_RCVBUF bytes; 0 = system default */
     int32_t sndbuf;               /* SO_SNDBUF bytes; 0 = system default */
     uint32_t flags;               /* ZCN_UDP_* bits */
     /* Optional caller-owned buffer memory, as ZCN_Config.buffer_memory:
-     * page-aligned, buffer_count * zcn_udp_buffer_size() bytes, outliving the
-     * socket. */
+     * page-aligned, outliving the socket, zcn_udp_memory_size(config)
+     * bytes: the small buffers (buffer_count * zcn_udp_buffer_size()), then
+     * the large ones. With room for the small ones only, the socket maps
+     * the large ones itself (ZCN_UdpEvent.offset is then relative to
+     * zcn_udp_buffer_base() only for datagrams in small buffers). */
     void *buffer_memory;
     size_t buffer_memory_size;
     uint32_t recv_mode;           /* ZCN_UDP_RECV_*; 0 = ZCN_UDP_RECV_READINESS */
+    /* Large buffers (ZCN_UDP_LARGE_BUFFER_SIZE bytes each), so that every
+     * datagram up to ZCN_UDP_DATAGRAM_MAX_V4/V6 arrives whole by default,
+     * in readiness mode, and copied sends may be that large, in both
+     * modes. Datagrams that fit buffer_size take the small buffers' path,
+     * unchanged; one that does not is read on into a large buffer held
+     * behind its receive slot and handed over there, whole and contiguous
+     * (its first zcn_udp_buffer_size() - ZCN_UDP_HEADROOM bytes copied in
+     * front of the rest). large_buffer_count: how many large datagrams may
+     * be held (lent to callbacks or a poll batch, or being sent) while
+     * every receive slot still has a large buffer behind it; 0 = 16, at
+     * most ZCN_UDP_LARGE_BUFFERS_MAX. Readiness mode has one more per
+     * receive slot (min(64, 3/4 of buffer_count)). Their pages stay
+     * untouched (address space only) until a datagram needs them. When
+     * none is free, reading waits (datagrams wait in the socket), it does
+     * not cut. None with ZCN_UDP_SMALL_ONLY, or when a small buffer holds
+     * any datagram already. */
+    uint32_t large_buffer_count;
 } ZCN_UdpConfig;
 
 /* One received datagram. `data` is borrowed from a pool buffer: valid until
@@ -726,6 +763,10 @@ typedef struct ZCN_UdpStats {
     int32_t last_recv_error;         /* errno of the last failed receive, 0 if none */
     uint64_t gso_sends;              /* system-call sends that carried several
                                         datagrams as one UDP GSO send */
+    uint64_t large_datagrams;        /* received whole into a large buffer */
+    uint64_t large_buffers_total;    /* large buffers, those behind receive slots
+                                        included (0 with ZCN_UDP_SMALL_ONLY) */
+    uint64_t large_buffers_in_use;   /* holding a datagram: lent or being sent */
 } ZCN_UdpStats;
 
 /* Creates a UDP socket with its own io_uring: validates the config, creates
@@ -750,7 +791,14 @@ ZCN_API ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server,
                                                 ZCN_Error *err);
 /* Cancels the socket's I/O, closes it and frees everything; queued sends
  * not yet completed are dropped. Not from inside a callback (ZCN_ERR_BUSY,
- * nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT. */
+ * nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT.
+ * On a server: waits for the kernel to let go of the socket's requests and
+ * retires their completions the server's loop has not reaped yet, so none
+ * can reach a socket created after it. Call it on the server's owner
+ * thread. Where some cannot be retired at once (the server's completion
+ * queue overflowed, or another thread called), the socket lingers, inert,
+ * until the server's loop has reaped them, and frees itself then;
+ * zcn_server_destroy gives ZCN_ERR_BUSY meanwhile (run the loop again). */
 ZCN_API ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *sock);
 
 /* Sets the datagram callback (NULL = datagrams are dropped after counting)
@@ -771,29 +819,39 @@ ZCN_API int zcn_udp_fd(const ZCN_UdpSocket *sock);
  * length out. */
 ZCN_API ZCN_Error zcn_udp_local_address(const ZCN_UdpSocket *sock, struct sockaddr *addr,
                                         socklen_t *len_inout);
-/* Bytes per pool buffer (a multiple of 4096) and the largest datagram
- * received whole (buffer size - ZCN_UDP_HEADROOM); 0 for NULL. */
+/* Bytes per (small) pool buffer, a multiple of 4096, and the largest
+ * datagram received whole: the largest legal one (ZCN_UDP_DATAGRAM_MAX_V4 /
+ * _V6) with large buffers in readiness mode, else buffer size -
+ * ZCN_UDP_HEADROOM; 0 for NULL. */
 ZCN_API size_t zcn_udp_buffer_size(const ZCN_UdpSocket *sock);
 ZCN_API size_t zcn_udp_datagram_capacity(const ZCN_UdpSocket *sock);
+/* The bytes of buffer memory a socket created with this config uses (small
+ * buffers, then large ones): what ZCN_UdpConfig.buffer_memory must hold.
+ * Reads the config during the call only; any thread. 0 for NULL or an
+ * invalid config (zcn_error_detail() names the field). */
+ZCN_API size_t zcn_udp_memory_size(const ZCN_UdpConfig *config);
 /* The start of the buffer slab (for ZCN_UdpEvent.offset); NULL for NULL. */
 ZCN_API const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *sock);
 
 /* Sends `len` bytes as one datagram to addr (a sockaddr_in/_in6 of the
  * socket's family; NULL = the connected peer). Returns once queued; never
- * blocks. If `data` is memory lent by the current callback or poll batch,
- * the buffer is sent without a copy; other memory is copied into one pool
- * buffer, so the caller's memory is free again on return.
+ * blocks. If `data` is memory lent by the current callback or poll batch
+ * (a large buffer's too), the buffer is sent without a copy; other memory
+ * is copied into one pool buffer (a large one over buffer_size), so the
+ * caller's memory is free again on return.
  * Submission: sends made inside callbacks go to the kernel together, in
  * one system call, when zcn_udp_run_once* returns (zcn_udp_run: with its
  * next wait); sends made outside callbacks go at once, unless autoflush is
  * off (zcn_udp_set_autoflush): then zcn_udp_flush or the next loop call
  * submits them, all in one system call.
  * Errors: ZCN_ERR_INVALID_ARGUMENT (NULL data with len > 0, an address of
- * the wrong family or too short, port 0, len over ZCN_UDP_DATAGRAM_MAX_V4/V6
- * or over a pool buffer for a copy), EDESTADDRREQ (addr NULL on a socket
- * that is not connected), ZCN_ERR_QUEUE_FULL (sends_max sends in flight:
- * run the loop to reap them), ZCN_ERR_EXHAUSTED (no pool buffer for the
- * copy), ZCN_ERR_BUSY (another thread owns the socket). The last two are
+ * the wrong family or too short, port 0, len over ZCN_UDP_DATAGRAM_MAX_V4/V6,
+ * or, with ZCN_UDP_SMALL_ONLY, over a pool buffer for a copy), EDESTADDRREQ
+ * (addr NULL on a socket that is not connected), ZCN_ERR_QUEUE_FULL
+ * (sends_max sends in flight: run the loop to reap them), ZCN_ERR_EXHAUSTED
+ * (no pool buffer for the copy; over buffer_size: no large buffer free but
+ * those the readiness receive needs behind its slots), ZCN_ERR_BUSY
+ * (another thread owns the socket). The last two are
  * counted in send_exhaustion_drops. A send that fails in the kernel later
  * (ECONNREFUSED ...) is counted in send_errors / last_send_error, once per
  * datagram (with GSO, for every datagram of the run it was sent in; see

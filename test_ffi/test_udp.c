@@ -1,7 +1,9 @@
 /* UDP through the C API: round trips (IPv4, IPv6, 0 bytes, 64 KiB),
- * truncation, bursts larger than the buffer ring, connected sockets and
- * refused peers, batch and zero-copy sends, poll mode, a UDP socket in a
- * TCP server's loop, stop from a thread and a signal, the wakeup fd,
+ * truncation (small only, multishot), large datagrams whole by default,
+ * bursts larger than the buffer ring, connected sockets and refused peers,
+ * batch and zero-copy sends, poll mode, a UDP socket in a TCP server's
+ * loop (resuming after a buffer or SQE shortage, late completions of
+ * destroyed sockets), stop from a thread and a signal, the wakeup fd,
  * multicast on loopback, bad input and create/destroy cycles. */
 #include "t_helpers.h"
 
@@ -23,6 +25,9 @@
 /* From c/internal.h (the tests link the static library). */
 void zcn_udp_test_full_sndbuf(ZCN_UdpSocket *sock, bool on);
 void zcn_udp_test_fail_gso(ZCN_UdpSocket *sock, int err);
+void zcn_udp_test_fail_sqes(ZCN_UdpSocket *sock, uint32_t count);
+uint64_t zcn_udp_test_stale_completions(const ZCN_UdpSocket *sock);
+uint32_t zcn_udp_test_lingering(void);
 
 /* ---- helpers --------------------------------------------------------- */
 
@@ -180,9 +185,13 @@ static void round_trip(int family, const char *address, size_t len)
 
 /* ---- truncation -------------------------------------------------------- */
 
-static void truncation(void)
+/* A datagram over buffer_size arrives cut, flagged and counted, with
+ * ZCN_UDP_SMALL_ONLY (flags) in both receive modes, and in multishot mode
+ * even with large buffers (the kernel picks the ring buffer first). */
+static void truncation(uint32_t flags)
 {
-    ZCN_UdpSocket *u = make_udp("127.0.0.1", NULL);
+    ZCN_UdpConfig cfg = {.flags = flags};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
     size_t cap = zcn_udp_datagram_capacity(u);
     T_CHECK(cap == zcn_udp_buffer_size(u) - ZCN_UDP_HEADROOM);
     uint16_t cport;
@@ -219,9 +228,164 @@ static void truncation(void)
     T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
     T_CHECK(st.truncated == 2);
     T_CHECK(st.datagrams_sent == 1);
+    T_CHECK(st.large_datagrams == 0);
+    T_CHECK(st.large_buffers_total == (flags & ZCN_UDP_SMALL_ONLY ? 0 : 16));
+    /* Small only, a copy must fit one small buffer. */
+    struct sockaddr_in to = addr4(cport);
+    ZCN_Error e = zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, out, len);
+    T_CHECK_ERR(e, flags & ZCN_UDP_SMALL_ONLY ? ZCN_ERR_INVALID_ARGUMENT : ZCN_OK);
+    if (e == ZCN_OK) {
+        uint8_t *back = malloc(len);
+        T_CHECK(recv(fd, back, len, 0) == (ssize_t)len && memcmp(back, out, len) == 0);
+        free(back);
+    }
     close(fd);
     free(out);
     T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* ---- large datagrams: whole by default ----------------------------------- */
+
+static void fill_pattern(uint8_t *p, size_t len, uint32_t seed)
+{
+    for (size_t i = 0; i < len; i++)
+        p[i] = (uint8_t)((i * 131 + seed * 7 + (i >> 8)) ^ seed);
+}
+
+/* One datagram of len bytes from a client: the echo handler receives it
+ * (whole, readiness mode) and sends it back from the same buffer. */
+static void large_echo(int family, const char *address, size_t len, ZCN_UdpSocket *u, int fd,
+                       uint8_t *out, uint8_t *in)
+{
+    ZCN_UdpStats before, st;
+    T_CHECK_ERR(zcn_udp_stats(u, &before), ZCN_OK);
+    fill_pattern(out, len, (uint32_t)len);
+    client_send(fd, family, zcn_udp_port(u), out, len);
+    time_t end = time(NULL) + 5;
+    ssize_t n = -1;
+    while (n < 0 && time(NULL) < end) {
+        T_CHECK_ERR(zcn_udp_run_once_timeout(u, 20, NULL), ZCN_OK);
+        n = recv(fd, in, 70000, MSG_DONTWAIT);
+    }
+    if (n != (ssize_t)len)
+        fprintf(stderr, "large_echo %s %zu: got %zd\n", address, len, n);
+    T_CHECK(n == (ssize_t)len);
+    T_CHECK(memcmp(in, out, len) == 0);
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.datagrams_received == before.datagrams_received + 1);
+    T_CHECK(st.truncated == 0);
+    T_CHECK(st.sends_zero_copy == before.sends_zero_copy + (len > 0));
+    T_CHECK(st.sends_copied == before.sends_copied);
+    bool large = len > zcn_udp_buffer_size(u) - ZCN_UDP_HEADROOM;
+    T_CHECK(st.large_datagrams == before.large_datagrams + large);
+    T_CHECK(st.buffers_in_use == 0 && st.large_buffers_in_use == 0);
+}
+
+static void large_round_trips(int family, const char *address)
+{
+    ZCN_UdpSocket *u = make_udp(address, NULL); /* the defaults */
+    size_t max = family == AF_INET ? ZCN_UDP_DATAGRAM_MAX_V4 : ZCN_UDP_DATAGRAM_MAX_V6;
+    T_CHECK(zcn_udp_datagram_capacity(u) == max);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u), ZCN_OK);
+    uint16_t cport;
+    int fd = client(family, &cport);
+    uint8_t *out = malloc(70000), *in = malloc(70000);
+    const size_t sizes[] = {1, 1400, 3584, 3585, 9000, 60000, max};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+        large_echo(family, address, sizes[k], u, fd, out, in);
+    close(fd);
+    free(out);
+    free(in);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* Large and small datagrams mixed in one receive batch arrive whole and in
+ * order, through the callback and through poll batches (whose events'
+ * data is contiguous at base + offset and may be sent on without a copy);
+ * copied sends of large datagrams; few large buffers make reading wait,
+ * never cut. */
+static void large_mixed(void)
+{
+    ZCN_UdpConfig cfg = {.large_buffer_count = 2, .buffer_count = 512, .sends_max = 512,
+                         .rcvbuf = 4 << 20};
+    ZCN_UdpSocket *u = make_udp("127.0.0.1", &cfg);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    struct sockaddr_in to = addr4(cport);
+    enum { N = 120 };
+    static uint8_t out[N][20000];
+    static uint8_t in[70000];
+    size_t lens[N];
+    for (uint32_t i = 0; i < N; i++) {
+        lens[i] = i % 3 == 0 ? 20000 - i : 100 + i;
+        fill_pattern(out[i], lens[i], i);
+        memcpy(out[i], &i, 4);
+        client_send(fd, AF_INET, zcn_udp_port(u), out[i], lens[i]);
+    }
+    /* Poll with a big batch: large datagrams stay lent (2 large buffers +
+     * one behind each slot) until the next call; echo each from the batch. */
+    uint32_t next = 0;
+    static ZCN_UdpEvent ev[256];
+    time_t end = time(NULL) + 10;
+    while (next < N && time(NULL) < end) {
+        uint32_t count = 0;
+        T_CHECK_ERR(zcn_udp_poll(u, ev, 256, 100, &count), ZCN_OK);
+        for (uint32_t k = 0; k < count; k++, next++) {
+            T_CHECK(ev[k].flags == 0);
+            if (ev[k].len != lens[next]) fprintf(stderr, "dgram %u: len %u full %u want %zu flags %u\n", next, ev[k].len, ev[k].full_len, lens[next], ev[k].flags);
+            T_CHECK(ev[k].len == lens[next] && ev[k].full_len == lens[next]);
+            T_CHECK(ev[k].data == zcn_udp_buffer_base(u) + ev[k].offset);
+            T_CHECK(memcmp(ev[k].data, out[next], lens[next]) == 0);
+            T_CHECK_ERR(zcn_udp_sendto(u, (const struct sockaddr *)ev[k].peer, ev[k].peer_len,
+                                       ev[k].data, ev[k].len), ZCN_OK);
+        }
+    }
+    T_CHECK(next == N);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.truncated == 0 && st.kernel_drops == 0);
+    T_CHECK(st.large_datagrams == N / 3);
+    T_CHECK(st.sends_zero_copy == N && st.sends_copied == 0);
+    for (uint32_t i = 0; i < N; i++) {
+        ssize_t n = recv(fd, in, sizeof in, 0);
+        T_CHECK(n == (ssize_t)lens[i] && memcmp(in, out[i], lens[i]) == 0);
+    }
+    /* Copied sends over buffer_size: from large buffers. */
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 0, NULL), ZCN_OK); /* the batch ends */
+    static uint8_t big[65507];
+    fill_pattern(big, sizeof big, 99);
+    for (int i = 0; i < 2; i++)
+        T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, sizeof big), ZCN_OK);
+    for (int i = 0; i < 2; i++) {
+        ssize_t n = recv(fd, in, sizeof in, 0);
+        T_CHECK(n == (ssize_t)sizeof big && memcmp(in, big, sizeof big) == 0);
+    }
+    /* With autoflush off the copies wait, each in a large buffer: only
+     * those the receive does not need behind its slots may be taken. */
+    T_CHECK_ERR(zcn_udp_set_autoflush(u, 0), ZCN_OK);
+    int queued = 0;
+    while (zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, sizeof big) == ZCN_OK)
+        queued++;
+    T_CHECK(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, sizeof big) ==
+            ZCN_ERR_EXHAUSTED);
+    T_CHECK(queued == 2); /* large_buffer_count */
+    T_CHECK_ERR(zcn_udp_flush(u), ZCN_OK);
+    for (int i = 0; i < queued; i++)
+        T_CHECK(recv(fd, in, sizeof in, 0) == (ssize_t)sizeof big);
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 10, NULL), ZCN_OK); /* the last batch back */
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.sends_copied == (uint64_t)queued + 2);
+    T_CHECK(st.buffers_in_use == 0 && st.large_buffers_in_use == 0);
+    T_CHECK(st.large_buffers_total == 2 + 64);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+}
+
+/* Multishot mode cannot read a datagram whole past buffer_size: it stays
+ * cut and flagged (never echoed) by default too; copies still go large. */
+static void large_multishot(void)
+{
+    truncation(0);
 }
 
 /* ---- a burst larger than the buffer ring ------------------------------- */
@@ -713,8 +877,42 @@ static void bad_input(void)
     T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, 65508),
                 ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK(strstr(zcn_error_detail(), "65507") != NULL);
-    T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, 60000),
+    ZCN_UdpConfig small_only = {.address = "127.0.0.1", .flags = ZCN_UDP_SMALL_ONLY,
+                                .recv_mode = g_recv_mode};
+    ZCN_UdpSocket *so = zcn_udp_create(&small_only, &err);
+    T_CHECK(so != NULL);
+    T_CHECK_ERR(zcn_udp_sendto(so, (struct sockaddr *)&to, sizeof to, big, 60000),
                 ZCN_ERR_INVALID_ARGUMENT); /* over one 4 KiB pool buffer */
+    T_CHECK(strstr(zcn_error_detail(), "ZCN_UDP_SMALL_ONLY") != NULL);
+    T_CHECK_ERR(zcn_udp_destroy(so), ZCN_OK);
+    /* Large buffers: their count is bounded, the memory size follows. */
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .large_buffer_count = ZCN_UDP_LARGE_BUFFERS_MAX + 1};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(strstr(zcn_error_detail(), "large_buffer_count") != NULL);
+    T_CHECK(zcn_udp_memory_size(&cfg) == 0);
+    T_CHECK(zcn_udp_memory_size(NULL) == 0);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .recv_mode = g_recv_mode};
+    size_t need = zcn_udp_memory_size(&cfg);
+    T_CHECK(need == 256 * 4096 + (size_t)(16 + (g_recv_mode == ZCN_UDP_RECV_MULTISHOT ? 0 : 64)) *
+                                     ZCN_UDP_LARGE_BUFFER_SIZE);
+    cfg.flags = ZCN_UDP_SMALL_ONLY;
+    T_CHECK(zcn_udp_memory_size(&cfg) == 256 * 4096);
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .buffer_size = 65527};
+    T_CHECK(zcn_udp_memory_size(&cfg) == 256 * (size_t)ZCN_UDP_LARGE_BUFFER_SIZE);
+    static _Alignas(4096) uint8_t mem[8 * 4096];
+    cfg = (ZCN_UdpConfig){.address = "127.0.0.1", .buffer_count = 8,
+                          .buffer_memory = mem, .buffer_memory_size = 7 * 4096};
+    T_CHECK(zcn_udp_create(&cfg, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(strstr(zcn_error_detail(), "buffer_memory_size") != NULL);
+    /* Room for the small buffers only (sized before large buffers): the
+     * socket maps the large ones itself and still receives them whole. */
+    cfg.buffer_memory_size = sizeof mem;
+    cfg.recv_mode = g_recv_mode;
+    so = zcn_udp_create(&cfg, &err);
+    T_CHECK(so != NULL);
+    T_CHECK(zcn_udp_buffer_base(so) == mem);
+    T_CHECK_ERR(zcn_udp_sendto(so, (struct sockaddr *)&to, sizeof to, big, 60000), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_destroy(so), ZCN_OK);
     T_CHECK_ERR(zcn_udp_sendto_batch(u, NULL, 3, NULL), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_udp_sendto_buffer(u, (struct sockaddr *)&to, sizeof to, big, 1),
                 ZCN_ERR_FOREIGN_POINTER);
@@ -823,9 +1021,326 @@ static void on_server(void)
     T_CHECK_ERR(zcn_udp_stats(u3, &st), ZCN_OK);
     T_CHECK(st.kernel_drops == 0);
     T_CHECK(got == N && got_tcp == 4);
+    /* A large datagram, whole and echoed without a copy, in the server's
+     * loop (readiness mode: multishot cuts it). */
+    static uint8_t big[60000], back[60001];
+    fill_pattern(big, sizeof big, 7);
+    for (int k = 0; k < 3 && g_recv_mode != ZCN_UDP_RECV_MULTISHOT; k++) {
+        client_send(fd, AF_INET, zcn_udp_port(u3), big, sizeof big);
+        ssize_t n = -1;
+        end = time(NULL) + 5;
+        while (n < 0 && time(NULL) < end) {
+            T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+            n = recv(fd, back, sizeof back, MSG_DONTWAIT);
+        }
+        T_CHECK(n == (ssize_t)sizeof big && memcmp(back, big, sizeof big) == 0);
+        T_CHECK_ERR(zcn_udp_stats(u3, &st), ZCN_OK);
+        T_CHECK(st.large_datagrams == (uint64_t)k + 1 && st.sends_copied == 0);
+    }
     T_CHECK_ERR(zcn_udp_destroy(u2), ZCN_OK);
     T_CHECK_ERR(zcn_udp_destroy(u3), ZCN_OK);
     close(tcp);
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
+}
+
+/* ---- a socket on a server resumes after a shortage ----------------------- */
+
+/* Runs the server until `want` numbered datagrams (uint32 0, 1, ...) have
+ * come back on fd in order (or 5 s); returns how many did. */
+static uint32_t server_echoes(ZCN_Server *srv, int fd, uint32_t first, uint32_t want)
+{
+    uint32_t got = 0;
+    time_t end = time(NULL) + 5;
+    while (got < want && time(NULL) < end) {
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+        uint32_t v;
+        while (got < want && recv(fd, &v, sizeof v, MSG_DONTWAIT) == (ssize_t)sizeof v) {
+            T_CHECK(v == first + got);
+            got++;
+        }
+    }
+    return got;
+}
+
+static void send_numbered(int fd, uint16_t port, uint32_t first, uint32_t count)
+{
+    for (uint32_t i = first; i < first + count; i++)
+        client_send(fd, AF_INET, port, &i, sizeof i);
+}
+
+static ZCN_Server *started_server(void)
+{
+    ZCN_Config scfg = {.address = "127.0.0.1"};
+    ZCN_Error err = ZCN_OK;
+    ZCN_Server *srv = zcn_server_create(&scfg, &err);
+    T_CHECK(srv != NULL);
+    T_CHECK_ERR(zcn_server_start(srv), ZCN_OK);
+    return srv;
+}
+
+static ZCN_UdpSocket *echo_on_server(ZCN_Server *srv, uint32_t buffer_count)
+{
+    ZCN_UdpConfig ucfg = {.address = "127.0.0.1", .recv_mode = g_recv_mode,
+                          .buffer_count = buffer_count};
+    ZCN_Error err = ZCN_OK;
+    ZCN_UdpSocket *u = zcn_udp_create_on_server(srv, &ucfg, &err);
+    T_CHECK(u != NULL);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u), ZCN_OK);
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK); /* armed */
+    return u;
+}
+
+static void destroy_on_server(ZCN_Server *srv, ZCN_UdpSocket *u, int fd)
+{
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 10, NULL), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.buffers_in_use == 0);
+    T_CHECK(st.kernel_drops == 0);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
+}
+
+/* Reading stops when no buffer is free: here the user holds them all (and,
+ * in multishot mode, the echoes in the send batch hold the ring's 6). On
+ * its own ring the socket's loop retries every turn; in a server's loop
+ * none of the socket's own completions may ever come again, so the
+ * server's turns must resume it. sqe_failures: the SQEs asked for when it
+ * resumes are refused too (the re-armed multishot receive). */
+static void server_shortage(uint32_t sqe_failures)
+{
+    ZCN_Server *srv = started_server();
+    ZCN_UdpSocket *u = echo_on_server(srv, 8);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    uint8_t *held[8];
+    int nheld = 0;
+    while (nheld < 8 && (held[nheld] = zcn_udp_acquire_buffer(u, NULL)) != NULL)
+        nheld++;
+    T_CHECK(nheld > 0);
+    enum { N = 40 };
+    send_numbered(fd, zcn_udp_port(u), 0, N);
+    zcn_udp_test_fail_sqes(u, sqe_failures);
+    for (int i = 0; i < 5; i++)
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 10, NULL), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    T_CHECK(st.recv_exhaustion_events > 0);
+    T_CHECK(st.datagrams_received < N);
+    /* Buffers back, outside any completion of the socket's. */
+    for (int i = 0; i < nheld; i++)
+        T_CHECK_ERR(zcn_udp_release_buffer(u, held[i]), ZCN_OK);
+    uint32_t got = server_echoes(srv, fd, 0, N);
+    fprintf(stderr, "server_shortage(%u SQE failures): %u of %d echoed\n", sqe_failures, got, N);
+    T_CHECK(got == N);
+    send_numbered(fd, zcn_udp_port(u), N, 1);
+    T_CHECK(server_echoes(srv, fd, N, 1) == 1);
+    destroy_on_server(srv, u, fd);
+}
+
+/* No SQE for the request that keeps receiving going: the read-on after a
+ * full batch or the poll after the socket was found empty (readiness), the
+ * receive re-armed after its ring ran dry (multishot). */
+static void server_no_sqe(void)
+{
+    ZCN_Server *srv = started_server();
+    ZCN_UdpSocket *u = echo_on_server(srv, 0);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    zcn_udp_test_fail_sqes(u, 3);
+    send_numbered(fd, zcn_udp_port(u), 0, 200); /* over a batch, over the ring */
+    uint32_t got = server_echoes(srv, fd, 0, 200);
+    fprintf(stderr, "server_no_sqe: %u of 200 echoed\n", got);
+    T_CHECK(got == 200);
+    zcn_udp_test_fail_sqes(u, 1);
+    send_numbered(fd, zcn_udp_port(u), 200, 1); /* read, found empty, poll refused */
+    T_CHECK(server_echoes(srv, fd, 200, 1) == 1);
+    send_numbered(fd, zcn_udp_port(u), 201, 1);
+    T_CHECK(server_echoes(srv, fd, 201, 1) == 1);
+    destroy_on_server(srv, u, fd);
+}
+
+/* ---- late completions never reach the next socket in a source slot -------- */
+
+/* Datagrams of these tests carry {socket id, sequence}; a socket counts
+ * the ones that are not addressed to it. */
+struct tagged {
+    uint32_t id;
+    int count;
+    int wrong;
+};
+
+static void tagged_record(void *ud, const struct sockaddr *peer, socklen_t peer_len,
+                          const uint8_t *data, size_t len, uint32_t flags)
+{
+    (void)peer, (void)peer_len;
+    struct tagged *t = ud;
+    t->count++;
+    if (len != 8 || flags != 0 || memcmp(data, &t->id, 4) != 0)
+        t->wrong++;
+}
+
+static void send_tagged(int fd, uint16_t port, uint32_t id, uint32_t count)
+{
+    for (uint32_t seq = 0; seq < count; seq++) {
+        uint32_t msg[2] = {id, seq};
+        client_send(fd, AF_INET, port, msg, sizeof msg);
+    }
+}
+
+static ZCN_UdpSocket *tagged_on_server(ZCN_Server *srv, struct tagged *t, uint32_t id,
+                                       uint32_t recv_mode)
+{
+    ZCN_UdpConfig ucfg = {.address = "127.0.0.1", .recv_mode = recv_mode};
+    ZCN_Error err = ZCN_OK;
+    ZCN_UdpSocket *u = zcn_udp_create_on_server(srv, &ucfg, &err);
+    if (u == NULL)
+        fprintf(stderr, "create_on_server: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
+    T_CHECK(u != NULL);
+    *t = (struct tagged){.id = id};
+    T_CHECK_ERR(zcn_udp_set_callback(u, t, tagged_record), ZCN_OK);
+    return u;
+}
+
+/* Runs the server until t has seen `want` datagrams (or 5 s). */
+static void server_until(ZCN_Server *srv, const struct tagged *t, int want)
+{
+    time_t end = time(NULL) + 5;
+    while (t->count < want && time(NULL) < end)
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+}
+
+static void check_clean(ZCN_Server *srv, ZCN_UdpSocket *u, const struct tagged *t, int want)
+{
+    server_until(srv, t, want);
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK);
+    ZCN_UdpStats st;
+    T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+    if (t->count != want || t->wrong != 0 || zcn_udp_test_stale_completions(u) != 0)
+        fprintf(stderr, "socket %u: %d datagrams (want %d), %d not its own, %llu stale "
+                "completions, %llu buffers in use\n", t->id, t->count, want, t->wrong,
+                (unsigned long long)zcn_udp_test_stale_completions(u),
+                (unsigned long long)st.buffers_in_use);
+    T_CHECK(t->wrong == 0);
+    T_CHECK(t->count == want);
+    T_CHECK(st.datagrams_received == (uint64_t)want);
+    T_CHECK(st.buffers_in_use == 0);
+    T_CHECK(zcn_udp_test_stale_completions(u) == 0);
+}
+
+/* The generation in user_data has 6 bits. A socket whose datagrams were
+ * received (completions posted, not yet reaped) is destroyed; 63 more
+ * sockets come and go in its source slot without the server's loop
+ * running, and the 64th has its generation again. None of the first one's
+ * completions may reach it: multishot ones carry buffers of its buffer
+ * group, which a newer socket would take as its own and put in its ring
+ * a second time. Then 200 cycles with datagrams in flight at destroy. */
+static void server_churn(void)
+{
+    ZCN_Server *srv = started_server();
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    static struct tagged t0, helper, t;
+    ZCN_UdpSocket *first = tagged_on_server(srv, &t0, 1000, g_recv_mode);
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK); /* receive armed */
+    send_tagged(fd, zcn_udp_port(first), 1000, 10);
+    /* Creating another socket runs the ring's deferred work: the first's
+     * receive completions are posted now, and nobody reaps them. */
+    ZCN_UdpSocket *other = tagged_on_server(srv, &helper, 2000, g_recv_mode);
+    T_CHECK_ERR(zcn_udp_destroy(first), ZCN_OK);
+    for (int i = 0; i < 62; i++) { /* generations +2 .. +63 */
+        ZCN_UdpSocket *u = tagged_on_server(srv, &t, 3000 + (uint32_t)i, g_recv_mode);
+        T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    }
+    ZCN_UdpSocket *same_gen = tagged_on_server(srv, &t, 4000, g_recv_mode); /* +64 */
+    send_tagged(fd, zcn_udp_port(same_gen), 4000, 5);
+    check_clean(srv, same_gen, &t, 5);
+    send_tagged(fd, zcn_udp_port(same_gen), 4000, 200);
+    check_clean(srv, same_gen, &t, 205);
+    T_CHECK_ERR(zcn_udp_destroy(same_gen), ZCN_OK);
+
+    /* Churn: each socket gets datagrams, some of them are delivered, then
+     * it is destroyed with the rest in flight; the next takes its slot. */
+    int helper_sent = 0;
+    for (uint32_t i = 0; i < 200; i++) {
+        uint32_t mode = i % 2 ? ZCN_UDP_RECV_MULTISHOT : ZCN_UDP_RECV_READINESS;
+        ZCN_UdpSocket *u = tagged_on_server(srv, &t, 5000 + i, mode);
+        if (i % 3 != 0)
+            T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK);
+        send_tagged(fd, zcn_udp_port(u), 5000 + i, 20);
+        send_tagged(fd, zcn_udp_port(other), 2000, 2);
+        helper_sent += 2;
+        if (i % 2 == 0)
+            T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK);
+        T_CHECK(t.wrong == 0);
+        T_CHECK(zcn_udp_test_stale_completions(u) == 0);
+        ZCN_UdpStats st;
+        T_CHECK_ERR(zcn_udp_stats(u, &st), ZCN_OK);
+        T_CHECK(st.buffers_in_use <= st.buffers_total);
+        T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    }
+    T_CHECK(zcn_udp_test_lingering() == 0);
+    check_clean(srv, other, &helper, helper_sent);
+    T_CHECK_ERR(zcn_udp_destroy(other), ZCN_OK);
+    close(fd);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
+}
+
+/* The server's CQ overflows (nobody reaps while multishot receives post a
+ * completion per datagram): a socket destroyed then cannot retire the
+ * completions the kernel keeps back, so it keeps its source slot and its
+ * memory until the server's loop has handed it the last one, then frees
+ * itself; meanwhile a new socket gets another slot. */
+static void server_linger(void)
+{
+    /* A 128-entry CQ: 8 SQ entries, one connection, two buffers. */
+    ZCN_Config scfg = {.address = "127.0.0.1", .io_uring_entries = 8, .connections_max = 1,
+                       .buffer_pool_size = 2};
+    ZCN_Error err = ZCN_OK;
+    ZCN_Server *srv = zcn_server_create(&scfg, &err);
+    T_CHECK(srv != NULL);
+    T_CHECK_ERR(zcn_server_start(srv), ZCN_OK);
+    uint16_t cport;
+    int fd = client(AF_INET, &cport);
+    enum { FILL = 3 };
+    static struct tagged fill_t[FILL], victim_t, late_t;
+    ZCN_UdpSocket *fill[FILL];
+    for (uint32_t i = 0; i < FILL; i++)
+        fill[i] = tagged_on_server(srv, &fill_t[i], 100 + i, ZCN_UDP_RECV_MULTISHOT);
+    T_CHECK_ERR(zcn_server_run_once_timeout(srv, 0, NULL), ZCN_OK); /* all armed */
+    for (uint32_t i = 0; i < FILL; i++)
+        send_tagged(fd, zcn_udp_port(fill[i]), 100 + i, 60);
+    /* Creating a socket runs the deferred work: 180 completions for 128
+     * entries, nothing reaped. The victim's receive, armed now, ends with
+     * its destroy's cancel, and that completion waits in the overflow. */
+    ZCN_UdpSocket *late = tagged_on_server(srv, &late_t, 300, g_recv_mode);
+    ZCN_UdpSocket *victim = tagged_on_server(srv, &victim_t, 200, g_recv_mode);
+    T_CHECK_ERR(zcn_udp_destroy(victim), ZCN_OK);
+    uint32_t lingering = zcn_udp_test_lingering();
+    fprintf(stderr, "server_linger: %u socket(s) lingering after destroy\n", lingering);
+    T_CHECK(lingering == 1);
+    T_CHECK_ERR(zcn_server_destroy(srv), ZCN_ERR_BUSY);
+    /* The loop hands the victim its last completions, and it goes. */
+    time_t end = time(NULL) + 5;
+    while (zcn_udp_test_lingering() > 0 && time(NULL) < end)
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
+    T_CHECK(zcn_udp_test_lingering() == 0);
+    /* Everyone else still works and saw only their own datagrams. */
+    send_tagged(fd, zcn_udp_port(late), 300, 10);
+    server_until(srv, &late_t, 10);
+    T_CHECK(late_t.count == 10 && late_t.wrong == 0);
+    T_CHECK(zcn_udp_test_stale_completions(late) == 0);
+    for (uint32_t i = 0; i < FILL; i++) {
+        T_CHECK(fill_t[i].wrong == 0);
+        T_CHECK(zcn_udp_test_stale_completions(fill[i]) == 0);
+        T_CHECK_ERR(zcn_udp_destroy(fill[i]), ZCN_OK);
+    }
+    T_CHECK_ERR(zcn_udp_destroy(late), ZCN_OK);
+    end = time(NULL) + 5;
+    while (zcn_udp_test_lingering() > 0 && time(NULL) < end)
+        T_CHECK_ERR(zcn_server_run_once_timeout(srv, 20, NULL), ZCN_OK);
     close(fd);
     T_CHECK_ERR(zcn_server_destroy(srv), ZCN_OK);
 }
@@ -1072,7 +1587,14 @@ int main(void)
     round_trip(AF_INET, "127.0.0.1", 65507);
     round_trip(AF_INET6, "::1", 1200);
     round_trip(AF_INET6, "::1", 65527);
-    truncation();
+    truncation(ZCN_UDP_SMALL_ONLY);
+    if (g_recv_mode == ZCN_UDP_RECV_MULTISHOT) {
+        large_multishot();
+    } else {
+        large_round_trips(AF_INET, "127.0.0.1");
+        large_round_trips(AF_INET6, "::1");
+        large_mixed();
+    }
     burst();
     small_polls();
     batch_and_buffers();
@@ -1082,6 +1604,11 @@ int main(void)
     connected();
     bad_input();
     on_server();
+    server_shortage(0);
+    server_shortage(3);
+    server_no_sqe();
+    server_churn();
+    server_linger();
     stopping();
     wakeup();
     multicast();

@@ -103,17 +103,106 @@ def test_many_peers_and_copies():
 
 
 @RECV_MODES
-def test_truncation_flagged(recv_mode):
+@pytest.mark.parametrize("small_only", [True, False])
+def test_truncation_flagged(recv_mode, small_only):
+    """Over buffer_size a datagram arrives cut and flagged with small_only,
+    and in multishot mode (whose kernel receive cannot pick a large buffer);
+    by default in readiness mode it arrives whole."""
     import zcn
-    with zcn.UdpSocket(buffer_size=1000, recv_mode=recv_mode) as sock, _client() as c:
+    cut = small_only or recv_mode == "multishot"
+    with zcn.UdpSocket(buffer_size=1000, recv_mode=recv_mode, small_only=small_only) as sock, \
+            _client() as c:
         seen = []
-        sock.on_datagram = lambda peer, data, flags: seen.append((len(data), flags))
+        sock.on_datagram = lambda peer, data, flags: seen.append((bytes(data), flags))
         c.sendto(b"x" * 10000, sock.address)
         _run_until(sock, lambda: seen)
-        length, flags = seen[0]
-        assert flags & zcn.UDP_TRUNCATED
-        assert length == sock.buffer_size < 10000
-        assert sock.stats().truncated == 1
+        data, flags = seen[0]
+        st = sock.stats()
+        if cut:
+            assert flags & zcn.UDP_TRUNCATED
+            assert len(data) == sock.buffer_size < 10000
+            assert st.truncated == 1 and st.large_datagrams == 0
+        else:
+            assert flags == 0 and data == b"x" * 10000
+            assert sock.buffer_size == 65507
+            assert st.truncated == 0 and st.large_datagrams == 1
+        assert st.large_buffers_total == (0 if small_only else 16 + (64 if not cut else 0))
+
+
+def _large_sizes(family):
+    top = 65507 if family == socket.AF_INET else 65527
+    return [1, 1400, 3584, 3585, 9000, 60000, top]
+
+
+def _ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback: {exc}")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_large_datagrams_arrive_whole_and_echo_without_copy(host):
+    """The defaults receive every legal datagram whole (readiness mode) and
+    the borrowed view of a large one is sent back without a copy."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if family == socket.AF_INET6:
+        _ipv6_loopback()
+    with _echo_socket(host=host) as sock, _client(family) as c:
+        sizes = _large_sizes(family)
+        for i, size in enumerate(sizes):
+            payload = os.urandom(size)
+            c.sendto(payload, sock.address)
+            _run_until(sock, lambda: len(sock.seen) == i + 1)
+            peer, data, flags = sock.seen[i]
+            assert flags == 0 and data == payload, size
+            sock.run_once(0.01)
+            assert c.recv(70000) == payload, size
+        sock.run_once(0)  # the last batch's buffers come back
+        st = sock.stats()
+        assert st.truncated == 0
+        assert st.large_datagrams == sum(1 for n in sizes if n > 3584)
+        assert st.sends_zero_copy == len(sizes) and st.sends_copied == 0
+        assert st.buffers_in_use == 0 and st.large_buffers_in_use == 0
+
+
+def test_large_copied_sends_and_small_only():
+    import zcn
+    with zcn.UdpSocket() as sock, _client() as c:
+        big = os.urandom(65507)
+        sock.sendto(big, c.getsockname())
+        sock.sendto(bytearray(big[:9000]), c.getsockname())
+        assert sock.sendmany([big[:60000], b"tail"], c.getsockname()) == 2
+        assert [c.recv(70000) for _ in range(4)] == [big, big[:9000], big[:60000], b"tail"]
+        assert sock.stats().sends_copied == 4
+    with zcn.UdpSocket(small_only=True) as sock, _client() as c:
+        assert sock.stats().large_buffers_total == 0
+        with pytest.raises(zcn.InvalidArgumentError, match="SMALL_ONLY"):
+            sock.sendto(bytes(60000), c.getsockname())
+        seen = []
+        sock.on_datagram = lambda peer, data, flags: seen.append((len(data), flags))
+        c.sendto(bytes(9000), sock.address)
+        _run_until(sock, lambda: seen)
+        assert seen == [(sock.buffer_size, zcn.UDP_TRUNCATED)]
+
+
+def test_large_datagrams_in_one_batch_with_few_large_buffers():
+    """Large and small datagrams queued together come in order and whole,
+    even when more large ones wait than there are large buffers: reading
+    waits for the batch's buffers to come back, it never cuts."""
+    with _echo_socket(large_buffer_count=1, rcvbuf=4 << 20, buffer_count=512) as sock, \
+            _client() as c:
+        sent = [os.urandom(20000 if i % 2 else 100) for i in range(100)]
+        for d in sent:
+            c.sendto(d, sock.address)
+        _run_until(sock, lambda: len(sock.seen) == len(sent))
+        assert [d for _, d, _ in sock.seen] == sent
+        assert all(flags == 0 for _, _, flags in sock.seen)
+        sock.run_once(0.05)
+        assert [c.recv(70000) for _ in sent] == sent
+        st = sock.stats()
+        assert st.large_datagrams == 50 and st.truncated == 0 and st.kernel_drops == 0
 
 
 @RECV_MODES
@@ -193,8 +282,12 @@ def test_bad_input_gives_clear_errors():
             sock.sendto("text", ("127.0.0.1", 9))
         with pytest.raises(zcn.InvalidArgumentError, match="65507"):
             sock.sendto(bytes(65508), ("127.0.0.1", 9))
-        with pytest.raises(zcn.InvalidArgumentError, match="buffer"):
-            sock.sendto(bytes(60000), ("127.0.0.1", 9))
+        with pytest.raises(ValueError, match="large_buffer_count"):
+            zcn.UdpSocket("127.0.0.1", large_buffer_count=0)
+        with pytest.raises(ValueError, match="large_buffer_count"):
+            zcn.UdpSocket("127.0.0.1", large_buffer_count=5000)
+        with pytest.raises(TypeError, match="small_only"):
+            zcn.UdpSocket("127.0.0.1", small_only="yes")
         with pytest.raises(OSError) as info:
             sock.send(b"x")
         assert info.value.errno == 89  # EDESTADDRREQ
@@ -539,6 +632,11 @@ def test_cli_udp_echo(handler, command):
         with _client() as c:
             c.sendto(b"ping", ("127.0.0.1", port))
             assert c.recv(100) == b"ping"
+            # The defaults echo large datagrams whole.
+            for size in (9000, 60000, 65507):
+                payload = os.urandom(size)
+                c.sendto(payload, ("127.0.0.1", port))
+                assert c.recv(70000) == payload, size
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
@@ -578,9 +676,9 @@ def test_example_udp_echo_py():
         assert line.startswith("udp_echo.py listening on 127.0.0.1 "), (line, proc.stderr.read())
         port = int(line.split()[-1])
         with _client() as c:
-            for payload in (b"one", b"", b"x" * 1400):
+            for payload in (b"one", b"", b"x" * 1400, os.urandom(60000)):
                 c.sendto(payload, ("127.0.0.1", port))
-                assert c.recv(2000) == payload
+                assert c.recv(70000) == payload
         if shutil.which("socat"):
             out = subprocess.run(["socat", "-t2", "-", f"UDP:127.0.0.1:{port}"],
                                  input=b"socat", capture_output=True, timeout=10).stdout
@@ -606,11 +704,12 @@ def _run_doc_block(code):
 
 
 def test_udp_guide_python_examples_run():
-    echo, sendmany = _udp_doc_blocks("python")
+    echo, sendmany, large = _udp_doc_blocks("python")
     lines = _run_doc_block(echo)
     assert lines[0].startswith("(b'hello', ('127.0.0.1', "), lines
     assert lines[1] == "1"
     assert _run_doc_block(sendmany) == ["64", "2", "b'00000000' b'00000001'"]
+    assert _run_doc_block(large) == ["9000 True", "60000 True", "65507 True", "3 0 0", "3584 1"]
 
 
 def test_udp_guide_c_example_builds_and_runs(tmp_path):

@@ -347,8 +347,11 @@ UDP_HEADROOM = 512
 UDP_BUFFERS_MAX = 32768
 UDP_SENDS_MAX = 65535
 UDP_ENTRIES_MAX = 32768
+UDP_LARGE_BUFFER_SIZE = 69632
+UDP_LARGE_BUFFERS_MAX = 4096
 UDP_REUSEADDR, UDP_REUSEPORT, UDP_BROADCAST, UDP_V6ONLY = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 UDP_NO_GSO = 1 << 4
+UDP_SMALL_ONLY = 1 << 5
 # ZCN_UDP_RECV_*: ZCN_UdpConfig.recv_mode
 UDP_RECV_READINESS, UDP_RECV_MULTISHOT = 1, 2
 UDP_TRUNCATED = 1 << 0
@@ -371,6 +374,7 @@ class UdpConfig(Structure):
         ("buffer_memory", c_void_p),
         ("buffer_memory_size", c_size_t),
         ("recv_mode", c_uint32),
+        ("large_buffer_count", c_uint32),
     ]
 
 
@@ -381,7 +385,9 @@ class UdpStats(Structure):
         "truncated", "recv_exhaustion_events", "kernel_drops", "send_exhaustion_drops",
         "send_errors", "recv_errors", "sends_zero_copy", "sends_copied",
         "buffers_total", "buffers_in_use",
-    )] + [("last_send_error", c_int32), ("last_recv_error", c_int32), ("gso_sends", c_uint64)]
+    )] + [("last_send_error", c_int32), ("last_recv_error", c_int32)] + [
+        (name, c_uint64) for name in (
+            "gso_sends", "large_datagrams", "large_buffers_total", "large_buffers_in_use")]
 
 
 class UdpEvent(Structure):
@@ -441,6 +447,8 @@ zcn_udp_local_address = _fn("zcn_udp_local_address", ZCN_Error,
 zcn_udp_buffer_size = _fn("zcn_udp_buffer_size", c_size_t, [c_void_p])
 # size_t zcn_udp_datagram_capacity(const ZCN_UdpSocket *sock);
 zcn_udp_datagram_capacity = _fn("zcn_udp_datagram_capacity", c_size_t, [c_void_p])
+# size_t zcn_udp_memory_size(const ZCN_UdpConfig *config);
+zcn_udp_memory_size = _fn("zcn_udp_memory_size", c_size_t, [POINTER(UdpConfig)])
 # const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *sock);
 zcn_udp_buffer_base = _fn("zcn_udp_buffer_base", c_void_p, [c_void_p])
 # ZCN_Error zcn_udp_sendto(ZCN_UdpSocket *sock, const struct sockaddr *addr, socklen_t addr_len,

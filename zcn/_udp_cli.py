@@ -30,8 +30,13 @@ def _add_arguments(p):
     p.add_argument("--handler", choices=("c", "python"), default="c",
                    help="c: the built-in C echo; python: a Python on_datagram (default c)")
     p.add_argument("--buffer-size", type=int, default=2048,
-                   help="largest datagram received whole (default 2048)")
+                   help="largest datagram received into a small buffer (default 2048); larger "
+                        "ones, up to the UDP limit, arrive whole in large buffers")
     p.add_argument("--buffer-count", type=int, default=1024, help="pool buffers (default 1024)")
+    p.add_argument("--large-buffer-count", type=int, default=16,
+                   help="large datagrams held at once (default 16)")
+    p.add_argument("--small-only", action="store_true",
+                   help="no large buffers: datagrams over --buffer-size arrive cut, not echoed")
     p.add_argument("--rcvbuf", type=int, default=None, help="SO_RCVBUF bytes (default: system)")
     p.add_argument("--sndbuf", type=int, default=None, help="SO_SNDBUF bytes (default: system)")
     p.add_argument("--no-gso", action="store_true",
@@ -45,6 +50,7 @@ def run_udp_echo(args):
 
     sock = zcn.UdpSocket(args.host, args.port, handler=args.handler,
                          buffer_size=args.buffer_size, buffer_count=args.buffer_count,
+                         large_buffer_count=args.large_buffer_count, small_only=args.small_only,
                          rcvbuf=args.rcvbuf, sndbuf=args.sndbuf, gso=not args.no_gso)
     if args.handler == "python":
         sendto = sock.sendto

@@ -23,8 +23,11 @@ Borrowed data. ``on_datagram(peer, data, flags)`` gets a read-only
 memoryview into the receive buffer, valid only during the call (it is
 released afterwards). Copy what you keep (``bytes(data)``); passing the view
 itself to sendto()/send() from the callback sends it without a copy.
-``flags & zcn.UDP_TRUNCATED`` says the datagram was larger than buffer_size
-and ``data`` is only its start.
+Every datagram arrives whole by default, up to 65507 bytes (IPv4) / 65527
+(IPv6): those over buffer_size in a large buffer. ``flags &
+zcn.UDP_TRUNCATED`` says the datagram was larger than buffer_size and
+``data`` is only its start, which happens only with small_only=True or
+recv_mode="multishot".
 
 Threads. The first thread that runs the loop or sends becomes the socket's
 owner (the ring is single-issuer): run_once, serve_forever, sendto and send
@@ -55,7 +58,6 @@ from ._util import (
     PyBUF_SIMPLE,
     c_writable_bytes,
     resolve_host,
-    round_up_pages,
 )
 from ._util import PyBuffer as _PyBuffer
 from ._util import bool_arg as _bool_arg
@@ -65,7 +67,7 @@ from ._util import int_arg as _int_arg
 from ._util import monotonic_ms as _monotonic_ms
 from ._util import release_buffer as _release_buffer
 from ._util import timeout_ms as _timeout_ms
-from .errors import BusyError, ClosedError, QueueFullError, error_from_code
+from .errors import BusyError, ClosedError, InvalidArgumentError, QueueFullError, error_from_code
 
 __all__ = ["UdpSocket", "UdpStats", "UDP_TRUNCATED", "EVENTS_MAX"]
 
@@ -118,6 +120,9 @@ class UdpStats:
     last_send_error: int         #: errno of the last failed send, 0 if none
     last_recv_error: int
     gso_sends: int               #: sends that carried several datagrams (UDP GSO)
+    large_datagrams: int         #: received whole into a large buffer
+    large_buffers_total: int     #: large buffers (0 with small_only)
+    large_buffers_in_use: int    #: holding a datagram: lent or being sent
 
 
 _STATS_FIELDS = tuple(name for name, _ in _ffi.UdpStats._fields_)
@@ -177,10 +182,16 @@ class UdpSocket(BoundSocket):
     free port: read it from ``port``). ``connect=(host, port)`` fixes the
     one peer (send() then works, and only its datagrams arrive).
 
-    ``buffer_size`` is the largest datagram received whole (bigger ones
-    arrive cut, flagged UDP_TRUNCATED) and also the largest sendto() copy;
-    ``buffer_count`` buffers serve both directions (a quarter is kept for
-    copied sends). ``sends_max`` bounds sends in flight. ``rcvbuf``/``sndbuf``
+    ``buffer_size`` is the largest datagram received into a small buffer;
+    ``buffer_count`` such buffers serve both directions (a quarter is kept
+    for copied sends). Bigger datagrams, up to the UDP limit, arrive whole in
+    a large buffer (``large_buffer_count`` of them for datagrams held, plus
+    one behind each receive slot; address space, touched only by a large
+    datagram), and bigger sendto() copies go from one.
+    ``small_only=True`` has no large buffers: bigger datagrams arrive cut,
+    flagged UDP_TRUNCATED, and a copy must fit buffer_size. So does
+    recv_mode="multishot" on receive (the kernel picks the buffer before it
+    sees the datagram). ``sends_max`` bounds sends in flight. ``rcvbuf``/``sndbuf``
     set SO_RCVBUF/SO_SNDBUF; ``reuse_addr``, ``reuse_port`` and ``broadcast``
     set the socket options of those names. ``gso=False`` sends every
     datagram on its own instead of coalescing same-peer, same-size runs of
@@ -200,7 +211,8 @@ class UdpSocket(BoundSocket):
     def __init__(self, host="127.0.0.1", port=0, *, on_datagram=None, connect=None,
                  buffer_size=2048, buffer_count=256, sends_max=1024, io_uring_entries=256,
                  reuse_addr=False, reuse_port=False, rcvbuf=None, sndbuf=None,
-                 broadcast=False, handler="python", recv_mode="readiness", gso=True):
+                 broadcast=False, handler="python", recv_mode="readiness", gso=True,
+                 large_buffer_count=16, small_only=False):
         self._slab = None
         if handler not in _HANDLERS:
             raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
@@ -214,6 +226,7 @@ class UdpSocket(BoundSocket):
         buffer_count = _int_arg(buffer_count, "buffer_count", 2, _ffi.UDP_BUFFERS_MAX)
         sends_max = _int_arg(sends_max, "sends_max", 1, _ffi.UDP_SENDS_MAX)
         entries = _int_arg(io_uring_entries, "io_uring_entries", 1, _ffi.UDP_ENTRIES_MAX)
+        large = _int_arg(large_buffer_count, "large_buffer_count", 1, _ffi.UDP_LARGE_BUFFERS_MAX)
         rcvbuf = 0 if rcvbuf is None else _int_arg(rcvbuf, "rcvbuf", 1, INT32_MAX)
         sndbuf = 0 if sndbuf is None else _int_arg(sndbuf, "sndbuf", 1, INT32_MAX)
         flags = 0
@@ -225,6 +238,8 @@ class UdpSocket(BoundSocket):
             flags |= _ffi.UDP_BROADCAST
         if not _bool_arg(gso, "gso"):
             flags |= _ffi.UDP_NO_GSO
+        if _bool_arg(small_only, "small_only"):
+            flags |= _ffi.UDP_SMALL_ONLY
         literal = _resolve(host)
         self._family = _AF_INET6 if ":" in literal else _AF_INET
         connect_literal, connect_port = None, 0
@@ -251,14 +266,6 @@ class UdpSocket(BoundSocket):
         self._callback_errors = []
         self._cfunc = None
 
-        # The buffer slab is Python's mmap (as in zcn.TcpServer): a view a
-        # user keeps never points into unmapped memory.
-        rounded = round_up_pages(buffer_size + _ffi.UDP_HEADROOM)
-        slab_bytes = rounded * buffer_count
-        self._memory = MappedMemory(slab_bytes, readonly=True)
-        self._slab = self._memory.view
-        base = self._memory.address
-
         self._ev_anchor, self._ev_addr, self._ev_view = c_writable_bytes(
             EVENTS_MAX * _EVENT_SIZE)
         self._count = c_uint32(0)
@@ -268,9 +275,18 @@ class UdpSocket(BoundSocket):
             address=literal.encode(), port=port, connect_address=connect_literal,
             connect_port=connect_port, io_uring_entries=entries, buffer_count=buffer_count,
             buffer_size=buffer_size, sends_max=sends_max, rcvbuf=rcvbuf, sndbuf=sndbuf,
-            flags=flags, buffer_memory=base, buffer_memory_size=slab_bytes,
-            recv_mode=_RECV_MODES[recv_mode],
+            flags=flags, recv_mode=_RECV_MODES[recv_mode], large_buffer_count=large,
         )
+        # The buffer slab (small buffers, then large ones) is Python's mmap
+        # (as in zcn.TcpServer): a view a user keeps never points into
+        # unmapped memory, and one slab keeps every event's offset in it.
+        slab_bytes = _ffi.zcn_udp_memory_size(ctypes.byref(config))
+        if not slab_bytes:
+            raise error_from_code(InvalidArgumentError.code, "zcn_udp_memory_size")
+        self._memory = MappedMemory(slab_bytes, readonly=True)
+        self._slab = self._memory.view
+        config.buffer_memory = self._memory.address
+        config.buffer_memory_size = slab_bytes
         try:
             handle = _ffi.create(_ffi.zcn_udp_create, ctypes.byref(config))
         except BaseException:
@@ -305,8 +321,10 @@ class UdpSocket(BoundSocket):
 
     @property
     def buffer_size(self):
-        """The largest datagram received whole (may exceed the requested size:
-        buffers are whole pages)."""
+        """The largest datagram received whole: the UDP limit (65507 IPv4,
+        65527 IPv6) with large buffers in readiness mode, else the small
+        buffers' room (may exceed the requested size: buffers are whole
+        pages)."""
         return self._capacity
 
     def fileno(self):
@@ -336,9 +354,10 @@ class UdpSocket(BoundSocket):
         a copy; anything else is copied, so it may be reused at once.
 
         Raises ValueError/InvalidArgumentError (bad address, over 65507/65527
-        bytes or over buffer_size), QueueFullError (sends_max in flight: run
-        the loop), ExhaustedError (no pool buffer), BusyError (another thread
-        owns the socket), ClosedError.
+        bytes, or over buffer_size with small_only=True), QueueFullError
+        (sends_max in flight: run the loop), ExhaustedError (no pool buffer,
+        or no large one for a copy over buffer_size), BusyError (another
+        thread owns the socket), ClosedError.
         """
         handle = self._handle
         if handle is None:
