@@ -2557,7 +2557,9 @@ ZCN_Error zcn_server_destroy(ZCN_Server *s)
     if (s->in_callback)
         return zcn_fail(ZCN_ERR_BUSY, "the server cannot be destroyed from its own callback");
     if (s->sources_count > 0)
-        return zcn_fail(ZCN_ERR_BUSY, "%u UDP sockets still use this server's loop: destroy them first",
+        return zcn_fail(ZCN_ERR_BUSY,
+                        "%u UDP sockets still use this server's loop: destroy them first (one "
+                        "already destroyed waits for its last completions: run the loop once more)",
                         s->sources_count);
     /* From now on zcn_server_stop does not find the server; one already
      * inside it has finished when this returns. */

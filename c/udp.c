@@ -231,6 +231,7 @@ struct ZCN_UdpSocket {
     bool wake_armed;
     struct zcn_wakeup_pipe wakeup;
     _Atomic int stop_requested;
+    int live_slot;              /* zcn_live registry entry (safe stop); -1 if none */
     pthread_t owner;
     bool owner_set;
 
@@ -322,7 +323,8 @@ static ZCN_Error owner_check(ZCN_UdpSocket *u)
         return ZCN_OK;
     }
     if (!pthread_equal(u->owner, pthread_self()))
-        return zcn_fail(ZCN_ERR_BUSY, "the UDP socket is driven by another thread");
+        return zcn_fail(ZCN_ERR_WRONG_THREAD, "the UDP socket is driven by another thread "
+                        "(the first one that ran its loop or sent)");
     return ZCN_OK;
 }
 
@@ -1014,7 +1016,8 @@ static int64_t lent_buffer(const ZCN_UdpSocket *u, const uint8_t *data, size_t l
     int64_t bid = buffer_of(u, data);
     if (bid < 0)
         return -1;
-    if ((size_t)(data - buf_ptr(u, (uint32_t)bid)) + len > buf_bytes(u, (uint32_t)bid))
+    size_t off = (size_t)(data - buf_ptr(u, (uint32_t)bid));
+    if (len > buf_bytes(u, (uint32_t)bid) - off) /* no sum: len may be anything */
         return -2;
     uint8_t st = u->meta[bid].state;
     if (st == ZCN_BUF_USER)
@@ -1535,10 +1538,15 @@ ZCN_Error zcn_udp_run(ZCN_UdpSocket *u)
 
 ZCN_Error zcn_udp_stop(ZCN_UdpSocket *u)
 {
-    if (u == NULL || u->server != NULL)
+    /* As zcn_server_stop: the registry is looked up, never *u, so a socket
+     * destroyed or being destroyed is simply not found. Sockets on a server
+     * are never registered (drive and stop the server instead). */
+    int slot = zcn_live_acquire(u);
+    if (slot == -1)
         return ZCN_ERR_INVALID_ARGUMENT; /* no detail: must stay signal-safe */
     atomic_store_explicit(&u->stop_requested, 1, memory_order_release);
     zcn_eventfd_wake(u->wake_fd);
+    zcn_live_release(slot);
     return ZCN_OK;
 }
 
@@ -1956,6 +1964,7 @@ static ZCN_UdpSocket *alloc_socket(const ZCN_UdpConfig *cfg, struct settings *st
     u->src.flush = flush_source;
     u->fd = -1;
     u->wake_fd = -1;
+    u->live_slot = -1;
     zcn_wakeup_init(&u->wakeup);
     u->lent_head = NIL;
     u->autoflush = true;
@@ -2010,6 +2019,7 @@ ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
         zcn_set_err(err, e);
         return NULL;
     }
+    u->live_slot = zcn_live_add(u);
     zcn_set_err(err, ZCN_OK);
     return u;
 }
@@ -2034,7 +2044,7 @@ ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server, const ZCN_UdpConfig 
     if (ret == -EBADFD)
         e = zcn_fail(ZCN_ERR_NOT_STARTED, "start the server before attaching UDP sockets");
     else if (ret == -EEXIST)
-        e = zcn_fail(ZCN_ERR_BUSY, "not the server's owner thread");
+        e = zcn_fail(ZCN_ERR_WRONG_THREAD, "not the server's owner thread");
     else if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
         e = zcn_fail((ZCN_Error)-ret, "io_uring_enter: %s", strerror(-ret));
     if (e == ZCN_OK)
@@ -2063,6 +2073,8 @@ ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *u)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
     if (u->in_callback || (u->server != NULL && zcn_server_in_callback(u->server)))
         return zcn_fail(ZCN_ERR_BUSY, "the UDP socket cannot be destroyed from a callback");
+    zcn_live_remove(u->live_slot); /* zcn_udp_stop no longer finds it */
+    u->live_slot = -1;
     cancel_all(u);
     if (u->server != NULL && u->started) {
         retire_posted(u);

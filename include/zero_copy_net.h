@@ -850,7 +850,7 @@ ZCN_API const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *sock);
  * (addr NULL on a socket that is not connected), ZCN_ERR_QUEUE_FULL
  * (sends_max sends in flight: run the loop to reap them), ZCN_ERR_EXHAUSTED
  * (no pool buffer for the copy; over buffer_size: no large buffer free but
- * those the readiness receive needs behind its slots), ZCN_ERR_BUSY
+ * those the readiness receive needs behind its slots), ZCN_ERR_WRONG_THREAD
  * (another thread owns the socket). The last two are
  * counted in send_exhaustion_drops. A send that fails in the kernel later
  * (ECONNREFUSED ...) is counted in send_errors / last_send_error, once per
@@ -908,8 +908,10 @@ ZCN_API ZCN_Error zcn_udp_leave_multicast(ZCN_UdpSocket *sock, const char *group
 /* The loop of a socket with its own ring; same semantics and errors as
  * zcn_server_run_once / _run_once_timeout / _run / _stop: the first call
  * makes the calling thread the owner (another thread then gets
- * ZCN_ERR_BUSY), EINTR returns from run_once, ZCN_ERR_BUSY from inside a
- * callback, stop is async-signal-safe and callable from any thread. */
+ * ZCN_ERR_WRONG_THREAD), EINTR returns from run_once, ZCN_ERR_BUSY from
+ * inside a callback, stop is async-signal-safe and callable from any
+ * thread, and safe against destroy (a destroyed socket gives
+ * ZCN_ERR_INVALID_ARGUMENT and is not touched). */
 ZCN_API ZCN_Error zcn_udp_run_once(ZCN_UdpSocket *sock);
 ZCN_API ZCN_Error zcn_udp_run_once_timeout(ZCN_UdpSocket *sock, int timeout_ms,
                                            uint32_t *handled_out);

@@ -161,7 +161,9 @@ static void test_callback_echo(size_t len, int rounds)
     T_CHECK(st.connections_active == 0);
     T_CHECK(st.bytes_received == len * (size_t)rounds);
     T_CHECK(st.bytes_sent == len * (size_t)rounds);
-    T_CHECK(st.sends_copied == 0);
+    /* zero-copy, but for short segments that waited behind others: those
+     * are packed (copied) so a slow reader holds bytes, not buffers */
+    T_CHECK(st.sends_copied == st.sends_coalesced);
     T_CHECK(st.buffers_in_use == 0);
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }

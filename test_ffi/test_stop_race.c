@@ -110,10 +110,50 @@ static void test_signal_handler_during_destroy(void)
     T_CHECK(g_handled > 0);
 }
 
+/* The same for a UDP socket with its own ring. */
+static ZCN_UdpSocket *_Atomic udp_target;
+
+static void *udp_stopper(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&stopping)) {
+        ZCN_UdpSocket *u = atomic_load(&udp_target);
+        if (u == NULL)
+            continue;
+        ZCN_Error e = zcn_udp_stop(u);
+        T_CHECK(e == ZCN_OK || e == ZCN_ERR_INVALID_ARGUMENT);
+    }
+    return NULL;
+}
+
+static void test_udp_stop_while_destroying(void)
+{
+    atomic_store(&stopping, 1);
+    pthread_t th;
+    pthread_create(&th, NULL, udp_stopper, NULL);
+    for (int r = 0; r < ROUNDS; r++) {
+        ZCN_UdpConfig cfg = {.address = "127.0.0.1", .buffer_count = 8};
+        ZCN_Error err = ZCN_OK;
+        ZCN_UdpSocket *u = zcn_udp_create(&cfg, &err);
+        T_CHECK(u != NULL);
+        atomic_store(&udp_target, u);
+        ZCN_Error e = zcn_udp_run_once_timeout(u, 100, NULL);
+        T_CHECK(e == ZCN_OK || e == (ZCN_Error)EINTR);
+        T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+        for (int spin = 0; spin < 1000; spin++)
+            __asm__ volatile("" ::: "memory");
+        atomic_store(&udp_target, NULL);
+        T_CHECK_ERR(zcn_udp_stop(u), ZCN_ERR_INVALID_ARGUMENT); /* gone: not touched */
+    }
+    atomic_store(&stopping, 0);
+    pthread_join(th, NULL);
+}
+
 int main(void)
 {
     t_require_io_uring();
     test_threads_stop_while_destroying();
+    test_udp_stop_while_destroying();
     test_signal_handler_during_destroy();
     return T_EXIT_PASS;
 }

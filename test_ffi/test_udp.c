@@ -877,6 +877,23 @@ static void bad_input(void)
     T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, 65508),
                 ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK(strstr(zcn_error_detail(), "65507") != NULL);
+    /* Lengths that would wrap a size computation are refused up front. */
+    const size_t wrapping[] = {SIZE_MAX, (size_t)UINT32_MAX + 1, (size_t)-4096,
+                               (size_t)INT32_MAX + 1};
+    for (size_t i = 0; i < sizeof wrapping / sizeof wrapping[0]; i++) {
+        T_CHECK_ERR(zcn_udp_sendto(u, (struct sockaddr *)&to, sizeof to, big, wrapping[i]),
+                    ZCN_ERR_INVALID_ARGUMENT);
+        ZCN_UdpMessage m = {(struct sockaddr *)&to, sizeof to, big, wrapping[i]};
+        size_t queued = 1;
+        T_CHECK_ERR(zcn_udp_sendto_batch(u, &m, 1, &queued), ZCN_ERR_INVALID_ARGUMENT);
+        T_CHECK(queued == 0);
+        size_t cap = 0;
+        uint8_t *b = zcn_udp_acquire_buffer(u, &cap);
+        T_CHECK(b != NULL);
+        T_CHECK(zcn_udp_sendto_buffer(u, (struct sockaddr *)&to, sizeof to, b, wrapping[i]) ==
+                ZCN_ERR_INVALID_ARGUMENT);
+        T_CHECK_ERR(zcn_udp_release_buffer(u, b), ZCN_OK);
+    }
     ZCN_UdpConfig small_only = {.address = "127.0.0.1", .flags = ZCN_UDP_SMALL_ONLY,
                                 .recv_mode = g_recv_mode};
     ZCN_UdpSocket *so = zcn_udp_create(&small_only, &err);
@@ -1384,11 +1401,11 @@ static void stopping(void)
     T_CHECK_ERR(zcn_udp_run(g_sock), ZCN_OK);
     pthread_join(t, NULL);
 
-    /* The loop thread owns the socket now: another thread gets BUSY. */
+    /* The loop thread owns the socket now: another thread is refused. */
     ZCN_Error other = ZCN_OK;
     T_CHECK(pthread_create(&t, NULL, other_thread_send, &other) == 0);
     pthread_join(t, NULL);
-    T_CHECK_ERR(other, ZCN_ERR_BUSY);
+    T_CHECK_ERR(other, ZCN_ERR_WRONG_THREAD);
 
     struct sigaction sa = {0};
     sa.sa_handler = on_alarm;

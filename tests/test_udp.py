@@ -389,7 +389,7 @@ def test_other_thread_send_is_busy():
         def send():
             try:
                 sock.sendto(b"x", ("127.0.0.1", 9))
-            except zcn.BusyError as exc:
+            except zcn.WrongThreadError as exc:
                 errors.append(exc)
 
         t = threading.Thread(target=send)

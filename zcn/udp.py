@@ -31,7 +31,7 @@ recv_mode="multishot".
 
 Threads. The first thread that runs the loop or sends becomes the socket's
 owner (the ring is single-issuer): run_once, serve_forever, sendto and send
-belong to it and callbacks run on it; another thread gets BusyError.
+belong to it and callbacks run on it; another thread gets WrongThreadError.
 stop() may be called from any thread or a signal handler; close() from
 another thread while the loop runs stops the loop and waits for it.
 
@@ -67,7 +67,8 @@ from ._util import int_arg as _int_arg
 from ._util import monotonic_ms as _monotonic_ms
 from ._util import release_buffer as _release_buffer
 from ._util import timeout_ms as _timeout_ms
-from .errors import BusyError, ClosedError, InvalidArgumentError, QueueFullError, error_from_code
+from .errors import (BusyError, ClosedError, InvalidArgumentError, QueueFullError,
+                     WrongThreadError, error_from_code)
 
 __all__ = ["UdpSocket", "UdpStats", "UDP_TRUNCATED", "EVENTS_MAX"]
 
@@ -356,8 +357,8 @@ class UdpSocket(BoundSocket):
         Raises ValueError/InvalidArgumentError (bad address, over 65507/65527
         bytes, or over buffer_size with small_only=True), QueueFullError
         (sends_max in flight: run the loop), ExhaustedError (no pool buffer,
-        or no large one for a copy over buffer_size), BusyError (another
-        thread owns the socket), ClosedError.
+        or no large one for a copy over buffer_size), WrongThreadError
+        (another thread owns the socket), ClosedError.
         """
         handle = self._handle
         if handle is None:
@@ -555,8 +556,8 @@ class UdpSocket(BoundSocket):
                 if self._loop_thread == me:
                     raise BusyError("run_once()/serve_forever() called from inside "
                                     "on_datagram of the same socket")
-                raise RuntimeError("zcn.UdpSocket: the loop is already running in "
-                                   "another thread")
+                raise WrongThreadError("zcn.UdpSocket: the loop is already running in "
+                                       "another thread")
             self._loop_thread = me
         try:
             self._wakeup.enter(self._handle, timeout_ms)
