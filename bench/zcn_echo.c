@@ -4,7 +4,7 @@
  *
  * usage: zcn_echo [--host 127.0.0.1] [--port 0] [--buffer-size BYTES]
  *                 [--buffers N] [--connections-max N] [--entries N]
- *                 [--backlog N] [--send-queue-max BYTES]
+ *                 [--backlog N] [--send-queue-max BYTES] [--send-timeout MS|never]
  * (0 or absent = the library's default). Prints
  * "zcn_echo listening on HOST:PORT (...config...)" and serves until
  * SIGINT/SIGTERM, then prints the server's counters on stderr; SIGUSR1
@@ -67,6 +67,7 @@ int main(int argc, char **argv)
         {"entries", required_argument, 0, 'e'},
         {"backlog", required_argument, 0, 'b'},
         {"send-queue-max", required_argument, 0, 'q'},
+        {"send-timeout", required_argument, 0, 't'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -81,10 +82,11 @@ int main(int argc, char **argv)
         case 'e': cfg.io_uring_entries = (uint32_t)v; break;
         case 'b': cfg.backlog = (uint32_t)v; break;
         case 'q': cfg.send_queue_max_bytes = (uint32_t)v; break;
+        case 't': cfg.send_timeout_ms = strcmp(optarg, "never") == 0 ? ZCN_TIMEOUT_NEVER : (uint32_t)v; break;
         default:
             fprintf(stderr, "usage: zcn_echo [--host H] [--port P] [--buffer-size B] [--buffers N]\n"
                             "                [--connections-max N] [--entries N] [--backlog N]\n"
-                            "                [--send-queue-max B]\n");
+                            "                [--send-queue-max B] [--send-timeout MS|never]\n");
             return 2;
         }
     }

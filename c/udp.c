@@ -1763,7 +1763,7 @@ size_t zcn_udp_memory_size(const ZCN_UdpConfig *cfg)
         zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "config is NULL");
         return 0;
     }
-    struct settings st;
+    struct settings st = {0};
     if (read_config(cfg, &st) != ZCN_OK)
         return 0;
     return slab_bytes(&st);
@@ -1994,7 +1994,7 @@ static ZCN_Error finish_create(ZCN_UdpSocket *u, const ZCN_UdpConfig *cfg,
 
 ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
 {
-    struct settings st;
+    struct settings st = {0};
     ZCN_UdpSocket *u = alloc_socket(cfg, &st, err);
     if (u == NULL)
         return NULL;
@@ -2031,7 +2031,7 @@ ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server, const ZCN_UdpConfig 
         zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL"));
         return NULL;
     }
-    struct settings st;
+    struct settings st = {0};
     ZCN_UdpSocket *u = alloc_socket(cfg, &st, err);
     if (u == NULL)
         return NULL;
