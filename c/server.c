@@ -20,12 +20,13 @@
  * buffer_count - reserve, so the reserve always feeds receives. Each
  * connection may hold up to its cap, a fair share of the budget under
  * pressure. A receive is armed only for a connection that may take another
- * buffer; multishot only while it holds nothing and the server is not under
- * pressure (else one buffer per request), so held data cannot grow behind
- * our back by more than the completions in flight when a cap was reached.
- * Connections waiting for budget wait in FIFO order; if the budget stays
- * used up while one waits, the stalled connection holding the most is
- * aborted. Queued data that makes no progress for send_timeout_ms is
+ * buffer; multishot only while it has room for a burst under its cap and
+ * the server is not under pressure (else one buffer per request), so held
+ * data cannot grow behind our back by more than the completions in flight
+ * when a cap was reached. Connections waiting for budget wait in FIFO
+ * order; if the budget stays used up while one waits, stalled connections
+ * are aborted, biggest first, until what they held would serve the
+ * waiters. Queued data that makes no progress for send_timeout_ms is
  * aborted too, as is a connection over the hard limit.
  */
 #include "internal.h"
@@ -55,6 +56,8 @@
 /* A connection whose queued data made no progress for this long may be
  * evicted when another one waits for budget. */
 #define EVICT_STALL_MS 100
+#define EVICT_SCAN_MS 10
+#define EVICT_BATCH 64
 /* How often connections with queued data are checked for send timeouts
  * (at most; a quarter of send_timeout_ms when that is shorter). */
 #define SEND_SWEEP_MS 250
@@ -1898,28 +1901,49 @@ static void serve_waiters(ZCN_Server *s)
     }
 }
 
-/* Someone waits for budget and none is left: abort the connection that
- * holds the most among those whose queued data made no progress for
- * EVICT_STALL_MS. A scan of every slot, at most once per millisecond and
- * only under this pressure. */
+/* Someone waits for budget and none is left: abort, biggest first, the
+ * connections whose queued data made no progress for EVICT_STALL_MS, until
+ * what they hold would serve every waiter (at most EVICT_BATCH a scan).
+ * One victim per scan is not enough against thousands of such peers: each
+ * victim frees a buffer or two, and the waiters ahead of a well-behaved
+ * newcomer are mostly the attackers' own connections. A scan visits the
+ * used slots, at most every EVICT_SCAN_MS and only under this pressure. */
 static void evict_for_waiters(ZCN_Server *s)
 {
-    if (s->waiters.head == NIL || budget_used(s) < s->budget || s->evict_check_ms == s->now_ms)
+    if (s->waiters.head == NIL || budget_used(s) < s->budget ||
+        s->now_ms < s->evict_check_ms + EVICT_SCAN_MS)
         return;
     s->evict_check_ms = s->now_ms;
-    struct conn *victim = NULL;
+    struct conn *top[EVICT_BATCH]; /* the biggest candidates, unordered */
+    uint32_t n = 0, smallest = 0;
     for (uint32_t i = 0; i < s->slots_high; i++) {
         struct conn *c = &s->conns[i];
         bool live = c->state == CONN_OPEN || c->state == CONN_CLOSING;
         if (!live || c->sq_head == NIL || s->now_ms - c->progress_ms < EVICT_STALL_MS)
             continue;
-        if (victim == NULL || held(c) > held(victim))
-            victim = c;
+        if (n < EVICT_BATCH) {
+            top[n++] = c;
+        } else if (held(c) > held(top[smallest])) {
+            top[smallest] = c;
+        } else {
+            continue;
+        }
+        for (uint32_t k = 0; k < n; k++) /* where the smallest is now */
+            if (held(top[k]) < held(top[smallest]))
+                smallest = k;
     }
-    if (victim == NULL)
-        return;
-    s->stats.evictions++;
-    abort_conn(s, victim, true);
+    uint64_t want = s->waiters.count, freed = 0;
+    while (n > 0 && freed < want) {
+        uint32_t best = 0;
+        for (uint32_t k = 1; k < n; k++)
+            if (held(top[k]) > held(top[best]))
+                best = k;
+        struct conn *victim = top[best];
+        top[best] = top[--n];
+        freed += held(victim) > 0 ? held(victim) : 1;
+        s->stats.evictions++;
+        abort_conn(s, victim, true);
+    }
 }
 
 static inline uint64_t send_sweep_period(const ZCN_Server *s)

@@ -288,8 +288,9 @@ enum {
  * paused; the kernel's socket buffers hold the rest) and its sends get
  * ZCN_ERR_QUEUE_FULL until it drains. A connection that waits for budget
  * waits in first-come first-served order; while one waits and the budget is
- * used up, the connection holding the most buffers whose sends made no
- * progress for 100 ms is aborted (stats.evictions). A connection whose
+ * used up, connections whose sends made no progress for 100 ms are aborted,
+ * biggest holders first, until their buffers would serve every waiter
+ * (stats.evictions). A connection whose
  * queued data makes no progress for send_timeout_ms, or that holds more
  * than conn_buffers_hard_max buffers, is aborted too. */
 typedef struct ZCN_Config {
