@@ -1,4 +1,4 @@
-"""An echo server in its own process, for tests/test_server_robust.py.
+"""An echo server in its own process, and ServerProc, which tests drive it with.
 
     python _server_proc.py '{"handler": "c", "idle_timeout": 0.5, ...}'
 
@@ -26,7 +26,9 @@ import json
 import os
 import resource
 import select
+import subprocess
 import sys
+import time
 
 SERVER_KEYS = ("connections_max", "idle_timeout", "send_queue_max_bytes",
                "buffer_pool_size", "buffer_size", "backlog", "io_uring_entries")
@@ -165,6 +167,69 @@ def main():
     final = server.stats()
     server.close()
     print(json.dumps(final), flush=True)
+
+
+# --------------------------------------------------------------------------
+# the test side
+# --------------------------------------------------------------------------
+
+class ServerProc:
+    """Starts this file as a server process with ``cfg`` and talks to it.
+    ``proc`` is its psutil.Process, for its fds, memory and CPU time."""
+
+    def __init__(self, **cfg):
+        import psutil
+        from conftest import TESTS_DIR, zcn_subprocess_env
+
+        self.p = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), json.dumps(cfg)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=zcn_subprocess_env(), cwd=TESTS_DIR)
+        line = self.p.stdout.readline().split()
+        if not line or line[0] != "READY":
+            err = self.p.stderr.read()
+            raise RuntimeError(f"server process did not start: {line} {err}")
+        self.port = int(line[1])
+        self.proc = psutil.Process(int(line[2]))
+        self.mode = line[3]
+        self.cfg = cfg
+
+    def _ask(self, cmd):
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError("server process died: " + self.p.stderr.read())
+        return json.loads(line)
+
+    def stats(self):
+        return self._ask("stats")
+
+    def wait_stats(self, pred, timeout=10.0):
+        """Polls the stats until pred(stats) holds; returns the last stats."""
+        deadline = time.monotonic() + timeout
+        st = self.stats()
+        while not pred(st) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            st = self.stats()
+        return st
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def quit(self):
+        if self.p.poll() is not None:
+            return None
+        try:
+            self.p.stdin.write("quit\n")
+            self.p.stdin.flush()
+            out, err = self.p.communicate(timeout=15)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self.p.kill()
+            out, err = self.p.communicate()
+        assert self.p.returncode == 0, err
+        lines = out.strip().splitlines()
+        return json.loads(lines[-1]) if lines else None
 
 
 if __name__ == "__main__":

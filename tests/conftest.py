@@ -8,6 +8,10 @@ in that module's test file.
 
     def test_y(uring_ring):     # a fresh zcn.Ring(64), skipped likewise
         ...
+
+    def test_z(server):         # a server in its own process (tests/_server_proc.py)
+        srv = server(handler="c")
+        ...
 """
 from __future__ import annotations
 
@@ -63,3 +67,24 @@ def uring_ring():
 
     with zcn.Ring(64) as ring:
         yield ring
+
+
+@pytest.fixture
+def server():
+    """server(**cfg) starts a server process (tests/_server_proc.py, where
+    the config keys are described) and returns its ServerProc; all are
+    stopped, and must exit cleanly, at the end of the test. Skips when
+    io_uring is unavailable."""
+    require_io_uring()
+    from _server_proc import ServerProc
+
+    procs = []
+
+    def start(**cfg):
+        s = ServerProc(**cfg)
+        procs.append(s)
+        return s
+
+    yield start
+    for s in procs:
+        s.quit()
