@@ -7,9 +7,22 @@ import struct
 import threading
 
 
-def connect(port, timeout=10.0):
-    c = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def connect(port, timeout=10.0, rcvbuf=None, sndbuf=None):
+    """A TCP_NODELAY connection to 127.0.0.1:port. rcvbuf and sndbuf set
+    SO_RCVBUF and SO_SNDBUF before connecting (so the window offered from
+    the SYN on is that small) and turn the kernel's autotuning off."""
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if sndbuf is not None:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.settimeout(timeout)
+        c.connect(("127.0.0.1", port))
+    except BaseException:
+        c.close()
+        raise
     return c
 
 

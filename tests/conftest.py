@@ -39,6 +39,12 @@ def zcn_subprocess_env():
     return env
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: one of the slowest parametrizations (still run by default and in "
+        "CI; deselect with -m 'not slow' for a quick run)")
+
+
 @functools.lru_cache(maxsize=None)
 def io_uring_unavailable_reason():
     """None when a zcn.Ring can be created here, else why not (the error's
