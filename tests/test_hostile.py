@@ -399,10 +399,12 @@ class Swarm:
         return self._thread.is_alive()
 
     def all_blocked(self, count):
-        """All `count` peers are connected and blocked (see Peer.blocked)."""
+        """All `count` peers are connected (fewer once the reconnects ran
+        out) and blocked (see Peer.blocked)."""
         now = time.monotonic()
         peers = list(self.peers)
-        return len(peers) == count and all(p.blocked(now) for p in peers)
+        full = len(peers) == count or (peers and self.reconnects_left == 0)
+        return full and all(p.blocked(now) for p in peers)
 
     def summary(self):
         return f"peers={len(self.peers)} {dict(self.count)} errors={dict(self.errors)}"
@@ -491,18 +493,49 @@ def saturated(scene, st, peers):
     return st["buffers_held"] >= want or st["evictions"] > 0
 
 
-def start_saturating(scene, swarms, kind, peers, what, **kw):
+class Settled:
+    """Called with stats again and again: true once the server's delivery
+    counters (DELIVERY_KEYS) have not moved for BLOCKED_S, i.e. it has
+    finished with what the stuck attackers sent. Until then a slow handler
+    may still be working through their backlog, and others wait behind it.
+    """
+
+    DELIVERY_KEYS = ("recv_ops", "sends_zero_copy", "sends_copied", "sends_coalesced")
+
+    def __init__(self):
+        self.values = None
+        self.since = time.monotonic()
+
+    def __call__(self, st):
+        values = tuple(st[k] for k in self.DELIVERY_KEYS)
+        now = time.monotonic()
+        if values != self.values:
+            self.values, self.since = values, now
+        return now - self.since >= BLOCKED_S
+
+
+def start_saturating(scene, swarms, kind, peers, what, settle=False, **kw):
     """Starts `peers` peers of kind (each replaced once if the server drops
     it, unless kw says otherwise; at most TRAFFIC_PER_PEER_BYTES each) and
     waits until they are all blocked and the server's stats show they took
-    effect (asserted)."""
+    effect (asserted). settle=True waits for the server to settle as well
+    (Settled): for handlers slow enough that working through the attack's
+    backlog takes a while. Not by default: evicted peers reconnect, so
+    with evictions the server never settles until the reconnects run
+    out."""
     kw.setdefault("reconnects", peers)
     kw.setdefault("cap_bytes", peers * TRAFFIC_PER_PEER_BYTES)
     swarm = swarms(scene.srv.port, kind, peers, **kw)
-    st = scene.srv.wait_stats(
-        lambda st: swarm.all_blocked(peers) and saturated(scene, st, peers), timeout=SETTLE_S)
+    settled = Settled() if settle else (lambda st: True)
+
+    def in_force(st):
+        return settled(st) and swarm.all_blocked(peers) and saturated(scene, st, peers)
+
+    st = scene.srv.wait_stats(in_force, timeout=SETTLE_S)
     assert swarm.all_blocked(peers) and saturated(scene, st, peers), \
         f"{what}: no saturation after {SETTLE_S} s: {describe(st)}; {swarm.summary()}"
+    assert settled(st), f"{what}: the server did not settle in {SETTLE_S} s: {describe(st)}; " \
+                        f"{swarm.summary()}"
     assert swarm.count["capped"] == 0, f"{what}: the traffic cap, not the server, stopped " \
                                        f"the attack: {swarm.summary()}"
     return swarm, st
@@ -666,7 +699,7 @@ def start_line_flood(scenes, swarms, lines_library, handler, config, peers):
     cfg = {"lines_library": lines_library} if handler == "lines-c" else {}
     scene = scenes(handler, config, **cfg)
     what = f"{peers} line flooders ({handler}, {config})"
-    swarm, st = start_saturating(scene, swarms, LineFlood, peers, what)
+    swarm, st = start_saturating(scene, swarms, LineFlood, peers, what, settle=True)
     return scene, swarm, st, what
 
 
