@@ -10,6 +10,9 @@ one per line on stdin:
     slab    -> one line: JSON {"bytes": the buffer slab's size, "resident":
                how much of it is in RAM (mincore)}, so a test can tell the
                preallocated pool from memory that might leak
+    conns   -> one line: JSON {fd: zcn.TcpServer.connection_info(fd) as a
+               dict, plus app_pending_bytes: what the Python echo keeps for
+               on_drain} for every open connection ({} for the raw loop)
     quit    -> stops, destroys the server, prints the final stats, exits 0
 
 EOF on stdin also quits. Config keys (all optional): handler (below), nofile
@@ -21,8 +24,8 @@ Handlers:
     "c"        the built-in C echo (zcn.TcpServer(handler="c"))
     "python"   an echo in Python through zcn.TcpServer: sends the received
                view without copying; on QueueFullError (counted:
-               app_echo_queue_full) keeps copies in order and resumes on
-               drain
+               app_echo_queue_full, the first one's reason kept in
+               app_first_refusal) keeps copies in order and resumes on drain
     "lines"    Python through zcn.TcpServer: answers every line with a
                zero-copy slice of the received view holding the line without
                its newline (a partial line at the end of a view is answered
@@ -150,6 +153,9 @@ class _FfiServer:
             out["app_first_refusal"] = self._lines.lines_first_refusal().decode()
         return out
 
+    def conns(self):
+        return {}  # the raw loop does not track its fds
+
     def slab(self):
         f = self._ffi
         base = f.zcn_server_buffer_base(self._s)
@@ -189,8 +195,9 @@ class _ApiServer:
             return
         try:
             self._srv.send(fd, data)
-        except zcn.QueueFullError:
+        except zcn.QueueFullError as exc:
             self._app["app_echo_queue_full"] += 1
+            self._first_refusal = self._first_refusal or f"{type(exc).__name__}: {exc}"
             self._pending[fd] = [bytes(data)]
         except zcn.ClosedError:
             pass  # reset by the peer in this batch: nothing to answer
@@ -229,6 +236,14 @@ class _ApiServer:
         out["app_first_refusal"] = self._first_refusal
         return out
 
+    def conns(self):
+        import dataclasses
+        srv = self._srv
+        out = {fd: dataclasses.asdict(srv.connection_info(fd)) for fd in srv.connections}
+        for fd, info in out.items():
+            info["app_pending_bytes"] = sum(map(len, self._pending.get(fd, ())))
+        return out
+
     def slab(self):
         # The class maps the slab itself (zcn._util.MappedMemory); a test
         # helper may look at that private attribute.
@@ -263,6 +278,8 @@ def main():
             print(json.dumps(server.stats()), flush=True)
         elif cmd == "slab":
             print(json.dumps(server.slab()), flush=True)
+        elif cmd == "conns":
+            print(json.dumps(server.conns()), flush=True)
         elif cmd == "quit" or line == "":
             break
     final = server.stats()
@@ -308,6 +325,9 @@ class ServerProc:
 
     def slab(self):
         return self._ask("slab")
+
+    def conns(self):
+        return self._ask("conns")
 
     def wait_stats(self, pred, timeout=10.0):
         """Polls the stats until pred(stats) holds; returns the last stats."""
