@@ -215,7 +215,9 @@ class Scene:
         idle_in_use = self.base_stats["buffers_in_use"]
         st = srv.wait_stats(lambda s: s["connections_active"] == 1 and s["buffers_held"] == 0
                             and s["buffers_in_use"] <= idle_in_use, timeout=SETTLE_S)
-        assert st["connections_active"] == 1, f"{what}: connections left: {describe(st)}"
+        assert st["connections_active"] == 1, \
+            f"{what}: connections left: {describe(st)}; first refusal: " \
+            f"{st.get('app_first_refusal')!r}; {srv.conns()}"
         assert st["buffers_held"] == 0, f"{what}: buffers still held: {describe(st)}"
         assert st["buffers_in_use"] <= idle_in_use, \
             f"{what}: buffers_in_use {st['buffers_in_use']} > idle {idle_in_use}: {describe(st)}"
@@ -932,18 +934,31 @@ def test_half_close_then_read(scenes, swarms, handler, config):
         f"{what}: {describe(st)}"
 
 
+#: Seen in about 1 run in 5 (1 in 20 on a quiet machine), so it cannot be
+#: a strict xfail; reported on hostile-suite.
+STUCK_AFTER_REFUSED_ECHO = (
+    "server bug (intermittent, reported): under fair-share pressure the Python echo's "
+    "send of a small received slice is refused (QUEUE_FULL: 'would exceed its buffer cap "
+    "(... in 41 buffers queued; ... 2 buffers now)'), and the connection then stays forever "
+    "with an empty send queue, deferred receives and no receive armed: no on_drain, no "
+    "timeout applies, and the peer's RST is never seen")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("handler", HANDLERS)
-def test_half_close_never_read(scenes, swarms, handler, config):
+def test_half_close_never_read(request, scenes, swarms, handler, config):
     """64 peers that send a 4 MiB request, SHUT_WR once it is all in their
     send buffer, and never read (SO_RCVBUF 4 KiB). Their echoes cannot
     leave, so the server holds what its policy lets them hold; in force
     once every peer has half-closed and the server is saturated (as for
-    stalled readers; an evicted peer is replaced, up to 64 times). A smaller request would not do: the server's kernel
-    send buffer (autotuned up to 4 MiB) takes a 1 MiB echo whole, and the
-    server closes the connection with nothing held. They leave with a RST
-    (unread data). TRAFFIC: at most 128 x 4 MiB."""
+    stalled readers; an evicted peer is replaced, up to 64 times). A
+    smaller request would not do: the server's kernel send buffer
+    (autotuned up to 4 MiB) takes a 1 MiB echo whole, and the server closes
+    the connection with nothing held. They leave with a RST (unread data).
+    TRAFFIC: at most 128 x 4 MiB."""
+    if (handler, config) == ("python", "256x4k"):
+        request.applymarker(pytest.mark.xfail(strict=False, reason=STUCK_AFTER_REFUSED_ECHO))
     peers = 64
     scene = scenes(handler, config)
     what = f"{peers} half-closers that never read ({handler}, {config})"
