@@ -8,6 +8,10 @@ in that module's test file.
 
     def test_y(uring_ring):     # a fresh zcn.Ring(64), skipped likewise
         ...
+
+    def test_z(server):         # a server in its own process (tests/_server_proc.py)
+        srv = server(handler="c")
+        ...
 """
 from __future__ import annotations
 
@@ -36,6 +40,12 @@ def zcn_subprocess_env():
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(zcn.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     return env
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: one of the slowest parametrizations (still run by default and in "
+        "CI; deselect with -m 'not slow' for a quick run)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,3 +93,24 @@ def run_python_block(code, timeout=30):
     same zcn as the tests; the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, "-c", code], env=zcn_subprocess_env(),
                           capture_output=True, text=True, timeout=timeout, cwd=TESTS_DIR)
+
+
+@pytest.fixture
+def server():
+    """server(**cfg) starts a server process (tests/_server_proc.py, where
+    the config keys are described) and returns its ServerProc; all are
+    stopped, and must exit cleanly, at the end of the test. Skips when
+    io_uring is unavailable."""
+    require_io_uring()
+    from _server_proc import ServerProc
+
+    procs = []
+
+    def start(**cfg):
+        s = ServerProc(**cfg)
+        procs.append(s)
+        return s
+
+    yield start
+    for s in procs:
+        s.quit()

@@ -7,145 +7,19 @@ be measured with psutil without the clients' share in them.
 """
 from __future__ import annotations
 
-import json
-import os
 import selectors
 import shutil
 import socket
-import struct
 import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
-from conftest import require_io_uring
+from _peers import connect, echo_roundtrip, pattern, recv_exact, reset
 
-psutil = pytest.importorskip("psutil")
+pytest.importorskip("psutil")  # the server fixture measures the server with it
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 HANDLERS = ["c", "python"]
-
-
-def _zcn_path():
-    """The directory holding the zcn package this process imports, so the
-    server process imports the same one (source tree or installed)."""
-    import zcn
-    return os.path.dirname(os.path.dirname(os.path.abspath(zcn.__file__)))
-
-
-class ServerProc:
-    def __init__(self, **cfg):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_zcn_path(), env.get("PYTHONPATH")) if p)
-        self.p = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "_server_proc.py"), json.dumps(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env)
-        line = self.p.stdout.readline().split()
-        if not line or line[0] != "READY":
-            err = self.p.stderr.read()
-            raise RuntimeError(f"server process did not start: {line} {err}")
-        self.port = int(line[1])
-        self.proc = psutil.Process(int(line[2]))
-        self.mode = line[3]
-        self.cfg = cfg
-
-    def stats(self):
-        self.p.stdin.write("stats\n")
-        self.p.stdin.flush()
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError("server process died: " + self.p.stderr.read())
-        return json.loads(line)
-
-    def wait_stats(self, pred, timeout=10.0):
-        """Polls the stats until pred(stats) holds; returns the last stats."""
-        deadline = time.monotonic() + timeout
-        st = self.stats()
-        while not pred(st) and time.monotonic() < deadline:
-            time.sleep(0.02)
-            st = self.stats()
-        return st
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def quit(self):
-        if self.p.poll() is not None:
-            return None
-        try:
-            self.p.stdin.write("quit\n")
-            self.p.stdin.flush()
-            out, err = self.p.communicate(timeout=15)
-        except (BrokenPipeError, subprocess.TimeoutExpired):
-            self.p.kill()
-            out, err = self.p.communicate()
-        assert self.p.returncode == 0, err
-        lines = out.strip().splitlines()
-        return json.loads(lines[-1]) if lines else None
-
-
-@pytest.fixture
-def server():
-    """server(**cfg) starts an echo server process; all are stopped (and
-    must exit cleanly) at the end of the test."""
-    require_io_uring()
-    procs = []
-
-    def start(**cfg):
-        s = ServerProc(**cfg)
-        procs.append(s)
-        return s
-
-    yield start
-    for s in procs:
-        s.quit()
-
-
-def connect(port, timeout=10.0):
-    c = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return c
-
-
-def recv_exact(sock, n):
-    parts, got = [], 0
-    while got < n:
-        b = sock.recv(min(n - got, 1 << 20))
-        if not b:
-            break
-        parts.append(b)
-        got += len(b)
-    return b"".join(parts)
-
-
-def echo_roundtrip(sock, payload):
-    """Sends payload from a writer thread while this thread reads the echo."""
-    err = []
-
-    def writer():
-        try:
-            sock.sendall(payload)
-        except OSError as exc:  # pragma: no cover - reported below
-            err.append(exc)
-
-    t = threading.Thread(target=writer)
-    t.start()
-    back = recv_exact(sock, len(payload))
-    t.join()
-    assert not err, err
-    return back
-
-
-def pattern(n, seed=0):
-    """n bytes that differ at every offset mod 251 and between seeds, so a
-    reordered, dropped or duplicated chunk changes the content."""
-    block = bytes((i * 7 + seed) % 251 for i in range(251 * 16))
-    reps = n // len(block) + 1
-    return (block * reps)[:n]
 
 
 # --------------------------------------------------------------------------
@@ -248,11 +122,6 @@ def test_connect_close_churn_keeps_fds_and_memory_flat(server):
 # peers that misbehave
 # --------------------------------------------------------------------------
 
-def _reset(sock):
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("handler", HANDLERS)
 def test_peer_reset_mid_transfer(server, handler):
@@ -277,7 +146,7 @@ def test_peer_reset_mid_transfer(server, handler):
                 c.recv(100)  # some rounds have the server's send half done
             except socket.timeout:
                 pass  # a loaded machine: no echo yet; the reset still lands mid-stream
-        _reset(c)
+        reset(c)
     # Poll mode returns the last batch's lent buffers at the next poll, so
     # wait for both rather than read buffers_in_use in the same instant.
     st = srv.wait_stats(lambda s: s["connections_active"] == 0 and s["buffers_in_use"] == 0,
