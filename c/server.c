@@ -68,6 +68,8 @@
  * kernel posts up to 32 completions per request before it lets others
  * run, MULTISHOT_MAX_RETRY). */
 #define MSHOT_ROOM 32
+/* Buffers of one connection a poll batch carries at most. */
+#define BATCH_PER_CONN 2
 #define NIL (-1)
 
 enum op {
@@ -486,6 +488,7 @@ enum gate {
     GATE_OPEN = 0,
     GATE_OWN,                   /* over its own limits: wait for its sends */
     GATE_BUDGET,                /* the server-wide budget is used up: wait */
+    GATE_BATCH,                 /* this poll batch has its share of c: next one */
 };
 
 /* Whether c may be handed `len` more bytes in one more buffer (`extra` is
@@ -495,22 +498,69 @@ enum gate {
  * against its cap here -- they come after this one -- or a connection
  * that overshot its cap could never deliver again. In poll mode what the
  * current batch lent c counts as queued already; otherwise a batch of
- * deliveries would all pass the check and the echoes get QUEUE_FULL. */
+ * deliveries would all pass the check and the echoes get QUEUE_FULL. A
+ * poll batch also carries at most BATCH_PER_CONN buffers of one
+ * connection, so a few busy connections cannot fill every batch and make
+ * the others wait behind their handler's work. */
 static enum gate delivery_gate(const ZCN_Server *s, const struct conn *c, uint64_t len,
                                uint32_t extra)
 {
     uint64_t bytes = c->queued_bytes + len;
     uint32_t bufs = c->sq_bufs + 1;
     if (lent_now(s, c)) {
+        if (c->lent_bufs >= BATCH_PER_CONN)
+            return GATE_BATCH;
         bytes += c->lent_bytes;
         bufs += c->lent_bufs;
     }
-    if (bytes > s->send_queue_max_bytes || bufs > buf_cap(s))
+    if (bytes > s->send_queue_max_bytes || bufs > buf_cap(s) ||
+        c->sq_chunks >= s->conn_chunks_max)
         return GATE_OWN;
-    if (budget_used(s) + extra > s->budget)
+    /* A deferred buffer is in the budget already: handing it over takes
+     * nothing more (its answer's extra buffer is own_slack's). */
+    if (extra > 0 && budget_used(s) + extra > s->budget)
         return GATE_BUDGET;
     return GATE_OPEN;
 }
+
+/* Whether c may take another buffer from the kernel: counting what it
+ * holds already, deferred receives included (the delivery gate does not,
+ * or deferred data could pile up without bound behind a receive left
+ * armed). */
+static enum gate intake_gate(const ZCN_Server *s, const struct conn *c)
+{
+    uint64_t bytes = c->queued_bytes + c->rx_bytes + s->buffer_size;
+    uint32_t bufs = held(c) + 1;
+    if (lent_now(s, c)) {
+        bytes += c->lent_bytes;
+        bufs += c->lent_bufs;
+    }
+    if (bytes > s->send_queue_max_bytes + s->buffer_size || bufs > buf_cap(s))
+        return GATE_OWN;
+    if (budget_used(s) + 1 > s->budget)
+        return GATE_BUDGET;
+    return GATE_OPEN;
+}
+
+/* Answers to data c was just handed (nonzero: the deliveries they answer)
+ * are not held to c's buffer cap or the server's budget, only to its
+ * bytes and chunks (two more per delivery): the delivery gate made room
+ * for each delivery when it was made, and a handler that sends at most
+ * what it received must never get ZCN_ERR_QUEUE_FULL -- though an answer
+ * can reference the delivered buffer and also pack small pieces into a new
+ * one (two buffers where the gate counted one), and the cap may have
+ * shrunk to a fair share since. What that takes beyond the cap is bounded
+ * by the deliveries (the gate stops the next one), and beyond the budget
+ * by the deliveries in flight, which the reserve absorbs; a deferred
+ * buffer is handed over even while the budget is overshot, or data
+ * deferred by completions already in flight could never be delivered. */
+static inline uint32_t own_slack(const ZCN_Server *s, const struct conn *c)
+{
+    if (s->poll_mode)
+        return c->lent_batch == s->batch ? c->lent_bufs : 0;
+    return s->delivering == c ? 1 : 0;
+}
+
 
 /* Pool buffers the ring may not take: room left in the budget for copied
  * sends, up to a headroom. */
@@ -541,10 +591,21 @@ static void ring_add(ZCN_Server *s, uint32_t bid)
  * from every open connection, not the whole pool. The ring is FIFO, so a
  * returned buffer is reused only after all the others in it; keeping it
  * small keeps the buffers the kernel writes into warm in cache and TLB
- * (the pool behind it is LIFO). */
+ * (the pool behind it is LIFO). And no more than the reserve plus the part
+ * of the budget's room that copies do not need: what the ring holds the
+ * kernel owns, and a copied send (a packed answer) that finds the pool
+ * empty would fail for nothing. */
 static inline uint32_t ring_want(const ZCN_Server *s)
 {
     uint64_t want = 32 + 2 * (uint64_t)s->conns_active + s->br_extra;
+    uint32_t used = budget_used(s);
+    uint32_t room = used < s->budget ? s->budget - used : 0;
+    /* Half the reserve, at least: the other half is for the packed
+     * answers to data just delivered, which may go over the budget. */
+    uint64_t limit = (uint64_t)(s->reserve > 1 ? s->reserve / 2 : 1) +
+                     (room > s->copy_headroom ? room - s->copy_headroom : 0);
+    if (want > limit)
+        want = limit;
     return want < s->br_target ? (uint32_t)want : s->br_target;
 }
 
@@ -740,7 +801,7 @@ static void maybe_arm_recv(ZCN_Server *s, struct conn *c)
 {
     if (c->state != CONN_OPEN || c->recv_armed || c->eof || c->rx_head != NIL)
         return;
-    enum gate g = delivery_gate(s, c, s->buffer_size, 1);
+    enum gate g = intake_gate(s, c);
     if (g == GATE_BUDGET) {
         wait_for_budget(s, c);
         return;
@@ -1083,13 +1144,14 @@ static ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_t cap_b
                         (unsigned long long)s->send_queue_max_bytes);
     const char *why = NULL;
     bool budget = false;
+    uint32_t slack = own_slack(s, c);
     if (c->queued_bytes + len > s->send_queue_max_bytes)
         why = "its bytes";
-    else if (cap_bufs > 0 && held(c) + cap_bufs > buf_cap(s))
+    else if (cap_bufs > 0 && slack == 0 && c->sq_bufs + cap_bufs > buf_cap(s))
         why = "its buffer cap";
-    else if (new_chunks > 0 && c->sq_chunks + new_chunks > s->conn_chunks_max)
+    else if (new_chunks > 0 && c->sq_chunks + new_chunks > s->conn_chunks_max + 2 * slack)
         why = "its chunk cap";
-    else if (budget_bufs > 0 && budget_used(s) + budget_bufs > s->budget)
+    else if (budget_bufs > 0 && slack == 0 && budget_used(s) + budget_bufs > s->budget)
         why = "the server's buffer budget", budget = true;
     else if (new_chunks > 0 && s->chunks_used + new_chunks > s->chunks_max)
         why = "the server's chunk table", budget = true;
@@ -1101,9 +1163,10 @@ static ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_t cap_b
     s->stats.send_queue_full_events++;
     return zcn_fail(ZCN_ERR_QUEUE_FULL,
                     "fd %d: a %zu-byte send would exceed %s (%llu bytes in %u buffers queued; "
-                    "limits %llu bytes, %u buffers now)",
-                    c->fd, len, why, (unsigned long long)c->queued_bytes, held(c),
-                    (unsigned long long)s->send_queue_max_bytes, buf_cap(s));
+                    "limits %llu bytes, %u buffers now; server: %u of %u buffers held)",
+                    c->fd, len, why, (unsigned long long)c->queued_bytes, c->sq_bufs,
+                    (unsigned long long)s->send_queue_max_bytes, buf_cap(s), budget_used(s),
+                    s->budget);
 }
 
 /* The server owns the last buffer of c's queue alone (a copy or a
@@ -1206,12 +1269,14 @@ static ZCN_Error send_lent(ZCN_Server *s, struct conn *c, uint32_t bid, size_t o
             return ZCN_OK;
         }
         same_buf = tail->bid == bid;
-        if (len < COALESCE_BYTES || c->sq_chunks >= s->conn_chunks_max) {
+        if (len < COALESCE_BYTES || c->sq_chunks >= s->conn_chunks_max ||
+            len <= tail_room(s, c)) {
             ZCN_Error err = send_copy(s, c, data, len);
             if (err == ZCN_OK)
                 s->stats.sends_coalesced++;
-            /* With no pool buffer for the copy, referencing still works. */
-            if (err != ZCN_ERR_EXHAUSTED || c->sq_chunks >= s->conn_chunks_max)
+            /* With no pool buffer for the copy (the ring holds them),
+             * referencing still works if a chunk is left (admit says). */
+            if (err != ZCN_ERR_EXHAUSTED)
                 return err;
         }
     }
@@ -1494,6 +1559,8 @@ static void flush_pending_rx(ZCN_Server *s, struct conn *c)
         enum gate g = delivery_gate(s, c, s->meta[bid].len, 0);
         if (g == GATE_BUDGET)
             wait_for_budget(s, c);
+        else if (g == GATE_BATCH || (g == GATE_OWN && !c->send_inflight && !c->in_tx))
+            service_add(s, c); /* no send completion will call back: retry */
         if (g != GATE_OPEN)
             return;
         if (!has_room(s, 2)) {
@@ -1528,7 +1595,6 @@ static void defer_rx(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
     c->rx_tail = (int32_t)bid;
     held_add(s, c, &c->rx_bufs, 1);
     c->rx_bytes += len;
-    cancel_recv(s, c); /* stop taking buffers until it may take more */
 }
 
 /* The hard limit: a connection holding more than this (its cap overshot
@@ -1564,7 +1630,11 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
             if (g == GATE_OPEN && has_room(s, 2)) {
                 emit_data(s, c, bid, (uint32_t)res);
             } else {
+                /* Deferred data is ours to keep: stop taking more until it
+                 * has been delivered, so what waits stays in the kernel's
+                 * socket buffers, not in the pool. */
                 defer_rx(s, c, bid, (uint32_t)res);
+                cancel_recv(s, c);
                 if (g == GATE_BUDGET)
                     wait_for_budget(s, c);
                 else if (!linked(&c->wait))
@@ -1621,7 +1691,7 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
 static bool drain_due(const ZCN_Server *s, const struct conn *c)
 {
     return c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
-           held(c) <= buf_cap(s) / 2 && budget_used(s) < s->budget;
+           c->sq_bufs <= buf_cap(s) / 2 && budget_used(s) < s->budget;
 }
 
 static void on_send(ZCN_Server *s, struct conn *c, int res)
