@@ -537,7 +537,10 @@ typedef struct ZCN_Event {
  * copy, until the next zcn_server_poll / run_once call on this server. A
  * CLOSE event's fd stays reserved until that next call too, so its number is
  * not reused before the caller has seen the event. Completions that do not
- * fit stay queued for the next call. Do not mix with callbacks: once a
+ * fit stay queued for the next call. A batch carries at most 2 DATA events
+ * of one connection (the rest of its data waits for the next call), so a
+ * few busy connections cannot fill every batch and keep the others
+ * waiting behind their handler's work. Do not mix with callbacks: once a
  * server has been polled, callbacks are not called, and closes started
  * between polls (zcn_server_close, _abort, _shutdown) are reported as CLOSE
  * events by the next poll, the fd staying open until then. */
