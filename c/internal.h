@@ -123,8 +123,9 @@ uint64_t zcn_now_ms(void);
  * kernel refuses that submit, which the caller reports. */
 struct io_uring_sqe *zcn_get_sqe(struct io_uring *ring);
 
-/* Test hook (test_ffi): the next `count` zcn_get_sqe calls on this thread
- * return NULL, as if the kernel had refused the submit that makes room.
+/* Test hook (test_ffi): the next `count` zcn_get_sqe calls (on any thread;
+ * set it from the thread that runs the loop, before running it) return
+ * NULL, as if the kernel had refused the submit that makes room.
  * Every path that needs an SQE must retry later instead of losing work. */
 void zcn_test_fail_sqes(uint32_t count);
 

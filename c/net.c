@@ -22,7 +22,9 @@ uint64_t zcn_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static _Thread_local uint32_t sqe_failures_left;
+/* Not thread-local: a TLS read in the shared library would be a call into
+ * __tls_get_addr on every SQE. Written by tests only, before the loop runs. */
+static uint32_t sqe_failures_left;
 
 void zcn_test_fail_sqes(uint32_t count)
 {

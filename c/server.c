@@ -37,7 +37,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +173,8 @@ struct ZCN_Server {
     uint32_t user_bufs;         /* acquired by the application */
     uint32_t lent_count;        /* lent to the current poll batch */
     uint32_t copy_headroom;     /* pool buffers the ring leaves for copies */
+    uint32_t ring_target;       /* ring_want and pool_keep as of the last */
+    uint32_t pool_keep;         /* ring_refill (recycle reads them) */
     uint64_t send_timeout_ms;   /* 0 = never */
     uint32_t hard_max_bufs;
     uint64_t evict_check_ms;    /* last eviction scan */
@@ -207,7 +208,7 @@ struct ZCN_Server {
     struct conn *delivering;    /* on_data is running for it */
     int in_loop;                /* inside a loop call (events may be emitted) */
     int live_slot;              /* zcn_live registry entry (safe stop) */
-    pthread_t owner;
+    const void *owner;          /* this_thread() of the thread that started it */
     _Atomic int stop_requested;
 
     uint32_t backlog;
@@ -321,13 +322,26 @@ static inline bool half_close(const ZCN_Server *s)
     return s->half_close_flag || s->on_eof != NULL;
 }
 
-static ZCN_Error owner_check(const ZCN_Server *s, const char *fn)
+/* The calling thread, as the thread pointer (the fs base on x86-64): the
+ * owner check on every send is a compare, not a call into libc
+ * (pthread_self) nor, in the shared library, into __tls_get_addr. */
+static inline const void *this_thread(void)
 {
-    if (s->started && !pthread_equal(pthread_self(), s->owner))
-        return zcn_fail(ZCN_ERR_WRONG_THREAD,
-                        "%s called from a thread that does not own the server: the thread "
-                        "that called zcn_server_start runs its loop and makes its calls",
-                        fn);
+    return __builtin_thread_pointer();
+}
+
+static ZCN_Error wrong_thread(const char *fn)
+{
+    return zcn_fail(ZCN_ERR_WRONG_THREAD,
+                    "%s called from a thread that does not own the server: the thread that "
+                    "called zcn_server_start runs its loop and makes its calls",
+                    fn);
+}
+
+static inline ZCN_Error owner_check(const ZCN_Server *s, const char *fn)
+{
+    if (ZCN_UNLIKELY(s->started && s->owner != this_thread()))
+        return wrong_thread(fn);
     return ZCN_OK;
 }
 
@@ -458,7 +472,7 @@ static inline uint32_t buf_cap(const ZCN_Server *s)
     return cap;
 }
 
-static void held_add(ZCN_Server *s, struct conn *c, uint32_t *field, int32_t delta)
+static inline void held_add(ZCN_Server *s, struct conn *c, uint32_t *field, int32_t delta)
 {
     uint32_t before = held(c);
     *field = (uint32_t)((int32_t)*field + delta);
@@ -626,11 +640,13 @@ static inline int64_t pool_take(ZCN_Server *s)
     return bid;
 }
 
-/* Tops the ring up from the pool before waiting. */
+/* Tops the ring up from the pool before waiting, and sets the ring's
+ * target and the pool's keep for the buffers recycled until the next
+ * refill (computed here, once or twice a turn, not per buffer). */
 static void ring_refill(ZCN_Server *s)
 {
-    uint32_t want = ring_want(s);
-    uint32_t keep = pool_keep(s);
+    uint32_t want = s->ring_target = ring_want(s);
+    uint32_t keep = s->pool_keep = pool_keep(s);
     while (s->rx.count < want && s->pool_free > keep) {
         int64_t bid = pool_take(s);
         if (bid < 0)
@@ -641,9 +657,9 @@ static void ring_refill(ZCN_Server *s)
 
 /* A buffer nobody refers to any more: refill the buffer ring first, the
  * pool after. */
-static void recycle(ZCN_Server *s, uint32_t bid)
+static inline void recycle(ZCN_Server *s, uint32_t bid)
 {
-    if (s->rx.count < ring_want(s) && s->pool_free >= pool_keep(s)) {
+    if (s->rx.count < s->ring_target && s->pool_free >= s->pool_keep) {
         ring_add(s, bid);
         return;
     }
@@ -1131,14 +1147,17 @@ static struct conn *send_target(ZCN_Server *s, int fd, ZCN_Error *err)
     return c;
 }
 
+static ZCN_Error refuse(ZCN_Server *s, struct conn *c, size_t len, const char *why, bool budget);
+
 /* Refuses a send that would not fit: its bytes into the queue, cap_bufs
  * more buffers into the connection's cap, budget_bufs more into the
  * server's budget (0 for a buffer counted already), its chunks into the
- * connection's and the server's chunk tables. A refusal asks for DRAIN. */
-static ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_t cap_bufs,
-                       uint32_t budget_bufs, uint32_t new_chunks)
+ * connection's and the server's chunk tables. A refusal asks for DRAIN.
+ * Inline, on every send; the refusal itself is out of line. */
+static inline ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_t cap_bufs,
+                              uint32_t budget_bufs, uint32_t new_chunks)
 {
-    if (len > s->send_queue_max_bytes)
+    if (ZCN_UNLIKELY(len > s->send_queue_max_bytes))
         return zcn_fail((ZCN_Error)EMSGSIZE,
                         "a %zu-byte send is larger than send_queue_max_bytes (%llu)", len,
                         (unsigned long long)s->send_queue_max_bytes);
@@ -1155,8 +1174,13 @@ static ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_t cap_b
         why = "the server's buffer budget", budget = true;
     else if (new_chunks > 0 && s->chunks_used + new_chunks > s->chunks_max)
         why = "the server's chunk table", budget = true;
-    if (why == NULL)
+    if (ZCN_LIKELY(why == NULL))
         return ZCN_OK;
+    return refuse(s, c, len, why, budget);
+}
+
+static ZCN_Error refuse(ZCN_Server *s, struct conn *c, size_t len, const char *why, bool budget)
+{
     c->want_drain = true;
     if (budget)
         wait_for_budget(s, c); /* DRAIN comes when the budget frees */
@@ -1269,8 +1293,7 @@ static ZCN_Error send_lent(ZCN_Server *s, struct conn *c, uint32_t bid, size_t o
             return ZCN_OK;
         }
         same_buf = tail->bid == bid;
-        if (len < COALESCE_BYTES || c->sq_chunks >= s->conn_chunks_max ||
-            len <= tail_room(s, c)) {
+        if (len < COALESCE_BYTES || c->sq_chunks >= s->conn_chunks_max) {
             ZCN_Error err = send_copy(s, c, data, len);
             if (err == ZCN_OK)
                 s->stats.sends_coalesced++;
@@ -1625,16 +1648,21 @@ static void on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
             s->stats.bytes_received += (uint64_t)res;
             c->bytes_in += (uint64_t)res;
             touch(s, c);
-            /* Data already deferred goes first: this waits behind it. */
-            enum gate g = c->rx_head != NIL ? GATE_OWN : delivery_gate(s, c, (uint32_t)res, 1);
+            /* Data already deferred goes first: this waits behind it (and
+             * the intake gate says whether c may take more meanwhile). */
+            enum gate g = c->rx_head != NIL ? GATE_BATCH : delivery_gate(s, c, (uint32_t)res, 1);
             if (g == GATE_OPEN && has_room(s, 2)) {
                 emit_data(s, c, bid, (uint32_t)res);
             } else {
                 /* Deferred data is ours to keep: stop taking more until it
                  * has been delivered, so what waits stays in the kernel's
-                 * socket buffers, not in the pool. */
+                 * socket buffers, not in the pool -- unless only this poll
+                 * batch is full of c and it may take more (a stream: its
+                 * receive goes on, bounded by the intake gate, instead of
+                 * a cancel and a new request every batch). */
                 defer_rx(s, c, bid, (uint32_t)res);
-                cancel_recv(s, c);
+                if (g != GATE_BATCH || intake_gate(s, c) != GATE_OPEN)
+                    cancel_recv(s, c);
                 if (g == GATE_BUDGET)
                     wait_for_budget(s, c);
                 else if (!linked(&c->wait))
@@ -2628,7 +2656,7 @@ ZCN_Error zcn_server_start(ZCN_Server *s)
     ZCN_Error e = zcn_ring_enable(s->ring_handle);
     if (e != ZCN_OK)
         return e;
-    s->owner = pthread_self();
+    s->owner = this_thread();
     s->started = true;
     s->now_ms = zcn_now_ms();
     arm_accept(s);
