@@ -71,6 +71,31 @@ static inline int t_open_fds(void)
     return n;
 }
 
+/* A server on 127.0.0.1, an ephemeral port, with extra's other fields
+ * (NULL: all defaults); the test fails if it cannot be created. */
+static inline ZCN_Server *t_make_server(const ZCN_Config *extra)
+{
+    ZCN_Config cfg = {0};
+    if (extra != NULL)
+        cfg = *extra;
+    cfg.address = "127.0.0.1";
+    cfg.port = 0;
+    ZCN_Error err = ZCN_OK;
+    ZCN_Server *s = zcn_server_create(&cfg, &err);
+    if (s == NULL)
+        fprintf(stderr, "create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
+    T_CHECK(s != NULL);
+    T_CHECK(zcn_server_port(s) != 0);
+    return s;
+}
+
+/* An on_accept that stores the accepted fd in the int its user_data
+ * points to (zcn_server_set_callbacks(s, &fd, t_store_fd, ...)). */
+static inline void t_store_fd(void *user_data, int fd)
+{
+    *(int *)user_data = fd;
+}
+
 /* The wakeup fd t_write_wakeup writes to (zcn_*_wakeup_fd). */
 static inline int *t_wakeup_target(void)
 {

@@ -26,24 +26,9 @@ void zcn_test_fail_sqes(uint32_t count);
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static ZCN_Server *make_server(const ZCN_Config *extra)
-{
-    ZCN_Config cfg = {0};
-    if (extra != NULL)
-        cfg = *extra;
-    cfg.address = "127.0.0.1";
-    cfg.port = 0;
-    ZCN_Error err = ZCN_OK;
-    ZCN_Server *s = zcn_server_create(&cfg, &err);
-    if (s == NULL)
-        fprintf(stderr, "create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
-    T_CHECK(s != NULL);
-    return s;
-}
-
 static ZCN_Server *echo_server(const ZCN_Config *extra)
 {
-    ZCN_Server *s = make_server(extra);
+    ZCN_Server *s = t_make_server(extra);
     T_CHECK_ERR(zcn_server_use_echo_handler(s), ZCN_OK);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     return s;
@@ -308,7 +293,7 @@ static void test_waiters_survive_resets(void)
 static void test_poll_eof_close_between_polls(void)
 {
     int fds_before = t_open_fds();
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     int peers[3];
     for (int i = 0; i < 3; i++)
@@ -360,7 +345,7 @@ static void test_poll_eof_close_between_polls(void)
 static void test_poll_close_between_polls(void)
 {
     ZCN_Config cfg = {.send_queue_max_bytes = 16384, .buffer_size = 4096};
-    ZCN_Server *s = make_server(&cfg);
+    ZCN_Server *s = t_make_server(&cfg);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     int peer = client(zcn_server_port(s), 4096);
     ZCN_Event ev[64];
@@ -432,7 +417,7 @@ static void lines_on_data(void *ud, int fd, const uint8_t *data, size_t len)
  * Chunks are capped per connection and small slices packed now. */
 static void test_slices_cannot_take_the_chunk_table(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     lines_server = s;
     zcn_server_set_callbacks(s, NULL, NULL, lines_on_data, NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
@@ -503,7 +488,7 @@ static void sizes_on_data(void *ud, int fd, const uint8_t *data, size_t len)
  * that cannot be right is refused; the peer gets exactly the 10 bytes. */
 static void test_sizes_that_would_wrap(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     size_server = s;
     zcn_server_set_callbacks(s, NULL, NULL, sizes_on_data, NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
@@ -549,7 +534,7 @@ static void big_on_accept(void *ud, int fd)
  * queued. */
 static void test_one_send_over_the_limit(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     big_server = s;
     zcn_server_set_callbacks(s, NULL, big_on_accept, NULL, NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
@@ -599,7 +584,7 @@ static void hc_data(void *ud, int fd, const uint8_t *data, size_t len)
  * FIN closed the connection and the late answer was refused. */
 static void test_half_close_answer_later(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     hc_server = s;
     zcn_server_set_callbacks(s, NULL, NULL, hc_data, hc_close);
     zcn_server_set_eof_callback(s, hc_eof);
@@ -677,13 +662,6 @@ static void test_eof_default_closes(void)
 
 /* ---- abort ------------------------------------------------------------------ */
 
-static int abort_fd = -1;
-static void abort_accept(void *ud, int fd)
-{
-    (void)ud;
-    abort_fd = fd;
-}
-
 /* zcn_server_abort: the peer sees a reset, the queue's buffers come back
  * at once (the ones a send in flight reads within a turn), on_close
  * follows at the next turn. */
@@ -691,7 +669,8 @@ static void test_abort(void)
 {
     ZCN_Config cfg = {.buffer_size = 4096};
     ZCN_Server *s = echo_server(&cfg);
-    zcn_server_set_callbacks(s, NULL, abort_accept, NULL, NULL);
+    int abort_fd = -1;
+    zcn_server_set_callbacks(s, &abort_fd, t_store_fd, NULL, NULL);
     zcn_server_use_echo_handler(s);
     int peer = client(zcn_server_port(s), 4096);
     for (int i = 0; i < 300; i++) {
@@ -770,7 +749,7 @@ static void test_hard_limit(void)
 static void test_acquire_keeps_the_reserve(void)
 {
     ZCN_Config cfg = {.buffer_pool_size = 64, .buffer_reserve = 16};
-    ZCN_Server *s = make_server(&cfg);
+    ZCN_Server *s = t_make_server(&cfg);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     uint8_t *got[64];
     int n = 0;
@@ -830,19 +809,13 @@ static void *from_other_thread(void *arg)
     return NULL;
 }
 
-static int thread_fd = -1;
-static void thread_accept(void *ud, int fd)
-{
-    (void)ud;
-    thread_fd = fd;
-}
-
 /* A send from a thread that is not the loop's used to be accepted
  * silently (a data race). Every owner-thread call refuses it now. */
 static void test_wrong_thread(void)
 {
-    ZCN_Server *s = make_server(NULL);
-    zcn_server_set_callbacks(s, NULL, thread_accept, NULL, NULL);
+    ZCN_Server *s = t_make_server(NULL);
+    int thread_fd = -1;
+    zcn_server_set_callbacks(s, &thread_fd, t_store_fd, NULL, NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     int peer = client(zcn_server_port(s), 0);
     uint64_t end = t_mono_ms() + 2000;
@@ -894,7 +867,7 @@ static void *stop_later(void *arg)
  * forever). */
 static void test_no_free_sqe(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     zcn_test_fail_sqes(2); /* start's accept and wake-up polls */
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     zcn_server_use_echo_handler(s);
@@ -941,7 +914,7 @@ static void test_no_free_sqe(void)
  * found, nothing is touched (ASan would see a use after free). */
 static void test_stop_after_destroy(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     T_CHECK_ERR(zcn_server_stop(s), ZCN_OK);
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
     T_CHECK_ERR(zcn_server_stop(s), ZCN_ERR_INVALID_ARGUMENT);

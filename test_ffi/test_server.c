@@ -37,22 +37,6 @@ static void read_exact(int fd, uint8_t *buf, size_t len)
     }
 }
 
-static ZCN_Server *make_server(const ZCN_Config *extra)
-{
-    ZCN_Config cfg = {0};
-    if (extra != NULL)
-        cfg = *extra;
-    cfg.address = "127.0.0.1";
-    cfg.port = 0;
-    ZCN_Error err = ZCN_OK;
-    ZCN_Server *s = zcn_server_create(&cfg, &err);
-    if (s == NULL)
-        fprintf(stderr, "create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
-    T_CHECK(s != NULL);
-    T_CHECK(zcn_server_port(s) != 0);
-    return s;
-}
-
 /* ---- echo with a client thread ------------------------------------------- */
 
 struct client_job {
@@ -137,7 +121,7 @@ static void run_until_done(ZCN_Server *s, atomic_int *done)
 
 static void test_callback_echo(size_t len, int rounds)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     struct trace t = {.server = s};
     T_CHECK_ERR(zcn_server_set_callbacks(s, &t, t_accept, t_data, t_close), ZCN_OK);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
@@ -170,7 +154,7 @@ static void test_callback_echo(size_t len, int rounds)
 
 static void test_builtin_echo_many(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     T_CHECK_ERR(zcn_server_use_echo_handler(s), ZCN_OK);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     enum { N = 8 };
@@ -193,7 +177,7 @@ static void test_builtin_echo_many(void)
 
 static void test_poll_mode(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     int fd = connect_to(zcn_server_port(s));
     T_CHECK(send(fd, "hello", 5, 0) == 5);
@@ -259,7 +243,7 @@ static void greet_accept(void *ud, int fd)
 
 static void test_close_after_send(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     greet_server = s;
     T_CHECK_ERR(zcn_server_set_callbacks(s, NULL, greet_accept, NULL, NULL), ZCN_OK);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
@@ -300,7 +284,7 @@ static void on_alarm(int sig)
 
 static void test_stop(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     pthread_t th;
     pthread_create(&th, NULL, stopper, s);
@@ -338,7 +322,7 @@ static void bye_data(void *ud, int fd, const uint8_t *data, size_t len)
 
 static void test_send_then_stop(void)
 {
-    ZCN_Server *s = bye_server = make_server(NULL);
+    ZCN_Server *s = bye_server = t_make_server(NULL);
     T_CHECK_ERR(zcn_server_flush(NULL), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_server_flush(s), ZCN_OK); /* not started: nothing to do */
     T_CHECK_ERR(zcn_server_set_callbacks(s, NULL, NULL, bye_data, NULL), ZCN_OK);
@@ -380,7 +364,7 @@ static void test_send_then_stop(void)
 static void test_wakeup_fd(void)
 {
     int fds0 = t_open_fds();
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     int fd = 7, again = -1;
     T_CHECK_ERR(zcn_server_wakeup_fd(NULL, &fd), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK(fd == -1);
@@ -459,7 +443,7 @@ static void bp_drain(void *ud, int fd)
 static void test_backpressure(void)
 {
     ZCN_Config cfg = {.send_queue_max_bytes = 64 * 1024};
-    ZCN_Server *s = make_server(&cfg);
+    ZCN_Server *s = t_make_server(&cfg);
     bp_server = s;
     zcn_server_set_callbacks(s, NULL, bp_accept, NULL, NULL);
     zcn_server_set_drain_callback(s, bp_drain);
@@ -523,7 +507,7 @@ static void test_bad_input(void)
     T_CHECK(zcn_server_create(&cfg, &err) == NULL);
     T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
 
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     cfg = (ZCN_Config){.address = "127.0.0.1", .port = zcn_server_port(s)};
     T_CHECK(zcn_server_create(&cfg, &err) == NULL);
     T_CHECK_ERR(err, (ZCN_Error)EADDRINUSE);
@@ -562,7 +546,7 @@ static void test_bad_input(void)
  * data must not close the connection before the caller has answered. */
 static void test_poll_half_close(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     for (int round = 0; round < 20; round++) {
         int fd = connect_to(zcn_server_port(s));
@@ -612,7 +596,7 @@ static void small_accept(void *ud, int fd)
  * each (the pool would run out: ZCN_ERR_EXHAUSTED). */
 static void test_small_copied_sends_share_buffers(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     zcn_server_set_callbacks(s, NULL, small_accept, NULL, NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     int fd = connect_to(zcn_server_port(s));
@@ -668,7 +652,7 @@ static void slice_on_data(void *ud, int fd, const uint8_t *data, size_t len)
 
 static void test_zero_copy_slices(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     zcn_server_set_callbacks(s, s, NULL, slice_on_data, NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     struct client_job job = {.port = zcn_server_port(s), .len = 300000, .rounds = 2};
@@ -704,7 +688,7 @@ static void eu_close(void *ud, int fd)
 
 static void test_echo_keeps_user_data(void)
 {
-    ZCN_Server *s = make_server(NULL);
+    ZCN_Server *s = t_make_server(NULL);
     struct echo_ud ud = {0};
     T_CHECK_ERR(zcn_server_set_callbacks(s, &ud, eu_accept, NULL, eu_close), ZCN_OK);
     T_CHECK_ERR(zcn_server_use_echo_handler(s), ZCN_OK);

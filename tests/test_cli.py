@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from _tcp import recv_until_eof
 from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,12 +81,7 @@ def _socket_echo(port, payload):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return recv_until_eof(sock)
 
 
 HANDLERS = [("--handler", "c"), ("--handler", "python")]
