@@ -1,0 +1,155 @@
+/* The buffer policy's actions (docs/BUFFERS.md): refilling the receive
+ * ring within the budget, serving the connections that wait for buffers
+ * (first come first served), evicting stalled holders when the budget stays
+ * used up, send and idle timeouts, and the clock that drives them. The
+ * arithmetic they share with the per-message path is in c/tcp_budget.h. */
+#include "tcp_budget.h"
+
+/* Tops the ring up from the pool before waiting, and sets the ring's
+ * target and the pool's keep for the buffers recycled until the next
+ * refill (computed here, once or twice a turn, not per buffer). */
+void zcn_tcp_ring_refill(ZCN_Server *s)
+{
+    uint32_t want = s->ring_target = ring_want(s);
+    uint32_t keep = s->pool_keep = pool_keep(s);
+    while (s->rx.count < want && s->pool_free > keep) {
+        int64_t bid = pool_take(s);
+        if (bid < 0)
+            break;
+        ring_add(s, (uint32_t)bid);
+    }
+}
+
+/* The policy's clock: send timeouts and evictions are checked by time,
+ * and a loop whose queues are stuck may get no completion at all, so
+ * something must wake it. A timeout request in the kernel, re-armed while
+ * needed, rather than a timed wait: every wait stays untimed, and the
+ * kernel does not set up a timer per sleep (1-connection ping-pong cost
+ * 15 % more CPU per message with timed waits). */
+bool zcn_tcp_tick_needed(const ZCN_Server *s)
+{
+    return !s->destroying && ((s->queues_busy > 0 && s->send_timeout_ms != 0) ||
+                              s->waiters.head != NIL);
+}
+
+void zcn_tcp_arm_tick(ZCN_Server *s)
+{
+    if (s->tick_armed || !zcn_tcp_tick_needed(s))
+        return;
+    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
+    if (sqe == NULL)
+        return; /* next_timer_ms bounds the wait instead */
+    uint64_t ms = s->waiters.head != NIL ? EVICT_STALL_MS / 4 : send_sweep_period(s);
+    s->tick_ts.tv_sec = (long long)(ms / 1000);
+    s->tick_ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+    io_uring_prep_timeout(sqe, &s->tick_ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, pack_ud(OP_TICK, 0, 0));
+    s->tick_armed = true;
+}
+
+/* Connections waiting for budget, first come first served, while the
+ * budget has room; a refused sender hears DRAIN. */
+void zcn_tcp_serve_waiters(ZCN_Server *s)
+{
+    while (s->waiters.head != NIL && budget_used(s) < s->budget && has_room(s, 2)) {
+        struct conn *c = &s->conns[s->waiters.head];
+        list_remove(s, &s->waiters, OFF_WAIT, c);
+        if (c->state != CONN_OPEN)
+            continue;
+        if (drain_due(s, c)) {
+            c->want_drain = false;
+            zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
+        }
+        if (c->state != CONN_OPEN)
+            continue;
+        if (c->rx_head != NIL)
+            zcn_tcp_flush_pending_rx(s, c);
+        else
+            zcn_tcp_maybe_arm_recv(s, c);
+        if (linked(&c->wait)) {
+            /* Still short of budget: it keeps its place at the head. */
+            list_remove(s, &s->waiters, OFF_WAIT, c);
+            list_push_head(s, &s->waiters, OFF_WAIT, c);
+            return;
+        }
+    }
+}
+
+/* Someone waits for budget and none is left: abort, biggest first, the
+ * connections whose queued data made no progress for EVICT_STALL_MS, until
+ * what they hold would serve every waiter (at most EVICT_BATCH a scan).
+ * One victim per scan is not enough against thousands of such peers: each
+ * victim frees a buffer or two, and the waiters ahead of a well-behaved
+ * newcomer are mostly the attackers' own connections. A scan visits the
+ * used slots, at most every EVICT_SCAN_MS and only under this pressure. */
+void zcn_tcp_evict_for_waiters(ZCN_Server *s)
+{
+    if (s->waiters.head == NIL || budget_used(s) < s->budget ||
+        s->now_ms < s->evict_check_ms + EVICT_SCAN_MS)
+        return;
+    s->evict_check_ms = s->now_ms;
+    struct conn *top[EVICT_BATCH]; /* the biggest candidates, unordered */
+    uint32_t n = 0, smallest = 0;
+    for (uint32_t i = 0; i < s->slots_high; i++) {
+        struct conn *c = &s->conns[i];
+        bool live = c->state == CONN_OPEN || c->state == CONN_CLOSING;
+        if (!live || c->sq_head == NIL || s->now_ms - c->progress_ms < EVICT_STALL_MS)
+            continue;
+        if (n < EVICT_BATCH) {
+            top[n++] = c;
+        } else if (held(c) > held(top[smallest])) {
+            top[smallest] = c;
+        } else {
+            continue;
+        }
+        for (uint32_t k = 0; k < n; k++) /* where the smallest is now */
+            if (held(top[k]) < held(top[smallest]))
+                smallest = k;
+    }
+    uint64_t want = s->waiters.count, freed = 0;
+    while (n > 0 && freed < want) {
+        uint32_t best = 0;
+        for (uint32_t k = 1; k < n; k++)
+            if (held(top[k]) > held(top[best]))
+                best = k;
+        struct conn *victim = top[best];
+        top[best] = top[--n];
+        freed += held(victim) > 0 ? held(victim) : 1;
+        s->stats.evictions++;
+        zcn_tcp_abort_conn(s, victim, true);
+    }
+}
+
+/* Connections whose queued data made no progress for send_timeout_ms:
+ * checked every send_sweep_period while any has data queued. */
+void zcn_tcp_sweep_send_timeouts(ZCN_Server *s)
+{
+    if (s->send_timeout_ms == 0 || s->queues_busy == 0 || s->now_ms < s->send_sweep_ms)
+        return;
+    s->send_sweep_ms = s->now_ms + send_sweep_period(s);
+    for (uint32_t i = 0, busy = 0; i < s->slots_high && busy < s->queues_busy && has_room(s, 1);
+         i++) {
+        struct conn *c = &s->conns[i];
+        if ((c->state != CONN_OPEN && c->state != CONN_CLOSING) || c->sq_head == NIL)
+            continue;
+        busy++;
+        if (s->now_ms - c->progress_ms < s->send_timeout_ms)
+            continue;
+        s->stats.send_timeouts++;
+        zcn_tcp_abort_conn(s, c, true);
+    }
+}
+
+void zcn_tcp_sweep_idle(ZCN_Server *s)
+{
+    if (s->idle_timeout_ms == 0)
+        return;
+    while (s->lru.head != NIL && has_room(s, 1)) {
+        struct conn *c = &s->conns[s->lru.head];
+        if (s->now_ms - c->last_active_ms < s->idle_timeout_ms)
+            break;
+        list_remove(s, &s->lru, OFF_LRU, c);
+        s->stats.idle_timeouts++;
+        zcn_tcp_abort_conn(s, c, false);
+    }
+}

@@ -1,0 +1,257 @@
+/* The buffer policy's arithmetic, inline on the per-message path: what a
+ * connection holds and may hold (its cap, its fair share under pressure),
+ * the gates that decide whether data is delivered and whether a receive
+ * may take another buffer, the slack answers to delivered data get, and
+ * where a freed buffer goes (the receive ring or the pool). The policy
+ * itself is described in docs/BUFFERS.md; its actions (waiters, eviction,
+ * timeouts) are in c/tcp_budget.c. Not installed. */
+#ifndef ZCN_TCP_BUDGET_H
+#define ZCN_TCP_BUDGET_H
+
+#include "tcp.h"
+
+/* ------------------------------------------------------------------ */
+/* what is held, and the caps                                         */
+/* ------------------------------------------------------------------ */
+
+static inline uint32_t held(const struct conn *c)
+{
+    return c->sq_bufs + c->rx_bufs;
+}
+
+/* Buffers counted against the budget; the current poll batch's lent data
+ * counts too, since the caller may still queue it. */
+static inline uint32_t budget_used(const ZCN_Server *s)
+{
+    return s->parked + s->user_bufs + (s->ev != NULL ? s->lent_count : 0);
+}
+
+static inline bool under_pressure(const ZCN_Server *s)
+{
+    return 2 * (uint64_t)budget_used(s) >= s->budget;
+}
+
+/* The most one connection may hold under pressure: the budget split among
+ * the connections holding or waiting for buffers, with one share left over
+ * so a newcomer finds room without an eviction. */
+static inline uint32_t fair_share(const ZCN_Server *s)
+{
+    uint32_t share = s->budget / (s->holders + s->waiters.count + 1);
+    return share < 1 ? 1 : share;
+}
+
+static inline uint32_t buf_cap(const ZCN_Server *s)
+{
+    uint32_t cap = s->send_queue_max_bufs;
+    if (under_pressure(s)) {
+        uint32_t share = fair_share(s);
+        if (share < cap)
+            cap = share;
+    }
+    return cap;
+}
+
+static inline void held_add(ZCN_Server *s, struct conn *c, uint32_t *field, int32_t delta)
+{
+    uint32_t before = held(c);
+    *field = (uint32_t)((int32_t)*field + delta);
+    s->parked = (uint32_t)((int32_t)s->parked + delta);
+    uint32_t after = held(c);
+    if (before == 0 && after > 0)
+        s->holders++;
+    else if (before > 0 && after == 0)
+        s->holders--;
+}
+
+static inline bool lent_now(const ZCN_Server *s, const struct conn *c)
+{
+    return s->ev != NULL && c->lent_batch == s->batch && c->lent_bufs > 0;
+}
+
+/* c was handed data by the on_data call running now, or by the last poll
+ * batch (whose answers come after zcn_server_poll returned). */
+static inline bool delivered_to(const ZCN_Server *s, const struct conn *c)
+{
+    if (s->poll_mode)
+        return c->lent_batch == s->batch && c->lent_bufs > 0;
+    return s->delivering == c;
+}
+
+enum gate {
+    GATE_OPEN = 0,
+    GATE_OWN,                   /* over its own limits: wait for its sends */
+    GATE_BUDGET,                /* the server-wide budget is used up: wait */
+    GATE_BATCH,                 /* this poll batch has its share of c: next one */
+};
+
+/* Whether c may be handed `len` more bytes in one more buffer (`extra` is
+ * 1 for a fresh receive, 0 for the oldest deferred one, which the budget
+ * counts already): if the user echoed it, its queue would stay within its
+ * limits and the server's budget. Its other deferred buffers do not count
+ * against its cap here -- they come after this one -- or a connection
+ * that overshot its cap could never deliver again. In poll mode what the
+ * current batch lent c counts as queued already; otherwise a batch of
+ * deliveries would all pass the check and the echoes get QUEUE_FULL. A
+ * poll batch also carries at most BATCH_PER_CONN buffers of one
+ * connection, so a few busy connections cannot fill every batch and make
+ * the others wait behind their handler's work. */
+static inline enum gate delivery_gate(const ZCN_Server *s, const struct conn *c, uint64_t len,
+                               uint32_t extra)
+{
+    uint64_t bytes = c->queued_bytes + len;
+    uint32_t bufs = c->sq_bufs + 1;
+    if (lent_now(s, c)) {
+        if (c->lent_bufs >= BATCH_PER_CONN)
+            return GATE_BATCH;
+        bytes += c->lent_bytes;
+        bufs += c->lent_bufs;
+    }
+    if (bytes > s->send_queue_max_bytes || bufs > buf_cap(s) ||
+        c->sq_chunks >= s->conn_chunks_max)
+        return GATE_OWN;
+    /* A deferred buffer is in the budget already: handing it over takes
+     * nothing more (its answer's extra buffer is own_slack's). */
+    if (extra > 0 && budget_used(s) + extra > s->budget)
+        return GATE_BUDGET;
+    return GATE_OPEN;
+}
+
+/* Whether c may take another buffer from the kernel: counting what it
+ * holds already, deferred receives included (the delivery gate does not,
+ * or deferred data could pile up without bound behind a receive left
+ * armed). */
+static inline enum gate intake_gate(const ZCN_Server *s, const struct conn *c)
+{
+    uint64_t bytes = c->queued_bytes + c->rx_bytes + s->buffer_size;
+    uint32_t bufs = held(c) + 1;
+    if (lent_now(s, c)) {
+        bytes += c->lent_bytes;
+        bufs += c->lent_bufs;
+    }
+    if (bytes > s->send_queue_max_bytes + s->buffer_size || bufs > buf_cap(s))
+        return GATE_OWN;
+    if (budget_used(s) + 1 > s->budget)
+        return GATE_BUDGET;
+    return GATE_OPEN;
+}
+
+/* Answers to data c was just handed (nonzero: the deliveries they answer)
+ * are not held to c's buffer cap or the server's budget, only to its
+ * bytes and chunks (two more per delivery): the delivery gate made room
+ * for each delivery when it was made, and a handler that sends at most
+ * what it received must never get ZCN_ERR_QUEUE_FULL -- though an answer
+ * can reference the delivered buffer and also pack small pieces into a new
+ * one (two buffers where the gate counted one), and the cap may have
+ * shrunk to a fair share since. What that takes beyond the cap is bounded
+ * by the deliveries (the gate stops the next one), and beyond the budget
+ * by the deliveries in flight, which the reserve absorbs; a deferred
+ * buffer is handed over even while the budget is overshot, or data
+ * deferred by completions already in flight could never be delivered. */
+static inline uint32_t own_slack(const ZCN_Server *s, const struct conn *c)
+{
+    if (s->poll_mode)
+        return c->lent_batch == s->batch ? c->lent_bufs : 0;
+    return s->delivering == c ? 1 : 0;
+}
+
+/* Pool buffers the ring may not take: room left in the budget for copied
+ * sends, up to a headroom. */
+static inline uint32_t pool_keep(const ZCN_Server *s)
+{
+    uint32_t used = budget_used(s);
+    uint32_t room = used < s->budget ? s->budget - used : 0;
+    return room < s->copy_headroom ? room : s->copy_headroom;
+}
+
+static inline void wait_for_budget(ZCN_Server *s, struct conn *c)
+{
+    list_push(s, &s->waiters, OFF_WAIT, c);
+}
+
+/* ------------------------------------------------------------------ */
+/* buffers: the ring, the pool, references                            */
+/* ------------------------------------------------------------------ */
+
+static inline void ring_add(ZCN_Server *s, uint32_t bid)
+{
+    zcn_bufring_add(&s->rx, bid);
+    s->meta[bid].state = ZCN_BUF_RING;
+    s->meta[bid].refs = 0;
+}
+
+/* How many buffers the receive ring should hold now: enough for a burst
+ * from every open connection, not the whole pool. The ring is FIFO, so a
+ * returned buffer is reused only after all the others in it; keeping it
+ * small keeps the buffers the kernel writes into warm in cache and TLB
+ * (the pool behind it is LIFO). And no more than the reserve plus the part
+ * of the budget's room that copies do not need: what the ring holds the
+ * kernel owns, and a copied send (a packed answer) that finds the pool
+ * empty would fail for nothing. */
+static inline uint32_t ring_want(const ZCN_Server *s)
+{
+    uint64_t want = 32 + 2 * (uint64_t)s->conns_active + s->br_extra;
+    uint32_t used = budget_used(s);
+    uint32_t room = used < s->budget ? s->budget - used : 0;
+    /* Half the reserve, at least: the other half is for the packed
+     * answers to data just delivered, which may go over the budget. */
+    uint64_t limit = (uint64_t)(s->reserve > 1 ? s->reserve / 2 : 1) +
+                     (room > s->copy_headroom ? room - s->copy_headroom : 0);
+    if (want > limit)
+        want = limit;
+    return want < s->br_target ? (uint32_t)want : s->br_target;
+}
+
+static inline void pool_put(ZCN_Server *s, uint32_t bid)
+{
+    s->meta[bid].state = ZCN_BUF_POOL;
+    s->meta[bid].refs = 0;
+    s->pool_free++;
+    zcn_pool_release(s->pool, buf_ptr(s, bid));
+}
+
+/* Takes a pool buffer for a copied send or for the user; -1 if none. */
+static inline int64_t pool_take(ZCN_Server *s)
+{
+    int64_t bid = zcn_buf_take(s->pool, s->slab, s->buffer_size);
+    if (bid >= 0)
+        s->pool_free--;
+    return bid;
+}
+
+/* A buffer nobody refers to any more: refill the buffer ring first, the
+ * pool after. */
+static inline void recycle(ZCN_Server *s, uint32_t bid)
+{
+    if (s->rx.count < s->ring_target && s->pool_free >= s->pool_keep) {
+        ring_add(s, bid);
+        return;
+    }
+    pool_put(s, bid);
+}
+
+static inline void buf_ref(ZCN_Server *s, uint32_t bid)
+{
+    s->meta[bid].refs++;
+}
+
+static inline void buf_unref(ZCN_Server *s, uint32_t bid)
+{
+    struct zcn_buf_meta *m = &s->meta[bid];
+    if (--m->refs == 0)
+        recycle(s, bid);
+}
+
+/* c's queue drained below half its limits after a refused send. */
+static inline bool drain_due(const ZCN_Server *s, const struct conn *c)
+{
+    return c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
+           c->sq_bufs <= buf_cap(s) / 2 && budget_used(s) < s->budget;
+}
+
+static inline uint64_t send_sweep_period(const ZCN_Server *s)
+{
+    uint64_t quarter = s->send_timeout_ms / 4;
+    return quarter < SEND_SWEEP_MS ? (quarter > 0 ? quarter : 1) : SEND_SWEEP_MS;
+}
+
+#endif

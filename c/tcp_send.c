@@ -1,0 +1,482 @@
+/* The TCP send queue and the calls that queue or end: zcn_server_send
+ * (zero-copy for lent data, packed copies otherwise), send_buffer,
+ * acquire/release, close, shutdown, abort, queued_bytes, conn_info, the
+ * built-in echo. Admission against the connection's limits and the
+ * server's budget is here; submission to the kernel too (one send or
+ * sendmsg in flight per connection, collected per batch). */
+#include "tcp_budget.h"
+
+void zcn_tcp_submit_send(ZCN_Server *s, struct conn *c)
+{
+    if (c->send_inflight || c->sq_head == NIL)
+        return;
+    struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
+    if (sqe == NULL) {
+        service_add(s, c);
+        return;
+    }
+    struct chunk *ch = &s->chunks[c->sq_head];
+    if (ch->next == NIL) {
+        io_uring_prep_send(sqe, c->fd, buf_ptr(s, ch->bid) + ch->off, ch->len, MSG_NOSIGNAL);
+        c->inflight_chunks = 1;
+    } else {
+        size_t n = 0;
+        for (int32_t i = c->sq_head; i != NIL && n < IOV_BATCH; i = s->chunks[i].next) {
+            c->iov[n].iov_base = buf_ptr(s, s->chunks[i].bid) + s->chunks[i].off;
+            c->iov[n].iov_len = s->chunks[i].len;
+            n++;
+        }
+        memset(&c->msg, 0, sizeof c->msg);
+        c->msg.msg_iov = c->iov;
+        c->msg.msg_iovlen = n;
+        io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+        c->inflight_chunks = (uint32_t)n;
+    }
+    io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, c->gen, (uint32_t)slot_of(s, c)));
+    c->send_inflight = true;
+    c->send_cancelled = false;
+}
+
+void zcn_tcp_flush_tx(ZCN_Server *s)
+{
+    for (uint32_t i = 0; i < s->tx_n; i++) {
+        struct conn *c = &s->conns[s->tx[i].slot];
+        if (c->gen != s->tx[i].gen || !c->in_tx)
+            continue;
+        c->in_tx = false;
+        if (c->state == CONN_OPEN || c->state == CONN_CLOSING)
+            zcn_tcp_submit_send(s, c);
+    }
+    s->tx_n = 0;
+}
+
+static void enqueue_chunk(ZCN_Server *s, struct conn *c, int32_t idx)
+{
+    bool was_empty = c->sq_head == NIL;
+    s->chunks[idx].next = NIL;
+    if (c->sq_tail != NIL) {
+        struct chunk *prev = &s->chunks[c->sq_tail];
+        prev->next = idx;
+        if (prev->bid != s->chunks[idx].bid)
+            held_add(s, c, &c->sq_bufs, 1);
+    } else {
+        c->sq_head = idx;
+        held_add(s, c, &c->sq_bufs, 1);
+    }
+    c->sq_tail = idx;
+    c->sq_chunks++;
+    c->queued_bytes += s->chunks[idx].len;
+    if (was_empty)
+        send_progress(s, c, false); /* the stall clock starts now */
+}
+
+/* Checks common to every send; returns the open connection or NULL with
+ * *err set. */
+static struct conn *send_target(ZCN_Server *s, int fd, ZCN_Error *err)
+{
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || c->state != CONN_OPEN) {
+        *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
+        return NULL;
+    }
+    if (c->shut_wr) {
+        *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d was shut down for sending (zcn_server_shutdown)",
+                        fd);
+        return NULL;
+    }
+    *err = ZCN_OK;
+    return c;
+}
+
+static ZCN_Error refuse(ZCN_Server *s, struct conn *c, size_t len, const char *why, bool budget);
+
+/* Refuses a send that would not fit: its bytes into the queue, cap_bufs
+ * more buffers into the connection's cap, budget_bufs more into the
+ * server's budget (0 for a buffer counted already), its chunks into the
+ * connection's and the server's chunk tables. A refusal asks for DRAIN.
+ * Inline, on every send; the refusal itself is out of line. */
+static inline ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_t cap_bufs,
+                              uint32_t budget_bufs, uint32_t new_chunks)
+{
+    if (ZCN_UNLIKELY(len > s->send_queue_max_bytes))
+        return zcn_fail((ZCN_Error)EMSGSIZE,
+                        "a %zu-byte send is larger than send_queue_max_bytes (%llu)", len,
+                        (unsigned long long)s->send_queue_max_bytes);
+    const char *why = NULL;
+    bool budget = false;
+    uint32_t slack = own_slack(s, c);
+    if (c->queued_bytes + len > s->send_queue_max_bytes)
+        why = "its bytes";
+    else if (cap_bufs > 0 && slack == 0 && c->sq_bufs + cap_bufs > buf_cap(s))
+        why = "its buffer cap";
+    else if (new_chunks > 0 && c->sq_chunks + new_chunks > s->conn_chunks_max + 2 * slack)
+        why = "its chunk cap";
+    else if (budget_bufs > 0 && slack == 0 && budget_used(s) + budget_bufs > s->budget)
+        why = "the server's buffer budget", budget = true;
+    else if (new_chunks > 0 && s->chunks_used + new_chunks > s->chunks_max)
+        why = "the server's chunk table", budget = true;
+    if (ZCN_LIKELY(why == NULL))
+        return ZCN_OK;
+    return refuse(s, c, len, why, budget);
+}
+
+static ZCN_Error refuse(ZCN_Server *s, struct conn *c, size_t len, const char *why, bool budget)
+{
+    c->want_drain = true;
+    if (budget)
+        wait_for_budget(s, c); /* DRAIN comes when the budget frees */
+    s->stats.send_queue_full_events++;
+    return zcn_fail(ZCN_ERR_QUEUE_FULL,
+                    "fd %d: a %zu-byte send would exceed %s (%llu bytes in %u buffers queued; "
+                    "limits %llu bytes, %u buffers now; server: %u of %u buffers held)",
+                    c->fd, len, why, (unsigned long long)c->queued_bytes, c->sq_bufs,
+                    (unsigned long long)s->send_queue_max_bytes, buf_cap(s), budget_used(s),
+                    s->budget);
+}
+
+/* The server owns the last buffer of c's queue alone (a copy or a
+ * send_buffer buffer): how many bytes still fit after its data. */
+static size_t tail_room(const ZCN_Server *s, const struct conn *c)
+{
+    if (c->sq_tail == NIL)
+        return 0;
+    const struct chunk *tail = &s->chunks[c->sq_tail];
+    const struct zcn_buf_meta *tm = &s->meta[tail->bid];
+    if (tm->state != ZCN_BUF_TX || tm->refs != 1)
+        return 0;
+    return s->buffer_size - (tail->off + tail->len);
+}
+
+/* Copies data into pool buffers and queues them. Small sends first fill the
+ * room left in the queue's last buffer when the server owns it alone, so a
+ * stream of short messages to a slow reader costs bytes, not one buffer
+ * each. All or nothing. */
+static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, size_t len)
+{
+    if (len > s->send_queue_max_bytes)
+        return admit(s, c, len, 0, 0, 0); /* EMSGSIZE, before any size arithmetic */
+    size_t room = tail_room(s, c);
+    size_t into_tail = len < room ? len : room;
+    size_t rest = len - into_tail;
+    size_t need = rest / s->buffer_size + (rest % s->buffer_size != 0);
+    ZCN_Error err = admit(s, c, len, (uint32_t)need, (uint32_t)need, (uint32_t)need);
+    if (err != ZCN_OK)
+        return err;
+    int32_t first = NIL, last = NIL;
+    size_t taken = 0;
+    for (; taken < need; taken++) {
+        int32_t idx = chunk_take(s);
+        int64_t bid = idx == NIL ? -1 : pool_take(s);
+        if (bid < 0) {
+            if (idx != NIL)
+                chunk_put(s, idx);
+            break;
+        }
+        size_t off = into_tail + taken * s->buffer_size;
+        size_t n = len - off < s->buffer_size ? len - off : s->buffer_size;
+        memcpy(buf_ptr(s, (uint32_t)bid), data + off, n);
+        s->meta[bid].state = ZCN_BUF_TX;
+        s->meta[bid].refs = 1;
+        s->chunks[idx] = (struct chunk){(uint32_t)bid, 0, (uint32_t)n, NIL};
+        if (last != NIL)
+            s->chunks[last].next = idx;
+        else
+            first = idx;
+        last = idx;
+    }
+    if (taken < need) {
+        /* all or nothing: give back what was taken */
+        while (first != NIL) {
+            int32_t next = s->chunks[first].next;
+            pool_put(s, s->chunks[first].bid);
+            chunk_put(s, first);
+            first = next;
+        }
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "no free pool buffer for a %zu-byte copy", len);
+    }
+    if (into_tail > 0) {
+        /* Past the bytes a send in flight may be reading, so safe to write
+         * while it runs; on_send consumes chunks by byte count. */
+        struct chunk *tail = &s->chunks[c->sq_tail];
+        memcpy(buf_ptr(s, tail->bid) + tail->off + tail->len, data, into_tail);
+        tail->len += (uint32_t)into_tail;
+        c->queued_bytes += into_tail;
+    }
+    for (int32_t i = first; i != NIL;) {
+        int32_t next = s->chunks[i].next;
+        enqueue_chunk(s, c, i);
+        i = next;
+    }
+    s->stats.sends_copied++;
+    want_send(s, c);
+    return ZCN_OK;
+}
+
+/* A slice of a lent receive buffer: referenced, not copied, unless it is
+ * small and would wait behind other data anyway (then packed), or c is at
+ * its chunk cap. */
+static ZCN_Error send_lent(ZCN_Server *s, struct conn *c, uint32_t bid, size_t off,
+                           const uint8_t *data, size_t len)
+{
+    bool same_buf = false;
+    if (c->sq_tail != NIL) {
+        /* The next bytes of the buffer the queue ends with (a message
+         * parsed and answered piece by piece): grow that chunk. */
+        struct chunk *tail = &s->chunks[c->sq_tail];
+        if (tail->bid == bid && tail->off + tail->len == off) {
+            ZCN_Error err = admit(s, c, len, 0, 0, 0);
+            if (err != ZCN_OK)
+                return err;
+            tail->len += (uint32_t)len;
+            c->queued_bytes += len;
+            s->stats.sends_zero_copy++;
+            want_send(s, c);
+            return ZCN_OK;
+        }
+        same_buf = tail->bid == bid;
+        if (len < COALESCE_BYTES || c->sq_chunks >= s->conn_chunks_max) {
+            ZCN_Error err = send_copy(s, c, data, len);
+            if (err == ZCN_OK)
+                s->stats.sends_coalesced++;
+            /* With no pool buffer for the copy (the ring holds them),
+             * referencing still works if a chunk is left (admit says). */
+            if (err != ZCN_ERR_EXHAUSTED)
+                return err;
+        }
+    }
+    /* Data delivered to c itself passed the delivery gate, which made room
+     * for it in c's cap and the budget: echoing it never fails on them.
+     * Data of another connection (a proxy) must fit c's cap and the
+     * budget like any other buffer. */
+    uint32_t more = same_buf || delivered_to(s, c) ? 0 : 1;
+    ZCN_Error err = admit(s, c, len, more, more, 1);
+    if (err != ZCN_OK)
+        return err;
+    int32_t idx = chunk_take(s);
+    buf_ref(s, bid);
+    s->chunks[idx] = (struct chunk){bid, (uint32_t)off, (uint32_t)len, NIL};
+    enqueue_chunk(s, c, idx);
+    s->stats.sends_zero_copy++;
+    want_send(s, c);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len)
+{
+    if (s == NULL || (data == NULL && len != 0))
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or data is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_send");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = send_target(s, fd, &err);
+    if (c == NULL)
+        return err;
+    if (len == 0)
+        return ZCN_OK;
+    const uint8_t *end = s->slab + (size_t)s->buffer_count * s->buffer_size;
+    if (data < s->slab || data >= end)
+        return send_copy(s, c, data, len);
+
+    uint32_t bid = (uint32_t)((size_t)(data - s->slab) / s->buffer_size);
+    size_t off = (size_t)(data - buf_ptr(s, bid));
+    /* len may be anything (SIZE_MAX): compare without adding to it. */
+    if (len > s->buffer_size - off)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
+                        "data at offset %zu with len %zu runs past its %zu-byte pool buffer", off,
+                        len, s->buffer_size);
+    struct zcn_buf_meta *m = &s->meta[bid];
+    if (m->state == ZCN_BUF_USER)
+        return send_copy(s, c, data, len);
+    if (m->state != ZCN_BUF_RX || m->refs == 0)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
+                        "data points into a receive buffer that is no longer lent");
+    return send_lent(s, c, bid, off, data, len);
+}
+
+uint8_t *zcn_server_acquire_buffer(ZCN_Server *s, size_t *capacity_out)
+{
+    if (s == NULL || owner_check(s, "zcn_server_acquire_buffer") != ZCN_OK)
+        return NULL;
+    if (budget_used(s) + 1 > s->budget) {
+        zcn_fail(ZCN_ERR_EXHAUSTED, "the budget of %u buffers is used up (%u more are the "
+                 "receive reserve)", s->budget, s->reserve);
+        return NULL;
+    }
+    uint8_t *p = zcn_user_buffer_acquire(s->pool, s->meta, s->slab, s->buffer_size,
+                                         capacity_out);
+    if (p == NULL) {
+        zcn_fail(ZCN_ERR_EXHAUSTED, "no free pool buffer");
+        return NULL;
+    }
+    s->pool_free--;
+    s->user_bufs++;
+    return p;
+}
+
+ZCN_Error zcn_server_release_buffer(ZCN_Server *s, uint8_t *buffer)
+{
+    if (s == NULL || buffer == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_release_buffer");
+    if (err != ZCN_OK)
+        return err;
+    err = zcn_user_buffer_release(s->pool, s->meta, buffer, "zcn_server_acquire_buffer");
+    if (err == ZCN_OK) {
+        s->pool_free++;
+        s->user_bufs--;
+    }
+    return err;
+}
+
+ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t len)
+{
+    if (s == NULL || buffer == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_send_buffer");
+    if (err != ZCN_OK)
+        return err;
+    int64_t bid = zcn_user_buffer_index(s->pool, s->meta, buffer);
+    if (bid < 0)
+        return zcn_fail(ZCN_ERR_FOREIGN_POINTER, "not a buffer from zcn_server_acquire_buffer");
+    if (len > s->buffer_size)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "len %zu is larger than the buffer (%zu)", len,
+                        s->buffer_size);
+    struct conn *c = send_target(s, fd, &err);
+    if (c == NULL)
+        return err;
+    if (len == 0) {
+        s->user_bufs--;
+        pool_put(s, (uint32_t)bid);
+        return ZCN_OK;
+    }
+    /* The buffer is counted already (as the user's): moving it into the
+     * queue takes nothing more from the budget, only from c's cap. */
+    err = admit(s, c, len, 1, 0, 1);
+    if (err != ZCN_OK)
+        return err;
+    int32_t idx = chunk_take(s);
+    s->user_bufs--;
+    s->meta[bid].state = ZCN_BUF_TX;
+    s->meta[bid].refs = 1;
+    s->chunks[idx] = (struct chunk){(uint32_t)bid, 0, (uint32_t)len, NIL};
+    enqueue_chunk(s, c, idx);
+    s->stats.sends_zero_copy++;
+    want_send(s, c);
+    return ZCN_OK;
+}
+
+/* A connection of this server that has not ended yet (OPEN or CLOSING). */
+static struct conn *live_conn(ZCN_Server *s, int fd, ZCN_Error *err, bool open_only)
+{
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || (c->state != CONN_OPEN && (open_only || c->state != CONN_CLOSING))) {
+        *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
+        return NULL;
+    }
+    return c;
+}
+
+ZCN_Error zcn_server_close(ZCN_Server *s, int fd)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_close");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = live_conn(s, fd, &err, true);
+    if (c == NULL)
+        return err;
+    zcn_tcp_begin_close(s, c);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_shutdown(ZCN_Server *s, int fd)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_shutdown");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = live_conn(s, fd, &err, true);
+    if (c == NULL)
+        return err;
+    if (c->shut_wr)
+        return zcn_fail(ZCN_ERR_CLOSED, "fd %d is already shut down for sending", fd);
+    c->shut_wr = true;
+    c->want_drain = false;
+    zcn_tcp_progress_shutdown(s, c);
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_server_abort(ZCN_Server *s, int fd)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_abort");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = live_conn(s, fd, &err, false);
+    if (c == NULL)
+        return err;
+    s->stats.aborts++;
+    zcn_tcp_abort_conn(s, c, true);
+    return ZCN_OK;
+}
+
+size_t zcn_server_queued_bytes(const ZCN_Server *s, int fd)
+{
+    if (s == NULL)
+        return 0;
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || c->state == CONN_FREE || c->state == CONN_ZOMBIE)
+        return 0;
+    return (size_t)c->queued_bytes;
+}
+
+ZCN_Error zcn_server_conn_info(const ZCN_Server *s, int fd, ZCN_ConnInfo *out)
+{
+    if (s == NULL || out == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or out is NULL");
+    ZCN_Error err = owner_check(s, "zcn_server_conn_info");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || c->state == CONN_FREE || c->state == CONN_ZOMBIE)
+        return zcn_fail(ZCN_ERR_CLOSED, "fd %d is not a connection of this server", fd);
+    memset(out, 0, sizeof *out);
+    out->bytes_received = c->bytes_in;
+    out->bytes_sent = c->bytes_out;
+    out->queued_bytes = c->queued_bytes;
+    out->deferred_bytes = c->rx_bytes;
+    out->queued_buffers = c->sq_bufs;
+    out->deferred_buffers = c->rx_bufs;
+    out->buffers_held = held(c);
+    out->buffer_cap = buf_cap(s);
+    out->flags = (c->eof ? ZCN_CONN_EOF : 0u) | (c->shut_wr ? ZCN_CONN_SHUT_WR : 0u) |
+                 (c->state != CONN_OPEN ? ZCN_CONN_CLOSING : 0u) |
+                 (linked(&c->wait) ? ZCN_CONN_WAITING : 0u) |
+                 (c->state == CONN_OPEN && !c->recv_armed && !c->eof ? ZCN_CONN_PAUSED : 0u);
+    uint64_t now = zcn_now_ms();
+    if (c->sq_head != NIL && now > c->progress_ms)
+        out->send_stall_ms = now - c->progress_ms;
+    return ZCN_OK;
+}
+
+void zcn_tcp_echo_on_data(void *user_data, int fd, const uint8_t *data, size_t len)
+{
+    ZCN_Server *s = user_data;
+    if (zcn_server_send(s, fd, data, len) != ZCN_OK) {
+        /* An echo that cannot send would silently lose data: end it. */
+        struct conn *c = lookup(s, fd);
+        if (c != NULL)
+            zcn_tcp_abort_conn(s, c, false);
+    }
+}
+
+ZCN_Error zcn_server_use_echo_handler(ZCN_Server *s)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    s->on_data = zcn_tcp_echo_on_data; /* user_data stays the caller's */
+    return ZCN_OK;
+}
