@@ -99,6 +99,13 @@ uint32_t zcn_udp_test_lingering(void);
 int zcn_server_in_callback(const ZCN_Server *server);
 void zcn_server_callback_enter(ZCN_Server *server);
 void zcn_server_callback_leave(ZCN_Server *server);
+/* The same on a loop (zcn_udp_create_on). */
+ZCN_Error zcn_loop_attach(ZCN_Loop *loop, zcn_source *src, uint32_t *id_out);
+void zcn_loop_detach(ZCN_Loop *loop, uint32_t id);
+void *zcn_loop_uring(ZCN_Loop *loop);
+int zcn_loop_in_callback(const ZCN_Loop *loop);
+void zcn_loop_callback_enter(ZCN_Loop *loop);
+void zcn_loop_callback_leave(ZCN_Loop *loop);
 
 /* Smallest power of two >= v (v <= 2^31). */
 static inline uint32_t zcn_pow2_ceil(uint32_t v)

@@ -1,10 +1,19 @@
-/* The TCP server's private header: its connection table and server
- * structures, the inline helpers every part shares (user_data packing,
- * lookups, the intrusive lists) and the functions one part calls in
- * another. The parts: c/server.c (the loop, accept, create and destroy),
- * c/tcp_conn.c (a connection's life and its receive side), c/tcp_send.c
- * (the send queue and the send/close calls), c/tcp_budget.c and
- * c/tcp_budget.h (the buffer policy). Not installed. */
+/* The loop's private header: the loop structure (ring, buffers, the
+ * connection table, timers, watches, calls, the handles on it), the
+ * listener and connection structures, the inline helpers every part shares
+ * (user_data packing, lookups, the intrusive lists) and the functions one
+ * part calls in another. The parts:
+ *   c/loop.c        the loop: turns, waits, dispatch of each completion to
+ *                   its owner, run/poll/stop, wake-up, create and destroy
+ *   c/timer.c       timers (a heap on the loop's clock)
+ *   c/watch.c       fd watches and cross-thread calls
+ *   c/server.c      the TCP listener (accept) and the seed's server API
+ *   c/connect.c     outbound TCP connections
+ *   c/tcp_conn.c    a connection's life and its receive side (listeners
+ *                   and connectors share it)
+ *   c/tcp_send.c    the send queue and the send/close calls
+ *   c/tcp_budget.c, c/tcp_budget.h   the buffer policy
+ * Not installed. */
 #ifndef ZCN_TCP_H
 #define ZCN_TCP_H
 
@@ -13,6 +22,7 @@
 #include <liburing.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -49,9 +59,11 @@
 /* Buffers of one connection a poll batch carries at most. */
 #define BATCH_PER_CONN 2
 #define NIL (-1)
+#define ZCN_LOOP_SERVERS_MAX 256
+#define CONNECT_TIMEOUT_DEFAULT_MS 30000
 
 enum op {
-    OP_ACCEPT = 1,
+    OP_ACCEPT = 1,              /* slot = the listener's index */
     OP_RECV,
     OP_SEND,
     OP_WAKE,
@@ -59,10 +71,13 @@ enum op {
     OP_WAKEUP_PIPE,             /* zcn_server_wakeup_fd's pipe */
     OP_SOURCE = ZCN_OP_SOURCE,  /* an attached source's request (UDP) */
     OP_TICK = ZCN_OP_SOURCE + 1, /* the policy's clock (send timeouts, evictions) */
+    OP_CONNECT,                 /* an outbound connect: gen and slot of the conn */
+    OP_WATCH,                   /* an fd watch's poll: gen and slot of the watch */
 };
 
 enum conn_state {
     CONN_FREE = 0,
+    CONN_CONNECTING,            /* outbound: the connect is in flight */
     CONN_OPEN,
     CONN_CLOSING,               /* flushing the send queue, then closing */
     CONN_DEAD,                  /* waiting for the kernel to let go */
@@ -86,9 +101,90 @@ struct list {
     uint32_t count;
 };
 
+/* Timers (c/timer.c): a binary heap of slots ordered by (due, seq). Slots
+ * below conns_max are the connections' own (idle and connect timeouts,
+ * slot = the connection's); the rest are the users' (zcn_loop_timer_*). */
+struct zcn_timer {
+    uint64_t due_ms;
+    uint64_t repeat_ms;
+    uint64_t seq;               /* start order: ties of due_ms */
+    ZCN_OnTimer cb;
+    void *user_data;
+    uint32_t gen;               /* ids carry it: a stale id finds no timer */
+    int32_t pos;                /* in the heap; NIL when not pending */
+    int32_t next_free;
+};
+struct zcn_timers {
+    struct zcn_timer *t;
+    uint32_t *heap;
+    uint32_t n;                 /* heap entries */
+    uint32_t conns;             /* the first user slot */
+    uint32_t user_max, user_count;
+    int32_t free;               /* free user slots */
+    uint64_t seq;
+};
+
+/* Fd watches (c/watch.c): one poll request at a time per watch, re-armed
+ * after each event (level-triggered). */
+struct zcn_watch {
+    int fd;
+    uint32_t events;            /* ZCN_WATCH_READ | _WRITE */
+    ZCN_OnWatch cb;
+    void *user_data;
+    uint32_t gen;
+    bool active;
+    bool armed;                 /* a poll request is in the kernel */
+    bool want_arm;              /* no SQE last time: armed at the next turn */
+    int32_t next_free;
+};
+struct zcn_watches {
+    struct zcn_watch *w;
+    uint32_t max, count;
+    int32_t free;
+    uint32_t high;              /* slots below this have been used */
+    uint32_t want_arm;          /* watches waiting for an SQE */
+};
+
+/* Cross-thread calls (c/watch.c): a bounded FIFO under a mutex. */
+struct zcn_call {
+    ZCN_Call fn;
+    void *arg;
+};
+struct zcn_calls {
+    pthread_mutex_t mu;
+    struct zcn_call *q;
+    uint32_t cap, head, n;
+    _Atomic uint32_t pending;   /* n, readable without the lock */
+    bool inited;
+};
+
+/* What a connection calls: its listener's callbacks (embedded in the
+ * ZCN_Server) or those of its connect (one per slot, in the loop). */
+struct zcn_handler {
+    void *user_data;
+    ZCN_OnAccept on_accept;
+    ZCN_OnData on_data;
+    ZCN_OnClose on_close;
+    ZCN_OnDrain on_drain;
+    ZCN_OnEof on_eof;
+    ZCN_OnConnect on_connect;
+    uint64_t idle_timeout_ms;   /* 0 = never */
+    uint32_t tag;               /* ZCN_Event.tag */
+    bool half_close_flag;
+    bool nodelay;
+    /* outbound: the peer's address, read by the kernel at submission */
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+};
+
 struct conn {
     int fd;
     uint8_t state;
+    bool outbound;              /* connected out; h is loop->out_h[slot] */
+    bool connect_inflight;      /* the OP_CONNECT is in the kernel */
+    bool connect_submitted;     /* it was prepared (else: no SQE yet) */
+    bool connect_cancelled;     /* a cancel for it is queued */
+    bool quiet;                 /* its owner is gone and was told: no more calls */
     bool recv_armed;
     bool recv_multishot;        /* the armed recv takes any number of buffers */
     bool recv_cancelled;        /* a cancel for the armed recv is queued */
@@ -120,17 +216,18 @@ struct conn {
     uint32_t lent_bufs;
     uint64_t lent_bytes;
     struct link service;        /* work waiting for room, buffers or SQEs */
-    struct link lru;            /* idle order (idle_timeout_ms) */
     struct link wait;           /* waiting for budget, FIFO */
     int32_t zombie_next;        /* also the free-slot link */
     uint64_t last_active_ms;
     uint64_t progress_ms;       /* last send progress (or queue start) */
     uint64_t bytes_in, bytes_out;
+    struct zcn_handler *h;
+    int connect_error;          /* outbound: the errno it failed with */
     struct msghdr msg;
     struct iovec iov[IOV_BATCH];
 };
 
-struct ZCN_Server {
+struct ZCN_Loop {
     ZCN_Ring *ring_handle;
     struct io_uring *ring;
     ZCN_BufferPool *pool;
@@ -171,35 +268,26 @@ struct ZCN_Server {
     int32_t *fd_table;          /* fd -> slot, NIL if none */
     uint32_t fd_table_size;
 
-    int listen_fd;
-    uint16_t port;
     int wake_fd;
-    bool started;
-    bool accept_armed;
+    bool started;               /* claimed by its owner thread, ring enabled */
     bool wake_armed;
     bool tick_armed;            /* an OP_TICK timeout is in the kernel */
     struct __kernel_timespec tick_ts;
     bool destroying;
     bool poll_mode;             /* events go to zcn_server_poll's array */
-    bool half_close_flag;
     struct zcn_wakeup_pipe wakeup;
     int in_callback;
     struct conn *delivering;    /* on_data is running for it */
     int in_loop;                /* inside a loop call (events may be emitted) */
-    int live_slot;              /* zcn_live registry entry (safe stop) */
+    int live_slot;              /* zcn_live registry entry (safe stop, call) */
     const void *owner;          /* this_thread() of the thread that started it */
     _Atomic int stop_requested;
 
-    uint32_t backlog;
     uint64_t send_queue_max_bytes;
     uint32_t send_queue_max_bufs; /* the same limit counted in buffers */
     uint32_t batch;             /* poll batches started (end_batch) */
-    uint64_t idle_timeout_ms;
-    bool nodelay;
     uint64_t now_ms;
-    uint64_t accept_resume_ms;
-    uint32_t accept_backoff_ms;
-    struct list lru, service, waiters;
+    struct list service, waiters;
     uint32_t queues_busy;       /* connections with queued data */
     uint32_t slots_high;        /* slots below this have been used; freed slots
                                    are reused before untouched ones, so this is
@@ -209,13 +297,16 @@ struct ZCN_Server {
     int32_t zombie_head;
     int32_t lent_head;          /* bids lent to the current poll batch */
 
-    /* callback mode */
-    void *user_data;
-    ZCN_OnAccept on_accept;
-    ZCN_OnData on_data;
-    ZCN_OnClose on_close;
-    ZCN_OnDrain on_drain;
-    ZCN_OnEof on_eof;
+    /* the handles on the loop */
+    struct ZCN_Server *servers[ZCN_LOOP_SERVERS_MAX];
+    uint32_t servers_count;     /* slots used (some may be NULL) */
+    uint32_t server_gen;
+    struct zcn_handler *out_h;  /* outbound connections' callbacks, by slot */
+    struct zcn_timers timers;
+    struct zcn_watches watches;
+    struct zcn_calls calls;
+    ZCN_LoopStats lstats;       /* the loop's own counters (lstats.tcp unused) */
+    _Atomic uint64_t calls_refused; /* zcn_loop_call from any thread */
     /* poll mode: events go here instead */
     ZCN_Event *ev;
     uint32_t ev_cap;
@@ -235,6 +326,25 @@ struct ZCN_Server {
     uint32_t sources_count;
 };
 
+/* A TCP listener on a loop. */
+struct ZCN_Server {
+    ZCN_Loop *loop;
+    bool own_loop;              /* zcn_server_create: the loop is its own */
+    uint32_t index;             /* in loop->servers; OP_ACCEPT's slot */
+    uint32_t gen;               /* OP_ACCEPT's gen: a late accept of a
+                                   destroyed listener finds no server */
+    bool closing;               /* destroyed or its loop is: no accepts */
+    int listen_fd;
+    uint16_t port;
+    uint32_t backlog;
+    bool started;
+    bool accept_armed;
+    uint64_t accept_resume_ms;
+    uint32_t accept_backoff_ms;
+    int live_slot;              /* zcn_live registry entry (safe stop) */
+    struct zcn_handler h;
+};
+
 /* ------------------------------------------------------------------ */
 /* small helpers                                                       */
 /* ------------------------------------------------------------------ */
@@ -244,36 +354,93 @@ struct ZCN_Server {
 /* ------------------------------------------------------------------ */
 
 /* c/tcp_conn.c */
-void zcn_tcp_emit(ZCN_Server *s, uint32_t type, struct conn *c);
-void zcn_tcp_maybe_arm_recv(ZCN_Server *s, struct conn *c);
-void zcn_tcp_cancel_ud(ZCN_Server *s, uint64_t ud, bool *done_flag, struct conn *c);
-void zcn_tcp_free_slot(ZCN_Server *s, struct conn *c);
-void zcn_tcp_finalize(ZCN_Server *s, struct conn *c);
-void zcn_tcp_progress_close(ZCN_Server *s, struct conn *c);
-void zcn_tcp_abort_conn(ZCN_Server *s, struct conn *c, bool rst);
-void zcn_tcp_begin_close(ZCN_Server *s, struct conn *c);
-void zcn_tcp_progress_shutdown(ZCN_Server *s, struct conn *c);
-void zcn_tcp_flush_pending_rx(ZCN_Server *s, struct conn *c);
-void zcn_tcp_on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe);
-void zcn_tcp_on_send(ZCN_Server *s, struct conn *c, int res);
-void zcn_tcp_new_connection(ZCN_Server *s, int fd);
+void zcn_tcp_emit(ZCN_Loop *s, uint32_t type, struct conn *c);
+void zcn_tcp_maybe_arm_recv(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_cancel_ud(ZCN_Loop *s, uint64_t ud, bool *done_flag, struct conn *c);
+void zcn_tcp_free_slot(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_finalize(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_progress_close(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_abort_conn(ZCN_Loop *s, struct conn *c, bool rst);
+void zcn_tcp_begin_close(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_progress_shutdown(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_flush_pending_rx(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_on_recv(ZCN_Loop *s, struct conn *c, struct io_uring_cqe *cqe);
+void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res);
+/* A connected socket becomes a connection: a free slot, or NULL (the fd
+ * is closed, connections_rejected counted). */
+struct conn *zcn_tcp_conn_open(ZCN_Loop *s, int fd, struct zcn_handler *h);
+/* Arms the receive and starts the idle clock of a connection just open. */
+void zcn_tcp_conn_start(ZCN_Loop *s, struct conn *c);
+/* The connection's own timer fired (idle or connect timeout). */
+void zcn_tcp_conn_timer(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_emit_connect(ZCN_Loop *s, struct conn *c, ZCN_Error result);
 
 /* c/tcp_send.c */
-void zcn_tcp_submit_send(ZCN_Server *s, struct conn *c);
-void zcn_tcp_flush_tx(ZCN_Server *s);
+void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_flush_tx(ZCN_Loop *s);
 void zcn_tcp_echo_on_data(void *user_data, int fd, const uint8_t *data, size_t len);
 
 /* c/tcp_budget.c */
-void zcn_tcp_ring_refill(ZCN_Server *s);
-void zcn_tcp_serve_waiters(ZCN_Server *s);
-void zcn_tcp_evict_for_waiters(ZCN_Server *s);
-void zcn_tcp_sweep_send_timeouts(ZCN_Server *s);
-void zcn_tcp_sweep_idle(ZCN_Server *s);
-bool zcn_tcp_tick_needed(const ZCN_Server *s);
-void zcn_tcp_arm_tick(ZCN_Server *s);
+void zcn_tcp_ring_refill(ZCN_Loop *s);
+void zcn_tcp_serve_waiters(ZCN_Loop *s);
+void zcn_tcp_evict_for_waiters(ZCN_Loop *s);
+void zcn_tcp_sweep_send_timeouts(ZCN_Loop *s);
+bool zcn_tcp_tick_needed(const ZCN_Loop *s);
+void zcn_tcp_arm_tick(ZCN_Loop *s);
 
-/* c/server.c */
+/* c/loop.c */
 ZCN_Error zcn_tcp_wrong_thread(const char *fn);
+/* Makes the calling thread the loop's owner if it has none (enables the
+ * ring, arms the wake-up), else checks it is the owner. */
+ZCN_Error zcn_loop_claim(ZCN_Loop *s, const char *fn);
+/* Tears down the connections of one handler (all when h is NULL): each is
+ * ended now and told on_close (callbacks only), and points to no handler
+ * from then on. */
+void zcn_loop_end_conns(ZCN_Loop *s, const struct zcn_handler *h);
+
+void zcn_loop_request_stop(ZCN_Loop *s);
+void zcn_loop_tcp_stats(const ZCN_Loop *s, ZCN_ServerStats *out);
+ZCN_Error zcn_loop_run_once_as(ZCN_Loop *s, int timeout_ms, uint32_t *handled_out, const char *fn);
+ZCN_Error zcn_loop_poll_as(ZCN_Loop *s, ZCN_Event *events, uint32_t capacity, int timeout_ms,
+                           uint32_t *count_out, const char *fn);
+ZCN_Error zcn_loop_run_as(ZCN_Loop *s, const char *fn);
+ZCN_Error zcn_loop_flush_as(ZCN_Loop *s, const char *fn);
+ZCN_Error zcn_loop_wakeup_fd_as(ZCN_Loop *s, int *fd_out, const char *fn);
+
+/* c/server.c: the listeners */
+/* Stops accepting for good (loop destroy): out of the registry, the
+ * listening socket shut down, its accept cancelled. */
+void zcn_server_unlisten(ZCN_Server *srv);
+void zcn_tcp_on_accept_cqe(ZCN_Loop *s, struct io_uring_cqe *cqe);
+void zcn_tcp_resume_accepts(ZCN_Loop *s);
+int zcn_tcp_accept_timer_ms(const ZCN_Loop *s);
+void zcn_tcp_fd_freed(ZCN_Loop *s);
+
+/* c/connect.c */
+void zcn_tcp_on_connect_cqe(ZCN_Loop *s, struct conn *c, int res);
+void zcn_tcp_connect_progress(ZCN_Loop *s, struct conn *c);
+
+/* c/timer.c */
+ZCN_Error zcn_timers_init(struct zcn_timers *t, uint32_t conns, uint32_t user_max);
+void zcn_timers_free(struct zcn_timers *t);
+void zcn_timer_conn_arm(ZCN_Loop *s, uint32_t slot, uint64_t due_ms);
+void zcn_timer_conn_disarm(ZCN_Loop *s, uint32_t slot);
+/* Ms until the nearest timer (0 if due), -1 if none. */
+int64_t zcn_timers_next_ms(const ZCN_Loop *s);
+/* Runs the timers due now; returns how many fired. */
+uint32_t zcn_timers_run(ZCN_Loop *s);
+
+/* c/watch.c */
+ZCN_Error zcn_watches_init(struct zcn_watches *w, uint32_t max);
+void zcn_watches_free(struct zcn_watches *w);
+void zcn_watch_on_cqe(ZCN_Loop *s, uint64_t ud, int res);
+void zcn_watches_rearm(ZCN_Loop *s);
+/* Cancels every armed watch (destroy). */
+void zcn_watches_cancel_all(ZCN_Loop *s);
+ZCN_Error zcn_calls_init(struct zcn_calls *q, uint32_t cap);
+void zcn_calls_free(struct zcn_calls *q);
+/* Runs the calls queued before this one started; returns how many. */
+uint32_t zcn_calls_run(ZCN_Loop *s);
 
 /* ------------------------------------------------------------------ */
 /* small helpers                                                      */
@@ -299,18 +466,18 @@ static inline uint32_t ud_slot(uint64_t ud)
     return (uint32_t)ud;
 }
 
-static inline uint8_t *buf_ptr(const ZCN_Server *s, uint32_t bid)
+static inline uint8_t *buf_ptr(const ZCN_Loop *s, uint32_t bid)
 {
     return s->slab + (size_t)bid * s->buffer_size;
 }
 
-static inline int32_t slot_of(const ZCN_Server *s, const struct conn *c)
+static inline int32_t slot_of(const ZCN_Loop *s, const struct conn *c)
 {
     return (int32_t)(c - s->conns);
 }
 
 /* The connection for fd if it is a live connection of this server. */
-static inline struct conn *lookup(const ZCN_Server *s, int fd)
+static inline struct conn *lookup(const ZCN_Loop *s, int fd)
 {
     if (fd < 0 || (uint32_t)fd >= s->fd_table_size)
         return NULL;
@@ -320,8 +487,18 @@ static inline struct conn *lookup(const ZCN_Server *s, int fd)
     return &s->conns[slot];
 }
 
+/* The next event of a poll batch (has_room checked by the caller). */
+static inline ZCN_Event *next_event(ZCN_Loop *s, uint32_t type, int fd)
+{
+    ZCN_Event *e = &s->ev[s->ev_n++];
+    memset(e, 0, sizeof *e);
+    e->type = type;
+    e->fd = fd;
+    return e;
+}
+
 /* Room for k more events (always true in callback mode). */
-static inline bool has_room(const ZCN_Server *s, uint32_t k)
+static inline bool has_room(const ZCN_Loop *s, uint32_t k)
 {
     return s->ev == NULL || s->ev_n + k <= s->ev_cap;
 }
@@ -331,14 +508,14 @@ static inline bool has_room(const ZCN_Server *s, uint32_t k)
  * started between polls) waits on the service list for the next turn, so
  * callbacks never run inside an API call made outside the loop and a poll
  * caller always sees its CLOSE event. */
-static inline bool can_emit(const ZCN_Server *s)
+static inline bool can_emit(const ZCN_Loop *s)
 {
     return s->in_loop > 0 && (!s->poll_mode || s->ev != NULL);
 }
 
-static inline bool half_close(const ZCN_Server *s)
+static inline bool half_close(const struct conn *c)
 {
-    return s->half_close_flag || s->on_eof != NULL;
+    return c->h->half_close_flag || c->h->on_eof != NULL;
 }
 
 /* The calling thread, as the thread pointer (the fs base on x86-64): the
@@ -349,7 +526,7 @@ static inline const void *this_thread(void)
     return __builtin_thread_pointer();
 }
 
-static inline ZCN_Error owner_check(const ZCN_Server *s, const char *fn)
+static inline ZCN_Error owner_check(const ZCN_Loop *s, const char *fn)
 {
     if (ZCN_UNLIKELY(s->started && s->owner != this_thread()))
         return zcn_tcp_wrong_thread(fn);
@@ -367,7 +544,7 @@ static inline bool linked(const struct link *l)
     return l->prev != NOT_LINKED;
 }
 
-static inline void list_push(ZCN_Server *s, struct list *l, size_t off, struct conn *c)
+static inline void list_push(ZCN_Loop *s, struct list *l, size_t off, struct conn *c)
 {
     int32_t slot = slot_of(s, c);
     struct link *k = LINK(s, slot, off);
@@ -383,7 +560,7 @@ static inline void list_push(ZCN_Server *s, struct list *l, size_t off, struct c
     l->count++;
 }
 
-static inline void list_push_head(ZCN_Server *s, struct list *l, size_t off, struct conn *c)
+static inline void list_push_head(ZCN_Loop *s, struct list *l, size_t off, struct conn *c)
 {
     int32_t slot = slot_of(s, c);
     struct link *k = LINK(s, slot, off);
@@ -399,7 +576,7 @@ static inline void list_push_head(ZCN_Server *s, struct list *l, size_t off, str
     l->count++;
 }
 
-static inline void list_remove(ZCN_Server *s, struct list *l, size_t off, struct conn *c)
+static inline void list_remove(ZCN_Loop *s, struct list *l, size_t off, struct conn *c)
 {
     int32_t slot = slot_of(s, c);
     struct link *k = LINK(s, slot, off);
@@ -417,7 +594,7 @@ static inline void list_remove(ZCN_Server *s, struct list *l, size_t off, struct
     l->count--;
 }
 
-static inline struct conn *list_pop(ZCN_Server *s, struct list *l, size_t off)
+static inline struct conn *list_pop(ZCN_Loop *s, struct list *l, size_t off)
 {
     if (l->head == NIL)
         return NULL;
@@ -427,18 +604,16 @@ static inline struct conn *list_pop(ZCN_Server *s, struct list *l, size_t off)
 }
 
 #define OFF_SERVICE offsetof(struct conn, service)
-#define OFF_LRU offsetof(struct conn, lru)
 #define OFF_WAIT offsetof(struct conn, wait)
 
-static inline void service_add(ZCN_Server *s, struct conn *c)
+static inline void service_add(ZCN_Loop *s, struct conn *c)
 {
     list_push(s, &s->service, OFF_SERVICE, c);
 }
 
-static inline void unlink_all(ZCN_Server *s, struct conn *c)
+static inline void unlink_all(ZCN_Loop *s, struct conn *c)
 {
     list_remove(s, &s->service, OFF_SERVICE, c);
-    list_remove(s, &s->lru, OFF_LRU, c);
     list_remove(s, &s->waiters, OFF_WAIT, c);
 }
 
@@ -450,7 +625,7 @@ static inline void unlink_all(ZCN_Server *s, struct conn *c)
  * and evictions read restarts. A store per message; the sweeps that read
  * it scan the connections now and then (their cost does not ride on every
  * message). */
-static inline void send_progress(ZCN_Server *s, struct conn *c, bool was_busy)
+static inline void send_progress(ZCN_Loop *s, struct conn *c, bool was_busy)
 {
     bool busy = c->sq_head != NIL;
     c->progress_ms = s->now_ms;
@@ -458,14 +633,14 @@ static inline void send_progress(ZCN_Server *s, struct conn *c, bool was_busy)
         s->queues_busy += busy ? 1 : (uint32_t)-1;
 }
 
-static inline void chunk_put(ZCN_Server *s, int32_t idx)
+static inline void chunk_put(ZCN_Loop *s, int32_t idx)
 {
     s->chunks[idx].next = s->chunk_free;
     s->chunk_free = idx;
     s->chunks_used--;
 }
 
-static inline int32_t chunk_take(ZCN_Server *s)
+static inline int32_t chunk_take(ZCN_Loop *s)
 {
     int32_t idx = s->chunk_free;
     if (idx != NIL) {
@@ -476,7 +651,7 @@ static inline int32_t chunk_take(ZCN_Server *s)
 }
 
 /* Data was queued for c: its send goes out with the batch (flush_tx). */
-static inline void want_send(ZCN_Server *s, struct conn *c)
+static inline void want_send(ZCN_Loop *s, struct conn *c)
 {
     if (c->send_inflight || c->in_tx)
         return;

@@ -8,7 +8,7 @@
 /* Tops the ring up from the pool before waiting, and sets the ring's
  * target and the pool's keep for the buffers recycled until the next
  * refill (computed here, once or twice a turn, not per buffer). */
-void zcn_tcp_ring_refill(ZCN_Server *s)
+void zcn_tcp_ring_refill(ZCN_Loop *s)
 {
     uint32_t want = s->ring_target = ring_want(s);
     uint32_t keep = s->pool_keep = pool_keep(s);
@@ -26,13 +26,13 @@ void zcn_tcp_ring_refill(ZCN_Server *s)
  * needed, rather than a timed wait: every wait stays untimed, and the
  * kernel does not set up a timer per sleep (1-connection ping-pong cost
  * 15 % more CPU per message with timed waits). */
-bool zcn_tcp_tick_needed(const ZCN_Server *s)
+bool zcn_tcp_tick_needed(const ZCN_Loop *s)
 {
     return !s->destroying && ((s->queues_busy > 0 && s->send_timeout_ms != 0) ||
                               s->waiters.head != NIL);
 }
 
-void zcn_tcp_arm_tick(ZCN_Server *s)
+void zcn_tcp_arm_tick(ZCN_Loop *s)
 {
     if (s->tick_armed || !zcn_tcp_tick_needed(s))
         return;
@@ -49,7 +49,7 @@ void zcn_tcp_arm_tick(ZCN_Server *s)
 
 /* Connections waiting for budget, first come first served, while the
  * budget has room; a refused sender hears DRAIN. */
-void zcn_tcp_serve_waiters(ZCN_Server *s)
+void zcn_tcp_serve_waiters(ZCN_Loop *s)
 {
     while (s->waiters.head != NIL && budget_used(s) < s->budget && has_room(s, 2)) {
         struct conn *c = &s->conns[s->waiters.head];
@@ -82,7 +82,7 @@ void zcn_tcp_serve_waiters(ZCN_Server *s)
  * victim frees a buffer or two, and the waiters ahead of a well-behaved
  * newcomer are mostly the attackers' own connections. A scan visits the
  * used slots, at most every EVICT_SCAN_MS and only under this pressure. */
-void zcn_tcp_evict_for_waiters(ZCN_Server *s)
+void zcn_tcp_evict_for_waiters(ZCN_Loop *s)
 {
     if (s->waiters.head == NIL || budget_used(s) < s->budget ||
         s->now_ms < s->evict_check_ms + EVICT_SCAN_MS)
@@ -122,7 +122,7 @@ void zcn_tcp_evict_for_waiters(ZCN_Server *s)
 
 /* Connections whose queued data made no progress for send_timeout_ms:
  * checked every send_sweep_period while any has data queued. */
-void zcn_tcp_sweep_send_timeouts(ZCN_Server *s)
+void zcn_tcp_sweep_send_timeouts(ZCN_Loop *s)
 {
     if (s->send_timeout_ms == 0 || s->queues_busy == 0 || s->now_ms < s->send_sweep_ms)
         return;
@@ -137,19 +137,5 @@ void zcn_tcp_sweep_send_timeouts(ZCN_Server *s)
             continue;
         s->stats.send_timeouts++;
         zcn_tcp_abort_conn(s, c, true);
-    }
-}
-
-void zcn_tcp_sweep_idle(ZCN_Server *s)
-{
-    if (s->idle_timeout_ms == 0)
-        return;
-    while (s->lru.head != NIL && has_room(s, 1)) {
-        struct conn *c = &s->conns[s->lru.head];
-        if (s->now_ms - c->last_active_ms < s->idle_timeout_ms)
-            break;
-        list_remove(s, &s->lru, OFF_LRU, c);
-        s->stats.idle_timeouts++;
-        zcn_tcp_abort_conn(s, c, false);
     }
 }

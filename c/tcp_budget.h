@@ -21,12 +21,12 @@ static inline uint32_t held(const struct conn *c)
 
 /* Buffers counted against the budget; the current poll batch's lent data
  * counts too, since the caller may still queue it. */
-static inline uint32_t budget_used(const ZCN_Server *s)
+static inline uint32_t budget_used(const ZCN_Loop *s)
 {
     return s->parked + s->user_bufs + (s->ev != NULL ? s->lent_count : 0);
 }
 
-static inline bool under_pressure(const ZCN_Server *s)
+static inline bool under_pressure(const ZCN_Loop *s)
 {
     return 2 * (uint64_t)budget_used(s) >= s->budget;
 }
@@ -34,13 +34,13 @@ static inline bool under_pressure(const ZCN_Server *s)
 /* The most one connection may hold under pressure: the budget split among
  * the connections holding or waiting for buffers, with one share left over
  * so a newcomer finds room without an eviction. */
-static inline uint32_t fair_share(const ZCN_Server *s)
+static inline uint32_t fair_share(const ZCN_Loop *s)
 {
     uint32_t share = s->budget / (s->holders + s->waiters.count + 1);
     return share < 1 ? 1 : share;
 }
 
-static inline uint32_t buf_cap(const ZCN_Server *s)
+static inline uint32_t buf_cap(const ZCN_Loop *s)
 {
     uint32_t cap = s->send_queue_max_bufs;
     if (under_pressure(s)) {
@@ -51,7 +51,7 @@ static inline uint32_t buf_cap(const ZCN_Server *s)
     return cap;
 }
 
-static inline void held_add(ZCN_Server *s, struct conn *c, uint32_t *field, int32_t delta)
+static inline void held_add(ZCN_Loop *s, struct conn *c, uint32_t *field, int32_t delta)
 {
     uint32_t before = held(c);
     *field = (uint32_t)((int32_t)*field + delta);
@@ -63,14 +63,14 @@ static inline void held_add(ZCN_Server *s, struct conn *c, uint32_t *field, int3
         s->holders--;
 }
 
-static inline bool lent_now(const ZCN_Server *s, const struct conn *c)
+static inline bool lent_now(const ZCN_Loop *s, const struct conn *c)
 {
     return s->ev != NULL && c->lent_batch == s->batch && c->lent_bufs > 0;
 }
 
 /* c was handed data by the on_data call running now, or by the last poll
  * batch (whose answers come after zcn_server_poll returned). */
-static inline bool delivered_to(const ZCN_Server *s, const struct conn *c)
+static inline bool delivered_to(const ZCN_Loop *s, const struct conn *c)
 {
     if (s->poll_mode)
         return c->lent_batch == s->batch && c->lent_bufs > 0;
@@ -95,7 +95,7 @@ enum gate {
  * poll batch also carries at most BATCH_PER_CONN buffers of one
  * connection, so a few busy connections cannot fill every batch and make
  * the others wait behind their handler's work. */
-static inline enum gate delivery_gate(const ZCN_Server *s, const struct conn *c, uint64_t len,
+static inline enum gate delivery_gate(const ZCN_Loop *s, const struct conn *c, uint64_t len,
                                uint32_t extra)
 {
     uint64_t bytes = c->queued_bytes + len;
@@ -120,7 +120,7 @@ static inline enum gate delivery_gate(const ZCN_Server *s, const struct conn *c,
  * holds already, deferred receives included (the delivery gate does not,
  * or deferred data could pile up without bound behind a receive left
  * armed). */
-static inline enum gate intake_gate(const ZCN_Server *s, const struct conn *c)
+static inline enum gate intake_gate(const ZCN_Loop *s, const struct conn *c)
 {
     uint64_t bytes = c->queued_bytes + c->rx_bytes + s->buffer_size;
     uint32_t bufs = held(c) + 1;
@@ -147,7 +147,7 @@ static inline enum gate intake_gate(const ZCN_Server *s, const struct conn *c)
  * by the deliveries in flight, which the reserve absorbs; a deferred
  * buffer is handed over even while the budget is overshot, or data
  * deferred by completions already in flight could never be delivered. */
-static inline uint32_t own_slack(const ZCN_Server *s, const struct conn *c)
+static inline uint32_t own_slack(const ZCN_Loop *s, const struct conn *c)
 {
     if (s->poll_mode)
         return c->lent_batch == s->batch ? c->lent_bufs : 0;
@@ -156,14 +156,14 @@ static inline uint32_t own_slack(const ZCN_Server *s, const struct conn *c)
 
 /* Pool buffers the ring may not take: room left in the budget for copied
  * sends, up to a headroom. */
-static inline uint32_t pool_keep(const ZCN_Server *s)
+static inline uint32_t pool_keep(const ZCN_Loop *s)
 {
     uint32_t used = budget_used(s);
     uint32_t room = used < s->budget ? s->budget - used : 0;
     return room < s->copy_headroom ? room : s->copy_headroom;
 }
 
-static inline void wait_for_budget(ZCN_Server *s, struct conn *c)
+static inline void wait_for_budget(ZCN_Loop *s, struct conn *c)
 {
     list_push(s, &s->waiters, OFF_WAIT, c);
 }
@@ -172,7 +172,7 @@ static inline void wait_for_budget(ZCN_Server *s, struct conn *c)
 /* buffers: the ring, the pool, references                            */
 /* ------------------------------------------------------------------ */
 
-static inline void ring_add(ZCN_Server *s, uint32_t bid)
+static inline void ring_add(ZCN_Loop *s, uint32_t bid)
 {
     zcn_bufring_add(&s->rx, bid);
     s->meta[bid].state = ZCN_BUF_RING;
@@ -187,7 +187,7 @@ static inline void ring_add(ZCN_Server *s, uint32_t bid)
  * of the budget's room that copies do not need: what the ring holds the
  * kernel owns, and a copied send (a packed answer) that finds the pool
  * empty would fail for nothing. */
-static inline uint32_t ring_want(const ZCN_Server *s)
+static inline uint32_t ring_want(const ZCN_Loop *s)
 {
     uint64_t want = 32 + 2 * (uint64_t)s->conns_active + s->br_extra;
     uint32_t used = budget_used(s);
@@ -201,7 +201,7 @@ static inline uint32_t ring_want(const ZCN_Server *s)
     return want < s->br_target ? (uint32_t)want : s->br_target;
 }
 
-static inline void pool_put(ZCN_Server *s, uint32_t bid)
+static inline void pool_put(ZCN_Loop *s, uint32_t bid)
 {
     s->meta[bid].state = ZCN_BUF_POOL;
     s->meta[bid].refs = 0;
@@ -210,7 +210,7 @@ static inline void pool_put(ZCN_Server *s, uint32_t bid)
 }
 
 /* Takes a pool buffer for a copied send or for the user; -1 if none. */
-static inline int64_t pool_take(ZCN_Server *s)
+static inline int64_t pool_take(ZCN_Loop *s)
 {
     int64_t bid = zcn_buf_take(s->pool, s->slab, s->buffer_size);
     if (bid >= 0)
@@ -220,7 +220,7 @@ static inline int64_t pool_take(ZCN_Server *s)
 
 /* A buffer nobody refers to any more: refill the buffer ring first, the
  * pool after. */
-static inline void recycle(ZCN_Server *s, uint32_t bid)
+static inline void recycle(ZCN_Loop *s, uint32_t bid)
 {
     if (s->rx.count < s->ring_target && s->pool_free >= s->pool_keep) {
         ring_add(s, bid);
@@ -229,12 +229,12 @@ static inline void recycle(ZCN_Server *s, uint32_t bid)
     pool_put(s, bid);
 }
 
-static inline void buf_ref(ZCN_Server *s, uint32_t bid)
+static inline void buf_ref(ZCN_Loop *s, uint32_t bid)
 {
     s->meta[bid].refs++;
 }
 
-static inline void buf_unref(ZCN_Server *s, uint32_t bid)
+static inline void buf_unref(ZCN_Loop *s, uint32_t bid)
 {
     struct zcn_buf_meta *m = &s->meta[bid];
     if (--m->refs == 0)
@@ -242,13 +242,13 @@ static inline void buf_unref(ZCN_Server *s, uint32_t bid)
 }
 
 /* c's queue drained below half its limits after a refused send. */
-static inline bool drain_due(const ZCN_Server *s, const struct conn *c)
+static inline bool drain_due(const ZCN_Loop *s, const struct conn *c)
 {
     return c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
            c->sq_bufs <= buf_cap(s) / 2 && budget_used(s) < s->budget;
 }
 
-static inline uint64_t send_sweep_period(const ZCN_Server *s)
+static inline uint64_t send_sweep_period(const ZCN_Loop *s)
 {
     uint64_t quarter = s->send_timeout_ms / 4;
     return quarter < SEND_SWEEP_MS ? (quarter > 0 ? quarter : 1) : SEND_SWEEP_MS;

@@ -5,32 +5,30 @@
  * that move the queue on. */
 #include "tcp_budget.h"
 
-void zcn_tcp_emit(ZCN_Server *s, uint32_t type, struct conn *c)
+void zcn_tcp_emit(ZCN_Loop *s, uint32_t type, struct conn *c)
 {
+    const struct zcn_handler *h = c->h;
     if (s->ev != NULL) {
-        ZCN_Event *e = &s->ev[s->ev_n++];
-        memset(e, 0, sizeof *e);
-        e->type = type;
-        e->fd = c->fd;
+        next_event(s, type, c->fd)->tag = h->tag;
         return;
     }
     s->in_callback++;
     switch (type) {
     case ZCN_EVENT_ACCEPT:
-        if (s->on_accept != NULL)
-            s->on_accept(s->user_data, c->fd);
+        if (h->on_accept != NULL)
+            h->on_accept(h->user_data, c->fd);
         break;
     case ZCN_EVENT_CLOSE:
-        if (s->on_close != NULL)
-            s->on_close(s->user_data, c->fd);
+        if (h->on_close != NULL)
+            h->on_close(h->user_data, c->fd);
         break;
     case ZCN_EVENT_DRAIN:
-        if (s->on_drain != NULL)
-            s->on_drain(s->user_data, c->fd);
+        if (h->on_drain != NULL)
+            h->on_drain(h->user_data, c->fd);
         break;
     case ZCN_EVENT_EOF:
-        if (s->on_eof != NULL)
-            s->on_eof(s->user_data, c->fd);
+        if (h->on_eof != NULL)
+            h->on_eof(h->user_data, c->fd);
         break;
     default:
         break;
@@ -38,9 +36,27 @@ void zcn_tcp_emit(ZCN_Server *s, uint32_t type, struct conn *c)
     s->in_callback--;
 }
 
+/* An outbound connect ended: on_connect, or a CONNECT event whose offset
+ * is the result. */
+void zcn_tcp_emit_connect(ZCN_Loop *s, struct conn *c, ZCN_Error result)
+{
+    const struct zcn_handler *h = c->h;
+    if (s->ev != NULL) {
+        ZCN_Event *e = next_event(s, ZCN_EVENT_CONNECT, c->fd);
+        e->tag = h->tag;
+        e->offset = (uint64_t)result;
+        return;
+    }
+    if (h->on_connect != NULL) {
+        s->in_callback++;
+        h->on_connect(h->user_data, c->fd, result);
+        s->in_callback--;
+    }
+}
+
 /* Hands one received buffer to the user. The delivery's reference is held
  * until the callback returns (callback mode) or the next poll (poll mode). */
-static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
+static void emit_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
 {
     uint8_t *data = buf_ptr(s, bid);
     if (s->ev != NULL) {
@@ -48,7 +64,7 @@ static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
         e->type = ZCN_EVENT_DATA;
         e->fd = c->fd;
         e->len = len;
-        e->reserved = 0;
+        e->tag = c->h->tag;
         e->offset = (uint64_t)(data - s->slab);
         e->data = data;
         if (c->lent_batch != s->batch) {
@@ -63,32 +79,49 @@ static void emit_data(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
         s->lent_head = (int32_t)bid;
         return;
     }
-    if (s->on_data != NULL) {
-        /* The built-in echo gets the server; user callbacks their user_data. */
-        void *ud = s->on_data == zcn_tcp_echo_on_data ? (void *)s : s->user_data;
+    ZCN_OnData on_data = c->h->on_data;
+    if (on_data != NULL) {
+        /* The built-in echo gets the loop; user callbacks their user_data. */
+        void *ud = on_data == zcn_tcp_echo_on_data ? (void *)s : c->h->user_data;
         struct conn *outer = s->delivering;
         s->in_callback++;
         s->delivering = c;
-        s->on_data(ud, c->fd, data, len);
+        on_data(ud, c->fd, data, len);
         s->delivering = outer;
         s->in_callback--;
     }
     buf_unref(s, bid);
 }
 
-/* Marks activity: the connection moves to the young end of the idle list. */
-static void touch(ZCN_Server *s, struct conn *c)
+/* Marks activity for the idle timeout: a store. The connection's timer
+ * reads it when it fires and, if the connection was active meanwhile,
+ * re-arms for the new deadline (so activity costs no heap work). */
+static inline void touch(ZCN_Loop *s, struct conn *c)
 {
-    if (s->idle_timeout_ms == 0 || c->state != CONN_OPEN)
-        return;
     c->last_active_ms = s->now_ms;
-    if (c->lru.next == NIL && linked(&c->lru))
-        return; /* already the youngest */
-    list_remove(s, &s->lru, OFF_LRU, c);
-    list_push(s, &s->lru, OFF_LRU, c);
 }
 
-static void arm_recv(ZCN_Server *s, struct conn *c)
+void zcn_tcp_conn_timer(ZCN_Loop *s, struct conn *c)
+{
+    if (c->state == CONN_CONNECTING) {
+        s->lstats.connect_timeouts++;
+        c->connect_error = ETIMEDOUT;
+        zcn_tcp_connect_progress(s, c);
+        return;
+    }
+    uint64_t idle = c->h->idle_timeout_ms;
+    if (c->state != CONN_OPEN || idle == 0)
+        return;
+    uint64_t due = c->last_active_ms + idle;
+    if (due > s->now_ms) {
+        zcn_timer_conn_arm(s, (uint32_t)slot_of(s, c), due);
+        return;
+    }
+    s->stats.idle_timeouts++;
+    zcn_tcp_abort_conn(s, c, false);
+}
+
+static void arm_recv(ZCN_Loop *s, struct conn *c)
 {
     struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL) {
@@ -118,7 +151,7 @@ static void arm_recv(ZCN_Server *s, struct conn *c)
 
 /* Arms c's receive if it may take another full buffer; otherwise it waits:
  * for its own sends (they call back here) or for budget (the wait list). */
-void zcn_tcp_maybe_arm_recv(ZCN_Server *s, struct conn *c)
+void zcn_tcp_maybe_arm_recv(ZCN_Loop *s, struct conn *c)
 {
     if (c->state != CONN_OPEN || c->recv_armed || c->eof || c->rx_head != NIL)
         return;
@@ -141,7 +174,7 @@ void zcn_tcp_maybe_arm_recv(ZCN_Server *s, struct conn *c)
     arm_recv(s, c);
 }
 
-void zcn_tcp_cancel_ud(ZCN_Server *s, uint64_t ud, bool *done_flag, struct conn *c)
+void zcn_tcp_cancel_ud(ZCN_Loop *s, uint64_t ud, bool *done_flag, struct conn *c)
 {
     struct io_uring_sqe *sqe = zcn_get_sqe(s->ring);
     if (sqe == NULL) {
@@ -157,21 +190,21 @@ void zcn_tcp_cancel_ud(ZCN_Server *s, uint64_t ud, bool *done_flag, struct conn 
         *done_flag = true;
 }
 
-static void cancel_recv(ZCN_Server *s, struct conn *c)
+static void cancel_recv(ZCN_Loop *s, struct conn *c)
 {
     if (!c->recv_armed || c->recv_cancelled)
         return;
     zcn_tcp_cancel_ud(s, pack_ud(OP_RECV, c->gen, (uint32_t)slot_of(s, c)), &c->recv_cancelled, c);
 }
 
-static void cancel_send(ZCN_Server *s, struct conn *c)
+static void cancel_send(ZCN_Loop *s, struct conn *c)
 {
     if (!c->send_inflight || c->send_cancelled)
         return;
     zcn_tcp_cancel_ud(s, pack_ud(OP_SEND, c->gen, (uint32_t)slot_of(s, c)), &c->send_cancelled, c);
 }
 
-static void drop_pending_rx(ZCN_Server *s, struct conn *c)
+static void drop_pending_rx(ZCN_Loop *s, struct conn *c)
 {
     while (c->rx_head != NIL) {
         uint32_t bid = (uint32_t)c->rx_head;
@@ -185,7 +218,7 @@ static void drop_pending_rx(ZCN_Server *s, struct conn *c)
 
 /* Drops the queue after its first `keep` chunks (those a send in flight
  * still reads; they go when it completes). */
-static void drop_send_queue_after(ZCN_Server *s, struct conn *c, uint32_t keep)
+static void drop_send_queue_after(ZCN_Loop *s, struct conn *c, uint32_t keep)
 {
     bool was_busy = c->sq_head != NIL;
     int32_t prev = NIL, i = c->sq_head;
@@ -218,12 +251,12 @@ static void drop_send_queue_after(ZCN_Server *s, struct conn *c, uint32_t keep)
     send_progress(s, c, was_busy);
 }
 
-static void drop_send_queue(ZCN_Server *s, struct conn *c)
+static void drop_send_queue(ZCN_Loop *s, struct conn *c)
 {
     drop_send_queue_after(s, c, 0);
 }
 
-void zcn_tcp_free_slot(ZCN_Server *s, struct conn *c)
+void zcn_tcp_free_slot(ZCN_Loop *s, struct conn *c)
 {
     if (c->fd >= 0 && (uint32_t)c->fd < s->fd_table_size)
         s->fd_table[c->fd] = NIL;
@@ -241,11 +274,12 @@ void zcn_tcp_free_slot(ZCN_Server *s, struct conn *c)
 }
 
 /* The kernel has let go of the connection: tell the user, then close. */
-void zcn_tcp_finalize(ZCN_Server *s, struct conn *c)
+void zcn_tcp_finalize(ZCN_Loop *s, struct conn *c)
 {
     drop_pending_rx(s, c);
     drop_send_queue(s, c);
     unlink_all(s, c);
+    zcn_timer_conn_disarm(s, (uint32_t)slot_of(s, c));
     s->conns_active--;
     s->stats.connections_closed++;
     if (s->ev != NULL) {
@@ -260,12 +294,11 @@ void zcn_tcp_finalize(ZCN_Server *s, struct conn *c)
         zcn_tcp_emit(s, ZCN_EVENT_CLOSE, c);
         zcn_tcp_free_slot(s, c);
     }
-    if (s->accept_backoff_ms != 0)
-        s->accept_resume_ms = s->now_ms; /* an fd is free: try again now */
+    zcn_tcp_fd_freed(s);
 }
 
 /* Advances the close state machine after anything changed. */
-void zcn_tcp_progress_close(ZCN_Server *s, struct conn *c)
+void zcn_tcp_progress_close(ZCN_Loop *s, struct conn *c)
 {
     if (c->state == CONN_CLOSING && c->sq_head == NIL && !c->send_inflight) {
         if (!c->shut_wr_done)
@@ -289,7 +322,7 @@ void zcn_tcp_progress_close(ZCN_Server *s, struct conn *c)
 /* Ends a connection now: queued and deferred data is dropped. With rst the
  * peer gets a reset (eviction, zcn_server_abort); otherwise both directions
  * are shut down (idle timeout, a failed receive). */
-void zcn_tcp_abort_conn(ZCN_Server *s, struct conn *c, bool rst)
+void zcn_tcp_abort_conn(ZCN_Loop *s, struct conn *c, bool rst)
 {
     if (c->state != CONN_OPEN && c->state != CONN_CLOSING)
         return;
@@ -311,7 +344,7 @@ void zcn_tcp_abort_conn(ZCN_Server *s, struct conn *c, bool rst)
 }
 
 /* Starts a graceful close: no more deliveries, queued data still goes. */
-void zcn_tcp_begin_close(ZCN_Server *s, struct conn *c)
+void zcn_tcp_begin_close(ZCN_Loop *s, struct conn *c)
 {
     if (c->state != CONN_OPEN)
         return;
@@ -325,7 +358,7 @@ void zcn_tcp_begin_close(ZCN_Server *s, struct conn *c)
 
 /* zcn_server_shutdown's FIN goes once the queue has drained; when the peer
  * has finished too, nothing is left to do: close. */
-void zcn_tcp_progress_shutdown(ZCN_Server *s, struct conn *c)
+void zcn_tcp_progress_shutdown(ZCN_Loop *s, struct conn *c)
 {
     if (c->state != CONN_OPEN || !c->shut_wr)
         return;
@@ -334,7 +367,7 @@ void zcn_tcp_progress_shutdown(ZCN_Server *s, struct conn *c)
         c->shut_wr_done = true;
     }
     if (c->shut_wr_done && c->eof && c->rx_head == NIL &&
-        (c->eof_reported || !half_close(s)))
+        (c->eof_reported || !half_close(c)))
         zcn_tcp_begin_close(s, c);
 }
 
@@ -344,11 +377,11 @@ void zcn_tcp_progress_shutdown(ZCN_Server *s, struct conn *c)
  * answers the current batch after the poll returns, so a close now would
  * refuse those sends (ZCN_ERR_CLOSED) and lose the reply to a half-closed
  * request; the close waits for the next poll. */
-static void on_peer_eof(ZCN_Server *s, struct conn *c)
+static void on_peer_eof(ZCN_Loop *s, struct conn *c)
 {
     if (c->state != CONN_OPEN)
         return;
-    if (half_close(s)) {
+    if (half_close(c)) {
         if (!c->eof_reported) {
             if (!has_room(s, 1)) {
                 service_add(s, c);
@@ -369,7 +402,7 @@ static void on_peer_eof(ZCN_Server *s, struct conn *c)
 
 /* Delivers deferred data while c's limits and the budget allow and there is
  * room, then re-arms its receive. */
-void zcn_tcp_flush_pending_rx(ZCN_Server *s, struct conn *c)
+void zcn_tcp_flush_pending_rx(ZCN_Loop *s, struct conn *c)
 {
     while (c->rx_head != NIL && c->state == CONN_OPEN) {
         uint32_t bid = (uint32_t)c->rx_head;
@@ -401,7 +434,7 @@ void zcn_tcp_flush_pending_rx(ZCN_Server *s, struct conn *c)
     zcn_tcp_maybe_arm_recv(s, c);
 }
 
-static void defer_rx(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
+static void defer_rx(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
 {
     s->meta[bid].len = len;
     s->meta[bid].next = NIL;
@@ -416,7 +449,7 @@ static void defer_rx(ZCN_Server *s, struct conn *c, uint32_t bid, uint32_t len)
 
 /* The hard limit: a connection holding more than this (its cap overshot
  * by completions already in flight, many times over) is aborted. */
-static bool over_hard_limit(ZCN_Server *s, struct conn *c)
+static bool over_hard_limit(ZCN_Loop *s, struct conn *c)
 {
     if (held(c) <= s->hard_max_bufs)
         return false;
@@ -425,7 +458,7 @@ static bool over_hard_limit(ZCN_Server *s, struct conn *c)
     return true;
 }
 
-void zcn_tcp_on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
+void zcn_tcp_on_recv(ZCN_Loop *s, struct conn *c, struct io_uring_cqe *cqe)
 {
     bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
     int res = cqe->res;
@@ -509,7 +542,7 @@ void zcn_tcp_on_recv(ZCN_Server *s, struct conn *c, struct io_uring_cqe *cqe)
     }
 }
 
-void zcn_tcp_on_send(ZCN_Server *s, struct conn *c, int res)
+void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
 {
     c->send_inflight = false;
     c->send_cancelled = false;
@@ -567,14 +600,14 @@ void zcn_tcp_on_send(ZCN_Server *s, struct conn *c, int res)
     zcn_tcp_progress_close(s, c);
 }
 
-void zcn_tcp_new_connection(ZCN_Server *s, int fd)
+struct conn *zcn_tcp_conn_open(ZCN_Loop *s, int fd, struct zcn_handler *h)
 {
     if ((uint32_t)fd >= s->fd_table_size || s->conn_free == NIL) {
         s->stats.connections_rejected++;
         close(fd);
-        return;
+        return NULL;
     }
-    if (s->nodelay) {
+    if (h->nodelay) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
@@ -587,16 +620,23 @@ void zcn_tcp_new_connection(ZCN_Server *s, int fd)
     memset(c, 0, sizeof *c); /* on no list: finalize unlinked it */
     c->gen = gen;
     c->fd = fd;
+    c->h = h;
     c->state = CONN_OPEN;
     c->sq_head = c->sq_tail = NIL;
     c->rx_head = c->rx_tail = NIL;
     c->service.prev = c->service.next = NOT_LINKED;
-    c->lru = c->wait = c->service;
+    c->wait = c->service;
     c->zombie_next = NIL;
     s->fd_table[fd] = slot;
     s->conns_active++;
-    s->stats.connections_accepted++;
     touch(s, c);
-    zcn_tcp_emit(s, ZCN_EVENT_ACCEPT, c);
+    return c;
+}
+
+void zcn_tcp_conn_start(ZCN_Loop *s, struct conn *c)
+{
+    touch(s, c);
+    if (c->h->idle_timeout_ms != 0)
+        zcn_timer_conn_arm(s, (uint32_t)slot_of(s, c), s->now_ms + c->h->idle_timeout_ms);
     zcn_tcp_maybe_arm_recv(s, c);
 }

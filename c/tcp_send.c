@@ -6,7 +6,7 @@
  * sendmsg in flight per connection, collected per batch). */
 #include "tcp_budget.h"
 
-void zcn_tcp_submit_send(ZCN_Server *s, struct conn *c)
+void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c)
 {
     if (c->send_inflight || c->sq_head == NIL)
         return;
@@ -37,7 +37,7 @@ void zcn_tcp_submit_send(ZCN_Server *s, struct conn *c)
     c->send_cancelled = false;
 }
 
-void zcn_tcp_flush_tx(ZCN_Server *s)
+void zcn_tcp_flush_tx(ZCN_Loop *s)
 {
     for (uint32_t i = 0; i < s->tx_n; i++) {
         struct conn *c = &s->conns[s->tx[i].slot];
@@ -50,7 +50,7 @@ void zcn_tcp_flush_tx(ZCN_Server *s)
     s->tx_n = 0;
 }
 
-static void enqueue_chunk(ZCN_Server *s, struct conn *c, int32_t idx)
+static void enqueue_chunk(ZCN_Loop *s, struct conn *c, int32_t idx)
 {
     bool was_empty = c->sq_head == NIL;
     s->chunks[idx].next = NIL;
@@ -72,11 +72,16 @@ static void enqueue_chunk(ZCN_Server *s, struct conn *c, int32_t idx)
 
 /* Checks common to every send; returns the open connection or NULL with
  * *err set. */
-static struct conn *send_target(ZCN_Server *s, int fd, ZCN_Error *err)
+static struct conn *send_target(ZCN_Loop *s, int fd, ZCN_Error *err)
 {
     struct conn *c = lookup(s, fd);
-    if (c == NULL || c->state != CONN_OPEN) {
-        *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
+    if (ZCN_UNLIKELY(c == NULL || c->state != CONN_OPEN)) {
+        if (c != NULL && c->state == CONN_CONNECTING)
+            *err = zcn_fail(ZCN_ERR_NOT_STARTED,
+                            "fd %d is still connecting: send from on_connect on", fd);
+        else
+            *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server",
+                            fd);
         return NULL;
     }
     if (c->shut_wr) {
@@ -88,14 +93,14 @@ static struct conn *send_target(ZCN_Server *s, int fd, ZCN_Error *err)
     return c;
 }
 
-static ZCN_Error refuse(ZCN_Server *s, struct conn *c, size_t len, const char *why, bool budget);
+static ZCN_Error refuse(ZCN_Loop *s, struct conn *c, size_t len, const char *why, bool budget);
 
 /* Refuses a send that would not fit: its bytes into the queue, cap_bufs
  * more buffers into the connection's cap, budget_bufs more into the
  * server's budget (0 for a buffer counted already), its chunks into the
  * connection's and the server's chunk tables. A refusal asks for DRAIN.
  * Inline, on every send; the refusal itself is out of line. */
-static inline ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_t cap_bufs,
+static inline ZCN_Error admit(ZCN_Loop *s, struct conn *c, size_t len, uint32_t cap_bufs,
                               uint32_t budget_bufs, uint32_t new_chunks)
 {
     if (ZCN_UNLIKELY(len > s->send_queue_max_bytes))
@@ -120,7 +125,7 @@ static inline ZCN_Error admit(ZCN_Server *s, struct conn *c, size_t len, uint32_
     return refuse(s, c, len, why, budget);
 }
 
-static ZCN_Error refuse(ZCN_Server *s, struct conn *c, size_t len, const char *why, bool budget)
+static ZCN_Error refuse(ZCN_Loop *s, struct conn *c, size_t len, const char *why, bool budget)
 {
     c->want_drain = true;
     if (budget)
@@ -136,7 +141,7 @@ static ZCN_Error refuse(ZCN_Server *s, struct conn *c, size_t len, const char *w
 
 /* The server owns the last buffer of c's queue alone (a copy or a
  * send_buffer buffer): how many bytes still fit after its data. */
-static size_t tail_room(const ZCN_Server *s, const struct conn *c)
+static size_t tail_room(const ZCN_Loop *s, const struct conn *c)
 {
     if (c->sq_tail == NIL)
         return 0;
@@ -151,7 +156,7 @@ static size_t tail_room(const ZCN_Server *s, const struct conn *c)
  * room left in the queue's last buffer when the server owns it alone, so a
  * stream of short messages to a slow reader costs bytes, not one buffer
  * each. All or nothing. */
-static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, size_t len)
+static ZCN_Error send_copy(ZCN_Loop *s, struct conn *c, const uint8_t *data, size_t len)
 {
     if (len > s->send_queue_max_bytes)
         return admit(s, c, len, 0, 0, 0); /* EMSGSIZE, before any size arithmetic */
@@ -215,7 +220,7 @@ static ZCN_Error send_copy(ZCN_Server *s, struct conn *c, const uint8_t *data, s
 /* A slice of a lent receive buffer: referenced, not copied, unless it is
  * small and would wait behind other data anyway (then packed), or c is at
  * its chunk cap. */
-static ZCN_Error send_lent(ZCN_Server *s, struct conn *c, uint32_t bid, size_t off,
+static ZCN_Error send_lent(ZCN_Loop *s, struct conn *c, uint32_t bid, size_t off,
                            const uint8_t *data, size_t len)
 {
     bool same_buf = false;
@@ -261,11 +266,11 @@ static ZCN_Error send_lent(ZCN_Server *s, struct conn *c, uint32_t bid, size_t o
     return ZCN_OK;
 }
 
-ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len)
+static ZCN_Error loop_send(ZCN_Loop *s, int fd, const uint8_t *data, size_t len, const char *fn)
 {
     if (s == NULL || (data == NULL && len != 0))
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or data is NULL");
-    ZCN_Error err = owner_check(s, "zcn_server_send");
+    ZCN_Error err = owner_check(s, fn);
     if (err != ZCN_OK)
         return err;
     struct conn *c = send_target(s, fd, &err);
@@ -293,9 +298,9 @@ ZCN_Error zcn_server_send(ZCN_Server *s, int fd, const uint8_t *data, size_t len
     return send_lent(s, c, bid, off, data, len);
 }
 
-uint8_t *zcn_server_acquire_buffer(ZCN_Server *s, size_t *capacity_out)
+static uint8_t *loop_acquire_buffer(ZCN_Loop *s, size_t *capacity_out, const char *fn)
 {
-    if (s == NULL || owner_check(s, "zcn_server_acquire_buffer") != ZCN_OK)
+    if (s == NULL || owner_check(s, fn) != ZCN_OK)
         return NULL;
     if (budget_used(s) + 1 > s->budget) {
         zcn_fail(ZCN_ERR_EXHAUSTED, "the budget of %u buffers is used up (%u more are the "
@@ -313,11 +318,11 @@ uint8_t *zcn_server_acquire_buffer(ZCN_Server *s, size_t *capacity_out)
     return p;
 }
 
-ZCN_Error zcn_server_release_buffer(ZCN_Server *s, uint8_t *buffer)
+static ZCN_Error loop_release_buffer(ZCN_Loop *s, uint8_t *buffer, const char *fn)
 {
     if (s == NULL || buffer == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
-    ZCN_Error err = owner_check(s, "zcn_server_release_buffer");
+    ZCN_Error err = owner_check(s, fn);
     if (err != ZCN_OK)
         return err;
     err = zcn_user_buffer_release(s->pool, s->meta, buffer, "zcn_server_acquire_buffer");
@@ -328,11 +333,11 @@ ZCN_Error zcn_server_release_buffer(ZCN_Server *s, uint8_t *buffer)
     return err;
 }
 
-ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t len)
+static ZCN_Error loop_send_buffer(ZCN_Loop *s, int fd, uint8_t *buffer, size_t len, const char *fn)
 {
     if (s == NULL || buffer == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or buffer is NULL");
-    ZCN_Error err = owner_check(s, "zcn_server_send_buffer");
+    ZCN_Error err = owner_check(s, fn);
     if (err != ZCN_OK)
         return err;
     int64_t bid = zcn_user_buffer_index(s->pool, s->meta, buffer);
@@ -365,10 +370,19 @@ ZCN_Error zcn_server_send_buffer(ZCN_Server *s, int fd, uint8_t *buffer, size_t 
     return ZCN_OK;
 }
 
-/* A connection of this server that has not ended yet (OPEN or CLOSING). */
-static struct conn *live_conn(ZCN_Server *s, int fd, ZCN_Error *err, bool open_only)
+/* A connection of this server that has not ended yet (OPEN or CLOSING). A
+ * connect still in flight is cancelled instead (on_connect gets
+ * ECANCELED): *err is ZCN_OK and NULL returned. */
+static struct conn *live_conn(ZCN_Loop *s, int fd, ZCN_Error *err, bool open_only)
 {
     struct conn *c = lookup(s, fd);
+    if (c != NULL && c->state == CONN_CONNECTING) {
+        if (c->connect_error == 0)
+            c->connect_error = ECANCELED;
+        zcn_tcp_connect_progress(s, c);
+        *err = ZCN_OK;
+        return NULL;
+    }
     if (c == NULL || (c->state != CONN_OPEN && (open_only || c->state != CONN_CLOSING))) {
         *err = zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this server", fd);
         return NULL;
@@ -376,11 +390,11 @@ static struct conn *live_conn(ZCN_Server *s, int fd, ZCN_Error *err, bool open_o
     return c;
 }
 
-ZCN_Error zcn_server_close(ZCN_Server *s, int fd)
+static ZCN_Error loop_close(ZCN_Loop *s, int fd, const char *fn)
 {
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
-    ZCN_Error err = owner_check(s, "zcn_server_close");
+    ZCN_Error err = owner_check(s, fn);
     if (err != ZCN_OK)
         return err;
     struct conn *c = live_conn(s, fd, &err, true);
@@ -390,14 +404,17 @@ ZCN_Error zcn_server_close(ZCN_Server *s, int fd)
     return ZCN_OK;
 }
 
-ZCN_Error zcn_server_shutdown(ZCN_Server *s, int fd)
+static ZCN_Error loop_shutdown(ZCN_Loop *s, int fd, const char *fn)
 {
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
-    ZCN_Error err = owner_check(s, "zcn_server_shutdown");
+    ZCN_Error err = owner_check(s, fn);
     if (err != ZCN_OK)
         return err;
-    struct conn *c = live_conn(s, fd, &err, true);
+    struct conn *c = lookup(s, fd);
+    if (c != NULL && c->state == CONN_CONNECTING)
+        return zcn_fail(ZCN_ERR_NOT_STARTED, "fd %d is still connecting", fd);
+    c = live_conn(s, fd, &err, true);
     if (c == NULL)
         return err;
     if (c->shut_wr)
@@ -408,11 +425,11 @@ ZCN_Error zcn_server_shutdown(ZCN_Server *s, int fd)
     return ZCN_OK;
 }
 
-ZCN_Error zcn_server_abort(ZCN_Server *s, int fd)
+static ZCN_Error loop_abort(ZCN_Loop *s, int fd, const char *fn)
 {
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
-    ZCN_Error err = owner_check(s, "zcn_server_abort");
+    ZCN_Error err = owner_check(s, fn);
     if (err != ZCN_OK)
         return err;
     struct conn *c = live_conn(s, fd, &err, false);
@@ -423,8 +440,9 @@ ZCN_Error zcn_server_abort(ZCN_Server *s, int fd)
     return ZCN_OK;
 }
 
-size_t zcn_server_queued_bytes(const ZCN_Server *s, int fd)
+static size_t loop_queued_bytes(const ZCN_Loop *s, int fd, const char *fn)
 {
+    (void)fn;
     if (s == NULL)
         return 0;
     struct conn *c = lookup(s, fd);
@@ -433,11 +451,11 @@ size_t zcn_server_queued_bytes(const ZCN_Server *s, int fd)
     return (size_t)c->queued_bytes;
 }
 
-ZCN_Error zcn_server_conn_info(const ZCN_Server *s, int fd, ZCN_ConnInfo *out)
+static ZCN_Error loop_conn_info(const ZCN_Loop *s, int fd, ZCN_ConnInfo *out, const char *fn)
 {
     if (s == NULL || out == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server or out is NULL");
-    ZCN_Error err = owner_check(s, "zcn_server_conn_info");
+    ZCN_Error err = owner_check(s, fn);
     if (err != ZCN_OK)
         return err;
     struct conn *c = lookup(s, fd);
@@ -464,8 +482,8 @@ ZCN_Error zcn_server_conn_info(const ZCN_Server *s, int fd, ZCN_ConnInfo *out)
 
 void zcn_tcp_echo_on_data(void *user_data, int fd, const uint8_t *data, size_t len)
 {
-    ZCN_Server *s = user_data;
-    if (zcn_server_send(s, fd, data, len) != ZCN_OK) {
+    ZCN_Loop *s = user_data;
+    if (loop_send(s, fd, data, len, "zcn_server_send") != ZCN_OK) {
         /* An echo that cannot send would silently lose data: end it. */
         struct conn *c = lookup(s, fd);
         if (c != NULL)
@@ -473,10 +491,158 @@ void zcn_tcp_echo_on_data(void *user_data, int fd, const uint8_t *data, size_t l
     }
 }
 
-ZCN_Error zcn_server_use_echo_handler(ZCN_Server *s)
+ZCN_Error zcn_server_use_echo_handler(ZCN_Server *srv)
 {
-    if (s == NULL)
+    if (srv == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
-    s->on_data = zcn_tcp_echo_on_data; /* user_data stays the caller's */
+    srv->h.on_data = zcn_tcp_echo_on_data; /* user_data stays the caller's */
     return ZCN_OK;
+}
+
+/* The public calls: a server's work on its loop's connections, the loop's
+ * on any of its own. */
+ZCN_Error zcn_server_send(ZCN_Server *srv, int fd, const uint8_t *data, size_t len)
+{
+    if (srv == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    }
+    return loop_send(srv->loop, fd, data, len, "zcn_server_send");
+}
+
+ZCN_Error zcn_loop_send(ZCN_Loop *loop, int fd, const uint8_t *data, size_t len)
+{
+    if (loop == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    }
+    return loop_send(loop, fd, data, len, "zcn_loop_send");
+}
+
+uint8_t *zcn_server_acquire_buffer(ZCN_Server *srv, size_t *capacity_out)
+{
+    if (srv == NULL) {
+        zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+        return NULL;
+    }
+    return loop_acquire_buffer(srv->loop, capacity_out, "zcn_server_acquire_buffer");
+}
+
+uint8_t *zcn_loop_acquire_buffer(ZCN_Loop *loop, size_t *capacity_out)
+{
+    if (loop == NULL) {
+        zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+        return NULL;
+    }
+    return loop_acquire_buffer(loop, capacity_out, "zcn_loop_acquire_buffer");
+}
+
+ZCN_Error zcn_server_release_buffer(ZCN_Server *srv, uint8_t *buffer)
+{
+    if (srv == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    }
+    return loop_release_buffer(srv->loop, buffer, "zcn_server_release_buffer");
+}
+
+ZCN_Error zcn_loop_release_buffer(ZCN_Loop *loop, uint8_t *buffer)
+{
+    if (loop == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    }
+    return loop_release_buffer(loop, buffer, "zcn_loop_release_buffer");
+}
+
+ZCN_Error zcn_server_send_buffer(ZCN_Server *srv, int fd, uint8_t *buffer, size_t len)
+{
+    if (srv == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    }
+    return loop_send_buffer(srv->loop, fd, buffer, len, "zcn_server_send_buffer");
+}
+
+ZCN_Error zcn_loop_send_buffer(ZCN_Loop *loop, int fd, uint8_t *buffer, size_t len)
+{
+    if (loop == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    }
+    return loop_send_buffer(loop, fd, buffer, len, "zcn_loop_send_buffer");
+}
+
+ZCN_Error zcn_server_close(ZCN_Server *srv, int fd)
+{
+    if (srv == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    }
+    return loop_close(srv->loop, fd, "zcn_server_close");
+}
+
+ZCN_Error zcn_loop_close(ZCN_Loop *loop, int fd)
+{
+    if (loop == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    }
+    return loop_close(loop, fd, "zcn_loop_close");
+}
+
+ZCN_Error zcn_server_shutdown(ZCN_Server *srv, int fd)
+{
+    if (srv == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    }
+    return loop_shutdown(srv->loop, fd, "zcn_server_shutdown");
+}
+
+ZCN_Error zcn_loop_shutdown(ZCN_Loop *loop, int fd)
+{
+    if (loop == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    }
+    return loop_shutdown(loop, fd, "zcn_loop_shutdown");
+}
+
+ZCN_Error zcn_server_abort(ZCN_Server *srv, int fd)
+{
+    if (srv == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    }
+    return loop_abort(srv->loop, fd, "zcn_server_abort");
+}
+
+ZCN_Error zcn_loop_abort(ZCN_Loop *loop, int fd)
+{
+    if (loop == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    }
+    return loop_abort(loop, fd, "zcn_loop_abort");
+}
+
+size_t zcn_server_queued_bytes(const ZCN_Server *srv, int fd)
+{
+    if (srv == NULL) {
+        return 0;
+    }
+    return loop_queued_bytes(srv->loop, fd, "zcn_server_queued_bytes");
+}
+
+size_t zcn_loop_queued_bytes(const ZCN_Loop *loop, int fd)
+{
+    if (loop == NULL) {
+        return 0;
+    }
+    return loop_queued_bytes(loop, fd, "zcn_loop_queued_bytes");
+}
+
+ZCN_Error zcn_server_conn_info(const ZCN_Server *srv, int fd, ZCN_ConnInfo *out)
+{
+    if (srv == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL");
+    }
+    return loop_conn_info(srv->loop, fd, out, "zcn_server_conn_info");
+}
+
+ZCN_Error zcn_loop_conn_info(const ZCN_Loop *loop, int fd, ZCN_ConnInfo *out)
+{
+    if (loop == NULL) {
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    }
+    return loop_conn_info(loop, fd, out, "zcn_loop_conn_info");
 }

@@ -327,6 +327,9 @@ typedef struct ZCN_Config {
      * cap can be overshot by receives already in flight when it was
      * reached); 0 = 2 * the per-connection buffer cap + 64. */
     uint32_t conn_buffers_hard_max;
+    /* Copied into ZCN_Event.tag of this listener's connection events, so
+     * one zcn_loop_poll can tell several listeners apart. */
+    uint32_t tag;
 } ZCN_Config;
 
 /* Data callbacks receive borrowed memory: `data` points into a pool buffer
@@ -522,13 +525,23 @@ enum {
     ZCN_EVENT_CLOSE = 3,
     ZCN_EVENT_DRAIN = 4,
     ZCN_EVENT_EOF = 5,      /* half-close mode: the peer finished sending */
+    /* Events of a ZCN_Loop polled with zcn_loop_poll (see there): */
+    ZCN_EVENT_CONNECT = 6,  /* an outbound connect ended: offset = 0 (connected)
+                               or the ZCN_Error of the failure */
+    ZCN_EVENT_TIMER = 7,    /* a timer without callback fired: offset = its id */
+    ZCN_EVENT_WATCH = 8,    /* a watched fd without callback is ready: fd, len =
+                               ZCN_WATCH_* bits, offset = the watch id */
+    ZCN_EVENT_CALL = 9,     /* zcn_loop_call(loop, NULL, arg): offset = arg */
 };
 typedef struct ZCN_Event {
     uint32_t type;          /* ZCN_EVENT_* */
     int32_t fd;
-    uint32_t len;           /* DATA: bytes at `data` */
-    uint32_t reserved;
-    uint64_t offset;        /* DATA: data - zcn_server_buffer_base() */
+    uint32_t len;           /* DATA: bytes at `data`; WATCH: ZCN_WATCH_* bits */
+    uint32_t tag;           /* connection events: the tag of the listener it came
+                               from (ZCN_Config.tag) or of its connect
+                               (ZCN_ConnectConfig.tag); 0 otherwise */
+    uint64_t offset;        /* DATA: data - zcn_server_buffer_base(); see the
+                               event types for the others */
     const uint8_t *data;    /* DATA: borrowed, see zcn_server_poll */
 } ZCN_Event;
 /* Like zcn_server_run_once_timeout but, instead of calling callbacks,
@@ -615,6 +628,230 @@ ZCN_API ZCN_Error zcn_server_stats(const ZCN_Server *server, ZCN_ServerStats *ou
  * ZCN_Event.offset); NULL/0 for NULL. */
 ZCN_API const uint8_t *zcn_server_buffer_base(const ZCN_Server *server);
 ZCN_API size_t zcn_server_buffer_size(const ZCN_Server *server);
+
+/* ------------------------------------------------------------------ */
+/* Loop: one io_uring event loop with everything on it                 */
+/* ------------------------------------------------------------------ */
+
+/* A ZCN_Loop owns an io_uring, one buffer pool with its receive ring and
+ * buffer policy, a table of TCP connections (accepted by its listeners or
+ * connected out), timers, fd watches and a queue of calls from other
+ * threads. TCP listeners (zcn_server_create_on) and UDP sockets
+ * (zcn_udp_create_on) are handles on it. zcn_server_create is a server
+ * with a private loop; everything said of zcn_server_run* holds for the
+ * loop calls below.
+ *
+ * Threading: a loop may be created on any thread; the first thread that
+ * runs it, starts a server on it, connects, or watches an fd becomes its
+ * owner, and from then on every call but zcn_loop_stop, zcn_loop_call and
+ * zcn_loop_stats from another thread returns ZCN_ERR_WRONG_THREAD.
+ * Callbacks of everything on the loop run on the owner thread, inside the
+ * loop calls, one at a time. */
+typedef struct ZCN_Loop ZCN_Loop;
+
+/* Upper bounds checked by zcn_loop_create. */
+#define ZCN_LOOP_TIMERS_MAX (1u << 20)
+#define ZCN_LOOP_WATCHES_MAX 65536u
+#define ZCN_LOOP_CALLS_MAX (1u << 20)
+
+/* Loop configuration: zero in any field means the default beside it (so a
+ * NULL config is all defaults). The buffer and connection fields mean what
+ * they mean in ZCN_Config, for every connection on the loop. Read during
+ * zcn_loop_create only. */
+typedef struct ZCN_LoopConfig {
+    uint32_t io_uring_entries;      /* SQ entries; 0 = 256 */
+    uint32_t buffer_pool_size;      /* 0 = 1024 */
+    uint32_t buffer_size;           /* rounded up to 4096; 0 = 16384 */
+    uint32_t connections_max;       /* accepted plus connected; 0 = 4096 */
+    uint32_t send_queue_max_bytes;  /* per connection; 0 = 1 MiB */
+    uint32_t buffer_reserve;        /* 0 = buffer_pool_size / 4 */
+    uint32_t send_timeout_ms;       /* 0 = 60000; ZCN_TIMEOUT_NEVER */
+    uint32_t conn_buffers_hard_max; /* 0 = 2 * the per-connection cap + 64 */
+    uint32_t timers_max;            /* timers pending at once; 0 = 4096 */
+    uint32_t watches_max;           /* fd watches at once; 0 = 1024 */
+    uint32_t calls_max;             /* cross-thread calls queued at once; 0 = 4096 */
+    uint32_t reserved;
+    void *buffer_memory;            /* as ZCN_Config.buffer_memory */
+    size_t buffer_memory_size;
+} ZCN_LoopConfig;
+
+typedef struct ZCN_LoopStats {
+    ZCN_ServerStats tcp;            /* every TCP connection of the loop */
+    uint64_t turns;                 /* loop turns (waits) */
+    uint64_t timers_active;         /* pending now */
+    uint64_t timers_fired;
+    uint64_t watches_active;
+    uint64_t watch_events;
+    uint64_t calls_run;             /* cross-thread calls run (or polled) */
+    uint64_t calls_refused;         /* zcn_loop_call: queue full */
+    uint64_t connects_started;
+    uint64_t connects_failed;       /* refused, unreachable, timed out ... */
+    uint64_t connect_timeouts;
+    uint64_t servers;               /* listeners on the loop */
+} ZCN_LoopStats;
+
+/* Creates a loop (config may be NULL: all defaults). Nothing runs until a
+ * loop call. The loop is the caller's until zcn_loop_destroy. Errors as
+ * zcn_server_create (ZCN_ERR_INVALID_ARGUMENT naming the field, the
+ * ZCN_ERR_URING_* codes, ENOMEM). */
+ZCN_API ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *config, ZCN_Error *err);
+/* Destroys everything still on the loop, then the loop: each server
+ * (its connections get on_close, as zcn_server_destroy; the ZCN_Server
+ * handles are invalid afterwards), each outbound connection (on_close, or
+ * on_connect with ZCN_ERR_CLOSED for one still connecting), timers and
+ * watches (dropped without a call), and queued cross-thread calls (run,
+ * so they can free their argument). UDP sockets on the loop must be
+ * destroyed first (ZCN_ERR_BUSY). Not from a callback (ZCN_ERR_BUSY); the
+ * owner thread, or any thread while the loop does not run. Safe against a
+ * racing zcn_loop_stop or zcn_loop_call (they get ZCN_ERR_INVALID_ARGUMENT). */
+ZCN_API ZCN_Error zcn_loop_destroy(ZCN_Loop *loop);
+
+/* The loop calls: as zcn_server_run_once / _run_once_timeout / _run /
+ * _poll / _stop / _flush / _wakeup_fd, for everything on the loop. Each
+ * turn first runs the timers that are due and the queued calls, then waits
+ * at most until the nearest timer. */
+ZCN_API ZCN_Error zcn_loop_run_once(ZCN_Loop *loop);
+ZCN_API ZCN_Error zcn_loop_run_once_timeout(ZCN_Loop *loop, int timeout_ms,
+                                            uint32_t *handled_out);
+ZCN_API ZCN_Error zcn_loop_run(ZCN_Loop *loop);
+/* zcn_server_poll for the whole loop. Connection events carry the tag of
+ * their listener or connect; a timer, watch or call without a callback
+ * gives its own event (ZCN_EVENT_TIMER, _WATCH, _CALL); ones with a
+ * callback run it, from inside this call. A CONNECT event that failed
+ * keeps its fd reserved (not reusable) until the next poll, as CLOSE. */
+ZCN_API ZCN_Error zcn_loop_poll(ZCN_Loop *loop, ZCN_Event *events, uint32_t capacity,
+                                int timeout_ms, uint32_t *count_out);
+/* Async-signal-safe, any thread, safe against destroy: as zcn_server_stop. */
+ZCN_API ZCN_Error zcn_loop_stop(ZCN_Loop *loop);
+ZCN_API ZCN_Error zcn_loop_flush(ZCN_Loop *loop);
+ZCN_API ZCN_Error zcn_loop_wakeup_fd(ZCN_Loop *loop, int *fd_out);
+/* Counters; any thread (each a recent value while the loop runs). */
+ZCN_API ZCN_Error zcn_loop_stats(const ZCN_Loop *loop, ZCN_LoopStats *out);
+/* The loop's clock (CLOCK_MONOTONIC in ms) as of its current turn: what
+ * timers are measured on. 0 for NULL. */
+ZCN_API uint64_t zcn_loop_now_ms(const ZCN_Loop *loop);
+/* The loop's buffer slab and buffer size (ZCN_Event.offset). */
+ZCN_API const uint8_t *zcn_loop_buffer_base(const ZCN_Loop *loop);
+ZCN_API size_t zcn_loop_buffer_size(const ZCN_Loop *loop);
+
+/* A TCP listener on a shared loop: zcn_server_create without the loop's
+ * own fields. The config's address, port, backlog, idle_timeout_ms,
+ * tcp_nodelay, flags and tag apply; the fields that size a loop
+ * (io_uring_entries, buffer_pool_size, buffer_size, connections_max,
+ * send_queue_max_bytes, buffer_memory, buffer_reserve, send_timeout_ms,
+ * conn_buffers_hard_max) must be 0 (ZCN_ERR_INVALID_ARGUMENT names the
+ * one that is not): they are the loop's. Accepting starts with
+ * zcn_server_start. Every zcn_server_* call works on it; those that take
+ * an fd accept any connection of the loop, and zcn_server_run* /
+ * zcn_server_poll / zcn_server_stop run or stop the whole loop.
+ * zcn_server_destroy closes the listener and its accepted connections
+ * (on_close for each) and leaves the loop and the rest on it. Owner
+ * thread once the loop has one. At most 256 servers per loop. */
+ZCN_API ZCN_Server *zcn_server_create_on(ZCN_Loop *loop, const ZCN_Config *config,
+                                         ZCN_Error *err);
+/* The loop a server runs on (its private one for zcn_server_create). */
+ZCN_API ZCN_Loop *zcn_server_get_loop(const ZCN_Server *server);
+
+/* Outbound TCP. on_connect is called once: result ZCN_OK when the
+ * connection is established (it is then a connection like an accepted one:
+ * on_data, on_eof, on_drain and exactly one on_close follow, and every
+ * zcn_loop_send* / close / shutdown / abort / conn_info works on it), or
+ * the error: ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, ETIMEDOUT (the
+ * connect timeout), ZCN_ERR_CLOSED (the loop was destroyed first) ...;
+ * after a failure nothing else is called for that fd and it is closed
+ * when the callback returns. */
+typedef void (*ZCN_OnConnect)(void *user_data, int fd, ZCN_Error result);
+typedef struct ZCN_ConnectConfig {
+    const char *address;            /* IPv4 or IPv6 literal (resolve names first) */
+    uint16_t port;
+    uint16_t local_port;            /* bind to this port first; 0 = any */
+    const char *local_address;      /* bind to this address first; NULL = any */
+    uint32_t timeout_ms;            /* 0 = 30000; ZCN_TIMEOUT_NEVER = the kernel's */
+    uint32_t idle_timeout_ms;       /* once connected, as ZCN_Config; 0 = never */
+    int32_t tcp_nodelay;            /* 0 = default (on), > 0 on, < 0 off */
+    uint32_t flags;                 /* ZCN_SERVER_HALF_CLOSE */
+    uint32_t tag;                   /* ZCN_Event.tag of its events */
+    uint32_t reserved;
+    void *user_data;                /* passed to the callbacks below */
+    ZCN_OnConnect on_connect;
+    ZCN_OnData on_data;
+    ZCN_OnEof on_eof;               /* set: half-close mode, as servers */
+    ZCN_OnClose on_close;
+    ZCN_OnDrain on_drain;
+} ZCN_ConnectConfig;
+/* Starts a non-blocking connect (IORING_OP_CONNECT) and returns at once
+ * with the socket's fd in *fd_out (the same fd the callbacks and events
+ * name). The config is read during this call only. Counts against
+ * connections_max (ZCN_ERR_EXHAUSTED when the table is full: nothing
+ * started). Bad addresses give ZCN_ERR_INVALID_ARGUMENT, a failed bind
+ * its errno; in both cases no callback follows. Owner thread (the first
+ * call makes one). Data may be queued with zcn_loop_send from on_connect
+ * on. */
+ZCN_API ZCN_Error zcn_loop_connect(ZCN_Loop *loop, const ZCN_ConnectConfig *config, int *fd_out);
+
+/* Connection calls for any TCP connection of the loop, accepted or
+ * connected: the same semantics, limits, errors and threading as the
+ * zcn_server_* function of the same name. */
+ZCN_API ZCN_Error zcn_loop_send(ZCN_Loop *loop, int fd, const uint8_t *data, size_t len);
+ZCN_API uint8_t *zcn_loop_acquire_buffer(ZCN_Loop *loop, size_t *capacity_out);
+ZCN_API ZCN_Error zcn_loop_release_buffer(ZCN_Loop *loop, uint8_t *buffer);
+ZCN_API ZCN_Error zcn_loop_send_buffer(ZCN_Loop *loop, int fd, uint8_t *buffer, size_t len);
+ZCN_API ZCN_Error zcn_loop_close(ZCN_Loop *loop, int fd);
+ZCN_API ZCN_Error zcn_loop_shutdown(ZCN_Loop *loop, int fd);
+ZCN_API ZCN_Error zcn_loop_abort(ZCN_Loop *loop, int fd);
+ZCN_API ZCN_Error zcn_loop_conn_info(const ZCN_Loop *loop, int fd, ZCN_ConnInfo *out);
+ZCN_API size_t zcn_loop_queued_bytes(const ZCN_Loop *loop, int fd);
+
+/* Timers on the loop's clock, millisecond resolution. The callback gets
+ * the timer's id. A timer with a NULL callback gives a ZCN_EVENT_TIMER to
+ * zcn_loop_poll instead (and fires silently in callback mode). */
+typedef void (*ZCN_OnTimer)(void *user_data, uint64_t timer_id);
+/* Starts a timer due in delay_ms (0 = at the next turn), then every
+ * repeat_ms if that is not 0, until cancelled. *id_out gets its id (never
+ * 0). ZCN_ERR_EXHAUSTED when timers_max are pending (the policy: the
+ * caller decides; nothing started). Owner thread once the loop has one;
+ * from callbacks too. Timers due in the same turn run in order of their
+ * due time, then of their start. */
+ZCN_API ZCN_Error zcn_loop_timer_start(ZCN_Loop *loop, uint64_t delay_ms, uint64_t repeat_ms,
+                                       ZCN_OnTimer cb, void *user_data, uint64_t *id_out);
+/* Cancels a pending timer, also from inside its own or another timer's
+ * callback (a repeating timer cancelled in its callback does not come
+ * again). ZCN_ERR_CLOSED if the id is not pending (fired one-shot,
+ * cancelled, or never started): an id is never reused for another timer. */
+ZCN_API ZCN_Error zcn_loop_timer_cancel(ZCN_Loop *loop, uint64_t timer_id);
+
+/* Readiness of any fd the caller owns (io_uring poll, level-triggered:
+ * the callback comes again at the next turn while the condition holds).
+ * The fd stays the caller's: remove the watch before closing it. */
+enum {
+    ZCN_WATCH_READ = 1u << 0,
+    ZCN_WATCH_WRITE = 1u << 1,
+    ZCN_WATCH_ERROR = 1u << 2,      /* reported only: POLLERR */
+    ZCN_WATCH_HUP = 1u << 3,        /* reported only: POLLHUP / POLLRDHUP */
+};
+typedef void (*ZCN_OnWatch)(void *user_data, int fd, uint32_t events, uint64_t watch_id);
+/* Watches fd for `events` (ZCN_WATCH_READ and/or _WRITE). *id_out gets
+ * the watch's id (never 0). A NULL callback gives ZCN_EVENT_WATCH events
+ * to zcn_loop_poll. Several watches on one fd are independent.
+ * ZCN_ERR_EXHAUSTED at watches_max; ZCN_ERR_INVALID_ARGUMENT for a
+ * negative fd or no events. Owner thread (the first call makes one). */
+ZCN_API ZCN_Error zcn_loop_watch(ZCN_Loop *loop, int fd, uint32_t events, ZCN_OnWatch cb,
+                                 void *user_data, uint64_t *id_out);
+/* Ends a watch: its callback is not called again, from the moment this
+ * returns (also from inside a callback). ZCN_ERR_CLOSED for an unknown or
+ * removed id. */
+ZCN_API ZCN_Error zcn_loop_unwatch(ZCN_Loop *loop, uint64_t watch_id);
+
+/* Runs fn(arg) on the loop's thread at its next turn; from any thread
+ * (not from a signal handler: it takes a mutex; zcn_loop_stop is the
+ * signal-safe call), the owner's included. Calls run in the order they
+ * were queued. fn NULL just wakes the loop: in poll mode it gives a
+ * ZCN_EVENT_CALL with offset = arg. ZCN_ERR_QUEUE_FULL when calls_max are
+ * queued (count in stats.calls_refused; nothing queued);
+ * ZCN_ERR_INVALID_ARGUMENT for a loop being or already destroyed (the
+ * call is not queued and nothing is touched). */
+typedef void (*ZCN_Call)(void *arg);
+ZCN_API ZCN_Error zcn_loop_call(ZCN_Loop *loop, ZCN_Call fn, void *arg);
 
 /* ------------------------------------------------------------------ */
 /* UdpSocket: datagrams on io_uring, alone or in a server's loop        */
