@@ -99,7 +99,9 @@ uint32_t zcn_udp_test_lingering(void);
 int zcn_server_in_callback(const ZCN_Server *server);
 void zcn_server_callback_enter(ZCN_Server *server);
 void zcn_server_callback_leave(ZCN_Server *server);
-/* The same on a loop (zcn_udp_create_on). */
+/* The same on a loop (zcn_udp_create_on). zcn_loop_claim gives a loop
+ * without owner the calling thread as its owner (c/loop.c). */
+ZCN_Error zcn_loop_claim(ZCN_Loop *loop, const char *fn);
 ZCN_Error zcn_loop_attach(ZCN_Loop *loop, zcn_source *src, uint32_t *id_out);
 void zcn_loop_detach(ZCN_Loop *loop, uint32_t id);
 void *zcn_loop_uring(ZCN_Loop *loop);

@@ -196,7 +196,7 @@ ZCN_Error zcn_udpi_start(ZCN_UdpSocket *u)
 {
     if (u->started)
         return ZCN_OK;
-    if (u->server == NULL) {
+    if (u->loop == NULL) {
         ZCN_Error e = zcn_ring_enable(u->ring_handle);
         if (e != ZCN_OK)
             return e;
@@ -205,7 +205,7 @@ ZCN_Error zcn_udpi_start(ZCN_UdpSocket *u)
     u->started = true;
     u->rx_idle = true; /* readiness: until the first poll fires */
     zcn_udpi_arm_recv(u);
-    if (u->server == NULL)
+    if (u->loop == NULL)
         return zcn_udpi_submit_now(u);
     return ZCN_OK; /* the server's loop submits */
 }
@@ -260,7 +260,7 @@ static ZCN_Error loop_guard(ZCN_UdpSocket *u)
 {
     if (u == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
-    if (u->server != NULL)
+    if (u->loop != NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
                         "this socket runs in its server's loop: drive the server instead");
     if (u->in_callback)
@@ -370,7 +370,7 @@ ZCN_Error zcn_udp_wakeup_fd(ZCN_UdpSocket *u, int *fd_out)
         *fd_out = -1;
     if (u == NULL || fd_out == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, u == NULL ? "socket is NULL" : "fd_out is NULL");
-    if (u->server != NULL)
+    if (u->loop != NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
                         "this socket runs in its server's loop: use zcn_server_wakeup_fd");
     return zcn_wakeup_open(&u->wakeup, fd_out);
@@ -736,8 +736,8 @@ static void retire_posted(ZCN_UdpSocket *u)
 static void free_socket(ZCN_UdpSocket *u)
 {
     zcn_bufring_unregister(&u->rx, u->ring);
-    if (u->server != NULL)
-        zcn_server_detach(u->server, u->source_id);
+    if (u->loop != NULL)
+        zcn_loop_detach(u->loop, u->source_id);
     /* Ring teardown (own ring) cancels anything left before memory goes. */
     if (u->ring_handle != NULL)
         zcn_ring_destroy(u->ring_handle);
@@ -838,34 +838,32 @@ ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
     return u;
 }
 
-ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server, const ZCN_UdpConfig *cfg,
-                                        ZCN_Error *err)
+/* A socket on a loop's ring: ready (enabled, this thread its owner) is
+ * the caller's check; what_loop names the handle for error messages. */
+static ZCN_UdpSocket *create_on_loop(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, ZCN_Error *err,
+                                     const char *what_loop)
 {
-    if (server == NULL) {
-        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL"));
-        return NULL;
-    }
     struct settings st = {0};
     ZCN_UdpSocket *u = alloc_socket(cfg, &st, err);
     if (u == NULL)
         return NULL;
-    u->ring = zcn_server_uring(server);
-    /* An empty enter proves the ring is enabled (the server started) and
-     * that this is its owner thread, before any SQE of ours is queued: an
-     * SQE left in a disabled ring would outlive a failed create. */
+    u->ring = zcn_loop_uring(loop);
+    /* An empty enter proves the ring is enabled (the loop has an owner)
+     * and that this is its owner thread, before any SQE of ours is queued:
+     * an SQE left in a disabled ring would outlive a failed create. */
     int ret = io_uring_get_events(u->ring);
     ZCN_Error e = ZCN_OK;
     if (ret == -EBADFD)
-        e = zcn_fail(ZCN_ERR_NOT_STARTED, "start the server before attaching UDP sockets");
+        e = zcn_fail(ZCN_ERR_NOT_STARTED, "start the %s before attaching UDP sockets", what_loop);
     else if (ret == -EEXIST)
-        e = zcn_fail(ZCN_ERR_WRONG_THREAD, "not the server's owner thread");
+        e = zcn_fail(ZCN_ERR_WRONG_THREAD, "not the %s's owner thread", what_loop);
     else if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
         e = zcn_fail((ZCN_Error)-ret, "io_uring_enter: %s", strerror(-ret));
     if (e == ZCN_OK)
-        e = zcn_server_attach(server, &u->src, &u->source_id);
+        e = zcn_loop_attach(loop, &u->src, &u->source_id);
     if (e == ZCN_OK) {
-        u->server = server;
-        /* The server's own receive ring is group 0. */
+        u->loop = loop;
+        /* The loop's own receive ring is group 0. */
         u->bgid = (uint16_t)(1 + u->source_id);
         e = finish_create(u, cfg, &st);
     }
@@ -881,16 +879,41 @@ ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server, const ZCN_UdpConfig 
     return u;
 }
 
+ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server, const ZCN_UdpConfig *cfg,
+                                        ZCN_Error *err)
+{
+    if (server == NULL) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL"));
+        return NULL;
+    }
+    return create_on_loop(zcn_server_get_loop(server), cfg, err, "server");
+}
+
+ZCN_UdpSocket *zcn_udp_create_on(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, ZCN_Error *err)
+{
+    if (loop == NULL) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL"));
+        return NULL;
+    }
+    /* A loop nobody ran yet gets its owner here, as zcn_loop_connect does. */
+    ZCN_Error e = zcn_loop_claim(loop, "zcn_udp_create_on");
+    if (e != ZCN_OK) {
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    return create_on_loop(loop, cfg, err, "loop");
+}
+
 ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *u)
 {
     if (u == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
-    if (u->in_callback || (u->server != NULL && zcn_server_in_callback(u->server)))
+    if (u->in_callback || (u->loop != NULL && zcn_loop_in_callback(u->loop)))
         return zcn_fail(ZCN_ERR_BUSY, "the UDP socket cannot be destroyed from a callback");
     zcn_live_remove(u->live_slot); /* zcn_udp_stop no longer finds it */
     u->live_slot = -1;
     cancel_all(u);
-    if (u->server != NULL && u->started) {
+    if (u->loop != NULL && u->started) {
         retire_posted(u);
         if (u->kernel_reqs > 0) {
             /* Completions still to come (a CQ overflow the kernel could not

@@ -87,7 +87,7 @@ struct send_slot {
 
 struct ZCN_UdpSocket {
     zcn_source src; /* handle_cqe for the server's loop */
-    ZCN_Server *server;     /* NULL: the socket has its own ring */
+    ZCN_Loop *loop;         /* NULL: the socket has its own ring */
     uint32_t source_id;
     uint32_t gen;           /* 6 bits, see tag() */
     ZCN_Ring *ring_handle;  /* own ring only */
@@ -241,7 +241,7 @@ static inline size_t datagram_max(const ZCN_UdpSocket *u)
  * a SINGLE_ISSUER ring refuses other submitters. */
 static inline ZCN_Error owner_check(ZCN_UdpSocket *u)
 {
-    if (u->server != NULL)
+    if (u->loop != NULL)
         return ZCN_OK; /* the server's owner rules apply */
     if (!u->owner_set) {
         u->owner = pthread_self();

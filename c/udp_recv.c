@@ -9,14 +9,14 @@
 static void callback_enter(ZCN_UdpSocket *u)
 {
     u->in_callback++;
-    if (u->server != NULL)
-        zcn_server_callback_enter(u->server);
+    if (u->loop != NULL)
+        zcn_loop_callback_enter(u->loop);
 }
 
 static void callback_leave(ZCN_UdpSocket *u)
 {
-    if (u->server != NULL)
-        zcn_server_callback_leave(u->server);
+    if (u->loop != NULL)
+        zcn_loop_callback_leave(u->loop);
     u->in_callback--;
 }
 

@@ -371,7 +371,7 @@ ZCN_Error zcn_udpi_submit_now(ZCN_UdpSocket *u)
 {
     if (!u->unsubmitted)
         return ZCN_OK;
-    if (u->server == NULL && !u->started)
+    if (u->loop == NULL && !u->started)
         return ZCN_OK; /* start() submits */
     zcn_udpi_flush_tx(u);
     if (io_uring_sq_ready(u->ring) == 0) {
@@ -389,7 +389,7 @@ ZCN_Error zcn_udpi_submit_now(ZCN_UdpSocket *u)
  * turn, batching; outside, autoflush submits at once. */
 static ZCN_Error after_queue(ZCN_UdpSocket *u)
 {
-    if (u->in_callback || (u->server != NULL && zcn_server_in_callback(u->server)) ||
+    if (u->in_callback || (u->loop != NULL && zcn_loop_in_callback(u->loop)) ||
         !u->autoflush)
         return ZCN_OK;
     return zcn_udpi_submit_now(u);

@@ -1030,6 +1030,13 @@ ZCN_API ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *config, ZCN_Error *er
 ZCN_API ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server,
                                                 const ZCN_UdpConfig *config,
                                                 ZCN_Error *err);
+/* The same on a ZCN_Loop: datagrams are delivered from the loop calls
+ * (callbacks only), the calling thread becomes the loop's owner if it has
+ * none (else it must be the owner: ZCN_ERR_WRONG_THREAD). Everything said
+ * above of a socket on a server holds, with the loop in the server's
+ * place (zcn_loop_destroy gives ZCN_ERR_BUSY while sockets remain). */
+ZCN_API ZCN_UdpSocket *zcn_udp_create_on(ZCN_Loop *loop, const ZCN_UdpConfig *config,
+                                         ZCN_Error *err);
 /* Cancels the socket's I/O, closes it and frees everything; queued sends
  * not yet completed are dropped. Not from inside a callback (ZCN_ERR_BUSY,
  * nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT.
