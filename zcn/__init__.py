@@ -5,6 +5,9 @@
     with zcn.Ring(entries=256) as ring: ring.nop(1000)
     with zcn.TcpServer("127.0.0.1", 8080, on_data=lambda fd, data: ...) as server:
         server.serve_forever()
+    with zcn.Loop() as loop:        # servers, outbound connections, timers, fd watches
+        loop.connect("127.0.0.1", 8080, on_connect=..., on_data=...)
+        loop.run_forever()
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from . import _ffi
 from .errors import *  # noqa: F401,F403 - the exception classes are API
 from .errors import ZcnError
 from .pool import BufferPool, Buffer, PoolStats
+from .loop import ConnectHandle, Loop, LoopStats, TimerHandle
 from .ring import Ring
 from .server import ServerStats, TcpServer
 from .udp import UDP_TRUNCATED, UdpSocket, UdpStats
@@ -25,3 +29,4 @@ _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 __all__ = ["BufferPool", "Buffer", "PoolStats", "Ring", "TcpServer", "ServerStats",
            "ZcnError", "__version__"]
 __all__ += ["UdpSocket", "UdpStats", "UDP_TRUNCATED"]
+__all__ += ["Loop", "LoopStats", "TimerHandle", "ConnectHandle"]

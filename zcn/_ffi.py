@@ -187,6 +187,8 @@ SERVER_REUSEPORT = 1 << 0
 SERVER_HALF_CLOSE = 1 << 1
 TIMEOUT_NEVER = 0xFFFFFFFF
 EVENT_ACCEPT, EVENT_DATA, EVENT_CLOSE, EVENT_DRAIN, EVENT_EOF = 1, 2, 3, 4, 5
+EVENT_CONNECT, EVENT_TIMER, EVENT_WATCH, EVENT_CALL = 6, 7, 8, 9
+WATCH_READ, WATCH_WRITE, WATCH_ERROR, WATCH_HUP = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 # ZCN_CONN_*: ZCN_ConnInfo.flags
 CONN_EOF, CONN_SHUT_WR, CONN_CLOSING, CONN_WAITING, CONN_PAUSED = (
     1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4)
@@ -211,6 +213,7 @@ class Config(Structure):
         ("buffer_reserve", c_uint32),
         ("send_timeout_ms", c_uint32),
         ("conn_buffers_hard_max", c_uint32),
+        ("tag", c_uint32),
     ]
 
 
@@ -250,13 +253,13 @@ class Event(Structure):
         ("type", c_uint32),
         ("fd", c_int32),
         ("len", c_uint32),
-        ("reserved", c_uint32),
+        ("tag", c_uint32),
         ("offset", c_uint64),
         ("data", c_void_p),
     ]
 
 
-#: struct module format of one ZCN_Event (type, fd, len, reserved, offset, data)
+#: struct module format of one ZCN_Event (type, fd, len, tag, offset, data)
 EVENT_FORMAT = "=IiIIQQ"
 
 # typedef void (*ZCN_OnAccept)(void *user_data, int fd);
@@ -339,6 +342,144 @@ zcn_server_stats = _fn("zcn_server_stats", ZCN_Error, [c_void_p, POINTER(ServerS
 zcn_server_buffer_base = _fn("zcn_server_buffer_base", c_void_p, [c_void_p])
 # size_t zcn_server_buffer_size(const ZCN_Server *server);
 zcn_server_buffer_size = _fn("zcn_server_buffer_size", c_size_t, [c_void_p])
+
+# --- Loop ----------------------------------------------------------------------
+LOOP_TIMERS_MAX = 1 << 20
+LOOP_WATCHES_MAX = 65536
+LOOP_CALLS_MAX = 1 << 20
+
+
+class LoopConfig(Structure):
+    # typedef struct ZCN_LoopConfig {...} ZCN_LoopConfig;
+    _fields_ = [
+        ("io_uring_entries", c_uint32),
+        ("buffer_pool_size", c_uint32),
+        ("buffer_size", c_uint32),
+        ("connections_max", c_uint32),
+        ("send_queue_max_bytes", c_uint32),
+        ("buffer_reserve", c_uint32),
+        ("send_timeout_ms", c_uint32),
+        ("conn_buffers_hard_max", c_uint32),
+        ("timers_max", c_uint32),
+        ("watches_max", c_uint32),
+        ("calls_max", c_uint32),
+        ("reserved", c_uint32),
+        ("buffer_memory", c_void_p),
+        ("buffer_memory_size", c_size_t),
+    ]
+
+
+class LoopStats(Structure):
+    # typedef struct ZCN_LoopStats {...} ZCN_LoopStats;
+    _fields_ = [("tcp", ServerStats)] + [(name, c_uint64) for name in (
+        "turns", "timers_active", "timers_fired", "watches_active", "watch_events",
+        "calls_run", "calls_refused", "connects_started", "connects_failed",
+        "connect_timeouts", "servers",
+    )]
+
+
+# typedef void (*ZCN_OnConnect)(void *user_data, int fd, ZCN_Error result);
+OnConnect = CFUNCTYPE(None, c_void_p, c_int, c_int)
+
+
+class ConnectConfig(Structure):
+    # typedef struct ZCN_ConnectConfig {...} ZCN_ConnectConfig;
+    _fields_ = [
+        ("address", c_char_p),
+        ("port", c_uint16),
+        ("local_port", c_uint16),
+        ("local_address", c_char_p),
+        ("timeout_ms", c_uint32),
+        ("idle_timeout_ms", c_uint32),
+        ("tcp_nodelay", c_int32),
+        ("flags", c_uint32),
+        ("tag", c_uint32),
+        ("reserved", c_uint32),
+        ("user_data", c_void_p),
+        ("on_connect", OnConnect),
+        ("on_data", OnData),
+        ("on_eof", OnEof),
+        ("on_close", OnClose),
+        ("on_drain", OnDrain),
+    ]
+
+
+# ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *config, ZCN_Error *err);
+zcn_loop_create = _fn("zcn_loop_create", c_void_p, [POINTER(LoopConfig), ErrOut])
+# ZCN_Error zcn_loop_destroy(ZCN_Loop *loop);
+zcn_loop_destroy = _fn("zcn_loop_destroy", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_loop_run_once(ZCN_Loop *loop);
+zcn_loop_run_once = _fn("zcn_loop_run_once", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_loop_run_once_timeout(ZCN_Loop *loop, int timeout_ms, uint32_t *handled_out);
+zcn_loop_run_once_timeout = _fn("zcn_loop_run_once_timeout", ZCN_Error,
+                                [c_void_p, c_int, POINTER(c_uint32)])
+# ZCN_Error zcn_loop_run(ZCN_Loop *loop);
+zcn_loop_run = _fn("zcn_loop_run", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_loop_poll(ZCN_Loop *loop, ZCN_Event *events, uint32_t capacity,
+#                         int timeout_ms, uint32_t *count_out);
+zcn_loop_poll = _fn("zcn_loop_poll", ZCN_Error,
+                    [c_void_p, c_void_p, c_uint32, c_int, POINTER(c_uint32)])
+# ZCN_Error zcn_loop_stop(ZCN_Loop *loop);
+zcn_loop_stop = _fn("zcn_loop_stop", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_loop_flush(ZCN_Loop *loop);
+zcn_loop_flush = _fn("zcn_loop_flush", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_loop_wakeup_fd(ZCN_Loop *loop, int *fd_out);
+zcn_loop_wakeup_fd = _fn("zcn_loop_wakeup_fd", ZCN_Error, [c_void_p, POINTER(c_int)], _check_rc)
+# ZCN_Error zcn_loop_stats(const ZCN_Loop *loop, ZCN_LoopStats *out);
+zcn_loop_stats = _fn("zcn_loop_stats", ZCN_Error, [c_void_p, POINTER(LoopStats)], _check_rc)
+# uint64_t zcn_loop_now_ms(const ZCN_Loop *loop);
+zcn_loop_now_ms = _fn("zcn_loop_now_ms", c_uint64, [c_void_p])
+# const uint8_t *zcn_loop_buffer_base(const ZCN_Loop *loop);
+zcn_loop_buffer_base = _fn("zcn_loop_buffer_base", c_void_p, [c_void_p])
+# size_t zcn_loop_buffer_size(const ZCN_Loop *loop);
+zcn_loop_buffer_size = _fn("zcn_loop_buffer_size", c_size_t, [c_void_p])
+# ZCN_Server *zcn_server_create_on(ZCN_Loop *loop, const ZCN_Config *config, ZCN_Error *err);
+zcn_server_create_on = _fn("zcn_server_create_on", c_void_p, [c_void_p, POINTER(Config), ErrOut])
+# ZCN_Loop *zcn_server_get_loop(const ZCN_Server *server);
+zcn_server_get_loop = _fn("zcn_server_get_loop", c_void_p, [c_void_p])
+# ZCN_Error zcn_loop_connect(ZCN_Loop *loop, const ZCN_ConnectConfig *config, int *fd_out);
+zcn_loop_connect = _fn("zcn_loop_connect", ZCN_Error,
+                       [c_void_p, POINTER(ConnectConfig), POINTER(c_int)])
+# ZCN_Error zcn_loop_send(ZCN_Loop *loop, int fd, const uint8_t *data, size_t len);
+zcn_loop_send = _fn("zcn_loop_send", ZCN_Error, [c_void_p, c_int, c_void_p, c_size_t])
+# uint8_t *zcn_loop_acquire_buffer(ZCN_Loop *loop, size_t *capacity_out);
+zcn_loop_acquire_buffer = _fn("zcn_loop_acquire_buffer", c_void_p, [c_void_p, POINTER(c_size_t)])
+# ZCN_Error zcn_loop_release_buffer(ZCN_Loop *loop, uint8_t *buffer);
+zcn_loop_release_buffer = _fn("zcn_loop_release_buffer", ZCN_Error, [c_void_p, c_void_p],
+                              _check_rc)
+# ZCN_Error zcn_loop_send_buffer(ZCN_Loop *loop, int fd, uint8_t *buffer, size_t len);
+zcn_loop_send_buffer = _fn("zcn_loop_send_buffer", ZCN_Error,
+                           [c_void_p, c_int, c_void_p, c_size_t])
+# ZCN_Error zcn_loop_close(ZCN_Loop *loop, int fd);
+zcn_loop_close = _fn("zcn_loop_close", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_loop_shutdown(ZCN_Loop *loop, int fd);
+zcn_loop_shutdown = _fn("zcn_loop_shutdown", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_loop_abort(ZCN_Loop *loop, int fd);
+zcn_loop_abort = _fn("zcn_loop_abort", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_loop_conn_info(const ZCN_Loop *loop, int fd, ZCN_ConnInfo *out);
+zcn_loop_conn_info = _fn("zcn_loop_conn_info", ZCN_Error, [c_void_p, c_int, POINTER(ConnInfo)])
+# size_t zcn_loop_queued_bytes(const ZCN_Loop *loop, int fd);
+zcn_loop_queued_bytes = _fn("zcn_loop_queued_bytes", c_size_t, [c_void_p, c_int])
+# typedef void (*ZCN_OnTimer)(void *user_data, uint64_t timer_id);
+OnTimer = CFUNCTYPE(None, c_void_p, c_uint64)
+# ZCN_Error zcn_loop_timer_start(ZCN_Loop *loop, uint64_t delay_ms, uint64_t repeat_ms,
+#                                ZCN_OnTimer cb, void *user_data, uint64_t *id_out);
+zcn_loop_timer_start = _fn("zcn_loop_timer_start", ZCN_Error,
+                           [c_void_p, c_uint64, c_uint64, OnTimer, c_void_p, POINTER(c_uint64)])
+# ZCN_Error zcn_loop_timer_cancel(ZCN_Loop *loop, uint64_t timer_id);
+zcn_loop_timer_cancel = _fn("zcn_loop_timer_cancel", ZCN_Error, [c_void_p, c_uint64])
+# typedef void (*ZCN_OnWatch)(void *user_data, int fd, uint32_t events, uint64_t watch_id);
+OnWatch = CFUNCTYPE(None, c_void_p, c_int, c_uint32, c_uint64)
+# ZCN_Error zcn_loop_watch(ZCN_Loop *loop, int fd, uint32_t events, ZCN_OnWatch cb,
+#                          void *user_data, uint64_t *id_out);
+zcn_loop_watch = _fn("zcn_loop_watch", ZCN_Error,
+                     [c_void_p, c_int, c_uint32, OnWatch, c_void_p, POINTER(c_uint64)])
+# ZCN_Error zcn_loop_unwatch(ZCN_Loop *loop, uint64_t watch_id);
+zcn_loop_unwatch = _fn("zcn_loop_unwatch", ZCN_Error, [c_void_p, c_uint64])
+# typedef void (*ZCN_Call)(void *arg);
+Call = CFUNCTYPE(None, c_void_p)
+# ZCN_Error zcn_loop_call(ZCN_Loop *loop, ZCN_Call fn, void *arg);
+zcn_loop_call = _fn("zcn_loop_call", ZCN_Error, [c_void_p, Call, c_void_p])
 
 # --- UDP ------------------------------------------------------------------------
 UDP_DATAGRAM_MAX_V4 = 65507

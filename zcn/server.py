@@ -99,6 +99,11 @@ CONNECTIONS_MAX = 1 << 20
 UINT32_MAX = 0xFFFFFFFF
 INT32_MAX = 0x7FFFFFFF
 _HANDLERS = ("python", "c")
+#: The keyword defaults of the fields a shared loop owns (TcpServer(loop=)).
+_LOOP_FIELD_DEFAULTS = {"io_uring_entries": 256, "buffer_pool_size": 1024,
+                        "buffer_size": 16384, "connections_max": 4096,
+                        "send_queue_max_bytes": 1 << 20, "buffer_reserve": None,
+                        "send_timeout": 60.0, "conn_buffers_hard_max": None}
 
 _EVENT = struct.Struct(_ffi.EVENT_FORMAT)
 _EVENT_SIZE = _EVENT.size
@@ -212,6 +217,19 @@ class ConnectionInfo:
     send_stall: float              #: seconds since its queued data last moved (0.0 if none)
 
 
+def _conn_info_from(raw):
+    """A ConnectionInfo from a filled _ffi.ConnInfo."""
+    flags = raw.flags
+    return ConnectionInfo(
+        bytes_received=raw.bytes_received, bytes_sent=raw.bytes_sent,
+        queued_bytes=raw.queued_bytes, deferred_bytes=raw.deferred_bytes,
+        queued_buffers=raw.queued_buffers, deferred_buffers=raw.deferred_buffers,
+        buffers_held=raw.buffers_held, buffer_cap=raw.buffer_cap,
+        eof=bool(flags & _ffi.CONN_EOF), shut_down=bool(flags & _ffi.CONN_SHUT_WR),
+        closing=bool(flags & _ffi.CONN_CLOSING), waiting=bool(flags & _ffi.CONN_WAITING),
+        paused=bool(flags & _ffi.CONN_PAUSED), send_stall=raw.send_stall_ms / 1000.0)
+
+
 def _callback_property(name):
     """on_<event> as a property that checks the value; the loop reads the
     ``_on_<event>`` attribute directly."""
@@ -256,6 +274,7 @@ class TcpServer(BoundSocket):
 
     _kind = "zcn.TcpServer"
     _memory = None
+    _loop = None
 
     def __init__(self, host="127.0.0.1", port=0, *, on_accept=None, on_data=None,
                  on_close=None, on_drain=None, on_eof=None, error_handler=None,
@@ -263,7 +282,7 @@ class TcpServer(BoundSocket):
                  buffer_size=16384, backlog=1024, connections_max=4096,
                  send_queue_max_bytes=1 << 20, idle_timeout=None, tcp_nodelay=True,
                  reuse_port=False, buffer_reserve=None, send_timeout=60.0,
-                 conn_buffers_hard_max=None):
+                 conn_buffers_hard_max=None, loop=None):
         if not isinstance(handler, str):
             raise TypeError(f"handler must be 'python' or 'c', not {type(handler).__name__}")
         if handler not in _HANDLERS:
@@ -305,6 +324,19 @@ class TcpServer(BoundSocket):
         if conn_buffers_hard_max is not None:
             hard_max = _int_arg(conn_buffers_hard_max, "conn_buffers_hard_max", 1, UINT32_MAX)
         literal = _resolve_host(host)
+        if loop is not None:
+            given = {"io_uring_entries": entries, "buffer_pool_size": buffers,
+                     "buffer_size": buffer_size, "connections_max": connections_max,
+                     "send_queue_max_bytes": sendq, "buffer_reserve": buffer_reserve,
+                     "send_timeout": send_timeout, "conn_buffers_hard_max": conn_buffers_hard_max}
+            for name, value in given.items():
+                if value != _LOOP_FIELD_DEFAULTS[name]:
+                    raise ValueError(f"{name} is the loop's on a shared loop: set it on "
+                                     f"zcn.Loop(...), not on the server")
+            if self._c_handler:
+                raise ValueError("handler='c' needs the server's own loop (leave loop=None)")
+            self._init_on_loop(loop, literal, port, backlog, idle_ms, tcp_nodelay, reuse_port)
+            return
 
         self._lock = threading.RLock()
         self._fds = set()           # connections accepted and not yet reported closed
@@ -373,6 +405,90 @@ class TcpServer(BoundSocket):
         self._port = _ffi.zcn_server_port(handle)
         if self._c_handler:
             self._install_c_callbacks(handle)
+
+    def _init_on_loop(self, loop, literal, port, backlog, idle_ms, tcp_nodelay, reuse_port):
+        """A listener on a shared zcn.Loop: the loop polls and dispatches
+        (by the tag its events carry); the per-fd calls and the loop calls
+        are the loop's."""
+        from .loop import Loop
+        if not isinstance(loop, Loop):
+            raise TypeError(f"loop must be a zcn.Loop, not {type(loop).__name__}")
+        self._lock = threading.RLock()
+        self._fds = set()
+        self._aborted = loop._aborted
+        self._cfuncs = ()
+        self._eof_cfunc = None
+        self._pending = None
+        self._cur_view = _NO_VIEW
+        self._loop = loop
+        tag = loop._add_server(self)
+        self._tag = tag
+        flags = (_ffi.SERVER_REUSEPORT if reuse_port else 0) | _ffi.SERVER_HALF_CLOSE
+        config = _ffi.Config(address=literal.encode(), port=port, backlog=backlog,
+                             idle_timeout_ms=idle_ms, tcp_nodelay=1 if tcp_nodelay else -1,
+                             flags=flags, tag=tag)
+        try:
+            handle = _ffi.create(_ffi.zcn_server_create_on, loop._live(), ctypes.byref(config))
+        except BaseException:
+            loop._remove_server(self, tag, ())
+            raise
+        self._handle = handle
+        self._host = literal
+        self._port = _ffi.zcn_server_port(handle)
+        self._buffer_size = loop._buffer_size
+        # The loop's calls serve this server's connections (and any other of
+        # the loop's): per-fd calls, running and stopping.
+        self.send = loop.send
+        self.close = loop.close
+        self.shutdown = loop.shutdown
+        self.abort = loop.abort
+        self.connection_info = loop.connection_info
+        self.queued_bytes = loop.queued_bytes
+        self.run_once = loop.run_once
+        self.stop = loop.stop
+        self.serve_forever = lambda poll_interval=None: loop.run_forever()
+        try:
+            # Accepting starts now; the loop's owner (if any) must call this.
+            _ffi.zcn_server_start(handle)
+            loop._claim()
+        except BaseException:
+            _ffi.zcn_server_destroy(handle)
+            self._handle = None
+            loop._remove_server(self, tag, ())
+            raise
+
+    @property
+    def loop(self):
+        """The zcn.Loop this server is on (None: its own, private)."""
+        return self._loop
+
+    def _close_on_loop(self):
+        loop = self._loop
+        with self._lock:
+            handle = self._handle
+            if handle is None:
+                return
+            if loop._loop_thread is not None and loop._loop_thread != threading.get_ident():
+                raise BusyError("server_close() of a server on a running loop: call it on the "
+                                "loop's thread (e.g. through loop.call_soon_threadsafe)")
+            _ffi.zcn_server_destroy(handle)
+            self._handle = None
+            fds = sorted(self._fds)
+            self._fds.clear()
+            loop._remove_server(self, self._tag, fds)
+        first = None
+        on_close = self._on_close
+        if on_close is not None:
+            for fd in fds:
+                try:
+                    try:
+                        on_close(fd)
+                    except Exception as exc:
+                        self._callback_failed("on_close", fd, exc)
+                except Exception as exc:
+                    first = first or exc
+        if first is not None:
+            raise first
 
     # --- callbacks -----------------------------------------------------------
     on_accept = _callback_property("on_accept")
@@ -558,15 +674,7 @@ class TcpServer(BoundSocket):
         rc = _ffi.zcn_server_conn_info(handle, fd, ctypes.byref(raw))
         if rc:
             raise self._error(rc, f"connection_info(fd={fd})")
-        flags = raw.flags
-        return ConnectionInfo(
-            bytes_received=raw.bytes_received, bytes_sent=raw.bytes_sent,
-            queued_bytes=raw.queued_bytes, deferred_bytes=raw.deferred_bytes,
-            queued_buffers=raw.queued_buffers, deferred_buffers=raw.deferred_buffers,
-            buffers_held=raw.buffers_held, buffer_cap=raw.buffer_cap,
-            eof=bool(flags & _ffi.CONN_EOF), shut_down=bool(flags & _ffi.CONN_SHUT_WR),
-            closing=bool(flags & _ffi.CONN_CLOSING), waiting=bool(flags & _ffi.CONN_WAITING),
-            paused=bool(flags & _ffi.CONN_PAUSED), send_stall=raw.send_stall_ms / 1000.0)
+        return _conn_info_from(raw)
 
     def queued_bytes(self, fd):
         """Bytes queued for ``fd`` and not yet sent (0 if it is not open)."""
@@ -908,6 +1016,8 @@ class TcpServer(BoundSocket):
         If on_close raises, the other on_close calls still happen and the
         first exception is raised at the end.
         """
+        if self._loop is not None:
+            return self._close_on_loop()
         me = threading.get_ident()
         with self._lock:
             if self._handle is None:
@@ -984,6 +1094,10 @@ class TcpServer(BoundSocket):
         self.server_close()
 
     def _finalize(self):
+        if self._loop is not None:
+            self._on_close = None
+            self._close_on_loop()
+            return
         if self._handle is None:
             if self._memory is not None:
                 self._drop_memory()
