@@ -931,8 +931,6 @@ def _fileno(fd):
 
 def _literal(host):
     """host as an IP literal, or None if it is a name to resolve."""
-    if host in ("", "localhost"):
-        return "127.0.0.1"
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, host)
