@@ -149,12 +149,16 @@ uint32_t zcn_timers_run(ZCN_Loop *s)
 {
     struct zcn_timers *t = &s->timers;
     uint32_t fired = 0;
-    /* What was pending when the run started, at most: a timer re-armed for
-     * now (a repeat of 0 ms behind) waits for the next turn. */
-    for (uint32_t budget = t->n; budget > 0 && t->n > 0; budget--) {
+    /* Only timers set before this run began: one started (or re-armed)
+     * by a callback meanwhile is due now at the earliest, so it sorts
+     * behind every older due one, and stopping at it makes "delay 0" mean
+     * the next turn. Counting entries instead let a callback that restarts
+     * its timer with delay 0 run once per pending timer in a single run. */
+    const uint64_t set_before = t->seq;
+    while (t->n > 0) {
         uint32_t slot = t->heap[0];
         struct zcn_timer *x = &t->t[slot];
-        if (x->due_ms > s->now_ms)
+        if (x->due_ms > s->now_ms || x->seq > set_before)
             break;
         if (slot < t->conns) {
             if (!has_room(s, 2))
