@@ -282,7 +282,14 @@ void zcn_tcp_finalize(ZCN_Loop *s, struct conn *c)
     zcn_timer_conn_disarm(s, (uint32_t)slot_of(s, c));
     s->conns_active--;
     s->stats.connections_closed++;
-    if (s->ev != NULL) {
+    if (c->quiet) {
+        /* Its owner is gone and heard of the close already (when the
+         * listener or connect was torn down): no second report, and in
+         * poll mode no CLOSE event with no tag for a caller who has
+         * forgotten the fd; nobody is left to see it, so it goes now. */
+        c->state = CONN_ZOMBIE;
+        zcn_tcp_free_slot(s, c);
+    } else if (s->ev != NULL) {
         zcn_tcp_emit(s, ZCN_EVENT_CLOSE, c);
         /* The fd stays open until the caller has seen the event, so the
          * number cannot be reused under it. */
