@@ -2,8 +2,10 @@
  * zero_copy_net.h - the one public header of libzero_copy_net.
  *
  * A Linux networking library on io_uring: a lock-free page-aligned buffer
- * pool, a thin ring wrapper and a callback TCP server whose receive path
- * hands out pool buffers without copying.
+ * pool, a thin ring wrapper, and an event loop (ZCN_Loop) with TCP
+ * listeners, outbound TCP connections, UDP sockets, timers, fd watches and
+ * cross-thread calls on it, whose receive path hands out pool buffers
+ * without copying.
  *
  * General rules (each function's comment says where it differs):
  *
@@ -19,12 +21,14 @@
  * - When a function that takes a callback returns an error, that callback is
  *   never called because of that call.
  * - Threading: a ZCN_BufferPool may be used from any number of threads at
- *   once. A ZCN_Ring and a ZCN_Server belong to the one thread that drives
- *   them; the only exception is zcn_server_stop(), which any thread or a
- *   signal handler may call (and a write to the zcn_server_wakeup_fd pipe,
- *   which is plain I/O on an fd). Once started, a server checks the rule:
- *   its functions called from another thread return ZCN_ERR_WRONG_THREAD
- *   and do nothing.
+ *   once. A ZCN_Ring, a ZCN_Loop and everything on it (servers, outbound
+ *   connections, UDP sockets, timers, watches) belong to the one thread
+ *   that drives the loop; the exceptions are zcn_server_stop() and
+ *   zcn_loop_stop(), which any thread or a signal handler may call,
+ *   zcn_loop_call(), which any thread may call, and a write to a wakeup_fd
+ *   pipe (plain I/O on an fd). Once a loop has its owner it checks the
+ *   rule: its functions called from another thread return
+ *   ZCN_ERR_WRONG_THREAD and do nothing.
  */
 #ifndef ZERO_COPY_NET_H
 #define ZERO_COPY_NET_H
