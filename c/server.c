@@ -8,6 +8,8 @@
 
 #include "tcp_budget.h"
 
+#include <stdio.h>
+
 #define KNOWN_FLAGS ((uint32_t)(ZCN_SERVER_REUSEPORT | ZCN_SERVER_HALF_CLOSE))
 
 static uint64_t accept_ud(const ZCN_Server *srv)
@@ -249,8 +251,12 @@ ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
     }
     ZCN_Server *srv = add_listener(loop, cfg, true, &e);
     if (srv == NULL) {
+        /* The listener's detail, kept across the loop's destroy (a copy:
+         * zcn_fail writes the buffer zcn_error_detail returns). */
+        char detail[256];
+        snprintf(detail, sizeof detail, "%s", zcn_error_detail());
         zcn_loop_destroy(loop);
-        zcn_fail(e, "%s", zcn_error_detail()); /* keep the listener's detail */
+        zcn_fail(e, "%s", detail);
         zcn_set_err(err, e);
         return NULL;
     }
