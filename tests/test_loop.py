@@ -441,3 +441,25 @@ def test_event_loop_guide_c_example_builds_and_runs(tmp_path):
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "echoed 5 bytes: hello\n"
+
+
+def test_connect_cancelled_while_connecting(loop):
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers = [socket.socket() for _ in range(4)]
+    for c in fillers:
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+    time.sleep(0.1)
+    results = []
+    handle = loop.connect("127.0.0.1", port, timeout=10,
+                          on_connect=lambda fd, e: results.append(e))
+    loop.run_once(timeout=0.05)
+    handle.cancel()
+    assert run_until(loop, lambda: results, limit=5)
+    assert isinstance(results[0], zcn.ClosedError), results
+    for c in fillers:
+        c.close()
+    lst.close()

@@ -663,7 +663,7 @@ class Loop(HandleOwner):
         dispatches them; returns how many were handled. 0 on timeout, on a
         signal or after stop()."""
         timeout_ms = _timeout_ms(timeout, "timeout")
-        self._enter()
+        self._enter(timeout_ms)
         try:
             if self._stop_requested:
                 self._stop_requested = False
@@ -679,7 +679,7 @@ class Loop(HandleOwner):
     def run_forever(self):
         """Runs until stop() (then returns) or until a callback's exception
         propagates (error_handler="raise"; run again to resume)."""
-        self._enter()
+        self._enter(-1)
         try:
             while not self._stop_requested:
                 self._turn(-1)
@@ -700,7 +700,7 @@ class Loop(HandleOwner):
     def is_running(self):
         return self._loop_thread is not None
 
-    def _enter(self):
+    def _enter(self, timeout_ms):
         me = threading.get_ident()
         with self._lock:
             self._live()
@@ -714,7 +714,7 @@ class Loop(HandleOwner):
             self._owner = me
             self._loop_thread = me
         try:
-            self._wakeup.enter(self._handle, -1)
+            self._wakeup.enter(self._handle, timeout_ms)
         except BaseException:
             self._exit()
             raise
@@ -826,7 +826,10 @@ class Loop(HandleOwner):
                     error = None
                     if offset:
                         conns.pop(fd, None)
-                        error = _connect_error(offset)
+                        if owner.handle is not None and owner.handle._cancelled:
+                            error = ClosedError("connect cancelled")
+                        else:
+                            error = _connect_error(offset)
                     elif owner.handle is not None and owner.handle._cancelled:
                         _ffi.zcn_loop_close(self._handle, fd)
                     if owner._on_connect is not None:
