@@ -680,7 +680,9 @@ typedef struct ZCN_LoopConfig {
 } ZCN_LoopConfig;
 
 typedef struct ZCN_LoopStats {
-    ZCN_ServerStats tcp;            /* every TCP connection of the loop */
+    ZCN_ServerStats tcp;            /* every TCP connection of the loop; its
+                                       connections_accepted counts outbound ones
+                                       once established */
     uint64_t turns;                 /* loop turns (waits) */
     uint64_t timers_active;         /* pending now */
     uint64_t timers_fired;
