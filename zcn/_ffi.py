@@ -569,6 +569,8 @@ zcn_udp_create = _fn("zcn_udp_create", c_void_p, [POINTER(UdpConfig), ErrOut])
 #                                         ZCN_Error *err);
 zcn_udp_create_on_server = _fn("zcn_udp_create_on_server", c_void_p,
                                [c_void_p, POINTER(UdpConfig), ErrOut])
+# ZCN_UdpSocket *zcn_udp_create_on(ZCN_Loop *loop, const ZCN_UdpConfig *config, ZCN_Error *err);
+zcn_udp_create_on = _fn("zcn_udp_create_on", c_void_p, [c_void_p, POINTER(UdpConfig), ErrOut])
 # ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *sock);
 zcn_udp_destroy = _fn("zcn_udp_destroy", ZCN_Error, [c_void_p], _check_rc)
 # ZCN_Error zcn_udp_set_callback(ZCN_UdpSocket *sock, void *user_data, ZCN_OnDatagram on_datagram);
