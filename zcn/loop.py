@@ -25,7 +25,10 @@ timers (``call_later``/``call_at``), fd watches (``add_reader``/
 ``add_writer``) and calls from other threads (``call_soon_threadsafe``) all
 run on it, one thread, one ring, one buffer pool. Everything is delivered in
 event batches (one C call per batch, as TcpServer does), including timers,
-watches and wake-ups: no C-to-Python callback per event.
+watches and wake-ups: no C-to-Python callback per event. UDP sockets
+(``zcn.UdpSocket(..., loop=loop)``) run on it too, with their own buffer
+pools; their datagrams are the exception, handed to on_datagram by a C
+callback from inside the poll (zcn.udp).
 
 Connections are named by their fd, as in TcpServer: ``send``, ``close``,
 ``shutdown``, ``abort``, ``connection_info`` and ``queued_bytes`` work on
@@ -286,6 +289,12 @@ class Loop(HandleOwner):
         self._cur_view = _NO_VIEW
         self._cur_ptr = None
         self._cur_len = 0
+        # UDP sockets on the loop (zcn.UdpSocket(loop=)), closed before the
+        # C loop; their datagrams come through C callbacks inside the poll,
+        # counted in _c_calls, and what those raise waits in _raised.
+        self._udp_sockets = {}
+        self._c_calls = 0
+        self._raised = []
 
         rounded = round_up_pages(buffer_size)
         slab_bytes = rounded * buffers
@@ -604,6 +613,21 @@ class Loop(HandleOwner):
     def remove_writer(self, fd):
         return self._remove_watch(self._writers, _fileno(fd))
 
+    def _c_callback_failed(self, name, exc):
+        """The error policy for a callback that C calls from inside
+        zcn_loop_poll (a UDP socket's on_datagram), where an exception
+        cannot propagate through ctypes: what the policy raises is kept and
+        raised by run_once/run_forever once the poll has returned."""
+        try:
+            self._callback_failed(name, None, exc)
+        except BaseException as raised:
+            self._raised.append(raised)
+
+    def _raise_pending(self):
+        # The batch's sends go first: the loop may not turn again soon.
+        _flush_raw(self._handle)
+        raise self._raised.pop(0)
+
     # --- calls -----------------------------------------------------------------
     def call_soon(self, callback, *args):
         """Runs callback(*args) at the loop's next turn (owner thread)."""
@@ -725,15 +749,22 @@ class Loop(HandleOwner):
             self._loop_thread = None
 
     def _turn(self, timeout_ms):
+        if self._raised:
+            self._raise_pending()
         if self._pending is not None:
             handled = self._dispatch()
             if handled:
                 return handled
         if self._ready:
             timeout_ms = 0
+        self._c_calls = 0
         rc = _poll_raw(self._handle_arg, self._ev_ptr, EVENTS_MAX, timeout_ms, self._count_arg)
         n = self._count.value
-        handled = 0
+        if self._raised:  # from a C callback: the poll's events wait for the next turn
+            if n:
+                self._pending = _iter_events(self._ev_views[n])
+            self._raise_pending()
+        handled = self._c_calls
         if n:
             self._pending = _iter_events(self._ev_views[n])
             handled = self._dispatch()
@@ -856,11 +887,12 @@ class Loop(HandleOwner):
 
     # --- lifetime ------------------------------------------------------------
     def close_loop(self):
-        """Closes every server on the loop (their on_close calls), every
-        outbound connection (on_close; on_connect(fd, ClosedError) for one
-        still connecting), drops timers, watches and calls not yet run, and
-        frees the loop. Idempotent. Not from a callback (BusyError), and
-        not while the loop runs in another thread (stop it first)."""
+        """Closes every UDP socket on the loop, every server (their on_close
+        calls), every outbound connection (on_close; on_connect(fd,
+        ClosedError) for one still connecting), drops timers, watches and
+        calls not yet run, and frees the loop. Idempotent. Not from a
+        callback (BusyError), and not while the loop runs in another thread
+        (stop it first); with UDP sockets open, on the loop's thread only."""
         me = threading.get_ident()
         with self._lock:
             if self._handle is None:
@@ -869,6 +901,8 @@ class Loop(HandleOwner):
                 raise BusyError("zcn.Loop.close() while the loop runs: stop() it first"
                                 if self._loop_thread != me else
                                 "zcn.Loop.close() from inside one of its callbacks")
+        for sock in list(self._udp_sockets):
+            sock.close()  # first: zcn_loop_destroy refuses while UDP sockets remain
         first = None
         for server in list(self._owners.values()):
             try:
@@ -888,6 +922,7 @@ class Loop(HandleOwner):
         self._readers.clear()
         self._writers.clear()
         self._ready.clear()
+        self._raised.clear()
         self._pending = None
         self._drop_memory()
         for fd, owner in sorted(conns.items()):
