@@ -337,6 +337,52 @@ static void test_connect_edges(void)
     T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
     T_CHECK(late.closes == 1);
 
+    /* bound first: to a given local port; one in use fails at once */
+    l = new_loop(NULL);
+    echo = new_server_on(l, 0, 0);
+    T_CHECK_ERR(zcn_server_use_echo_handler(echo), ZCN_OK);
+    struct client bound = {.loop = l, .msg = "bound"};
+    uint16_t local = refused_port();
+    ZCN_ConnectConfig bc = {.address = LOCALHOST,
+                            .port = zcn_server_port(echo),
+                            .local_address = LOCALHOST,
+                            .local_port = local,
+                            .user_data = &bound,
+                            .on_connect = cl_connect,
+                            .on_data = cl_data,
+                            .on_close = cl_close};
+    T_CHECK_ERR(zcn_loop_connect(l, &bc, &bound.fd), ZCN_OK);
+    RUN_UNTIL(l, bound.got_len == 5, 2000);
+    T_CHECK(port_of(bound.fd) == local);
+    before = t_open_fds();
+    struct client clash = {.loop = l};
+    bc.user_data = &clash;
+    bc.local_port = zcn_server_port(echo); /* a listener has it */
+    T_CHECK_ERR(zcn_loop_connect(l, &bc, &clash.fd), (ZCN_Error)EADDRINUSE);
+    T_CHECK(clash.fd == -1);
+    T_CHECK(t_open_fds() == before);
+    /* IPv6, where the machine has it */
+    ZCN_Config c6 = {.address = "::1"};
+    ZCN_Error err6;
+    ZCN_Server *echo6 = zcn_server_create_on(l, &c6, &err6);
+    if (echo6 != NULL) {
+        T_CHECK_ERR(zcn_server_start(echo6), ZCN_OK);
+        T_CHECK_ERR(zcn_server_use_echo_handler(echo6), ZCN_OK);
+        struct client v6 = {.loop = l, .msg = "six", .close_after = 3};
+        ZCN_ConnectConfig c6c = {.address = "::1",
+                                 .port = zcn_server_port(echo6),
+                                 .user_data = &v6,
+                                 .on_connect = cl_connect,
+                                 .on_data = cl_data,
+                                 .on_close = cl_close};
+        T_CHECK_ERR(zcn_loop_connect(l, &c6c, &v6.fd), ZCN_OK);
+        RUN_UNTIL(l, v6.closes == 1, 2000);
+        T_CHECK(strcmp(v6.got, "six") == 0);
+    }
+    T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
+    T_CHECK(bound.closes == 1 && clash.connects == 0);
+    T_CHECK(t_open_fds() == fds);
+
     /* idle timeouts: an outbound connection (its own) and an accepted one
      * (its listener's), the connect timeout's slot reused for them */
     l = new_loop(NULL);
@@ -578,6 +624,141 @@ static void test_half_close_one_loop(void)
     T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
     T_CHECK(t_open_fds() == fds);
     fprintf(stderr, "half-close on one loop: both directions, late answer, one close each\n");
+}
+
+/* ---- 4b. bulk both ways, both ends on one loop's budget ----------------- */
+
+#define BULK_TOTAL (8u << 20)
+#define BULK_CHUNK (64u << 10)
+static struct {
+    ZCN_Loop *loop;
+    int fd;
+    size_t sent, received;
+    int connects, closes, drains, queue_full, exhausted, bad_bytes;
+    bool retry_armed;
+    uint8_t chunk[BULK_CHUNK];
+} bulk;
+
+static uint8_t bulk_byte(size_t at)
+{
+    return (uint8_t)(at * 2654435761u >> 13);
+}
+
+static void bulk_pump(void);
+
+static void bulk_retry(void *ud, uint64_t id)
+{
+    (void)ud;
+    (void)id;
+    bulk.retry_armed = false;
+    bulk_pump();
+}
+
+static void bulk_pump(void)
+{
+    while (bulk.sent < BULK_TOTAL) {
+        size_t n = BULK_TOTAL - bulk.sent < BULK_CHUNK ? BULK_TOTAL - bulk.sent : BULK_CHUNK;
+        for (size_t i = 0; i < n; i++)
+            bulk.chunk[i] = bulk_byte(bulk.sent + i);
+        ZCN_Error e = zcn_loop_send(bulk.loop, bulk.fd, bulk.chunk, n);
+        if (e == ZCN_OK) {
+            bulk.sent += n;
+            continue;
+        }
+        if (e == ZCN_ERR_QUEUE_FULL) {
+            bulk.queue_full++; /* on_drain resumes */
+        } else {
+            T_CHECK_ERR(e, ZCN_ERR_EXHAUSTED); /* no buffer for the copy: soon */
+            bulk.exhausted++;
+            if (!bulk.retry_armed) {
+                uint64_t id;
+                T_CHECK_ERR(zcn_loop_timer_start(bulk.loop, 1, 0, bulk_retry, NULL, &id), ZCN_OK);
+                bulk.retry_armed = true;
+            }
+        }
+        return;
+    }
+}
+
+static void bulk_connect(void *ud, int fd, ZCN_Error result)
+{
+    (void)ud;
+    T_CHECK_ERR(result, ZCN_OK);
+    bulk.connects++;
+    bulk.fd = fd;
+    bulk_pump();
+}
+
+static void bulk_data(void *ud, int fd, const uint8_t *data, size_t len)
+{
+    (void)ud;
+    (void)fd;
+    for (size_t i = 0; i < len; i++)
+        if (data[i] != bulk_byte(bulk.received + i))
+            bulk.bad_bytes++;
+    bulk.received += len;
+    if (bulk.received == BULK_TOTAL)
+        T_CHECK_ERR(zcn_loop_close(bulk.loop, fd), ZCN_OK);
+}
+
+static void bulk_drain(void *ud, int fd)
+{
+    (void)ud;
+    (void)fd;
+    bulk.drains++;
+    bulk_pump();
+}
+
+static void bulk_close(void *ud, int fd)
+{
+    (void)ud;
+    (void)fd;
+    bulk.closes++;
+}
+
+static void test_bulk_one_loop(void)
+{
+    int fds = t_open_fds();
+    /* a small pool, so the two ends compete for the budget */
+    ZCN_LoopConfig lc = {.buffer_pool_size = 128, .buffer_size = 4096,
+                         .send_queue_max_bytes = 256u << 10};
+    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Server *srv = new_server_on(l, 0, 0);
+    struct accept_log *al = calloc(1, sizeof *al);
+    T_CHECK(al != NULL);
+    T_CHECK_ERR(zcn_server_set_callbacks(srv, al, al_accept, NULL, al_close), ZCN_OK);
+    T_CHECK_ERR(zcn_server_use_echo_handler(srv), ZCN_OK);
+    memset(&bulk, 0, sizeof bulk);
+    bulk.loop = l;
+    ZCN_ConnectConfig cc = {.address = LOCALHOST,
+                            .port = zcn_server_port(srv),
+                            .on_connect = bulk_connect,
+                            .on_data = bulk_data,
+                            .on_drain = bulk_drain,
+                            .on_close = bulk_close};
+    int fd;
+    uint64_t t0 = t_mono_ms();
+    T_CHECK_ERR(zcn_loop_connect(l, &cc, &fd), ZCN_OK);
+    uint64_t dl = t_mono_ms() + 10000;
+    while ((bulk.closes == 0 || al->closes == 0) && t_mono_ms() < dl)
+        turn(l, 10);
+    uint64_t ms = t_mono_ms() - t0;
+    if (bulk.closes == 0)
+        fprintf(stderr, "bulk: sent %zu received %zu queue_full %d exhausted %d drains %d\n",
+                bulk.sent, bulk.received, bulk.queue_full, bulk.exhausted, bulk.drains);
+    T_CHECK(bulk.connects == 1 && bulk.closes == 1 && al->closes == 1);
+    T_CHECK(bulk.sent == BULK_TOTAL && bulk.received == BULK_TOTAL);
+    T_CHECK(bulk.bad_bytes == 0);
+    ZCN_LoopStats st = loop_stats(l);
+    T_CHECK(st.tcp.connections_active == 0);
+    T_CHECK(st.tcp.buffers_held == 0);
+    T_CHECK(st.tcp.evictions == 0 && st.tcp.hard_limit_aborts == 0);
+    T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
+    free(al);
+    T_CHECK(t_open_fds() == fds);
+    fprintf(stderr, "bulk: %u MiB both ways through one loop's %u buffers in %llu ms "
+            "(%d refusals, %d drains)\n", BULK_TOTAL >> 20, lc.buffer_pool_size,
+            (unsigned long long)ms, bulk.queue_full + bulk.exhausted, bulk.drains);
 }
 
 /* ---- 5. timers ----------------------------------------------------------- */
@@ -1113,6 +1294,73 @@ static void test_cross_thread_calls(void)
             (unsigned long long)woke_ms);
 }
 
+/* zcn_loop_call and zcn_loop_stop racing zcn_loop_destroy: each either
+ * reaches the live loop (and the call runs, at the latest in the destroy)
+ * or finds it gone and touches nothing. */
+static ZCN_Loop *_Atomic race_target;
+static atomic_int racing;
+static atomic_long race_accepted, race_gone, race_ran;
+
+static void race_call(void *arg)
+{
+    free(arg);
+    atomic_fetch_add(&race_ran, 1);
+}
+
+static void *race_caller(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&racing)) {
+        ZCN_Loop *l = atomic_load(&race_target);
+        if (l == NULL)
+            continue;
+        void *box = malloc(16);
+        ZCN_Error e = zcn_loop_call(l, race_call, box);
+        if (e == ZCN_OK) {
+            atomic_fetch_add(&race_accepted, 1);
+        } else {
+            free(box);
+            T_CHECK(e == ZCN_ERR_INVALID_ARGUMENT || e == ZCN_ERR_QUEUE_FULL);
+            if (e == ZCN_ERR_INVALID_ARGUMENT)
+                atomic_fetch_add(&race_gone, 1);
+        }
+        e = zcn_loop_stop(l);
+        T_CHECK(e == ZCN_OK || e == ZCN_ERR_INVALID_ARGUMENT);
+    }
+    return NULL;
+}
+
+static void test_calls_racing_destroy(void)
+{
+    int fds = t_open_fds();
+    atomic_store(&racing, 1);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        T_CHECK(pthread_create(&th[i], NULL, race_caller, NULL) == 0);
+    for (int r = 0; r < 50; r++) {
+        ZCN_LoopConfig lc = {.calls_max = 16};
+        ZCN_Loop *l = new_loop(&lc);
+        atomic_store(&race_target, l);
+        for (int i = 0; i < 3; i++) {
+            ZCN_Error e = zcn_loop_run_once_timeout(l, 5, NULL);
+            T_CHECK(e == ZCN_OK);
+        }
+        /* the pointer stays visible to the callers during and after */
+        T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
+        for (int spin = 0; spin < 1000; spin++)
+            __asm__ volatile("" ::: "memory");
+        atomic_store(&race_target, NULL);
+    }
+    atomic_store(&racing, 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    T_CHECK(atomic_load(&race_ran) == atomic_load(&race_accepted));
+    T_CHECK(atomic_load(&race_accepted) > 0);
+    T_CHECK(t_open_fds() == fds);
+    fprintf(stderr, "calls racing destroy: %ld accepted and run, %ld found the loop gone\n",
+            atomic_load(&race_accepted), atomic_load(&race_gone));
+}
+
 /* ---- 8. poll mode -------------------------------------------------------- */
 
 static void test_poll_mode(void)
@@ -1262,10 +1510,35 @@ static void test_poll_mode(void)
     char b;
     T_CHECK(recv(peer, &b, 1, 0) == 0); /* the peer saw the close */
     close(peer);
+
+    /* batches of 4: more timer and call events than fit wait, in order */
+    uint64_t tids[10];
+    for (int i = 0; i < 10; i++) {
+        T_CHECK_ERR(zcn_loop_timer_start(l, 0, 0, NULL, NULL, &tids[i]), ZCN_OK);
+        T_CHECK_ERR(zcn_loop_call(l, NULL, (void *)(uintptr_t)(1000 + i)), ZCN_OK);
+    }
+    int next_timer = 0, next_call = 0;
+    dl = t_mono_ms() + 3000;
+    while ((next_timer < 10 || next_call < 10) && t_mono_ms() < dl) {
+        T_CHECK_ERR(zcn_loop_poll(l, ev, 4, 20, &n), ZCN_OK);
+        T_CHECK(n <= 4);
+        for (uint32_t i = 0; i < n; i++) {
+            if (ev[i].type == ZCN_EVENT_TIMER) {
+                T_CHECK(next_timer < 10 && ev[i].offset == tids[next_timer]);
+                next_timer++;
+            } else {
+                T_CHECK(ev[i].type == ZCN_EVENT_CALL);
+                T_CHECK(ev[i].offset == (uint64_t)(1000 + next_call));
+                next_call++;
+            }
+        }
+    }
+    T_CHECK(next_timer == 10 && next_call == 10);
+    T_CHECK(loop_stats(l).timers_active == 0);
     ZCN_LoopStats st = loop_stats(l);
     T_CHECK(st.tcp.connections_active == 0);
     T_CHECK(st.servers == 2);
-    T_CHECK(st.calls_run == 1);
+    T_CHECK(st.calls_run == 11);
     T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
     close(p[0]);
     close(p[1]);
@@ -1504,6 +1777,64 @@ static void test_destroy_from_other_thread(void)
     fprintf(stderr, "destroy from another thread: every on_close once, no fd left\n");
 }
 
+/* ---- 10b. a UDP socket on the loop --------------------------------------- */
+
+static void *udp_from_other_thread(void *arg)
+{
+    ZCN_UdpConfig uc = {.address = LOCALHOST};
+    ZCN_Error err = ZCN_OK;
+    T_CHECK(zcn_udp_create_on(arg, &uc, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_WRONG_THREAD);
+    return NULL;
+}
+
+static void test_udp_on_loop(void)
+{
+    int fds = t_open_fds();
+    ZCN_Loop *l = new_loop(NULL);
+    ZCN_UdpConfig uc = {.address = LOCALHOST};
+    ZCN_Error err = ZCN_OK;
+    ZCN_UdpSocket *u = zcn_udp_create_on(l, &uc, &err); /* makes this thread the owner */
+    if (u == NULL)
+        fprintf(stderr, "zcn_udp_create_on: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
+    T_CHECK(u != NULL);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(u), ZCN_OK);
+    T_CHECK_ERR(zcn_udp_run_once_timeout(u, 0, NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_udp_stop(u), ZCN_ERR_INVALID_ARGUMENT);
+    pthread_t th;
+    T_CHECK(pthread_create(&th, NULL, udp_from_other_thread, l) == 0);
+    pthread_join(th, NULL);
+    ZCN_Server *srv = new_server_on(l, 0, 0);
+    T_CHECK_ERR(zcn_server_use_echo_handler(srv), ZCN_OK);
+    struct client c = {.loop = l, .msg = "tcp"};
+    T_CHECK_ERR(client_connect(&c, zcn_server_port(srv), 0, 0), ZCN_OK);
+    int peer = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    T_CHECK(peer >= 0);
+    struct sockaddr_in to = loopback(zcn_udp_port(u));
+    T_CHECK(sendto(peer, "dgram", 5, 0, (struct sockaddr *)&to, sizeof to) == 5);
+    char back[16] = "";
+    ssize_t got = -1;
+    uint64_t udl = t_mono_ms() + 3000;
+    while ((got < 0 || c.got_len < 3) && t_mono_ms() < udl) {
+        turn(l, 10);
+        if (got < 0)
+            got = recv(peer, back, sizeof back, 0);
+    }
+    T_CHECK(got == 5 && c.got_len == 3);
+    T_CHECK(memcmp(back, "dgram", 5) == 0);
+    /* the socket first, then the loop */
+    T_CHECK_ERR(zcn_loop_destroy(l), ZCN_ERR_BUSY);
+    T_CHECK_ERR(zcn_loop_send(l, c.fd, (const uint8_t *)"!", 1), ZCN_OK); /* still alive */
+    RUN_UNTIL(l, c.got_len == 4, 2000);
+    T_CHECK_ERR(zcn_udp_destroy(u), ZCN_OK);
+    T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
+    T_CHECK(c.closes == 1);
+    close(peer);
+    T_CHECK(t_open_fds() == fds);
+    fprintf(stderr, "UDP on the loop: datagrams and TCP in the same turns, BUSY destroy while "
+            "it is there\n");
+}
+
 /* ---- 11. threading and bad input ----------------------------------------- */
 
 static void noop_call(void *arg)
@@ -1701,8 +2032,37 @@ static void *wt_other_thread(void *arg)
     return NULL;
 }
 
+/* What a callback may not do: run, destroy, add listeners. */
+struct busy_probe {
+    ZCN_Loop *loop;
+    ZCN_Server *srv;
+    int ran;
+};
+
+static void busy_timer(void *ud, uint64_t id)
+{
+    (void)id;
+    struct busy_probe *b = ud;
+    ZCN_Config cfg = {.address = LOCALHOST};
+    ZCN_Error err = ZCN_OK;
+    T_CHECK_ERR(zcn_loop_run_once_timeout(b->loop, 0, NULL), ZCN_ERR_BUSY);
+    T_CHECK_ERR(zcn_loop_destroy(b->loop), ZCN_ERR_BUSY);
+    T_CHECK_ERR(zcn_server_destroy(b->srv), ZCN_ERR_BUSY);
+    T_CHECK(zcn_server_create_on(b->loop, &cfg, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_BUSY);
+    b->ran++;
+}
+
 static void test_threading(void)
 {
+    /* calls queued on a loop that never ran still run at its destroy */
+    memset(&d10, 0, sizeof d10);
+    ZCN_Loop *idle = new_loop(NULL);
+    T_CHECK_ERR(zcn_loop_call(idle, d10_call, malloc(8)), ZCN_OK);
+    T_CHECK_ERR(zcn_loop_call(idle, d10_call, malloc(8)), ZCN_OK);
+    T_CHECK_ERR(zcn_loop_destroy(idle), ZCN_OK);
+    T_CHECK(d10.calls_ran == 2);
+
     int fds = t_open_fds();
     memset(&wt, 0, sizeof wt);
     wt.loop = new_loop(NULL);
@@ -1723,6 +2083,10 @@ static void test_threading(void)
     alarm(0);
     RUN_UNTIL(l, wt.calls_ran == 1, 2000);
     T_CHECK(wt.calls_on_owner == 1);
+    struct busy_probe bp = {.loop = l, .srv = srv};
+    uint64_t bid;
+    T_CHECK_ERR(zcn_loop_timer_start(l, 0, 0, busy_timer, &bp, &bid), ZCN_OK);
+    RUN_UNTIL(l, bp.ran == 1, 2000);
     /* the owner's calls still work */
     T_CHECK_ERR(zcn_loop_send(l, c.fd, (const uint8_t *)"ok", 2), ZCN_OK);
     RUN_UNTIL(l, c.got_len == 2, 2000);
@@ -1748,13 +2112,16 @@ int main(void)
     test_connect_edges();
     test_many_connects();
     test_half_close_one_loop();
+    test_bulk_one_loop();
     test_timers();
     test_watches();
     test_cross_thread_calls();
+    test_calls_racing_destroy();
     test_poll_mode();
     test_two_servers();
     test_destroy_with_everything_open();
     test_destroy_from_other_thread();
+    test_udp_on_loop();
     bad_input();
     test_threading();
     fprintf(stderr, "test_loop: all passed in %llu ms\n", (unsigned long long)(t_mono_ms() - t0));
