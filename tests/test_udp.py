@@ -728,3 +728,343 @@ def test_udp_guide_c_example_builds_and_runs(tmp_path):
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "echoed 5 bytes: hello\n"
+
+
+# --- UdpSocket(loop=): on a shared zcn.Loop ---------------------------------------
+
+@pytest.fixture
+def loop():
+    import zcn
+    lp = zcn.Loop()
+    yield lp
+    lp.close()
+
+
+def _loop_until(loop, cond, seconds=5):
+    end = time.monotonic() + seconds
+    while not cond() and time.monotonic() < end:
+        loop.run_once(0.05)
+    assert cond()
+
+
+def _loop_echo(loop, **kw):
+    import zcn
+    sock = zcn.UdpSocket("127.0.0.1", 0, loop=loop, **kw)
+    sock.seen = []
+
+    def on_datagram(peer, data, flags):
+        sock.seen.append((peer, bytes(data), flags))
+        sock.sendto(data, peer)
+
+    sock.on_datagram = on_datagram
+    return sock
+
+
+@pytest.mark.timeout(30)
+def test_loop_udp_echo_next_to_a_tcp_server(loop):
+    import zcn
+    server = zcn.TcpServer("127.0.0.1", 0, loop=loop,
+                           on_data=lambda fd, data: server.send(fd, data))
+    sock = _loop_echo(loop)
+    assert sock.loop is loop and sock.run_once == loop.run_once
+    tcp = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    with tcp, _client() as c:
+        for i in range(20):
+            c.sendto(b"udp%d" % i, sock.address)
+            tcp.sendall(b"tcp%d;" % i)
+        _loop_until(loop, lambda: len(sock.seen) == 20)
+        got = [c.recv(100) for _ in range(20)]
+        assert got == [b"udp%d" % i for i in range(20)]
+        want = b"".join(b"tcp%d;" % i for i in range(20))
+        echoed = b""
+        end = time.monotonic() + 5
+        while len(echoed) < len(want) and time.monotonic() < end:
+            loop.run_once(0.01)
+            tcp.setblocking(False)
+            try:
+                echoed += tcp.recv(4096)
+            except BlockingIOError:
+                pass
+        assert echoed == want
+        assert sock.seen[0][0] == c.getsockname()
+    st = sock.stats()
+    assert st.datagrams_received == 20 and st.datagrams_sent == 20
+
+
+@pytest.mark.timeout(30)
+def test_loop_a_datagram_and_a_timer_on_one_loop(loop):
+    events = []
+    sock = _loop_echo(loop)
+    sock.on_datagram = lambda peer, data, flags: (events.append(("datagram", bytes(data))),
+                                                  loop.stop())
+    with _client() as c:
+        loop.call_later(0.05, lambda: (events.append(("timer",)),
+                                       c.sendto(b"after the timer", sock.address)))
+        loop.call_later(5, loop.stop)  # a bound, should the datagram not come
+        loop.run_forever()
+    assert events == [("timer",), ("datagram", b"after the timer")]
+    with _client() as c:  # run_once counts the datagrams it handled
+        c.sendto(b"x", sock.address)
+        end = time.monotonic() + 5
+        handled = 0
+        while not handled and time.monotonic() < end:
+            handled = loop.run_once(0.5)
+        assert handled == 1
+
+
+@pytest.mark.timeout(30)
+def test_loop_on_datagram_exception_is_logged_and_the_loop_goes_on(loop, caplog):
+    sock = _loop_echo(loop)
+    echo = sock.on_datagram
+
+    def on_datagram(peer, data, flags):
+        if data == b"boom":
+            raise RuntimeError("boom in on_datagram")
+        echo(peer, data, flags)
+
+    sock.on_datagram = on_datagram
+    with _client() as c, caplog.at_level("ERROR", logger="zcn.loop"):
+        c.sendto(b"boom", sock.address)
+        c.sendto(b"fine", sock.address)
+        _loop_until(loop, lambda: sock.seen)
+        assert c.recv(100) == b"fine"
+    assert "on_datagram raised" in caplog.text and "boom in on_datagram" in caplog.text
+
+
+@pytest.mark.timeout(30)
+def test_loop_error_handler_raise_propagates_each_exception():
+    import zcn
+    with zcn.Loop(error_handler="raise") as loop, _client() as c:
+        seen = []
+
+        def on_datagram(peer, data, flags):
+            seen.append(bytes(data))
+            if bytes(data).startswith(b"boom"):
+                raise ValueError(bytes(data).decode())
+            sock.sendto(data, peer)
+
+        sock = zcn.UdpSocket(loop=loop, on_datagram=on_datagram)
+        for msg in (b"boom1", b"ok", b"boom2"):
+            c.sendto(msg, sock.address)
+        time.sleep(0.1)  # all three in one poll
+        raised = []
+        end = time.monotonic() + 5
+        while len(raised) < 2 and time.monotonic() < end:
+            try:
+                loop.run_once(0.5)
+            except ValueError as exc:
+                raised.append(str(exc))
+        assert raised == ["boom1", "boom2"] and seen == [b"boom1", b"ok", b"boom2"]
+        assert c.recv(100) == b"ok"  # the batch's reply left before the raise
+        c.sendto(b"again", sock.address)
+        _loop_until(loop, lambda: b"again" in seen)
+        assert c.recv(100) == b"again"
+
+    calls = []
+    with zcn.Loop(error_handler=lambda fd, exc: calls.append((fd, exc))) as loop, \
+            _client() as c:
+        sock = zcn.UdpSocket(loop=loop, on_datagram=lambda *a: 1 / 0)
+        c.sendto(b"x", sock.address)
+        _loop_until(loop, lambda: calls)
+        assert calls[0][0] is None and isinstance(calls[0][1], ZeroDivisionError)
+
+
+@pytest.mark.timeout(30)
+def test_loop_echo_of_the_view_is_zero_copy(loop):
+    kept = []
+    sock = _loop_echo(loop)
+    echo = sock.on_datagram
+    sock.on_datagram = lambda peer, data, flags: (kept.append((data, data.readonly)),
+                                                  echo(peer, data, flags))
+    payloads = [b"abc", os.urandom(1400), os.urandom(60000)]  # (b"" has nothing to move)
+    with _client() as c:
+        for p in payloads:
+            c.sendto(p, sock.address)
+            _loop_until(loop, lambda: len(sock.seen) == payloads.index(p) + 1)
+            assert c.recv(70000) == p
+    st = sock.stats()
+    assert st.sends_zero_copy == len(payloads) and st.sends_copied == 0
+    assert st.large_datagrams == 1
+    assert all(readonly for _, readonly in kept)
+    with pytest.raises(ValueError):
+        bytes(kept[0][0])  # released after the call
+    sock.on_datagram = lambda peer, data, flags: sock.sendto(bytes(data), peer)
+    with _client() as c:
+        c.sendto(b"copied", sock.address)
+        _loop_until(loop, lambda: sock.stats().sends_copied == 1)
+        assert c.recv(100) == b"copied"
+
+
+@pytest.mark.timeout(30)
+def test_loop_sends_outside_on_datagram(loop):
+    sock = _loop_echo(loop)
+    with _client() as c:
+        sock.sendto(b"loop not running", c.getsockname())  # goes at once
+        assert c.recv(100) == b"loop not running"
+        loop.call_soon(lambda: sock.sendmany([b"from", b"a call"], c.getsockname()))
+        loop.run_once(0)  # queued in the turn, submitted when run_once returns
+        assert [c.recv(100), c.recv(100)] == [b"from", b"a call"]
+
+
+@pytest.mark.timeout(30)
+def test_loop_c_echo_handler(loop):
+    import zcn
+    sock = zcn.UdpSocket(loop=loop, handler="c", io_uring_entries=8)  # entries: ignored
+    with _client() as c:
+        for i in range(10):
+            c.sendto(b"c%d" % i, sock.address)
+        got = []
+        end = time.monotonic() + 5
+        c.setblocking(False)
+        while len(got) < 10 and time.monotonic() < end:
+            loop.run_once(0.01)
+            try:
+                got.append(c.recv(100))
+            except BlockingIOError:
+                pass
+    assert got == [b"c%d" % i for i in range(10)]
+    assert sock.stats().sends_zero_copy == 10
+
+
+@pytest.mark.timeout(30)
+def test_loop_close_loop_closes_the_udp_socket():
+    psutil = pytest.importorskip("psutil")
+    import zcn
+    me = psutil.Process()
+    fds = me.num_fds()
+    loop = zcn.Loop()
+    socks = [_loop_echo(loop), _loop_echo(loop, recv_mode="multishot")]
+    with _client() as c:
+        c.sendto(b"x", socks[0].address)
+        _loop_until(loop, lambda: socks[0].seen)
+    loop.close()
+    assert loop.closed and all(sock.closed for sock in socks)
+    with pytest.raises(zcn.ClosedError):
+        socks[0].sendto(b"x", ("127.0.0.1", 9))
+    socks[1].close()  # idempotent
+    gc.collect()
+    assert me.num_fds() == fds
+    with pytest.raises(zcn.ClosedError):
+        zcn.UdpSocket(loop=loop)
+
+
+@pytest.mark.timeout(30)
+def test_loop_close_a_socket_and_the_loop_goes_on(loop):
+    import zcn
+    a, b = _loop_echo(loop), _loop_echo(loop)
+    errors = []
+
+    def on_datagram(peer, data, flags):
+        try:
+            a.close()
+        except zcn.BusyError as exc:
+            errors.append(exc)
+            loop.call_soon(a.close)
+
+    a.on_datagram = on_datagram
+    with _client() as c:
+        c.sendto(b"close", a.address)
+        _loop_until(loop, lambda: a.closed)
+        assert "call_soon" in str(errors[0])
+        c.sendto(b"b lives", b.address)
+        _loop_until(loop, lambda: b.seen)
+        assert c.recv(100) == b"b lives"
+    assert list(loop._udp_sockets) == [b]
+
+
+@pytest.mark.timeout(30)
+def test_loop_udp_thread_rule(loop):
+    import zcn
+    sock = _loop_echo(loop)  # this thread owns the loop now
+    errors = []
+
+    def other():
+        for call in (lambda: sock.sendto(b"x", ("127.0.0.1", 9)), lambda: sock.send(b"x"),
+                     lambda: sock.sendmany([b"x"], ("127.0.0.1", 9)), sock.close,
+                     lambda: zcn.UdpSocket(loop=loop)):
+            try:
+                call()
+            except zcn.WrongThreadError as exc:
+                errors.append(exc)
+
+    t = threading.Thread(target=other, name="not the loop")
+    t.start()
+    t.join(10)
+    assert len(errors) == 5 and not sock.closed
+    assert "not the loop" in str(errors[0]) and "call_soon_threadsafe" in str(errors[0])
+
+    busy = []
+    started = threading.Event()
+    loop.call_soon(started.set)
+    # The loop runs here; another thread's close() while it runs is BusyError.
+
+    def close_while_running():
+        started.wait(5)
+        try:
+            sock.close()
+        except zcn.BusyError as exc:
+            busy.append(exc)
+        loop.call_soon_threadsafe(loop.stop)
+
+    runner = threading.Thread(target=close_while_running)
+    runner.start()
+    loop.call_later(5, loop.stop)
+    loop.run_forever()
+    runner.join(5)
+    assert busy and "loop.call_soon_threadsafe(sock.close)" in str(busy[0])
+    assert not sock.closed
+    sock.close()
+    assert sock.closed
+
+
+def test_loop_bad_arguments(loop):
+    import zcn
+    with pytest.raises(TypeError):
+        zcn.UdpSocket(loop=object())
+    with pytest.raises(ValueError):
+        zcn.UdpSocket(loop=loop, handler="c", on_datagram=print)
+    with pytest.raises(ValueError):
+        zcn.UdpSocket(loop=loop, buffer_count=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        with pytest.raises(OSError):  # EADDRINUSE, from C
+            zcn.UdpSocket("127.0.0.1", taken.getsockname()[1], loop=loop)
+    assert not loop._udp_sockets
+    loop.run_once(0)  # the loop is unharmed
+
+
+@pytest.mark.timeout(30)
+def test_loop_keyboard_interrupt_in_on_datagram_reaches_the_caller(loop):
+    def on_datagram(peer, data, flags):
+        raise KeyboardInterrupt  # as a SIGINT handler would, mid-callback
+
+    sock = _loop_echo(loop)
+    sock.on_datagram = on_datagram
+    with _client() as c:
+        c.sendto(b"x", sock.address)
+        with pytest.raises(KeyboardInterrupt):
+            loop.call_later(5, loop.stop)
+            loop.run_forever()  # not the log: the loop's caller gets it
+    assert sock.stats().datagrams_received == 1
+
+
+@pytest.mark.timeout(60)
+def test_loop_fds_and_rss_flat_over_socket_cycles(loop):
+    psutil = pytest.importorskip("psutil")
+    me = psutil.Process()
+
+    def cycle(n):
+        with _client() as c:
+            for i in range(n):
+                sock = _loop_echo(loop)
+                if i % 3 == 0:
+                    c.sendto(b"x", sock.address)
+                    _loop_until(loop, lambda: sock.seen)
+                sock.close()
+        gc.collect()
+
+    cycle(30)
+    fds, rss = me.num_fds(), me.memory_info().rss
+    cycle(300)
+    assert me.num_fds() == fds and not loop._udp_sockets
+    assert me.memory_info().rss - rss < 8 << 20

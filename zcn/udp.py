@@ -38,6 +38,18 @@ another thread while the loop runs stops the loop and waits for it.
 Exceptions from on_datagram are not swallowed: they propagate out of
 run_once()/serve_forever(); the rest of the batch is kept and dispatched
 by the next call.
+
+On a zcn.Loop. ``UdpSocket(..., loop=loop)`` puts the socket on a shared
+loop, next to TcpServers, connections and timers: the loop drives it
+(run_once/serve_forever/stop are the loop's), and datagrams reach
+on_datagram through a C callback (ZCN_OnDatagram) from inside the loop's
+poll, with the same borrowed view and zero-copy sendto. The socket keeps its
+own buffers and limits (io_uring_entries is ignored). It belongs to the
+loop's thread: sendto/send/sendmany and close() from another thread raise
+WrongThreadError (close() while the loop runs there: BusyError). An
+exception from on_datagram goes to the loop's error policy (logged by
+default; error_handler="raise" makes the loop's run_once/run_forever raise
+it once the poll returns). Loop.close_loop() closes the socket first.
 """
 from __future__ import annotations
 
@@ -48,6 +60,7 @@ import socket
 import struct
 import threading
 from ctypes import c_uint32
+from threading import get_ident as _get_ident
 from dataclasses import dataclass
 
 from . import _ffi
@@ -98,6 +111,7 @@ _run_once_timeout = _ffi.zcn_udp_run_once_timeout
 _stop = _ffi.zcn_udp_stop
 _inet_ntop = socket.inet_ntop
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_string_at = ctypes.string_at
 
 
 @dataclass(frozen=True)
@@ -204,17 +218,25 @@ class UdpSocket(BoundSocket):
 
     handler="c" answers every datagram with the built-in C echo (no Python
     per datagram); on_datagram must then be None.
+
+    ``loop=`` a zcn.Loop puts the socket on that loop (see the module
+    docstring): created on the loop's thread, driven by the loop.
     """
 
     _kind = "zcn.UdpSocket"
     _memory = None
+    _loop = None
 
     def __init__(self, host="127.0.0.1", port=0, *, on_datagram=None, connect=None,
                  buffer_size=2048, buffer_count=256, sends_max=1024, io_uring_entries=256,
                  reuse_addr=False, reuse_port=False, rcvbuf=None, sndbuf=None,
                  broadcast=False, handler="python", recv_mode="readiness", gso=True,
-                 large_buffer_count=16, small_only=False):
+                 large_buffer_count=16, small_only=False, loop=None):
         self._slab = None
+        if loop is not None:
+            from .loop import Loop
+            if not isinstance(loop, Loop):
+                raise TypeError(f"loop must be a zcn.Loop, not {type(loop).__name__}")
         if handler not in _HANDLERS:
             raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
         if recv_mode not in _RECV_MODES:
@@ -289,7 +311,10 @@ class UdpSocket(BoundSocket):
         config.buffer_memory = self._memory.address
         config.buffer_memory_size = slab_bytes
         try:
-            handle = _ffi.create(_ffi.zcn_udp_create, ctypes.byref(config))
+            if loop is None:
+                handle = _ffi.create(_ffi.zcn_udp_create, ctypes.byref(config))
+            else:
+                handle = self._create_on(loop, config)
         except BaseException:
             self._drop_memory()
             raise
@@ -303,6 +328,129 @@ class UdpSocket(BoundSocket):
         _ffi.zcn_udp_set_autoflush(handle, 0)
         if self._c_handler:
             _ffi.zcn_udp_use_echo_handler(handle)
+        if loop is not None:
+            self._init_on_loop(loop, handle)
+
+    # --- on a zcn.Loop ------------------------------------------------------
+    def _create_on(self, loop, config):
+        loop._check_thread("zcn.UdpSocket(loop=)")
+        handle = _ffi.create(_ffi.zcn_udp_create_on, loop._live(), ctypes.byref(config))
+        loop._claim()  # as zcn_udp_create_on did in C
+        return handle
+
+    def _init_on_loop(self, loop, handle):
+        """The loop drives the socket: its calls replace the socket's own,
+        and a ZCN_OnDatagram callback stands in for zcn_udp_poll."""
+        self._loop = loop
+        loop._udp_sockets[self] = None
+        self.run_once = loop.run_once
+        self.stop = loop.stop
+        self.serve_forever = lambda poll_interval=None: loop.run_forever()
+        self.sendto = self._sendto_on_loop
+        self.send = self._send_on_loop
+        self.sendmany = self._sendmany_on_loop
+        if not self._c_handler:
+            self._cfunc = self._datagram_thunk(loop)
+            _ffi.zcn_udp_set_callback(handle, None, self._cfunc)
+
+    def _datagram_thunk(self, loop):
+        """on_datagram behind a ZCN_OnDatagram, which C calls from inside
+        zcn_loop_poll: the same peer tuple, borrowed view and zero-copy
+        sendto as the polled path. ctypes would only print an exception, so
+        each one goes to the loop's error policy here (and a BaseException
+        such as KeyboardInterrupt is kept for the loop to raise)."""
+        slab = self._slab
+        base = self._memory.address
+        peers = self._peers
+        failed = loop._c_callback_failed
+        raised = loop._raised
+
+        def on_datagram_c(_user_data, peer, peer_len, data, length, flags):
+            loop._c_calls += 1
+            on_datagram = self._on_datagram
+            if on_datagram is None:
+                return
+            key = _string_at(peer, peer_len)
+            peer_tuple = peers.get(key)
+            if peer_tuple is None:
+                if len(peers) >= _PEER_CACHE_MAX:
+                    peers.clear()
+                peer_tuple = peers[key] = _decode_peer(key)
+            offset = data - base if data else 0
+            view = slab[offset:offset + length]
+            self._cur_view = view
+            self._cur_addr = data
+            self._cur_len = length
+            self._dispatching = True  # sends queue; the loop submits after the turn
+            try:
+                on_datagram(peer_tuple, view, flags)
+            except Exception as exc:
+                failed("on_datagram", exc)
+            except BaseException as exc:
+                raised.append(exc)
+            finally:
+                self._dispatching = False
+                self._cur_view = None
+                try:
+                    view.release()
+                except BufferError:
+                    pass  # exported by the user: it outlives the call
+
+        return _ffi.OnDatagram(on_datagram_c)
+
+    def _on_loop(self, method, where, *args):
+        """method(self, *args) on the loop's thread. While the loop runs
+        (a callback of the loop), the sends wait for its next wait or the
+        end of run_once, with the rest of the turn's; otherwise they go now."""
+        loop = self._loop
+        if loop._owner != _get_ident():
+            raise loop._error(WrongThreadError.code, f"zcn.UdpSocket.{where}")
+        if self._dispatching or loop._loop_thread is None:
+            return method(self, *args)
+        self._dispatching = True
+        try:
+            return method(self, *args)
+        finally:
+            self._dispatching = False
+
+    def _sendto_on_loop(self, data, addr):
+        return self._on_loop(UdpSocket.sendto, "sendto()", data, addr)
+
+    def _send_on_loop(self, data):
+        return self._on_loop(UdpSocket.send, "send()", data)
+
+    def _sendmany_on_loop(self, datagrams, addr=None):
+        return self._on_loop(UdpSocket.sendmany, "sendmany()", datagrams, addr)
+
+    @property
+    def loop(self):
+        """The zcn.Loop this socket is on (None: its own ring)."""
+        return self._loop
+
+    def _close_on_loop(self):
+        loop = self._loop
+        with self._lock:
+            handle = self._handle
+            if handle is None:
+                return
+            if loop._owner != _get_ident():
+                if loop._loop_thread is not None:
+                    raise BusyError("zcn.UdpSocket.close() while its loop runs on another "
+                                    "thread: close it on the loop's thread (e.g. through "
+                                    "loop.call_soon_threadsafe(sock.close))")
+                raise loop._error(WrongThreadError.code, "zcn.UdpSocket.close()")
+            try:
+                _ffi.zcn_udp_destroy(handle)  # refuses (nothing done) inside a C callback
+            except BusyError:
+                raise BusyError("zcn.UdpSocket.close() cannot run inside on_datagram (of any "
+                                "UDP socket on the loop); call loop.call_soon(sock.close) "
+                                "to close it once the poll has returned") from None
+            self._handle = None
+            loop._udp_sockets.pop(self, None)
+            self._cfunc = None
+            self._cur_view = None
+            self._drop_memory()
+            self._closed_event.set()
 
     # --- attributes -------------------------------------------------------
     @property
@@ -335,7 +483,8 @@ class UdpSocket(BoundSocket):
     def __repr__(self):
         if self._handle is None:
             return "<zcn.UdpSocket closed>"
-        return f"<zcn.UdpSocket {self._host}:{self._port}>"
+        where = "" if self._loop is None else " on a zcn.Loop"
+        return f"<zcn.UdpSocket {self._host}:{self._port}{where}>"
 
     # --- sending ------------------------------------------------------------
     def _sockaddr(self, addr):
@@ -647,7 +796,11 @@ class UdpSocket(BoundSocket):
     def close(self):
         """Cancels the socket's I/O and frees it. Idempotent. From another
         thread while the loop runs: stops the loop and waits until the loop
-        thread has closed it; from inside on_datagram: BusyError."""
+        thread has closed it; from inside on_datagram: BusyError. On a
+        zcn.Loop: on the loop's thread (WrongThreadError from another;
+        BusyError while the loop runs there or inside on_datagram)."""
+        if self._loop is not None:
+            return self._close_on_loop()
         me = threading.get_ident()
         with self._lock:
             if self._handle is None:
@@ -685,7 +838,9 @@ class UdpSocket(BoundSocket):
             memory.close()
 
     def _finalize(self):
-        if self._handle is not None:
+        if self._handle is not None and self._loop is not None:
+            self._close_on_loop()  # off the loop's thread it raises: leaked, not freed unsafely
+        elif self._handle is not None:
             self._close_now()
         elif self._memory is not None:
             self._drop_memory()
