@@ -1895,6 +1895,9 @@ static void bad_input(void)
     T_CHECK(id == 0);
     T_CHECK_ERR(zcn_loop_unwatch(NULL, 1), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_call(NULL, noop_call, NULL), ZCN_ERR_INVALID_ARGUMENT);
+    ZCN_UdpConfig uc = {.address = LOCALHOST};
+    T_CHECK(zcn_udp_create_on(NULL, &uc, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
 
     /* bad loop configs name the field */
     ZCN_LoopConfig lc = {.timers_max = ZCN_LOOP_TIMERS_MAX + 1};
@@ -1930,6 +1933,8 @@ static void bad_input(void)
     bad.local_address = "::1"; /* not the address's family */
     T_CHECK_ERR(zcn_loop_connect(l, &bad, &fd), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_wakeup_fd(l, NULL), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(zcn_udp_create_on(l, NULL, &err) == NULL);
+    T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_stats(l, NULL), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_timer_start(l, 1, 0, NULL, NULL, NULL), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_poll(l, NULL, 4, 0, &n), ZCN_ERR_INVALID_ARGUMENT);
