@@ -60,8 +60,8 @@ import socket
 import struct
 import threading
 from ctypes import c_uint32
-from threading import get_ident as _get_ident
 from dataclasses import dataclass
+from threading import get_ident as _get_ident
 
 from . import _ffi
 from ._util import (
