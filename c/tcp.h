@@ -135,6 +135,8 @@ struct zcn_watch {
     bool active;
     bool armed;                 /* a poll request is in the kernel */
     bool want_arm;              /* no SQE last time: armed at the next turn */
+    bool parked;                /* no callback, fired outside a poll: the next
+                                   poll re-arms it */
     int32_t next_free;
 };
 struct zcn_watches {
@@ -143,6 +145,7 @@ struct zcn_watches {
     int32_t free;
     uint32_t high;              /* slots below this have been used */
     uint32_t want_arm;          /* watches waiting for an SQE */
+    uint32_t parked;            /* watches waiting for a poll */
 };
 
 /* Cross-thread calls (c/watch.c): a bounded FIFO under a mutex. */

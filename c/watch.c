@@ -92,6 +92,17 @@ void zcn_watches_rearm(ZCN_Loop *s)
     for (uint32_t i = 0; i < w->high && w->want_arm > 0; i++)
         if (w->w[i].active && w->w[i].want_arm && !w->w[i].armed)
             arm(s, i);
+    /* Watches without a callback report to polls only: one that fired
+     * while the loop ran in callback mode waits for the next poll (re-armed
+     * at once it would fire every turn, a busy loop, for nobody). */
+    for (uint32_t i = 0; i < w->high && w->parked > 0 && s->ev != NULL; i++) {
+        struct zcn_watch *x = &w->w[i];
+        if (x->active && x->parked) {
+            x->parked = false;
+            w->parked--;
+            arm(s, i);
+        }
+    }
 }
 
 void zcn_watch_on_cqe(ZCN_Loop *s, uint64_t ud, int res)
@@ -105,6 +116,11 @@ void zcn_watch_on_cqe(ZCN_Loop *s, uint64_t ud, int res)
     x->armed = false;
     if (res == -ECANCELED || res == -EINTR) {
         arm(s, slot);
+        return;
+    }
+    if (x->cb == NULL && s->ev == NULL) {
+        x->parked = true; /* for the next poll: zcn_watches_rearm */
+        s->watches.parked++;
         return;
     }
     uint32_t bits = res < 0 ? ZCN_WATCH_ERROR : watch_bits(res);
@@ -180,6 +196,7 @@ ZCN_Error zcn_loop_watch(ZCN_Loop *s, int fd, uint32_t events, ZCN_OnWatch cb, v
     x->active = true;
     x->armed = false;
     x->want_arm = false;
+    x->parked = false;
     arm(s, slot);
     *id_out = watch_id(x, slot);
     return ZCN_OK;
@@ -202,7 +219,9 @@ ZCN_Error zcn_loop_unwatch(ZCN_Loop *s, uint64_t id)
         zcn_tcp_cancel_ud(s, pack_ud(OP_WATCH, x->gen, slot), NULL, NULL);
     if (x->want_arm)
         w->want_arm--;
-    x->active = x->armed = x->want_arm = false;
+    if (x->parked)
+        w->parked--;
+    x->active = x->armed = x->want_arm = x->parked = false;
     x->cb = NULL;
     x->user_data = NULL;
     x->fd = -1;

@@ -751,7 +751,9 @@ ZCN_API size_t zcn_loop_buffer_size(const ZCN_Loop *loop);
  * an fd accept any connection of the loop, and zcn_server_run* /
  * zcn_server_poll / zcn_server_stop run or stop the whole loop.
  * zcn_server_destroy closes the listener and its accepted connections
- * (on_close for each) and leaves the loop and the rest on it. Owner
+ * (on_close for each, through callbacks only: a poll caller drops its own
+ * state for them) and leaves the loop and the rest on it (UDP sockets are
+ * the loop's: they do not hold a server on a shared loop back). Owner
  * thread once the loop has one. At most 256 servers per loop. */
 ZCN_API ZCN_Server *zcn_server_create_on(ZCN_Loop *loop, const ZCN_Config *config,
                                          ZCN_Error *err);
@@ -838,7 +840,9 @@ enum {
 typedef void (*ZCN_OnWatch)(void *user_data, int fd, uint32_t events, uint64_t watch_id);
 /* Watches fd for `events` (ZCN_WATCH_READ and/or _WRITE). *id_out gets
  * the watch's id (never 0). A NULL callback gives ZCN_EVENT_WATCH events
- * to zcn_loop_poll. Several watches on one fd are independent.
+ * to zcn_loop_poll; such a watch that becomes ready while the loop runs in
+ * callback mode waits, unreported, for the next zcn_loop_poll. Several
+ * watches on one fd are independent.
  * ZCN_ERR_EXHAUSTED at watches_max; ZCN_ERR_INVALID_ARGUMENT for a
  * negative fd or no events. Owner thread (the first call makes one). */
 ZCN_API ZCN_Error zcn_loop_watch(ZCN_Loop *loop, int fd, uint32_t events, ZCN_OnWatch cb,

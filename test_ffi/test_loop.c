@@ -2102,6 +2102,43 @@ static void test_threading(void)
             "bad input\n");
 }
 
+/* A watch without a callback reports to polls only: ready while the loop
+ * runs in callback mode, it waits for the next poll instead of being
+ * re-armed every turn (a busy loop: before the fix, 20 turns of 10 ms
+ * ended at once, each with a watch event nobody saw). */
+static void test_null_watch_in_callback_mode(void)
+{
+    ZCN_Loop *l = zcn_loop_create(NULL, NULL);
+    T_CHECK(l != NULL);
+    int p[2];
+    T_CHECK(pipe(p) == 0);
+    T_CHECK(write(p[1], "x", 1) == 1);
+    uint64_t id;
+    T_CHECK_ERR(zcn_loop_watch(l, p[0], ZCN_WATCH_READ, NULL, NULL, &id), ZCN_OK);
+    uint64_t t0 = t_mono_ms();
+    for (int i = 0; i < 20; i++)
+        turn(l, 10);
+    uint64_t elapsed = t_mono_ms() - t0;
+    ZCN_LoopStats st = loop_stats(l);
+    T_CHECK(st.watch_events <= 1);
+    T_CHECK(elapsed >= 150); /* the turns waited: nothing was ready for anyone */
+    ZCN_Event ev[8];
+    uint32_t n = 0;
+    bool seen = false;
+    for (int i = 0; i < 20 && !seen; i++) {
+        T_CHECK_ERR(zcn_loop_poll(l, ev, 8, 10, &n), ZCN_OK);
+        for (uint32_t k = 0; k < n; k++)
+            seen |= ev[k].type == ZCN_EVENT_WATCH && ev[k].offset == id && ev[k].fd == p[0];
+    }
+    T_CHECK(seen);
+    T_CHECK_ERR(zcn_loop_unwatch(l, id), ZCN_OK);
+    T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
+    close(p[0]);
+    close(p[1]);
+    fprintf(stderr, "null-callback watch: waits for a poll in callback mode (%u events in 20 "
+            "turns)\n", (unsigned)st.watch_events);
+}
+
 int main(void)
 {
     t_require_io_uring();
@@ -2120,6 +2157,7 @@ int main(void)
     test_bulk_one_loop();
     test_timers();
     test_watches();
+    test_null_watch_in_callback_mode();
     test_cross_thread_calls();
     test_calls_racing_destroy();
     test_poll_mode();
