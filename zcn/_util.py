@@ -8,6 +8,7 @@ not call through extra Python layers.
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import mmap
 import operator
@@ -281,3 +282,92 @@ get_buffer = ctypes.PYFUNCTYPE(c_int, py_object, POINTER(PyBuffer), c_int)(
     ("PyObject_GetBuffer", ctypes.pythonapi))
 release_buffer = ctypes.PYFUNCTYPE(None, POINTER(PyBuffer))(
     ("PyBuffer_Release", ctypes.pythonapi))
+
+
+# --- shared by TcpServer and Loop -------------------------------------------
+UINT32_MAX = 0xFFFFFFFF
+#: The C side's bounds (ZCN_SERVER_*_MAX in the header).
+ENTRIES_MAX = 32768
+BUFFERS_MIN, BUFFERS_MAX = 2, 32768
+BUFFER_SIZE_MAX = 64 << 20
+CONNECTIONS_MAX = 1 << 20
+
+
+def loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
+                send_queue_max_bytes, buffer_reserve, send_timeout, conn_buffers_hard_max):
+    """The checked limits of a C loop (ZCN_Config / ZCN_LoopConfig fields),
+    from a TcpServer's or a Loop's keyword arguments: a dict of the C field
+    names. Raises TypeError/ValueError naming the argument."""
+    from . import _ffi
+    out = {
+        "io_uring_entries": int_arg(io_uring_entries, "io_uring_entries", 1, ENTRIES_MAX),
+        "buffer_pool_size": int_arg(buffer_pool_size, "buffer_pool_size", BUFFERS_MIN,
+                                    BUFFERS_MAX),
+        "buffer_size": int_arg(buffer_size, "buffer_size", 1, BUFFER_SIZE_MAX),
+        "connections_max": int_arg(connections_max, "connections_max", 1, CONNECTIONS_MAX),
+        "send_queue_max_bytes": int_arg(send_queue_max_bytes, "send_queue_max_bytes", 1,
+                                        UINT32_MAX),
+        "buffer_reserve": 0, "send_timeout_ms": _ffi.TIMEOUT_NEVER, "conn_buffers_hard_max": 0,
+    }
+    if buffer_reserve is not None:
+        out["buffer_reserve"] = int_arg(buffer_reserve, "buffer_reserve", 1,
+                                        out["buffer_pool_size"] - 1)
+    if send_timeout is not None:
+        ms = seconds_to_ms(send_timeout, "send_timeout", allow_zero=False)
+        if ms is not None and ms >= UINT32_MAX:
+            raise ValueError(f"send_timeout must be below {UINT32_MAX / 1000} s (or None)")
+        out["send_timeout_ms"] = _ffi.TIMEOUT_NEVER if ms is None else ms  # None: infinity
+    if conn_buffers_hard_max is not None:
+        out["conn_buffers_hard_max"] = int_arg(conn_buffers_hard_max, "conn_buffers_hard_max",
+                                               1, UINT32_MAX)
+    return out
+
+
+def wrong_thread_error(code, where, owner_ident, what, hint=""):
+    """A WrongThreadError that names the thread running ``what``."""
+    from .errors import WrongThreadError
+    name = next((t.name for t in threading.enumerate() if t.ident == owner_ident), owner_ident)
+    return WrongThreadError(
+        f"{where}: called from thread {threading.current_thread().name!r}, but {what} runs "
+        f"on thread {name!r}; call it from a callback (or otherwise on that thread){hint}",
+        code=code)
+
+
+def send_bytes_like(send, handle, fd, data):
+    """send(handle, fd, pointer, length) of any bytes-like object (a
+    contiguous copy for a strided one); returns send's code."""
+    if isinstance(data, str):
+        raise TypeError("send() takes a bytes-like object, not str (encode it first)")
+    view = PyBuffer()
+    try:
+        get_buffer(data, ctypes.byref(view), PyBUF_SIMPLE)
+    except BufferError:
+        data = memoryview(data).tobytes()  # not contiguous (e.g. a strided memoryview)
+        return send(handle, fd, data, len(data))
+    try:
+        return send(handle, fd, view.buf, view.len)
+    finally:
+        release_buffer(ctypes.byref(view))
+
+
+def report_closes(fds, on_close, failed):
+    """Calls on_close(fd) for each fd a destroy closed without reporting it;
+    an exception goes to failed(name, fd, exc) (the error policy). Raises
+    the first one the policy lets through, after all the calls."""
+    first = None
+    if on_close is None:
+        return
+    for fd in fds:
+        try:
+            try:
+                on_close(fd)
+            except Exception as exc:
+                failed("on_close", fd, exc)
+        except Exception as exc:
+            if first is None:
+                first = exc
+            else:
+                logging.getLogger("zcn").error("on_close(%d) raised while closing", fd,
+                                               exc_info=exc)
+    if first is not None:
+        raise first

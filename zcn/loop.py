@@ -63,15 +63,14 @@ from ._util import (
     HandleOwner,
     LoopWakeup,
     MappedMemory,
-    PyBUF_SIMPLE,
     c_writable_bytes,
     round_up_pages,
 )
-from ._util import PyBuffer as _PyBuffer
 from ._util import callback_arg as _callback_arg
-from ._util import get_buffer as _get_buffer
 from ._util import int_arg as _int_arg
-from ._util import release_buffer as _release_buffer
+from ._util import loop_limits as _loop_limits
+from ._util import send_bytes_like as _send_bytes_like
+from ._util import wrong_thread_error as _wrong_thread_error
 from ._util import seconds_to_ms as _seconds_arg
 from ._util import timeout_ms as _timeout_ms
 from .errors import BusyError, ClosedError, WrongThreadError, error_from_code
@@ -243,26 +242,10 @@ class Loop(HandleOwner):
                  connections_max=4096, send_queue_max_bytes=1 << 20, buffer_reserve=None,
                  send_timeout=60.0, conn_buffers_hard_max=None, timers_max=4096,
                  watches_max=1024, calls_max=4096, error_handler=None):
-        from .server import (BUFFER_SIZE_MAX, BUFFERS_MAX, BUFFERS_MIN, CONNECTIONS_MAX,
-                             ENTRIES_MAX)
-        entries = _int_arg(io_uring_entries, "io_uring_entries", 1, ENTRIES_MAX)
-        buffers = _int_arg(buffer_pool_size, "buffer_pool_size", BUFFERS_MIN, BUFFERS_MAX)
-        buffer_size = _int_arg(buffer_size, "buffer_size", 1, BUFFER_SIZE_MAX)
-        conns = _int_arg(connections_max, "connections_max", 1, CONNECTIONS_MAX)
-        sendq = _int_arg(send_queue_max_bytes, "send_queue_max_bytes", 1, UINT32_MAX)
-        reserve = 0
-        if buffer_reserve is not None:
-            reserve = _int_arg(buffer_reserve, "buffer_reserve", 1, buffers - 1)
-        send_timeout_ms = _ffi.TIMEOUT_NEVER
-        if send_timeout is not None:
-            send_timeout_ms = _seconds_arg(send_timeout, "send_timeout", allow_zero=False)
-            if send_timeout_ms is None:
-                send_timeout_ms = _ffi.TIMEOUT_NEVER
-            elif send_timeout_ms >= UINT32_MAX:
-                raise ValueError(f"send_timeout must be below {UINT32_MAX / 1000} s (or None)")
-        hard_max = 0
-        if conn_buffers_hard_max is not None:
-            hard_max = _int_arg(conn_buffers_hard_max, "conn_buffers_hard_max", 1, UINT32_MAX)
+        limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
+                              send_queue_max_bytes, buffer_reserve, send_timeout,
+                              conn_buffers_hard_max)
+        buffers, buffer_size = limits["buffer_pool_size"], limits["buffer_size"]
         timers = _int_arg(timers_max, "timers_max", 1, _ffi.LOOP_TIMERS_MAX)
         watches = _int_arg(watches_max, "watches_max", 1, _ffi.LOOP_WATCHES_MAX)
         calls = _int_arg(calls_max, "calls_max", 1, _ffi.LOOP_CALLS_MAX)
@@ -308,12 +291,9 @@ class Loop(HandleOwner):
         self._ev_views = [ev_view[:n * _EVENT_DECODE.size] for n in range(EVENTS_MAX + 1)]
         self._count = c_uint32(0)
         self._count_arg = ctypes.byref(self._count)
-        cfg = _ffi.LoopConfig(
-            io_uring_entries=entries, buffer_pool_size=buffers, buffer_size=rounded,
-            connections_max=conns, send_queue_max_bytes=sendq, buffer_reserve=reserve,
-            send_timeout_ms=send_timeout_ms, conn_buffers_hard_max=hard_max,
-            timers_max=timers, watches_max=watches, calls_max=calls,
-            buffer_memory=base, buffer_memory_size=slab_bytes)
+        cfg = _ffi.LoopConfig(timers_max=timers, watches_max=watches, calls_max=calls,
+                              buffer_memory=base, buffer_memory_size=slab_bytes,
+                              **dict(limits, buffer_size=rounded))
         try:
             self._handle = _ffi.create(_ffi.zcn_loop_create, ctypes.byref(cfg))
         except BaseException:
@@ -346,12 +326,8 @@ class Loop(HandleOwner):
     # --- errors --------------------------------------------------------------
     def _error(self, rc, where):
         if rc == _ERR_WRONG_THREAD:
-            owner = self._owner
-            name = next((t.name for t in threading.enumerate() if t.ident == owner), owner)
-            return WrongThreadError(
-                f"{where}: called from thread {threading.current_thread().name!r}, but this "
-                f"loop runs on thread {name!r}; call it from a callback (or otherwise on that "
-                f"thread), or use call_soon_threadsafe()", code=rc)
+            return _wrong_thread_error(rc, where, self._owner, "this loop",
+                                       ", or use call_soon_threadsafe()")
         return error_from_code(rc, where)
 
     def _claim(self):
@@ -477,18 +453,7 @@ class Loop(HandleOwner):
             return _send_view(self._handle_arg, fd, self._cur_ptr, self._cur_len)
         if type(data) is bytes:
             return _send(self._handle, fd, data, len(data))
-        if isinstance(data, str):
-            raise TypeError("send() takes a bytes-like object, not str (encode it first)")
-        view = _PyBuffer()
-        try:
-            _get_buffer(data, ctypes.byref(view), PyBUF_SIMPLE)
-        except BufferError:
-            data = memoryview(data).tobytes()
-            return _send(self._handle, fd, data, len(data))
-        try:
-            return _send(self._handle, fd, view.buf, view.len)
-        finally:
-            _release_buffer(ctypes.byref(view))
+        return _send_bytes_like(_send, self._handle, fd, data)
 
     def send(self, fd, data):
         """As TcpServer.send, for any connection of the loop."""
@@ -535,7 +500,7 @@ class Loop(HandleOwner):
         return _ffi.zcn_loop_queued_bytes(self._handle, _int_arg(fd, "fd"))
 
     def connection_info(self, fd):
-        from .server import ConnectionInfo, _conn_info_from
+        from .server import _conn_info_from
         raw = _ffi.ConnInfo()
         fd = _int_arg(fd, "fd")
         if fd not in self._conns:

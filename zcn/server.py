@@ -68,17 +68,17 @@ from ._util import (
     BoundSocket,
     LoopWakeup,
     MappedMemory,
-    PyBUF_SIMPLE,
     c_writable_bytes,
     round_up_pages,
 )
-from ._util import PyBuffer as _PyBuffer
 from ._util import bool_arg as _bool_arg
 from ._util import callback_arg as _callback_arg
-from ._util import get_buffer as _get_buffer
 from ._util import int_arg as _int_arg
+from ._util import loop_limits as _loop_limits
+from ._util import report_closes as _report_closes
+from ._util import send_bytes_like as _send_bytes_like
+from ._util import wrong_thread_error as _wrong_thread_error
 from ._util import monotonic_ms as _monotonic_ms
-from ._util import release_buffer as _release_buffer
 from ._util import resolve_host as _resolve_host
 from ._util import seconds_to_ms as _seconds_arg
 from ._util import timeout_ms as _timeout_ms
@@ -92,10 +92,6 @@ log = logging.getLogger(__name__)
 EVENTS_MAX = 256
 
 PAGE_SIZE = _ffi.PAGE_SIZE
-ENTRIES_MAX = 32768
-BUFFERS_MIN, BUFFERS_MAX = 2, 32768
-BUFFER_SIZE_MAX = 64 << 20
-CONNECTIONS_MAX = 1 << 20
 UINT32_MAX = 0xFFFFFFFF
 INT32_MAX = 0x7FFFFFFF
 _HANDLERS = ("python", "c")
@@ -297,12 +293,11 @@ class TcpServer(BoundSocket):
         self._error_handler = None
         self.error_handler = error_handler  # the property checks it
         port = _int_arg(port, "port", 0, 65535)
-        entries = _int_arg(io_uring_entries, "io_uring_entries", 1, ENTRIES_MAX)
-        buffers = _int_arg(buffer_pool_size, "buffer_pool_size", BUFFERS_MIN, BUFFERS_MAX)
-        buffer_size = _int_arg(buffer_size, "buffer_size", 1, BUFFER_SIZE_MAX)
+        limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
+                              send_queue_max_bytes, buffer_reserve, send_timeout,
+                              conn_buffers_hard_max)
+        buffers, buffer_size = limits["buffer_pool_size"], limits["buffer_size"]
         backlog = _int_arg(backlog, "backlog", 1, INT32_MAX)
-        connections_max = _int_arg(connections_max, "connections_max", 1, CONNECTIONS_MAX)
-        sendq = _int_arg(send_queue_max_bytes, "send_queue_max_bytes", 1, UINT32_MAX)
         idle_ms = 0
         if idle_timeout is not None:
             idle_ms = _seconds_arg(idle_timeout, "idle_timeout", allow_zero=False) or 0
@@ -310,25 +305,13 @@ class TcpServer(BoundSocket):
                 raise ValueError(f"idle_timeout must be at most {UINT32_MAX / 1000} s")
         tcp_nodelay = _bool_arg(tcp_nodelay, "tcp_nodelay")
         reuse_port = _bool_arg(reuse_port, "reuse_port")
-        reserve = 0
-        if buffer_reserve is not None:
-            reserve = _int_arg(buffer_reserve, "buffer_reserve", 1, buffers - 1)
-        send_timeout_ms = _ffi.TIMEOUT_NEVER
-        if send_timeout is not None:
-            send_timeout_ms = _seconds_arg(send_timeout, "send_timeout", allow_zero=False)
-            if send_timeout_ms is None:  # infinity
-                send_timeout_ms = _ffi.TIMEOUT_NEVER
-            elif send_timeout_ms >= UINT32_MAX:
-                raise ValueError(f"send_timeout must be below {UINT32_MAX / 1000} s (or None)")
-        hard_max = 0
-        if conn_buffers_hard_max is not None:
-            hard_max = _int_arg(conn_buffers_hard_max, "conn_buffers_hard_max", 1, UINT32_MAX)
         literal = _resolve_host(host)
         if loop is not None:
-            given = {"io_uring_entries": entries, "buffer_pool_size": buffers,
+            given = {"io_uring_entries": io_uring_entries, "buffer_pool_size": buffer_pool_size,
                      "buffer_size": buffer_size, "connections_max": connections_max,
-                     "send_queue_max_bytes": sendq, "buffer_reserve": buffer_reserve,
-                     "send_timeout": send_timeout, "conn_buffers_hard_max": conn_buffers_hard_max}
+                     "send_queue_max_bytes": send_queue_max_bytes,
+                     "buffer_reserve": buffer_reserve, "send_timeout": send_timeout,
+                     "conn_buffers_hard_max": conn_buffers_hard_max}
             for name, value in given.items():
                 if value != _LOOP_FIELD_DEFAULTS[name]:
                     raise ValueError(f"{name} is the loop's on a shared loop: set it on "
@@ -381,13 +364,9 @@ class TcpServer(BoundSocket):
         if not self._c_handler:
             flags |= _ffi.SERVER_HALF_CLOSE
         config = _ffi.Config(
-            address=literal.encode(), port=port, io_uring_entries=entries,
-            buffer_pool_size=buffers, buffer_size=rounded, backlog=backlog,
-            connections_max=connections_max, send_queue_max_bytes=sendq,
-            idle_timeout_ms=idle_ms, tcp_nodelay=1 if tcp_nodelay else -1,
-            flags=flags, buffer_memory=base, buffer_memory_size=slab_bytes,
-            buffer_reserve=reserve, send_timeout_ms=send_timeout_ms,
-            conn_buffers_hard_max=hard_max,
+            address=literal.encode(), port=port, backlog=backlog, idle_timeout_ms=idle_ms,
+            tcp_nodelay=1 if tcp_nodelay else -1, flags=flags, buffer_memory=base,
+            buffer_memory_size=slab_bytes, **dict(limits, buffer_size=rounded),
         )
         try:
             handle = _ffi.create(_ffi.zcn_server_create, ctypes.byref(config))
@@ -476,19 +455,7 @@ class TcpServer(BoundSocket):
             fds = sorted(self._fds)
             self._fds.clear()
             loop._remove_server(self, self._tag, fds)
-        first = None
-        on_close = self._on_close
-        if on_close is not None:
-            for fd in fds:
-                try:
-                    try:
-                        on_close(fd)
-                    except Exception as exc:
-                        self._callback_failed("on_close", fd, exc)
-                except Exception as exc:
-                    first = first or exc
-        if first is not None:
-            raise first
+        _report_closes(fds, self._on_close, self._callback_failed)
 
     # --- callbacks -----------------------------------------------------------
     on_accept = _callback_property("on_accept")
@@ -592,28 +559,11 @@ class TcpServer(BoundSocket):
         """The exception for a failed call; a call from the wrong thread
         says which thread runs the loop."""
         if rc == _ERR_WRONG_THREAD:
-            owner = self._owner
-            name = next((t.name for t in threading.enumerate() if t.ident == owner), owner)
-            return WrongThreadError(
-                f"{where}: called from thread {threading.current_thread().name!r}, but this "
-                f"server's loop runs on thread {name!r}; call it from a callback (or "
-                f"otherwise on that thread)", code=rc)
+            return _wrong_thread_error(rc, where, self._owner, "this server's loop")
         return error_from_code(rc, where)
 
     def _send_buffer(self, fd, data):
-        if isinstance(data, str):
-            raise TypeError("send() takes a bytes-like object, not str (encode it first)")
-        view = _PyBuffer()
-        try:
-            _get_buffer(data, ctypes.byref(view), PyBUF_SIMPLE)
-        except BufferError:
-            # not contiguous (e.g. a strided memoryview): send a contiguous copy
-            data = memoryview(data).tobytes()
-            return _send(self._handle, fd, data, len(data))
-        try:
-            return _send(self._handle, fd, view.buf, view.len)
-        finally:
-            _release_buffer(ctypes.byref(view))
+        return _send_bytes_like(_send, self._handle, fd, data)
 
     def _closed_error(self, fd):
         if self._handle is None:
@@ -1064,23 +1014,7 @@ class TcpServer(BoundSocket):
             self._drop_memory()
             fds = sorted(self._fds)
             self._fds.clear()
-        on_close = self._on_close
-        first = None
-        if on_close is not None:
-            for fd in fds:
-                try:
-                    try:
-                        on_close(fd)
-                    except Exception as exc:
-                        self._callback_failed("on_close", fd, exc)  # logs by default
-                except Exception as exc:  # the policy let it through
-                    if first is None:
-                        first = exc
-                    else:
-                        log.error("zcn.TcpServer: on_close(%d) raised during server_close",
-                                  fd, exc_info=exc)
-        if first is not None:
-            raise first
+        _report_closes(fds, self._on_close, self._callback_failed)  # logs by default
 
     def _drop_memory(self):
         self._cfuncs = ()
