@@ -201,11 +201,12 @@ static void print_stats(const struct proxy *p)
     printf("tcp_proxy stats: clients=%" PRIu64 " upstream_connected=%" PRIu64
            " upstream_failed=%" PRIu64 " graceful=%" PRIu64 " resets=%" PRIu64
            " connections_active=%" PRIu64 " bytes_received=%" PRIu64 " bytes_sent=%" PRIu64
+           " recv_ops=%" PRIu64 " send_ops=%" PRIu64
            " zero_copy_sends=%" PRIu64 " coalesced_sends=%" PRIu64 " rejected=%" PRIu64
            " evictions=%" PRIu64 " send_timeouts=%" PRIu64 "\n",
            p->clients, p->upstream_connected, p->upstream_failed, p->graceful, p->resets,
            st.tcp.connections_active, st.tcp.bytes_received, st.tcp.bytes_sent,
-           st.tcp.sends_zero_copy, st.tcp.sends_coalesced, st.tcp.connections_rejected,
+           st.tcp.recv_ops, st.tcp.send_ops, st.tcp.sends_zero_copy, st.tcp.sends_coalesced, st.tcp.connections_rejected,
            st.tcp.evictions, st.tcp.send_timeouts);
 }
 
