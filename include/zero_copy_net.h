@@ -818,7 +818,9 @@ enum {
  * never gets ZCN_ERR_QUEUE_FULL (the buffer moves, no copy). While to_fd
  * is still connecting it has no room: fd's receive starts paused and
  * nothing it sends is lost, so a proxy may forward a client to its
- * upstream from on_accept, before the connect completes.
+ * upstream from on_accept, before the connect completes. (In poll mode an
+ * accepted connection's receive is armed before the caller sees its
+ * ACCEPT event: what arrived by the time of the call comes as DATA events.)
  *
  * With ZCN_FORWARD_AUTO the loop itself sends fd's data to to_fd (moving
  * the buffers; small pieces behind queued data are packed into one buffer
