@@ -36,6 +36,7 @@ static void submit_connect(ZCN_Loop *s, struct conn *c)
 static void connect_failed(ZCN_Loop *s, struct conn *c)
 {
     ZCN_Error result = (ZCN_Error)c->connect_error;
+    zcn_tcp_forward_unlink(s, c); /* before on_connect, which may forward anew */
     zcn_timer_conn_disarm(s, (uint32_t)slot_of(s, c));
     list_remove(s, &s->service, OFF_SERVICE, c);
     s->conns_active--;
@@ -83,8 +84,14 @@ void zcn_tcp_on_connect_cqe(ZCN_Loop *s, struct conn *c, int res)
         c->state = CONN_OPEN;
         s->stats.connections_accepted++; /* counted as a connection opened */
         zcn_tcp_emit_connect(s, c, ZCN_OK);
-        if (c->state == CONN_OPEN)
+        if (c->state == CONN_OPEN) {
             zcn_tcp_conn_start(s, c);
+            /* A connection forwarding here waited for this queue to exist;
+             * a FIN forwarded meanwhile (AUTO) goes once it has drained. */
+            if (c->fwd_from != NIL)
+                zcn_tcp_forward_wake(s, c);
+            zcn_tcp_progress_shutdown(s, c);
+        }
         /* on_connect may have queued data or closed it already */
         zcn_tcp_submit_send(s, c);
         zcn_tcp_progress_close(s, c);

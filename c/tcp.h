@@ -200,7 +200,17 @@ struct conn {
     bool want_drain;            /* a send was refused: emit DRAIN later */
     bool rst;                   /* aborted: close with a reset */
     bool in_tx;                 /* on the send-submission list */
+    bool fwd_auto;              /* zcn_loop_forward AUTO: data goes to fwd_to
+                                   without an on_data call */
     uint32_t gen;
+    /* zcn_loop_forward: c's data goes to the connection in slot fwd_to
+     * (c's deliveries and receives are gated on that one's send-queue
+     * room), and the one in slot fwd_from forwards to c; NIL for none.
+     * Each link carries the generation of the slot it names, and both
+     * ends are cleared when either leaves service (zcn_tcp_forward_unlink),
+     * so a reused slot is never followed. */
+    int32_t fwd_to, fwd_from;
+    uint32_t fwd_to_gen, fwd_from_gen;
     /* send queue: a list of chunks */
     int32_t sq_head, sq_tail;
     uint64_t queued_bytes;
@@ -377,11 +387,20 @@ void zcn_tcp_conn_start(ZCN_Loop *s, struct conn *c);
 /* The connection's own timer fired (idle or connect timeout). */
 void zcn_tcp_conn_timer(ZCN_Loop *s, struct conn *c);
 void zcn_tcp_emit_connect(ZCN_Loop *s, struct conn *c, ZCN_Error result);
+/* zcn_loop_forward's links: c leaves service (closing, aborted, its
+ * connect failed), so it forwards to nobody and nobody to it; the one that
+ * forwarded to c is served from the next turn on its own room. */
+void zcn_tcp_forward_unlink(ZCN_Loop *s, struct conn *c);
+/* t's queue has room again (a send completed, or its connect did): the
+ * connection forwarding to t may deliver and receive. */
+void zcn_tcp_forward_wake(ZCN_Loop *s, struct conn *t);
 
 /* c/tcp_send.c */
 void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c);
 void zcn_tcp_flush_tx(ZCN_Loop *s);
 void zcn_tcp_echo_on_data(void *user_data, int fd, const uint8_t *data, size_t len);
+/* zcn_loop_forward AUTO: len bytes of a delivered buffer join t's queue. */
+ZCN_Error zcn_tcp_forward_buffer(ZCN_Loop *s, struct conn *t, uint32_t bid, uint32_t len);
 
 /* c/tcp_budget.c */
 void zcn_tcp_ring_refill(ZCN_Loop *s);

@@ -68,13 +68,65 @@ static inline bool lent_now(const ZCN_Loop *s, const struct conn *c)
     return s->ev != NULL && c->lent_batch == s->batch && c->lent_bufs > 0;
 }
 
-/* c was handed data by the on_data call running now, or by the last poll
- * batch (whose answers come after zcn_server_poll returned). */
-static inline bool delivered_to(const ZCN_Loop *s, const struct conn *c)
+/* ------------------------------------------------------------------ */
+/* forwarding (zcn_loop_forward): whose room gates a connection        */
+/* ------------------------------------------------------------------ */
+
+/* The connection c forwards to, if the link is current (the generation
+ * guards against a reused slot; unlink clears both ends, so a stale link
+ * would be a bug, and is then treated as no link). */
+static inline struct conn *fwd_target(const ZCN_Loop *s, const struct conn *c)
 {
+    if (c->fwd_to == NIL)
+        return NULL;
+    struct conn *t = &s->conns[c->fwd_to];
+    return t->gen == c->fwd_to_gen && t->fwd_from == slot_of(s, c) ? t : NULL;
+}
+
+static inline struct conn *fwd_source(const ZCN_Loop *s, const struct conn *c)
+{
+    if (c->fwd_from == NIL)
+        return NULL;
+    struct conn *f = &s->conns[c->fwd_from];
+    return f->gen == c->fwd_from_gen && f->fwd_to == slot_of(s, c) ? f : NULL;
+}
+
+/* Whose send queue c's deliveries would fill: c's own, or its forward
+ * target's. NULL while the target is still connecting: it has no room
+ * yet, and its connect calls back (zcn_tcp_forward_wake). */
+static inline const struct conn *fwd_room(const ZCN_Loop *s, const struct conn *c)
+{
+    const struct conn *t = fwd_target(s, c);
+    if (t == NULL)
+        return c;
+    return t->state == CONN_CONNECTING ? NULL : t;
+}
+
+/* The pool buffers counted against c's intake: what its room's queue holds
+ * plus c's own deferred receives (held(c) without forwarding). */
+static inline uint32_t intake_held(const ZCN_Loop *s, const struct conn *c)
+{
+    if (ZCN_LIKELY(c->fwd_to == NIL))
+        return held(c);
+    const struct conn *t = fwd_room(s, c);
+    return (t != NULL ? t->sq_bufs : 0) + c->rx_bufs;
+}
+
+static inline uint32_t lent_slack(const ZCN_Loop *s, const struct conn *c)
+{
+    return c->lent_batch == s->batch ? c->lent_bufs : 0;
+}
+
+/* own_slack for a connection another forwards to: the deliveries whose
+ * room was checked in c's queue are the forwarder's, and c's own unless c
+ * forwards elsewhere itself. */
+static inline uint32_t forward_slack(const ZCN_Loop *s, const struct conn *c)
+{
+    const struct conn *f = fwd_source(s, c);
+    bool own = c->fwd_to == NIL;
     if (s->poll_mode)
-        return c->lent_batch == s->batch && c->lent_bufs > 0;
-    return s->delivering == c;
+        return (own ? lent_slack(s, c) : 0) + (f != NULL ? lent_slack(s, f) : 0);
+    return (s->delivering == c && own) || (f != NULL && s->delivering == f) ? 1 : 0;
 }
 
 enum gate {
@@ -94,12 +146,20 @@ enum gate {
  * deliveries would all pass the check and the echoes get QUEUE_FULL. A
  * poll batch also carries at most BATCH_PER_CONN buffers of one
  * connection, so a few busy connections cannot fill every batch and make
- * the others wait behind their handler's work. */
+ * the others wait behind their handler's work. A connection that
+ * forwards (zcn_loop_forward) is asked the same of its target's queue,
+ * where its data goes: one predictable branch for those that do not. */
 static inline enum gate delivery_gate(const ZCN_Loop *s, const struct conn *c, uint64_t len,
                                uint32_t extra)
 {
-    uint64_t bytes = c->queued_bytes + len;
-    uint32_t bufs = c->sq_bufs + 1;
+    const struct conn *t = c;
+    if (ZCN_UNLIKELY(c->fwd_to != NIL)) {
+        t = fwd_room(s, c);
+        if (t == NULL)
+            return GATE_OWN;
+    }
+    uint64_t bytes = t->queued_bytes + len;
+    uint32_t bufs = t->sq_bufs + 1;
     if (lent_now(s, c)) {
         if (c->lent_bufs >= BATCH_PER_CONN)
             return GATE_BATCH;
@@ -107,7 +167,7 @@ static inline enum gate delivery_gate(const ZCN_Loop *s, const struct conn *c, u
         bufs += c->lent_bufs;
     }
     if (bytes > s->send_queue_max_bytes || bufs > buf_cap(s) ||
-        c->sq_chunks >= s->conn_chunks_max)
+        t->sq_chunks >= s->conn_chunks_max)
         return GATE_OWN;
     /* A deferred buffer is in the budget already: handing it over takes
      * nothing more (its answer's extra buffer is own_slack's). */
@@ -119,11 +179,17 @@ static inline enum gate delivery_gate(const ZCN_Loop *s, const struct conn *c, u
 /* Whether c may take another buffer from the kernel: counting what it
  * holds already, deferred receives included (the delivery gate does not,
  * or deferred data could pile up without bound behind a receive left
- * armed). */
+ * armed). With forwarding, the target's queue stands for c's own. */
 static inline enum gate intake_gate(const ZCN_Loop *s, const struct conn *c)
 {
-    uint64_t bytes = c->queued_bytes + c->rx_bytes + s->buffer_size;
-    uint32_t bufs = held(c) + 1;
+    const struct conn *t = c;
+    if (ZCN_UNLIKELY(c->fwd_to != NIL)) {
+        t = fwd_room(s, c);
+        if (t == NULL)
+            return GATE_OWN;
+    }
+    uint64_t bytes = t->queued_bytes + c->rx_bytes + s->buffer_size;
+    uint32_t bufs = t->sq_bufs + c->rx_bufs + 1;
     if (lent_now(s, c)) {
         bytes += c->lent_bytes;
         bufs += c->lent_bufs;
@@ -133,6 +199,21 @@ static inline enum gate intake_gate(const ZCN_Loop *s, const struct conn *c)
     if (budget_used(s) + 1 > s->budget)
         return GATE_BUDGET;
     return GATE_OPEN;
+}
+
+/* A GATE_OWN refusal of c ends by itself when a send of the queue that
+ * gates it is in flight or about to be submitted, or that queue's connect
+ * is (they call back: zcn_tcp_on_send, zcn_tcp_forward_wake). Otherwise c
+ * must be retried from the service list. */
+static inline bool room_calls_back(const ZCN_Loop *s, const struct conn *c)
+{
+    const struct conn *t = c;
+    if (ZCN_UNLIKELY(c->fwd_to != NIL)) {
+        t = fwd_room(s, c);
+        if (t == NULL)
+            return true;
+    }
+    return t->send_inflight || t->in_tx;
 }
 
 /* Answers to data c was just handed (nonzero: the deliveries they answer)
@@ -149,9 +230,20 @@ static inline enum gate intake_gate(const ZCN_Loop *s, const struct conn *c)
  * deferred by completions already in flight could never be delivered. */
 static inline uint32_t own_slack(const ZCN_Loop *s, const struct conn *c)
 {
+    if (ZCN_UNLIKELY(c->fwd_from != NIL))
+        return forward_slack(s, c);
     if (s->poll_mode)
-        return c->lent_batch == s->batch ? c->lent_bufs : 0;
+        return lent_slack(s, c);
     return s->delivering == c ? 1 : 0;
+}
+
+/* c was handed data by the on_data call running now, or by the last poll
+ * batch (whose answers come after zcn_server_poll returned) -- or, when
+ * another connection forwards to c, that one was: the delivery gate made
+ * room for the data in c's queue either way. */
+static inline bool delivered_to(const ZCN_Loop *s, const struct conn *c)
+{
+    return own_slack(s, c) > 0;
 }
 
 /* Pool buffers the ring may not take: room left in the budget for copied

@@ -54,10 +54,18 @@ void zcn_tcp_emit_connect(ZCN_Loop *s, struct conn *c, ZCN_Error result)
     }
 }
 
+static void forward_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len);
+
 /* Hands one received buffer to the user. The delivery's reference is held
- * until the callback returns (callback mode) or the next poll (poll mode). */
+ * until the callback returns (callback mode) or the next poll (poll mode).
+ * A connection forwarding with ZCN_FORWARD_AUTO hands it to its target's
+ * queue instead. */
 static void emit_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
 {
+    if (ZCN_UNLIKELY(c->fwd_auto)) {
+        forward_data(s, c, bid, len);
+        return;
+    }
     uint8_t *data = buf_ptr(s, bid);
     if (s->ev != NULL) {
         ZCN_Event *e = &s->ev[s->ev_n++];
@@ -91,6 +99,84 @@ static void emit_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
         s->in_callback--;
     }
     buf_unref(s, bid);
+}
+
+/* ------------------------------------------------------------------ */
+/* forwarding (zcn_loop_forward)                                       */
+/* ------------------------------------------------------------------ */
+
+/* Ends c's forwarding to its target (both ends of the link). c is served
+ * from the next turn: its deferred data, gated on its own room again, goes
+ * to its handler, and its receive re-arms if it was paused for the target. */
+static void forward_stop(ZCN_Loop *s, struct conn *c)
+{
+    struct conn *t = fwd_target(s, c);
+    if (t != NULL)
+        t->fwd_from = NIL;
+    c->fwd_to = NIL;
+    c->fwd_auto = false;
+    if (c->state == CONN_OPEN)
+        service_add(s, c);
+}
+
+void zcn_tcp_forward_unlink(ZCN_Loop *s, struct conn *c)
+{
+    if (c->fwd_to != NIL)
+        forward_stop(s, c);
+    if (c->fwd_from != NIL) {
+        struct conn *f = fwd_source(s, c);
+        c->fwd_from = NIL;
+        if (f != NULL)
+            forward_stop(s, f);
+    }
+}
+
+void zcn_tcp_forward_wake(ZCN_Loop *s, struct conn *t)
+{
+    struct conn *f = fwd_source(s, t);
+    if (f == NULL || f->state != CONN_OPEN)
+        return;
+    if (f->rx_head != NIL)
+        zcn_tcp_flush_pending_rx(s, f);
+    else
+        zcn_tcp_maybe_arm_recv(s, f);
+}
+
+/* AUTO: the delivery gate made room for this buffer in the target's queue;
+ * it moves there (the delivery's reference is dropped once the queue holds
+ * its own). A target that can no longer send (shut down by the user) ends
+ * the forwarding: this and later data go to c's handler, as after any end
+ * of forwarding. Anything else (the chunk table used up) would lose data
+ * in the middle of a stream: both are aborted. */
+static void forward_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
+{
+    struct conn *t = fwd_target(s, c);
+    ZCN_Error err = t != NULL ? zcn_tcp_forward_buffer(s, t, bid, len) : ZCN_ERR_CLOSED;
+    if (ZCN_LIKELY(err == ZCN_OK)) {
+        buf_unref(s, bid);
+        return;
+    }
+    if (err == ZCN_ERR_CLOSED) {
+        forward_stop(s, c);
+        emit_data(s, c, bid, len);
+        return;
+    }
+    buf_unref(s, bid);
+    zcn_tcp_abort_conn(s, t, true);
+    zcn_tcp_abort_conn(s, c, true);
+}
+
+/* AUTO: c's peer finished sending and all it sent is in the target's
+ * queue: the target's FIN follows once that queue drains (a target still
+ * connecting sends it once connected and drained). */
+static void forward_eof(ZCN_Loop *s, struct conn *c)
+{
+    struct conn *t = fwd_target(s, c);
+    if (t == NULL || t->shut_wr || (t->state != CONN_OPEN && t->state != CONN_CONNECTING))
+        return;
+    t->shut_wr = true;
+    t->want_drain = false;
+    zcn_tcp_progress_shutdown(s, t);
 }
 
 /* Marks activity for the idle timeout: a store. The connection's timer
@@ -136,7 +222,7 @@ static void arm_recv(ZCN_Loop *s, struct conn *c)
      * buffer. A connection that merely holds the echo it just queued stays
      * on multishot: re-arming one shot per message costs every healthy
      * connection a request per message. */
-    bool multishot = held(c) + MSHOT_ROOM <= buf_cap(s) && !under_pressure(s);
+    bool multishot = intake_held(s, c) + MSHOT_ROOM <= buf_cap(s) && !under_pressure(s);
     if (multishot)
         io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     else
@@ -279,6 +365,7 @@ void zcn_tcp_finalize(ZCN_Loop *s, struct conn *c)
     drop_pending_rx(s, c);
     drop_send_queue(s, c);
     unlink_all(s, c);
+    zcn_tcp_forward_unlink(s, c); /* done by every way here; kept for safety */
     zcn_timer_conn_disarm(s, (uint32_t)slot_of(s, c));
     s->conns_active--;
     s->stats.connections_closed++;
@@ -335,6 +422,7 @@ void zcn_tcp_abort_conn(ZCN_Loop *s, struct conn *c, bool rst)
         return;
     c->state = CONN_DEAD;
     c->want_drain = false;
+    zcn_tcp_forward_unlink(s, c);
     if (rst) {
         /* Cancels end the requests; the close in free_slot sends the RST. */
         c->rst = true;
@@ -357,6 +445,7 @@ void zcn_tcp_begin_close(ZCN_Loop *s, struct conn *c)
         return;
     c->state = CONN_CLOSING;
     c->want_drain = false;
+    zcn_tcp_forward_unlink(s, c);
     cancel_recv(s, c);
     drop_pending_rx(s, c);
     list_remove(s, &s->waiters, OFF_WAIT, c);
@@ -388,6 +477,10 @@ static void on_peer_eof(ZCN_Loop *s, struct conn *c)
 {
     if (c->state != CONN_OPEN)
         return;
+    if (ZCN_UNLIKELY(c->fwd_auto))
+        forward_eof(s, c);
+    if (c->state != CONN_OPEN)
+        return;
     if (half_close(c)) {
         if (!c->eof_reported) {
             if (!has_room(s, 1)) {
@@ -416,8 +509,8 @@ void zcn_tcp_flush_pending_rx(ZCN_Loop *s, struct conn *c)
         enum gate g = delivery_gate(s, c, s->meta[bid].len, 0);
         if (g == GATE_BUDGET)
             wait_for_budget(s, c);
-        else if (g == GATE_BATCH || (g == GATE_OWN && !c->send_inflight && !c->in_tx))
-            service_add(s, c); /* no send completion will call back: retry */
+        else if (g == GATE_BATCH || (g == GATE_OWN && !room_calls_back(s, c)))
+            service_add(s, c); /* nothing will call back: retry */
         if (g != GATE_OPEN)
             return;
         if (!has_room(s, 2)) {
@@ -602,6 +695,10 @@ void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
             zcn_tcp_flush_pending_rx(s, c);
         else
             zcn_tcp_maybe_arm_recv(s, c);
+        /* The queue another connection forwards into moved: its deferred
+         * data flows and its receive re-arms. */
+        if (ZCN_UNLIKELY(c->fwd_from != NIL))
+            zcn_tcp_forward_wake(s, c);
         zcn_tcp_progress_shutdown(s, c);
     }
     zcn_tcp_progress_close(s, c);
@@ -634,6 +731,7 @@ struct conn *zcn_tcp_conn_open(ZCN_Loop *s, int fd, struct zcn_handler *h)
     c->service.prev = c->service.next = NOT_LINKED;
     c->wait = c->service;
     c->zombie_next = NIL;
+    c->fwd_to = c->fwd_from = NIL;
     s->fd_table[fd] = slot;
     s->conns_active++;
     touch(s, c);

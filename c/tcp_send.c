@@ -266,6 +266,122 @@ static ZCN_Error send_lent(ZCN_Loop *s, struct conn *c, uint32_t bid, size_t off
     return ZCN_OK;
 }
 
+/* ------------------------------------------------------------------ */
+/* forwarding (zcn_loop_forward)                                       */
+/* ------------------------------------------------------------------ */
+
+/* A small piece behind queued data is copied instead of referenced, as
+ * send_lent does: into the room left in the queue's last buffer, or into
+ * one fresh pool buffer the next pieces fill (which takes no more of the
+ * budget than the reference would have: the received buffer goes back).
+ * False when neither is to be had. */
+static bool forward_pack(ZCN_Loop *s, struct conn *t, const uint8_t *data, uint32_t len)
+{
+    if (tail_room(s, t) >= len) {
+        struct chunk *tail = &s->chunks[t->sq_tail];
+        memcpy(buf_ptr(s, tail->bid) + tail->off + tail->len, data, len);
+        tail->len += len;
+        t->queued_bytes += len;
+        return true;
+    }
+    if (s->chunk_free == NIL)
+        return false;
+    int64_t bid = pool_take(s);
+    if (bid < 0)
+        return false;
+    int32_t idx = chunk_take(s);
+    memcpy(buf_ptr(s, (uint32_t)bid), data, len);
+    s->meta[bid].state = ZCN_BUF_TX;
+    s->meta[bid].refs = 1;
+    s->chunks[idx] = (struct chunk){(uint32_t)bid, 0, len, NIL};
+    enqueue_chunk(s, t, idx);
+    return true;
+}
+
+/* AUTO forwarding's send: the delivery gate of the connection the data
+ * came from made room for it in t's queue (bytes, buffers, chunks,
+ * budget), so nothing is admitted again here; the caller keeps its own
+ * reference to the buffer and drops it after. */
+ZCN_Error zcn_tcp_forward_buffer(ZCN_Loop *s, struct conn *t, uint32_t bid, uint32_t len)
+{
+    if (ZCN_UNLIKELY(t->state != CONN_OPEN || t->shut_wr))
+        return ZCN_ERR_CLOSED;
+    if (t->sq_tail != NIL && len < COALESCE_BYTES && forward_pack(s, t, buf_ptr(s, bid), len)) {
+        s->stats.sends_coalesced++;
+        want_send(s, t);
+        return ZCN_OK;
+    }
+    int32_t idx = chunk_take(s);
+    if (ZCN_UNLIKELY(idx == NIL))
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "fd %d: the loop's chunk table (%u) is used up",
+                        t->fd, s->chunks_max);
+    buf_ref(s, bid);
+    s->chunks[idx] = (struct chunk){bid, 0, len, NIL};
+    enqueue_chunk(s, t, idx);
+    s->stats.sends_zero_copy++;
+    want_send(s, t);
+    return ZCN_OK;
+}
+
+/* A connection zcn_loop_forward may link: open, or still connecting. */
+static struct conn *forward_end(ZCN_Loop *s, int fd, const char *what, ZCN_Error *err)
+{
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || (c->state != CONN_OPEN && c->state != CONN_CONNECTING)) {
+        *err = zcn_fail(ZCN_ERR_CLOSED, "%s %d is not an open connection of this loop", what, fd);
+        return NULL;
+    }
+    return c;
+}
+
+static ZCN_Error loop_forward(ZCN_Loop *s, int fd, int to_fd, uint32_t flags, const char *fn)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    if (flags & ~(uint32_t)ZCN_FORWARD_AUTO)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x",
+                        flags & ~(uint32_t)ZCN_FORWARD_AUTO);
+    if (to_fd == fd)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d cannot forward to itself", fd);
+    if (to_fd < -1)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "to_fd %d: give an fd, or -1 to end forwarding",
+                        to_fd);
+    ZCN_Error err = owner_check(s, fn);
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = forward_end(s, fd, "fd", &err);
+    if (c == NULL)
+        return err;
+    struct conn *t = NULL;
+    if (to_fd >= 0) {
+        t = forward_end(s, to_fd, "to_fd", &err);
+        if (t == NULL)
+            return err;
+        struct conn *other = fwd_source(s, t);
+        if (other != NULL && other != c)
+            return zcn_fail(ZCN_ERR_BUSY, "fd %d already forwards to to_fd %d (one forwarder "
+                            "per target: end that one with to_fd -1 first)", other->fd, to_fd);
+    }
+    struct conn *old = fwd_target(s, c);
+    if (old != NULL && old != t)
+        old->fwd_from = NIL;
+    c->fwd_to = NIL;
+    c->fwd_auto = false;
+    if (t != NULL) {
+        c->fwd_to = slot_of(s, t);
+        c->fwd_to_gen = t->gen;
+        c->fwd_auto = (flags & ZCN_FORWARD_AUTO) != 0;
+        t->fwd_from = slot_of(s, c);
+        t->fwd_from_gen = c->gen;
+    }
+    /* The gate changed: deferred data and a paused receive are looked at
+     * again at the next turn (never from inside this call: the user's
+     * callbacks may run then). */
+    if (c->state == CONN_OPEN)
+        service_add(s, c);
+    return ZCN_OK;
+}
+
 static ZCN_Error loop_send(ZCN_Loop *s, int fd, const uint8_t *data, size_t len, const char *fn)
 {
     if (s == NULL || (data == NULL && len != 0))
@@ -473,7 +589,8 @@ static ZCN_Error loop_conn_info(const ZCN_Loop *s, int fd, ZCN_ConnInfo *out, co
     out->flags = (c->eof ? ZCN_CONN_EOF : 0u) | (c->shut_wr ? ZCN_CONN_SHUT_WR : 0u) |
                  (c->state != CONN_OPEN ? ZCN_CONN_CLOSING : 0u) |
                  (linked(&c->wait) ? ZCN_CONN_WAITING : 0u) |
-                 (c->state == CONN_OPEN && !c->recv_armed && !c->eof ? ZCN_CONN_PAUSED : 0u);
+                 (c->state == CONN_OPEN && !c->recv_armed && !c->eof ? ZCN_CONN_PAUSED : 0u) |
+                 (fwd_target(s, c) != NULL ? ZCN_CONN_FORWARDING : 0u);
     uint64_t now = zcn_now_ms();
     if (c->sq_head != NIL && now > c->progress_ms)
         out->send_stall_ms = now - c->progress_ms;
@@ -645,4 +762,9 @@ ZCN_Error zcn_loop_conn_info(const ZCN_Loop *loop, int fd, ZCN_ConnInfo *out)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
     }
     return loop_conn_info(loop, fd, out, "zcn_loop_conn_info");
+}
+
+ZCN_Error zcn_loop_forward(ZCN_Loop *loop, int fd, int to_fd, uint32_t flags)
+{
+    return loop_forward(loop, fd, to_fd, flags, "zcn_loop_forward");
 }

@@ -401,6 +401,7 @@ enum {
     ZCN_CONN_CLOSING = 1u << 2,      /* closing: sends refused */
     ZCN_CONN_WAITING = 1u << 3,      /* waiting for budget (see ZCN_Config) */
     ZCN_CONN_PAUSED = 1u << 4,       /* no receive armed: over its cap or waiting */
+    ZCN_CONN_FORWARDING = 1u << 5,   /* forwards its data (zcn_loop_forward) */
 };
 typedef struct ZCN_ConnInfo {
     uint64_t bytes_received;         /* since accept */
@@ -809,6 +810,53 @@ ZCN_API ZCN_Error zcn_loop_shutdown(ZCN_Loop *loop, int fd);
 ZCN_API ZCN_Error zcn_loop_abort(ZCN_Loop *loop, int fd);
 ZCN_API ZCN_Error zcn_loop_conn_info(const ZCN_Loop *loop, int fd, ZCN_ConnInfo *out);
 ZCN_API size_t zcn_loop_queued_bytes(const ZCN_Loop *loop, int fd);
+
+/* Bits for zcn_loop_forward's flags. */
+enum {
+    /* The loop sends the data itself: no on_data call (no DATA event), and
+     * the peer's EOF is passed on as a shutdown of to_fd. */
+    ZCN_FORWARD_AUTO = 1u << 0,
+};
+/* Data received on fd is forwarded to to_fd: fd's deliveries (and the
+ * arming of its receive) are gated on to_fd's send-queue room and cap
+ * instead of its own, so a to_fd that does not drain pauses receiving on
+ * fd (its data waits in the kernel's socket buffers; the pool holds at
+ * most to_fd's cap) and fd resumes when to_fd drains. A handler that
+ * passes what on_data lends it to zcn_loop_send(loop, to_fd, ...) then
+ * never gets ZCN_ERR_QUEUE_FULL (the buffer moves, no copy). While to_fd
+ * is still connecting it has no room: fd's receive starts paused and
+ * nothing it sends is lost, so a proxy may forward a client to its
+ * upstream from on_accept, before the connect completes. (In poll mode an
+ * accepted connection's receive is armed before the caller sees its
+ * ACCEPT event: what arrived by the time of the call comes as DATA events.)
+ *
+ * With ZCN_FORWARD_AUTO the loop itself sends fd's data to to_fd (moving
+ * the buffers; small pieces behind queued data are packed into one buffer
+ * as zcn_loop_send does) and, when fd's peer finishes sending (EOF, once
+ * all its data is queued on to_fd), shuts down to_fd's sending side once
+ * its queue drained, as zcn_loop_shutdown (half-close propagated; fd's
+ * on_eof is still called, and with ZCN_SERVER_HALF_CLOSE fd stays open for
+ * what comes back). A forward each way is a proxy. A to_fd the user shut
+ * down for sending ends the forwarding at fd's next data; if the data
+ * cannot be queued for any other reason (the loop's chunk table is used
+ * up) both connections are aborted rather than lose it silently.
+ *
+ * to_fd = -1 ends forwarding (flags ignored). Forwarding also ends when
+ * either side closes, aborts or fails to connect: fd's later data, and
+ * what it had deferred, goes to its own on_data (or DATA events), gated on
+ * its own queue, from the next loop turn. Calling it again replaces fd's
+ * forwarding (another target, other flags). The new gate applies from the
+ * next loop turn; data already lent by the current on_data call or poll
+ * batch stays the caller's. Both fds stay the caller's connections:
+ * callbacks, timeouts and the budget apply as before, and on_close of one
+ * does not close the other (a proxy does that in its on_close).
+ *
+ * Errors (nothing changed): ZCN_ERR_INVALID_ARGUMENT (NULL loop, unknown
+ * flags, to_fd == fd, to_fd < -1), ZCN_ERR_CLOSED (fd or to_fd is not an
+ * open or connecting connection of this loop), ZCN_ERR_BUSY (another fd
+ * forwards to to_fd already: one forwarder per target),
+ * ZCN_ERR_WRONG_THREAD. Owner thread; from callbacks too. */
+ZCN_API ZCN_Error zcn_loop_forward(ZCN_Loop *loop, int fd, int to_fd, uint32_t flags);
 
 /* Timers on the loop's clock, millisecond resolution. The callback gets
  * the timer's id. A timer with a NULL callback gives a ZCN_EVENT_TIMER to
