@@ -1,4 +1,5 @@
-"""examples/tcp_proxy end to end, against upstreams written here (asyncio on a
+"""examples/tcp_proxy and `python -m zcn proxy` (both handlers) end to end,
+against upstreams written here (asyncio on a
 thread of the test process): stream integrity under concurrency, half-close
 both ways (`echo hi | nc -N` gets the upstream's answer to its EOF), an
 upstream that refuses, times out, resets mid-stream or never reads (the
@@ -29,9 +30,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"^tcp_proxy listening on (\S+):(\d+), upstream (\S+):(\d+)$")
-STATS = re.compile(r"^tcp_proxy stats: clients=(\d+) upstream_connected=(\d+) "
+LISTENING = re.compile(r"^(?:tcp_proxy|zcn proxy) listening on (\S+):(\d+), upstream "
+                       r"(\S+):(\d+)(?: \(handler=\w+\))?$")
+STATS = re.compile(r"^(?:tcp_proxy|zcn proxy) stats: clients=(\d+) upstream_connected=(\d+) "
                    r"upstream_failed=(\d+) .*connections_active=(\d+) ")
+#: What runs the proxy: the C example, or `python -m zcn proxy` with either
+#: handler (the same promises hold for all three).
+IMPLEMENTATIONS = ("tcp_proxy", "zcn-proxy-c", "zcn-proxy-python")
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,12 +72,22 @@ def proxy_bin(tmp_path_factory):
     return build / "examples" / "tcp_proxy"
 
 
-class Proxy:
-    """tcp_proxy 127.0.0.1:0 127.0.0.1:<upstream_port> in a subprocess."""
+def proxy_argv(kind, binary, upstream_port):
+    if kind == "tcp_proxy":
+        return [str(binary), "127.0.0.1:0", f"127.0.0.1:{upstream_port}"]
+    import sys
+    return [sys.executable, "-m", "zcn", "proxy", "--listen", "127.0.0.1:0", "--upstream",
+            f"127.0.0.1:{upstream_port}", "--handler", kind.rsplit("-", 1)[1]]
 
-    def __init__(self, binary, upstream_port):
-        self.proc = subprocess.Popen([str(binary), "127.0.0.1:0", f"127.0.0.1:{upstream_port}"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+class Proxy:
+    """tcp_proxy 127.0.0.1:0 127.0.0.1:<upstream_port> (or python -m zcn
+    proxy) in a subprocess."""
+
+    def __init__(self, argv, env=None):
+        from conftest import TESTS_DIR
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env, cwd=TESTS_DIR)
         ready, _, _ = select.select([self.proc.stdout], [], [], 10)
         line = self.proc.stdout.readline().rstrip("\n") if ready else ""
         match = LISTENING.match(line)
@@ -103,14 +118,22 @@ class Proxy:
         return self.stopped
 
 
-@pytest.fixture
-def proxy(proxy_bin):
-    """proxy(upstream_port) starts a tcp_proxy; every one started must exit
-    0 with its stats line at the end of the test."""
+@pytest.fixture(params=IMPLEMENTATIONS)
+def proxy(request):
+    """proxy(upstream_port) starts a proxy (each test runs with every
+    implementation); every one started must exit 0 with its stats line at
+    the end of the test."""
     started = []
+    kind = request.param
+    if kind == "tcp_proxy":
+        binary, env = request.getfixturevalue("proxy_bin"), None
+    else:
+        from conftest import require_io_uring, zcn_subprocess_env
+        require_io_uring()
+        binary, env = None, zcn_subprocess_env()
 
     def start(upstream_port):
-        p = Proxy(proxy_bin, upstream_port)
+        p = Proxy(proxy_argv(kind, binary, upstream_port), env)
         started.append(p)
         return p
 
@@ -459,7 +482,7 @@ def test_signal_exits_zero_with_one_stats_line(proxy, upstream, sig):
     assert c.recv(4) == b"ping"
     rc, out, err = p.stop(sig)  # with a connection still open
     assert rc == 0, err
-    lines = [line for line in out.splitlines() if line.startswith("tcp_proxy stats:")]
+    lines = [line for line in out.splitlines() if STATS.search(line)]
     assert len(lines) == 1, out
     clients, connected, failed, active = map(int, STATS.search(lines[0]).groups())
     assert (clients, connected, failed) == (1, 1, 0)

@@ -2,6 +2,7 @@
 
     python -m zcn echo --port 8080 --handler c      TCP echo server (Ctrl-C ends it)
     python -m zcn echo --port 8080 --handler python the same through a Python on_data
+    python -m zcn proxy --listen H:P --upstream H:P  zero-copy TCP proxy (C or Python handler)
     python -m zcn version                           library, bindings, io_uring here
 
 Each subcommand is a ``add_*_parser(subparsers)`` function that registers
@@ -160,6 +161,7 @@ def run_version(args):
 _REGISTRARS = (
     (__name__, "add_echo_parser"),
     ("zcn._udp_cli", "add_udp_echo_parser"),
+    ("zcn.proxy", "add_proxy_parser"),
     ("zcn.bench", "add_parser"),
     (__name__, "add_version_parser"),
 )

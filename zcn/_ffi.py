@@ -190,8 +190,8 @@ EVENT_ACCEPT, EVENT_DATA, EVENT_CLOSE, EVENT_DRAIN, EVENT_EOF = 1, 2, 3, 4, 5
 EVENT_CONNECT, EVENT_TIMER, EVENT_WATCH, EVENT_CALL = 6, 7, 8, 9
 WATCH_READ, WATCH_WRITE, WATCH_ERROR, WATCH_HUP = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 # ZCN_CONN_*: ZCN_ConnInfo.flags
-CONN_EOF, CONN_SHUT_WR, CONN_CLOSING, CONN_WAITING, CONN_PAUSED = (
-    1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4)
+CONN_EOF, CONN_SHUT_WR, CONN_CLOSING, CONN_WAITING, CONN_PAUSED, CONN_FORWARDING = (
+    1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5)
 
 
 class Config(Structure):
@@ -460,6 +460,10 @@ zcn_loop_abort = _fn("zcn_loop_abort", ZCN_Error, [c_void_p, c_int])
 zcn_loop_conn_info = _fn("zcn_loop_conn_info", ZCN_Error, [c_void_p, c_int, POINTER(ConnInfo)])
 # size_t zcn_loop_queued_bytes(const ZCN_Loop *loop, int fd);
 zcn_loop_queued_bytes = _fn("zcn_loop_queued_bytes", c_size_t, [c_void_p, c_int])
+# ZCN_FORWARD_*: zcn_loop_forward's flags
+FORWARD_AUTO = 1 << 0
+# ZCN_Error zcn_loop_forward(ZCN_Loop *loop, int fd, int to_fd, uint32_t flags);
+zcn_loop_forward = _fn("zcn_loop_forward", ZCN_Error, [c_void_p, c_int, c_int, c_uint32])
 # typedef void (*ZCN_OnTimer)(void *user_data, uint64_t timer_id);
 OnTimer = CFUNCTYPE(None, c_void_p, c_uint64)
 # ZCN_Error zcn_loop_timer_start(ZCN_Loop *loop, uint64_t delay_ms, uint64_t repeat_ms,

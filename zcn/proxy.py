@@ -1,0 +1,199 @@
+"""``python -m zcn proxy``: a TCP proxy on one zcn.Loop.
+
+    python -m zcn proxy --listen 127.0.0.1:8080 --upstream 127.0.0.1:6379
+    python -m zcn proxy --listen 127.0.0.1:8080 --upstream 127.0.0.1:6379 --handler python
+
+For each accepted client it connects to the upstream and forwards both
+ways by moving the received buffers to the other connection (no copy in
+user space). With --handler c (the default) the loop forwards by itself
+(zcn_loop_forward with ZCN_FORWARD_AUTO): no Python runs per message, only
+per connection. With --handler python every chunk goes through a Python
+on_data that sends the borrowed view on (still no copy), for proxies that
+look at what they forward.
+
+Either way: the client is forwarded to the upstream while it still
+connects, so early data waits in the kernel instead of being lost; a side
+that does not read pauses receiving on the other (memory stays bounded);
+a FIN is passed on as a shutdown of the other side once its queue has
+drained (half-close, so `echo hi | nc -N` gets a late answer); when one
+side ends, the other is closed; an upstream that refuses or does not answer
+within --connect-timeout closes the client at once. SIGINT/SIGTERM exit 0
+with one stats line.
+"""
+from __future__ import annotations
+
+import signal
+
+from . import _ffi
+from ._util import resolve_host as _resolve_host
+
+
+def _host_port(text, what):
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SystemExit(f"zcn proxy: {what} must be HOST:PORT, got {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "127.0.0.1", int(port)
+
+
+def add_proxy_parser(subparsers):
+    p = subparsers.add_parser(
+        "proxy", help="TCP proxy: forward each client to an upstream, zero-copy",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   help="address to accept clients on (port 0: any free one, printed)")
+    p.add_argument("--upstream", required=True, metavar="HOST:PORT",
+                   help="where to connect for each client (a name is resolved once, at "
+                        "start)")
+    p.add_argument("--handler", choices=("c", "python"), default="c",
+                   help="c: the loop forwards by itself, no Python per message; python: a "
+                        "Python on_data sends each chunk on (default c)")
+    p.add_argument("--connect-timeout", type=float, default=1.0,
+                   help="seconds to wait for the upstream's answer (default 1)")
+    p.add_argument("--buffer-size", type=int, default=16384,
+                   help="bytes per buffer, rounded up to 4096 (default 16384)")
+    p.add_argument("--buffer-pool-size", type=int, default=1024,
+                   help="buffers shared by all connections (default 1024)")
+    p.add_argument("--connections-max", type=int, default=8192,
+                   help="connections at once, both sides counted (default 8192)")
+    p.set_defaults(func=run_proxy)
+    return p
+
+
+class Proxy:
+    """The proxy's state: the pairs (client fd <-> upstream fd) and counters.
+
+    Ordering while the upstream connects. The client is forwarded to the
+    upstream at once, for the gate only: the upstream has no room while it
+    connects, so the client's data waits in the kernel. A poll batch may
+    still carry a DATA event of the client next to its ACCEPT (received
+    before the gate was set); that is copied aside (at most a batch's share
+    of one connection) and sent first when the upstream is up, before the
+    forwarding is switched to the loop's own (AUTO) and before any later
+    data, which the gate held back until then.
+    """
+
+    def __init__(self, loop, upstream, handler, connect_timeout):
+        self.loop = loop
+        self.upstream = upstream
+        self.auto = handler == "c"
+        self.connect_timeout = connect_timeout
+        self.peer = {}               # fd -> the other side's fd
+        self.connecting = set()      # upstream fds not connected yet
+        self.early = {}              # client fd -> [bytes] received before the gate held
+        self.clients = self.pairs = self.failed = 0
+
+    def on_accept(self, client):
+        self.clients += 1
+        host, port = self.upstream
+        handle = self.loop.connect(host, port, timeout=self.connect_timeout,
+                                   on_connect=self.on_connect, on_data=self.on_data,
+                                   on_eof=self.on_eof, on_close=self.on_close)
+        up = handle.fd               # a literal: the fd is known at once
+        self.peer[client] = up
+        self.peer[up] = client
+        self.connecting.add(up)
+        _forward(self.loop, client, up, 0)  # the gate: nothing until the upstream has room
+
+    def on_connect(self, up, error):
+        self.connecting.discard(up)
+        client = self.peer.get(up)
+        if error is not None:
+            self.failed += 1
+            self.peer.pop(up, None)
+            if client is not None:
+                self.peer.pop(client, None)
+                self.early.pop(client, None)
+                _quietly(self.loop.abort, client)  # promptly: the upstream is not there
+            return
+        if client is None:           # the client went while we connected
+            _quietly(self.loop.close, up)
+            return
+        self.pairs += 1
+        for chunk in self.early.pop(client, ()):
+            self.loop.send(up, chunk)
+        flags = _ffi.FORWARD_AUTO if self.auto else 0
+        _forward(self.loop, client, up, flags)
+        _forward(self.loop, up, client, flags)
+
+    def on_data(self, fd, data):
+        # --handler python: every chunk; --handler c: only what a poll batch
+        # lent before the loop's own forwarding took over.
+        other = self.peer.get(fd)
+        if other is None:
+            return
+        if other in self.connecting:
+            self.early.setdefault(fd, []).append(bytes(data))
+            return
+        self.loop.send(other, data)  # the view moves: no copy; gated, never QUEUE_FULL
+
+    def on_eof(self, fd):
+        # The FIN goes on as a shutdown once what was forwarded has been sent
+        # (AUTO does it itself: then this finds it done).
+        other = self.peer.get(fd)
+        if other is not None and other not in self.connecting:
+            _quietly(self.loop.shutdown, other)
+
+    def on_close(self, fd):
+        self.early.pop(fd, None)
+        self.connecting.discard(fd)
+        other = self.peer.pop(fd, None)
+        if other is not None:
+            self.peer.pop(other, None)
+            _quietly(self.loop.close, other)
+
+
+def _forward(loop, fd, to_fd, flags):
+    rc = _ffi.zcn_loop_forward(loop._handle, fd, to_fd, flags)
+    if rc:
+        # The other side is already gone: its on_close ends this one too.
+        return False
+    return True
+
+
+def _quietly(fn, fd):
+    from .errors import ClosedError
+    try:
+        fn(fd)
+    except ClosedError:
+        pass
+
+
+def run_proxy(args):
+    import zcn
+
+    listen_host, listen_port = _host_port(args.listen, "--listen")
+    upstream = _host_port(args.upstream, "--upstream")
+    if upstream[1] == 0:
+        raise SystemExit("zcn proxy: the upstream port must not be 0")
+    try:
+        upstream = (_resolve_host(upstream[0]), upstream[1])
+    except OSError as exc:
+        raise SystemExit(f"zcn proxy: cannot resolve the upstream {upstream[0]!r}: {exc}")
+    loop = zcn.Loop(buffer_size=args.buffer_size, buffer_pool_size=args.buffer_pool_size,
+                    connections_max=args.connections_max)
+    proxy = Proxy(loop, upstream, args.handler, args.connect_timeout)
+    server = zcn.TcpServer(listen_host, listen_port, loop=loop, on_accept=proxy.on_accept,
+                           on_data=proxy.on_data, on_eof=proxy.on_eof,
+                           on_close=proxy.on_close, backlog=4096)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: loop.stop())
+    print(f"zcn proxy listening on {_fmt(server.host, server.port)}, upstream "
+          f"{_fmt(*upstream)} (handler={args.handler})", flush=True)
+    try:
+        loop.run_forever()
+    finally:
+        st = loop.stats()
+        server.server_close()
+        loop.close()
+    tcp = st.tcp
+    print(f"zcn proxy stats: clients={proxy.clients} upstream_connected={proxy.pairs} "
+          f"upstream_failed={proxy.failed} bytes_received={tcp.bytes_received} "
+          f"bytes_sent={tcp.bytes_sent} recv_ops={tcp.recv_ops} send_ops={tcp.send_ops} "
+          f"evictions={tcp.evictions} connections_active={tcp.connections_active} ",
+          flush=True)
+    return 0
+
+
+def _fmt(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
