@@ -3,6 +3,10 @@
 
     python bench/proxy_bench.py [--build-dir build/bench] [--rounds 5]
                                 [--proxies zcn,haproxy] [--workloads c200,...]
+    python -m zcn bench --proxy [the same options]
+
+--proxies also takes zcn-py-c (`python -m zcn proxy`, the loop forwarding
+by itself) and zcn-py (its Python handler, on_data per chunk).
 
 Both proxies run one thread, pinned to --proxy-cpu (0), and forward to the
 same upstream, the C epoll echo (bench/epoll_echo.c); the load generator
@@ -57,6 +61,9 @@ WORKLOADS = {
 }
 SMALL, LARGE = ("c200", "c50d16"), ("c10x16k", "stream")
 PROXIES = ("zcn", "haproxy")
+#: More contenders, on request (--proxies): `python -m zcn proxy` with the
+#: loop forwarding by itself, and with a Python on_data per chunk.
+EXTRA_PROXIES = ("zcn-py-c", "zcn-py")
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
 
 
@@ -94,7 +101,7 @@ def wait_listening(port, proc, timeout=10.0):
 class Proc:
     """A pinned child process with a psutil handle."""
 
-    def __init__(self, name, argv, cpu, port=None):
+    def __init__(self, name, argv, cpu, port=None, env=None):
         import psutil
 
         self.name = name
@@ -103,7 +110,7 @@ class Proc:
         self._out = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE if port is None else self._out,
                                      stderr=self._err, stdin=subprocess.DEVNULL, text=True,
-                                     preexec_fn=_pin(cpu))
+                                     preexec_fn=_pin(cpu), env=env)
         if port is None:  # the port is on its first line
             line = self.proc.stdout.readline()
             m = LISTEN_RE.search(line or "")
@@ -172,6 +179,20 @@ def start_proxy(name, build_dir, upstream_port, cpu, tmpdir):
     if name == "zcn":
         exe = build_dir / "examples" / "tcp_proxy"
         return Proc(name, [str(exe), "127.0.0.1:0", f"127.0.0.1:{upstream_port}"], cpu)
+    if name in EXTRA_PROXIES:
+        # the zcn package this harness runs with, and the library of the
+        # build dir unless ZCN_LIBRARY says otherwise
+        import zcn
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(zcn.__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+        lib = build_dir / "libzero_copy_net.so"
+        if "ZCN_LIBRARY" not in env and lib.exists():
+            env["ZCN_LIBRARY"] = str(lib)
+        handler = "c" if name == "zcn-py-c" else "python"
+        return Proc(name, [sys.executable, "-m", "zcn", "proxy", "--listen", "127.0.0.1:0",
+                           "--upstream", f"127.0.0.1:{upstream_port}", "--handler", handler],
+                    cpu, env=env)
     exe = shutil.which("haproxy")
     if exe is None:
         raise FileNotFoundError("haproxy is not installed (Debian package `haproxy`)")
@@ -322,6 +343,10 @@ def main(argv=None):
         if not tool.exists():
             raise SystemExit(f"{tool} not found: build it (see the top of {__file__})")
     proxies = [x for x in args.proxies.split(",") if x]
+    for x in proxies:
+        if x not in PROXIES + EXTRA_PROXIES:
+            raise SystemExit(f"unknown proxy {x!r} (choose from "
+                             f"{', '.join(PROXIES + EXTRA_PROXIES)})")
     wls = [w for w in args.workloads.split(",") if w]
     for w in wls:
         if w not in WORKLOADS:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's main job: set up a fresh machine (Debian packages, .venv with
 # `pip install .[test,bench]`), build the benchmark's C tools (loadgen,
-# epoll_echo, zcn_echo) into build/bench, run the echo benchmark's quick
-# profile (`python -m zcn bench --quick`, under a minute), then the
-# micro-benchmarks. The full echo run (~6 minutes):
+# epoll_echo, zcn_echo, tcp_proxy) into build/bench, run the echo
+# benchmark's quick profile (`python -m zcn bench --quick`, under a minute),
+# a short proxy profile (against HAProxy), then the micro-benchmarks. The full echo run (~6 minutes):
 #   .venv/bin/python -m zcn bench --build-dir build/bench
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,12 +12,18 @@ ZCN_EXTRAS=test,bench source tests/setup.sh
 
 build=build/bench
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZCN_BUILD_BENCH=ON \
-    -DZCN_ASAN=OFF -DZCN_TSAN=OFF >/dev/null
-cmake --build "$build" -j"$(nproc)" --target loadgen epoll_echo zcn_echo >/dev/null
+    -DZCN_BUILD_EXAMPLES=ON -DZCN_ASAN=OFF -DZCN_TSAN=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target loadgen epoll_echo zcn_echo tcp_proxy >/dev/null
 
 # Run from bench/ so `import zcn` finds the installed package (with its
 # built library), not the source tree; bench/asyncio_echo.py is found
 # through the build directory.
 (cd bench && "$ZCN_VENV/bin/python" -m zcn bench --quick --build-dir "$top/$build")
+echo
+# The proxy profile, short: examples/tcp_proxy and `python -m zcn proxy`
+# against HAProxy, all forwarding to the C epoll echo (the full run:
+# python -m zcn bench --proxy --rounds 7).
+(cd bench && "$ZCN_VENV/bin/python" -m zcn bench --proxy --build-dir "$top/$build" \
+    --proxies zcn,zcn-py-c,haproxy --rounds 1 --warmup 0.2 --duration 0.6)
 echo
 bash bench/run_micro.sh "$build" 7

@@ -185,6 +185,11 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and "--proxy" in argv[1:]:
+        # the proxy profile has options of its own (bench/proxy_bench.py)
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -642,6 +642,10 @@ def make_plots(report, stem):
 
 
 def add_arguments(p):
+    p.add_argument("--proxy", action="store_true",
+                   help="the proxy profile instead: examples/tcp_proxy (and, with --proxies, "
+                        "python -m zcn proxy) against HAProxy in front of the C epoll echo "
+                        "(bench/proxy_bench.py; the options after --proxy go to it)")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--quick", action="store_true",
                       help="1 round of short windows, every workload (< 1 minute)")
@@ -682,6 +686,9 @@ def _progress(msg):
 
 
 def run(args):
+    if args.proxy:
+        rest = sys.argv[sys.argv.index("--proxy") + 1:] if "--proxy" in sys.argv else []
+        return run_proxy_profile(rest, args.build_dir)
     try:
         import psutil  # noqa: F401
     except ImportError:
@@ -849,10 +856,31 @@ def run(args):
     return 0 if ok_all else 1
 
 
+def run_proxy_profile(argv, build_dir=None):
+    """python -m zcn bench --proxy ...: bench/proxy_bench.py of the source
+    tree, with the rest of the command line."""
+    import importlib.util
+
+    build = find_build_dir(build_dir)
+    root = _source_root(build) or Path.cwd()
+    script = root / "bench" / "proxy_bench.py"
+    if not script.exists():
+        raise SystemExit(f"zcn bench --proxy: {script} not found (run from a source checkout)")
+    spec = importlib.util.spec_from_file_location("proxy_bench", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if "--build-dir" not in argv:
+        argv = ["--build-dir", str(build)] + argv
+    return mod.main(argv)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve-python"]:
         return serve_python(argv[1:])
+    if "--proxy" in argv:
+        argv.remove("--proxy")
+        return run_proxy_profile(argv)
     p = argparse.ArgumentParser(prog="python -m zcn bench", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     return run(p.parse_args(argv))
