@@ -494,6 +494,24 @@ class Loop(HandleOwner):
         """Resets fd (RST): queued data dropped; on_close follows."""
         self._fd_call(_ffi.zcn_loop_abort, fd, "abort")
 
+    def forward(self, fd, to_fd, *, auto=False):
+        """Forwards what fd receives to to_fd: fd's deliveries wait for
+        room in to_fd's send queue instead of its own, so a to_fd that does
+        not read pauses receiving on fd (memory stays bounded) and an
+        on_data that sends the view on to to_fd never gets QueueFullError.
+        While to_fd still connects it has no room: fd's data waits. With
+        auto=True the loop sends the data itself (no on_data call; a poll
+        batch may still carry data received before this call) and passes
+        fd's end of stream on as a shutdown of to_fd. to_fd=None ends it;
+        it also ends when either side closes. A forward each way is a proxy
+        (see python -m zcn proxy). BusyError if another fd already forwards
+        to to_fd. Owner thread."""
+        fd = _int_arg(fd, "fd")
+        target = -1 if to_fd is None else _int_arg(to_fd, "to_fd")
+        rc = _ffi.zcn_loop_forward(self._live(), fd, target, _ffi.FORWARD_AUTO if auto else 0)
+        if rc:
+            raise self._error(rc, f"forward({fd}, {to_fd})")
+
     def queued_bytes(self, fd):
         if self._handle is None:
             return 0

@@ -144,11 +144,11 @@ class Proxy:
 
 
 def _forward(loop, fd, to_fd, flags):
-    rc = _ffi.zcn_loop_forward(loop._handle, fd, to_fd, flags)
-    if rc:
-        # The other side is already gone: its on_close ends this one too.
-        return False
-    return True
+    from .errors import ClosedError
+    try:
+        loop.forward(fd, to_fd, auto=bool(flags & _ffi.FORWARD_AUTO))
+    except ClosedError:
+        pass  # the other side is already gone: its on_close ends this one too
 
 
 def _quietly(fn, fd):
