@@ -81,6 +81,7 @@ class Proxy:
         self.peer = {}               # fd -> the other side's fd
         self.connecting = set()      # upstream fds not connected yet
         self.early = {}              # client fd -> [bytes] received before the gate held
+        self.eof = set()             # fds whose peer has finished sending
         self.clients = self.pairs = self.failed = 0
 
     def on_accept(self, client):
@@ -130,17 +131,24 @@ class Proxy:
     def on_eof(self, fd):
         # The FIN goes on as a shutdown once what was forwarded has been sent
         # (AUTO does it itself: then this finds it done).
+        self.eof.add(fd)
         other = self.peer.get(fd)
         if other is not None and other not in self.connecting:
             _quietly(self.loop.shutdown, other)
 
     def on_close(self, fd):
+        # Graceful when both peers finished sending (each FIN was passed on);
+        # otherwise fd went by a reset, an error or a timeout, and the other
+        # side is aborted so its peer hears of it at once.
         self.early.pop(fd, None)
         self.connecting.discard(fd)
+        graceful = fd in self.eof
+        self.eof.discard(fd)
         other = self.peer.pop(fd, None)
         if other is not None:
             self.peer.pop(other, None)
-            _quietly(self.loop.close, other)
+            graceful = graceful and other in self.eof
+            _quietly(self.loop.close if graceful else self.loop.abort, other)
 
 
 def _forward(loop, fd, to_fd, flags):
