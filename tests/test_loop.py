@@ -494,3 +494,15 @@ def test_forward_gates_on_the_target_and_auto_forwards(loop):
     with pytest.raises(zcn.InvalidArgumentError):
         loop.forward(next(iter(pair)), next(iter(pair)))
     c.close()
+
+
+def test_readme_loop_example_runs():
+    import re
+    from conftest import ROOT, run_python_block
+    require_io_uring()
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    (code,) = [b for b in blocks if "zcn.Loop()" in b]
+    proc = run_python_block(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "b'ping'"
