@@ -11,7 +11,7 @@
  * request is in the kernel is cancelled first, and ends when the kernel
  * answers (the slot is not reused before). */
 
-#include "tcp_budget.h"
+#include "buffers.h"
 
 static uint64_t connect_ud(const ZCN_Loop *s, const struct conn *c)
 {

@@ -19,10 +19,10 @@
  * RLIMIT_NOFILE. A slot is reused only when no request in the kernel refers
  * to it any more, and SQE user_data carries a generation so a stale
  * completion could never touch a new connection. The buffer policy is
- * c/tcp_budget.c's (docs/BUFFERS.md).
+ * c/buffers.c's (docs/BUFFERS.md).
  */
 
-#include "tcp_budget.h"
+#include "buffers.h"
 
 ZCN_Error zcn_tcp_wrong_thread(const char *fn)
 {

@@ -6,7 +6,7 @@
  * that take an fd work on any connection of the server's loop, and those
  * that run or stop the loop run or stop the whole of it (c/loop.c). */
 
-#include "tcp_budget.h"
+#include "buffers.h"
 
 #include <stdio.h>
 

@@ -3,181 +3,7 @@
  * data, half-close (the peer's EOF, our shutdown), the close state machine
  * (OPEN -> CLOSING -> DEAD -> closed), aborts, and the send completions
  * that move the queue on. */
-#include "tcp_budget.h"
-
-void zcn_tcp_emit(ZCN_Loop *s, uint32_t type, struct conn *c)
-{
-    const struct zcn_handler *h = c->h;
-    if (s->ev != NULL) {
-        next_event(s, type, c->fd)->tag = h->tag;
-        return;
-    }
-    s->in_callback++;
-    switch (type) {
-    case ZCN_EVENT_ACCEPT:
-        if (h->on_accept != NULL)
-            h->on_accept(h->user_data, c->fd);
-        break;
-    case ZCN_EVENT_CLOSE:
-        if (h->on_close != NULL)
-            h->on_close(h->user_data, c->fd);
-        break;
-    case ZCN_EVENT_DRAIN:
-        if (h->on_drain != NULL)
-            h->on_drain(h->user_data, c->fd);
-        break;
-    case ZCN_EVENT_EOF:
-        if (h->on_eof != NULL)
-            h->on_eof(h->user_data, c->fd);
-        break;
-    default:
-        break;
-    }
-    s->in_callback--;
-}
-
-/* An outbound connect ended: on_connect, or a CONNECT event whose offset
- * is the result. */
-void zcn_tcp_emit_connect(ZCN_Loop *s, struct conn *c, ZCN_Error result)
-{
-    const struct zcn_handler *h = c->h;
-    if (s->ev != NULL) {
-        ZCN_Event *e = next_event(s, ZCN_EVENT_CONNECT, c->fd);
-        e->tag = h->tag;
-        e->offset = (uint64_t)result;
-        return;
-    }
-    if (h->on_connect != NULL) {
-        s->in_callback++;
-        h->on_connect(h->user_data, c->fd, result);
-        s->in_callback--;
-    }
-}
-
-static void forward_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len);
-
-/* Hands one received buffer to the user. The delivery's reference is held
- * until the callback returns (callback mode) or the next poll (poll mode).
- * A connection forwarding with ZCN_FORWARD_AUTO hands it to its target's
- * queue instead. */
-static void emit_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
-{
-    if (ZCN_UNLIKELY(c->fwd_auto)) {
-        forward_data(s, c, bid, len);
-        return;
-    }
-    uint8_t *data = buf_ptr(s, bid);
-    if (s->ev != NULL) {
-        ZCN_Event *e = &s->ev[s->ev_n++];
-        e->type = ZCN_EVENT_DATA;
-        e->fd = c->fd;
-        e->len = len;
-        e->tag = c->h->tag;
-        e->offset = (uint64_t)(data - s->slab);
-        e->data = data;
-        if (c->lent_batch != s->batch) {
-            c->lent_batch = s->batch;
-            c->lent_bufs = 0;
-            c->lent_bytes = 0;
-        }
-        c->lent_bufs++;
-        c->lent_bytes += len;
-        s->lent_count++;
-        s->meta[bid].next = s->lent_head;
-        s->lent_head = (int32_t)bid;
-        return;
-    }
-    ZCN_OnData on_data = c->h->on_data;
-    if (on_data != NULL) {
-        /* The built-in echo gets the loop; user callbacks their user_data. */
-        void *ud = on_data == zcn_tcp_echo_on_data ? (void *)s : c->h->user_data;
-        struct conn *outer = s->delivering;
-        s->in_callback++;
-        s->delivering = c;
-        on_data(ud, c->fd, data, len);
-        s->delivering = outer;
-        s->in_callback--;
-    }
-    buf_unref(s, bid);
-}
-
-/* ------------------------------------------------------------------ */
-/* forwarding (zcn_loop_forward)                                       */
-/* ------------------------------------------------------------------ */
-
-/* Ends c's forwarding to its target (both ends of the link). c is served
- * from the next turn: its deferred data, gated on its own room again, goes
- * to its handler, and its receive re-arms if it was paused for the target. */
-static void forward_stop(ZCN_Loop *s, struct conn *c)
-{
-    struct conn *t = fwd_target(s, c);
-    if (t != NULL)
-        t->fwd_from = NIL;
-    c->fwd_to = NIL;
-    c->fwd_auto = false;
-    if (c->state == CONN_OPEN)
-        service_add(s, c);
-}
-
-void zcn_tcp_forward_unlink(ZCN_Loop *s, struct conn *c)
-{
-    if (c->fwd_to != NIL)
-        forward_stop(s, c);
-    if (c->fwd_from != NIL) {
-        struct conn *f = fwd_source(s, c);
-        c->fwd_from = NIL;
-        if (f != NULL)
-            forward_stop(s, f);
-    }
-}
-
-void zcn_tcp_forward_wake(ZCN_Loop *s, struct conn *t)
-{
-    struct conn *f = fwd_source(s, t);
-    if (f == NULL || f->state != CONN_OPEN)
-        return;
-    if (f->rx_head != NIL)
-        zcn_tcp_flush_pending_rx(s, f);
-    else
-        zcn_tcp_maybe_arm_recv(s, f);
-}
-
-/* AUTO: the delivery gate made room for this buffer in the target's queue;
- * it moves there (the delivery's reference is dropped once the queue holds
- * its own). A target that can no longer send (shut down by the user) ends
- * the forwarding: this and later data go to c's handler, as after any end
- * of forwarding. Anything else (the chunk table used up) would lose data
- * in the middle of a stream: both are aborted. */
-static void forward_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
-{
-    struct conn *t = fwd_target(s, c);
-    ZCN_Error err = t != NULL ? zcn_tcp_forward_buffer(s, t, bid, len) : ZCN_ERR_CLOSED;
-    if (ZCN_LIKELY(err == ZCN_OK)) {
-        buf_unref(s, bid);
-        return;
-    }
-    if (err == ZCN_ERR_CLOSED) {
-        forward_stop(s, c);
-        emit_data(s, c, bid, len);
-        return;
-    }
-    buf_unref(s, bid);
-    zcn_tcp_abort_conn(s, t, true);
-    zcn_tcp_abort_conn(s, c, true);
-}
-
-/* AUTO: c's peer finished sending and all it sent is in the target's
- * queue: the target's FIN follows once that queue drains (a target still
- * connecting sends it once connected and drained). */
-static void forward_eof(ZCN_Loop *s, struct conn *c)
-{
-    struct conn *t = fwd_target(s, c);
-    if (t == NULL || t->shut_wr || (t->state != CONN_OPEN && t->state != CONN_CONNECTING))
-        return;
-    t->shut_wr = true;
-    t->want_drain = false;
-    zcn_tcp_progress_shutdown(s, t);
-}
+#include "buffers.h"
 
 /* Marks activity for the idle timeout: a store. The connection's timer
  * reads it when it fires and, if the connection was active meanwhile,
@@ -478,7 +304,7 @@ static void on_peer_eof(ZCN_Loop *s, struct conn *c)
     if (c->state != CONN_OPEN)
         return;
     if (ZCN_UNLIKELY(c->fwd_auto))
-        forward_eof(s, c);
+        zcn_tcp_forward_eof(s, c);
     if (c->state != CONN_OPEN)
         return;
     if (half_close(c)) {
@@ -522,7 +348,7 @@ void zcn_tcp_flush_pending_rx(ZCN_Loop *s, struct conn *c)
             c->rx_tail = NIL;
         held_add(s, c, &c->rx_bufs, -1);
         c->rx_bytes -= s->meta[bid].len;
-        emit_data(s, c, bid, s->meta[bid].len);
+        zcn_tcp_emit_data(s, c, bid, s->meta[bid].len);
     }
     if (c->state != CONN_OPEN || c->rx_head != NIL)
         return;
@@ -579,7 +405,7 @@ void zcn_tcp_on_recv(ZCN_Loop *s, struct conn *c, struct io_uring_cqe *cqe)
              * the intake gate says whether c may take more meanwhile). */
             enum gate g = c->rx_head != NIL ? GATE_BATCH : delivery_gate(s, c, (uint32_t)res, 1);
             if (g == GATE_OPEN && has_room(s, 2)) {
-                emit_data(s, c, bid, (uint32_t)res);
+                zcn_tcp_emit_data(s, c, bid, (uint32_t)res);
             } else {
                 /* Deferred data is ours to keep: stop taking more until it
                  * has been delivered, so what waits stays in the kernel's

@@ -4,7 +4,7 @@
  * built-in echo. Admission against the connection's limits and the
  * server's budget is here; submission to the kernel too (one send or
  * sendmsg in flight per connection, collected per batch). */
-#include "tcp_budget.h"
+#include "buffers.h"
 
 void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c)
 {
@@ -320,65 +320,6 @@ ZCN_Error zcn_tcp_forward_buffer(ZCN_Loop *s, struct conn *t, uint32_t bid, uint
     enqueue_chunk(s, t, idx);
     s->stats.sends_zero_copy++;
     want_send(s, t);
-    return ZCN_OK;
-}
-
-/* A connection zcn_loop_forward may link: open, or still connecting. */
-static struct conn *forward_end(ZCN_Loop *s, int fd, const char *what, ZCN_Error *err)
-{
-    struct conn *c = lookup(s, fd);
-    if (c == NULL || (c->state != CONN_OPEN && c->state != CONN_CONNECTING)) {
-        *err = zcn_fail(ZCN_ERR_CLOSED, "%s %d is not an open connection of this loop", what, fd);
-        return NULL;
-    }
-    return c;
-}
-
-static ZCN_Error loop_forward(ZCN_Loop *s, int fd, int to_fd, uint32_t flags, const char *fn)
-{
-    if (s == NULL)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
-    if (flags & ~(uint32_t)ZCN_FORWARD_AUTO)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x",
-                        flags & ~(uint32_t)ZCN_FORWARD_AUTO);
-    if (to_fd == fd)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d cannot forward to itself", fd);
-    if (to_fd < -1)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "to_fd %d: give an fd, or -1 to end forwarding",
-                        to_fd);
-    ZCN_Error err = owner_check(s, fn);
-    if (err != ZCN_OK)
-        return err;
-    struct conn *c = forward_end(s, fd, "fd", &err);
-    if (c == NULL)
-        return err;
-    struct conn *t = NULL;
-    if (to_fd >= 0) {
-        t = forward_end(s, to_fd, "to_fd", &err);
-        if (t == NULL)
-            return err;
-        struct conn *other = fwd_source(s, t);
-        if (other != NULL && other != c)
-            return zcn_fail(ZCN_ERR_BUSY, "fd %d already forwards to to_fd %d (one forwarder "
-                            "per target: end that one with to_fd -1 first)", other->fd, to_fd);
-    }
-    struct conn *old = fwd_target(s, c);
-    if (old != NULL && old != t)
-        old->fwd_from = NIL;
-    c->fwd_to = NIL;
-    c->fwd_auto = false;
-    if (t != NULL) {
-        c->fwd_to = slot_of(s, t);
-        c->fwd_to_gen = t->gen;
-        c->fwd_auto = (flags & ZCN_FORWARD_AUTO) != 0;
-        t->fwd_from = slot_of(s, c);
-        t->fwd_from_gen = c->gen;
-    }
-    /* The gate changed: deferred data and a paused receive are looked at
-     * again at the next turn (never from inside this call: the user's
-     * callbacks may run then). */
-    if (c->state == CONN_OPEN)
-        service_add(s, c);
     return ZCN_OK;
 }
 
@@ -764,7 +705,3 @@ ZCN_Error zcn_loop_conn_info(const ZCN_Loop *loop, int fd, ZCN_ConnInfo *out)
     return loop_conn_info(loop, fd, out, "zcn_loop_conn_info");
 }
 
-ZCN_Error zcn_loop_forward(ZCN_Loop *loop, int fd, int to_fd, uint32_t flags)
-{
-    return loop_forward(loop, fd, to_fd, flags, "zcn_loop_forward");
-}

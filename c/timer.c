@@ -9,7 +9,7 @@
  * gen changes each time the slot is taken, so an id is never reused and a
  * stale cancel finds nothing. */
 
-#include "tcp_budget.h"
+#include "buffers.h"
 
 ZCN_Error zcn_timers_init(struct zcn_timers *t, uint32_t conns, uint32_t user_max)
 {

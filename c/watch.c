@@ -14,7 +14,7 @@
  * loop handle is pinned through the live registry meanwhile, so a call
  * racing with destroy finds no loop rather than a freed one. */
 
-#include "tcp_budget.h"
+#include "buffers.h"
 
 ZCN_Error zcn_watches_init(struct zcn_watches *w, uint32_t max)
 {

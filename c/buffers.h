@@ -4,11 +4,11 @@
  * may take another buffer, the slack answers to delivered data get, and
  * where a freed buffer goes (the receive ring or the pool). The policy
  * itself is described in docs/BUFFERS.md; its actions (waiters, eviction,
- * timeouts) are in c/tcp_budget.c. Not installed. */
-#ifndef ZCN_TCP_BUDGET_H
-#define ZCN_TCP_BUDGET_H
+ * timeouts) are in c/buffers.c. Not installed. */
+#ifndef ZCN_BUFFERS_H
+#define ZCN_BUFFERS_H
 
-#include "tcp.h"
+#include "loop.h"
 
 /* ------------------------------------------------------------------ */
 /* what is held, and the caps                                         */

@@ -2,8 +2,8 @@
  * ring within the budget, serving the connections that wait for buffers
  * (first come first served), evicting stalled holders when the budget stays
  * used up, send and idle timeouts, and the clock that drives them. The
- * arithmetic they share with the per-message path is in c/tcp_budget.h. */
-#include "tcp_budget.h"
+ * arithmetic they share with the per-message path is in c/buffers.h. */
+#include "buffers.h"
 
 /* Tops the ring up from the pool before waiting, and sets the ring's
  * target and the pool's keep for the buffers recycled until the next

@@ -12,10 +12,12 @@
  *   c/tcp_conn.c    a connection's life and its receive side (listeners
  *                   and connectors share it)
  *   c/tcp_send.c    the send queue and the send/close calls
- *   c/tcp_budget.c, c/tcp_budget.h   the buffer policy
+ *   c/deliver.c     event delivery: callbacks or poll batches
+ *   c/forward.c     forwarding one connection's data to another
+ *   c/buffers.c, c/buffers.h  buffers: refcounts, the receive ring's refill, the policy
  * Not installed. */
-#ifndef ZCN_TCP_H
-#define ZCN_TCP_H
+#ifndef ZCN_LOOP_H
+#define ZCN_LOOP_H
 
 #include "internal.h"
 
@@ -366,8 +368,13 @@ struct ZCN_Server {
 /* functions of one part called in another                            */
 /* ------------------------------------------------------------------ */
 
-/* c/tcp_conn.c */
+/* c/deliver.c */
 void zcn_tcp_emit(ZCN_Loop *s, uint32_t type, struct conn *c);
+/* Hands one received buffer to the user. The delivery's reference is held
+ * until the callback returns (callback mode) or the next poll (poll mode). */
+void zcn_tcp_emit_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len);
+
+/* c/tcp_conn.c */
 void zcn_tcp_maybe_arm_recv(ZCN_Loop *s, struct conn *c);
 void zcn_tcp_cancel_ud(ZCN_Loop *s, uint64_t ud, bool *done_flag, struct conn *c);
 void zcn_tcp_free_slot(ZCN_Loop *s, struct conn *c);
@@ -394,6 +401,12 @@ void zcn_tcp_forward_unlink(ZCN_Loop *s, struct conn *c);
 /* t's queue has room again (a send completed, or its connect did): the
  * connection forwarding to t may deliver and receive. */
 void zcn_tcp_forward_wake(ZCN_Loop *s, struct conn *t);
+/* AUTO: a delivered buffer moves to c's target (or to c's handler if the
+ * target can no longer send). */
+void zcn_tcp_forward_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len);
+/* AUTO: c's peer finished and all it sent is queued on the target: the
+ * target's FIN follows once that queue drains. */
+void zcn_tcp_forward_eof(ZCN_Loop *s, struct conn *c);
 
 /* c/tcp_send.c */
 void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c);
@@ -402,7 +415,7 @@ void zcn_tcp_echo_on_data(void *user_data, int fd, const uint8_t *data, size_t l
 /* zcn_loop_forward AUTO: len bytes of a delivered buffer join t's queue. */
 ZCN_Error zcn_tcp_forward_buffer(ZCN_Loop *s, struct conn *t, uint32_t bid, uint32_t len);
 
-/* c/tcp_budget.c */
+/* c/buffers.c */
 void zcn_tcp_ring_refill(ZCN_Loop *s);
 void zcn_tcp_serve_waiters(ZCN_Loop *s);
 void zcn_tcp_evict_for_waiters(ZCN_Loop *s);
