@@ -22,7 +22,7 @@ from .errors import check, error_from_code
 
 #: The header version these bindings mirror; the loaded library must match
 #: major and minor.
-VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 2, 0
+VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 3, 0
 VERSION_HEX = (VERSION_MAJOR << 16) | (VERSION_MINOR << 8) | VERSION_PATCH
 
 ENV_LIBRARY = "ZCN_LIBRARY"

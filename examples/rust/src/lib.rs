@@ -409,6 +409,7 @@ impl Server {
             buffer_reserve: 0,
             send_timeout_ms: 0,
             conn_buffers_hard_max: 0,
+            tag: 0,
         };
         let mut err = sys::ZCN_OK;
         // The config (and the address string) need only live through this call.

@@ -9,7 +9,7 @@ use std::os::raw::{c_char, c_int, c_uint, c_void};
 // ---- Version -----------------------------------------------------------
 
 pub const ZCN_VERSION_MAJOR: c_uint = 0;
-pub const ZCN_VERSION_MINOR: c_uint = 2;
+pub const ZCN_VERSION_MINOR: c_uint = 3;
 pub const ZCN_VERSION_PATCH: c_uint = 0;
 pub const ZCN_VERSION_HEX: c_uint =
     (ZCN_VERSION_MAJOR << 16) | (ZCN_VERSION_MINOR << 8) | ZCN_VERSION_PATCH;
@@ -88,6 +88,7 @@ pub struct ZCN_Config {
     pub buffer_reserve: u32,
     pub send_timeout_ms: u32,
     pub conn_buffers_hard_max: u32,
+    pub tag: u32,
 }
 
 /// `typedef void (*ZCN_OnAccept)(void *user_data, int fd);` (also OnClose, OnDrain)
@@ -141,7 +142,7 @@ pub struct ZCN_Event {
     pub type_: u32,
     pub fd: i32,
     pub len: u32,
-    pub reserved: u32,
+    pub tag: u32,
     pub offset: u64,
     pub data: *const u8,
 }
