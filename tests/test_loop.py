@@ -506,3 +506,26 @@ def test_readme_loop_example_runs():
     proc = run_python_block(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "b'ping'"
+
+
+def test_close_reports_a_connect_in_flight_as_on_connect():
+    require_io_uring()
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers = [socket.socket() for _ in range(4)]
+    for c in fillers:
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+    time.sleep(0.1)
+    lp = zcn.Loop()
+    seen = []
+    lp.connect("127.0.0.1", port, timeout=10, on_connect=lambda fd, e: seen.append(("c", e)),
+               on_close=lambda fd: seen.append(("close", fd)))
+    lp.run_once(timeout=0.05)
+    lp.close()
+    assert len(seen) == 1 and seen[0][0] == "c" and isinstance(seen[0][1], zcn.ClosedError)
+    for c in fillers:
+        c.close()
+    lst.close()

@@ -205,7 +205,8 @@ class _Outbound:
     """The callbacks of one outbound connection, under the attribute names
     TcpServer uses for its own, so one dispatch serves both."""
 
-    __slots__ = ("_on_connect", "_on_data", "_on_eof", "_on_close", "_on_drain", "handle")
+    __slots__ = ("_on_connect", "_on_data", "_on_eof", "_on_close", "_on_drain", "handle",
+                 "connected")
 
     def __init__(self, on_connect, on_data, on_eof, on_close, on_drain):
         self._on_connect = on_connect
@@ -214,6 +215,7 @@ class _Outbound:
         self._on_close = on_close
         self._on_drain = on_drain
         self.handle = None
+        self.connected = False
 
     def _callback_failed(self, loop, name, fd, exc):
         loop._callback_failed(name, fd, exc)
@@ -844,8 +846,10 @@ class Loop(HandleOwner):
                             error = ClosedError("connect cancelled")
                         else:
                             error = _connect_error(offset)
-                    elif owner.handle is not None and owner.handle._cancelled:
-                        _ffi.zcn_loop_close(self._handle, fd)
+                    else:
+                        owner.connected = True
+                        if owner.handle is not None and owner.handle._cancelled:
+                            _ffi.zcn_loop_close(self._handle, fd)
                     if owner._on_connect is not None:
                         self._guarded(owner, owner._on_connect, "on_connect", fd, error)
                 elif aborted and fd in aborted:
@@ -912,8 +916,12 @@ class Loop(HandleOwner):
             if type(owner) is not _Outbound:
                 continue
             try:
-                if owner._on_close is not None:
-                    self._guarded(owner, owner._on_close, "on_close", fd)
+                if owner.connected:
+                    if owner._on_close is not None:
+                        self._guarded(owner, owner._on_close, "on_close", fd)
+                elif owner._on_connect is not None:
+                    self._guarded(owner, owner._on_connect, "on_connect", fd,
+                                  ClosedError("the loop was closed while connecting"))
             except Exception as exc:
                 first = first or exc
         if first is not None:
