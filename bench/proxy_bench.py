@@ -6,7 +6,10 @@
     python -m zcn bench --proxy [the same options]
 
 --proxies also takes zcn-py-c (`python -m zcn proxy`, the loop forwarding
-by itself) and zcn-py (its Python handler, on_data per chunk).
+by itself) and zcn-py (its Python handler, on_data per chunk), and for the
+splice experiment (docs/PERFORMANCE.md) splice (bench/splice_proxy,
+IORING_OP_SPLICE through a pipe), splice-sync (the same with splice(2) from
+its loop thread) and haproxy-splice (HAProxy with `option splice-auto`).
 
 Both proxies run one thread, pinned to --proxy-cpu (0), and forward to the
 same upstream, the C epoll echo (bench/epoll_echo.c); the load generator
@@ -18,7 +21,8 @@ proxy spent per round trip, whatever saturates first. Rounds are
 interleaved (the proxy order rotates each round); medians with min/max.
 
 Workloads (conns x depth x size): c200 = 200 x 1 x 64 B, c50d16 = 50 x 16 x
-64 B, c10x16k = 10 x 1 x 16 KiB, stream = 1 x 8 x 64 KiB. The goals of the
+64 B, c10x16k = 10 x 1 x 16 KiB, stream = 1 x 8 x 64 KiB; on request,
+stream256k = 1 x 4 x 256 KiB (loadgen's largest message). The goals of the
 issue are printed (never enforced): zcn's CPU per message <= 0.80x
 HAProxy's on the two small loads, its throughput >= 1.0x on the two large.
 
@@ -59,11 +63,18 @@ WORKLOADS = {
     "c10x16k": (10, 1, 16384, "10 connections x depth 1 x 16 KiB"),
     "stream": (1, 8, 65536, "1 connection x depth 8 x 64 KiB"),
 }
+#: On request (--workloads): loadgen's largest message (CHUNK_MAX), where
+#: splice should gain most.
+EXTRA_WORKLOADS = {
+    "stream256k": (1, 4, 262144, "1 connection x depth 4 x 256 KiB"),
+}
+ALL_WORKLOADS = {**WORKLOADS, **EXTRA_WORKLOADS}
 SMALL, LARGE = ("c200", "c50d16"), ("c10x16k", "stream")
 PROXIES = ("zcn", "haproxy")
 #: More contenders, on request (--proxies): `python -m zcn proxy` with the
-#: loop forwarding by itself, and with a Python on_data per chunk.
-EXTRA_PROXIES = ("zcn-py-c", "zcn-py")
+#: loop forwarding by itself, and with a Python on_data per chunk; the splice
+#: experiment's bench/splice_proxy and HAProxy with splice-auto.
+EXTRA_PROXIES = ("zcn-py-c", "zcn-py", "splice", "splice-sync", "haproxy-splice")
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
 
 
@@ -173,13 +184,26 @@ frontend fe
 backend be
     server upstream 127.0.0.1:{upstream}
 """
+#: haproxy-splice: the same, with kernel splicing where HAProxy's heuristics
+#: think it pays (doc/configuration.txt, option splice-auto). Its pipes
+#: count against the fd limit (maxpipes defaults to maxconn/4, two fds
+#: each): a few hundred are plenty for these loads.
+HAPROXY_SPLICE_GLOBAL = "    maxpipes 256\n"
+HAPROXY_SPLICE_OPTION = "    option splice-auto\n"
 
 
 def start_proxy(name, build_dir, upstream_port, cpu, tmpdir):
     if name == "zcn":
         exe = build_dir / "examples" / "tcp_proxy"
         return Proc(name, [str(exe), "127.0.0.1:0", f"127.0.0.1:{upstream_port}"], cpu)
-    if name in EXTRA_PROXIES:
+    if name in ("splice", "splice-sync"):
+        exe = build_dir / "bench" / "splice_proxy"
+        if not exe.exists():
+            raise FileNotFoundError(f"{exe} not found: build the splice_proxy target")
+        env = dict(os.environ, SPLICE_PROXY_OPS="syscall" if name == "splice-sync" else "uring")
+        return Proc(name, [str(exe), "127.0.0.1:0", f"127.0.0.1:{upstream_port}"], cpu,
+                    env=env)
+    if name in ("zcn-py-c", "zcn-py"):
         # the zcn package this harness runs with, and the library of the
         # build dir unless ZCN_LIBRARY says otherwise
         import zcn
@@ -197,8 +221,12 @@ def start_proxy(name, build_dir, upstream_port, cpu, tmpdir):
     if exe is None:
         raise FileNotFoundError("haproxy is not installed (Debian package `haproxy`)")
     port = free_port()
-    cfg = Path(tmpdir) / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CFG.format(port=port, upstream=upstream_port))
+    cfg = Path(tmpdir) / f"{name}.cfg"
+    text = HAPROXY_CFG.format(port=port, upstream=upstream_port)
+    if name == "haproxy-splice":
+        text = text.replace("global\n", "global\n" + HAPROXY_SPLICE_GLOBAL)
+        text = text.replace("defaults\n", "defaults\n" + HAPROXY_SPLICE_OPTION)
+    cfg.write_text(text)
     return Proc(name, [exe, "-db", "-f", str(cfg)], cpu, port=port)
 
 
@@ -211,7 +239,7 @@ def haproxy_version():
 
 
 def run_loadgen(loadgen, proxy, wl, warmup, duration, load_cpu):
-    conns, depth, size, _ = WORKLOADS[wl]
+    conns, depth, size, _ = ALL_WORKLOADS[wl]
     argv = [str(loadgen), "--port", str(proxy.port), "--mode", "echo", "--conns", str(conns),
             "--depth", str(depth), "--size", str(size), "--duration", str(duration),
             "--warmup", str(warmup), "--cpu", str(load_cpu)]
@@ -283,17 +311,17 @@ def fmt(m, digits=1, scale=1.0):
 
 
 def table(wl, results):
-    lines = [f"\n{WORKLOADS[wl][3]} ({wl})",
-             f"  {'proxy':8} {'msgs/s median [min..max]':>32} {'CPU us/msg median [min..max]':>32}"
+    lines = [f"\n{ALL_WORKLOADS[wl][3]} ({wl})",
+             f"  {'proxy':14} {'msgs/s median [min..max]':>32} {'CPU us/msg median [min..max]':>32}"
              f" {'proxy CPU':>9} {'p50 us':>9}"]
     for name, res in results.items():
         s = res.get("summary")
         if s is None:
-            lines.append(f"  {name:8} {res.get('note', 'not run')}")
+            lines.append(f"  {name:14} {res.get('note', 'not run')}")
             continue
         util = s["proxy_cpu_util"]["median"] * 100 if s["proxy_cpu_util"] else float("nan")
         p50 = s["p50_us"]["median"] if s["p50_us"] else float("nan")
-        lines.append(f"  {name:8} {fmt(s['msgs_per_s'], 0):>32} {fmt(s['cpu_us_per_msg'], 2):>32}"
+        lines.append(f"  {name:14} {fmt(s['msgs_per_s'], 0):>32} {fmt(s['cpu_us_per_msg'], 2):>32}"
                      f" {util:8.0f}% {p50:9.0f}" + ("" if s["ok"] else "  FAILED"))
     return "\n".join(lines)
 
@@ -349,8 +377,8 @@ def main(argv=None):
                              f"{', '.join(PROXIES + EXTRA_PROXIES)})")
     wls = [w for w in args.workloads.split(",") if w]
     for w in wls:
-        if w not in WORKLOADS:
-            raise SystemExit(f"unknown workload {w!r} (choose from {', '.join(WORKLOADS)})")
+        if w not in ALL_WORKLOADS:
+            raise SystemExit(f"unknown workload {w!r} (choose from {', '.join(ALL_WORKLOADS)})")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = Path(args.json) if args.json else ROOT / "bench" / "results" / f"proxy-{stamp}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,7 +422,7 @@ def main(argv=None):
                             r["round"] = rnd
                             rounds[name].append(r)
                             ok_all = ok_all and bool(r.get("ok"))
-                            print(f"  {wl:8} round {rnd + 1}/{args.rounds} {name:8} "
+                            print(f"  {wl:10} round {rnd + 1}/{args.rounds} {name:14} "
                                   f"{r.get('msgs_per_s', 0):10.0f} msg/s "
                                   f"{r.get('cpu_us_per_msg') or 0:6.2f} us CPU/msg "
                                   f"{(r.get('proxy_cpu_util') or 0) * 100:4.0f}% CPU"
