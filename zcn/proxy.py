@@ -105,7 +105,9 @@ class Proxy:
             if client is not None:
                 self.peer.pop(client, None)
                 self.early.pop(client, None)
-                _quietly(self.loop.abort, client)  # promptly: the upstream is not there
+                # Promptly, and with a FIN: a reset could beat the client's
+                # own connect() back to it, which then fails (ECONNRESET).
+                _quietly(self.loop.close, client)
             return
         if client is None:           # the client went while we connected
             _quietly(self.loop.close, up)
