@@ -367,10 +367,11 @@ def main(argv=None):
         raise SystemExit("proxy_bench needs psutil") from None
     build = Path(args.build_dir).resolve()
     loadgen, echo = build / "bench" / "loadgen", build / "bench" / "epoll_echo"
-    for tool in (loadgen, echo, build / "examples" / "tcp_proxy"):
+    proxies = [x for x in args.proxies.split(",") if x]
+    needed = [loadgen, echo] + [build / "examples" / "tcp_proxy"] * ("zcn" in proxies)
+    for tool in needed:
         if not tool.exists():
             raise SystemExit(f"{tool} not found: build it (see the top of {__file__})")
-    proxies = [x for x in args.proxies.split(",") if x]
     for x in proxies:
         if x not in PROXIES + EXTRA_PROXIES:
             raise SystemExit(f"unknown proxy {x!r} (choose from "

@@ -157,3 +157,25 @@ def test_udp_bench_runs_and_verifies_every_echo(bench_build):
         assert float(rate.split()[0].replace(",", "")) > 0, (size, server)
         assert int(lost_sent.split("/")[1]) > 0, (size, server)
         assert bad == "0", (size, server)
+
+
+@pytest.mark.timeout(180)
+def test_proxy_profile_runs_from_the_zcn_command(bench_build, tmp_path):
+    """python -m zcn bench --proxy hands its options (--build-dir among
+    them) to bench/proxy_bench.py; python -m zcn proxy as the contender
+    (the C example is not in this build)."""
+    require_io_uring()
+    out = tmp_path / "proxy.json"
+    cmd = [sys.executable, "-m", "zcn", "bench", "--proxy", "--build-dir", str(bench_build),
+           "--proxies", "zcn-py-c", "--workloads", "c200", "--rounds", "1", "--warmup", "0.1",
+           "--duration", "0.3", "--json", str(out)]
+    from conftest import TESTS_DIR, zcn_subprocess_env
+    env = zcn_subprocess_env()
+    env.pop("ZCN_BENCH_BUILD", None)  # the build dir must come from --build-dir
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=TESTS_DIR,
+                          env=env)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    rounds = report["workloads"]["c200"]["zcn-py-c"]["rounds"]
+    assert rounds and all(r["ok"] for r in rounds)
+    assert rounds[0]["cpu_us_per_msg"] > 0

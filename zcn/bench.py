@@ -861,6 +861,8 @@ def run_proxy_profile(argv, build_dir=None):
     tree, with the rest of the command line."""
     import importlib.util
 
+    if build_dir is None and "--build-dir" in argv[:-1]:
+        build_dir = argv[argv.index("--build-dir") + 1]
     build = find_build_dir(build_dir)
     root = _source_root(build) or Path.cwd()
     script = root / "bench" / "proxy_bench.py"
