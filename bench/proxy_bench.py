@@ -26,7 +26,7 @@ stream256k = 1 x 4 x 256 KiB (loadgen's largest message). The goals of the
 issue are printed (never enforced): zcn's CPU per message <= 0.80x
 HAProxy's on the two small loads, its throughput >= 1.0x on the two large.
 
-Needs psutil; HAProxy from the `haproxy` Debian package (skipped with a
+Needs psutil and the zcn package (its benchmark helpers); HAProxy from the `haproxy` Debian package (skipped with a
 note if `haproxy` is not on PATH). The C tools are built with CMake:
     cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DZCN_BUILD_BENCH=ON \\
           -DZCN_BUILD_EXAMPLES=ON -DZCN_BUILD_TESTS=OFF
@@ -43,11 +43,9 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,14 +76,8 @@ EXTRA_PROXIES = ("zcn-py-c", "zcn-py", "splice", "splice-sync", "haproxy-splice"
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
 
 
-def _pin(cpu):
-    def pre():
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return pre
+# pinned to one CPU, with the fd limit raised to the hard one (as zcn.bench)
+from zcn.bench import _pin_and_raise as _pin  # noqa: E402
 
 
 def free_port():
@@ -286,12 +278,8 @@ def run_loadgen(loadgen, proxy, wl, warmup, duration, load_cpu):
     return out
 
 
-def mmm(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}
+# median/min/max of a list (Nones dropped), as the echo benchmark reports
+from zcn.bench import _mmm as mmm  # noqa: E402
 
 
 def summarize(rounds):
