@@ -23,9 +23,12 @@ ZCN_Error zcn_loop_forward(ZCN_Loop *s, int fd, int to_fd, uint32_t flags)
 {
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
-    if (flags & ~(uint32_t)ZCN_FORWARD_AUTO)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x",
-                        flags & ~(uint32_t)ZCN_FORWARD_AUTO);
+    const uint32_t known = ZCN_FORWARD_AUTO | ZCN_FORWARD_SPLICE;
+    if (flags & ~known)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", flags & ~known);
+    if ((flags & ZCN_FORWARD_SPLICE) && !(flags & ZCN_FORWARD_AUTO) && to_fd >= 0)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "ZCN_FORWARD_SPLICE needs ZCN_FORWARD_AUTO (the loop moves the data)");
     if (to_fd == fd)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d cannot forward to itself", fd);
     if (to_fd < -1)
@@ -48,14 +51,26 @@ ZCN_Error zcn_loop_forward(ZCN_Loop *s, int fd, int to_fd, uint32_t flags)
                             "per target: end that one with to_fd -1 first)", other->fd, to_fd);
     }
     struct conn *old = fwd_target(s, c);
+    bool auto_ = t != NULL && (flags & ZCN_FORWARD_AUTO) != 0;
+    bool splice = auto_ && (flags & ZCN_FORWARD_SPLICE) != 0;
+    /* A direction in splice mode stays in it only for the same link and
+     * flags; otherwise the pipe's bytes become c's deferred data. */
+    if (c->splicing && (old != t || !auto_ || (splice != c->fwd_splice && !c->splice_auto)))
+        zcn_splice_leave(s, c);
     if (old != NULL && old != t)
         old->fwd_from = NIL;
     c->fwd_to = NIL;
     c->fwd_auto = false;
+    c->fwd_splice = false;
+    if (!c->splicing) {
+        c->splice_auto = false;
+        c->splice_run = 0;
+    }
     if (t != NULL) {
         c->fwd_to = slot_of(s, t);
         c->fwd_to_gen = t->gen;
-        c->fwd_auto = (flags & ZCN_FORWARD_AUTO) != 0;
+        c->fwd_auto = auto_;
+        c->fwd_splice = splice;
         t->fwd_from = slot_of(s, c);
         t->fwd_from_gen = c->gen;
     }
@@ -76,6 +91,9 @@ ZCN_Error zcn_loop_forward(ZCN_Loop *s, int fd, int to_fd, uint32_t flags)
  * to its handler, and its receive re-arms if it was paused for the target. */
 static void forward_stop(ZCN_Loop *s, struct conn *c)
 {
+    zcn_splice_leave(s, c);
+    c->fwd_splice = c->splice_auto = false;
+    c->splice_run = 0;
     struct conn *t = fwd_target(s, c);
     if (t != NULL)
         t->fwd_from = NIL;
@@ -120,6 +138,24 @@ void zcn_tcp_forward_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t le
     ZCN_Error err = t != NULL ? zcn_tcp_forward_buffer(s, t, bid, len) : ZCN_ERR_CLOSED;
     if (ZCN_LIKELY(err == ZCN_OK)) {
         buf_unref(s, bid);
+        /* The per-size switch: SPLICE_AUTO_RUN full buffers in a row are a
+         * stream, which splice mode moves for less CPU from 64 KiB on. */
+        if (!c->fwd_splice && !c->splice_auto) {
+            /* one short buffer (a write's tail) between full ones is
+             * still the stream; two in a row are messages */
+            if (len >= s->buffer_size) {
+                c->splice_run++;
+                c->splice_short = false;
+            } else if (c->splice_short) {
+                c->splice_run = 0;
+            } else {
+                c->splice_short = true;
+            }
+            if (c->splice_run >= SPLICE_AUTO_RUN) {
+                c->splice_auto = true;
+                c->splice_run = 0;
+            }
+        }
         return;
     }
     if (err == ZCN_ERR_CLOSED) {

@@ -80,6 +80,8 @@ static void handle_cqe(ZCN_Loop *s, struct io_uring_cqe *cqe)
     case OP_RECV:
     case OP_SEND:
     case OP_CONNECT:
+    case OP_SPLICE_IN:
+    case OP_SPLICE_OUT:
         break;
     default:
         return;
@@ -101,6 +103,8 @@ static void handle_cqe(ZCN_Loop *s, struct io_uring_cqe *cqe)
         zcn_tcp_on_recv(s, c, cqe);
     else if (op == OP_SEND)
         zcn_tcp_on_send(s, c, cqe->res);
+    else if (op == OP_SPLICE_IN || op == OP_SPLICE_OUT)
+        zcn_splice_on_poll(s, c, op, cqe->res);
     else
         zcn_tcp_on_connect_cqe(s, c, cqe->res);
 }
@@ -571,6 +575,7 @@ static ZCN_Error alloc_tables(ZCN_Loop *s, const struct settings *st)
     for (uint32_t i = 0; i < s->conns_max; i++) {
         struct conn *c = &s->conns[i];
         c->fd = -1;
+        c->pipe_rd = c->pipe_wr = -1;
         c->zombie_next = i + 1 < s->conns_max ? (int32_t)(i + 1) : NIL;
         c->service.prev = c->service.next = NOT_LINKED;
         c->wait = c->service;
@@ -757,6 +762,7 @@ static void drain_for_destroy(ZCN_Loop *s)
         if (c->state == CONN_FREE)
             continue;
         c->recv_armed = c->send_inflight = c->connect_inflight = false;
+        c->splice_in_armed = c->splice_out_armed = false;
         if (c->state == CONN_CONNECTING)
             zcn_tcp_connect_progress(s, c);
         else if (c->state != CONN_ZOMBIE)

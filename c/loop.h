@@ -75,7 +75,23 @@ enum op {
     OP_TICK = ZCN_OP_SOURCE + 1, /* the policy's clock (send timeouts, evictions) */
     OP_CONNECT,                 /* an outbound connect: gen and slot of the conn */
     OP_WATCH,                   /* an fd watch's poll: gen and slot of the watch */
+    OP_SPLICE_IN,               /* splice mode: POLLIN on the source (c/splice.c) */
+    OP_SPLICE_OUT,              /* splice mode: POLLOUT on the target, under the
+                                   source's gen and slot */
 };
+
+/* Splice mode's pipe (c/splice.c): asked for this size, the kernel's
+ * default (64 KiB) if refused. */
+#define SPLICE_PIPE_BYTES (1u << 20)
+/* What one pump moves at most before it yields to the other connections
+ * (its POLLIN fires again at once if more is there). */
+#define SPLICE_PUMP_BYTES (4u << 20)
+/* AUTO without ZCN_FORWARD_SPLICE: a direction that forwarded this many
+ * full pool buffers with never two short ones in a row (one short buffer,
+ * a write's tail, between full ones is still a stream) switches to splice
+ * mode; a splice mode the switch chose goes back to buffers after this
+ * many fills of the pipe shorter than a pool buffer in a row. */
+#define SPLICE_AUTO_RUN 8
 
 enum conn_state {
     CONN_FREE = 0,
@@ -204,6 +220,18 @@ struct conn {
     bool in_tx;                 /* on the send-submission list */
     bool fwd_auto;              /* zcn_loop_forward AUTO: data goes to fwd_to
                                    without an on_data call */
+    bool fwd_splice;            /* ZCN_FORWARD_SPLICE: AUTO through a pipe */
+    bool splice_auto;           /* the per-size switch wants splice mode */
+    bool splicing;              /* in splice mode (c is the source) */
+    bool splice_in_armed;       /* OP_SPLICE_IN is in the kernel */
+    bool splice_out_armed;      /* OP_SPLICE_OUT is in the kernel */
+    bool splice_in_cancelled;
+    bool splice_out_cancelled;
+    bool splice_eof;            /* splice read 0: EOF once the pipe drains */
+    bool splice_short;          /* the last buffer forwarded was short */
+    uint8_t splice_run;         /* full buffers (or short fills) in a row */
+    int pipe_rd, pipe_wr;       /* splice mode's pipe, -1 when none */
+    uint32_t pipe_bytes, pipe_cap;
     uint32_t gen;
     /* zcn_loop_forward: c's data goes to the connection in slot fwd_to
      * (c's deliveries and receives are gated on that one's send-queue
@@ -407,6 +435,25 @@ void zcn_tcp_forward_data(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t le
 /* AUTO: c's peer finished and all it sent is queued on the target: the
  * target's FIN follows once that queue drains. */
 void zcn_tcp_forward_eof(ZCN_Loop *s, struct conn *c);
+
+/* c/splice.c: ZCN_FORWARD_SPLICE and the per-size switch */
+/* c may forward through a pipe now (c/tcp_conn.c asks before it arms a
+ * receive): true when c is, or is about to be, in splice mode, so no
+ * receive may be armed. */
+bool zcn_splice_want(ZCN_Loop *s, struct conn *c);
+/* Splice mode ends (the link ended or changed, c closes): the polls are
+ * cancelled, what the pipe holds becomes c's deferred data (if c is
+ * still open; dropped otherwise), the pipe is closed. */
+void zcn_splice_leave(ZCN_Loop *s, struct conn *c);
+void zcn_splice_on_poll(ZCN_Loop *s, struct conn *c, enum op op, int res);
+/* The DEAD connection's polls: cancelled (again if no SQE last time);
+ * true while one is in the kernel. */
+bool zcn_splice_busy(ZCN_Loop *s, struct conn *c);
+void zcn_splice_close_pipe(struct conn *c);
+/* c/tcp_conn.c for c/splice.c */
+void zcn_tcp_defer_rx(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len);
+void zcn_tcp_peer_eof(ZCN_Loop *s, struct conn *c);
+void zcn_tcp_cancel_recv(ZCN_Loop *s, struct conn *c);
 
 /* c/tcp_send.c */
 void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c);

@@ -65,7 +65,14 @@ static void arm_recv(ZCN_Loop *s, struct conn *c)
  * for its own sends (they call back here) or for budget (the wait list). */
 void zcn_tcp_maybe_arm_recv(ZCN_Loop *s, struct conn *c)
 {
-    if (c->state != CONN_OPEN || c->recv_armed || c->eof || c->rx_head != NIL)
+    if (c->state != CONN_OPEN || c->eof || c->rx_head != NIL)
+        return;
+    /* Splice mode (c/splice.c) takes over a direction with nothing in
+     * between: no receive while it lasts. */
+    if (ZCN_UNLIKELY(c->fwd_auto && (c->fwd_splice || c->splice_auto || c->splicing)) &&
+        zcn_splice_want(s, c))
+        return;
+    if (c->recv_armed)
         return;
     enum gate g = intake_gate(s, c);
     if (g == GATE_BUDGET) {
@@ -107,6 +114,11 @@ static void cancel_recv(ZCN_Loop *s, struct conn *c)
     if (!c->recv_armed || c->recv_cancelled)
         return;
     zcn_tcp_cancel_ud(s, pack_ud(OP_RECV, c->gen, (uint32_t)slot_of(s, c)), &c->recv_cancelled, c);
+}
+
+void zcn_tcp_cancel_recv(ZCN_Loop *s, struct conn *c)
+{
+    cancel_recv(s, c);
 }
 
 static void cancel_send(ZCN_Loop *s, struct conn *c)
@@ -192,6 +204,7 @@ void zcn_tcp_finalize(ZCN_Loop *s, struct conn *c)
     drop_send_queue(s, c);
     unlink_all(s, c);
     zcn_tcp_forward_unlink(s, c); /* done by every way here; kept for safety */
+    zcn_splice_close_pipe(c);
     zcn_timer_conn_disarm(s, (uint32_t)slot_of(s, c));
     s->conns_active--;
     s->stats.connections_closed++;
@@ -230,7 +243,8 @@ void zcn_tcp_progress_close(ZCN_Loop *s, struct conn *c)
     cancel_recv(s, c); /* again if the last try found no SQE */
     if (c->rst)
         cancel_send(s, c);
-    if (c->recv_armed || c->send_inflight)
+    bool polls = zcn_splice_busy(s, c); /* splice mode's, cancelled */
+    if (c->recv_armed || c->send_inflight || polls)
         return;
     if (!can_emit(s) || !has_room(s, 1)) {
         service_add(s, c);
@@ -326,6 +340,11 @@ static void on_peer_eof(ZCN_Loop *s, struct conn *c)
     zcn_tcp_begin_close(s, c);
 }
 
+void zcn_tcp_peer_eof(ZCN_Loop *s, struct conn *c)
+{
+    on_peer_eof(s, c);
+}
+
 /* Delivers deferred data while c's limits and the budget allow and there is
  * room, then re-arms its receive. */
 void zcn_tcp_flush_pending_rx(ZCN_Loop *s, struct conn *c)
@@ -371,6 +390,11 @@ static void defer_rx(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
     c->rx_tail = (int32_t)bid;
     held_add(s, c, &c->rx_bufs, 1);
     c->rx_bytes += len;
+}
+
+void zcn_tcp_defer_rx(ZCN_Loop *s, struct conn *c, uint32_t bid, uint32_t len)
+{
+    defer_rx(s, c, bid, len);
 }
 
 /* The hard limit: a connection holding more than this (its cap overshot
@@ -558,6 +582,7 @@ struct conn *zcn_tcp_conn_open(ZCN_Loop *s, int fd, struct zcn_handler *h)
     c->wait = c->service;
     c->zombie_next = NIL;
     c->fwd_to = c->fwd_from = NIL;
+    c->pipe_rd = c->pipe_wr = -1;
     s->fd_table[fd] = slot;
     s->conns_active++;
     touch(s, c);

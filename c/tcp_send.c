@@ -530,8 +530,10 @@ static ZCN_Error loop_conn_info(const ZCN_Loop *s, int fd, ZCN_ConnInfo *out, co
     out->flags = (c->eof ? ZCN_CONN_EOF : 0u) | (c->shut_wr ? ZCN_CONN_SHUT_WR : 0u) |
                  (c->state != CONN_OPEN ? ZCN_CONN_CLOSING : 0u) |
                  (linked(&c->wait) ? ZCN_CONN_WAITING : 0u) |
-                 (c->state == CONN_OPEN && !c->recv_armed && !c->eof ? ZCN_CONN_PAUSED : 0u) |
-                 (fwd_target(s, c) != NULL ? ZCN_CONN_FORWARDING : 0u);
+                 (c->state == CONN_OPEN && !c->recv_armed && !c->eof &&
+                          !(c->splicing && c->splice_in_armed) ? ZCN_CONN_PAUSED : 0u) |
+                 (fwd_target(s, c) != NULL ? ZCN_CONN_FORWARDING : 0u) |
+                 (c->splicing ? ZCN_CONN_SPLICING : 0u);
     uint64_t now = zcn_now_ms();
     if (c->sq_head != NIL && now > c->progress_ms)
         out->send_stall_ms = now - c->progress_ms;

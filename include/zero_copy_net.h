@@ -402,6 +402,7 @@ enum {
     ZCN_CONN_WAITING = 1u << 3,      /* waiting for budget (see ZCN_Config) */
     ZCN_CONN_PAUSED = 1u << 4,       /* no receive armed: over its cap or waiting */
     ZCN_CONN_FORWARDING = 1u << 5,   /* forwards its data (zcn_loop_forward) */
+    ZCN_CONN_SPLICING = 1u << 6,     /* forwards it through a pipe (splice mode) */
 };
 typedef struct ZCN_ConnInfo {
     uint64_t bytes_received;         /* since accept */
@@ -816,6 +817,9 @@ enum {
     /* The loop sends the data itself: no on_data call (no DATA event), and
      * the peer's EOF is passed on as a shutdown of to_fd. */
     ZCN_FORWARD_AUTO = 1u << 0,
+    /* With ZCN_FORWARD_AUTO only: the data goes through a pipe with
+     * splice(2) instead of pool buffers (see below). */
+    ZCN_FORWARD_SPLICE = 1u << 1,
 };
 /* Data received on fd is forwarded to to_fd: fd's deliveries (and the
  * arming of its receive) are gated on to_fd's send-queue room and cap

@@ -154,6 +154,8 @@ enum mode {
     MODE_AUTO,      /* ZCN_FORWARD_AUTO both ways */
     MODE_AUTO_ONE,  /* ZCN_FORWARD_AUTO A -> B only */
     MODE_NONE,      /* accept only: no connect, no forward */
+    MODE_SPLICE,    /* ZCN_FORWARD_AUTO | ZCN_FORWARD_SPLICE both ways */
+    MODE_SPLICE_ONE, /* the same A -> B only */
 };
 
 struct fwd {
@@ -171,6 +173,7 @@ struct fwd {
     int closes_a, closes_b, eofs_a, eofs_b;
     uint8_t seen[64];           /* MODE_NONE: the first bytes on_data saw on a */
     size_t seen_n;
+    uint64_t splicing_a, splicing_b; /* pumps that found a / b in splice mode */
 };
 
 static void on_connect(void *ud, int fd, ZCN_Error result)
@@ -242,9 +245,11 @@ static void on_accept(void *ud, int fd)
     };
     T_CHECK_ERR(zcn_loop_connect(f->loop, &cc, &f->b), ZCN_OK);
     uint32_t flags = f->mode == MODE_HANDLER ? 0 : ZCN_FORWARD_AUTO;
+    if (f->mode == MODE_SPLICE || f->mode == MODE_SPLICE_ONE)
+        flags |= ZCN_FORWARD_SPLICE;
     /* b is still connecting: a's receive starts paused. */
     T_CHECK_ERR(zcn_loop_forward(f->loop, f->a, f->b, flags), ZCN_OK);
-    if (f->mode == MODE_AUTO)
+    if (f->mode == MODE_AUTO || f->mode == MODE_SPLICE)
         T_CHECK_ERR(zcn_loop_forward(f->loop, f->b, f->a, flags), ZCN_OK);
 }
 
@@ -278,10 +283,22 @@ static void teardown(struct fwd *f)
     T_CHECK_ERR(zcn_loop_destroy(f->loop), ZCN_OK);
 }
 
+static void note_splicing(struct fwd *f)
+{
+    ZCN_ConnInfo ci;
+    if (f->a >= 0 && zcn_loop_conn_info(f->loop, f->a, &ci) == ZCN_OK &&
+        (ci.flags & ZCN_CONN_SPLICING))
+        f->splicing_a++;
+    if (f->b >= 0 && zcn_loop_conn_info(f->loop, f->b, &ci) == ZCN_OK &&
+        (ci.flags & ZCN_CONN_SPLICING))
+        f->splicing_b++;
+}
+
 static void pump(struct fwd *f, int ms)
 {
     ZCN_Error err = zcn_loop_run_once_timeout(f->loop, ms, NULL);
     T_CHECK(err == ZCN_OK || err == ZCN_ERR_TIMEOUT);
+    note_splicing(f);
 }
 
 /* Pumps until the test's listener has the loop's outbound connection. */
@@ -429,6 +446,7 @@ static void run_streams(struct fwd *f, int x, int y, uint64_t bytes, int poll_mo
             uint32_t n = 0;
             ZCN_Error err = zcn_loop_poll(f->loop, ev, 64, 1, &n);
             T_CHECK(err == ZCN_OK || err == ZCN_ERR_TIMEOUT);
+            note_splicing(f);
             for (uint32_t i = 0; i < n; i++) {
                 T_CHECK(ev[i].type != ZCN_EVENT_DATA);
                 if (ev[i].type == ZCN_EVENT_CLOSE)
@@ -716,6 +734,7 @@ static void test_errors(void)
 
     T_CHECK_ERR(zcn_loop_forward(NULL, a1, a2, 0), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_forward(f.loop, a1, a2, 0x80), ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_loop_forward(f.loop, a1, a2, ZCN_FORWARD_SPLICE), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_forward(f.loop, a1, a1, 0), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_forward(f.loop, a1, -2, 0), ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_forward(f.loop, 99999, a2, 0), ZCN_ERR_CLOSED);
@@ -741,6 +760,328 @@ static void test_errors(void)
     teardown(&f);
 }
 
+/* ---- 8. splice mode (ZCN_FORWARD_SPLICE) and the per-size switch ---------- */
+
+/* 8 MiB each way through the pipes, random write and read sizes, the FIN
+ * passed on both ways after the last byte (half-close), no pool buffer
+ * held at the end, and the directions were in splice mode. */
+static void test_splice_integrity(void)
+{
+    ZCN_LoopConfig lc = {.buffer_pool_size = 256, .send_queue_max_bytes = 256 << 10};
+    uint16_t up_port;
+    int lfd = plain_listener(&up_port, 0);
+    struct fwd f;
+    setup(&f, MODE_SPLICE, &lc, 1, up_port);
+    int x = client_to(zcn_server_port(f.srv), 0);
+    int y = accept_upstream(&f, lfd);
+    run_streams(&f, x, y, 8u << 20, 0);
+    T_CHECK(f.data_a == 0 && f.data_b == 0);
+    T_CHECK(f.closes_a == 1 && f.closes_b == 1);
+    T_CHECK(f.eofs_a == 1 && f.eofs_b == 1);
+    T_CHECK(f.splicing_a > 0 && f.splicing_b > 0);
+    ZCN_LoopStats ls;
+    T_CHECK_ERR(zcn_loop_stats(f.loop, &ls), ZCN_OK);
+    T_CHECK(ls.tcp.connections_active == 0);
+    T_CHECK(ls.tcp.buffers_held == 0);
+    T_CHECK(ls.tcp.bytes_received >= (16u << 20) && ls.tcp.bytes_sent >= (16u << 20));
+    close(x);
+    close(y);
+    close(lfd);
+    teardown(&f);
+}
+
+/* A small exchange then the client's FIN: it reaches the upstream after the
+ * data, A stays open for the answer (half-close), which comes back and is
+ * followed by the upstream's FIN. */
+static void test_splice_early_data_and_eof(void)
+{
+    uint16_t up_port;
+    int lfd = plain_listener(&up_port, 0);
+    struct fwd f;
+    setup(&f, MODE_SPLICE, NULL, 1, up_port);
+    int x = client_to(zcn_server_port(f.srv), 0);
+    int y = accept_upstream(&f, lfd);
+    for (int i = 0; i < 50 && f.splicing_a == 0; i++)
+        pump(&f, 2);
+    T_CHECK(f.splicing_a > 0); /* nothing in between: splice mode at once */
+    T_CHECK(send(x, "hello", 5, 0) == 5);
+    T_CHECK(shutdown(x, SHUT_WR) == 0);
+    char buf[64];
+    size_t got = 0;
+    int eof = 0;
+    for (int i = 0; i < 500 && !eof; i++) {
+        ssize_t r = recv(y, buf + got, sizeof buf - got, 0);
+        if (r == 0)
+            eof = 1;
+        else if (r > 0)
+            got += (size_t)r;
+        else
+            pump(&f, 5);
+    }
+    T_CHECK(eof && got == 5 && memcmp(buf, "hello", 5) == 0);
+    for (int i = 0; i < 20; i++)
+        pump(&f, 1);
+    T_CHECK(f.eofs_a == 1 && f.closes_a == 0);
+    T_CHECK(send(y, "answer", 6, 0) == 6);
+    T_CHECK(shutdown(y, SHUT_WR) == 0);
+    got = 0;
+    eof = 0;
+    for (int i = 0; i < 500 && !eof; i++) {
+        ssize_t r = recv(x, buf + got, sizeof buf - got, 0);
+        if (r == 0)
+            eof = 1;
+        else if (r > 0)
+            got += (size_t)r;
+        else
+            pump(&f, 5);
+    }
+    T_CHECK(eof && got == 6 && memcmp(buf, "answer", 6) == 0);
+    for (int i = 0; i < 200 && (f.closes_a == 0 || f.closes_b == 0); i++)
+        pump(&f, 5);
+    T_CHECK(f.closes_a == 1 && f.closes_b == 1);
+    close(x);
+    close(y);
+    close(lfd);
+    teardown(&f);
+}
+
+/* A target that does not read: the client is blocked, the loop holds no
+ * pool buffer and at most the pipe (1 MiB) between A's receive and B's
+ * send; when the target reads, everything arrives intact. */
+static void test_splice_backpressure(void)
+{
+    uint16_t up_port;
+    int lfd = plain_listener(&up_port, 64 << 10);
+    struct fwd f;
+    setup(&f, MODE_SPLICE_ONE, NULL, 0, up_port);
+    int x = client_to(zcn_server_port(f.srv), 64 << 10);
+    int y = accept_upstream(&f, lfd);
+    struct stream up = {.seed = 7, .total = 32u << 20}, upr = {.seed = 7};
+    uint64_t last = t_mono_ms();
+    uint64_t stop = last + 10000;
+    while (t_mono_ms() - last < 300 && t_mono_ms() < stop) {
+        if (write_piece(x, &up, 65536) > 0)
+            last = t_mono_ms();
+        pump(&f, 1);
+    }
+    T_CHECK(up.written < up.total); /* blocked */
+    T_CHECK(held_now(f.loop) == 0);
+    ZCN_ConnInfo ia, ib;
+    T_CHECK_ERR(zcn_loop_conn_info(f.loop, f.a, &ia), ZCN_OK);
+    T_CHECK_ERR(zcn_loop_conn_info(f.loop, f.b, &ib), ZCN_OK);
+    T_CHECK(ia.flags & ZCN_CONN_SPLICING);
+    T_CHECK(ia.flags & ZCN_CONN_PAUSED); /* waits for the target, not reading */
+    T_CHECK(ia.bytes_received - ib.bytes_sent <= (1u << 20));
+    T_CHECK(ia.buffers_held == 0 && ib.queued_bytes == 0);
+    ZCN_LoopStats ls;
+    T_CHECK_ERR(zcn_loop_stats(f.loop, &ls), ZCN_OK);
+    T_CHECK(ls.tcp.buffers_in_use <= 1);
+    /* The target reads: all of it arrives, the client's writes go on. */
+    uint64_t deadline = t_mono_ms() + 30000;
+    while (!upr.eof && t_mono_ms() < deadline) {
+        write_piece(x, &up, 65536);
+        if (up.written == up.total && up.total != 0) {
+            shutdown(x, SHUT_WR);
+            up.total = 0; /* shut once */
+        }
+        pump(&f, 1);
+        read_check(y, &upr, 65536);
+    }
+    T_CHECK(!upr.bad && upr.eof && upr.read == (32u << 20));
+    close(x);
+    close(y);
+    close(lfd);
+    teardown(&f);
+}
+
+/* The client resets mid-stream: both connections end. */
+static void test_splice_reset(void)
+{
+    uint16_t up_port;
+    int lfd = plain_listener(&up_port, 0);
+    struct fwd f;
+    setup(&f, MODE_SPLICE, NULL, 0, up_port);
+    int x = client_to(zcn_server_port(f.srv), 0);
+    int y = accept_upstream(&f, lfd);
+    struct stream up = {.seed = 3, .total = 64u << 20}, upr = {.seed = 3};
+    for (int i = 0; i < 200; i++) {
+        write_piece(x, &up, 65536);
+        pump(&f, 1);
+        if (i < 100)
+            read_check(y, &upr, 65536);
+    }
+    T_CHECK(f.splicing_a > 0 && !upr.bad);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    T_CHECK(setsockopt(x, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+    close(x);
+    int y_end = 0; /* y sees the reset passed on (or EOF) */
+    for (int i = 0; i < 400 && (f.closes_a == 0 || f.closes_b == 0 || !y_end); i++) {
+        pump(&f, 5);
+        static char sink[65536];
+        ssize_t r = recv(y, sink, sizeof sink, MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            y_end = 1;
+    }
+    T_CHECK(f.closes_a == 1 && f.closes_b == 1 && y_end);
+    ZCN_LoopStats ls;
+    T_CHECK_ERR(zcn_loop_stats(f.loop, &ls), ZCN_OK);
+    T_CHECK(ls.tcp.connections_active == 0 && ls.tcp.buffers_held == 0);
+    close(y);
+    close(lfd);
+    teardown(&f);
+}
+
+/* Streams both ways, then: zcn_loop_close(a) (mode 0) or the loop destroyed
+ * (mode 1) while splicing; nothing leaks (fds: the pipes closed). */
+static void splice_cut(int destroy)
+{
+    int fds0 = t_open_fds();
+    uint16_t up_port;
+    int lfd = plain_listener(&up_port, 64 << 10);
+    struct fwd f;
+    setup(&f, MODE_SPLICE, NULL, 0, up_port);
+    int x = client_to(zcn_server_port(f.srv), 0);
+    int y = accept_upstream(&f, lfd);
+    struct stream up = {.seed = 4, .total = 64u << 20}, upr = {.seed = 4};
+    struct stream down = {.seed = 5, .total = 64u << 20}, downr = {.seed = 5};
+    for (int i = 0; i < 300; i++) {
+        write_piece(x, &up, 65536);
+        write_piece(y, &down, 65536);
+        pump(&f, 1);
+        if (i < 150) { /* then the upstream stops reading: a pipe fills */
+            read_check(y, &upr, 65536);
+        }
+        read_check(x, &downr, 65536);
+    }
+    T_CHECK(f.splicing_a > 0 && f.splicing_b > 0 && !upr.bad && !downr.bad);
+    if (destroy) {
+        teardown(&f);
+        T_CHECK(f.closes_a == 1 && f.closes_b == 1);
+    } else {
+        T_CHECK_ERR(zcn_loop_close(f.loop, f.a), ZCN_OK);
+        for (int i = 0; i < 400 && f.closes_a == 0; i++) {
+            pump(&f, 5);
+            read_check(x, &downr, 65536);
+        }
+        T_CHECK(f.closes_a == 1 && f.closes_b == 0); /* the other stays */
+        T_CHECK_ERR(zcn_loop_close(f.loop, f.b), ZCN_OK);
+        for (int i = 0; i < 400 && f.closes_b == 0; i++)
+            pump(&f, 5);
+        T_CHECK(f.closes_b == 1);
+        ZCN_LoopStats ls;
+        T_CHECK_ERR(zcn_loop_stats(f.loop, &ls), ZCN_OK);
+        T_CHECK(ls.tcp.connections_active == 0 && ls.tcp.buffers_held == 0);
+        teardown(&f);
+    }
+    close(x);
+    close(y);
+    close(lfd);
+    T_CHECK(t_open_fds() == fds0);
+}
+
+static void test_splice_close(void)
+{
+    splice_cut(0);
+}
+
+static void test_splice_destroy(void)
+{
+    splice_cut(1);
+}
+
+/* Forwarding ended while the pipe holds data: those bytes come to on_data
+ * (as deferred data), then the later ones; back on (AUTO|SPLICE), data goes
+ * to the target again. */
+static void test_splice_forward_off(void)
+{
+    uint16_t up_port;
+    int lfd = plain_listener(&up_port, 64 << 10);
+    struct fwd f;
+    setup(&f, MODE_SPLICE_ONE, NULL, 0, up_port);
+    int x = client_to(zcn_server_port(f.srv), 0);
+    int y = accept_upstream(&f, lfd);
+    struct stream up = {.seed = 9, .total = 64u << 20};
+    uint64_t last = t_mono_ms();
+    while (t_mono_ms() - last < 200) { /* y does not read: the pipe fills */
+        if (write_piece(x, &up, 65536) > 0)
+            last = t_mono_ms();
+        pump(&f, 1);
+    }
+    ZCN_ConnInfo ia, ib;
+    T_CHECK_ERR(zcn_loop_conn_info(f.loop, f.a, &ia), ZCN_OK);
+    T_CHECK_ERR(zcn_loop_conn_info(f.loop, f.b, &ib), ZCN_OK);
+    T_CHECK(ia.flags & ZCN_CONN_SPLICING);
+    uint64_t in_pipe = ia.bytes_received - ib.bytes_sent;
+    T_CHECK(in_pipe > 0);
+    T_CHECK_ERR(zcn_loop_forward(f.loop, f.a, -1, 0), ZCN_OK);
+    T_CHECK_ERR(zcn_loop_conn_info(f.loop, f.a, &ia), ZCN_OK);
+    T_CHECK(!(ia.flags & ZCN_CONN_SPLICING));
+    /* y reads what was sent to it; the rest comes to on_data */
+    struct stream upr = {.seed = 9};
+    for (int i = 0; i < 300; i++) {
+        read_check(y, &upr, 65536);
+        pump(&f, 2);
+    }
+    T_CHECK(!upr.bad && upr.read == ib.bytes_sent);
+    T_CHECK(f.data_a > 0 && upr.read + f.data_a == up.written);
+    close(x);
+    close(y);
+    close(lfd);
+    teardown(&f);
+}
+
+/* Writes n bytes of the stream at once if the socket takes them. */
+static void write_block(int fd, struct stream *st, size_t n)
+{
+    static uint8_t buf[1 << 17];
+    if (n > sizeof buf)
+        n = sizeof buf;
+    if (n > st->total - st->written)
+        n = (size_t)(st->total - st->written);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = pat(st->written + i, st->seed);
+    ssize_t w = send(fd, buf, n, MSG_NOSIGNAL);
+    if (w > 0)
+        st->written += (uint64_t)w;
+}
+
+/* AUTO without the flag: a stream of full buffers switches to splice (and
+ * 256-byte messages alone would not). */
+static void test_auto_switch(void)
+{
+    uint16_t up_port;
+    int lfd = plain_listener(&up_port, 0);
+    struct fwd f;
+    setup(&f, MODE_AUTO_ONE, NULL, 0, up_port);
+    int x = client_to(zcn_server_port(f.srv), 0);
+    int y = accept_upstream(&f, lfd);
+    struct stream up = {.seed = 11, .total = 16u << 20}, upr = {.seed = 11};
+    int x_shut = 0;
+    uint64_t deadline = t_mono_ms() + 30000;
+    for (int i = 0; i < 200; i++) { /* small messages: buffers */
+        write_block(x, &up, 256);
+        pump(&f, 1);
+        read_check(y, &upr, 1 << 17);
+    }
+    T_CHECK(f.splicing_a == 0);
+    while (!upr.eof && t_mono_ms() < deadline) {
+        write_block(x, &up, 1 << 17);
+        if (!x_shut && up.written == up.total) {
+            shutdown(x, SHUT_WR);
+            x_shut = 1;
+        }
+        pump(&f, 1);
+        read_check(y, &upr, 1 << 17);
+    }
+    T_CHECK(!upr.bad && upr.eof && upr.read == up.total);
+    T_CHECK(f.splicing_a > 0);
+    T_CHECK(f.data_a == 0);
+    close(x);
+    close(y);
+    close(lfd);
+    teardown(&f);
+}
+
 int main(void)
 {
     t_require_io_uring();
@@ -756,6 +1097,14 @@ int main(void)
         {"forward_off", test_forward_off},
         {"refused_upstream", test_refused_upstream},
         {"errors", test_errors},
+        {"splice_integrity", test_splice_integrity},
+        {"splice_early_data_and_eof", test_splice_early_data_and_eof},
+        {"splice_backpressure", test_splice_backpressure},
+        {"splice_reset", test_splice_reset},
+        {"splice_close", test_splice_close},
+        {"splice_destroy", test_splice_destroy},
+        {"splice_forward_off", test_splice_forward_off},
+        {"auto_switch", test_auto_switch},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         uint64_t t0 = t_mono_ms();
