@@ -189,11 +189,21 @@ static void pump(ZCN_Loop *s, struct conn *c)
     }
 }
 
+/* A pump may emit events (EOF, closes): only where the loop may (a receive
+ * is armed from API calls too); otherwise from the service list. */
+static void pump_now(ZCN_Loop *s, struct conn *c)
+{
+    if (can_emit(s))
+        pump(s, c);
+    else
+        service_add(s, c);
+}
+
 bool zcn_splice_want(ZCN_Loop *s, struct conn *c)
 {
     if (c->splicing) {
         if (!c->splice_in_armed && !c->splice_out_armed)
-            pump(s, c); /* from the service list: a poll found no SQE */
+            pump_now(s, c); /* from the service list: a poll found no SQE */
         return true;
     }
     struct conn *t = fwd_target(s, c);
@@ -227,7 +237,7 @@ bool zcn_splice_want(ZCN_Loop *s, struct conn *c)
     set_nonblock(c->fd);
     set_nonblock(t->fd);
     if (!c->splice_in_armed)
-        pump(s, c);
+        pump_now(s, c);
     return true;
 }
 

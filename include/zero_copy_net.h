@@ -845,6 +845,25 @@ enum {
  * cannot be queued for any other reason (the loop's chunk table is used
  * up) both connections are aborted rather than lose it silently.
  *
+ * Splice mode. With ZCN_FORWARD_AUTO | ZCN_FORWARD_SPLICE the data goes
+ * socket -> pipe -> socket with splice(2) called from the loop thread (io_uring
+ * polls tell readiness) instead of through pool buffers: for large
+ * messages and streams it costs about half the CPU (docs/PERFORMANCE.md,
+ * "Splice against buffer forwarding"), below 64 KiB nothing or worse. The
+ * direction switches once nothing is in between (fd has nothing deferred,
+ * to_fd's queue is empty) and holds no pool buffer while in it: at most a
+ * pipe (1 MiB if the kernel grants it, else its default) between fd and
+ * to_fd, fd's reads pausing while it is full. EOF and errors are passed
+ * on as above (an error resets the other side); leaving it (to_fd -1,
+ * other flags or target, either side closing) makes what the pipe holds
+ * fd's deferred data. Both sockets are made O_NONBLOCK. AUTO alone
+ * switches a direction to splice mode by itself once it has forwarded 8
+ * full pool buffers with never two short ones in a row (a stream), and
+ * back to buffers after 8 reads shorter than a buffer in a row.
+ * zcn_loop_conn_info's ZCN_CONN_SPLICING tells which mode a direction is
+ * in; bytes are counted as for buffers (no recv_ops or send_ops detail).
+ * ZCN_FORWARD_SPLICE without ZCN_FORWARD_AUTO is ZCN_ERR_INVALID_ARGUMENT.
+ *
  * to_fd = -1 ends forwarding (flags ignored). Forwarding also ends when
  * either side closes, aborts or fails to connect: fd's later data, and
  * what it had deferred, goes to its own on_data (or DATA events), gated on
@@ -856,7 +875,8 @@ enum {
  * does not close the other (a proxy does that in its on_close).
  *
  * Errors (nothing changed): ZCN_ERR_INVALID_ARGUMENT (NULL loop, unknown
- * flags, to_fd == fd, to_fd < -1), ZCN_ERR_CLOSED (fd or to_fd is not an
+ * flags, ZCN_FORWARD_SPLICE without ZCN_FORWARD_AUTO, to_fd == fd,
+ * to_fd < -1), ZCN_ERR_CLOSED (fd or to_fd is not an
  * open or connecting connection of this loop), ZCN_ERR_BUSY (another fd
  * forwards to to_fd already: one forwarder per target),
  * ZCN_ERR_WRONG_THREAD. Owner thread; from callbacks too. */

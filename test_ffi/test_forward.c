@@ -483,7 +483,7 @@ static void run_streams(struct fwd *f, int x, int y, uint64_t bytes, int poll_mo
 
 /* ---- 3. poll mode: the same with events ------------------------------------ */
 
-static void test_auto_poll_mode(void)
+static void auto_poll_mode(uint32_t fwd_flags, uint64_t bytes)
 {
     ZCN_LoopConfig lc = {.buffer_pool_size = 256, .send_queue_max_bytes = 256 << 10};
     uint16_t up_port;
@@ -511,8 +511,8 @@ static void test_auto_poll_mode(void)
                 ZCN_ConnectConfig cc = {.address = "127.0.0.1", .port = up_port,
                                         .timeout_ms = 1000, .flags = ZCN_SERVER_HALF_CLOSE};
                 T_CHECK_ERR(zcn_loop_connect(f.loop, &cc, &f.b), ZCN_OK);
-                T_CHECK_ERR(zcn_loop_forward(f.loop, f.a, f.b, ZCN_FORWARD_AUTO), ZCN_OK);
-                T_CHECK_ERR(zcn_loop_forward(f.loop, f.b, f.a, ZCN_FORWARD_AUTO), ZCN_OK);
+                T_CHECK_ERR(zcn_loop_forward(f.loop, f.a, f.b, fwd_flags), ZCN_OK);
+                T_CHECK_ERR(zcn_loop_forward(f.loop, f.b, f.a, fwd_flags), ZCN_OK);
             } else if (ev[k].type == ZCN_EVENT_CONNECT) {
                 T_CHECK(ev[k].fd == f.b && ev[k].offset == 0);
                 connected = 1;
@@ -528,13 +528,25 @@ static void test_auto_poll_mode(void)
     }
     T_CHECK(y >= 0);
     set_nonblock(y);
-    run_streams(&f, x, y, 1u << 20, 1);
+    run_streams(&f, x, y, bytes, 1);
     T_CHECK(f.closes_a == 1 && f.closes_b == 1);
     T_CHECK(f.eofs_a == 1 && f.eofs_b == 1);
+    if (fwd_flags & ZCN_FORWARD_SPLICE)
+        T_CHECK(f.splicing_a > 0 && f.splicing_b > 0);
     close(x);
     close(y);
     close(lfd);
     teardown(&f);
+}
+
+static void test_auto_poll_mode(void)
+{
+    auto_poll_mode(ZCN_FORWARD_AUTO, 1u << 20);
+}
+
+static void test_splice_poll_mode(void)
+{
+    auto_poll_mode(ZCN_FORWARD_AUTO | ZCN_FORWARD_SPLICE, 8u << 20);
 }
 
 /* ---- 4. data and FIN before the upstream is connected; half-close --------- */
@@ -1045,8 +1057,8 @@ static void write_block(int fd, struct stream *st, size_t n)
         st->written += (uint64_t)w;
 }
 
-/* AUTO without the flag: a stream of full buffers switches to splice (and
- * 256-byte messages alone would not). */
+/* AUTO without the flag: small messages stay on buffers, a stream of full
+ * buffers switches to splice mode, small messages after it switch back. */
 static void test_auto_switch(void)
 {
     uint16_t up_port;
@@ -1055,26 +1067,43 @@ static void test_auto_switch(void)
     setup(&f, MODE_AUTO_ONE, NULL, 0, up_port);
     int x = client_to(zcn_server_port(f.srv), 0);
     int y = accept_upstream(&f, lfd);
-    struct stream up = {.seed = 11, .total = 16u << 20}, upr = {.seed = 11};
-    int x_shut = 0;
-    uint64_t deadline = t_mono_ms() + 30000;
+    const uint64_t small = 200 * 256, big = 16u << 20;
+    struct stream up = {.seed = 11, .total = small + big + small}, upr = {.seed = 11};
     for (int i = 0; i < 200; i++) { /* small messages: buffers */
         write_block(x, &up, 256);
         pump(&f, 1);
         read_check(y, &upr, 1 << 17);
     }
     T_CHECK(f.splicing_a == 0);
+    uint64_t deadline = t_mono_ms() + 30000;
+    while (up.written < small + big && t_mono_ms() < deadline) {
+        size_t left = (size_t)(small + big - up.written);
+        write_block(x, &up, left < (1u << 17) ? left : (1u << 17));
+        pump(&f, 1);
+        read_check(y, &upr, 1 << 17);
+    }
+    T_CHECK(f.splicing_a > 0);
+    while (upr.read < up.written && t_mono_ms() < deadline) {
+        pump(&f, 1);
+        read_check(y, &upr, 1 << 17);
+    }
+    int back = 0;
+    for (int i = 0; i < 200; i++) { /* small again: back to buffers */
+        write_block(x, &up, 256);
+        pump(&f, 1);
+        read_check(y, &upr, 1 << 17);
+        ZCN_ConnInfo ci;
+        T_CHECK_ERR(zcn_loop_conn_info(f.loop, f.a, &ci), ZCN_OK);
+        if (!(ci.flags & ZCN_CONN_SPLICING))
+            back++;
+    }
+    T_CHECK(back > 150);
+    shutdown(x, SHUT_WR);
     while (!upr.eof && t_mono_ms() < deadline) {
-        write_block(x, &up, 1 << 17);
-        if (!x_shut && up.written == up.total) {
-            shutdown(x, SHUT_WR);
-            x_shut = 1;
-        }
         pump(&f, 1);
         read_check(y, &upr, 1 << 17);
     }
     T_CHECK(!upr.bad && upr.eof && upr.read == up.total);
-    T_CHECK(f.splicing_a > 0);
     T_CHECK(f.data_a == 0);
     close(x);
     close(y);
@@ -1098,6 +1127,7 @@ int main(void)
         {"refused_upstream", test_refused_upstream},
         {"errors", test_errors},
         {"splice_integrity", test_splice_integrity},
+        {"splice_poll_mode", test_splice_poll_mode},
         {"splice_early_data_and_eof", test_splice_early_data_and_eof},
         {"splice_backpressure", test_splice_backpressure},
         {"splice_reset", test_splice_reset},

@@ -192,6 +192,7 @@ WATCH_READ, WATCH_WRITE, WATCH_ERROR, WATCH_HUP = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 # ZCN_CONN_*: ZCN_ConnInfo.flags
 CONN_EOF, CONN_SHUT_WR, CONN_CLOSING, CONN_WAITING, CONN_PAUSED, CONN_FORWARDING = (
     1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5)
+CONN_SPLICING = 1 << 6
 
 
 class Config(Structure):
@@ -462,6 +463,7 @@ zcn_loop_conn_info = _fn("zcn_loop_conn_info", ZCN_Error, [c_void_p, c_int, POIN
 zcn_loop_queued_bytes = _fn("zcn_loop_queued_bytes", c_size_t, [c_void_p, c_int])
 # ZCN_FORWARD_*: zcn_loop_forward's flags
 FORWARD_AUTO = 1 << 0
+FORWARD_SPLICE = 1 << 1
 # ZCN_Error zcn_loop_forward(ZCN_Loop *loop, int fd, int to_fd, uint32_t flags);
 zcn_loop_forward = _fn("zcn_loop_forward", ZCN_Error, [c_void_p, c_int, c_int, c_uint32])
 # typedef void (*ZCN_OnTimer)(void *user_data, uint64_t timer_id);
