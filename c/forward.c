@@ -103,6 +103,11 @@ static void forward_stop(ZCN_Loop *s, struct conn *c)
         service_add(s, c);
 }
 
+void zcn_tcp_forward_stop(ZCN_Loop *s, struct conn *c)
+{
+    forward_stop(s, c);
+}
+
 void zcn_tcp_forward_unlink(ZCN_Loop *s, struct conn *c)
 {
     if (c->fwd_to != NIL)

@@ -426,6 +426,8 @@ void zcn_tcp_emit_connect(ZCN_Loop *s, struct conn *c, ZCN_Error result);
  * connect failed), so it forwards to nobody and nobody to it; the one that
  * forwarded to c is served from the next turn on its own room. */
 void zcn_tcp_forward_unlink(ZCN_Loop *s, struct conn *c);
+/* c forwards to nobody from now on (its target shut down by the user). */
+void zcn_tcp_forward_stop(ZCN_Loop *s, struct conn *c);
 /* t's queue has room again (a send completed, or its connect did): the
  * connection forwarding to t may deliver and receive. */
 void zcn_tcp_forward_wake(ZCN_Loop *s, struct conn *t);

@@ -112,6 +112,12 @@ static void pump(ZCN_Loop *s, struct conn *c)
     struct conn *t = fwd_target(s, c);
     if (t == NULL || t->state != CONN_OPEN)
         return; /* the unlink that follows leaves splice mode */
+    if (t->shut_wr) {
+        /* shut down by the user: as in AUTO, forwarding ends, and what the
+         * pipe holds and what follows goes to c's handler */
+        zcn_tcp_forward_stop(s, c);
+        return;
+    }
     uint64_t moved = 0;
     for (;;) {
         while (c->pipe_bytes > 0) {

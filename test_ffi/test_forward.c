@@ -1042,6 +1042,34 @@ static void test_splice_forward_off(void)
     teardown(&f);
 }
 
+/* The user shuts the target down while a direction splices into it: the
+ * forwarding ends at the next data, which goes to on_data. */
+static void test_splice_target_shut(void)
+{
+    uint16_t up_port;
+    int lfd = plain_listener(&up_port, 0);
+    struct fwd f;
+    setup(&f, MODE_SPLICE_ONE, NULL, 0, up_port);
+    int x = client_to(zcn_server_port(f.srv), 0);
+    int y = accept_upstream(&f, lfd);
+    char buf[64];
+    T_CHECK(send(x, "abc", 3, 0) == 3);
+    T_CHECK(read_all_now(y, buf, sizeof buf, &f, 3) == 3 && memcmp(buf, "abc", 3) == 0);
+    T_CHECK(f.splicing_a > 0);
+    T_CHECK_ERR(zcn_loop_shutdown(f.loop, f.b), ZCN_OK);
+    T_CHECK(send(x, "xyz", 3, 0) == 3);
+    for (int i = 0; i < 200 && f.data_a < 3; i++)
+        pump(&f, 5);
+    T_CHECK(f.data_a == 3 && memcmp(f.seen, "xyz", 3) == 0);
+    ZCN_ConnInfo ci;
+    T_CHECK_ERR(zcn_loop_conn_info(f.loop, f.a, &ci), ZCN_OK);
+    T_CHECK(!(ci.flags & (ZCN_CONN_SPLICING | ZCN_CONN_FORWARDING)));
+    close(x);
+    close(y);
+    close(lfd);
+    teardown(&f);
+}
+
 /* Writes n bytes of the stream at once if the socket takes them. */
 static void write_block(int fd, struct stream *st, size_t n)
 {
@@ -1134,6 +1162,7 @@ int main(void)
         {"splice_close", test_splice_close},
         {"splice_destroy", test_splice_destroy},
         {"splice_forward_off", test_splice_forward_off},
+        {"splice_target_shut", test_splice_target_shut},
         {"auto_switch", test_auto_switch},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
