@@ -15,7 +15,10 @@
  * that does not read pauses the one that writes to it: memory stays
  * bounded), and a FIN is passed on as a shutdown of the other side once
  * what came before it is sent (half-close, so `echo hi | nc -N` gets the
- * upstream's answer after its EOF).
+ * upstream's answer after its EOF). A direction that streams (full
+ * buffers in a row) switches by itself to splice(2) through a pipe, and
+ * back when the messages get small; ZCN_FORWARD_SPLICE would splice from
+ * the start, which costs more CPU for small messages (docs/PERFORMANCE.md).
  *
  * The client is forwarded to the upstream while that one is still
  * connecting: its receive starts paused and waits for the connect, so what
