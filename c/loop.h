@@ -14,6 +14,7 @@
  *   c/tcp_send.c    the send queue and the send/close calls
  *   c/deliver.c     event delivery: callbacks or poll batches
  *   c/forward.c     forwarding one connection's data to another
+ *   c/splice.c      forwarded streams through a pipe (splice(2))
  *   c/buffers.c, c/buffers.h  buffers: refcounts, the receive ring's refill, the policy
  * Not installed. */
 #ifndef ZCN_LOOP_H
