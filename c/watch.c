@@ -268,8 +268,8 @@ uint32_t zcn_calls_run(ZCN_Loop *s)
         return 0;
     uint32_t ran = 0;
     pthread_mutex_lock(&q->mu);
-    uint32_t todo = q->n;
-    while (ran < todo && q->n > 0) {
+    uint32_t queued = q->n; /* calls queued by these calls wait a turn */
+    while (ran < queued && q->n > 0) {
         struct zcn_call call = q->q[q->head];
         if (call.fn == NULL && s->ev != NULL && !has_room(s, 1))
             break; /* the next poll gets it */

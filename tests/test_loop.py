@@ -491,6 +491,10 @@ def test_forward_gates_on_the_target_and_auto_forwards(loop):
     assert bytes(got) == payload
     with pytest.raises(zcn.ClosedError):
         loop.forward(12345, 12346)
+    with pytest.raises(ValueError):
+        loop.forward(1 << 40, 3)
+    with pytest.raises(ValueError):
+        loop.forward(3, -5)
     with pytest.raises(zcn.InvalidArgumentError):
         loop.forward(next(iter(pair)), next(iter(pair)))
     c.close()

@@ -508,8 +508,8 @@ class Loop(HandleOwner):
         it also ends when either side closes. A forward each way is a proxy
         (see python -m zcn proxy). BusyError if another fd already forwards
         to to_fd. Owner thread."""
-        fd = _int_arg(fd, "fd")
-        target = -1 if to_fd is None else _int_arg(to_fd, "to_fd")
+        fd = _int_arg(fd, "fd", 0, 0x7FFFFFFF)
+        target = -1 if to_fd is None else _int_arg(to_fd, "to_fd", 0, 0x7FFFFFFF)
         rc = _ffi.zcn_loop_forward(self._live(), fd, target, _ffi.FORWARD_AUTO if auto else 0)
         if rc:
             raise self._error(rc, f"forward({fd}, {to_fd})")
