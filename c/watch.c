@@ -301,10 +301,11 @@ ZCN_Error zcn_loop_call(ZCN_Loop *s, ZCN_Call fn, void *arg)
     struct zcn_calls *q = &s->calls;
     pthread_mutex_lock(&q->mu);
     if (q->n == q->cap) {
+        uint32_t cap = q->cap; /* read while pinned: once released the loop may go */
         pthread_mutex_unlock(&q->mu);
         atomic_fetch_add_explicit(&s->calls_refused, 1, memory_order_relaxed);
         zcn_live_release(slot);
-        return zcn_fail(ZCN_ERR_QUEUE_FULL, "%u calls are queued (calls_max)", q->cap);
+        return zcn_fail(ZCN_ERR_QUEUE_FULL, "%u calls are queued (calls_max)", cap);
     }
     bool was_empty = q->n == 0;
     q->q[(q->head + q->n) % q->cap] = (struct zcn_call){fn, arg};

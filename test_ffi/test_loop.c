@@ -1337,13 +1337,20 @@ static void test_calls_racing_destroy(void)
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
         T_CHECK(pthread_create(&th[i], NULL, race_caller, NULL) == 0);
-    for (int r = 0; r < 50; r++) {
+    for (int r = 0; r < 100; r++) {
         ZCN_LoopConfig lc = {.calls_max = 16};
         ZCN_Loop *l = new_loop(&lc);
         atomic_store(&race_target, l);
-        for (int i = 0; i < 3; i++) {
+        /* Odd rounds never run the loop: its queue fills and the callers
+         * spin on QUEUE_FULL while it is destroyed (that path once read
+         * the loop after letting go of it). */
+        for (int i = 0; i < (r % 2 ? 0 : 3); i++) {
             ZCN_Error e = zcn_loop_run_once_timeout(l, 5, NULL);
             T_CHECK(e == ZCN_OK);
+        }
+        if (r % 2) {
+            for (int spin = 0; spin < 200000; spin++)
+                __asm__ volatile("" ::: "memory");
         }
         /* the pointer stays visible to the callers during and after */
         T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
