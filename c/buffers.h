@@ -134,6 +134,7 @@ enum gate {
     GATE_OWN,                   /* over its own limits: wait for its sends */
     GATE_BUDGET,                /* the server-wide budget is used up: wait */
     GATE_BATCH,                 /* this poll batch has its share of c: next one */
+    GATE_PAUSED,                /* the user paused c: nothing until it resumes */
 };
 
 /* Whether c may be handed `len` more bytes in one more buffer (`extra` is
@@ -152,6 +153,8 @@ enum gate {
 static inline enum gate delivery_gate(const ZCN_Loop *s, const struct conn *c, uint64_t len,
                                uint32_t extra)
 {
+    if (ZCN_UNLIKELY(c->rx_paused))
+        return GATE_PAUSED;
     const struct conn *t = c;
     if (ZCN_UNLIKELY(c->fwd_to != NIL)) {
         t = fwd_room(s, c);
@@ -182,6 +185,8 @@ static inline enum gate delivery_gate(const ZCN_Loop *s, const struct conn *c, u
  * armed). With forwarding, the target's queue stands for c's own. */
 static inline enum gate intake_gate(const ZCN_Loop *s, const struct conn *c)
 {
+    if (ZCN_UNLIKELY(c->rx_paused))
+        return GATE_PAUSED;
     const struct conn *t = c;
     if (ZCN_UNLIKELY(c->fwd_to != NIL)) {
         t = fwd_room(s, c);
@@ -333,9 +338,12 @@ static inline void buf_unref(ZCN_Loop *s, uint32_t bid)
         recycle(s, bid);
 }
 
-/* c's queue drained below half its limits after a refused send. */
+/* c's queue drained below half its limits after a refused send, or under
+ * the mark zcn_loop_notify_drain set. */
 static inline bool drain_due(const ZCN_Loop *s, const struct conn *c)
 {
+    if (ZCN_UNLIKELY(c->drain_notify) && c->queued_bytes <= c->drain_below)
+        return true;
     return c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
            c->sq_bufs <= buf_cap(s) / 2 && budget_used(s) < s->budget;
 }

@@ -203,3 +203,66 @@ ZCN_Error zcn_loop_connect(ZCN_Loop *s, const ZCN_ConnectConfig *cfg, int *fd_ou
     *fd_out = fd;
     return ZCN_OK;
 }
+
+/* A connected TCP socket made elsewhere (an asyncio loop's accept or
+ * connect, a socket the user passes in) becomes a connection of the loop:
+ * the same slot, receive path, queue and close state machine as if the
+ * loop had connected it, with no on_connect. Every check comes before the
+ * slot is taken, so on an error the fd is untouched and still the
+ * caller's. */
+ZCN_Error zcn_loop_adopt(ZCN_Loop *s, int fd, const ZCN_ConnectConfig *cfg)
+{
+    if (s == NULL || cfg == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "%s is NULL", s == NULL ? "loop" : "config");
+    if (s->destroying)
+        return zcn_fail(ZCN_ERR_BUSY, "the loop is being destroyed");
+    if (cfg->flags & ~(uint32_t)ZCN_SERVER_HALF_CLOSE)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x",
+                        cfg->flags & ~(uint32_t)ZCN_SERVER_HALF_CLOSE);
+    if (fd < 0)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d is negative", fd);
+    ZCN_Error err = zcn_loop_claim(s, "zcn_loop_adopt");
+    if (err != ZCN_OK)
+        return err;
+    if ((uint32_t)fd >= s->fd_table_size)
+        return zcn_fail((ZCN_Error)EMFILE, "fd %d is over RLIMIT_NOFILE as the loop read it", fd);
+    if (s->fd_table[fd] != NIL)
+        return zcn_fail(ZCN_ERR_BUSY, "fd %d is already a connection of this loop", fd);
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0)
+        return zcn_fail((ZCN_Error)errno, "fd %d: %s", fd, strerror(errno));
+    if (type != SOCK_STREAM)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d is not a stream socket", fd);
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &plen) != 0)
+        return zcn_fail((ZCN_Error)errno, "fd %d is not connected: %s", fd, strerror(errno));
+    if (s->conn_free == NIL)
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "%u connections are open (connections_max)",
+                        s->conns_max);
+    uint32_t slot = (uint32_t)s->conn_free;
+    struct zcn_handler *h = &s->out_h[slot];
+    *h = (struct zcn_handler){
+        .user_data = cfg->user_data,
+        .on_data = cfg->on_data,
+        .on_close = cfg->on_close,
+        .on_drain = cfg->on_drain,
+        .on_eof = cfg->on_eof,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+        .tag = cfg->tag,
+        .half_close_flag = (cfg->flags & ZCN_SERVER_HALF_CLOSE) != 0,
+        .nodelay = cfg->tcp_nodelay >= 0,
+        .addr = peer,
+        .addr_len = plen,
+    };
+    if (s->in_loop == 0)
+        s->now_ms = zcn_now_ms();
+    struct conn *c = zcn_tcp_conn_open(s, fd, h);
+    if (c == NULL) /* cannot happen: a slot and the fd were checked */
+        return zcn_fail(ZCN_ERR_EXHAUSTED, "no connection slot");
+    c->outbound = true;
+    s->stats.connections_accepted++; /* counted as a connection opened */
+    zcn_tcp_conn_start(s, c);
+    return ZCN_OK;
+}

@@ -15,7 +15,10 @@ void zcn_tcp_emit(ZCN_Loop *s, uint32_t type, struct conn *c)
 {
     const struct zcn_handler *h = c->h;
     if (s->ev != NULL) {
-        next_event(s, type, c->fd)->tag = h->tag;
+        ZCN_Event *e = next_event(s, type, c->fd);
+        e->tag = h->tag;
+        if (type == ZCN_EVENT_CLOSE)
+            e->offset = (uint64_t)(uint32_t)c->close_errno;
         return;
     }
     s->in_callback++;

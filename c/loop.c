@@ -127,6 +127,12 @@ static void run_service_list(ZCN_Loop *s)
         if (c->state == CONN_CONNECTING) {
             zcn_tcp_connect_progress(s, c);
         } else if (c->state == CONN_OPEN) {
+            if (ZCN_UNLIKELY(c->drain_notify) && drain_due(s, c)) {
+                c->want_drain = c->drain_notify = false;
+                zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
+                if (c->state != CONN_OPEN)
+                    continue;
+            }
             if (c->rx_head != NIL || c->eof)
                 zcn_tcp_flush_pending_rx(s, c);
             else

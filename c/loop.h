@@ -203,6 +203,8 @@ struct conn {
     int fd;
     uint8_t state;
     bool outbound;              /* connected out; h is loop->out_h[slot] */
+    bool rx_paused;             /* zcn_loop_pause_recv: no deliveries, no receive */
+    int close_errno;            /* the first error that ended it (CLOSE offset) */
     bool connect_inflight;      /* the OP_CONNECT is in the kernel */
     bool connect_submitted;     /* it was prepared (else: no SQE yet) */
     bool connect_cancelled;     /* a cancel for it is queued */
@@ -217,6 +219,8 @@ struct conn {
     bool shut_wr;               /* zcn_server_shutdown: FIN once drained */
     bool shut_wr_done;
     bool want_drain;            /* a send was refused: emit DRAIN later */
+    bool drain_notify;          /* zcn_loop_notify_drain: DRAIN at drain_below */
+    uint64_t drain_below;
     bool rst;                   /* aborted: close with a reset */
     bool in_tx;                 /* on the send-submission list */
     bool fwd_auto;              /* zcn_loop_forward AUTO: data goes to fwd_to

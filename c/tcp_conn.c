@@ -75,6 +75,8 @@ void zcn_tcp_maybe_arm_recv(ZCN_Loop *s, struct conn *c)
     if (c->recv_armed)
         return;
     enum gate g = intake_gate(s, c);
+    if (g == GATE_PAUSED)
+        return; /* zcn_loop_resume_recv arms it */
     if (g == GATE_BUDGET) {
         wait_for_budget(s, c);
         return;
@@ -369,7 +371,7 @@ void zcn_tcp_flush_pending_rx(ZCN_Loop *s, struct conn *c)
         c->rx_bytes -= s->meta[bid].len;
         zcn_tcp_emit_data(s, c, bid, s->meta[bid].len);
     }
-    if (c->state != CONN_OPEN || c->rx_head != NIL)
+    if (c->state != CONN_OPEN || c->rx_head != NIL || c->rx_paused)
         return;
     list_remove(s, &s->waiters, OFF_WAIT, c);
     if (c->eof) {
@@ -442,7 +444,7 @@ void zcn_tcp_on_recv(ZCN_Loop *s, struct conn *c, struct io_uring_cqe *cqe)
                     cancel_recv(s, c);
                 if (g == GATE_BUDGET)
                     wait_for_budget(s, c);
-                else if (!linked(&c->wait))
+                else if (g != GATE_PAUSED && !linked(&c->wait))
                     service_add(s, c); /* re-checked each turn */
                 if (over_hard_limit(s, c))
                     return;
@@ -477,13 +479,15 @@ void zcn_tcp_on_recv(ZCN_Loop *s, struct conn *c, struct io_uring_cqe *cqe)
             /* Also when already closing: the recv has ended either way
              * (no F_MORE), and progress_close below must see that, or a
              * closing connection whose recv fails would never finish. */
+            if (c->close_errno == 0)
+                c->close_errno = -res;
             zcn_tcp_abort_conn(s, c, false);
             break;
         }
     }
 
     if (c->state == CONN_OPEN) {
-        if (c->eof && c->rx_head == NIL)
+        if (c->eof && c->rx_head == NIL && !c->rx_paused)
             on_peer_eof(s, c);
         else if (!c->recv_armed && res != -ENOBUFS)
             zcn_tcp_maybe_arm_recv(s, c);
@@ -497,6 +501,8 @@ void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
     c->send_inflight = false;
     c->send_cancelled = false;
     if (res < 0 && res != -EINTR && res != -EAGAIN) {
+        if (c->close_errno == 0 && res != -ECANCELED)
+            c->close_errno = -res;
         drop_send_queue(s, c);
         if (c->state == CONN_OPEN || c->state == CONN_CLOSING)
             zcn_tcp_abort_conn(s, c, false);
@@ -538,7 +544,7 @@ void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
     want_send(s, c);
     if (c->state == CONN_OPEN) {
         if (drain_due(s, c) && has_room(s, 1)) {
-            c->want_drain = false;
+            c->want_drain = c->drain_notify = false;
             zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
         }
         if (c->rx_head != NIL)

@@ -707,3 +707,59 @@ ZCN_Error zcn_loop_conn_info(const ZCN_Loop *loop, int fd, ZCN_ConnInfo *out)
     return loop_conn_info(loop, fd, out, "zcn_loop_conn_info");
 }
 
+
+/* Receive flow control for one connection (asyncio's pause_reading): the
+ * gates say GATE_PAUSED, so what the kernel hands over meanwhile is kept
+ * as deferred data (a receive in flight is cancelled, so that is little)
+ * and the rest stays in the socket buffer, where TCP's window pushes back
+ * on the peer. Resuming hands it on from the next turn. */
+static ZCN_Error loop_set_paused(ZCN_Loop *s, int fd, bool paused, const char *fn)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    ZCN_Error err = owner_check(s, fn);
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || (c->state != CONN_OPEN && c->state != CONN_CONNECTING &&
+                      c->state != CONN_CLOSING))
+        return zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this loop", fd);
+    if (c->rx_paused == paused)
+        return ZCN_OK;
+    c->rx_paused = paused;
+    if (paused)
+        zcn_tcp_cancel_recv(s, c);
+    else if (c->state == CONN_OPEN)
+        service_add(s, c); /* deferred data, EOF and the receive: next turn */
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_loop_pause_recv(ZCN_Loop *loop, int fd)
+{
+    return loop_set_paused(loop, fd, true, "zcn_loop_pause_recv");
+}
+
+ZCN_Error zcn_loop_resume_recv(ZCN_Loop *loop, int fd)
+{
+    return loop_set_paused(loop, fd, false, "zcn_loop_resume_recv");
+}
+
+/* One DRAIN (on_drain) once fd's send queue holds at most below_bytes:
+ * asyncio's write-buffer low-water mark. Checked after every send
+ * completion; already true now, it comes at the next turn. */
+ZCN_Error zcn_loop_notify_drain(ZCN_Loop *s, int fd, size_t below_bytes)
+{
+    if (s == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
+    ZCN_Error err = owner_check(s, "zcn_loop_notify_drain");
+    if (err != ZCN_OK)
+        return err;
+    struct conn *c = lookup(s, fd);
+    if (c == NULL || (c->state != CONN_OPEN && c->state != CONN_CONNECTING))
+        return zcn_fail(ZCN_ERR_CLOSED, "fd %d is not an open connection of this loop", fd);
+    c->drain_notify = true;
+    c->drain_below = below_bytes;
+    if (c->state == CONN_OPEN && c->queued_bytes <= below_bytes)
+        service_add(s, c);
+    return ZCN_OK;
+}

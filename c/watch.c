@@ -215,8 +215,15 @@ ZCN_Error zcn_loop_unwatch(ZCN_Loop *s, uint64_t id)
     if (x == NULL || !x->active || x->gen != (uint32_t)(id >> 32))
         return zcn_fail(ZCN_ERR_CLOSED, "watch %llu is not active", (unsigned long long)id);
     uint32_t slot = (uint32_t)(low - 1);
-    if (x->armed)
+    if (x->armed) {
         zcn_tcp_cancel_ud(s, pack_ud(OP_WATCH, x->gen, slot), NULL, NULL);
+        /* The poll request holds a reference to the fd's file: until the
+         * kernel has seen the cancel, a socket the caller closes next
+         * would stay open (a listener would go on accepting). Outside a
+         * turn, tell the kernel now; inside one the turn's end does. */
+        if (s->in_loop == 0)
+            (void)io_uring_submit_and_get_events(s->ring);
+    }
     if (x->want_arm)
         w->want_arm--;
     if (x->parked)

@@ -441,6 +441,14 @@ zcn_server_get_loop = _fn("zcn_server_get_loop", c_void_p, [c_void_p])
 # ZCN_Error zcn_loop_connect(ZCN_Loop *loop, const ZCN_ConnectConfig *config, int *fd_out);
 zcn_loop_connect = _fn("zcn_loop_connect", ZCN_Error,
                        [c_void_p, POINTER(ConnectConfig), POINTER(c_int)])
+# ZCN_Error zcn_loop_adopt(ZCN_Loop *loop, int fd, const ZCN_ConnectConfig *config);
+zcn_loop_adopt = _fn("zcn_loop_adopt", ZCN_Error, [c_void_p, c_int, POINTER(ConnectConfig)])
+# ZCN_Error zcn_loop_pause_recv(ZCN_Loop *loop, int fd);
+zcn_loop_pause_recv = _fn("zcn_loop_pause_recv", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_loop_resume_recv(ZCN_Loop *loop, int fd);
+zcn_loop_resume_recv = _fn("zcn_loop_resume_recv", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_loop_notify_drain(ZCN_Loop *loop, int fd, size_t below_bytes);
+zcn_loop_notify_drain = _fn("zcn_loop_notify_drain", ZCN_Error, [c_void_p, c_int, c_size_t])
 # ZCN_Error zcn_loop_send(ZCN_Loop *loop, int fd, const uint8_t *data, size_t len);
 zcn_loop_send = _fn("zcn_loop_send", ZCN_Error, [c_void_p, c_int, c_void_p, c_size_t])
 # uint8_t *zcn_loop_acquire_buffer(ZCN_Loop *loop, size_t *capacity_out);

@@ -1,0 +1,865 @@
+"""An asyncio event loop on zcn: unmodified asyncio programs on io_uring.
+
+    import asyncio, zcn
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 8888)
+        async with server:
+            await server.serve_forever()
+
+    zcn.run(main())                      # or, on 3.12+:
+    asyncio.run(main(), loop_factory=zcn.new_event_loop)
+
+What is zcn's own and what is asyncio's (docs/ASYNCIO.md):
+
+* The wait. The loop is asyncio's own SelectorEventLoop (so call_soon,
+  timers, futures, tasks, executors, signals, subprocesses, the exception
+  handler and debug mode are asyncio's code, unchanged) with a selector
+  that is a zcn.Loop: every fd asyncio watches is an io_uring poll on the
+  zcn loop, and ``select(timeout)`` is one ``zcn_loop_poll``, the loop's
+  only wait. No second loop, no helper thread.
+* The TCP and unix stream transports. Every connection asyncio makes
+  (create_connection, create_server, start_server, open_connection,
+  connect_accepted_socket, the unix variants, and the raw sockets under
+  TLS) is handed to the zcn loop (``zcn_loop_adopt``): data is received
+  by io_uring into the loop's pool buffers and arrives in the same event
+  batch as everything else; ``write`` queues into pool buffers and the
+  sends of one turn go to the kernel together with the next wait.
+  Protocol callbacks are called straight from the batch, not through a
+  Handle each. TLS is asyncio's own sslproto over these transports.
+* ``zcn.TcpServer(..., loop=loop.zcn_loop)`` (the fd-level API, the
+  fastest path) runs on the same loop, in the same batches.
+
+Semantics are asyncio's: data_received gets bytes; BufferedProtocol gets
+get_buffer/buffer_updated (copied straight from the pool buffer, no bytes
+object); eof_received's result decides half-close; pause_reading stops
+receiving in the kernel (zcn_loop_pause_recv); write() never fails for
+being too much (what the zcn send queue refuses waits in the transport,
+counted by get_write_buffer_size and pause_writing); an exception in a
+protocol callback goes to the loop's exception handler and aborts that
+connection only.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import collections.abc
+import ctypes
+import errno
+import math
+import os
+import selectors
+import socket
+import sys
+import threading
+import warnings
+from asyncio import base_events, constants, events, futures, protocols, sslproto, transports
+from asyncio import trsock
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+from . import _ffi
+from ._util import send_bytes_like as _send_bytes_like
+from .loop import Loop, _iter_events, _poll_raw
+
+__all__ = ["EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"]
+
+_T = TypeVar("_T")
+
+EVENTS_MAX = 256
+#: The ZCN_Event.tag of connections this module adopted; the zcn.Loop's
+#: own servers count their tags up from 1.
+_TAG = 0x7A630000
+(_ACCEPT, _DATA, _CLOSE, _DRAIN, _EOF, _CONNECT, _TIMER, _WATCH, _CALL) = range(1, 10)
+_W_READ, _W_WRITE, _W_ERROR, _W_HUP = 1, 2, 4, 8
+
+
+def _codes():
+    from .errors import ClosedError, QueueFullError
+    return ClosedError.code, QueueFullError.code
+
+
+_ERR_CLOSED, _QUEUE_FULL = _codes()
+_send = _ffi.zcn_loop_send
+_NO_WATCH_CB = _ffi.OnWatch()
+_NO_CALL = _ffi.Call()
+
+
+class _ZcnSelector(selectors.BaseSelector):
+    """selectors.BaseSelector over a zcn.Loop: each registered fd is one
+    level-triggered zcn watch (an io_uring poll); select() is one
+    zcn_loop_poll, whose batch also carries the adopted transports'
+    events (dispatched to them here) and those of zcn objects on the same
+    loop (handed to the zcn.Loop's own dispatch)."""
+
+    def __init__(self, zloop: Loop) -> None:
+        self._zl = zloop
+        self._keys: dict[int, selectors.SelectorKey] = {}
+        self._watch_of: dict[int, int] = {}        # fd -> watch id
+        self._key_of_watch: dict[int, selectors.SelectorKey] = {}
+        self._transports: dict[int, _ZcnTransport] = {}
+        self._closed = False
+
+    # --- registration ------------------------------------------------------
+    @staticmethod
+    def _fd(fileobj: Any) -> int:
+        return selectors._fileobj_to_fd(fileobj)  # type: ignore[attr-defined]
+
+    def _watch(self, fd: int, events: int) -> None:
+        bits = (_W_READ if events & selectors.EVENT_READ else 0) | \
+               (_W_WRITE if events & selectors.EVENT_WRITE else 0)
+        out = ctypes.c_uint64(0)
+        zl = self._zl
+        rc = _ffi.zcn_loop_watch(zl._live(), fd, bits, _NO_WATCH_CB, None, ctypes.byref(out))
+        if rc:
+            raise zl._error(rc, "register()")
+        zl._claim()
+        self._watch_of[fd] = out.value
+
+    def _unwatch(self, fd: int) -> None:
+        wid = self._watch_of.pop(fd, None)
+        if wid is None:
+            return
+        self._key_of_watch.pop(wid, None)
+        handle = self._zl._handle
+        if handle is not None:
+            _ffi.zcn_loop_unwatch(handle, wid)
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if (not events) or (events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE)):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = self._fd(fileobj)
+        if fd in self._keys:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._watch(fd, events)
+        self._keys[fd] = key
+        self._key_of_watch[self._watch_of[fd]] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = self._fd(fileobj)
+        try:
+            key = self._keys.pop(fd)
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        self._unwatch(fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = self._fd(fileobj)
+        try:
+            key = self._keys[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if events != key.events:
+            if (not events) or (events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE)):
+                raise ValueError(f"Invalid events: {events!r}")
+            self._unwatch(fd)
+            key = key._replace(events=events, data=data)
+            self._watch(fd, events)
+        elif data != key.data:
+            key = key._replace(data=data)
+        else:
+            return key
+        self._keys[fd] = key
+        self._key_of_watch[self._watch_of[fd]] = key
+        return key
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = self._fd(fileobj)
+        try:
+            return self._keys[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def get_map(self):  # type: ignore[override]
+        return _KeyMap(self._keys)
+
+    def close(self) -> None:
+        self._closed = True
+        self._keys.clear()
+        self._watch_of.clear()
+        self._key_of_watch.clear()
+
+    # --- the wait ----------------------------------------------------------
+    def select(self, timeout: Optional[float] = None) -> list:
+        zl = self._zl
+        if timeout is None:
+            ms = -1
+        elif timeout <= 0:
+            ms = 0
+        else:
+            # Rounded up: asyncio waits for a timer due in 0.4 ms, and a
+            # poll of 0 ms would spin until then.
+            ms = min(math.ceil(timeout * 1000), 0x7FFFFFFF)
+        if zl._pending is not None or zl._ready or zl._raised:
+            ms = 0
+            if zl._raised:
+                zl._raise_pending()
+            if zl._pending is not None:
+                zl._dispatch()
+        zl._c_calls = 0
+        rc = _poll_raw(zl._handle_arg, zl._ev_ptr, EVENTS_MAX, ms, zl._count_arg)
+        n = zl._count.value
+        ready: list = []
+        if n:
+            ready = self._dispatch(zl._ev_views[n])
+        if zl._ready:
+            zl._run_ready()
+        if zl._raised:
+            zl._raise_pending()
+        if rc and rc != errno.EINTR:
+            raise zl._error(rc, "zcn_loop_poll")
+        return ready
+
+    def _dispatch(self, view) -> list:
+        ready = []
+        transports = self._transports
+        keys = self._key_of_watch
+        other = None
+        slab = self._zl._slab
+        for etype, fd, length, tag, offset in _iter_events(view):
+            if tag == _TAG:
+                tr = transports.get(fd)
+                if tr is None:
+                    continue
+                if etype == _DATA:
+                    tr._data_event(slab, offset, length)
+                elif etype == _CLOSE:
+                    del transports[fd]
+                    tr._close_event(offset)
+                elif etype == _EOF:
+                    tr._eof_event()
+                elif etype == _DRAIN:
+                    tr._drain_event()
+            elif etype == _WATCH:
+                key = keys.get(offset)
+                if key is None:
+                    if other is None:
+                        other = []
+                    other.append((etype, fd, length, tag, offset))
+                    continue
+                if length & (_W_ERROR | _W_HUP):
+                    mask = key.events
+                else:
+                    mask = ((selectors.EVENT_READ if length & _W_READ else 0) |
+                            (selectors.EVENT_WRITE if length & _W_WRITE else 0)) & key.events
+                if mask:
+                    ready.append((key, mask))
+            elif etype == _CALL and tag == 0 and offset == 0:
+                continue  # a wake-up (call_soon_threadsafe)
+            else:
+                if other is None:
+                    other = []
+                other.append((etype, fd, length, tag, offset))
+        if other is not None:
+            # zcn objects on the same loop (TcpServer, zcn.Loop's own
+            # timers, watches and calls): the zcn.Loop dispatches them.
+            zl = self._zl
+            zl._pending = iter(other)
+            zl._dispatch()
+        return ready
+
+
+class _KeyMap(collections.abc.Mapping):
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys):
+        self._keys = keys
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __getitem__(self, fileobj):
+        fd = selectors._fileobj_to_fd(fileobj)  # type: ignore[attr-defined]
+        try:
+            return self._keys[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def __iter__(self):
+        return iter(self._keys)
+
+
+class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+    """A stream transport whose socket is a connection of the zcn loop."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sock: Optional[socket.socket] = None
+
+    def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: asyncio.BaseProtocol,
+                 waiter: Optional[asyncio.Future] = None, extra: Optional[dict] = None,
+                 server: Any = None) -> None:
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = fd = sock.fileno()
+        self._zl = loop._zcn
+        self._handle = self._zl._handle
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._server = server
+        self._closing = False       # close() or abort() called, or the connection ended
+        self._conn_lost = 0         # writes after the end (asyncio's warning count)
+        self._gone = False          # zcn reported the close: connection_lost scheduled
+        self._paused = False        # pause_reading()
+        self._started = False       # connection_made has run: deliveries may go
+        self._held: Optional[collections.deque] = None  # deliveries while paused
+        self._eof = False           # write_eof()
+        self._overflow: Optional[collections.deque] = None  # what zcn's queue refused
+        self._overflow_size = 0
+        self._unchecked = 0         # bytes written since the queue was last read
+        self._c_closed = False      # zcn_loop_close/abort called
+        self._shutdown_pending = False
+        self._close_pending = False
+        self._waiting_drain = False
+        self._empty_waiter = None
+        cfg = _ffi.ConnectConfig(tag=_TAG, flags=_ffi.SERVER_HALF_CLOSE, tcp_nodelay=0)
+        rc = _ffi.zcn_loop_adopt(self._handle, fd, ctypes.byref(cfg))
+        if rc:
+            raise self._zl._error(rc, "adopting a socket into the zcn loop")
+        loop._selector._transports[fd] = self
+        loop._transports[fd] = self
+        if server is not None:
+            server._attach()
+        loop.call_soon(self._connection_made)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None:
+            info.append("read=" + ("paused" if self._paused else "polling"))
+            info.append(f"write=<bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    # --- protocol ----------------------------------------------------------
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:  # type: ignore[override]
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._protocol_connected = True
+
+    def get_protocol(self) -> asyncio.BaseProtocol:  # type: ignore[override]
+        return self._protocol
+
+    def _connection_made(self) -> None:
+        try:
+            self._protocol.connection_made(self)
+        finally:
+            self._started = True
+            if self._held and not self._paused:
+                self._loop.call_soon(self._deliver_held)
+
+    # --- reading -----------------------------------------------------------
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        if not self._c_closed:
+            _ffi.zcn_loop_pause_recv(self._handle, self._sock_fd)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held:
+            self._loop.call_soon(self._deliver_held)
+        if not self._c_closed:
+            _ffi.zcn_loop_resume_recv(self._handle, self._sock_fd)
+
+    def _hold(self, item) -> None:
+        if self._held is None:
+            self._held = collections.deque()
+        self._held.append(item)
+
+    def _deliver_held(self) -> None:
+        held = self._held
+        while held and not self._paused and not self._gone and self._started:
+            item = held.popleft()
+            if item is None:
+                self._on_eof()
+            else:
+                self._deliver(item)
+
+    def _data_event(self, slab, offset: int, length: int) -> None:
+        if self._gone or self._c_closed:
+            return
+        if self._paused or not self._started or self._held:
+            self._hold(bytes(slab[offset:offset + length]))
+            return
+        if self._buffered:
+            self._deliver_buffered(slab[offset:offset + length])
+            return
+        try:
+            self._protocol.data_received(bytes(slab[offset:offset + length]))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _deliver(self, data: bytes) -> None:
+        if self._buffered:
+            self._deliver_buffered(memoryview(data))
+            return
+        try:
+            self._protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _deliver_buffered(self, data: memoryview) -> None:
+        protocol = self._protocol
+        while data:
+            try:
+                buf = memoryview(protocol.get_buffer(len(data))).cast("B")
+                if not len(buf):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            n = min(len(buf), len(data))
+            buf[:n] = data[:n]
+            data = data[n:]
+            try:
+                protocol.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            if self._gone or self._c_closed:
+                return
+            if data and (self._paused or self._protocol is not protocol):
+                # paused (or switched protocols) half way: the rest waits
+                self._hold(bytes(data))
+                return
+
+    def _eof_event(self) -> None:
+        if self._gone or self._c_closed:
+            return
+        if self._paused or not self._started or self._held:
+            self._hold(None)
+            return
+        self._on_eof()
+
+    def _on_eof(self) -> None:
+        if self._loop.get_debug():
+            base_events.logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    # --- writing -----------------------------------------------------------
+    def write(self, data) -> None:  # type: ignore[override]
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if not data:
+            return
+        if self._gone or self._c_closed:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                base_events.logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if self._overflow is not None:
+            self._overflow_add(data)
+            self._maybe_pause_protocol()
+            return
+        if type(data) is bytes:
+            rc = _send(self._handle, self._sock_fd, data, len(data))
+        else:
+            data = memoryview(data).cast("B")
+            rc = _send_bytes_like(_send, self._handle, self._sock_fd, data)
+        if rc:
+            if rc == _QUEUE_FULL or rc == errno.EMSGSIZE:
+                self._overflow_add(data)
+                self._maybe_pause_protocol()
+                return
+            if rc == _ERR_CLOSED:
+                self._conn_lost += 1
+                return
+            self._fatal_error(self._zl._error(rc, "write()"),
+                              "Fatal write error on socket transport")
+            return
+        self._unchecked += len(data)
+        if self._unchecked > self._high_water:
+            self._maybe_pause_protocol()
+
+    def _overflow_add(self, data) -> None:
+        if self._overflow is None:
+            self._overflow = collections.deque()
+        self._overflow.append(bytes(data))
+        self._overflow_size += len(data)
+
+    def _push_overflow(self) -> None:
+        """Moves refused data into zcn's queue as far as it takes it."""
+        q = self._overflow
+        if q is None:
+            return
+        limit = max(self._zl._send_queue_max // 2, 1)
+        while q:
+            chunk = q[0]
+            piece = chunk[:limit]
+            rc = _send(self._handle, self._sock_fd, piece, len(piece))
+            if rc:
+                if rc == _QUEUE_FULL:
+                    return
+                if rc == _ERR_CLOSED:
+                    q.clear()
+                    self._overflow_size = 0
+                    return
+                self._fatal_error(self._zl._error(rc, "write()"),
+                                  "Fatal write error on socket transport")
+                return
+            self._overflow_size -= len(piece)
+            if len(piece) == len(chunk):
+                q.popleft()
+            else:
+                q[0] = chunk[len(piece):]
+        self._overflow = None
+        self._overflow_size = 0
+        if self._shutdown_pending:
+            self._shutdown_pending = False
+            self._c_shutdown()
+        if self._close_pending:
+            self._close_pending = False
+            self._c_close()
+
+    def _drain_event(self) -> None:
+        if self._gone:
+            return
+        self._waiting_drain = False
+        if self._overflow is not None:
+            self._push_overflow()
+        self._check_resume()
+
+    def _check_resume(self) -> None:
+        size = self.get_write_buffer_size()
+        self._unchecked = size
+        if size <= self._low_water:
+            self._maybe_resume_protocol()
+            if size == 0 and self._empty_waiter is not None:
+                self._empty_waiter.set_result(None)
+        elif not self._waiting_drain:
+            self._request_drain()
+
+    def _request_drain(self) -> None:
+        if self._c_closed or self._gone:
+            return
+        self._waiting_drain = True
+        # A DRAIN event once the queue is under the low-water mark (or
+        # empty for a low-water mark of 0); checked after every send.
+        rc = _ffi.zcn_loop_notify_drain(self._handle, self._sock_fd, self._low_water)
+        if rc:
+            self._waiting_drain = False
+
+    def _maybe_pause_protocol(self) -> None:
+        size = self.get_write_buffer_size()
+        self._unchecked = size
+        if size <= self._high_water:
+            return
+        if not self._protocol_paused:
+            self._protocol_paused = True
+            try:
+                self._protocol.pause_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._loop.call_exception_handler({
+                    "message": "protocol.pause_writing() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                })
+        if not self._waiting_drain and self._overflow is None:
+            self._request_drain()
+
+    def get_write_buffer_size(self) -> int:
+        queued = 0
+        if self._sock is not None and not self._gone:
+            queued = _ffi.zcn_loop_queued_bytes(self._handle, self._sock_fd)
+        return queued + self._overflow_size
+
+    def writelines(self, list_of_data) -> None:  # type: ignore[override]
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if self._overflow is not None:
+            self._shutdown_pending = True
+        else:
+            self._c_shutdown()
+
+    def _c_shutdown(self) -> None:
+        if not self._c_closed:
+            _ffi.zcn_loop_shutdown(self._handle, self._sock_fd)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    # --- closing -----------------------------------------------------------
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._overflow is not None:
+            self._close_pending = True
+        else:
+            self._c_close()
+
+    def _c_close(self) -> None:
+        if self._c_closed or self._gone:
+            return
+        self._c_closed = True
+        _ffi.zcn_loop_close(self._handle, self._sock_fd)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _force_close(self, exc: Optional[BaseException]) -> None:
+        if self._gone or self._aborted:
+            return
+        self._aborted = True
+        self._closing = True
+        self._overflow = None
+        self._overflow_size = 0
+        self._close_pending = self._shutdown_pending = False
+        self._lost_exc = exc
+        self._c_closed = True
+        # also over a graceful close in progress: the rest is dropped (RST)
+        _ffi.zcn_loop_abort(self._handle, self._sock_fd)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                base_events.logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    _lost_exc: Optional[BaseException] = None
+    _aborted = False
+
+    def _close_event(self, code: int) -> None:
+        """zcn reports the connection over: connection_lost follows (the
+        fd is the zcn loop's to close, at its next poll)."""
+        self._closing = True
+        self._c_closed = True
+        exc = self._lost_exc
+        if exc is None and code:
+            exc = OSError(code, os.strerror(code))
+            if code in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
+                exc = {errno.ECONNRESET: ConnectionResetError,
+                       errno.EPIPE: BrokenPipeError,
+                       errno.ECONNABORTED: ConnectionAbortedError}[code](code, os.strerror(code))
+        self._gone = True
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _release(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.detach()  # the zcn loop closes the fd
+        loop = self._loop
+        if loop is not None:
+            loop._transports.pop(self._sock_fd, None)
+
+    def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._release()
+            self._protocol = None  # type: ignore[assignment]
+            self._loop = None  # type: ignore[assignment]
+            server = self._server
+            if server is not None:
+                server._detach()
+                self._server = None
+            if self._empty_waiter is not None and not self._empty_waiter.done():
+                self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    def _loop_closed(self) -> None:
+        """The zcn loop was destroyed under this transport (loop.close()
+        with it open): the fd is gone with it."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.detach()
+        self._closing = True
+        self._c_closed = True
+        self._gone = True
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+
+    # sendfile's fallback and start_tls wait for an empty buffer this way
+    def _make_empty_waiter(self) -> asyncio.Future:
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if self.get_write_buffer_size() == 0:
+            self._empty_waiter.set_result(None)
+        else:
+            self._waiting_drain = False
+            self._request_drain_empty()
+        return self._empty_waiter
+
+    def _request_drain_empty(self) -> None:
+        if self._overflow is None and not self._c_closed:
+            self._waiting_drain = True
+            _ffi.zcn_loop_notify_drain(self._handle, self._sock_fd, 0)
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+
+
+class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+    """An asyncio event loop whose one wait is a zcn loop (see the module
+    docstring). Keyword arguments are zcn.Loop's (buffer_pool_size,
+    buffer_size, connections_max, send_queue_max_bytes, ...), bounding the
+    connections the loop's transports and zcn servers share."""
+
+    def __init__(self, **zcn_loop_options: Any) -> None:
+        options = dict(zcn_loop_options)
+        options.setdefault("watches_max", 4096)
+        self._zcn = Loop(**options)
+        self._zcn._send_queue_max = options.get("send_queue_max_bytes", 1 << 20)
+        super().__init__(_ZcnSelector(self._zcn))
+
+    @property
+    def zcn_loop(self) -> Loop:
+        """The zcn.Loop under this loop: zcn.TcpServer(..., loop=it) and
+        its other objects run on it, in the same waits."""
+        return self._zcn
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return _ZcnTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None, server=None,
+                            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        _ZcnTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _write_to_self(self) -> None:
+        # From any thread: the zcn loop's eventfd wakes its wait (a
+        # destroyed loop is found gone, never touched).
+        handle = self._zcn._handle
+        if handle is not None:
+            _ffi.zcn_loop_call(handle, _NO_CALL, None)
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        selector = self._selector
+        super().close()
+        for tr in list(selector._transports.values()):
+            tr._loop_closed()
+        selector._transports.clear()
+        self._zcn.close_loop()
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
+    """The default policy (child watchers included) making zcn loops."""
+
+    def _loop_factory(self) -> EventLoop:  # type: ignore[override]
+        return EventLoop()
+
+
+def new_event_loop(**zcn_loop_options: Any) -> EventLoop:
+    """A new zcn asyncio loop: asyncio.run(main(), loop_factory=zcn.new_event_loop)."""
+    return EventLoop(**zcn_loop_options)
+
+
+def install() -> None:
+    """Makes zcn the loop asyncio.run() and asyncio.new_event_loop() use."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main: Awaitable[_T], *, debug: Optional[bool] = None) -> _T:
+    """asyncio.run(main) on a zcn loop (any Python from 3.8)."""
+    if sys.version_info >= (3, 12):
+        return asyncio.run(main, debug=debug, loop_factory=new_event_loop)  # type: ignore
+    if events._get_running_loop() is not None:
+        raise RuntimeError("zcn.run() cannot be called from a running event loop")
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+            return runner.run(main)  # type: ignore[arg-type]
+    loop = new_event_loop()  # pragma: no cover - Python 3.9 / 3.10
+    try:  # pragma: no cover
+        events.set_event_loop(loop)
+        if debug is not None:
+            loop.set_debug(debug)
+        return loop.run_until_complete(main)
+    finally:  # pragma: no cover
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            events.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:  # pragma: no cover
+    to_cancel = asyncio.all_tasks(loop)
+    if not to_cancel:
+        return
+    for task in to_cancel:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*to_cancel, return_exceptions=True))
+    for task in to_cancel:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({
+                "message": "unhandled exception during zcn.run() shutdown",
+                "exception": task.exception(),
+                "task": task,
+            })
