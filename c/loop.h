@@ -205,6 +205,8 @@ struct conn {
     bool outbound;              /* connected out; h is loop->out_h[slot] */
     bool rx_paused;             /* zcn_loop_pause_recv: no deliveries, no receive */
     int close_errno;            /* the first error that ended it (CLOSE offset) */
+    uint32_t send_many_seq;     /* the zcn_loop_send_many call that refused it */
+    int32_t send_many_err;      /* and with what: its later items get the same */
     bool connect_inflight;      /* the OP_CONNECT is in the kernel */
     bool connect_submitted;     /* it was prepared (else: no SQE yet) */
     bool connect_cancelled;     /* a cancel for it is queued */
@@ -334,6 +336,7 @@ struct ZCN_Loop {
     uint64_t send_queue_max_bytes;
     uint32_t send_queue_max_bufs; /* the same limit counted in buffers */
     uint32_t batch;             /* poll batches started (end_batch) */
+    uint32_t send_many_seq;     /* zcn_loop_send_many calls */
     uint64_t now_ms;
     struct list service, waiters;
     uint32_t queues_busy;       /* connections with queued data */

@@ -763,3 +763,57 @@ ZCN_Error zcn_loop_notify_drain(ZCN_Loop *s, int fd, size_t below_bytes)
         service_add(s, c);
     return ZCN_OK;
 }
+
+/* Many sends in one call: what a binding collects during a turn (the
+ * asyncio loop's transport.write) goes to the queues in one FFI crossing.
+ * Each item is a copy, exactly as zcn_loop_send; an item refused makes the
+ * later items of the same fd in this call refused the same way, so a
+ * stream never has a hole in it. */
+ZCN_Error zcn_loop_send_many(ZCN_Loop *s, const uint8_t *data, size_t data_len,
+                             const ZCN_SendItem *items, uint32_t count, int32_t *results,
+                             uint32_t *failed_out)
+{
+    if (failed_out != NULL)
+        *failed_out = 0;
+    if (s == NULL || failed_out == NULL || (count > 0 && (items == NULL || results == NULL)) ||
+        (data == NULL && data_len != 0))
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "%s is NULL",
+                        s == NULL ? "loop" : failed_out == NULL ? "failed_out"
+                        : data == NULL ? "data" : "items or results");
+    ZCN_Error err = owner_check(s, "zcn_loop_send_many");
+    if (err != ZCN_OK)
+        return err;
+    uint32_t seq = ++s->send_many_seq;
+    if (seq == 0)
+        seq = s->send_many_seq = 1;
+    size_t off = 0;
+    uint32_t failed = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t len = items[i].len;
+        if (len > data_len - off) {
+            /* The items promise more bytes than `data` holds: none of the
+             * rest is sent. */
+            zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "item %u: %u bytes past the %zu of data", i, len,
+                     data_len);
+            for (; i < count; i++)
+                results[i] = ZCN_ERR_INVALID_ARGUMENT;
+            failed += count - i;
+            break;
+        }
+        struct conn *c = send_target(s, items[i].fd, &err);
+        if (c != NULL && c->send_many_seq == seq) {
+            err = (ZCN_Error)c->send_many_err;
+        } else if (c != NULL && len > 0) {
+            err = send_copy(s, c, data + off, len);
+            if (err != ZCN_OK) {
+                c->send_many_seq = seq;
+                c->send_many_err = (int32_t)err;
+            }
+        }
+        results[i] = (int32_t)err;
+        failed += err != ZCN_OK;
+        off += len;
+    }
+    *failed_out = failed;
+    return ZCN_OK;
+}

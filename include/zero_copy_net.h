@@ -828,6 +828,24 @@ ZCN_API ZCN_Error zcn_loop_shutdown(ZCN_Loop *loop, int fd);
 ZCN_API ZCN_Error zcn_loop_abort(ZCN_Loop *loop, int fd);
 ZCN_API ZCN_Error zcn_loop_conn_info(const ZCN_Loop *loop, int fd, ZCN_ConnInfo *out);
 ZCN_API size_t zcn_loop_queued_bytes(const ZCN_Loop *loop, int fd);
+/* Many copies in one call, for bindings that collect the writes of a turn
+ * (the Python asyncio loop): item i is zcn_loop_send(loop, items[i].fd,
+ * data + (the lengths of the items before it), items[i].len), with its
+ * result in results[i] (ZCN_OK, ZCN_ERR_QUEUE_FULL, EMSGSIZE,
+ * ZCN_ERR_CLOSED, ...) and *failed_out the number of items not ZCN_OK.
+ * Once an item of an fd is refused, the later items of that fd in this
+ * call are refused the same way, so what was sent is always a prefix of
+ * what was written. Items whose lengths run past data_len are refused
+ * with ZCN_ERR_INVALID_ARGUMENT. Returns ZCN_OK when the items were
+ * looked at (even if some failed); ZCN_ERR_INVALID_ARGUMENT (NULL
+ * pointers) or ZCN_ERR_WRONG_THREAD when none was. Owner thread. */
+typedef struct ZCN_SendItem {
+    int32_t fd;
+    uint32_t len;
+} ZCN_SendItem;
+ZCN_API ZCN_Error zcn_loop_send_many(ZCN_Loop *loop, const uint8_t *data, size_t data_len,
+                                     const ZCN_SendItem *items, uint32_t count, int32_t *results,
+                                     uint32_t *failed_out);
 /* Receive flow control for one connection of the loop (asyncio's
  * pause_reading / resume_reading). After pause_recv no DATA or EOF of fd
  * is produced (in callback mode: no on_data / on_eof) until resume_recv;

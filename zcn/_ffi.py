@@ -449,6 +449,12 @@ zcn_loop_pause_recv = _fn("zcn_loop_pause_recv", ZCN_Error, [c_void_p, c_int])
 zcn_loop_resume_recv = _fn("zcn_loop_resume_recv", ZCN_Error, [c_void_p, c_int])
 # ZCN_Error zcn_loop_notify_drain(ZCN_Loop *loop, int fd, size_t below_bytes);
 zcn_loop_notify_drain = _fn("zcn_loop_notify_drain", ZCN_Error, [c_void_p, c_int, c_size_t])
+# ZCN_Error zcn_loop_send_many(ZCN_Loop *loop, const uint8_t *data, size_t data_len,
+#     const ZCN_SendItem *items, uint32_t count, int32_t *results, uint32_t *failed_out);
+# (ZCN_SendItem is {int32 fd; uint32 len}: zcn.aio passes an array('i') of pairs)
+zcn_loop_send_many = _fn("zcn_loop_send_many", ZCN_Error,
+                         [c_void_p, c_void_p, c_size_t, c_void_p, c_uint32, c_void_p,
+                          POINTER(c_uint32)])
 # ZCN_Error zcn_loop_send(ZCN_Loop *loop, int fd, const uint8_t *data, size_t len);
 zcn_loop_send = _fn("zcn_loop_send", ZCN_Error, [c_void_p, c_int, c_void_p, c_size_t])
 # uint8_t *zcn_loop_acquire_buffer(ZCN_Loop *loop, size_t *capacity_out);

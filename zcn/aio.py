@@ -41,6 +41,7 @@ connection only.
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import collections.abc
@@ -80,6 +81,21 @@ def _codes():
 
 _ERR_CLOSED, _QUEUE_FULL = _codes()
 _send = _ffi.zcn_loop_send
+# The per-message calls without argtypes, holding the GIL (PyDLL): ctypes'
+# argument conversion costs more than the C work. The loop handle goes as
+# a pointer object (Loop._handle_arg), bytes as char *, lengths as ints
+# (an int over 2**31 raises OverflowError: the typed call then).
+_pylib = ctypes.PyDLL(_ffi.lib._name, handle=_ffi.lib._handle)
+_raw_send = _pylib.zcn_loop_send
+_raw_send.restype = ctypes.c_int
+_raw_queued = _pylib.zcn_loop_queued_bytes
+_raw_queued.restype = ctypes.c_size_t
+_raw_send_many = _pylib.zcn_loop_send_many
+_raw_send_many.restype = ctypes.c_int
+#: Writes up to this size are collected and go to C together, once per
+#: turn (zcn_loop_send_many); larger ones are sent by themselves (after
+#: what was collected), saving the second copy.
+_COLLECT_MAX = 4096
 _NO_WATCH_CB = _ffi.OnWatch()
 _NO_CALL = _ffi.Call()
 
@@ -98,6 +114,53 @@ class _ZcnSelector(selectors.BaseSelector):
         self._key_of_watch: dict[int, selectors.SelectorKey] = {}
         self._transports: dict[int, _ZcnTransport] = {}
         self._closed = False
+        # The writes of this turn: their bytes back to back, and one
+        # ZCN_SendItem {int32 fd; uint32 len} per write as a 64-bit
+        # fd | len << 32 (little-endian x86-64 and aarch64).
+        self._wbuf = bytearray()
+        self._wrec = array.array("q")
+        self._wres = array.array("i", bytes(4 * 64))
+        self._wfailed = ctypes.c_uint32(0)
+        self._wfailed_arg = ctypes.byref(self._wfailed)
+
+    def _flush_writes(self) -> None:
+        """Hands the writes collected since the last flush to C in one call."""
+        rec = self._wrec
+        n = len(rec)
+        if not n:
+            return
+        buf = self._wbuf
+        if len(self._wres) < n:
+            self._wres = array.array("i", bytes(4 * 2 * n))
+        data = (ctypes.c_char * len(buf)).from_buffer(buf)
+        items = (ctypes.c_int64 * n).from_buffer(rec)
+        results = (ctypes.c_int32 * n).from_buffer(self._wres)
+        zl = self._zl
+        rc = _raw_send_many(zl._handle_arg, data, len(buf), items, n, results, self._wfailed_arg)
+        del data, items, results  # the exports go: the buffers may grow again
+        if rc == 0 and self._wfailed.value == 0:
+            del buf[:]
+            del rec[:]
+            return
+        # Rare: a queue full, a connection gone. What was refused goes back
+        # to its transport, in order (zcn refuses the rest of an fd's
+        # items once one is refused).
+        chunks = []
+        off = 0
+        res = self._wres
+        for i in range(n):
+            item = rec[i]
+            fd, length = item & 0xFFFFFFFF, item >> 32
+            code = rc or res[i]
+            if code:
+                chunks.append((fd, code, bytes(buf[off:off + length])))
+            off += length
+        del buf[:]
+        del rec[:]
+        for fd, code, chunk in chunks:
+            tr = self._transports.get(fd)
+            if tr is not None:
+                tr._write_refused(code, chunk)
 
     # --- registration ------------------------------------------------------
     @staticmethod
@@ -198,6 +261,8 @@ class _ZcnSelector(selectors.BaseSelector):
                 zl._raise_pending()
             if zl._pending is not None:
                 zl._dispatch()
+        if self._wrec:
+            self._flush_writes()  # what the ready callbacks wrote
         zl._c_calls = 0
         rc = _poll_raw(zl._handle_arg, zl._ev_ptr, EVENTS_MAX, ms, zl._count_arg)
         n = zl._count.value
@@ -217,14 +282,23 @@ class _ZcnSelector(selectors.BaseSelector):
         transports = self._transports
         keys = self._key_of_watch
         other = None
-        slab = self._zl._slab
+        mm = self._zl._memory._mm  # slicing the mmap makes the bytes in one step
         for etype, fd, length, tag, offset in _iter_events(view):
             if tag == _TAG:
                 tr = transports.get(fd)
                 if tr is None:
                     continue
                 if etype == _DATA:
-                    tr._data_event(slab, offset, length)
+                    if tr._rfast:
+                        try:
+                            tr._data_received(mm[offset:offset + length])
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            tr._fatal_error(
+                                exc, "Fatal error: protocol.data_received() call failed.")
+                    else:
+                        tr._data_event(offset, length)
                 elif etype == _CLOSE:
                     del transports[fd]
                     tr._close_event(offset)
@@ -258,6 +332,8 @@ class _ZcnSelector(selectors.BaseSelector):
             zl = self._zl
             zl._pending = iter(other)
             zl._dispatch()
+        if self._wrec:
+            self._flush_writes()
         return ready
 
 
@@ -307,7 +383,6 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._zl = loop._zcn
         self._handle = self._zl._handle
         self._protocol_connected = False
-        self.set_protocol(protocol)
         self._server = server
         self._closing = False       # close() or abort() called, or the connection ended
         self._conn_lost = 0         # writes after the end (asyncio's warning count)
@@ -324,6 +399,11 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._close_pending = False
         self._waiting_drain = False
         self._empty_waiter = None
+        self._handle_arg = self._zl._handle_arg
+        sel = self._sel = loop._selector
+        self._wbuf_extend = sel._wbuf.extend
+        self._wrec_append = sel._wrec.append
+        self.set_protocol(protocol)
         cfg = _ffi.ConnectConfig(tag=_TAG, flags=_ffi.SERVER_HALF_CLOSE, tcp_nodelay=0)
         rc = _ffi.zcn_loop_adopt(self._handle, fd, ctypes.byref(cfg))
         if rc:
@@ -352,7 +432,21 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:  # type: ignore[override]
         self._protocol = protocol
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._data_received = getattr(protocol, "data_received", None)
         self._protocol_connected = True
+        self._sync()
+
+    # The fast paths (the selector's DATA dispatch, write) test one flag
+    # each, recomputed here at every change of what they depend on.
+    _rfast = False
+    _wfast = False
+
+    def _sync(self) -> None:
+        closed = self._gone or self._c_closed
+        self._rfast = (self._started and not self._paused and not self._held and not closed
+                       and not self._buffered and self._data_received is not None)
+        self._wfast = (not closed and not self._eof and self._overflow is None
+                       and self._empty_waiter is None)
 
     def get_protocol(self) -> asyncio.BaseProtocol:  # type: ignore[override]
         return self._protocol
@@ -362,6 +456,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             self._protocol.connection_made(self)
         finally:
             self._started = True
+            self._sync()
             if self._held and not self._paused:
                 self._loop.call_soon(self._deliver_held)
 
@@ -376,6 +471,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if self._closing or self._paused:
             return
         self._paused = True
+        self._sync()
         if not self._c_closed:
             _ffi.zcn_loop_pause_recv(self._handle, self._sock_fd)
 
@@ -383,6 +479,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if self._closing or not self._paused:
             return
         self._paused = False
+        self._sync()
         if self._held:
             self._loop.call_soon(self._deliver_held)
         if not self._c_closed:
@@ -392,6 +489,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if self._held is None:
             self._held = collections.deque()
         self._held.append(item)
+        self._rfast = False
 
     def _deliver_held(self) -> None:
         held = self._held
@@ -401,10 +499,12 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
                 self._on_eof()
             else:
                 self._deliver(item)
+        self._sync()
 
-    def _data_event(self, slab, offset: int, length: int) -> None:
+    def _data_event(self, offset: int, length: int) -> None:
         if self._gone or self._c_closed:
             return
+        slab = self._zl._slab
         if self._paused or not self._started or self._held:
             self._hold(bytes(slab[offset:offset + length]))
             return
@@ -481,6 +581,35 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
 
     # --- writing -----------------------------------------------------------
     def write(self, data) -> None:  # type: ignore[override]
+        # The common case in one test: bytes, an open connection, nothing
+        # waiting in the transport. One C call queues them (a copy into a
+        # pool buffer); the sends of the turn go out with the next wait.
+        if self._wfast and type(data) is bytes:
+            n = len(data)
+            if n <= _COLLECT_MAX:
+                if n:
+                    self._wbuf_extend(data)
+                    self._wrec_append(self._sock_fd | n << 32)
+                    n += self._unchecked
+                    self._unchecked = n
+                    if n > self._high_water:
+                        self._maybe_pause_protocol()
+                return
+        self._write_slow(data)
+
+    def _write_refused(self, code: int, chunk: bytes) -> None:
+        """A collected write zcn refused at the flush."""
+        if code == _QUEUE_FULL or code == errno.EMSGSIZE:
+            self._overflow_add(chunk)
+            self._maybe_pause_protocol()
+        elif code == _ERR_CLOSED:
+            self._conn_lost += 1
+        else:
+            self._fatal_error(self._zl._error(code, "write()"),
+                              "Fatal write error on socket transport")
+
+    def _write_slow(self, data) -> None:
+        self._sel._flush_writes()  # what was collected goes first
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
@@ -522,6 +651,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
     def _overflow_add(self, data) -> None:
         if self._overflow is None:
             self._overflow = collections.deque()
+            self._sync()
         self._overflow.append(bytes(data))
         self._overflow_size += len(data)
 
@@ -530,6 +660,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         q = self._overflow
         if q is None:
             return
+        self._sel._flush_writes()
         limit = max(self._zl._send_queue_max // 2, 1)
         while q:
             chunk = q[0]
@@ -551,6 +682,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             else:
                 q[0] = chunk[len(piece):]
         self._overflow = None
+        self._sync()
         self._overflow_size = 0
         if self._shutdown_pending:
             self._shutdown_pending = False
@@ -609,9 +741,10 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             self._request_drain()
 
     def get_write_buffer_size(self) -> int:
+        self._sel._flush_writes()
         queued = 0
         if self._sock is not None and not self._gone:
-            queued = _ffi.zcn_loop_queued_bytes(self._handle, self._sock_fd)
+            queued = _raw_queued(self._handle_arg, self._sock_fd)
         return queued + self._overflow_size
 
     def writelines(self, list_of_data) -> None:  # type: ignore[override]
@@ -620,7 +753,9 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
     def write_eof(self) -> None:
         if self._closing or self._eof:
             return
+        self._sel._flush_writes()
         self._eof = True
+        self._sync()
         if self._overflow is not None:
             self._shutdown_pending = True
         else:
@@ -637,6 +772,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
     def close(self) -> None:
         if self._closing:
             return
+        self._sel._flush_writes()
         self._closing = True
         if self._overflow is not None:
             self._close_pending = True
@@ -647,6 +783,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if self._c_closed or self._gone:
             return
         self._c_closed = True
+        self._sync()
         _ffi.zcn_loop_close(self._handle, self._sock_fd)
 
     def abort(self) -> None:
@@ -662,6 +799,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._close_pending = self._shutdown_pending = False
         self._lost_exc = exc
         self._c_closed = True
+        self._sync()
         # also over a graceful close in progress: the rest is dropped (RST)
         _ffi.zcn_loop_abort(self._handle, self._sock_fd)
 
@@ -686,6 +824,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         fd is the zcn loop's to close, at its next poll)."""
         self._closing = True
         self._c_closed = True
+        self._sync()
         exc = self._lost_exc
         if exc is None and code:
             exc = OSError(code, os.strerror(code))
@@ -694,6 +833,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
                        errno.EPIPE: BrokenPipeError,
                        errno.ECONNABORTED: ConnectionAbortedError}[code](code, os.strerror(code))
         self._gone = True
+        self._sync()
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _release(self) -> None:
@@ -728,6 +868,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._closing = True
         self._c_closed = True
         self._gone = True
+        self._sync()
 
     def __del__(self, _warn=warnings.warn) -> None:
         if self._sock is not None:
@@ -738,6 +879,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if self._empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
         self._empty_waiter = self._loop.create_future()
+        self._sync()
         if self.get_write_buffer_size() == 0:
             self._empty_waiter.set_result(None)
         else:
@@ -752,6 +894,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
 
     def _reset_empty_waiter(self) -> None:
         self._empty_waiter = None
+        self._sync()
 
 
 class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
@@ -800,6 +943,7 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         if self.is_closed():
             return
         selector = self._selector
+        selector._flush_writes()
         super().close()
         for tr in list(selector._transports.values()):
             tr._loop_closed()
