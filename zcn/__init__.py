@@ -8,6 +8,8 @@
     with zcn.Loop() as loop:        # servers, outbound connections, timers, fd watches
         loop.connect("127.0.0.1", 8080, on_connect=..., on_data=...)
         loop.run_forever()
+    zcn.run(main())                 # an asyncio program on zcn (zcn.aio)
+    asyncio.run(main(), loop_factory=zcn.new_event_loop)   # Python 3.12+
 """
 from __future__ import annotations
 
@@ -30,3 +32,14 @@ __all__ = ["BufferPool", "Buffer", "PoolStats", "Ring", "TcpServer", "ServerStat
            "ZcnError", "__version__"]
 __all__ += ["UdpSocket", "UdpStats", "UDP_TRUNCATED"]
 __all__ += ["Loop", "LoopStats", "TimerHandle", "ConnectHandle"]
+__all__ += ["EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"]
+
+_AIO_NAMES = frozenset(("EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"))
+
+
+def __getattr__(name: str):
+    # zcn.aio imports asyncio: only when its names are asked for.
+    if name in _AIO_NAMES:
+        from . import aio
+        return getattr(aio, name)
+    raise AttributeError(f"module 'zcn' has no attribute {name!r}")

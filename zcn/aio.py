@@ -49,6 +49,7 @@ import ctypes
 import errno
 import math
 import os
+import resource
 import selectors
 import socket
 import sys
@@ -407,6 +408,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         cfg = _ffi.ConnectConfig(tag=_TAG, flags=_ffi.SERVER_HALF_CLOSE, tcp_nodelay=0)
         rc = _ffi.zcn_loop_adopt(self._handle, fd, ctypes.byref(cfg))
         if rc:
+            self._sock = None  # still the caller's: asyncio closes it
             raise self._zl._error(rc, "adopting a socket into the zcn loop")
         loop._selector._transports[fd] = self
         loop._transports[fd] = self
@@ -905,7 +907,12 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
     def __init__(self, **zcn_loop_options: Any) -> None:
         options = dict(zcn_loop_options)
-        options.setdefault("watches_max", 4096)
+        # asyncio programs are bounded by RLIMIT_NOFILE, not by a table:
+        # as many connections and watches as the process may have fds.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        fds = 65536 if soft == resource.RLIM_INFINITY else max(4096, min(soft, 65536))
+        options.setdefault("connections_max", fds)
+        options.setdefault("watches_max", min(fds, _ffi.LOOP_WATCHES_MAX))
         self._zcn = Loop(**options)
         self._zcn._send_queue_max = options.get("send_queue_max_bytes", 1 << 20)
         super().__init__(_ZcnSelector(self._zcn))
