@@ -61,16 +61,16 @@ from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from . import _ffi
 from ._util import send_bytes_like as _send_bytes_like
-from .loop import Loop, _iter_events, _poll_raw
+from .loop import _ASYNCIO_TAG, Loop, _iter_events, _poll_raw
 
 __all__ = ["EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"]
 
 _T = TypeVar("_T")
 
 EVENTS_MAX = 256
-#: The ZCN_Event.tag of connections this module adopted; the zcn.Loop's
-#: own servers count their tags up from 1.
-_TAG = 0x7A630000
+#: The ZCN_Event.tag of connections this module adopted (the zcn.Loop's
+#: own servers' tags skip it).
+_TAG = _ASYNCIO_TAG
 (_ACCEPT, _DATA, _CLOSE, _DRAIN, _EOF, _CONNECT, _TIMER, _WATCH, _CALL) = range(1, 10)
 _W_READ, _W_WRITE, _W_ERROR, _W_HUP = 1, 2, 4, 8
 
@@ -278,15 +278,15 @@ class _ZcnSelector(selectors.BaseSelector):
             raise zl._error(rc, "zcn_loop_poll")
         return ready
 
-    def _dispatch(self, view) -> list:
+    def _dispatch(self, view, _TAG=_TAG, _DATA=_DATA) -> list:  # constants as locals
         ready = []
-        transports = self._transports
+        get_transport = self._transports.get
         keys = self._key_of_watch
         other = None
         mm = self._zl._memory._mm  # slicing the mmap makes the bytes in one step
         for etype, fd, length, tag, offset in _iter_events(view):
             if tag == _TAG:
-                tr = transports.get(fd)
+                tr = get_transport(fd)
                 if tr is None:
                     continue
                 if etype == _DATA:
@@ -301,7 +301,7 @@ class _ZcnSelector(selectors.BaseSelector):
                     else:
                         tr._data_event(offset, length)
                 elif etype == _CLOSE:
-                    del transports[fd]
+                    del self._transports[fd]
                     tr._close_event(offset)
                 elif etype == _EOF:
                     tr._eof_event()

@@ -88,6 +88,9 @@ if _EVENT_DECODE.size != ctypes.sizeof(_ffi.Event):  # pragma: no cover - a brok
     raise ImportError("zcn: ZCN_Event changed; update zcn.loop's decoder")
 _iter_events = _EVENT_DECODE.iter_unpack
 (_ACCEPT, _DATA, _CLOSE, _DRAIN, _EOF, _CONNECT, _TIMER, _WATCH, _CALL) = range(1, 10)
+#: The tag of the connections zcn.aio adopts (a small int: no allocation
+#: per decoded event); servers' tags skip it.
+_ASYNCIO_TAG = 256
 _ERR_WRONG_THREAD = WrongThreadError.code
 _ERR_CLOSED = ClosedError.code
 _NO_VIEW = object()
@@ -656,7 +659,9 @@ class Loop(HandleOwner):
     # --- servers ---------------------------------------------------------------
     def _add_server(self, server):
         tag = self._next_tag
-        self._next_tag += 1
+        if tag == _ASYNCIO_TAG:
+            tag += 1
+        self._next_tag = tag + 1
         self._owners[tag] = server
         return tag
 
