@@ -47,6 +47,7 @@ import collections
 import collections.abc
 import ctypes
 import errno
+import heapq
 import math
 import os
 import resource
@@ -55,7 +56,8 @@ import socket
 import sys
 import threading
 import warnings
-from asyncio import base_events, constants, events, futures, protocols, sslproto, transports
+from asyncio import (base_events, constants, events, format_helpers, futures, protocols,
+                     sslproto, transports)
 from asyncio import trsock
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
@@ -899,6 +901,25 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._sync()
 
 
+_MIN_SCHEDULED = base_events._MIN_SCHEDULED_TIMER_HANDLES
+_MIN_CANCELLED_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
+_MAX_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
+_PLAIN_HANDLES = (events.Handle, events.TimerHandle)
+
+
+def _handle_failed(handle: events.Handle, exc: BaseException) -> None:
+    """What Handle._run does with a callback's exception."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {
+        "message": f"Exception in callback {cb}",
+        "exception": exc,
+        "handle": handle,
+    }
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
 class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     """An asyncio event loop whose one wait is a zcn loop (see the module
     docstring). Keyword arguments are zcn.Loop's (buffer_pool_size,
@@ -936,6 +957,87 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
             ssl_shutdown_timeout=ssl_shutdown_timeout)
         _ZcnTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    if (3, 9) <= sys.version_info[:2] <= (3, 13):
+        def _run_once(self) -> None:
+            """BaseEventLoop._run_once (3.9-3.13, the same there), with
+            Handle._run inlined: one Python call less for every callback,
+            which is most of what a streams program's turn runs."""
+            scheduled = self._scheduled
+            sched_count = len(scheduled)
+            if (sched_count > _MIN_SCHEDULED and
+                    self._timer_cancelled_count / sched_count > _MIN_CANCELLED_FRACTION):
+                new_scheduled = []
+                for handle in scheduled:
+                    if handle._cancelled:
+                        handle._scheduled = False
+                    else:
+                        new_scheduled.append(handle)
+                heapq.heapify(new_scheduled)
+                self._scheduled = scheduled = new_scheduled
+                self._timer_cancelled_count = 0
+            else:
+                while scheduled and scheduled[0]._cancelled:
+                    self._timer_cancelled_count -= 1
+                    handle = heapq.heappop(scheduled)
+                    handle._scheduled = False
+
+            ready = self._ready
+            timeout = None
+            if ready or self._stopping:
+                timeout = 0
+            elif scheduled:
+                when = scheduled[0]._when
+                timeout = min(max(0, when - self.time()), _MAX_SELECT_TIMEOUT)
+
+            event_list = self._selector.select(timeout)
+            if event_list:
+                self._process_events(event_list)
+            event_list = None
+
+            end_time = self.time() + self._clock_resolution
+            while scheduled:
+                handle = scheduled[0]
+                if handle._when >= end_time:
+                    break
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+
+            ntodo = len(ready)
+            if self._debug:
+                for _ in range(ntodo):
+                    handle = ready.popleft()
+                    if handle._cancelled:
+                        continue
+                    try:
+                        self._current_handle = handle
+                        t0 = self.time()
+                        handle._run()
+                        dt = self.time() - t0
+                        if dt >= self.slow_callback_duration:
+                            base_events.logger.warning(
+                                "Executing %s took %.3f seconds",
+                                base_events._format_handle(handle), dt)
+                    finally:
+                        self._current_handle = None
+                handle = None
+                return
+            popleft = ready.popleft
+            for _ in range(ntodo):
+                handle = popleft()
+                if handle._cancelled:
+                    continue
+                if type(handle) not in _PLAIN_HANDLES:
+                    handle._run()
+                    continue
+                try:
+                    handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    _handle_failed(handle, exc)
+            handle = None  # breaks cycles when an exception occurs
 
     def _write_to_self(self) -> None:
         # From any thread: the zcn loop's eventfd wakes its wait (a
