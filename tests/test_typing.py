@@ -1,6 +1,7 @@
 """zcn's public API is typed: a py.typed marker, annotations on every public
 class and function, and mypy (configured in pyproject.toml's [tool.mypy])
-passing over zcn/ and over the Python examples of docs/*.md and README.md.
+passing over zcn/, over the Python examples of docs/*.md and README.md and
+over examples/*.py.
 
 The mypy run checks the source tree's zcn/ (the examples import it from
 there too), whichever zcn this test process imported; it skips, saying so,
@@ -68,7 +69,7 @@ def _write_examples(out_dir):
 
 
 @pytest.mark.timeout(MYPY_TIMEOUT + 60)
-def test_mypy_passes_over_zcn_and_the_doc_examples(tmp_path):
+def test_mypy_passes_over_zcn_and_the_examples(tmp_path):
     if importlib.util.find_spec("mypy") is None:
         pytest.skip("mypy is not installed (pip install .[test] installs it)")
     examples = tmp_path / "doc_examples"
@@ -76,15 +77,17 @@ def test_mypy_passes_over_zcn_and_the_doc_examples(tmp_path):
     n_examples = _write_examples(str(examples))
     assert n_examples >= 20, "found fewer ```python blocks than the docs have"
     n_modules = len(glob.glob(os.path.join(ROOT, "zcn", "*.py")))
+    scripts = sorted(os.path.relpath(p, ROOT)
+                     for p in glob.glob(os.path.join(ROOT, "examples", "*.py")))
     cmd = [sys.executable, "-m", "mypy", "--config-file", os.path.join(ROOT, "pyproject.toml"),
-           "--cache-dir", str(tmp_path / "mypy_cache"), "zcn", str(examples)]
+           "--cache-dir", str(tmp_path / "mypy_cache"), "zcn", *scripts, str(examples)]
     env = {k: v for k, v in os.environ.items() if k not in ("MYPYPATH", "MYPY_CACHE_DIR")}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=MYPY_TIMEOUT)
     output = (proc.stdout + proc.stderr).replace(str(examples) + os.sep, "<doc example> ")
     assert proc.returncode == 0, f"mypy found type errors:\n{output}"
     # Every file was checked (a path mypy skipped would not show up as an error).
-    assert f"in {n_modules + n_examples} source files" in proc.stdout, output
+    assert f"in {n_modules + len(scripts) + n_examples} source files" in proc.stdout, output
 
 
 def test_py_typed_marker_ships_with_the_package():
