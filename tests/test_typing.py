@@ -38,10 +38,25 @@ FRAGMENT_PRELUDES = {
 }
 
 
+#: Modules with ignore_errors in pyproject.toml's [tool.mypy]: not held to
+#: the annotation check either, until their authors have typed them.
+NOT_YET_TYPED = ("zcn.aio", "zcn.bench")
+
+#: Markdown files whose examples are not type-checked yet, and why.
+UNCHECKED_DOCS = {
+    # asyncio.get_running_loop() is an AbstractEventLoop to mypy, which has
+    # no zcn_loop; to go with zcn.aio's [tool.mypy] override once aio is typed.
+    "docs/ASYNCIO.md": "zcn.aio is not type-checked yet",
+}
+
+
 def _example_files():
     """The Markdown files whose ```python blocks are type-checked."""
-    files = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
-    return [os.path.relpath(f, ROOT) for f in files] + ["README.md"]
+    files = [os.path.relpath(f, ROOT)
+             for f in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+    for doc in UNCHECKED_DOCS:
+        assert doc in files, f"UNCHECKED_DOCS names {doc}, which is gone"
+    return [f for f in files if f not in UNCHECKED_DOCS] + ["README.md"]
 
 
 def _write_examples(out_dir):
@@ -105,6 +120,8 @@ def _public_callables():
     import zcn.proxy
 
     classes = [getattr(zcn, name) for name in zcn.__all__ if inspect.isclass(getattr(zcn, name))]
+    # zcn.aio's (EventLoop ...) are its author's to annotate, as its mypy override says.
+    classes = [cls for cls in classes if cls.__module__ not in NOT_YET_TYPED]
     classes += [getattr(zcn.errors, name) for name in zcn.errors.__all__
                 if inspect.isclass(getattr(zcn.errors, name))]
     classes.append(zcn.proxy.Proxy)
