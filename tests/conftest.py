@@ -82,10 +82,18 @@ def uring_ring():
 ROOT = os.path.dirname(TESTS_DIR)
 
 
+def markdown_blocks(path, lang="python"):
+    """(line, code) of each ```lang code block of the Markdown file at
+    ``path``, in order; line is the 1-based line of the code's first line."""
+    with open(path) as f:
+        text = f.read()
+    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1))
+            for m in re.finditer(rf"```{lang}\n(.*?)```", text, re.S)]
+
+
 def doc_blocks(doc, lang="python"):
     """The ```lang code blocks of docs/<doc>, in order."""
-    with open(os.path.join(ROOT, "docs", doc)) as f:
-        return re.findall(rf"```{lang}\n(.*?)```", f.read(), re.S)
+    return [code for _, code in markdown_blocks(os.path.join(ROOT, "docs", doc), lang)]
 
 
 def run_python_block(code, timeout=30):

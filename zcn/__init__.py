@@ -36,10 +36,15 @@ __all__ += ["EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"]
 
 _AIO_NAMES = frozenset(("EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"))
 
-
-def __getattr__(name: str):
-    # zcn.aio imports asyncio: only when its names are asked for.
-    if name in _AIO_NAMES:
-        from . import aio
-        return getattr(aio, name)
-    raise AttributeError(f"module 'zcn' has no attribute {name!r}")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    # Type checkers see the names themselves, and no module __getattr__
+    # (which would make every zcn.<typo> an Any).
+    from .aio import EventLoop, EventLoopPolicy, install, new_event_loop, run
+else:
+    def __getattr__(name: str):
+        # zcn.aio imports asyncio: only when its names are asked for.
+        if name in _AIO_NAMES:
+            from . import aio
+            return getattr(aio, name)
+        raise AttributeError(f"module 'zcn' has no attribute {name!r}")

@@ -65,7 +65,7 @@ def _python_echo(server):
     import zcn
 
     send = server.send
-    backlog = {}  # fd -> [bytes ...] waiting for on_drain
+    backlog: dict[int, list[bytes]] = {}  # fd -> [bytes ...] waiting for on_drain
 
     def on_data(fd, data):
         waiting = backlog.get(fd)

@@ -20,6 +20,10 @@ from ctypes import (
 
 from .errors import check, error_from_code
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
+
 #: The header version these bindings mirror; the loaded library must match
 #: major and minor.
 VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 3, 0
@@ -174,7 +178,7 @@ zcn_pool_register = _fn("zcn_pool_register", ZCN_Error, [c_void_p, c_void_p], _c
 zcn_pool_unregister = _fn("zcn_pool_unregister", ZCN_Error, [c_void_p, c_void_p], _check_rc)
 
 
-def create(func, *args):
+def create(func: Any, *args: Any) -> int:
     """Calls a C constructor taking a trailing `ZCN_Error *err`; raises on NULL."""
     err = c_int(0)
     handle = func(*args, ctypes.byref(err))

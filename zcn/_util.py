@@ -21,12 +21,22 @@ from time import monotonic as _monotonic
 from . import _ffi
 from .errors import ClosedError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterable, Optional, Tuple, TypeVar
+
+    from ._types import Address, BytesLike
+    from .errors import WrongThreadError
+
+    _H = TypeVar("_H", bound="HandleOwner")
+
 PAGE_SIZE = _ffi.PAGE_SIZE
 INT32_MAX = 0x7FFFFFFF
 
 
 # --- argument checks ---------------------------------------------------------
-def int_arg(value, name, low=None, high=None):
+def int_arg(value: Any, name: str, low: Optional[int] = None,
+            high: Optional[int] = None) -> int:
     """An int (or an object with __index__), never a bool, float or None;
     checked against low..high when both are given."""
     if type(value) is not int:  # the common case skips the conversion
@@ -41,19 +51,19 @@ def int_arg(value, name, low=None, high=None):
     return value
 
 
-def bool_arg(value, name):
+def bool_arg(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
     return value
 
 
-def callback_arg(value, name):
+def callback_arg(value: Any, name: str) -> Any:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
     return value
 
 
-def seconds_to_ms(value, name, allow_zero):
+def seconds_to_ms(value: object, name: str, allow_zero: bool) -> Optional[int]:
     """A number of seconds (int or float, not bool) -> milliseconds, rounded
     up; None for infinity."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -66,7 +76,7 @@ def seconds_to_ms(value, name, allow_zero):
     return math.ceil(value * 1000)
 
 
-def timeout_ms(value, name, allow_zero=True):
+def timeout_ms(value: Optional[float], name: str, allow_zero: bool = True) -> int:
     """A loop timeout in seconds (None or infinity = forever) -> the C
     side's milliseconds (-1 = forever, at most INT32_MAX)."""
     if value is None:
@@ -92,12 +102,12 @@ class LoopWakeup:
 
     __slots__ = ("_get_fd", "_fd", "_installed")
 
-    def __init__(self, get_fd):
+    def __init__(self, get_fd: Callable[[Any, Any], object]) -> None:
         self._get_fd = get_fd
-        self._fd = None
-        self._installed = None
+        self._fd: Optional[int] = None
+        self._installed: Optional[int] = None
 
-    def enter(self, handle, timeout_ms):
+    def enter(self, handle: Optional[int], timeout_ms: int) -> None:
         """A loop call begins: on the main thread, if it may wait longer
         than WAKEUP_MIN_WAIT_MS (timeout_ms < 0: forever), points
         signal.set_wakeup_fd at the loop's pipe. That costs about 1 µs (two
@@ -126,7 +136,7 @@ class LoopWakeup:
             signal.set_wakeup_fd(old)
             self._installed = None
 
-    def exit(self):
+    def exit(self) -> None:
         """The loop call returns: no wakeup fd again, unless a handler set
         another one meanwhile."""
         fd, self._installed = self._installed, None
@@ -136,11 +146,12 @@ class LoopWakeup:
                 signal.set_wakeup_fd(current)
 
 
-def monotonic_ms():
+def monotonic_ms() -> int:
     return int(_monotonic() * 1000)
 
 
-def resolve_host(host, family=socket.AF_UNSPEC, socktype=socket.SOCK_STREAM):
+def resolve_host(host: str, family: int = socket.AF_UNSPEC,
+                 socktype: int = socket.SOCK_STREAM) -> str:
     """A numeric address for ``host`` (IPv4 preferred unless ``family``
     says), for the C side, which takes literals only. "" means all
     interfaces of the family (IPv4 unless family is AF_INET6)."""
@@ -154,11 +165,11 @@ def resolve_host(host, family=socket.AF_UNSPEC, socktype=socket.SOCK_STREAM):
     for want in (socket.AF_INET, socket.AF_INET6):
         for fam, _type, _proto, _name, sockaddr in infos:
             if fam == want:
-                return sockaddr[0]
+                return str(sockaddr[0])
     raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
 
 
-def round_up_pages(size):
+def round_up_pages(size: int) -> int:
     return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
 
 
@@ -173,29 +184,32 @@ class HandleOwner:
     """
 
     _kind = "zcn object"
-    _handle = None
+    _handle: Optional[int] = None
 
-    def _live(self):
+    def _live(self) -> int:
         handle = self._handle
         if handle is None:
             raise ClosedError(f"{self._kind} is closed")
         return handle
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
+        """True once closed (or if the constructor failed)."""
         return self._handle is None
 
-    def __enter__(self):
+    def __enter__(self: _H) -> _H:
         self._live()
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    # close() is each subclass's (TcpServer's and Loop's take an fd and
+    # override the two methods below), so it is not declared here.
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # type: ignore[attr-defined]
 
-    def _finalize(self):
-        self.close()
+    def _finalize(self) -> None:
+        self.close()  # type: ignore[attr-defined]
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self._finalize()
         except Exception:
@@ -206,18 +220,22 @@ class BoundSocket(HandleOwner):
     """A HandleOwner bound to a local address: sets ``_host`` (the numeric
     address) and ``_port`` (the bound port, the kernel's pick for 0)."""
 
+    _host: str
+    _port: int
+
     @property
-    def host(self):
+    def host(self) -> str:
         """The numeric address bound to."""
         return self._host
 
     @property
-    def port(self):
+    def port(self) -> int:
         """The bound port (the kernel's pick when created with port 0)."""
         return self._port
 
     @property
-    def address(self):
+    def address(self) -> Address:
+        """(host, port), as socket.create_connection() and sendto() take it."""
         return (self._host, self._port)
 
 
@@ -233,18 +251,24 @@ class MappedMemory:
 
     __slots__ = ("_anchor", "_mm", "address", "view")
 
-    def __init__(self, size, readonly=False):
+    _anchor: Optional[ctypes.c_char]
+    _mm: Optional[mmap.mmap]
+    address: int
+    #: None once closed; typed as always there: nothing reads it after close().
+    view: memoryview
+
+    def __init__(self, size: int, readonly: bool = False) -> None:
         self._mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._anchor = ctypes.c_char.from_buffer(self._mm)
         view = memoryview(self._mm)
         self.view = view.toreadonly() if readonly else view
         self.address = ctypes.addressof(self._anchor)
 
-    def close(self):
+    def close(self) -> None:
         """Releases our view and export and unmaps if nobody else holds a
         view. Idempotent."""
         self._anchor = None  # drops the ctypes export
-        view, self.view = self.view, None
+        view, self.view = self.view, None  # type: ignore[assignment]
         if view is not None:
             view.release()
         mm, self._mm = self._mm, None
@@ -255,7 +279,7 @@ class MappedMemory:
                 pass  # a user keeps a view: the mapping lives until it dies
 
 
-def c_writable_bytes(size):
+def c_writable_bytes(size: int) -> Tuple[ctypes.Array[ctypes.c_char], int, memoryview]:
     """A zeroed bytearray for C to write into: (anchor, address, memoryview).
     Keep the anchor as long as C may write: it pins the bytearray."""
     raw = bytearray(size)
@@ -293,8 +317,10 @@ BUFFER_SIZE_MAX = 64 << 20
 CONNECTIONS_MAX = 1 << 20
 
 
-def loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
-                send_queue_max_bytes, buffer_reserve, send_timeout, conn_buffers_hard_max):
+def loop_limits(io_uring_entries: int, buffer_pool_size: int, buffer_size: int,
+                connections_max: int, send_queue_max_bytes: int, buffer_reserve: Optional[int],
+                send_timeout: Optional[float],
+                conn_buffers_hard_max: Optional[int]) -> Dict[str, int]:
     """The checked limits of a C loop (ZCN_Config / ZCN_LoopConfig fields),
     from a TcpServer's or a Loop's keyword arguments: a dict of the C field
     names. Raises TypeError/ValueError naming the argument."""
@@ -323,7 +349,8 @@ def loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max
     return out
 
 
-def wrong_thread_error(code, where, owner_ident, what, hint=""):
+def wrong_thread_error(code: int, where: str, owner_ident: Optional[int], what: str,
+                       hint: str = "") -> WrongThreadError:
     """A WrongThreadError that names the thread running ``what``."""
     from .errors import WrongThreadError
     name = next((t.name for t in threading.enumerate() if t.ident == owner_ident), owner_ident)
@@ -333,7 +360,8 @@ def wrong_thread_error(code, where, owner_ident, what, hint=""):
         code=code)
 
 
-def send_bytes_like(send, handle, fd, data):
+def send_bytes_like(send: Callable[..., int], handle: Optional[int], fd: int,
+                    data: BytesLike) -> int:
     """send(handle, fd, pointer, length) of any bytes-like object (a
     contiguous copy for a strided one); returns send's code."""
     if isinstance(data, str):
@@ -350,11 +378,12 @@ def send_bytes_like(send, handle, fd, data):
         release_buffer(ctypes.byref(view))
 
 
-def report_closes(fds, on_close, failed):
+def report_closes(fds: Iterable[int], on_close: Optional[Callable[[int], object]],
+                  failed: Callable[[str, int, Exception], object]) -> None:
     """Calls on_close(fd) for each fd a destroy closed without reporting it;
     an exception goes to failed(name, fd, exc) (the error policy). Raises
     the first one the policy lets through, after all the calls."""
-    first = None
+    first: Optional[Exception] = None
     if on_close is None:
         return
     for fd in fds:

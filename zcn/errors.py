@@ -17,6 +17,10 @@ from __future__ import annotations
 import os
 from errno import EAGAIN, ENOBUFS, ENOMEM, ENOSYS, ENOTCONN, EPERM, ETIMEDOUT
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Type, Union
+
 ERRNO_MAX = 4095
 ERR_BASE = 10000
 
@@ -30,15 +34,16 @@ class ZcnError(Exception):
     their class's ``_errno``; str() stays the library's message.
     """
 
-    code = 0
-    name = "ZCN_ERR_UNKNOWN"
-    _errno = None
+    code: int = 0
+    name: str = "ZCN_ERR_UNKNOWN"
+    _errno: Optional[int] = None
+    detail: str
 
     # OSError.__str__ would print "[Errno N] strerror" and drop the message
     # (which names the call, the code and the detail): keep the message.
     __str__ = Exception.__str__
 
-    def __init__(self, message, code=None, detail=""):
+    def __init__(self, message: str, code: Optional[int] = None, detail: str = "") -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -46,9 +51,10 @@ class ZcnError(Exception):
         if self._errno is not None:
             # Set here, not as class attributes, which would shadow OSError's
             # own fields. Pickling rebuilds the exception through __init__,
-            # so errno survives the round trip.
-            self.errno = self._errno
-            self.strerror = os.strerror(self._errno)
+            # so errno survives the round trip. setattr: for type checkers
+            # errno and strerror are OSError's, not every ZcnError's.
+            setattr(self, "errno", self._errno)
+            setattr(self, "strerror", os.strerror(self._errno))
 
 
 class InvalidArgumentError(ZcnError, ValueError):
@@ -121,7 +127,7 @@ class WrongThreadError(ZcnError, RuntimeError):
     code, name = ERR_BASE + 15, "ZCN_ERR_WRONG_THREAD"
 
 
-_BY_CODE = {cls.code: cls for cls in (
+_BY_CODE: Dict[int, Type[ZcnError]] = {cls.code: cls for cls in (
     InvalidArgumentError, ExhaustedError, DoubleFreeError, ForeignPointerError,
     NotStartedError, AlreadyStartedError, ClosedError, QueueFullError, BusyError,
     IoUringDisabledError, IoUringBlockedError, IoUringUnsupportedError,
@@ -129,7 +135,7 @@ _BY_CODE = {cls.code: cls for cls in (
 )}
 
 
-def error_from_code(code, where=""):
+def error_from_code(code: int, where: str = "") -> Union[OSError, ZcnError]:
     """Builds (does not raise) the exception for a nonzero ZCN_Error."""
     from . import _ffi  # late: _ffi imports this module
 
@@ -147,16 +153,24 @@ def error_from_code(code, where=""):
         name = cls.name  # a library older than these bindings: it lacks the code
     text = _ffi.zcn_strerror(code).decode()
     message = f"{prefix}{name}: {text}" + (f" ({detail})" if detail else "")
-    exc = cls(message, code=code, detail=detail)
+    zexc = cls(message, code=code, detail=detail)
     if name != cls.name:
-        exc.name = name  # a code newer than these bindings: a plain ZcnError
-    return exc
+        zexc.name = name  # a code newer than these bindings: a plain ZcnError
+    return zexc
 
 
-def check(code, where=""):
+def check(code: int, where: str = "") -> None:
     """Raises for a nonzero ZCN_Error; returns None on success."""
     if code:
         raise error_from_code(code, where)
 
 
-__all__ = sorted(n for n in dir() if n.endswith("Error")) + ["error_from_code", "check"]
+# Spelled out (sorted, then the functions) so type checkers see the names;
+# tests/test_typing.py checks that it lists every *Error class here.
+__all__ = [
+    "AlreadyStartedError", "BusyError", "ClosedError", "DoubleFreeError", "ExhaustedError",
+    "ForeignPointerError", "InvalidArgumentError", "IoUringBlockedError",
+    "IoUringDisabledError", "IoUringUnavailableError", "IoUringUnsupportedError",
+    "MemlockError", "NotStartedError", "QueueFullError", "WrongThreadError", "ZcnError",
+    "ZcnTimeoutError", "error_from_code", "check",
+]

@@ -75,6 +75,20 @@ from ._util import seconds_to_ms as _seconds_arg
 from ._util import timeout_ms as _timeout_ms
 from .errors import BusyError, ClosedError, WrongThreadError, error_from_code
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set,
+                        Tuple, Union)
+
+    from typing_extensions import TypeVarTuple, Unpack  # for type checkers only
+
+    from ._types import (BytesLike, ConnectCallback, DataCallback, FdCallback,
+                         FileDescriptorLike, LoopErrorHandler)
+    from .server import ConnectionInfo, ServerStats, TcpServer
+    from .udp import UdpSocket
+
+    _Ts = TypeVarTuple("_Ts")
+
 __all__ = ["Loop", "TimerHandle", "ConnectHandle", "LoopStats"]
 
 log = logging.getLogger(__name__)
@@ -105,7 +119,7 @@ _send_view = ctypes.PyDLL(_ffi.lib._name, handle=_ffi.lib._handle).zcn_loop_send
 _send_view.restype = c_int
 _flush_raw = _ffi.zcn_loop_flush
 
-_STATS_FIELDS = [name for name, _ in _ffi.LoopStats._fields_ if name != "tcp"]
+_STATS_FIELDS = [field[0] for field in _ffi.LoopStats._fields_ if field[0] != "tcp"]
 
 
 class LoopStats:
@@ -116,13 +130,27 @@ class LoopStats:
 
     __slots__ = ("tcp",) + tuple(_STATS_FIELDS)
 
-    def __init__(self, raw):
+    # The fields, for type checkers (set from _STATS_FIELDS, checked by tests/test_typing.py).
+    tcp: ServerStats
+    turns: int
+    timers_active: int
+    timers_fired: int
+    watches_active: int
+    watch_events: int
+    calls_run: int
+    calls_refused: int
+    connects_started: int
+    connects_failed: int
+    connect_timeouts: int
+    servers: int
+
+    def __init__(self, raw: Any) -> None:
         from .server import ServerStats, _STATS_FIELDS as tcp_fields
         self.tcp = ServerStats(*(getattr(raw.tcp, name) for name in tcp_fields))
         for name in _STATS_FIELDS:
             setattr(self, name, getattr(raw, name))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = ", ".join(f"{name}={getattr(self, name)}" for name in _STATS_FIELDS)
         return f"LoopStats({inner}, tcp={self.tcp!r})"
 
@@ -134,15 +162,16 @@ class TimerHandle:
 
     __slots__ = ("_loop", "_id", "_callback", "_args", "when", "_cancelled")
 
-    def __init__(self, loop, timer_id, when, callback, args):
+    def __init__(self, loop: Loop, timer_id: int, when: float,
+                 callback: Callable[..., object], args: Tuple[Any, ...]) -> None:
         self._loop = loop
         self._id = timer_id
         self.when = when
-        self._callback = callback
-        self._args = args
+        self._callback: Optional[Callable[..., object]] = callback
+        self._args: Optional[Tuple[Any, ...]] = args
         self._cancelled = False
 
-    def cancel(self):
+    def cancel(self) -> None:
         if self._cancelled:
             return
         self._cancelled = True
@@ -153,10 +182,10 @@ class TimerHandle:
                 raise loop._error(rc, "TimerHandle.cancel()")
         self._callback = self._args = None
 
-    def cancelled(self):
+    def cancelled(self) -> bool:
         return self._cancelled
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else f"when={self.when:.3f}"
         return f"<zcn.TimerHandle {state} {self._callback!r}>"
 
@@ -166,15 +195,15 @@ class _Call:
 
     __slots__ = ("callback", "args", "cancelled_flag")
 
-    def __init__(self, callback, args):
+    def __init__(self, callback: Callable[..., object], args: Tuple[Any, ...]) -> None:
         self.callback = callback
         self.args = args
         self.cancelled_flag = False
 
-    def cancel(self):
+    def cancel(self) -> None:
         self.cancelled_flag = True
 
-    def cancelled(self):
+    def cancelled(self) -> bool:
         return self.cancelled_flag
 
 
@@ -186,13 +215,13 @@ class ConnectHandle:
 
     __slots__ = ("fd", "_loop", "_cancelled", "_record")
 
-    def __init__(self, loop, record):
-        self.fd = None
+    def __init__(self, loop: Loop, record: _Outbound) -> None:
+        self.fd: Optional[int] = None
         self._loop = loop
         self._cancelled = False
         self._record = record
 
-    def cancel(self):
+    def cancel(self) -> None:
         if self._cancelled:
             return
         self._cancelled = True
@@ -200,7 +229,7 @@ class ConnectHandle:
         if self.fd is not None and loop._handle is not None and self.fd in loop._conns:
             _ffi.zcn_loop_close(loop._handle, self.fd)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<zcn.ConnectHandle fd={self.fd}>"
 
 
@@ -211,20 +240,22 @@ class _Outbound:
     __slots__ = ("_on_connect", "_on_data", "_on_eof", "_on_close", "_on_drain", "handle",
                  "connected")
 
-    def __init__(self, on_connect, on_data, on_eof, on_close, on_drain):
+    def __init__(self, on_connect: Optional[ConnectCallback], on_data: Optional[DataCallback],
+                 on_eof: Optional[FdCallback], on_close: Optional[FdCallback],
+                 on_drain: Optional[FdCallback]) -> None:
         self._on_connect = on_connect
         self._on_data = on_data
         self._on_eof = on_eof
         self._on_close = on_close
         self._on_drain = on_drain
-        self.handle = None
+        self.handle: Optional[ConnectHandle] = None
         self.connected = False
 
-    def _callback_failed(self, loop, name, fd, exc):
+    def _callback_failed(self, loop: Loop, name: str, fd: Optional[int], exc: Exception) -> None:
         loop._callback_failed(name, fd, exc)
 
 
-def _c_pointer(address):
+def _c_pointer(address: int) -> Any:
     return ctypes.byref(ctypes.c_char.from_address(address))
 
 
@@ -241,12 +272,15 @@ class Loop(HandleOwner):
     """
 
     _kind = "zcn.Loop"
-    _memory = None
+    _memory: Optional[MappedMemory] = None
 
-    def __init__(self, *, io_uring_entries=256, buffer_pool_size=1024, buffer_size=16384,
-                 connections_max=4096, send_queue_max_bytes=1 << 20, buffer_reserve=None,
-                 send_timeout=60.0, conn_buffers_hard_max=None, timers_max=4096,
-                 watches_max=1024, calls_max=4096, error_handler=None):
+    def __init__(self, *, io_uring_entries: int = 256, buffer_pool_size: int = 1024,
+                 buffer_size: int = 16384, connections_max: int = 4096,
+                 send_queue_max_bytes: int = 1 << 20, buffer_reserve: Optional[int] = None,
+                 send_timeout: Optional[float] = 60.0,
+                 conn_buffers_hard_max: Optional[int] = None, timers_max: int = 4096,
+                 watches_max: int = 1024, calls_max: int = 4096,
+                 error_handler: LoopErrorHandler = None) -> None:
         limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
                               send_queue_max_bytes, buffer_reserve, send_timeout,
                               conn_buffers_hard_max)
@@ -256,33 +290,35 @@ class Loop(HandleOwner):
         calls = _int_arg(calls_max, "calls_max", 1, _ffi.LOOP_CALLS_MAX)
         if not (error_handler is None or error_handler == "raise" or callable(error_handler)):
             raise TypeError("error_handler must be None, 'raise' or a callable")
-        self._error_handler = error_handler
+        self._error_handler: LoopErrorHandler = error_handler
 
         self._lock = threading.RLock()
-        self._owner = None
-        self._loop_thread = None
+        self._owner: Optional[int] = None
+        self._loop_thread: Optional[int] = None
         self._stop_requested = False
         self._wakeup = LoopWakeup(_ffi.zcn_loop_wakeup_fd)
-        self._owners = {}          # tag -> TcpServer
+        self._owners: Dict[int, TcpServer] = {}  # tag -> TcpServer
         self._next_tag = 1
-        self._conns = {}           # fd -> its TcpServer or _Outbound, until its close
-        self._aborted = set()
-        self._timers = {}          # timer id -> TimerHandle
-        self._watch_cbs = {}       # watch id -> (callback, args)
-        self._readers = {}         # fd -> watch id
-        self._writers = {}
-        self._ready = collections.deque()   # call_soon / call_soon_threadsafe
+        # fd -> its TcpServer or _Outbound, until its close
+        self._conns: Dict[int, Union[TcpServer, _Outbound]] = {}
+        self._aborted: Set[int] = set()
+        self._timers: Dict[int, TimerHandle] = {}  # timer id -> TimerHandle
+        # watch id -> (callback, args)
+        self._watch_cbs: Dict[int, Tuple[Callable[..., object], Tuple[Any, ...]]] = {}
+        self._readers: Dict[int, int] = {}  # fd -> watch id
+        self._writers: Dict[int, int] = {}
+        self._ready: Deque[_Call] = collections.deque()  # call_soon / call_soon_threadsafe
         self._wake_pending = False
-        self._pending = None
-        self._cur_view = _NO_VIEW
-        self._cur_ptr = None
+        self._pending: Optional[Iterator[Tuple[Any, ...]]] = None
+        self._cur_view: object = _NO_VIEW
+        self._cur_ptr: Any = None
         self._cur_len = 0
         # UDP sockets on the loop (zcn.UdpSocket(loop=)), closed before the
         # C loop; their datagrams come through C callbacks inside the poll,
         # counted in _c_calls, and what those raise waits in _raised.
-        self._udp_sockets = {}
+        self._udp_sockets: Dict[UdpSocket, None] = {}
         self._c_calls = 0
-        self._raised = []
+        self._raised: List[BaseException] = []
 
         rounded = round_up_pages(buffer_size)
         slab_bytes = rounded * buffers
@@ -308,39 +344,40 @@ class Loop(HandleOwner):
         self._buffer_ptrs = {i * rounded: _c_pointer(base + i * rounded) for i in range(buffers)}
 
     # --- queries -------------------------------------------------------------
-    def time(self):
+    def time(self) -> float:
         """The loop's clock in seconds (time.monotonic()'s)."""
         return time.monotonic()
 
     @property
-    def buffer_size(self):
+    def buffer_size(self) -> int:
+        """Bytes per buffer (the requested size rounded up to 4096)."""
         return self._buffer_size
 
-    def stats(self):
+    def stats(self) -> LoopStats:
         raw = _ffi.LoopStats()
         with self._lock:
             _ffi.zcn_loop_stats(self._live(), ctypes.byref(raw))
         return LoopStats(raw)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self._handle is None:
             return "<zcn.Loop closed>"
         return (f"<zcn.Loop servers={len(self._owners)} connections={len(self._conns)} "
                 f"timers={len(self._timers)}>")
 
     # --- errors --------------------------------------------------------------
-    def _error(self, rc, where):
+    def _error(self, rc: int, where: str) -> Exception:
         if rc == _ERR_WRONG_THREAD:
             return _wrong_thread_error(rc, where, self._owner, "this loop",
                                        ", or use call_soon_threadsafe()")
         return error_from_code(rc, where)
 
-    def _claim(self):
+    def _claim(self) -> None:
         """The calling thread becomes the owner if there is none."""
         if self._owner is None:
             self._owner = threading.get_ident()
 
-    def _callback_failed(self, name, fd, exc):
+    def _callback_failed(self, name: str, fd: Optional[int], exc: Exception) -> None:
         handler = self._error_handler
         if handler == "raise":
             raise exc
@@ -356,9 +393,12 @@ class Loop(HandleOwner):
                 self._aborted.add(fd)
 
     # --- connections ---------------------------------------------------------
-    def connect(self, host, port, *, on_connect=None, on_data=None, on_eof=None,
-                on_close=None, on_drain=None, timeout=30.0, local_address=None,
-                local_port=0, idle_timeout=None, tcp_nodelay=True):
+    def connect(self, host: str, port: int, *, on_connect: Optional[ConnectCallback] = None,
+                on_data: Optional[DataCallback] = None, on_eof: Optional[FdCallback] = None,
+                on_close: Optional[FdCallback] = None, on_drain: Optional[FdCallback] = None,
+                timeout: Optional[float] = 30.0, local_address: Optional[str] = None,
+                local_port: int = 0, idle_timeout: Optional[float] = None,
+                tcp_nodelay: bool = True) -> ConnectHandle:
         """Connects out to host:port without blocking and returns a
         ConnectHandle. ``on_connect(fd, error)`` follows once: error None when
         connected (from then on the connection is like an accepted one:
@@ -376,7 +416,7 @@ class Loop(HandleOwner):
             raise TypeError(f"host must be a str, not {type(host).__name__}")
         port = _int_arg(port, "port", 1, 65535)
         local_port = _int_arg(local_port, "local_port", 0, 65535)
-        timeout_ms = _ffi.TIMEOUT_NEVER
+        timeout_ms: Optional[int] = _ffi.TIMEOUT_NEVER
         if timeout is not None:
             timeout_ms = _seconds_arg(timeout, "timeout", allow_zero=False)
             if timeout_ms is None or timeout_ms >= UINT32_MAX:
@@ -399,7 +439,9 @@ class Loop(HandleOwner):
         # A name: resolve in a thread, come back through call_soon_threadsafe.
         self._check_thread("connect()")
 
-        def resolve():
+        def resolve() -> None:
+            addr: Any  # a str: getaddrinfo's host for SOCK_STREAM
+            error: Optional[OSError]
             try:
                 infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
                 addr = infos[0][4][0]
@@ -414,12 +456,13 @@ class Loop(HandleOwner):
         threading.Thread(target=resolve, name=f"zcn resolve {host}", daemon=True).start()
         return handle
 
-    def _check_thread(self, where):
+    def _check_thread(self, where: str) -> None:
         owner = self._owner
         if owner is not None and owner != threading.get_ident():
             raise self._error(_ERR_WRONG_THREAD, where)
 
-    def _resolved(self, handle, addr, error, params):
+    def _resolved(self, handle: ConnectHandle, addr: Optional[str],
+                  error: Optional[Exception], params: Tuple[Any, ...]) -> None:
         record = handle._record
         if handle._cancelled and error is None:
             error = ClosedError("connect cancelled")
@@ -427,9 +470,11 @@ class Loop(HandleOwner):
             if record._on_connect is not None:
                 self._guarded(record, record._on_connect, "on_connect", None, error)
             return
-        self._start_connect(handle, addr, params, raise_errors=False)
+        self._start_connect(handle, addr, params,  # type: ignore[arg-type]  # error None: a str
+                            raise_errors=False)
 
-    def _start_connect(self, handle, literal, params, raise_errors):
+    def _start_connect(self, handle: ConnectHandle, literal: str, params: Tuple[Any, ...],
+                       raise_errors: bool) -> None:
         port, local_address, local_port, timeout_ms, idle_ms, nodelay = params
         record = handle._record
         cfg = _ffi.ConnectConfig(
@@ -453,14 +498,14 @@ class Loop(HandleOwner):
         handle.fd = fd.value
         self._conns[fd.value] = record
 
-    def _view_send(self, fd, data):
+    def _view_send(self, fd: int, data: BytesLike) -> int:
         if data is self._cur_view:
             return _send_view(self._handle_arg, fd, self._cur_ptr, self._cur_len)
         if type(data) is bytes:
             return _send(self._handle, fd, data, len(data))
         return _send_bytes_like(_send, self._handle, fd, data)
 
-    def send(self, fd, data):
+    def send(self, fd: int, data: BytesLike) -> None:
         """As TcpServer.send, for any connection of the loop."""
         if type(fd) is not int:
             fd = _int_arg(fd, "fd")
@@ -470,12 +515,12 @@ class Loop(HandleOwner):
         if rc:
             raise self._error(rc, f"send(fd={fd})")
 
-    def _closed_error(self, fd):
+    def _closed_error(self, fd: int) -> ClosedError:
         if self._handle is None:
             return ClosedError(f"{self._kind} is closed")
         return ClosedError(f"fd {fd} is not an open connection of this loop", code=_ERR_CLOSED)
 
-    def _fd_call(self, fn, fd, where):
+    def _fd_call(self, fn: Callable[[Any, int], int], fd: int, where: str) -> None:
         if type(fd) is not int:
             fd = _int_arg(fd, "fd")
         if fd not in self._conns:
@@ -484,22 +529,22 @@ class Loop(HandleOwner):
         if rc:
             raise self._error(rc, f"{where}(fd={fd})")
 
-    def close(self, fd=None):
+    def close(self, fd: Optional[int] = None) -> None:
         """close(fd): closes connection fd gracefully (queued data is sent,
         then on_close). close(): closes the loop (see close_loop)."""
         if fd is None:
             return self.close_loop()
         self._fd_call(_ffi.zcn_loop_close, fd, "close")
 
-    def shutdown(self, fd):
+    def shutdown(self, fd: int) -> None:
         """Half-closes fd: FIN once its queue is sent; receiving goes on."""
         self._fd_call(_ffi.zcn_loop_shutdown, fd, "shutdown")
 
-    def abort(self, fd):
+    def abort(self, fd: int) -> None:
         """Resets fd (RST): queued data dropped; on_close follows."""
         self._fd_call(_ffi.zcn_loop_abort, fd, "abort")
 
-    def forward(self, fd, to_fd, *, auto=False):
+    def forward(self, fd: int, to_fd: Optional[int], *, auto: bool = False) -> None:
         """Forwards what fd receives to to_fd: fd's deliveries wait for
         room in to_fd's send queue instead of its own, so a to_fd that does
         not read pauses receiving on fd (memory stays bounded) and an
@@ -517,12 +562,14 @@ class Loop(HandleOwner):
         if rc:
             raise self._error(rc, f"forward({fd}, {to_fd})")
 
-    def queued_bytes(self, fd):
+    def queued_bytes(self, fd: int) -> int:
+        """As TcpServer.queued_bytes, for any connection of the loop."""
         if self._handle is None:
             return 0
         return _ffi.zcn_loop_queued_bytes(self._handle, _int_arg(fd, "fd"))
 
-    def connection_info(self, fd):
+    def connection_info(self, fd: int) -> ConnectionInfo:
+        """As TcpServer.connection_info, for any connection of the loop."""
         from .server import _conn_info_from
         raw = _ffi.ConnInfo()
         fd = _int_arg(fd, "fd")
@@ -534,7 +581,8 @@ class Loop(HandleOwner):
         return _conn_info_from(raw)
 
     # --- timers --------------------------------------------------------------
-    def call_later(self, delay, callback, *args):
+    def call_later(self, delay: float, callback: Callable[[Unpack[_Ts]], object],
+                   *args: Unpack[_Ts]) -> TimerHandle:
         """Runs callback(*args) after ``delay`` seconds (rounded up to the
         millisecond: never early); returns a TimerHandle. Owner thread."""
         if not callable(callback):
@@ -552,12 +600,14 @@ class Loop(HandleOwner):
         self._timers[out.value] = handle
         return handle
 
-    def call_at(self, when, callback, *args):
+    def call_at(self, when: float, callback: Callable[[Unpack[_Ts]], object],
+                *args: Unpack[_Ts]) -> TimerHandle:
         """call_later at loop.time() == when."""
         return self.call_later(max(0.0, when - self.time()), callback, *args)
 
     # --- fd watches ----------------------------------------------------------
-    def _watch(self, table, fd, events, callback, args, where):
+    def _watch(self, table: Dict[int, int], fd: FileDescriptorLike, events: int,
+               callback: Callable[..., object], args: Tuple[Any, ...], where: str) -> None:
         if not callable(callback):
             raise TypeError("callback must be callable")
         fd = _fileno(fd)
@@ -573,7 +623,7 @@ class Loop(HandleOwner):
         table[fd] = out.value
         self._watch_cbs[out.value] = (callback, args)
 
-    def _remove_watch(self, table, fd):
+    def _remove_watch(self, table: Dict[int, int], fd: int) -> bool:
         watch_id = table.pop(fd, None)
         if watch_id is None:
             return False
@@ -584,24 +634,27 @@ class Loop(HandleOwner):
                 raise self._error(rc, "remove watch")
         return True
 
-    def add_reader(self, fd, callback, *args):
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object],
+                   *args: Unpack[_Ts]) -> None:
         """Calls callback(*args) while fd (an int or an object with
         fileno()) is readable, level-triggered; replaces an earlier reader
         of fd. Remove it before closing fd. Owner thread."""
         self._watch(self._readers, fd, _ffi.WATCH_READ, callback, args, "add_reader()")
 
-    def add_writer(self, fd, callback, *args):
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object],
+                   *args: Unpack[_Ts]) -> None:
         """add_reader for writability."""
         self._watch(self._writers, fd, _ffi.WATCH_WRITE, callback, args, "add_writer()")
 
-    def remove_reader(self, fd):
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
         """True if a reader of fd was removed."""
         return self._remove_watch(self._readers, _fileno(fd))
 
-    def remove_writer(self, fd):
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
+        """True if a writer of fd was removed."""
         return self._remove_watch(self._writers, _fileno(fd))
 
-    def _c_callback_failed(self, name, exc):
+    def _c_callback_failed(self, name: str, exc: Exception) -> None:
         """The error policy for a callback that C calls from inside
         zcn_loop_poll (a UDP socket's on_datagram), where an exception
         cannot propagate through ctypes: what the policy raises is kept and
@@ -611,13 +664,14 @@ class Loop(HandleOwner):
         except BaseException as raised:
             self._raised.append(raised)
 
-    def _raise_pending(self):
+    def _raise_pending(self) -> None:
         # The batch's sends go first: the loop may not turn again soon.
         _flush_raw(self._handle)
         raise self._raised.pop(0)
 
     # --- calls -----------------------------------------------------------------
-    def call_soon(self, callback, *args):
+    def call_soon(self, callback: Callable[[Unpack[_Ts]], object],
+                  *args: Unpack[_Ts]) -> _Call:
         """Runs callback(*args) at the loop's next turn (owner thread)."""
         if not callable(callback):
             raise TypeError("callback must be callable")
@@ -625,7 +679,8 @@ class Loop(HandleOwner):
         self._ready.append(call)
         return call
 
-    def call_soon_threadsafe(self, callback, *args):
+    def call_soon_threadsafe(self, callback: Callable[[Unpack[_Ts]], object],
+                             *args: Unpack[_Ts]) -> _Call:
         """call_soon from any thread: the loop is woken if it waits.
         ClosedError once the loop is closed."""
         if not callable(callback):
@@ -644,7 +699,7 @@ class Loop(HandleOwner):
                 raise error_from_code(rc, "call_soon_threadsafe()")
         return call
 
-    def _run_ready(self):
+    def _run_ready(self) -> None:
         ready = self._ready
         self._wake_pending = False
         for _ in range(len(ready)):
@@ -657,7 +712,7 @@ class Loop(HandleOwner):
                 self._callback_failed(f"call {call.callback!r}", None, exc)
 
     # --- servers ---------------------------------------------------------------
-    def _add_server(self, server):
+    def _add_server(self, server: TcpServer) -> int:
         tag = self._next_tag
         if tag == _ASYNCIO_TAG:
             tag += 1
@@ -665,14 +720,14 @@ class Loop(HandleOwner):
         self._owners[tag] = server
         return tag
 
-    def _remove_server(self, server, tag, fds):
+    def _remove_server(self, server: TcpServer, tag: int, fds: Iterable[int]) -> None:
         self._owners.pop(tag, None)
         for fd in fds:
             self._conns.pop(fd, None)
             self._aborted.discard(fd)
 
     # --- running -----------------------------------------------------------
-    def run_once(self, timeout=None):
+    def run_once(self, timeout: Optional[float] = None) -> int:
         """Waits for events (timeout in seconds; None: until one) and
         dispatches them; returns how many were handled. 0 on timeout, on a
         signal or after stop()."""
@@ -690,7 +745,7 @@ class Loop(HandleOwner):
         finally:
             self._exit()
 
-    def run_forever(self):
+    def run_forever(self) -> None:
         """Runs until stop() (then returns) or until a callback's exception
         propagates (error_handler="raise"; run again to resume)."""
         self._enter(-1)
@@ -702,7 +757,7 @@ class Loop(HandleOwner):
         finally:
             self._exit()
 
-    def stop(self):
+    def stop(self) -> None:
         """Makes run_forever return (and a waiting run_once return 0). Any
         thread, or a signal handler. No-op on a closed loop."""
         with self._lock:
@@ -711,10 +766,11 @@ class Loop(HandleOwner):
                 self._stop_requested = True
                 _ffi.zcn_loop_stop(handle)
 
-    def is_running(self):
+    def is_running(self) -> bool:
+        """True while run_once/run_forever runs (on the owner thread)."""
         return self._loop_thread is not None
 
-    def _enter(self, timeout_ms):
+    def _enter(self, timeout_ms: int) -> None:
         me = threading.get_ident()
         with self._lock:
             self._live()
@@ -733,12 +789,12 @@ class Loop(HandleOwner):
             self._exit()
             raise
 
-    def _exit(self):
+    def _exit(self) -> None:
         self._wakeup.exit()
         with self._lock:
             self._loop_thread = None
 
-    def _turn(self, timeout_ms):
+    def _turn(self, timeout_ms: int) -> int:
         if self._raised:
             self._raise_pending()
         if self._pending is not None:
@@ -765,16 +821,21 @@ class Loop(HandleOwner):
             raise self._error(rc, "zcn_loop_poll")
         return handled
 
-    def _guarded(self, owner, fn, name, fd, *args):
+    def _guarded(self, owner: Union[TcpServer, _Outbound, None], fn: Callable[..., object],
+                 name: str, fd: Optional[int], *args: Any) -> None:
         try:
             fn(fd, *args)
         except Exception as exc:
             if isinstance(owner, _Outbound) or owner is None:
                 self._callback_failed(name, fd, exc)
             else:
-                owner._callback_failed(name, fd, exc)
+                # a server's connection: fd is an int
+                owner._callback_failed(name, fd, exc)  # type: ignore[arg-type]
 
-    def _dispatch(self):
+    def _dispatch(self) -> int:
+        # A connection's owner is its TcpServer or an _Outbound, which has
+        # the callback attributes under the same names: duck-typed here.
+        owner: Any
         handled = 0
         conns = self._conns
         owners = self._owners
@@ -782,7 +843,7 @@ class Loop(HandleOwner):
         slab = self._slab
         ptr_at = self._buffer_ptrs.get
         try:
-            for etype, fd, length, tag, offset in self._pending:
+            for etype, fd, length, tag, offset in self._pending:  # type: ignore[union-attr]
                 handled += 1
                 if etype == _DATA:
                     owner = conns.get(fd)
@@ -811,7 +872,7 @@ class Loop(HandleOwner):
                         callback, args = handle._callback, handle._args
                         handle._callback = handle._args = None
                         try:
-                            callback(*args)
+                            callback(*args)  # type: ignore[misc]  # set until it runs
                         except Exception as exc:
                             self._callback_failed(f"timer {callback!r}", None, exc)
                 elif etype == _WATCH:
@@ -844,7 +905,7 @@ class Loop(HandleOwner):
                     owner = conns.get(fd)
                     if owner is None:
                         continue
-                    error = None
+                    error: Optional[Exception] = None
                     if offset:
                         conns.pop(fd, None)
                         if owner.handle is not None and owner.handle._cancelled:
@@ -878,7 +939,7 @@ class Loop(HandleOwner):
         return handled
 
     # --- lifetime ------------------------------------------------------------
-    def close_loop(self):
+    def close_loop(self) -> None:
         """Closes every UDP socket on the loop, every server (their on_close
         calls), every outbound connection (on_close; on_connect(fd,
         ClosedError) for one still connecting), drops timers, watches and
@@ -932,16 +993,16 @@ class Loop(HandleOwner):
         if first is not None:
             raise first
 
-    def _drop_memory(self):
-        self._slab = None
+    def _drop_memory(self) -> None:
+        self._slab = None  # type: ignore[assignment]  # typed as there: unread once closed
         memory, self._memory = self._memory, None
         if memory is not None:
             memory.close()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close_loop()
 
-    def _finalize(self):
+    def _finalize(self) -> None:
         if self._handle is None:
             if self._memory is not None:
                 self._drop_memory()
@@ -952,7 +1013,7 @@ class Loop(HandleOwner):
         self.close_loop()
 
 
-def _fileno(fd):
+def _fileno(fd: FileDescriptorLike) -> int:
     if isinstance(fd, int) and not isinstance(fd, bool):
         if fd < 0:
             raise ValueError(f"invalid fd {fd}")
@@ -963,7 +1024,7 @@ def _fileno(fd):
     return _fileno(fileno())
 
 
-def _literal(host):
+def _literal(host: str) -> Optional[str]:
     """host as an IP literal, or None if it is a name to resolve."""
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
@@ -974,13 +1035,13 @@ def _literal(host):
     return None
 
 
-def _connect_error(code):
+def _connect_error(code: int) -> Exception:
     """The exception for a failed connect's ZCN_Error code."""
     if code == errno.ETIMEDOUT:
         return TimeoutError(errno.ETIMEDOUT, "connect timed out")
     return error_from_code(code, "connect")
 
 
-def _ffi_queue_full():
+def _ffi_queue_full() -> int:
     from .errors import QueueFullError
     return QueueFullError.code

@@ -36,6 +36,12 @@ from . import _ffi
 from ._util import HandleOwner, MappedMemory, int_arg, round_up_pages
 from .errors import ClosedError, DoubleFreeError, ForeignPointerError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Dict, Optional
+
+    from .ring import Ring
+
 __all__ = ["BufferPool", "Buffer", "PoolStats", "PAGE_SIZE", "COUNT_MAX", "BYTES_MAX"]
 
 PAGE_SIZE = _ffi.PAGE_SIZE
@@ -69,49 +75,52 @@ class Buffer:
 
     __slots__ = ("_pool", "_index", "_address", "_view", "_live")
 
-    def __init__(self, pool, index, address, view):
+    def __init__(self, pool: BufferPool, index: int, address: int, view: memoryview) -> None:
         self._pool = pool
         self._index = index
         self._address = address
         self._view = view
         self._live = True
 
-    def _check(self):
+    def _check(self) -> None:
         if not self._live:
             raise ClosedError("zcn.Buffer was released (or its pool closed)")
 
     @property
-    def view(self):
+    def view(self) -> memoryview:
+        """The buffer's bytes: a writable memoryview of buffer_size bytes."""
         self._check()
         return self._view
 
     @property
-    def index(self):
+    def index(self) -> int:
+        """The buffer's index in the pool (its fixed-buffer index)."""
         return self._index
 
     @property
-    def address(self):
+    def address(self) -> int:
+        """The buffer's C address."""
         self._check()
         return self._address
 
     @property
-    def released(self):
+    def released(self) -> bool:
         """True once released or once its pool is closed."""
         return not self._live
 
-    def __len__(self):
+    def __len__(self) -> int:
         self._check()
         return len(self._view)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         # `if buf:` must not depend on __len__, which raises after release.
         return True
 
-    def release(self):
+    def release(self) -> None:
         """Gives the buffer back to its pool (same as pool.release(self))."""
         self._pool.release(self)
 
-    def _invalidate(self):
+    def _invalidate(self) -> bool:
         """Marks the buffer dead; False if its view is still exported."""
         try:
             self._view.release()
@@ -120,7 +129,7 @@ class Buffer:
         self._live = False
         return True
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "released" if not self._live else f"{len(self._view)} bytes"
         return f"<zcn.Buffer index={self._index} {state}>"
 
@@ -135,7 +144,7 @@ class BufferPool(HandleOwner):
 
     _kind = "zcn.BufferPool"
 
-    def __init__(self, buffer_size=4096, count=1024):
+    def __init__(self, buffer_size: int = 4096, count: int = 1024) -> None:
         buffer_size = int_arg(buffer_size, "buffer_size", 1, BYTES_MAX)
         count = int_arg(count, "count", 1, COUNT_MAX)
         rounded = round_up_pages(buffer_size)
@@ -144,9 +153,9 @@ class BufferPool(HandleOwner):
             raise ValueError(f"{count} buffers of {rounded} bytes exceed the pool limit "
                              f"of {BYTES_MAX} bytes")
         self._lock = threading.Lock()
-        self._out = {}    # index -> Buffer, the buffers acquired now
-        self._ring = None  # the zcn.Ring we registered with
-        self._memory = MappedMemory(slab_bytes)
+        self._out: Dict[int, Buffer] = {}    # index -> Buffer, the buffers acquired now
+        self._ring: Optional[Ring] = None  # the zcn.Ring we registered with
+        self._memory: MappedMemory = MappedMemory(slab_bytes)
         self._slab = self._memory.view
         self._base = self._memory.address
         self._buffer_size = rounded
@@ -155,7 +164,7 @@ class BufferPool(HandleOwner):
                                    rounded, count)
 
     # --- lifetime -----------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         """Destroys the pool. Idempotent.
 
         Every buffer still acquired is invalidated (its view released). The
@@ -178,7 +187,7 @@ class BufferPool(HandleOwner):
             _ffi.zcn_pool_destroy(handle)
         self._drop_memory()
 
-    def _unregister_quietly(self, handle):
+    def _unregister_quietly(self, handle: int) -> None:
         ring, self._ring = self._ring, None
         if ring is None or ring.closed:
             return  # a closed ring took its fixed buffers with it
@@ -187,12 +196,13 @@ class BufferPool(HandleOwner):
         except Exception:
             pass  # e.g. closed from another thread than a SINGLE_ISSUER ring's
 
-    def _drop_memory(self):
-        self._slab = None
-        memory, self._memory = self._memory, None
+    def _drop_memory(self) -> None:
+        # Typed as always there: nothing reads them once the pool is closed.
+        self._slab = None  # type: ignore[assignment]
+        memory, self._memory = self._memory, None  # type: ignore[assignment]
         memory.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self._handle is None:
             return "<zcn.BufferPool closed>"
         return (f"<zcn.BufferPool buffer_size={self._buffer_size} count={self._count} "
@@ -200,16 +210,17 @@ class BufferPool(HandleOwner):
 
     # --- shape --------------------------------------------------------------
     @property
-    def buffer_size(self):
+    def buffer_size(self) -> int:
         """Bytes per buffer: the requested size rounded up to 4096."""
         return self._buffer_size
 
     @property
-    def count(self):
+    def count(self) -> int:
+        """The number of buffers."""
         return self._count
 
     # --- acquire / release --------------------------------------------------
-    def acquire(self):
+    def acquire(self) -> Optional[Buffer]:
         """Takes a free buffer; returns None when all are in use."""
         with self._lock:
             handle = self._live()
@@ -223,7 +234,7 @@ class BufferPool(HandleOwner):
             self._out[index] = buf
             return buf
 
-    def release(self, buf):
+    def release(self, buf: Buffer) -> None:
         """Gives ``buf`` back.
 
         TypeError if it is not a zcn.Buffer, ForeignPointerError if it came
@@ -245,7 +256,7 @@ class BufferPool(HandleOwner):
             del self._out[buf._index]
             _ffi.zcn_pool_release(handle, buf._address)
 
-    def stats(self):
+    def stats(self) -> PoolStats:
         """A PoolStats snapshot. Reads one word per buffer (O(count))."""
         with self._lock:
             raw = _ffi.PoolStats()
@@ -255,7 +266,7 @@ class BufferPool(HandleOwner):
                          buffer_size=raw.buffer_size)
 
     # --- io_uring -----------------------------------------------------------
-    def register(self, ring):
+    def register(self, ring: Ring) -> None:
         """Registers every buffer with ``ring`` (a zcn.Ring) as io_uring fixed
         buffers; a Buffer's ``index`` is its fixed-buffer index.
 
@@ -274,7 +285,7 @@ class BufferPool(HandleOwner):
             _ffi.zcn_pool_register(handle, ring._live())
             self._ring = ring
 
-    def unregister(self):
+    def unregister(self) -> None:
         """Drops the fixed buffers registered by register(). ValueError if
         the pool is not registered."""
         with self._lock:
@@ -289,6 +300,6 @@ class BufferPool(HandleOwner):
             self._ring = None
 
     @property
-    def registered_ring(self):
+    def registered_ring(self) -> Optional[Ring]:
         """The zcn.Ring the pool is registered with, or None."""
         return self._ring

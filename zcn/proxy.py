@@ -27,8 +27,16 @@ import signal
 from . import _ffi
 from ._util import resolve_host as _resolve_host
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    import argparse
+    from typing import Callable, Dict, List, Optional, Set
 
-def _host_port(text, what):
+    from ._types import Address
+    from .loop import Loop
+
+
+def _host_port(text: str, what: str) -> Address:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SystemExit(f"zcn proxy: {what} must be HOST:PORT, got {text!r}")
@@ -36,7 +44,9 @@ def _host_port(text, what):
     return host or "127.0.0.1", int(port)
 
 
-def add_proxy_parser(subparsers):
+def add_proxy_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+                     ) -> argparse.ArgumentParser:
+    """Adds the ``proxy`` subcommand to ``python -m zcn``'s parser."""
     p = subparsers.add_parser(
         "proxy", help="TCP proxy: forward each client to an upstream, zero-copy",
         description=__doc__.split("\n\n")[0])
@@ -73,30 +83,34 @@ class Proxy:
     data, which the gate held back until then.
     """
 
-    def __init__(self, loop, upstream, handler, connect_timeout):
+    def __init__(self, loop: Loop, upstream: Address, handler: str,
+                 connect_timeout: float) -> None:
         self.loop = loop
         self.upstream = upstream
         self.auto = handler == "c"
         self.connect_timeout = connect_timeout
-        self.peer = {}               # fd -> the other side's fd
-        self.connecting = set()      # upstream fds not connected yet
-        self.early = {}              # client fd -> [bytes] received before the gate held
-        self.eof = set()             # fds whose peer has finished sending
+        self.peer: Dict[int, int] = {}  # fd -> the other side's fd
+        self.connecting: Set[int] = set()  # upstream fds not connected yet
+        # client fd -> [bytes] received before the gate held
+        self.early: Dict[int, List[bytes]] = {}
+        self.eof: Set[int] = set()   # fds whose peer has finished sending
         self.clients = self.pairs = self.failed = 0
 
-    def on_accept(self, client):
+    def on_accept(self, client: int) -> None:
         self.clients += 1
         host, port = self.upstream
         handle = self.loop.connect(host, port, timeout=self.connect_timeout,
-                                   on_connect=self.on_connect, on_data=self.on_data,
+                                   # a literal host: on_connect always gets an fd
+                                   on_connect=self.on_connect,  # type: ignore[arg-type]
+                                   on_data=self.on_data,
                                    on_eof=self.on_eof, on_close=self.on_close)
-        up = handle.fd               # a literal: the fd is known at once
+        up: int = handle.fd  # type: ignore[assignment]  # a literal: the fd is known at once
         self.peer[client] = up
         self.peer[up] = client
         self.connecting.add(up)
         _forward(self.loop, client, up, 0)  # the gate: nothing until the upstream has room
 
-    def on_connect(self, up, error):
+    def on_connect(self, up: int, error: Optional[Exception]) -> None:
         self.connecting.discard(up)
         client = self.peer.get(up)
         if error is not None:
@@ -119,7 +133,7 @@ class Proxy:
         _forward(self.loop, client, up, flags)
         _forward(self.loop, up, client, flags)
 
-    def on_data(self, fd, data):
+    def on_data(self, fd: int, data: memoryview) -> None:
         # --handler python: every chunk; --handler c: only what a poll batch
         # lent before the loop's own forwarding took over.
         other = self.peer.get(fd)
@@ -130,7 +144,7 @@ class Proxy:
             return
         self.loop.send(other, data)  # the view moves: no copy; gated, never QUEUE_FULL
 
-    def on_eof(self, fd):
+    def on_eof(self, fd: int) -> None:
         # The FIN goes on as a shutdown once what was forwarded has been sent
         # (AUTO does it itself: then this finds it done).
         self.eof.add(fd)
@@ -138,7 +152,7 @@ class Proxy:
         if other is not None and other not in self.connecting:
             _quietly(self.loop.shutdown, other)
 
-    def on_close(self, fd):
+    def on_close(self, fd: int) -> None:
         # Graceful when both peers finished sending (each FIN was passed on);
         # otherwise fd went by a reset, an error or a timeout, and the other
         # side is aborted so its peer hears of it at once.
@@ -153,7 +167,7 @@ class Proxy:
             _quietly(self.loop.close if graceful else self.loop.abort, other)
 
 
-def _forward(loop, fd, to_fd, flags):
+def _forward(loop: Loop, fd: int, to_fd: int, flags: int) -> None:
     from .errors import ClosedError
     try:
         loop.forward(fd, to_fd, auto=bool(flags & _ffi.FORWARD_AUTO))
@@ -161,7 +175,7 @@ def _forward(loop, fd, to_fd, flags):
         pass  # the other side is already gone: its on_close ends this one too
 
 
-def _quietly(fn, fd):
+def _quietly(fn: Callable[[int], object], fd: int) -> None:
     from .errors import ClosedError
     try:
         fn(fd)
@@ -169,7 +183,8 @@ def _quietly(fn, fd):
         pass
 
 
-def run_proxy(args):
+def run_proxy(args: argparse.Namespace) -> int:
+    """Runs the proxy of ``python -m zcn proxy`` until SIGINT/SIGTERM; the exit code."""
     import zcn
 
     listen_host, listen_port = _host_port(args.listen, "--listen")
@@ -205,5 +220,5 @@ def run_proxy(args):
     return 0
 
 
-def _fmt(host, port):
+def _fmt(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

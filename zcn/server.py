@@ -84,6 +84,13 @@ from ._util import seconds_to_ms as _seconds_arg
 from ._util import timeout_ms as _timeout_ms
 from .errors import BusyError, ClosedError, WrongThreadError, error_from_code
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Set, Tuple
+
+    from ._types import BytesLike, DataCallback, ErrorHandler, FdCallback, Handler
+    from .loop import Loop
+
 __all__ = ["TcpServer", "ServerStats", "ConnectionInfo", "EVENTS_MAX"]
 
 log = logging.getLogger(__name__)
@@ -143,13 +150,13 @@ _stop = _ffi.zcn_server_stop
 _flush_raw = _ffi.zcn_server_flush  # returns the code
 
 
-def _flush(handle):
+def _flush(handle: Optional[int]) -> None:
     rc = _flush_raw(handle)
     if rc:
         raise error_from_code(rc, "zcn_server_flush")
 
 
-def _c_pointer(address):
+def _c_pointer(address: int) -> Any:
     """A prebuilt argument passing ``address`` as a pointer: byref() of a
     c_char placed at it (nothing is read there). For the calls made without
     argtypes: ctypes passes a byref() object as it is, where a c_void_p
@@ -189,7 +196,7 @@ class ServerStats:
     eofs: int                      #: peers that finished sending (FIN)
 
 
-_STATS_FIELDS = tuple(name for name, _ in _ffi.ServerStats._fields_)
+_STATS_FIELDS = tuple(field[0] for field in _ffi.ServerStats._fields_)
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,7 @@ class ConnectionInfo:
     send_stall: float              #: seconds since its queued data last moved (0.0 if none)
 
 
-def _conn_info_from(raw):
+def _conn_info_from(raw: Any) -> ConnectionInfo:
     """A ConnectionInfo from a filled _ffi.ConnInfo."""
     flags = raw.flags
     return ConnectionInfo(
@@ -224,20 +231,6 @@ def _conn_info_from(raw):
         eof=bool(flags & _ffi.CONN_EOF), shut_down=bool(flags & _ffi.CONN_SHUT_WR),
         closing=bool(flags & _ffi.CONN_CLOSING), waiting=bool(flags & _ffi.CONN_WAITING),
         paused=bool(flags & _ffi.CONN_PAUSED), send_stall=raw.send_stall_ms / 1000.0)
-
-
-def _callback_property(name):
-    """on_<event> as a property that checks the value; the loop reads the
-    ``_on_<event>`` attribute directly."""
-    attr = "_" + name
-
-    def get(self):
-        return getattr(self, attr)
-
-    def set(self, fn):
-        setattr(self, attr, _callback_arg(fn, name))
-
-    return property(get, set)
 
 
 class TcpServer(BoundSocket):
@@ -269,28 +262,33 @@ class TcpServer(BoundSocket):
     """
 
     _kind = "zcn.TcpServer"
-    _memory = None
-    _loop = None
+    _memory: Optional[MappedMemory] = None
+    _loop: Optional[Loop] = None
 
-    def __init__(self, host="127.0.0.1", port=0, *, on_accept=None, on_data=None,
-                 on_close=None, on_drain=None, on_eof=None, error_handler=None,
-                 handler="python", io_uring_entries=256, buffer_pool_size=1024,
-                 buffer_size=16384, backlog=1024, connections_max=4096,
-                 send_queue_max_bytes=1 << 20, idle_timeout=None, tcp_nodelay=True,
-                 reuse_port=False, buffer_reserve=None, send_timeout=60.0,
-                 conn_buffers_hard_max=None, loop=None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 on_accept: Optional[FdCallback] = None, on_data: Optional[DataCallback] = None,
+                 on_close: Optional[FdCallback] = None, on_drain: Optional[FdCallback] = None,
+                 on_eof: Optional[FdCallback] = None, error_handler: ErrorHandler = None,
+                 handler: Handler = "python", io_uring_entries: int = 256,
+                 buffer_pool_size: int = 1024, buffer_size: int = 16384, backlog: int = 1024,
+                 connections_max: int = 4096, send_queue_max_bytes: int = 1 << 20,
+                 idle_timeout: Optional[float] = None, tcp_nodelay: bool = True,
+                 reuse_port: bool = False, buffer_reserve: Optional[int] = None,
+                 send_timeout: Optional[float] = 60.0,
+                 conn_buffers_hard_max: Optional[int] = None,
+                 loop: Optional[Loop] = None) -> None:
         if not isinstance(handler, str):
             raise TypeError(f"handler must be 'python' or 'c', not {type(handler).__name__}")
         if handler not in _HANDLERS:
             raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
         self._c_handler = handler == "c"
-        self._on_accept = _callback_arg(on_accept, "on_accept")
-        self._on_data = None
+        self._on_accept: Optional[FdCallback] = _callback_arg(on_accept, "on_accept")
+        self._on_data: Optional[DataCallback] = None
         self.on_data = on_data  # the property checks the handler
-        self._on_close = _callback_arg(on_close, "on_close")
-        self._on_drain = _callback_arg(on_drain, "on_drain")
-        self._on_eof = _callback_arg(on_eof, "on_eof")
-        self._error_handler = None
+        self._on_close: Optional[FdCallback] = _callback_arg(on_close, "on_close")
+        self._on_drain: Optional[FdCallback] = _callback_arg(on_drain, "on_drain")
+        self._on_eof: Optional[FdCallback] = _callback_arg(on_eof, "on_eof")
+        self._error_handler: ErrorHandler = None
         self.error_handler = error_handler  # the property checks it
         port = _int_arg(port, "port", 0, 65535)
         limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
@@ -322,21 +320,23 @@ class TcpServer(BoundSocket):
             return
 
         self._lock = threading.RLock()
-        self._fds = set()           # connections accepted and not yet reported closed
-        self._owner = None          # thread ident of the loop thread, once started
-        self._loop_thread = None    # ident while run_once/serve_forever runs
+        self._fds: Set[int] = set()  # connections accepted and not yet reported closed
+        self._owner: Optional[int] = None  # thread ident of the loop thread, once started
+        self._loop_thread: Optional[int] = None  # ident while run_once/serve_forever runs
         self._wakeup = LoopWakeup(_ffi.zcn_server_wakeup_fd)  # signals end its waits
         self._stop_requested = False
         self._close_requested = False
         self._closed_event = threading.Event()
-        self._pending = None        # iterator over the undispatched events of a batch
-        self._cur_view = _NO_VIEW   # the view on_data is being called with
-        self._cur_ptr = None        # its address (a _c_pointer)
+        # iterator over the undispatched events of a batch
+        self._pending: Optional[Iterator[Tuple[Any, ...]]] = None
+        self._cur_view: object = _NO_VIEW  # the view on_data is being called with
+        self._cur_ptr: Any = None   # its address (a _c_pointer)
         self._cur_len = 0
-        self._callback_errors = []  # handler="c": exceptions raised in callbacks
-        self._cfuncs = ()
-        self._eof_cfunc = None      # handler="c": the C on_eof thunk while on_eof is set
-        self._aborted = set()       # fds aborted by the error policy, until their close
+        # handler="c": exceptions raised in callbacks
+        self._callback_errors: List[BaseException] = []
+        self._cfuncs: Tuple[Any, ...] = ()
+        self._eof_cfunc: Any = None  # handler="c": the C on_eof thunk while on_eof is set
+        self._aborted: Set[int] = set()  # fds aborted by the error policy, until their close
 
         # The buffer slab is Python's (as in zcn.BufferPool): a view a user
         # keeps can never point into unmapped memory.
@@ -385,7 +385,8 @@ class TcpServer(BoundSocket):
         if self._c_handler:
             self._install_c_callbacks(handle)
 
-    def _init_on_loop(self, loop, literal, port, backlog, idle_ms, tcp_nodelay, reuse_port):
+    def _init_on_loop(self, loop: Loop, literal: str, port: int, backlog: int, idle_ms: int,
+                      tcp_nodelay: bool, reuse_port: bool) -> None:
         """A listener on a shared zcn.Loop: the loop polls and dispatches
         (by the tag its events carry); the per-fd calls and the loop calls
         are the loop's."""
@@ -417,15 +418,16 @@ class TcpServer(BoundSocket):
         self._buffer_size = loop._buffer_size
         # The loop's calls serve this server's connections (and any other of
         # the loop's): per-fd calls, running and stopping.
-        self.send = loop.send
-        self.close = loop.close
-        self.shutdown = loop.shutdown
-        self.abort = loop.abort
-        self.connection_info = loop.connection_info
-        self.queued_bytes = loop.queued_bytes
-        self.run_once = loop.run_once
-        self.stop = loop.stop
-        self.serve_forever = lambda poll_interval=None: loop.run_forever()
+        self.send = loop.send  # type: ignore[method-assign]
+        self.close = loop.close  # type: ignore[method-assign]
+        self.shutdown = loop.shutdown  # type: ignore[method-assign]
+        self.abort = loop.abort  # type: ignore[method-assign]
+        self.connection_info = loop.connection_info  # type: ignore[method-assign]
+        self.queued_bytes = loop.queued_bytes  # type: ignore[method-assign]
+        self.run_once = loop.run_once  # type: ignore[method-assign]
+        self.stop = loop.stop  # type: ignore[method-assign]
+        self.serve_forever = (  # type: ignore[method-assign]
+            lambda poll_interval=None: loop.run_forever())
         try:
             # Accepting starts now; the loop's owner (if any) must call this.
             _ffi.zcn_server_start(handle)
@@ -437,12 +439,12 @@ class TcpServer(BoundSocket):
             raise
 
     @property
-    def loop(self):
+    def loop(self) -> Optional[Loop]:
         """The zcn.Loop this server is on (None: its own, private)."""
         return self._loop
 
-    def _close_on_loop(self):
-        loop = self._loop
+    def _close_on_loop(self) -> None:
+        loop: Loop = self._loop  # type: ignore[assignment]  # only called with a loop
         with self._lock:
             handle = self._handle
             if handle is None:
@@ -458,41 +460,67 @@ class TcpServer(BoundSocket):
         _report_closes(fds, self._on_close, self._callback_failed)
 
     # --- callbacks -----------------------------------------------------------
-    on_accept = _callback_property("on_accept")
-    on_close = _callback_property("on_close")
-    on_drain = _callback_property("on_drain")
+    # Each setter checks the value; the loop reads the _on_<event> attribute.
+    @property
+    def on_accept(self) -> Optional[FdCallback]:
+        """on_accept(fd): a connection was accepted."""
+        return self._on_accept
+
+    @on_accept.setter
+    def on_accept(self, fn: Optional[FdCallback]) -> None:
+        self._on_accept = _callback_arg(fn, "on_accept")
 
     @property
-    def on_eof(self):
+    def on_close(self) -> Optional[FdCallback]:
+        """on_close(fd): the connection ended, once per on_accept."""
+        return self._on_close
+
+    @on_close.setter
+    def on_close(self, fn: Optional[FdCallback]) -> None:
+        self._on_close = _callback_arg(fn, "on_close")
+
+    @property
+    def on_drain(self) -> Optional[FdCallback]:
+        """on_drain(fd): a send refused with QueueFullError may be retried."""
+        return self._on_drain
+
+    @on_drain.setter
+    def on_drain(self, fn: Optional[FdCallback]) -> None:
+        self._on_drain = _callback_arg(fn, "on_drain")
+
+    @property
+    def on_eof(self) -> Optional[FdCallback]:
+        """on_eof(fd): the peer finished sending (see the class docstring)."""
         return self._on_eof
 
     @on_eof.setter
-    def on_eof(self, fn):
+    def on_eof(self, fn: Optional[FdCallback]) -> None:
         fn = _callback_arg(fn, "on_eof")
         self._on_eof = fn
         if self._c_handler and self._handle is not None:
             self._install_eof_callback(self._handle)
 
     @property
-    def error_handler(self):
+    def error_handler(self) -> ErrorHandler:
         """What happens when a callback raises: None (log it, abort that
         connection, keep serving), "raise" (propagate out of the loop), or a
         callable error_handler(fd, exc) that decides."""
         return self._error_handler
 
     @error_handler.setter
-    def error_handler(self, handler):
+    def error_handler(self, handler: ErrorHandler) -> None:
         if handler is not None and not callable(handler) and handler not in _ERROR_POLICIES[1:]:
             raise TypeError("error_handler must be None, 'raise' or a callable "
                             f"error_handler(fd, exc), not {handler!r}")
         self._error_handler = handler
 
     @property
-    def on_data(self):
+    def on_data(self) -> Optional[DataCallback]:
+        """on_data(fd, data): bytes arrived; data is borrowed (valid during the call)."""
         return self._on_data
 
     @on_data.setter
-    def on_data(self, fn):
+    def on_data(self, fn: Optional[DataCallback]) -> None:
         fn = _callback_arg(fn, "on_data")
         if fn is not None and self._c_handler:
             raise ValueError("on_data must be None with handler='c' (the C echo answers "
@@ -501,32 +529,33 @@ class TcpServer(BoundSocket):
 
     # --- shape ---------------------------------------------------------------
     @property
-    def handler(self):
+    def handler(self) -> Handler:
+        """"python" or "c", as given to the constructor."""
         return "c" if self._c_handler else "python"
 
     @property
-    def buffer_size(self):
+    def buffer_size(self) -> int:
         """Bytes per receive buffer (the requested size rounded up to 4096):
         the most one on_data call can carry."""
         return self._buffer_size
 
     @property
-    def connections(self):
+    def connections(self) -> FrozenSet[int]:
         """The fds of the open connections (a new frozenset)."""
         return frozenset(self._fds)
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The listening socket's fd (for diagnostics; do not close it)."""
         return _ffi.zcn_server_listen_fd(self._live())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self._handle is None:
             return "<zcn.TcpServer closed>"
         return (f"<zcn.TcpServer {self._host}:{self._port} handler={self.handler} "
                 f"connections={len(self._fds)}>")
 
     # --- sending -------------------------------------------------------------
-    def send(self, fd, data):
+    def send(self, fd: int, data: BytesLike) -> None:
         """Queues ``data`` (any bytes-like object) for connection ``fd`` and
         returns at once; data goes out in order. The received view of the
         current on_data call (or a slice of it) is sent without a copy;
@@ -555,23 +584,23 @@ class TcpServer(BoundSocket):
         if rc:
             raise self._error(rc, f"send(fd={fd})")
 
-    def _error(self, rc, where):
+    def _error(self, rc: int, where: str) -> Exception:
         """The exception for a failed call; a call from the wrong thread
         says which thread runs the loop."""
         if rc == _ERR_WRONG_THREAD:
             return _wrong_thread_error(rc, where, self._owner, "this server's loop")
         return error_from_code(rc, where)
 
-    def _send_buffer(self, fd, data):
+    def _send_buffer(self, fd: int, data: BytesLike) -> int:
         return _send_bytes_like(_send, self._handle, fd, data)
 
-    def _closed_error(self, fd):
+    def _closed_error(self, fd: int) -> ClosedError:
         if self._handle is None:
             return ClosedError(f"{self._kind} is closed")
         return ClosedError(f"fd {fd} is not an open connection of this server",
                            code=_ERR_CLOSED)
 
-    def close(self, fd):
+    def close(self, fd: int) -> None:
         """Closes connection ``fd`` gracefully: no more on_data, queued data
         is still sent, then on_close(fd) follows from the loop. ClosedError
         if fd is not open (or already closing)."""
@@ -583,7 +612,7 @@ class TcpServer(BoundSocket):
         if rc:
             raise self._error(rc, f"close(fd={fd})")
 
-    def shutdown(self, fd):
+    def shutdown(self, fd: int) -> None:
         """Half-closes our side of ``fd``: once the queued data is sent the
         peer gets a FIN; receiving goes on, and later send() raises
         ClosedError. When the peer has finished sending too, the connection
@@ -597,7 +626,7 @@ class TcpServer(BoundSocket):
         if rc:
             raise self._error(rc, f"shutdown(fd={fd})")
 
-    def abort(self, fd):
+    def abort(self, fd: int) -> None:
         """Abortive close of ``fd``, for evicting a peer: the peer gets a
         reset, queued and deferred data is dropped and its buffers return at
         once; on_close(fd) follows from the loop. Works on a closing
@@ -611,7 +640,7 @@ class TcpServer(BoundSocket):
         if rc:
             raise self._error(rc, f"abort(fd={fd})")
 
-    def connection_info(self, fd):
+    def connection_info(self, fd: int) -> ConnectionInfo:
         """A ConnectionInfo of ``fd``: bytes in and out, what it holds of the
         buffers and its share, its state. ClosedError if fd is not a
         connection of this server."""
@@ -626,7 +655,7 @@ class TcpServer(BoundSocket):
             raise self._error(rc, f"connection_info(fd={fd})")
         return _conn_info_from(raw)
 
-    def queued_bytes(self, fd):
+    def queued_bytes(self, fd: int) -> int:
         """Bytes queued for ``fd`` and not yet sent (0 if it is not open)."""
         if type(fd) is not int:
             fd = _int_arg(fd, "fd")
@@ -635,7 +664,7 @@ class TcpServer(BoundSocket):
             return 0
         return _ffi.zcn_server_queued_bytes(handle, fd)
 
-    def stats(self):
+    def stats(self) -> ServerStats:
         """A ServerStats snapshot (O(buffer_pool_size): for looking, not per
         message)."""
         raw = _ffi.ServerStats()
@@ -644,7 +673,7 @@ class TcpServer(BoundSocket):
         return ServerStats(*(getattr(raw, name) for name in _STATS_FIELDS))
 
     # --- the loop ------------------------------------------------------------
-    def run_once(self, timeout=None):
+    def run_once(self, timeout: Optional[float] = None) -> int:
         """Waits for events and dispatches them; returns how many were
         handled (with handler="c": completions, as the C loop counts them).
 
@@ -668,7 +697,7 @@ class TcpServer(BoundSocket):
         finally:
             self._exit_loop()
 
-    def serve_forever(self, poll_interval=None):
+    def serve_forever(self, poll_interval: Optional[float] = None) -> None:
         """Runs the loop until stop() (then returns normally) or until a
         callback raises (the exception propagates; calling serve_forever or
         run_once again resumes). ``poll_interval`` (seconds) bounds each wait,
@@ -688,7 +717,7 @@ class TcpServer(BoundSocket):
         finally:
             self._exit_loop()
 
-    def stop(self):
+    def stop(self) -> None:
         """Asks the loop to return: serve_forever returns, a waiting run_once
         returns 0. Callable from any thread and from a signal handler; a
         request made while no loop runs ends the next run_once/serve_forever
@@ -700,7 +729,7 @@ class TcpServer(BoundSocket):
                 self._stop_requested = True
                 _stop(handle)
 
-    def _enter_loop(self, timeout_ms):
+    def _enter_loop(self, timeout_ms: int) -> None:
         me = threading.get_ident()
         with self._lock:
             handle = self._live()
@@ -723,7 +752,7 @@ class TcpServer(BoundSocket):
             self._exit_loop()
             raise
 
-    def _exit_loop(self):
+    def _exit_loop(self) -> None:
         self._wakeup.exit()
         with self._lock:
             self._loop_thread = None
@@ -736,7 +765,7 @@ class TcpServer(BoundSocket):
             finally:
                 self._closed_event.set()
 
-    def _run(self, timeout_ms):
+    def _run(self, timeout_ms: int) -> int:
         """One wait and dispatch; loops while a wait brings no event."""
         if self._pending is not None:
             handled = self._dispatch()
@@ -768,7 +797,7 @@ class TcpServer(BoundSocket):
                 if timeout_ms <= 0:
                     return 0
 
-    def _serve_python(self, timeout_ms):
+    def _serve_python(self, timeout_ms: int) -> None:
         """serve_forever's loop for handler="python": _run's poll and
         dispatch without a call and the local setup per batch."""
         handle = self._handle_arg
@@ -789,7 +818,7 @@ class TcpServer(BoundSocket):
             elif rc and rc != errno.EINTR:
                 raise error_from_code(rc, "zcn_server_poll")
 
-    def _dispatch(self):
+    def _dispatch(self) -> int:
         """Calls the callbacks for the events of self._pending. An exception
         goes to the error policy (_callback_failed); one that propagates
         keeps the rest of the batch (see run_once)."""
@@ -800,7 +829,7 @@ class TcpServer(BoundSocket):
         ptr_at = self._buffer_ptrs.get
         base = self._base
         try:
-            for etype, fd, length, offset in self._pending:
+            for etype, fd, length, offset in self._pending:  # type: ignore[union-attr]
                 handled += 1
                 if etype == _DATA:
                     on_data = self._on_data
@@ -847,13 +876,13 @@ class TcpServer(BoundSocket):
         self._pending = None
         return handled
 
-    def _guarded(self, fn, name, fd):
+    def _guarded(self, fn: Callable[[int], object], name: str, fd: int) -> None:
         try:
             fn(fd)
         except Exception as exc:
             self._callback_failed(name, fd, exc)
 
-    def _callback_failed(self, name, fd, exc):
+    def _callback_failed(self, name: str, fd: int, exc: Exception) -> None:
         """The error policy for an exception a callback raised (see the
         module docstring). Raising here propagates out of the loop."""
         handler = self._error_handler
@@ -869,7 +898,7 @@ class TcpServer(BoundSocket):
                   exc_info=exc)
         self._abort_after_error(fd)
 
-    def _abort_after_error(self, fd):
+    def _abort_after_error(self, fd: int) -> None:
         handle = self._handle
         if handle is None or fd not in self._fds or fd in self._aborted:
             return
@@ -877,20 +906,20 @@ class TcpServer(BoundSocket):
             self._aborted.add(fd)  # its remaining events of the batch are skipped
 
     # --- handler="c": the C loop with ctypes callbacks ------------------------
-    def _install_c_callbacks(self, handle):
+    def _install_c_callbacks(self, handle: int) -> None:
         # Always installed, so the open fds are known (for server_close) and
         # the attributes may be set later; they run per connection, not per
         # message.
-        def on_accept(_user_data, fd):
+        def on_accept(_user_data: Optional[int], fd: int) -> None:
             self._fds.add(fd)
             self._call_guarded(self._on_accept, "on_accept", fd)
 
-        def on_close(_user_data, fd):
+        def on_close(_user_data: Optional[int], fd: int) -> None:
             self._fds.discard(fd)
             self._aborted.discard(fd)
             self._call_guarded(self._on_close, "on_close", fd)
 
-        def on_drain(_user_data, fd):
+        def on_drain(_user_data: Optional[int], fd: int) -> None:
             self._call_guarded(self._on_drain, "on_drain", fd)
 
         accept_fn, close_fn = _ffi.OnAccept(on_accept), _ffi.OnClose(on_close)
@@ -901,7 +930,7 @@ class TcpServer(BoundSocket):
         _ffi.zcn_server_set_drain_callback(handle, drain_fn)
         self._install_eof_callback(handle)
 
-    def _install_eof_callback(self, handle):
+    def _install_eof_callback(self, handle: int) -> None:
         """handler="c": the C on_eof thunk while on_eof is set (half-close
         mode), none otherwise (the C default closes after the replies)."""
         if self._on_eof is None:
@@ -909,13 +938,13 @@ class TcpServer(BoundSocket):
             self._eof_cfunc = None
             return
 
-        def on_eof(_user_data, fd):
+        def on_eof(_user_data: Optional[int], fd: int) -> None:
             self._call_guarded(self._on_eof, "on_eof", fd)
 
         self._eof_cfunc = _ffi.OnEof(on_eof)  # alive while installed
         _ffi.zcn_server_set_eof_callback(handle, self._eof_cfunc)
 
-    def _call_guarded(self, fn, name, fd):
+    def _call_guarded(self, fn: Optional[Callable[[int], object]], name: str, fd: int) -> None:
         """Runs a callback under C. An exception goes to the error policy;
         one that propagates (and KeyboardInterrupt, SystemExit) is kept --
         ctypes would only print it -- and re-raised from run_once."""
@@ -932,7 +961,7 @@ class TcpServer(BoundSocket):
             if handle is not None:
                 _stop(handle)  # end the C wait soon
 
-    def _run_c(self, timeout_ms):
+    def _run_c(self, timeout_ms: int) -> int:
         handle = self._handle
         count = self._count
         while True:
@@ -948,7 +977,7 @@ class TcpServer(BoundSocket):
             if handled or timeout_ms >= 0 or self._stop_requested:
                 return handled
 
-    def _raise_callback_error(self):
+    def _raise_callback_error(self) -> None:
         errors, self._callback_errors = self._callback_errors, []
         for extra in errors[1:]:
             log.error("zcn.TcpServer: a further callback raised in the same run",
@@ -956,7 +985,7 @@ class TcpServer(BoundSocket):
         raise errors[0]
 
     # --- lifetime -----------------------------------------------------------
-    def server_close(self):
+    def server_close(self) -> None:
         """Closes every connection (on_close is called for each one still
         open), stops listening and frees the server. Idempotent.
 
@@ -988,7 +1017,7 @@ class TcpServer(BoundSocket):
             return
         self._close_now()
 
-    def _close_now(self):
+    def _close_now(self) -> None:
         with self._lock:
             handle = self._handle
             if handle is None:
@@ -1016,18 +1045,18 @@ class TcpServer(BoundSocket):
             self._fds.clear()
         _report_closes(fds, self._on_close, self._callback_failed)  # logs by default
 
-    def _drop_memory(self):
+    def _drop_memory(self) -> None:
         self._cfuncs = ()
         self._eof_cfunc = None
-        self._slab = None
+        self._slab = None  # type: ignore[assignment]  # typed as there: unread once closed
         memory, self._memory = self._memory, None
         if memory is not None:
             memory.close()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.server_close()
 
-    def _finalize(self):
+    def _finalize(self) -> None:
         if self._loop is not None:
             self._on_close = None
             self._close_on_loop()

@@ -83,6 +83,13 @@ from ._util import timeout_ms as _timeout_ms
 from .errors import (BusyError, ClosedError, InvalidArgumentError, QueueFullError,
                      WrongThreadError, error_from_code)
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+    from ._types import BytesLike, DatagramCallback, Handler, RecvMode, UdpAddress, UdpPeer
+    from .loop import Loop
+
 __all__ = ["UdpSocket", "UdpStats", "UDP_TRUNCATED", "EVENTS_MAX"]
 
 log = logging.getLogger(__name__)
@@ -140,15 +147,15 @@ class UdpStats:
     large_buffers_in_use: int    #: holding a datagram: lent or being sent
 
 
-_STATS_FIELDS = tuple(name for name, _ in _ffi.UdpStats._fields_)
+_STATS_FIELDS = tuple(field[0] for field in _ffi.UdpStats._fields_)
 
 
-def _resolve(host, family=socket.AF_UNSPEC):
+def _resolve(host: str, family: int = socket.AF_UNSPEC) -> str:
     """A numeric address for host (IPv4 preferred unless family says)."""
     return resolve_host(host, family, socket.SOCK_DGRAM)
 
 
-def _decode_peer(raw):
+def _decode_peer(raw: bytes) -> UdpPeer:
     """sockaddr_in / sockaddr_in6 bytes -> the socket module's tuple."""
     family = raw[0] | (raw[1] << 8)  # sa_family is host order (little endian here)
     port = (raw[2] << 8) | raw[3]
@@ -161,7 +168,7 @@ def _decode_peer(raw):
     return (f"<family {family}>", port)
 
 
-def _encode_addr(family, addr):
+def _encode_addr(family: int, addr: UdpAddress) -> bytes:
     """An address tuple -> sockaddr bytes of the socket's family."""
     if not isinstance(addr, tuple) or len(addr) < 2:
         raise TypeError(f"address must be a (host, port) tuple, not {addr!r}")
@@ -224,15 +231,22 @@ class UdpSocket(BoundSocket):
     """
 
     _kind = "zcn.UdpSocket"
-    _memory = None
-    _loop = None
+    _memory: Optional[MappedMemory] = None
+    _loop: Optional[Loop] = None
+    #: None before the memory exists and once closed; typed as there: unread then.
+    _slab: memoryview
 
-    def __init__(self, host="127.0.0.1", port=0, *, on_datagram=None, connect=None,
-                 buffer_size=2048, buffer_count=256, sends_max=1024, io_uring_entries=256,
-                 reuse_addr=False, reuse_port=False, rcvbuf=None, sndbuf=None,
-                 broadcast=False, handler="python", recv_mode="readiness", gso=True,
-                 large_buffer_count=16, small_only=False, loop=None):
-        self._slab = None
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 on_datagram: Optional[DatagramCallback] = None,
+                 connect: Optional[UdpAddress] = None, buffer_size: int = 2048,
+                 buffer_count: int = 256, sends_max: int = 1024, io_uring_entries: int = 256,
+                 reuse_addr: bool = False, reuse_port: bool = False,
+                 rcvbuf: Optional[int] = None, sndbuf: Optional[int] = None,
+                 broadcast: bool = False, handler: Handler = "python",
+                 recv_mode: RecvMode = "readiness", gso: bool = True,
+                 large_buffer_count: int = 16, small_only: bool = False,
+                 loop: Optional[Loop] = None) -> None:
+        self._slab = None  # type: ignore[assignment]
         if loop is not None:
             from .loop import Loop
             if not isinstance(loop, Loop):
@@ -242,7 +256,7 @@ class UdpSocket(BoundSocket):
         if recv_mode not in _RECV_MODES:
             raise ValueError(f"recv_mode must be 'readiness' or 'multishot', got {recv_mode!r}")
         self._c_handler = handler == "c"
-        self._on_datagram = None
+        self._on_datagram: Optional[DatagramCallback] = None
         self.on_datagram = on_datagram
         port = _int_arg(port, "port", 0, 65535)
         buffer_size = _int_arg(buffer_size, "buffer_size", 1, _ffi.UDP_DATAGRAM_MAX_V6)
@@ -273,21 +287,22 @@ class UdpSocket(BoundSocket):
             connect_port = _int_arg(connect[1], "connect port", 1, 65535)
 
         self._lock = threading.RLock()
-        self._loop_thread = None
+        self._loop_thread: Optional[int] = None
         self._wakeup = LoopWakeup(_ffi.zcn_udp_wakeup_fd)  # signals end its waits
         self._stop_requested = False
         self._close_requested = False
         self._closed_event = threading.Event()
-        self._pending = None
+        self._pending: Optional[Iterator[Tuple[Any, ...]]] = None
         self._dispatching = False
         self._queued = False
-        self._cur_view = None
-        self._cur_addr = 0
+        self._cur_view: Optional[memoryview] = None
+        self._cur_addr: Optional[int] = 0  # the view's C address (None: NULL)
         self._cur_len = 0
-        self._peers = {}      # raw sockaddr bytes -> tuple
-        self._addrs = {}      # tuple -> (sockaddr bytes, len)
-        self._callback_errors = []
-        self._cfunc = None
+        self._peers: Dict[bytes, UdpPeer] = {}  # raw sockaddr bytes -> tuple
+        # tuple -> (sockaddr bytes, len)
+        self._addrs: Dict[UdpAddress, Tuple[bytes, int]] = {}
+        self._callback_errors: List[BaseException] = []
+        self._cfunc: Any = None
 
         self._ev_anchor, self._ev_addr, self._ev_view = c_writable_bytes(
             EVENTS_MAX * _EVENT_SIZE)
@@ -332,40 +347,42 @@ class UdpSocket(BoundSocket):
             self._init_on_loop(loop, handle)
 
     # --- on a zcn.Loop ------------------------------------------------------
-    def _create_on(self, loop, config):
+    def _create_on(self, loop: Loop, config: Any) -> int:
         loop._check_thread("zcn.UdpSocket(loop=)")
         handle = _ffi.create(_ffi.zcn_udp_create_on, loop._live(), ctypes.byref(config))
         loop._claim()  # as zcn_udp_create_on did in C
         return handle
 
-    def _init_on_loop(self, loop, handle):
+    def _init_on_loop(self, loop: Loop, handle: int) -> None:
         """The loop drives the socket: its calls replace the socket's own,
         and a ZCN_OnDatagram callback stands in for zcn_udp_poll."""
         self._loop = loop
         loop._udp_sockets[self] = None
-        self.run_once = loop.run_once
-        self.stop = loop.stop
-        self.serve_forever = lambda poll_interval=None: loop.run_forever()
-        self.sendto = self._sendto_on_loop
-        self.send = self._send_on_loop
-        self.sendmany = self._sendmany_on_loop
+        self.run_once = loop.run_once  # type: ignore[method-assign]
+        self.stop = loop.stop  # type: ignore[method-assign]
+        self.serve_forever = (  # type: ignore[method-assign]
+            lambda poll_interval=None: loop.run_forever())
+        self.sendto = self._sendto_on_loop  # type: ignore[method-assign]
+        self.send = self._send_on_loop  # type: ignore[method-assign]
+        self.sendmany = self._sendmany_on_loop  # type: ignore[method-assign]
         if not self._c_handler:
             self._cfunc = self._datagram_thunk(loop)
             _ffi.zcn_udp_set_callback(handle, None, self._cfunc)
 
-    def _datagram_thunk(self, loop):
+    def _datagram_thunk(self, loop: Loop) -> Any:
         """on_datagram behind a ZCN_OnDatagram, which C calls from inside
         zcn_loop_poll: the same peer tuple, borrowed view and zero-copy
         sendto as the polled path. ctypes would only print an exception, so
         each one goes to the loop's error policy here (and a BaseException
         such as KeyboardInterrupt is kept for the loop to raise)."""
         slab = self._slab
-        base = self._memory.address
+        base = self._memory.address  # type: ignore[union-attr]  # made in __init__
         peers = self._peers
         failed = loop._c_callback_failed
         raised = loop._raised
 
-        def on_datagram_c(_user_data, peer, peer_len, data, length, flags):
+        def on_datagram_c(_user_data: Optional[int], peer: int, peer_len: int,
+                          data: Optional[int], length: int, flags: int) -> None:
             loop._c_calls += 1
             on_datagram = self._on_datagram
             if on_datagram is None:
@@ -398,11 +415,11 @@ class UdpSocket(BoundSocket):
 
         return _ffi.OnDatagram(on_datagram_c)
 
-    def _on_loop(self, method, where, *args):
+    def _on_loop(self, method: Callable[..., Any], where: str, *args: Any) -> Any:
         """method(self, *args) on the loop's thread. While the loop runs
         (a callback of the loop), the sends wait for its next wait or the
         end of run_once, with the rest of the turn's; otherwise they go now."""
-        loop = self._loop
+        loop: Loop = self._loop  # type: ignore[assignment]  # only called with a loop
         if loop._owner != _get_ident():
             raise loop._error(WrongThreadError.code, f"zcn.UdpSocket.{where}")
         if self._dispatching or loop._loop_thread is None:
@@ -413,22 +430,24 @@ class UdpSocket(BoundSocket):
         finally:
             self._dispatching = False
 
-    def _sendto_on_loop(self, data, addr):
+    def _sendto_on_loop(self, data: BytesLike, addr: UdpAddress) -> None:
         return self._on_loop(UdpSocket.sendto, "sendto()", data, addr)
 
-    def _send_on_loop(self, data):
+    def _send_on_loop(self, data: BytesLike) -> None:
         return self._on_loop(UdpSocket.send, "send()", data)
 
-    def _sendmany_on_loop(self, datagrams, addr=None):
+    def _sendmany_on_loop(self,
+                          datagrams: Iterable[Union[BytesLike, Tuple[BytesLike, UdpAddress]]],
+                          addr: Optional[UdpAddress] = None) -> int:
         return self._on_loop(UdpSocket.sendmany, "sendmany()", datagrams, addr)
 
     @property
-    def loop(self):
+    def loop(self) -> Optional[Loop]:
         """The zcn.Loop this socket is on (None: its own ring)."""
         return self._loop
 
-    def _close_on_loop(self):
-        loop = self._loop
+    def _close_on_loop(self) -> None:
+        loop: Loop = self._loop  # type: ignore[assignment]  # only called with a loop
         with self._lock:
             handle = self._handle
             if handle is None:
@@ -454,40 +473,42 @@ class UdpSocket(BoundSocket):
 
     # --- attributes -------------------------------------------------------
     @property
-    def on_datagram(self):
+    def on_datagram(self) -> Optional[DatagramCallback]:
+        """on_datagram(peer, data, flags): a datagram arrived; data is borrowed."""
         return self._on_datagram
 
     @on_datagram.setter
-    def on_datagram(self, fn):
+    def on_datagram(self, fn: Optional[DatagramCallback]) -> None:
         fn = _callback_arg(fn, "on_datagram")
         if fn is not None and self._c_handler:
             raise ValueError("on_datagram must be None with handler='c'")
         self._on_datagram = fn
 
     @property
-    def family(self):
+    def family(self) -> socket.AddressFamily:
+        """socket.AF_INET or socket.AF_INET6."""
         return self._family
 
     @property
-    def buffer_size(self):
+    def buffer_size(self) -> int:
         """The largest datagram received whole: the UDP limit (65507 IPv4,
         65527 IPv6) with large buffers in readiness mode, else the small
         buffers' room (may exceed the requested size: buffers are whole
         pages)."""
         return self._capacity
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The socket's fd (for getsockopt/diagnostics; do not read or close it)."""
         return _ffi.zcn_udp_fd(self._live())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self._handle is None:
             return "<zcn.UdpSocket closed>"
         where = "" if self._loop is None else " on a zcn.Loop"
         return f"<zcn.UdpSocket {self._host}:{self._port}{where}>"
 
     # --- sending ------------------------------------------------------------
-    def _sockaddr(self, addr):
+    def _sockaddr(self, addr: UdpAddress) -> Tuple[bytes, int]:
         entry = self._addrs.get(addr)
         if entry is None:
             raw = _encode_addr(self._family, addr)
@@ -497,7 +518,7 @@ class UdpSocket(BoundSocket):
             self._addrs[addr] = entry
         return entry
 
-    def sendto(self, data, addr):
+    def sendto(self, data: BytesLike, addr: UdpAddress) -> None:
         """Sends ``data`` (bytes-like) as one datagram to ``addr``, a
         (host, port) tuple (IPv6: up to (host, port, flowinfo, scope_id)).
         Returns once queued. The view passed to on_datagram is sent without
@@ -515,7 +536,7 @@ class UdpSocket(BoundSocket):
         raw, raw_len = self._sockaddr(addr)
         self._send(handle, raw, raw_len, data)
 
-    def send(self, data):
+    def send(self, data: BytesLike) -> None:
         """Sends ``data`` to the connected peer (see connect=); OSError
         EDESTADDRREQ when not connected."""
         handle = self._handle
@@ -523,7 +544,8 @@ class UdpSocket(BoundSocket):
             raise ClosedError("zcn.UdpSocket is closed")
         self._send(handle, None, 0, data)
 
-    def sendmany(self, datagrams, addr=None):
+    def sendmany(self, datagrams: Iterable[Union[BytesLike, Tuple[BytesLike, UdpAddress]]],
+                 addr: Optional[UdpAddress] = None) -> int:
         """Sends several datagrams with one system call (sendmmsg; a run of
         equal-size datagrams to one peer leaves as one UDP GSO send).
 
@@ -562,16 +584,17 @@ class UdpSocket(BoundSocket):
                 elif type(data) is bytes:
                     rc = _sendto(handle, to, to_len, data, len(data))
                 else:
-                    rc = self._send_buffer(handle, to, to_len, data)
+                    rc = self._send_buffer(handle, to, to_len, data)  # type: ignore[arg-type]
                 if rc == _QUEUE_FULL and not self._dispatching:
-                    rc = _flush(handle) or self._send_buffer(handle, to, to_len, data)
+                    rc = (_flush(handle)
+                          or self._send_buffer(handle, to, to_len, data))  # type: ignore[arg-type]
                 if rc:
                     raise error_from_code(rc, "sendmany")
                 sent += 1
         except BaseException as exc:
             if not self._dispatching:
                 _flush(handle)  # what was queued before the failure goes
-            exc.sent = sent
+            exc.sent = sent  # type: ignore[attr-defined]
             raise
         if self._dispatching:
             self._queued = self._queued or sent > 0
@@ -581,7 +604,7 @@ class UdpSocket(BoundSocket):
                 raise error_from_code(rc, "zcn_udp_flush")
         return sent
 
-    def _send(self, handle, raw, raw_len, data):
+    def _send(self, handle: int, raw: Optional[bytes], raw_len: int, data: BytesLike) -> None:
         if data is self._cur_view and data is not None:
             rc = _sendto(handle, raw, raw_len, self._cur_addr, self._cur_len)
         elif type(data) is bytes:
@@ -596,7 +619,8 @@ class UdpSocket(BoundSocket):
         if rc:
             raise error_from_code(rc, "sendto")
 
-    def _send_buffer(self, handle, raw, raw_len, data):
+    def _send_buffer(self, handle: int, raw: Optional[bytes], raw_len: int,
+                     data: BytesLike) -> int:
         if isinstance(data, str):
             raise TypeError("sendto() takes a bytes-like object, not str (encode it first)")
         view = _PyBuffer()
@@ -610,16 +634,18 @@ class UdpSocket(BoundSocket):
         finally:
             _release_buffer(ctypes.byref(view))
 
-    def join_multicast(self, group, interface=None):
+    def join_multicast(self, group: str, interface: Union[str, int, None] = None) -> None:
         """Joins a multicast group. ``interface``: an IPv4 address string
         (e.g. "127.0.0.1") or an interface index (int) / name (str, IPv6 too);
         None lets the kernel choose."""
         self._membership(_ffi.zcn_udp_join_multicast, group, interface)
 
-    def leave_multicast(self, group, interface=None):
+    def leave_multicast(self, group: str, interface: Union[str, int, None] = None) -> None:
+        """Leaves a multicast group joined with join_multicast."""
         self._membership(_ffi.zcn_udp_leave_multicast, group, interface)
 
-    def _membership(self, fn, group, interface):
+    def _membership(self, fn: Callable[..., object], group: str,
+                    interface: Union[str, int, None]) -> None:
         if not isinstance(group, str):
             raise TypeError(f"group must be a str, not {type(group).__name__}")
         if_addr, if_index = None, 0
@@ -636,7 +662,7 @@ class UdpSocket(BoundSocket):
         with self._lock:
             fn(self._live(), group.encode(), if_addr, if_index)
 
-    def stats(self):
+    def stats(self) -> UdpStats:
         """A UdpStats snapshot (for looking, not per datagram)."""
         raw = _ffi.UdpStats()
         with self._lock:
@@ -644,7 +670,7 @@ class UdpSocket(BoundSocket):
         return UdpStats(*(getattr(raw, name) for name in _STATS_FIELDS))
 
     # --- the loop -----------------------------------------------------------
-    def run_once(self, timeout=None):
+    def run_once(self, timeout: Optional[float] = None) -> int:
         """Waits for datagrams and dispatches them; returns how many were
         handled. ``timeout`` in seconds, None = until something happens.
         Returns 0 on timeout, on a signal (Python then runs its handler) or
@@ -663,7 +689,7 @@ class UdpSocket(BoundSocket):
         finally:
             self._exit_loop()
 
-    def serve_forever(self, poll_interval=None):
+    def serve_forever(self, poll_interval: Optional[float] = None) -> None:
         """Runs the loop until stop() (returns normally) or until on_datagram
         raises (the exception propagates; calling again resumes)."""
         timeout_ms = _timeout_ms(poll_interval, "poll_interval", allow_zero=False)
@@ -677,7 +703,7 @@ class UdpSocket(BoundSocket):
         finally:
             self._exit_loop()
 
-    def _flush_queued(self):
+    def _flush_queued(self) -> None:
         # Within serve_forever the next wait submits what on_datagram sent;
         # a loop call returning may not wait again soon, so it goes now.
         if self._queued:
@@ -686,7 +712,7 @@ class UdpSocket(BoundSocket):
             if rc:
                 raise error_from_code(rc, "zcn_udp_flush")
 
-    def stop(self):
+    def stop(self) -> None:
         """Asks the loop to return. Any thread or a signal handler; a request
         made while no loop runs ends the next run_once/serve_forever at once.
         No-op when closed."""
@@ -697,7 +723,7 @@ class UdpSocket(BoundSocket):
                 self._stop_requested = True
                 _stop(handle)
 
-    def _enter_loop(self, timeout_ms):
+    def _enter_loop(self, timeout_ms: int) -> None:
         me = threading.get_ident()
         with self._lock:
             self._live()
@@ -714,7 +740,7 @@ class UdpSocket(BoundSocket):
             self._exit_loop()
             raise
 
-    def _exit_loop(self):
+    def _exit_loop(self) -> None:
         self._wakeup.exit()
         with self._lock:
             self._loop_thread = None
@@ -722,7 +748,7 @@ class UdpSocket(BoundSocket):
         if close_now:
             self._close_now()
 
-    def _run(self, timeout_ms):
+    def _run(self, timeout_ms: int) -> int:
         if self._pending is not None:
             handled = self._dispatch()
             if handled:
@@ -754,14 +780,15 @@ class UdpSocket(BoundSocket):
                 if timeout_ms <= 0:
                     return 0
 
-    def _dispatch(self):
+    def _dispatch(self) -> int:
         handled = 0
         slab = self._slab
         peers = self._peers
         on_datagram = self._on_datagram
         self._dispatching = True
         try:
-            for length, flags, peer_len, _full, offset, address, raw in self._pending:
+            for length, flags, peer_len, _full, offset, address, raw in (
+                    self._pending):  # type: ignore[union-attr]
                 handled += 1
                 if on_datagram is None:
                     continue
@@ -793,7 +820,7 @@ class UdpSocket(BoundSocket):
         return handled
 
     # --- lifetime -------------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         """Cancels the socket's I/O and frees it. Idempotent. From another
         thread while the loop runs: stops the loop and waits until the loop
         thread has closed it; from inside on_datagram: BusyError. On a
@@ -818,7 +845,7 @@ class UdpSocket(BoundSocket):
             return
         self._close_now()
 
-    def _close_now(self):
+    def _close_now(self) -> None:
         with self._lock:
             handle, self._handle = self._handle, None
             if handle is None:
@@ -831,13 +858,13 @@ class UdpSocket(BoundSocket):
                 self._drop_memory()
                 self._closed_event.set()
 
-    def _drop_memory(self):
-        self._slab = None
+    def _drop_memory(self) -> None:
+        self._slab = None  # type: ignore[assignment]
         memory, self._memory = self._memory, None
         if memory is not None:
             memory.close()
 
-    def _finalize(self):
+    def _finalize(self) -> None:
         if self._handle is not None and self._loop is not None:
             self._close_on_loop()  # off the loop's thread it raises: leaked, not freed unsafely
         elif self._handle is not None:
