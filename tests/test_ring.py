@@ -296,3 +296,18 @@ def test_no_fd_or_memory_leak_over_create_destroy_cycles():
     # A leaked ring would keep its SQ/CQ mappings (tens of KiB each):
     # 1000 of them would be tens of MiB.
     assert rss_after - rss_before < 4 * 1024 * 1024, (rss_before, rss_after)
+
+
+def test_bit_names_of_bits_newer_than_the_table():
+    # A kernel bit the enum lacks is named BIT<n>, never None: on Python
+    # 3.11+ IntFlag(unknown bit) is a pseudo-member whose name is None,
+    # which made sorted(ring.features_names()) raise TypeError.
+    from zcn.ring import _names
+    import enum
+
+    class Two(enum.IntFlag):
+        A = 1
+        B = 2
+
+    assert _names(Two, 1 | 2 | (1 << 30)) == {"A", "B", "BIT30"}
+    assert sorted(_names(Two, 1 << 31)) == ["BIT31"]

@@ -156,13 +156,13 @@ def _names(enum_cls: Type[enum.IntFlag], value: int) -> Set[str]:
     names: Set[str] = set()
     for bit in range(32):
         if value & (1 << bit):
+            # Python 3.11+ gives a pseudo-member named None for a bit the
+            # table lacks, older ones raise ValueError: BIT<n> either way.
             try:
-                # FIXME: on Python 3.11+ a bit missing from the table gives a
-                # member named None (no ValueError), so None lands here, not
-                # BIT<n>; left for a change of its own (this one only types).
-                names.add(enum_cls(1 << bit).name)  # type: ignore[arg-type]
+                name = enum_cls(1 << bit).name
             except ValueError:
-                names.add(f"BIT{bit}")
+                name = None
+            names.add(name if name is not None else f"BIT{bit}")
     return names
 
 
