@@ -18,6 +18,7 @@ import logging as _logging
 from . import _ffi
 from .errors import *  # noqa: F401,F403 - the exception classes are API
 from .errors import ZcnError
+from . import errors as _errors
 from .pool import BufferPool, Buffer, PoolStats
 from .loop import ConnectHandle, Loop, LoopStats, TimerHandle
 from .ring import Ring
@@ -33,6 +34,9 @@ __all__ = ["BufferPool", "Buffer", "PoolStats", "Ring", "TcpServer", "ServerStat
 __all__ += ["UdpSocket", "UdpStats", "UDP_TRUNCATED"]
 __all__ += ["Loop", "LoopStats", "TimerHandle", "ConnectHandle"]
 __all__ += ["EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"]
+# The exception classes are API (zcn.ClosedError ...): exported, so type
+# checkers that go by __all__ (pyright) accept them too.
+__all__ += [name for name in _errors.__all__ if name not in __all__]
 
 _AIO_NAMES = frozenset(("EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"))
 

@@ -406,7 +406,9 @@ class Loop(HandleOwner):
         OSError (ConnectionRefusedError, TimeoutError after ``timeout``
         seconds, socket.gaierror for a name that does not resolve,
         ClosedError if cancelled or the loop closed) and nothing else
-        follows. A host name is resolved by getaddrinfo in a thread, never
+        follows; fd is then None if the connect never started (a name
+        that did not resolve, or a connect refused after resolving), so
+        check ``error`` first. A host name is resolved by getaddrinfo in a thread, never
         blocking the loop. on_eof set means half-close mode, as TcpServer.
         Owner thread."""
         for name, fn in (("on_connect", on_connect), ("on_data", on_data), ("on_eof", on_eof),
