@@ -230,8 +230,11 @@ ZCN_Error zcn_loop_adopt(ZCN_Loop *s, int fd, const ZCN_ConnectConfig *cfg)
         return zcn_fail(ZCN_ERR_BUSY, "fd %d is already a connection of this loop", fd);
     int type = 0;
     socklen_t tlen = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0)
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0) {
+        if (errno == ENOTSOCK) /* a pipe, a file: not a stream socket */
+            return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d is not a socket", fd);
         return zcn_fail((ZCN_Error)errno, "fd %d: %s", fd, strerror(errno));
+    }
     if (type != SOCK_STREAM)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d is not a stream socket", fd);
     struct sockaddr_storage peer;

@@ -800,20 +800,21 @@ typedef struct ZCN_ConnectConfig {
  * on. */
 ZCN_API ZCN_Error zcn_loop_connect(ZCN_Loop *loop, const ZCN_ConnectConfig *config, int *fd_out);
 
-/* Adopts fd, a connected TCP socket made elsewhere (an asyncio loop's
- * accept or connect, a socket handed in by the user), as a connection of
- * the loop, exactly like one zcn_loop_connect opened: config gives the
- * callbacks, flags, tag, idle timeout and TCP_NODELAY (address, port,
- * local_* and timeout_ms are ignored), no on_connect is called, and
+/* Adopts fd, a connected stream socket (TCP or unix-domain) made elsewhere
+ * (an asyncio loop's accept or connect, a socket handed in by the user), as
+ * a connection of the loop, exactly like one zcn_loop_connect opened: config
+ * gives the callbacks, flags, tag, idle timeout and TCP_NODELAY (address,
+ * port, local_* and timeout_ms are ignored), no on_connect is called, and
  * receiving starts at the next turn. On ZCN_OK the loop owns the fd: it
  * closes it after on_close (in poll mode, at the poll after the one that
- * returned its CLOSE event), so the caller must not close it, and may
- * detach its own socket object when the close is reported. On an error
- * nothing was taken and the fd is still the caller's: ZCN_ERR_INVALID_ARGUMENT
- * (not a stream socket, bad flags), ENOTCONN (not connected), ZCN_ERR_BUSY
- * (already a connection of this loop), ZCN_ERR_EXHAUSTED (connections_max),
- * EMFILE (fd over the loop's fd table). Owner thread (the first call makes
- * one). The fd may be blocking or not; the loop never blocks on it. */
+ * returned its CLOSE event), so the caller must not close it, and may detach
+ * its own socket object when the close is reported. On an error nothing was
+ * taken and the fd is still the caller's: ZCN_ERR_INVALID_ARGUMENT (not a
+ * socket, not a stream socket, bad flags), EBADF (not an open fd), ENOTCONN
+ * (not connected), ZCN_ERR_BUSY (already a connection of this loop),
+ * ZCN_ERR_EXHAUSTED (connections_max), EMFILE (fd over the loop's fd table).
+ * Owner thread (the first call makes one). The fd may be blocking or not;
+ * the loop never blocks on it. */
 ZCN_API ZCN_Error zcn_loop_adopt(ZCN_Loop *loop, int fd, const ZCN_ConnectConfig *config);
 
 /* Connection calls for any TCP connection of the loop, accepted or
