@@ -266,6 +266,13 @@ ZCN_Error zcn_loop_adopt(ZCN_Loop *s, int fd, const ZCN_ConnectConfig *cfg)
         return zcn_fail(ZCN_ERR_EXHAUSTED, "no connection slot");
     c->outbound = true;
     s->stats.connections_accepted++; /* counted as a connection opened */
-    zcn_tcp_conn_start(s, c);
+    /* Its receive is armed from the service list at the next turn, not
+     * now: a zcn_loop_pause_recv right after the adopt (asyncio pauses a
+     * new transport from connection_made) then arms nothing, where a
+     * receive prepared now would reach the kernel with the pause's cancel
+     * behind it and take whatever the socket already holds. */
+    if (h->idle_timeout_ms != 0)
+        zcn_timer_conn_arm(s, slot, s->now_ms + h->idle_timeout_ms);
+    service_add(s, c);
     return ZCN_OK;
 }

@@ -805,7 +805,8 @@ ZCN_API ZCN_Error zcn_loop_connect(ZCN_Loop *loop, const ZCN_ConnectConfig *conf
  * a connection of the loop, exactly like one zcn_loop_connect opened: config
  * gives the callbacks, flags, tag, idle timeout and TCP_NODELAY (address,
  * port, local_* and timeout_ms are ignored), no on_connect is called, and
- * receiving starts at the next turn. On ZCN_OK the loop owns the fd: it
+ * receiving starts at the next turn (so a zcn_loop_pause_recv right after
+ * the adopt means nothing is received). On ZCN_OK the loop owns the fd: it
  * closes it after on_close (in poll mode, at the poll after the one that
  * returned its CLOSE event), so the caller must not close it, and may detach
  * its own socket object when the close is reported. On an error nothing was
