@@ -128,7 +128,7 @@ static void run_service_list(ZCN_Loop *s)
             zcn_tcp_connect_progress(s, c);
         } else if (c->state == CONN_OPEN) {
             if (ZCN_UNLIKELY(c->drain_notify) && drain_due(s, c)) {
-                c->want_drain = c->drain_notify = false;
+                drain_consume(s, c);
                 zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
                 if (c->state != CONN_OPEN)
                     continue;

@@ -544,7 +544,7 @@ void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
     want_send(s, c);
     if (c->state == CONN_OPEN) {
         if (drain_due(s, c) && has_room(s, 1)) {
-            c->want_drain = c->drain_notify = false;
+            drain_consume(s, c);
             zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
         }
         if (c->rx_head != NIL)
