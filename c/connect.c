@@ -90,6 +90,11 @@ void zcn_tcp_on_connect_cqe(ZCN_Loop *s, struct conn *c, int res)
              * a FIN forwarded meanwhile (AUTO) goes once it has drained. */
             if (c->fwd_from != NIL)
                 zcn_tcp_forward_wake(s, c);
+            /* A DRAIN asked for while connecting (zcn_loop_notify_drain):
+             * its mark may hold already, and no send completion would
+             * check it; the service list does at the next turn. */
+            if (c->drain_notify)
+                service_add(s, c);
             zcn_tcp_progress_shutdown(s, c);
         }
         /* on_connect may have queued data or closed it already */

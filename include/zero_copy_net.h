@@ -847,11 +847,12 @@ ZCN_API ZCN_Error zcn_loop_resume_recv(ZCN_Loop *loop, int fd);
 /* Asks for one DRAIN event (on_drain) as soon as fd's send queue holds
  * at most below_bytes (0: when it is empty), for write-buffer watermarks
  * such as asyncio's: checked after every send completion, and at the next
- * turn when it already holds. Independent of the DRAIN that follows a
+ * turn when it already holds (for a connection still connecting: the
+ * turn after it connected). Independent of the DRAIN that follows a
  * refused send (at half the limits): each comes when its own condition
  * holds, one event when both do. A second call replaces the mark.
- * ZCN_ERR_CLOSED for an fd that is not an open connection of the loop.
- * Owner thread. */
+ * ZCN_ERR_CLOSED for an fd that is not an open or connecting connection
+ * of the loop. Owner thread. */
 ZCN_API ZCN_Error zcn_loop_notify_drain(ZCN_Loop *loop, int fd, size_t below_bytes);
 
 /* Bits for zcn_loop_forward's flags. */
