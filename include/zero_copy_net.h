@@ -529,7 +529,8 @@ enum {
     ZCN_EVENT_ACCEPT = 1,
     ZCN_EVENT_DATA = 2,
     ZCN_EVENT_CLOSE = 3,    /* offset = the errno that ended it (ECONNRESET,
-                               EPIPE ...), 0 for a close or an orderly end */
+                               EPIPE ...), 0 for an orderly end or one the
+                               loop made (close, abort, timeouts) */
     ZCN_EVENT_DRAIN = 4,
     ZCN_EVENT_EOF = 5,      /* half-close mode: the peer finished sending */
     /* Events of a ZCN_Loop polled with zcn_loop_poll (see there): */
