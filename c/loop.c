@@ -163,7 +163,7 @@ static int next_timer_ms(const ZCN_Loop *s)
         min_due(&best, s->now_ms + (uint64_t)accept_ms, s->now_ms);
     if (!s->tick_armed && zcn_tcp_tick_needed(s)) /* no SQE for the tick: time the wait */
         min_due(&best, s->now_ms + EVICT_STALL_MS / 4, s->now_ms);
-    if (s->watches.want_arm > 0)
+    if (s->watches.want_arm > 0 || s->watches.cancels > 0)
         min_due(&best, s->now_ms + 1, s->now_ms); /* a watch waits for an SQE */
     return best > INT32_MAX ? INT32_MAX : (int)best;
 }
