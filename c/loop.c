@@ -337,6 +337,13 @@ static ZCN_Error run_until(ZCN_Loop *s, int timeout_ms, uint32_t *handled_out, b
         if (err == ZCN_OK)
             err = e;
     }
+    /* A watch removed by a callback: its poll holds the fd's file until
+     * the kernel has run the cancel, and the caller may close the fd as
+     * soon as this returns (zcn_loop_unwatch). */
+    if (s->watches.submit_due) {
+        s->watches.submit_due = false;
+        (void)io_uring_submit_and_get_events(s->ring);
+    }
     s->in_loop--;
     return err;
 }

@@ -168,6 +168,8 @@ struct zcn_watches {
     uint32_t want_arm;          /* watches waiting for an SQE */
     uint32_t parked;            /* watches waiting for a poll */
     uint32_t cancels;           /* removed watches waiting for an SQE to cancel */
+    bool submit_due;            /* a cancel was queued inside a loop call: that
+                                   call submits it before it returns */
 };
 
 /* Cross-thread calls (c/watch.c): a bounded FIFO under a mutex. */

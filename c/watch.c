@@ -246,12 +246,15 @@ ZCN_Error zcn_loop_unwatch(ZCN_Loop *s, uint64_t id)
         /* The poll request holds a reference to the fd's file: until the
          * kernel has seen the cancel, a socket the caller closes next
          * would stay open (a listener would go on accepting). Outside a
-         * turn, tell the kernel now; inside one the turn's end does. With
-         * no SQE for the cancel, the slot keeps the poll's generation and
+         * loop call, tell the kernel now; inside one (a callback), that
+         * call does before it returns (run_until in c/loop.c). With no
+         * SQE for the cancel, the slot keeps the poll's generation and
          * zcn_watches_rearm retries it from the next turn. */
         cancel_later = !cancel_poll(s, slot);
         if (!cancel_later && s->in_loop == 0)
             (void)io_uring_submit_and_get_events(s->ring);
+        else if (!cancel_later)
+            w->submit_due = true;
     }
     if (x->want_arm)
         w->want_arm--;

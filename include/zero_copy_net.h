@@ -964,12 +964,13 @@ typedef void (*ZCN_OnWatch)(void *user_data, int fd, uint32_t events, uint64_t w
 ZCN_API ZCN_Error zcn_loop_watch(ZCN_Loop *loop, int fd, uint32_t events, ZCN_OnWatch cb,
                                  void *user_data, uint64_t *id_out);
 /* Ends a watch: its callback is not called again, from the moment this
- * returns (also from inside a callback). Called outside a turn it tells
- * the kernel at once (one io_uring_enter), because a pending poll holds a
- * reference to the fd's file: closing the fd right after unwatch then
- * really closes it (a listening socket stops accepting). (Should the
- * kernel refuse the submit that makes room for the cancel, it goes with
- * the next turn.) ZCN_ERR_CLOSED for an unknown or removed id. */
+ * returns (also from inside a callback). Called outside a loop call it
+ * tells the kernel at once (one io_uring_enter), because a pending poll
+ * holds a reference to the fd's file: closing the fd right after unwatch
+ * then really closes it (a listening socket stops accepting). Called from
+ * a callback, the loop call that ran it does the same before it returns.
+ * (Should the kernel refuse the submit that makes room for the cancel, it
+ * goes with the next turn.) ZCN_ERR_CLOSED for an unknown or removed id. */
 ZCN_API ZCN_Error zcn_loop_unwatch(ZCN_Loop *loop, uint64_t watch_id);
 
 /* Runs fn(arg) on the loop's thread at its next turn; from any thread
