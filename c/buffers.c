@@ -57,7 +57,7 @@ void zcn_tcp_serve_waiters(ZCN_Loop *s)
         if (c->state != CONN_OPEN)
             continue;
         if (drain_due(s, c)) {
-            c->want_drain = c->drain_notify = false;
+            drain_consume(s, c);
             zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
         }
         if (c->state != CONN_OPEN)

@@ -338,14 +338,35 @@ static inline void buf_unref(ZCN_Loop *s, uint32_t bid)
         recycle(s, bid);
 }
 
-/* c's queue drained below half its limits after a refused send, or under
- * the mark zcn_loop_notify_drain set. */
-static inline bool drain_due(const ZCN_Loop *s, const struct conn *c)
+/* c's queue drained below half its limits after a refused send. */
+static inline bool drain_refused_due(const ZCN_Loop *s, const struct conn *c)
 {
-    if (ZCN_UNLIKELY(c->drain_notify) && c->queued_bytes <= c->drain_below)
-        return true;
     return c->want_drain && c->queued_bytes <= s->send_queue_max_bytes / 2 &&
            c->sq_bufs <= buf_cap(s) / 2 && budget_used(s) < s->budget;
+}
+
+/* c's queue holds at most the mark zcn_loop_notify_drain set. */
+static inline bool drain_mark_due(const struct conn *c)
+{
+    return ZCN_UNLIKELY(c->drain_notify) && c->queued_bytes <= c->drain_below;
+}
+
+/* A DRAIN is due for either reason. */
+static inline bool drain_due(const ZCN_Loop *s, const struct conn *c)
+{
+    return drain_mark_due(c) || drain_refused_due(s, c);
+}
+
+/* The DRAIN about to be emitted answers the requests whose condition
+ * holds; the other one waits for its own (the two are independent: the
+ * DRAIN after a refused send comes at half the limits, which may be far
+ * above a notify_drain mark). */
+static inline void drain_consume(const ZCN_Loop *s, struct conn *c)
+{
+    if (drain_mark_due(c))
+        c->drain_notify = false;
+    if (drain_refused_due(s, c))
+        c->want_drain = false;
 }
 
 static inline uint64_t send_sweep_period(const ZCN_Loop *s)

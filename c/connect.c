@@ -90,6 +90,11 @@ void zcn_tcp_on_connect_cqe(ZCN_Loop *s, struct conn *c, int res)
              * a FIN forwarded meanwhile (AUTO) goes once it has drained. */
             if (c->fwd_from != NIL)
                 zcn_tcp_forward_wake(s, c);
+            /* A DRAIN asked for while connecting (zcn_loop_notify_drain):
+             * its mark may hold already, and no send completion would
+             * check it; the service list does at the next turn. */
+            if (c->drain_notify)
+                service_add(s, c);
             zcn_tcp_progress_shutdown(s, c);
         }
         /* on_connect may have queued data or closed it already */
@@ -230,8 +235,11 @@ ZCN_Error zcn_loop_adopt(ZCN_Loop *s, int fd, const ZCN_ConnectConfig *cfg)
         return zcn_fail(ZCN_ERR_BUSY, "fd %d is already a connection of this loop", fd);
     int type = 0;
     socklen_t tlen = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0)
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0) {
+        if (errno == ENOTSOCK) /* a pipe, a file: not a stream socket */
+            return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d is not a socket", fd);
         return zcn_fail((ZCN_Error)errno, "fd %d: %s", fd, strerror(errno));
+    }
     if (type != SOCK_STREAM)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "fd %d is not a stream socket", fd);
     struct sockaddr_storage peer;
@@ -263,6 +271,13 @@ ZCN_Error zcn_loop_adopt(ZCN_Loop *s, int fd, const ZCN_ConnectConfig *cfg)
         return zcn_fail(ZCN_ERR_EXHAUSTED, "no connection slot");
     c->outbound = true;
     s->stats.connections_accepted++; /* counted as a connection opened */
-    zcn_tcp_conn_start(s, c);
+    /* Its receive is armed from the service list at the next turn, not
+     * now: a zcn_loop_pause_recv right after the adopt (asyncio pauses a
+     * new transport from connection_made) then arms nothing, where a
+     * receive prepared now would reach the kernel with the pause's cancel
+     * behind it and take whatever the socket already holds. */
+    if (h->idle_timeout_ms != 0)
+        zcn_timer_conn_arm(s, slot, s->now_ms + h->idle_timeout_ms);
+    service_add(s, c);
     return ZCN_OK;
 }

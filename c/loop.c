@@ -128,7 +128,7 @@ static void run_service_list(ZCN_Loop *s)
             zcn_tcp_connect_progress(s, c);
         } else if (c->state == CONN_OPEN) {
             if (ZCN_UNLIKELY(c->drain_notify) && drain_due(s, c)) {
-                c->want_drain = c->drain_notify = false;
+                drain_consume(s, c);
                 zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
                 if (c->state != CONN_OPEN)
                     continue;
@@ -163,7 +163,7 @@ static int next_timer_ms(const ZCN_Loop *s)
         min_due(&best, s->now_ms + (uint64_t)accept_ms, s->now_ms);
     if (!s->tick_armed && zcn_tcp_tick_needed(s)) /* no SQE for the tick: time the wait */
         min_due(&best, s->now_ms + EVICT_STALL_MS / 4, s->now_ms);
-    if (s->watches.want_arm > 0)
+    if (s->watches.want_arm > 0 || s->watches.cancels > 0)
         min_due(&best, s->now_ms + 1, s->now_ms); /* a watch waits for an SQE */
     return best > INT32_MAX ? INT32_MAX : (int)best;
 }
@@ -336,6 +336,13 @@ static ZCN_Error run_until(ZCN_Loop *s, int timeout_ms, uint32_t *handled_out, b
         ZCN_Error e = submit_now(s);
         if (err == ZCN_OK)
             err = e;
+    }
+    /* A watch removed by a callback: its poll holds the fd's file until
+     * the kernel has run the cancel, and the caller may close the fd as
+     * soon as this returns (zcn_loop_unwatch). */
+    if (s->watches.submit_due) {
+        s->watches.submit_due = false;
+        (void)io_uring_submit_and_get_events(s->ring);
     }
     s->in_loop--;
     return err;

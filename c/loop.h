@@ -156,6 +156,8 @@ struct zcn_watch {
     bool want_arm;              /* no SQE last time: armed at the next turn */
     bool parked;                /* no callback, fired outside a poll: the next
                                    poll re-arms it */
+    bool cancel_pending;        /* removed, its poll still in the kernel and no
+                                   SQE for the cancel yet: the slot waits */
     int32_t next_free;
 };
 struct zcn_watches {
@@ -165,6 +167,9 @@ struct zcn_watches {
     uint32_t high;              /* slots below this have been used */
     uint32_t want_arm;          /* watches waiting for an SQE */
     uint32_t parked;            /* watches waiting for a poll */
+    uint32_t cancels;           /* removed watches waiting for an SQE to cancel */
+    bool submit_due;            /* a cancel was queued inside a loop call: that
+                                   call submits it before it returns */
 };
 
 /* Cross-thread calls (c/watch.c): a bounded FIFO under a mutex. */

@@ -479,7 +479,7 @@ void zcn_tcp_on_recv(ZCN_Loop *s, struct conn *c, struct io_uring_cqe *cqe)
             /* Also when already closing: the recv has ended either way
              * (no F_MORE), and progress_close below must see that, or a
              * closing connection whose recv fails would never finish. */
-            if (c->close_errno == 0)
+            if (c->close_errno == 0 && c->state != CONN_DEAD)
                 c->close_errno = -res;
             zcn_tcp_abort_conn(s, c, false);
             break;
@@ -501,7 +501,10 @@ void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
     c->send_inflight = false;
     c->send_cancelled = false;
     if (res < 0 && res != -EINTR && res != -EAGAIN) {
-        if (c->close_errno == 0 && res != -ECANCELED)
+        /* The errno that ended it, not one the end caused: an abort of
+         * the loop's own (the idle timeout) made it DEAD first, and its
+         * shutdown fails the send in flight with EPIPE. */
+        if (c->close_errno == 0 && res != -ECANCELED && c->state != CONN_DEAD)
             c->close_errno = -res;
         drop_send_queue(s, c);
         if (c->state == CONN_OPEN || c->state == CONN_CLOSING)
@@ -544,7 +547,7 @@ void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
     want_send(s, c);
     if (c->state == CONN_OPEN) {
         if (drain_due(s, c) && has_room(s, 1)) {
-            c->want_drain = c->drain_notify = false;
+            drain_consume(s, c);
             zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
         }
         if (c->rx_head != NIL)

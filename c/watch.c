@@ -86,9 +86,35 @@ static void arm(ZCN_Loop *s, uint32_t slot)
     x->armed = true;
 }
 
+static void free_slot(struct zcn_watches *w, uint32_t slot)
+{
+    struct zcn_watch *x = &w->w[slot];
+    x->fd = -1;
+    x->next_free = w->free;
+    w->free = (int32_t)slot;
+}
+
+/* Cancels the poll of a removed watch; true if the cancel is queued. */
+static bool cancel_poll(ZCN_Loop *s, uint32_t slot)
+{
+    bool done = false;
+    zcn_tcp_cancel_ud(s, pack_ud(OP_WATCH, s->watches.w[slot].gen, slot), &done, NULL);
+    return done;
+}
+
 void zcn_watches_rearm(ZCN_Loop *s)
 {
     struct zcn_watches *w = &s->watches;
+    /* Removed watches whose cancel found no SQE: their poll holds the
+     * fd's file, so the cancel must still go; the slot is reused after. */
+    for (uint32_t i = 0; i < w->high && w->cancels > 0; i++) {
+        struct zcn_watch *x = &w->w[i];
+        if (x->cancel_pending && cancel_poll(s, i)) {
+            x->cancel_pending = false;
+            w->cancels--;
+            free_slot(w, i);
+        }
+    }
     for (uint32_t i = 0; i < w->high && w->want_arm > 0; i++)
         if (w->w[i].active && w->w[i].want_arm && !w->w[i].armed)
             arm(s, i);
@@ -153,7 +179,7 @@ void zcn_watches_cancel_all(ZCN_Loop *s)
     struct zcn_watches *w = &s->watches;
     for (uint32_t i = 0; i < w->high; i++) {
         struct zcn_watch *x = &w->w[i];
-        if (x->active && x->armed)
+        if ((x->active && x->armed) || x->cancel_pending)
             zcn_tcp_cancel_ud(s, pack_ud(OP_WATCH, x->gen, i), NULL, NULL);
         x->active = false;
     }
@@ -215,14 +241,20 @@ ZCN_Error zcn_loop_unwatch(ZCN_Loop *s, uint64_t id)
     if (x == NULL || !x->active || x->gen != (uint32_t)(id >> 32))
         return zcn_fail(ZCN_ERR_CLOSED, "watch %llu is not active", (unsigned long long)id);
     uint32_t slot = (uint32_t)(low - 1);
+    bool cancel_later = false;
     if (x->armed) {
-        zcn_tcp_cancel_ud(s, pack_ud(OP_WATCH, x->gen, slot), NULL, NULL);
         /* The poll request holds a reference to the fd's file: until the
          * kernel has seen the cancel, a socket the caller closes next
          * would stay open (a listener would go on accepting). Outside a
-         * turn, tell the kernel now; inside one the turn's end does. */
-        if (s->in_loop == 0)
+         * loop call, tell the kernel now; inside one (a callback), that
+         * call does before it returns (run_until in c/loop.c). With no
+         * SQE for the cancel, the slot keeps the poll's generation and
+         * zcn_watches_rearm retries it from the next turn. */
+        cancel_later = !cancel_poll(s, slot);
+        if (!cancel_later && s->in_loop == 0)
             (void)io_uring_submit_and_get_events(s->ring);
+        else if (!cancel_later)
+            w->submit_due = true;
     }
     if (x->want_arm)
         w->want_arm--;
@@ -231,10 +263,13 @@ ZCN_Error zcn_loop_unwatch(ZCN_Loop *s, uint64_t id)
     x->active = x->armed = x->want_arm = x->parked = false;
     x->cb = NULL;
     x->user_data = NULL;
-    x->fd = -1;
-    x->next_free = w->free;
-    w->free = (int32_t)slot;
     w->count--;
+    if (cancel_later) {
+        x->cancel_pending = true;
+        w->cancels++;
+    } else {
+        free_slot(w, slot);
+    }
     return ZCN_OK;
 }
 

@@ -529,7 +529,8 @@ enum {
     ZCN_EVENT_ACCEPT = 1,
     ZCN_EVENT_DATA = 2,
     ZCN_EVENT_CLOSE = 3,    /* offset = the errno that ended it (ECONNRESET,
-                               EPIPE ...), 0 for a close or an orderly end */
+                               EPIPE ...), 0 for an orderly end or one the
+                               loop made (close, abort, timeouts) */
     ZCN_EVENT_DRAIN = 4,
     ZCN_EVENT_EOF = 5,      /* half-close mode: the peer finished sending */
     /* Events of a ZCN_Loop polled with zcn_loop_poll (see there): */
@@ -800,20 +801,22 @@ typedef struct ZCN_ConnectConfig {
  * on. */
 ZCN_API ZCN_Error zcn_loop_connect(ZCN_Loop *loop, const ZCN_ConnectConfig *config, int *fd_out);
 
-/* Adopts fd, a connected TCP socket made elsewhere (an asyncio loop's
- * accept or connect, a socket handed in by the user), as a connection of
- * the loop, exactly like one zcn_loop_connect opened: config gives the
- * callbacks, flags, tag, idle timeout and TCP_NODELAY (address, port,
- * local_* and timeout_ms are ignored), no on_connect is called, and
- * receiving starts at the next turn. On ZCN_OK the loop owns the fd: it
+/* Adopts fd, a connected stream socket (TCP or unix-domain) made elsewhere
+ * (an asyncio loop's accept or connect, a socket handed in by the user), as
+ * a connection of the loop, exactly like one zcn_loop_connect opened: config
+ * gives the callbacks, flags, tag, idle timeout and TCP_NODELAY (address,
+ * port, local_* and timeout_ms are ignored), no on_connect is called, and
+ * receiving starts at the next turn (so a zcn_loop_pause_recv right after
+ * the adopt means nothing is received). On ZCN_OK the loop owns the fd: it
  * closes it after on_close (in poll mode, at the poll after the one that
- * returned its CLOSE event), so the caller must not close it, and may
- * detach its own socket object when the close is reported. On an error
- * nothing was taken and the fd is still the caller's: ZCN_ERR_INVALID_ARGUMENT
- * (not a stream socket, bad flags), ENOTCONN (not connected), ZCN_ERR_BUSY
- * (already a connection of this loop), ZCN_ERR_EXHAUSTED (connections_max),
- * EMFILE (fd over the loop's fd table). Owner thread (the first call makes
- * one). The fd may be blocking or not; the loop never blocks on it. */
+ * returned its CLOSE event), so the caller must not close it, and may detach
+ * its own socket object when the close is reported. On an error nothing was
+ * taken and the fd is still the caller's: ZCN_ERR_INVALID_ARGUMENT (not a
+ * socket, not a stream socket, bad flags), EBADF (not an open fd), ENOTCONN
+ * (not connected), ZCN_ERR_BUSY (already a connection of this loop),
+ * ZCN_ERR_EXHAUSTED (connections_max), EMFILE (fd over the loop's fd table).
+ * Owner thread (the first call makes one). The fd may be blocking or not;
+ * the loop never blocks on it. */
 ZCN_API ZCN_Error zcn_loop_adopt(ZCN_Loop *loop, int fd, const ZCN_ConnectConfig *config);
 
 /* Connection calls for any TCP connection of the loop, accepted or
@@ -863,9 +866,12 @@ ZCN_API ZCN_Error zcn_loop_resume_recv(ZCN_Loop *loop, int fd);
 /* Asks for one DRAIN event (on_drain) as soon as fd's send queue holds
  * at most below_bytes (0: when it is empty), for write-buffer watermarks
  * such as asyncio's: checked after every send completion, and at the next
- * turn when it already holds. Besides the DRAIN that follows a refused
- * send; a second call replaces the mark. ZCN_ERR_CLOSED for an fd that is
- * not an open connection of the loop. Owner thread. */
+ * turn when it already holds (for a connection still connecting: the
+ * turn after it connected). Independent of the DRAIN that follows a
+ * refused send (at half the limits): each comes when its own condition
+ * holds, one event when both do. A second call replaces the mark.
+ * ZCN_ERR_CLOSED for an fd that is not an open or connecting connection
+ * of the loop. Owner thread. */
 ZCN_API ZCN_Error zcn_loop_notify_drain(ZCN_Loop *loop, int fd, size_t below_bytes);
 
 /* Bits for zcn_loop_forward's flags. */
@@ -976,11 +982,13 @@ typedef void (*ZCN_OnWatch)(void *user_data, int fd, uint32_t events, uint64_t w
 ZCN_API ZCN_Error zcn_loop_watch(ZCN_Loop *loop, int fd, uint32_t events, ZCN_OnWatch cb,
                                  void *user_data, uint64_t *id_out);
 /* Ends a watch: its callback is not called again, from the moment this
- * returns (also from inside a callback). Called outside a turn it tells
- * the kernel at once (one io_uring_enter), because a pending poll holds a
- * reference to the fd's file: closing the fd right after unwatch then
- * really closes it (a listening socket stops accepting). ZCN_ERR_CLOSED
- * for an unknown or removed id. */
+ * returns (also from inside a callback). Called outside a loop call it
+ * tells the kernel at once (one io_uring_enter), because a pending poll
+ * holds a reference to the fd's file: closing the fd right after unwatch
+ * then really closes it (a listening socket stops accepting). Called from
+ * a callback, the loop call that ran it does the same before it returns.
+ * (Should the kernel refuse the submit that makes room for the cancel, it
+ * goes with the next turn.) ZCN_ERR_CLOSED for an unknown or removed id. */
 ZCN_API ZCN_Error zcn_loop_unwatch(ZCN_Loop *loop, uint64_t watch_id);
 
 /* Runs fn(arg) on the loop's thread at its next turn; from any thread
