@@ -640,6 +640,10 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if rc:
             if rc == _QUEUE_FULL or rc == errno.EMSGSIZE:
                 self._overflow_add(data)
+                if rc == errno.EMSGSIZE:
+                    # larger than the whole queue: nothing was refused for
+                    # room, so no DRAIN would come; it goes on in pieces
+                    self._push_overflow()
                 self._maybe_pause_protocol()
                 return
             if rc == _ERR_CLOSED:
