@@ -78,11 +78,11 @@ _W_READ, _W_WRITE, _W_ERROR, _W_HUP = 1, 2, 4, 8
 
 
 def _codes():
-    from .errors import ClosedError, QueueFullError
-    return ClosedError.code, QueueFullError.code
+    from .errors import ClosedError, ExhaustedError, QueueFullError
+    return ClosedError.code, QueueFullError.code, ExhaustedError.code
 
 
-_ERR_CLOSED, _QUEUE_FULL = _codes()
+_ERR_CLOSED, _QUEUE_FULL, _EXHAUSTED = _codes()
 _send = _ffi.zcn_loop_send
 # The per-message calls without argtypes, holding the GIL (PyDLL): ctypes'
 # argument conversion costs more than the C work. The loop handle goes as
@@ -603,8 +603,10 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
 
     def _write_refused(self, code: int, chunk: bytes) -> None:
         """A collected write zcn refused at the flush."""
-        if code == _QUEUE_FULL or code == errno.EMSGSIZE:
+        if code == _QUEUE_FULL or code == errno.EMSGSIZE or code == _EXHAUSTED:
             self._overflow_add(chunk)
+            if code == _EXHAUSTED:
+                self._retry_later()
             self._maybe_pause_protocol()
         elif code == _ERR_CLOSED:
             self._conn_lost += 1
@@ -638,12 +640,14 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             data = memoryview(data).cast("B")
             rc = _send_bytes_like(_send, self._handle, self._sock_fd, data)
         if rc:
-            if rc == _QUEUE_FULL or rc == errno.EMSGSIZE:
+            if rc == _QUEUE_FULL or rc == errno.EMSGSIZE or rc == _EXHAUSTED:
                 self._overflow_add(data)
                 if rc == errno.EMSGSIZE:
                     # larger than the whole queue: nothing was refused for
                     # room, so no DRAIN would come; it goes on in pieces
                     self._push_overflow()
+                elif rc == _EXHAUSTED:
+                    self._retry_later()
                 self._maybe_pause_protocol()
                 return
             if rc == _ERR_CLOSED:
@@ -677,6 +681,9 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             if rc:
                 if rc == _QUEUE_FULL:
                     return
+                if rc == _EXHAUSTED:
+                    self._retry_later()
+                    return
                 if rc == _ERR_CLOSED:
                     q.clear()
                     self._overflow_size = 0
@@ -698,6 +705,21 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if self._close_pending:
             self._close_pending = False
             self._c_close()
+
+    _retry_pending = False
+
+    def _retry_later(self) -> None:
+        """zcn had no free pool buffer for a copy just now (many
+        connections' sends in one turn) and no DRAIN follows that refusal:
+        the overflow is pushed again after the next poll, which sends (and
+        so frees) what is queued."""
+        if not self._retry_pending:
+            self._retry_pending = True
+            self._loop.call_soon(self._retry_overflow)
+
+    def _retry_overflow(self) -> None:
+        self._retry_pending = False
+        self._drain_event()
 
     def _drain_event(self) -> None:
         if self._gone:
