@@ -807,7 +807,15 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if self._overflow is not None:
             self._close_pending = True
         else:
+            empty = self.get_write_buffer_size() == 0
             self._c_close()
+            if empty and not self._gone:
+                # Nothing left to send: as asyncio's transports, the
+                # connection is lost now (connection_lost runs next), not
+                # when zcn reports the close a poll or two later
+                # (StreamWriter.drain() after close() must see it).
+                self._gone = True
+                self._loop.call_soon(self._call_connection_lost, None)
 
     def _c_close(self) -> None:
         if self._c_closed or self._gone:
@@ -852,6 +860,8 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
     def _close_event(self, code: int) -> None:
         """zcn reports the connection over: connection_lost follows (the
         fd is the zcn loop's to close, at its next poll)."""
+        if self._gone:
+            return  # close() found nothing to send and reported the loss
         self._closing = True
         self._c_closed = True
         self._sync()
