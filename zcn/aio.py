@@ -809,6 +809,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         else:
             empty = self.get_write_buffer_size() == 0
             self._c_close()
+            self._conn_lost += 1  # writes from here on are dropped, and counted
             if empty and not self._gone:
                 # Nothing left to send: as asyncio's transports, the
                 # connection is lost now (connection_lost runs next), not
@@ -832,6 +833,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             return
         self._aborted = True
         self._closing = True
+        self._conn_lost += 1
         self._overflow = None
         self._overflow_size = 0
         self._close_pending = self._shutdown_pending = False
