@@ -434,6 +434,17 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
 
     # --- protocol ----------------------------------------------------------
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:  # type: ignore[override]
+        if (self._protocol_paused and isinstance(protocol, sslproto.SSLProtocol)
+                and getattr(protocol, "_ssl_writing_paused", None) is False):
+            # loop.start_tls while paused for writing (zcn pauses on what
+            # waits for the next poll; start_tls does not flush first): the
+            # TLS protocol takes the state over, so the coming
+            # resume_writing is its own, and passes on to the protocol it
+            # wraps if that is the one paused (CPython gh-109051; else
+            # SSLProtocol asserts and the old protocol stays paused).
+            protocol._ssl_writing_paused = True
+            if protocol._app_protocol is getattr(self, "_protocol", None):
+                protocol._app_writing_paused = True
         self._protocol = protocol
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._data_received = getattr(protocol, "data_received", None)
