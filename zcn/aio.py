@@ -47,6 +47,7 @@ import collections
 import collections.abc
 import ctypes
 import errno
+import fcntl
 import heapq
 import math
 import os
@@ -54,6 +55,7 @@ import resource
 import selectors
 import socket
 import sys
+import termios
 import threading
 import warnings
 from asyncio import (base_events, constants, events, format_helpers, futures, protocols,
@@ -101,6 +103,14 @@ _raw_send_many.restype = ctypes.c_int
 _COLLECT_MAX = 4096
 _NO_WATCH_CB = _ffi.OnWatch()
 _NO_CALL = _ffi.Call()
+
+
+def _unread(fd: int) -> bool:
+    """Bytes wait in fd's receive queue (FIONREAD); True when unknown."""
+    try:
+        return fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0"
+    except OSError:
+        return True
 
 
 class _ZcnSelector(selectors.BaseSelector):
@@ -851,6 +861,16 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._lost_exc = exc
         self._c_closed = True
         self._sync()
+        if self._sock is not None and not self._held and not _unread(self._sock_fd):
+            # As asyncio's abort, a close: with nothing unread the peer sees
+            # an EOF, and at once (zcn's reset below goes out only when its
+            # requests are cancelled, at a later poll, and a loop stopped
+            # now would leave the peer waiting). With data unread a close
+            # resets the peer, and so does zcn's abort alone.
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         # also over a graceful close in progress: the rest is dropped (RST)
         _ffi.zcn_loop_abort(self._handle, self._sock_fd)
 
