@@ -1105,6 +1105,13 @@ def test_zcn_aio_run():
     assert zcn.aio.run(_running_loop_type(), debug=True) is zcn.aio.EventLoop
 
 
+def test_package_level_names_are_zcn_aio_ones():
+    for name in ("EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"):
+        assert getattr(zcn, name) is getattr(zcn.aio, name)
+    require_io_uring()
+    assert zcn.run(_running_loop_type()) is zcn.aio.EventLoop
+
+
 def test_event_loop_policy(restore_policy):
     require_io_uring()
     policy = zcn.aio.EventLoopPolicy()
