@@ -61,7 +61,7 @@ import warnings
 from asyncio import (base_events, constants, events, format_helpers, futures, protocols,
                      sslproto, transports)
 from asyncio import trsock
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, Awaitable, Iterable, Iterator, Mapping, Optional, TypeVar
 
 from . import _ffi
 from ._util import send_bytes_like as _send_bytes_like
@@ -79,7 +79,7 @@ _TAG = _ASYNCIO_TAG
 _W_READ, _W_WRITE, _W_ERROR, _W_HUP = 1, 2, 4, 8
 
 
-def _codes():
+def _codes() -> "tuple[int, int, int]":
     from .errors import ClosedError, ExhaustedError, QueueFullError
     return ClosedError.code, QueueFullError.code, ExhaustedError.code
 
@@ -178,7 +178,7 @@ class _ZcnSelector(selectors.BaseSelector):
     # --- registration ------------------------------------------------------
     @staticmethod
     def _fd(fileobj: Any) -> int:
-        return selectors._fileobj_to_fd(fileobj)  # type: ignore[attr-defined]
+        return selectors._fileobj_to_fd(fileobj)
 
     def _watch(self, fd: int, events: int) -> None:
         bits = (_W_READ if events & selectors.EVENT_READ else 0) | \
@@ -248,7 +248,7 @@ class _ZcnSelector(selectors.BaseSelector):
         except KeyError:
             raise KeyError(f"{fileobj!r} is not registered") from None
 
-    def get_map(self):  # type: ignore[override]
+    def get_map(self) -> "Mapping[Any, selectors.SelectorKey]":
         return _KeyMap(self._keys)
 
     def close(self) -> None:
@@ -258,7 +258,7 @@ class _ZcnSelector(selectors.BaseSelector):
         self._key_of_watch.clear()
 
     # --- the wait ----------------------------------------------------------
-    def select(self, timeout: Optional[float] = None) -> list:
+    def select(self, timeout: Optional[float] = None) -> "list[tuple[selectors.SelectorKey, int]]":
         zl = self._zl
         if timeout is None:
             ms = -1
@@ -279,7 +279,7 @@ class _ZcnSelector(selectors.BaseSelector):
         zl._c_calls = 0
         rc = _poll_raw(zl._handle_arg, zl._ev_ptr, EVENTS_MAX, ms, zl._count_arg)
         n = zl._count.value
-        ready: list = []
+        ready: "list[tuple[selectors.SelectorKey, int]]" = []
         if n:
             ready = self._dispatch(zl._ev_views[n])
         if zl._ready:
@@ -290,12 +290,14 @@ class _ZcnSelector(selectors.BaseSelector):
             raise zl._error(rc, "zcn_loop_poll")
         return ready
 
-    def _dispatch(self, view, _TAG=_TAG, _DATA=_DATA) -> list:  # constants as locals
+    def _dispatch(self, view: memoryview, _TAG: int = _TAG,
+                  _DATA: int = _DATA) -> "list[tuple[selectors.SelectorKey, int]]":
+        # (the constants as locals)
         ready = []
         get_transport = self._transports.get
         keys = self._key_of_watch
         other = None
-        mm = self._zl._memory._mm  # slicing the mmap makes the bytes in one step
+        mm: Any = self._zl._memory._mm  # type: ignore[union-attr]  # the bytes in one step
         for etype, fd, length, tag, offset in _iter_events(view):
             if tag == _TAG:
                 tr = get_transport(fd)
@@ -350,27 +352,27 @@ class _ZcnSelector(selectors.BaseSelector):
         return ready
 
 
-class _KeyMap(collections.abc.Mapping):
+class _KeyMap(Mapping[Any, selectors.SelectorKey]):
     __slots__ = ("_keys",)
 
-    def __init__(self, keys):
+    def __init__(self, keys: "dict[int, selectors.SelectorKey]") -> None:
         self._keys = keys
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._keys)
 
-    def __getitem__(self, fileobj):
-        fd = selectors._fileobj_to_fd(fileobj)  # type: ignore[attr-defined]
+    def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = selectors._fileobj_to_fd(fileobj)
         try:
             return self._keys[fd]
         except KeyError:
             raise KeyError(f"{fileobj!r} is not registered") from None
 
-    def __iter__(self):
+    def __iter__(self) -> "Iterator[int]":
         return iter(self._keys)
 
 
-class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
     """A stream transport whose socket is a connection of the zcn loop."""
 
     _start_tls_compatible = True
@@ -378,7 +380,8 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
     _sock: Optional[socket.socket] = None
 
     def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: asyncio.BaseProtocol,
-                 waiter: Optional[asyncio.Future] = None, extra: Optional[dict] = None,
+                 waiter: "Optional[asyncio.Future[None]]" = None,
+                 extra: "Optional[dict[str, Any]]" = None,
                  server: Any = None) -> None:
         super().__init__(extra, loop)
         self._extra["socket"] = trsock.TransportSocket(sock)
@@ -402,16 +405,16 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._gone = False          # zcn reported the close: connection_lost scheduled
         self._paused = False        # pause_reading()
         self._started = False       # connection_made has run: deliveries may go
-        self._held: Optional[collections.deque] = None  # deliveries while paused
+        self._held: "Optional[collections.deque[Optional[bytes]]]" = None  # while paused
         self._eof = False           # write_eof()
-        self._overflow: Optional[collections.deque] = None  # what zcn's queue refused
+        self._overflow: "Optional[collections.deque[bytes]]" = None  # zcn's queue refused
         self._overflow_size = 0
         self._unchecked = 0         # bytes written since the queue was last read
         self._c_closed = False      # zcn_loop_close/abort called
         self._shutdown_pending = False
         self._close_pending = False
         self._waiting_drain = False
-        self._empty_waiter = None
+        self._empty_waiter: "Optional[asyncio.Future[None]]" = None
         self._handle_arg = self._zl._handle_arg
         sel = self._sel = loop._selector
         self._wbuf_extend = sel._wbuf.extend
@@ -443,7 +446,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         return "<{}>".format(" ".join(info))
 
     # --- protocol ----------------------------------------------------------
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:  # type: ignore[override]
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         if (self._protocol_paused and isinstance(protocol, sslproto.SSLProtocol)
                 and getattr(protocol, "_ssl_writing_paused", None) is False):
             # loop.start_tls while paused for writing (zcn pauses on what
@@ -473,7 +476,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._wfast = (not closed and not self._eof and self._overflow is None
                        and self._empty_waiter is None)
 
-    def get_protocol(self) -> asyncio.BaseProtocol:  # type: ignore[override]
+    def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
 
     def _connection_made(self) -> None:
@@ -510,7 +513,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if not self._c_closed:
             _ffi.zcn_loop_resume_recv(self._handle, self._sock_fd)
 
-    def _hold(self, item) -> None:
+    def _hold(self, item: Optional[bytes]) -> None:
         if self._held is None:
             self._held = collections.deque()
         self._held.append(item)
@@ -605,7 +608,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             self.close()
 
     # --- writing -----------------------------------------------------------
-    def write(self, data) -> None:  # type: ignore[override]
+    def write(self, data: "bytes | bytearray | memoryview") -> None:
         # The common case in one test: bytes, an open connection, nothing
         # waiting in the transport. One C call queues them (a copy into a
         # pool buffer); the sends of the turn go out with the next wait.
@@ -635,7 +638,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             self._fatal_error(self._zl._error(code, "write()"),
                               "Fatal write error on socket transport")
 
-    def _write_slow(self, data) -> None:
+    def _write_slow(self, data: Any) -> None:
         self._sel._flush_writes()  # what was collected goes first
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
@@ -681,7 +684,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         if self._unchecked > self._high_water:
             self._maybe_pause_protocol()
 
-    def _overflow_add(self, data) -> None:
+    def _overflow_add(self, data: Any) -> None:
         if self._overflow is None:
             self._overflow = collections.deque()
             self._sync()
@@ -798,7 +801,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
             queued = _raw_queued(self._handle_arg, self._sock_fd)
         return queued + self._overflow_size
 
-    def writelines(self, list_of_data) -> None:  # type: ignore[override]
+    def writelines(self, list_of_data: "Iterable[bytes | bytearray | memoryview]") -> None:
         self.write(b"".join(list_of_data))
 
     def write_eof(self) -> None:
@@ -920,11 +923,11 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         try:
             if self._protocol_connected:
-                self._protocol.connection_lost(exc)
+                self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
             self._release()
             self._protocol = None  # type: ignore[assignment]
-            self._loop = None  # type: ignore[assignment]
+            self._loop = None
             server = self._server
             if server is not None:
                 server._detach()
@@ -943,22 +946,23 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):  # type
         self._gone = True
         self._sync()
 
-    def __del__(self, _warn=warnings.warn) -> None:
+    def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
 
     # sendfile's fallback and start_tls wait for an empty buffer this way
-    def _make_empty_waiter(self) -> asyncio.Future:
+    def _make_empty_waiter(self) -> "asyncio.Future[None]":
         if self._empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
-        self._empty_waiter = self._loop.create_future()
+        waiter: "asyncio.Future[None]" = self._loop.create_future()
+        self._empty_waiter = waiter
         self._sync()
         if self.get_write_buffer_size() == 0:
-            self._empty_waiter.set_result(None)
+            waiter.set_result(None)
         else:
             self._waiting_drain = False
             self._request_drain_empty()
-        return self._empty_waiter
+        return waiter
 
     def _request_drain_empty(self) -> None:
         if self._overflow is None and not self._c_closed:
@@ -989,7 +993,7 @@ def _handle_failed(handle: events.Handle, exc: BaseException) -> None:
     handle._loop.call_exception_handler(context)
 
 
-class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+class EventLoop(asyncio.SelectorEventLoop):
     """An asyncio event loop whose one wait is a zcn loop (see the module
     docstring). Keyword arguments are zcn.Loop's (buffer_pool_size,
     buffer_size, connections_max, send_queue_max_bytes, ...), bounding the
@@ -1013,17 +1017,22 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         its other objects run on it, in the same waits."""
         return self._zcn
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+    def _make_socket_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                               waiter: "Optional[asyncio.Future[None]]" = None, *,
+                               extra: "Optional[dict[str, Any]]" = None,
+                               server: Any = None) -> "_ZcnTransport":
         return _ZcnTransport(self, sock, protocol, waiter, extra, server)
 
-    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
-                            server_side=False, server_hostname=None, extra=None, server=None,
-                            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
-                            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: asyncio.BaseProtocol,
+                            sslcontext: Any, waiter: "Optional[asyncio.Future[None]]" = None,
+                            *, server_side: bool = False, server_hostname: Optional[str] = None,
+                            extra: "Optional[dict[str, Any]]" = None, server: Any = None,
+                            **timeouts: Any) -> Any:
+        # timeouts: ssl_handshake_timeout, and ssl_shutdown_timeout from 3.11,
+        # as this Python's base loop passes them
         ssl_protocol = sslproto.SSLProtocol(
-            self, protocol, sslcontext, waiter, server_side, server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout)
+            self, protocol, sslcontext, waiter,  # type: ignore[arg-type]
+            server_side, server_hostname, **timeouts)
         _ZcnTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
@@ -1129,10 +1138,10 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         self._zcn.close_loop()
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
     """The default policy (child watchers included) making zcn loops."""
 
-    def _loop_factory(self) -> EventLoop:  # type: ignore[override]
+    def _loop_factory(self) -> EventLoop:
         return EventLoop()
 
 
