@@ -47,7 +47,7 @@ import argparse
 import datetime
 import json
 import os
-import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,8 +86,8 @@ APP_SCRIPTS = {"http": "asyncio_http.py", "resp": "asyncio_resp.py"}
 TOOLS = {"http": ("wrk", "Debian package wrk"),
          "resp": ("redis-benchmark", "Debian package redis-tools")}
 
-from zcn.bench import (Server, _fmt, _mmm, _pin_and_raise, _ratio,  # noqa: E402
-                       machine_info)
+from zcn.bench import (OTHER_CPU_WARN, Server, _busy_s, _fmt, _mmm,  # noqa: E402
+                       _pin_and_raise, _ratio, machine_info)
 
 WRK_SCRIPT = """\
 local depth = {depth}
@@ -145,11 +145,17 @@ def server_env(build_dir):
     return env
 
 
+def _children_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _run_tool(argv, server, client_cpu, timeout):
     """Runs the load tool pinned to client_cpu; (stdout, stderr, rc, server
-    CPU seconds, wall seconds) from its start to its exit."""
+    CPU seconds, wall seconds, share of a CPU other processes used) from
+    its start to its exit."""
     pre = _pin_and_raise(client_cpu)
-    cpu0, t0 = server.cpu_s(), time.perf_counter()
+    cpu0, busy0, kids0, t0 = server.cpu_s(), _busy_s(), _children_cpu_s(), time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True, preexec_fn=pre)
     timer = threading.Timer(timeout, proc.kill)
@@ -158,15 +164,18 @@ def _run_tool(argv, server, client_cpu, timeout):
         out, err = proc.communicate()
     finally:
         timer.cancel()
-    cpu1, t1 = server.cpu_s(), time.perf_counter()
-    return out, err, proc.returncode, cpu1 - cpu0, t1 - t0
+    cpu1, busy1, kids1, t1 = server.cpu_s(), _busy_s(), _children_cpu_s(), time.perf_counter()
+    wall = t1 - t0
+    # the machine's busy time less the server's and the (reaped) tool's
+    others = max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - (kids1 - kids0)) / wall if wall else None
+    return out, err, proc.returncode, cpu1 - cpu0, wall, others
 
 
 def run_wrk(server, wl, seconds, client_cpu, script):
     _, conns, _, _ = WORKLOADS[wl]
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
             f"http://127.0.0.1:{server.port}/"]
-    out, err, rc, cpu, wall = _run_tool(argv, server, client_cpu, seconds + 60)
+    out, err, rc, cpu, wall, others = _run_tool(argv, server, client_cpu, seconds + 60)
     res = None
     for line in out.splitlines():
         if line.startswith("{"):
@@ -188,6 +197,7 @@ def run_wrk(server, wl, seconds, client_cpu, script):
     r["p99_ms"] = res["p99_us"] / 1e3 if res["p99_us"] else None
     r["server_cpu_s"] = cpu
     r["server_cpu_util"] = cpu / wall if wall else None
+    r["other_cpu_util"] = others
     r["cpu_us_per_req"] = cpu / n * 1e6 if n else None
     r["ok"] = rc == 0 and errors == 0 and n > 0
     if not r["ok"] and "error" not in r:
@@ -200,7 +210,7 @@ def run_redis(server, wl, command, requests, client_cpu):
     argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(server.port), "-c", str(conns),
             "-n", str(requests), "-P", str(depth), "-r", str(KEYSPACE), "--csv",
             *RESP_COMMANDS[command]]
-    out, err, rc, cpu, wall = _run_tool(argv, server, client_cpu, 120)
+    out, err, rc, cpu, wall, others = _run_tool(argv, server, client_cpu, 120)
     rows = [line for line in out.splitlines() if line.startswith('"') and
             not line.startswith('"test"')]
     r = {"tool": "redis-benchmark", "argv": argv, "rc": rc, "requests": requests}
@@ -217,6 +227,7 @@ def run_redis(server, wl, command, requests, client_cpu):
     r["p99_ms"] = float(fields[6])
     r["server_cpu_s"] = cpu
     r["server_cpu_util"] = cpu / wall if wall else None
+    r["other_cpu_util"] = others
     r["cpu_us_per_req"] = cpu / requests * 1e6
     r["ok"] = not problems
     if problems:
@@ -226,7 +237,8 @@ def run_redis(server, wl, command, requests, client_cpu):
 
 def summarize(rounds):
     s = {k: _mmm([r.get(k) for r in rounds])
-         for k in ("rps", "cpu_us_per_req", "server_cpu_util", "p50_ms", "p99_ms")}
+         for k in ("rps", "cpu_us_per_req", "server_cpu_util", "other_cpu_util", "p50_ms",
+                   "p99_ms")}
     s["ok"] = bool(rounds) and all(r.get("ok") for r in rounds)
     return s
 
@@ -259,6 +271,12 @@ def table(title, results):
             f"{_fmt(_ratio(med(s, 'rps'), med(base, 'rps')), 2):>14} "
             f"{_fmt(_ratio(med(s, 'cpu_us_per_req'), med(base, 'cpu_us_per_req')), 2):>12}  "
             + ("yes" if s["ok"] else "NO"))
+    others = [med(r.get("summary") or {}, "other_cpu_util") for r in results.values()]
+    others = [o for o in others if o is not None]
+    if others and max(others) > OTHER_CPU_WARN:
+        lines.append(f"  (note: other processes kept up to {max(others) * 100:.0f}% of a CPU busy "
+                     "during the runs (median per loop): the machine was not idle, so read "
+                     "the ratios with care)")
     return "\n".join(lines)
 
 
@@ -418,7 +436,8 @@ def main(argv=None):
                                     f"  {key:18} round {rnd + 1}/{rounds} {name:8} "
                                     f"{_fmt(r.get('rps'), 0):>10} req/s "
                                     f"{_fmt(r.get('cpu_us_per_req'), 2):>6} us CPU/req "
-                                    f"{_fmt((r.get('server_cpu_util') or 0) * 100, 0):>4}% CPU"
+                                    f"{_fmt((r.get('server_cpu_util') or 0) * 100, 0):>4}% CPU, "
+                                    f"others {_fmt((r.get('other_cpu_util') or 0) * 100, 0)}%"
                                     + ("" if r.get("ok") else f"  FAILED: {r.get('error')}"))
                         results = {}
                         for name in loops:

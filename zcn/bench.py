@@ -440,6 +440,8 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
                             stdin=subprocess.PIPE, text=True, preexec_fn=_pin_and_raise(None))
     timer = threading.Timer(warmup + duration + 90, proc.kill)
     timer.start()
+    lg = _psutil_process(proc.pid)
+    others0 = others1 = None
     out = {"server": server.name}
     rss_before = server.rss()
     cpu0 = cpu1 = None
@@ -454,8 +456,10 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
             kind = ev.get("event")
             if kind == "window_start":
                 cpu0, t0 = server.cpu_s(), time.perf_counter()
+                others0 = _busy_s() - _proc_cpu_s(lg)
             elif kind == "window_end":
                 cpu1, t1 = server.cpu_s(), time.perf_counter()
+                others1 = _busy_s() - _proc_cpu_s(lg)
             elif kind == "ready":
                 out["rss_before"] = rss_before
                 out["rss_held"] = server.rss()
@@ -484,6 +488,8 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
         msgs = result.get("msgs") or 0
         out["server_cpu_s"] = cpu1 - cpu0
         out["server_cpu_util"] = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None
+        if others0 is not None and others1 is not None and t1 > t0:
+            out["other_cpu_util"] = max(0.0, (others1 - others0 - (cpu1 - cpu0)) / (t1 - t0))
         out["cpu_us_per_msg"] = (cpu1 - cpu0) / msgs * 1e6 if msgs else None
     if wl.mode == "connect" and "rss_held" in out:
         n = result.get("established") or wl.conns
@@ -494,13 +500,47 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
     return out
 
 
+def _busy_s():
+    """CPU seconds the whole machine has been busy (every CPU, user+system
+    incl. interrupts)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
+def _psutil_process(pid):
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _proc_cpu_s(p):
+    """A process's user+system CPU seconds (0 once it is gone)."""
+    if p is None:
+        return 0.0
+    try:
+        t = p.cpu_times()
+    except Exception:  # noqa: BLE001 - psutil.Error: gone already
+        return 0.0
+    return t.user + t.system
+
+
 # --------------------------------------------------------------------------
 # summaries, table, goals, plots
 # --------------------------------------------------------------------------
 
 METRICS = ("msgs_per_s", "mb_per_s", "cpu_us_per_msg", "server_cpu_util", "client_cpu_util",
+           "other_cpu_util",
            "connect_per_s", "setup_per_s", "rss_per_conn", "rss_before")
 RTT_METRICS = ("p50", "p99", "p999", "mean")
+#: the share of a CPU that processes other than the server and the load
+#: generator (the loopback softirq work in ksoftirqd among them) may use
+#: before a table says the machine was busy
+OTHER_CPU_WARN = 0.10
 
 
 def _mmm(values):
@@ -599,6 +639,12 @@ def table(wl, results, baseline_of=None):
             f"{_fmt((_med(s, 'rtt_p99_ns') or 0) / 1e3, 1):>8} "
             f"{_fmt((_med(s, 'rtt_p999_ns') or 0) / 1e3, 1):>8} "
             f"{_fmt(thr_ratio, 2):>{cw}} {_fmt(cpu_ratio, 2):>{cw}}  {'yes' if s['ok'] else 'NO'}")
+    others = [_med(r.get("summary"), "other_cpu_util") for r in results.values()]
+    others = [o for o in others if o is not None]
+    if others and max(others) > OTHER_CPU_WARN:
+        lines.append(f"(note: other processes kept up to {max(others) * 100:.0f}% of a CPU busy "
+                     "during the windows (median per server): the machine was not idle, so "
+                     "read the ratios with care)")
     if bname == "base":
         lines.append("(ratios: " + ", ".join(
             f"{n} x {baseline_of(n)}" for n in results if baseline_of(n) != n) + ")")
@@ -898,7 +944,8 @@ def run(args):
                         else:
                             fig = (f"{_fmt(r.get('msgs_per_s'), 0)} msg/s, "
                                    f"{_fmt(r.get('cpu_us_per_msg'), 2)} us CPU/msg, p50 "
-                                   f"{_fmt(((r.get('rtt_ns') or {}).get('p50') or 0) / 1e3, 1)} us")
+                                   f"{_fmt(((r.get('rtt_ns') or {}).get('p50') or 0) / 1e3, 1)} us"
+                                   f", others {_fmt((r.get('other_cpu_util') or 0) * 100, 0)}% CPU")
                         err = "" if r.get("ok") else f"  FAILED: {r.get('error') or r.get('first_error')}"
                         _progress(f"[{done:3}/{total_runs}] {wl.label():22} round {rnd + 1}/{rounds} "
                                   f"{name:{name_width}} {fig}{err}")
