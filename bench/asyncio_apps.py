@@ -33,7 +33,10 @@ with pipelining is per batch). Every server gets one unmeasured warm-up run
 per workload (it also sizes redis-benchmark's -n to about --duration
 seconds); then rounds are interleaved, the loop order rotating each round;
 medians with min/max, and ratios against uvloop in the same run. wrk takes
-whole seconds: its window is --duration rounded, at least 1 s.
+whole seconds: its window is --duration rounded, at least 1 s. Each run
+also records how much CPU other processes took meanwhile (other_cpu_util);
+--retry-busy N runs a round again, up to N times, while that was over 10%
+of a CPU (for a shared machine).
 
 A missing tool or loop skips what needs it, with the reason printed: wrk
 (Debian package wrk), redis-benchmark (redis-tools), uvloop (pip install
@@ -86,8 +89,8 @@ APP_SCRIPTS = {"http": "asyncio_http.py", "resp": "asyncio_resp.py"}
 TOOLS = {"http": ("wrk", "Debian package wrk"),
          "resp": ("redis-benchmark", "Debian package redis-tools")}
 
-from zcn.bench import (OTHER_CPU_WARN, Server, _busy_s, _fmt, _mmm,  # noqa: E402
-                       _pin_and_raise, _ratio, machine_info)
+from zcn.bench import (OTHER_CPU_WARN, RETRY_PAUSE_S, Server, _busy_s, _fmt,  # noqa: E402
+                       _mmm, _pin_and_raise, _ratio, machine_info)
 
 WRK_SCRIPT = """\
 local depth = {depth}
@@ -300,6 +303,9 @@ def main(argv=None):
                    help="the resp workloads' commands: comma list of " + ",".join(COMMANDS))
     p.add_argument("--build-dir", help="a CMake build dir whose libzero_copy_net.so the zcn "
                                        "servers load unless ZCN_LIBRARY is set")
+    p.add_argument("--retry-busy", type=int, default=0, metavar="N",
+                   help="run a round again, up to N times, while other processes kept more "
+                        f"than {OTHER_CPU_WARN:.0%} of a CPU busy (default 0)")
     p.add_argument("--server-cpu", type=int)
     p.add_argument("--client-cpu", type=int)
     p.add_argument("--json")
@@ -343,7 +349,8 @@ def main(argv=None):
         "tools": {app: tool_version(app) for app in TOOLS},
         "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration,
                      "wrk_seconds": wrk_seconds, "server_cpu": server_cpu,
-                     "client_cpu": client_cpu, "loops": loops, "commands": commands},
+                     "client_cpu": client_cpu, "loops": loops, "commands": commands,
+                     "retry_busy": args.retry_busy},
         "workloads": {}, "skipped": {}, "notes": [],
     }
     if server_cpu == client_cpu:
@@ -422,11 +429,22 @@ def main(argv=None):
                                 srv = live.get(name)
                                 if srv is None:
                                     continue
-                                if app == "http":
-                                    r = run_wrk(srv, wl, wrk_seconds, client_cpu, script)
-                                else:
-                                    r = run_redis(srv, wl, sub, sizes[name], client_cpu)
+                                retries = 0
+                                while True:
+                                    if app == "http":
+                                        r = run_wrk(srv, wl, wrk_seconds, client_cpu, script)
+                                    else:
+                                        r = run_redis(srv, wl, sub, sizes[name], client_cpu)
+                                    if (retries >= args.retry_busy or
+                                            (r.get("other_cpu_util") or 0) <= OTHER_CPU_WARN):
+                                        break
+                                    retries += 1  # the machine was busy: again, after a pause
+                                    _progress(f"      {name}: others used "
+                                              f"{r['other_cpu_util'] * 100:.0f}% of a CPU, "
+                                              f"again ({retries}/{args.retry_busy})")
+                                    time.sleep(RETRY_PAUSE_S)
                                 r["round"] = rnd
+                                r["busy_retries"] = retries
                                 if not srv.alive():
                                     r["ok"] = False
                                     r["error"] = f"server exited: {srv.stderr_text()[-300:]}"
