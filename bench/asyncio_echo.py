@@ -1,15 +1,26 @@
-"""Baseline echo servers for the benchmark: an asyncio Protocol, on the
-standard event loop or on uvloop's (the same code, one flag).
+"""Baseline echo servers for the benchmark: an asyncio echo, as a Protocol
+or with streams, on the standard event loop, on uvloop's or on zcn's (the
+same code, one flag).
 
-    python bench/asyncio_echo.py [--loop asyncio|uvloop] [--host H] [--port P]
-                                 [--backlog N]
+    python bench/asyncio_echo.py [--loop asyncio|uvloop|zcn]
+                                 [--api protocol|streams]
+                                 [--host H] [--port P] [--backlog N]
 
-Prints "asyncio_echo listening on HOST:PORT (loop=...)" and serves until
-SIGINT/SIGTERM. data_received writes the bytes straight back
-(transport.write), which is what an asyncio user writes; both loops set
-TCP_NODELAY on accepted sockets. The backlog is raised from asyncio's
-default of 100 to what a server expecting 10,000 connections would use, and
-RLIMIT_NOFILE's soft limit to its hard limit.
+Prints "asyncio_echo listening on HOST:PORT (loop=..., api=...)" and serves
+until SIGINT/SIGTERM. What an asyncio user writes:
+
+* protocol: data_received writes the bytes straight back (transport.write);
+* streams: asyncio.start_server with a handler looping
+  ``data = await reader.read(65536)``, ``writer.write(data)``,
+  ``await writer.drain()`` until EOF.
+
+All three loops set TCP_NODELAY on accepted sockets. --loop zcn is
+``zcn.aio.new_event_loop()`` with the library's defaults. The backlog is
+raised from asyncio's default of 100 to what a server expecting 10,000
+connections would use, and RLIMIT_NOFILE's soft limit to its hard limit.
+
+``run_on(loop_name, coroutine)`` is shared with the other asyncio servers
+of the benchmark (bench/asyncio_http.py, bench/asyncio_resp.py).
 """
 from __future__ import annotations
 
@@ -18,6 +29,9 @@ import asyncio
 import resource
 import signal
 import sys
+
+LOOPS = ("asyncio", "uvloop", "zcn")
+APIS = ("protocol", "streams")
 
 
 class Echo(asyncio.Protocol):
@@ -30,11 +44,26 @@ class Echo(asyncio.Protocol):
         self.transport.write(data)
 
 
-async def serve(host, port, backlog, loop_name):
+async def echo_stream(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def serve_until_signalled(server, banner):
+    """Prints the banner (HOST:PORT filled in) and serves until SIGINT or
+    SIGTERM."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Echo, host, port, backlog=backlog)
     bound = server.sockets[0].getsockname()
-    print(f"asyncio_echo listening on {bound[0]}:{bound[1]} (loop={loop_name})", flush=True)
+    print(banner.format(address=f"{bound[0]}:{bound[1]}"), flush=True)
     stop = loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
@@ -42,31 +71,60 @@ async def serve(host, port, backlog, loop_name):
         await stop
 
 
+async def serve(host, port, backlog, loop_name, api):
+    loop = asyncio.get_running_loop()
+    if api == "streams":
+        server = await asyncio.start_server(echo_stream, host, port, backlog=backlog)
+    else:
+        server = await loop.create_server(Echo, host, port, backlog=backlog)
+    await serve_until_signalled(
+        server, f"asyncio_echo listening on {{address}} (loop={loop_name}, api={api})")
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run_on(loop_name, coro, prog="asyncio_echo"):
+    """Runs coro to completion on the named loop; returns an exit status
+    (3 when the loop's package is missing, after saying so)."""
+    if loop_name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            coro.close()
+            print(f"{prog}: uvloop is not installed (pip install .[bench])", file=sys.stderr)
+            return 3
+        if hasattr(uvloop, "run"):
+            uvloop.run(coro)
+        else:
+            uvloop.install()
+            asyncio.run(coro)
+    elif loop_name == "zcn":
+        try:
+            import zcn.aio
+        except ImportError as exc:
+            coro.close()
+            print(f"{prog}: zcn.aio cannot be imported: {exc}", file=sys.stderr)
+            return 3
+        zcn.aio.run(coro)
+    else:
+        asyncio.run(coro)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio")
+    parser.add_argument("--api", choices=APIS, default="protocol")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--backlog", type=int, default=4096)
     args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            print("asyncio_echo: uvloop is not installed (pip install .[bench])", file=sys.stderr)
-            return 3
-        runner = uvloop.run if hasattr(uvloop, "run") else None
-        if runner is not None:
-            runner(serve(args.host, args.port, args.backlog, "uvloop"))
-        else:
-            uvloop.install()
-            asyncio.run(serve(args.host, args.port, args.backlog, "uvloop"))
-    else:
-        asyncio.run(serve(args.host, args.port, args.backlog, "asyncio"))
-    return 0
+    raise_nofile()
+    return run_on(args.loop, serve(args.host, args.port, args.backlog, args.loop, args.api))
 
 
 if __name__ == "__main__":

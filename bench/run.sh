@@ -3,7 +3,10 @@
 # `pip install .[test,bench]`), build the benchmark's C tools (loadgen,
 # epoll_echo, zcn_echo, tcp_proxy) into build/bench, run the echo
 # benchmark's quick profile (`python -m zcn bench --quick`, under a minute),
-# a short proxy profile (against HAProxy), then the micro-benchmarks. The full echo run (~6 minutes):
+# a short proxy profile (against HAProxy), short asyncio profiles (zcn's
+# asyncio loop against uvloop and asyncio: echo, then HTTP under wrk and
+# RESP under redis-benchmark), then the micro-benchmarks. The full echo
+# run (~6 minutes):
 #   .venv/bin/python -m zcn bench --build-dir build/bench
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,5 +28,13 @@ echo
 # python -m zcn bench --proxy --rounds 7).
 (cd bench && "$ZCN_VENV/bin/python" -m zcn bench --proxy --build-dir "$top/$build" \
     --proxies zcn,zcn-py-c,haproxy --rounds 1 --warmup 0.2 --duration 0.6)
+echo
+# zcn's asyncio loop (zcn.aio), short: the Protocol and streams echo
+# (python -m zcn bench --asyncio for 3 rounds), then the HTTP and RESP
+# servers with two commands (the full run: python -m zcn bench --asyncio-apps).
+(cd bench && "$ZCN_VENV/bin/python" -m zcn bench --asyncio --quick --build-dir "$top/$build")
+echo
+(cd bench && "$ZCN_VENV/bin/python" -m zcn bench --asyncio-apps --quick --commands set,get \
+    --build-dir "$top/$build")
 echo
 bash bench/run_micro.sh "$build" 7

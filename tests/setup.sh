@@ -8,8 +8,9 @@ set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 packages=(build-essential cmake pkg-config liburing-dev netcat-openbsd socat python3-venv)
-# The benchmark compares the proxy with HAProxy (Debian's 2.6).
-case ",${ZCN_EXTRAS:-test}," in *,bench,*) packages+=(haproxy) ;; esac
+# The benchmark compares the proxy with HAProxy (Debian's 2.6), and drives
+# the asyncio HTTP and RESP servers with wrk and redis-benchmark (redis-tools).
+case ",${ZCN_EXTRAS:-test}," in *,bench,*) packages+=(haproxy wrk redis-tools) ;; esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

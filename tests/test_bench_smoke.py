@@ -179,3 +179,206 @@ def test_proxy_profile_runs_from_the_zcn_command(bench_build, tmp_path):
     rounds = report["workloads"]["c200"]["zcn-py-c"]["rounds"]
     assert rounds and all(r["ok"] for r in rounds)
     assert rounds[0]["cpu_us_per_msg"] > 0
+
+
+# --------------------------------------------------------------------------
+# zcn's asyncio loop (zcn.aio) against uvloop and asyncio
+# --------------------------------------------------------------------------
+
+def _require_uvloop():
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        pytest.skip("uvloop is not installed (pip install .[bench]): the asyncio profiles "
+                    "compare against it")
+
+
+def _run_zcn(args, timeout):
+    from conftest import TESTS_DIR, zcn_subprocess_env
+    env = zcn_subprocess_env()
+    env.pop("ZCN_BENCH_BUILD", None)
+    return subprocess.run([sys.executable, "-m", "zcn", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=TESTS_DIR, env=env)
+
+
+@pytest.mark.timeout(240)
+def test_asyncio_profile_runs_every_loop_and_api(bench_build, tmp_path):
+    """python -m zcn bench --asyncio: the six asyncio servers (zcn-aio,
+    uvloop, asyncio; Protocol and streams) echo every byte back verified,
+    with CPU per message, and the goals against uvloop are reported."""
+    require_io_uring()
+    _require_uvloop()
+    out = tmp_path / "aio.json"
+    proc = _run_zcn(["bench", "--asyncio", "--smoke", "--build-dir", str(bench_build),
+                     "--duration", "0.3", "--warmup", "0.1", "--json", str(out), "--no-plots"],
+                    200)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    assert report["asyncio"] is True and report["ok"] is True
+    servers = ("zcn-aio", "uvloop", "asyncio", "zcn-aio-streams", "uvloop-streams",
+               "asyncio-streams")
+    assert {w["key"] for w in report["workloads"]} == {"c200", "c50d16"}
+    for w in report["workloads"]:
+        for server in servers:
+            res = w["results"][server]
+            assert res["rounds"], f"{server} did not run {w['key']}: {res.get('note')}"
+            assert res["config"]["api"] == ("streams" if "streams" in server else "protocol")
+            s = res["summary"]
+            assert s["ok"] is True and s["verify_errors"] == 0 and s["bytes_verified"] > 0
+            assert s["cpu_us_per_msg"]["median"] > 0 and s["msgs_per_s"]["median"] > 0
+    goals = {g["goal"] for g in report["goals"]}
+    assert "zcn-aio CPU per message <= 0.85x uvloop at 200x1x64B" in goals
+    assert "zcn-aio-streams CPU per message <= 0.90x uvloop-streams at 50x16x64B" in goals
+    assert all(g["met"] is not None for g in report["goals"])  # reported, never enforced
+    assert "x uvloop cpu" in proc.stdout or "x base cpu" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_asyncio_apps_profile_runs_wrk_and_redis_benchmark(bench_build, tmp_path):
+    """python -m zcn bench --asyncio-apps: the HTTP server under wrk and the
+    RESP server under redis-benchmark, on each loop, without errors."""
+    require_io_uring()
+    _require_uvloop()
+    for tool, package in (("wrk", "wrk"), ("redis-benchmark", "redis-tools")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found (Debian package {package})")
+    out = tmp_path / "apps.json"
+    # --build-dir leads the command to the source tree's bench/ (the
+    # installed package has none)
+    proc = _run_zcn(["bench", "--asyncio-apps", "--smoke", "--commands", "set,get",
+                     "--build-dir", str(bench_build), "--json", str(out)], 200)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    assert report["ok"] is True and not report["skipped"]
+    assert set(report["workloads"]) == {"http-c100", "http-c50p16", "resp-c50:set",
+                                        "resp-c50:get", "resp-c50p16:set", "resp-c50p16:get"}
+    for key, w in report["workloads"].items():
+        for loop in ("zcn-aio", "uvloop", "asyncio"):
+            res = w["results"][loop]
+            assert res["rounds"], f"{loop} did not run {key}: {res.get('note')}"
+            s = res["summary"]
+            assert s["ok"] is True, res["rounds"]
+            assert s["rps"]["median"] > 0 and s["cpu_us_per_req"]["median"] > 0
+    assert "x uvloop cpu" in proc.stdout
+
+
+# The servers themselves, on each loop, with a plain socket client.
+
+def _loops():
+    loops = ["zcn", "asyncio"]
+    try:
+        import uvloop  # noqa: F401
+        loops.append("uvloop")
+    except ImportError:
+        pass
+    return loops
+
+
+@pytest.fixture
+def bench_server():
+    """start(script, loop) -> port of bench/<script> running on that loop."""
+    import re
+    import signal
+
+    from conftest import TESTS_DIR, zcn_subprocess_env
+    procs = []
+
+    def start(script, loop):
+        if loop == "zcn":
+            require_io_uring()
+        proc = subprocess.Popen([sys.executable, str(SRC / "bench" / script), "--loop", loop,
+                                 "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=TESTS_DIR, env=zcn_subprocess_env())
+        procs.append(proc)
+        line = proc.stdout.readline()
+        m = re.search(r"listening on \S+:(\d+)", line)
+        assert m, f"{script} did not start: {line!r} {proc.stderr.read() if proc.poll() else ''}"
+        return int(m.group(1))
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _read_until_eof(sock, limit=1 << 20):
+    chunks = []
+    while sum(map(len, chunks)) < limit:
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def _read_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", _loops())
+def test_asyncio_http_server_pipelines_and_honours_connection_close(bench_server, loop):
+    import socket
+
+    port = bench_server("asyncio_http.py", loop)
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        # three pipelined requests in one write, one with a body, the last
+        # asking to close; then bytes the server must not answer
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                  b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                  b"GET /after HTTP/1.1\r\n\r\n")
+        data = _read_until_eof(s)
+    assert data == (ok + b"\r\nHello, world!") * 2 + ok + b"Connection: close\r\n\r\nHello, world!"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        # a request split across writes, then keep-alive goes on
+        s.sendall(b"GET / HTTP/1.1\r\nHo")
+        s.sendall(b"st: x\r\n\r")
+        s.sendall(b"\n")
+        assert _read_exactly(s, len(ok) + 15) == ok + b"\r\nHello, world!"
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")  # HTTP/1.0 without keep-alive: closed after
+        assert _read_until_eof(s) == ok + b"Connection: close\r\n\r\nHello, world!"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"NONSENSE\r\n\r\n")
+        assert _read_until_eof(s).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", _loops())
+def test_asyncio_resp_server_answers_pipelined_commands(bench_server, loop):
+    import socket
+
+    port = bench_server("asyncio_resp.py", loop)
+
+    def cmd(*args):
+        return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+    request = (cmd(b"PING") + cmd(b"SET", b"k", b"v a l") + cmd(b"get", b"k")
+               + cmd(b"INCR", b"n") + cmd(b"INCR", b"n") + cmd(b"INCR", b"k")
+               + cmd(b"DEL", b"k", b"n", b"missing") + cmd(b"GET", b"k")
+               + b"PING\r\n" + cmd(b"PING", b"hi") + cmd(b"NOPE", b"x"))
+    expected = (b"+PONG\r\n" b"+OK\r\n" b"$5\r\nv a l\r\n" b":1\r\n" b":2\r\n"
+                b"-ERR value is not an integer or out of range\r\n" b":2\r\n" b"$-1\r\n"
+                b"+PONG\r\n" b"$2\r\nhi\r\n" b"-ERR unknown command 'NOPE'\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        assert _read_exactly(s, len(expected)) == expected
+        # one command split at every byte boundary still parses
+        one = cmd(b"SET", b"key", b"x" * 20)
+        for i in range(len(one)):
+            s.sendall(one[i:i + 1])
+        assert _read_exactly(s, 5) == b"+OK\r\n"
+        s.sendall(b"*1\r\n+PING\r\n")  # not a bulk string: an error, then closed
+        assert _read_until_eof(s) == b"-ERR Protocol error\r\n"

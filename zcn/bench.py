@@ -9,12 +9,27 @@ other):
     asyncio   an asyncio Protocol echo (bench/asyncio_echo.py)
     uvloop    the same Protocol on uvloop (skipped with a note if not installed)
 
+With --asyncio, the asyncio profile instead: the same echo on zcn's asyncio
+loop (zcn.aio) against uvloop and the standard loop, as a Protocol and with
+streams (reader.read / writer.write / drain):
+
+    zcn-aio, uvloop, asyncio                          Protocol echo
+    zcn-aio-streams, uvloop-streams, asyncio-streams  streams echo
+
+at 200x1x64B, 50x16x64B and 10x1x16KiB, ratios against uvloop (the streams
+servers against uvloop-streams). With --asyncio-apps, an HTTP/1.1 server
+driven by wrk and a RESP2 server driven by redis-benchmark on the same
+three loops (bench/asyncio_apps.py; the options after it go to it).
+
 The load generator (bench/loadgen.c) drives N connections with D messages of
 S bytes in flight each, verifies every echoed byte and reports msgs/s, MB/s
 and RTT percentiles; the harness reads the server's CPU time (user+system,
 psutil) over exactly the measured window, so CPU per message separates the
 servers even when the load generator saturates first. Rounds are
 interleaved (the server order rotates each round); medians with min/max.
+Each window also records the CPU other processes took meanwhile
+(other_cpu_util); --retry-busy N runs a round again, up to N times, while
+that exceeded 10% of a CPU (a shared machine).
 
 The C tools are built with CMake (targets loadgen, epoll_echo, zcn_echo);
 the harness finds them in --build-dir, $ZCN_BENCH_BUILD or ./build/bench.
@@ -50,6 +65,19 @@ SERVER_DESCRIPTIONS = {
     "asyncio": "asyncio Protocol echo, standard event loop (bench/asyncio_echo.py)",
     "uvloop": "the same asyncio Protocol on uvloop (bench/asyncio_echo.py --loop uvloop)",
 }
+#: The asyncio profile (--asyncio): one asyncio echo, three loops, two APIs.
+ASYNCIO_SERVERS = ("zcn-aio", "uvloop", "asyncio", "zcn-aio-streams", "uvloop-streams",
+                   "asyncio-streams")
+ASYNCIO_WORKLOADS = ("c200", "c50d16", "c10x16k")
+ASYNCIO_LOOPS = {"zcn-aio": "zcn", "uvloop": "uvloop", "asyncio": "asyncio"}
+SERVER_DESCRIPTIONS.update({
+    "zcn-aio": "the asyncio Protocol echo on zcn's loop (bench/asyncio_echo.py --loop zcn)",
+    "zcn-aio-streams": "asyncio streams echo (read/write/drain) on zcn's loop "
+                       "(bench/asyncio_echo.py --loop zcn --api streams)",
+    "uvloop-streams": "the streams echo on uvloop (--loop uvloop --api streams)",
+    "asyncio-streams": "the streams echo on the standard loop (--loop asyncio --api streams)",
+})
+KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS if s not in SERVER_ORDER)
 #: With --baseline-build: the same zcn servers from another build (an older
 #: commit), interleaved with today's in one run, for before/after figures.
 BASELINE_SERVERS = {
@@ -103,6 +131,18 @@ def workloads(profile, conns_many=None):
         keep = {"ping", "c200", "conn10k"}
         wls = [w for w in wls if w.key in keep]
     return wls
+
+
+def asyncio_workloads(profile):
+    """The asyncio profile's workloads (--smoke: the two 64 B loads)."""
+    keys = ASYNCIO_WORKLOADS[:2] if profile == "smoke" else ASYNCIO_WORKLOADS
+    return [w for w in workloads("full") if w.key in keys]
+
+
+def asyncio_baseline(name):
+    """The server an asyncio-profile server is compared with: uvloop for
+    the Protocol servers, uvloop-streams for the streams ones."""
+    return "uvloop-streams" if name.endswith("-streams") else "uvloop"
 
 
 PROFILES = {
@@ -328,16 +368,27 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
         if exe is None:
             raise FileNotFoundError(f"epoll_echo not built in {build_dir}")
         return [str(exe), "--port", "0", "--backlog", "4096"], env, {"backlog": 4096}
-    if name in ("asyncio", "uvloop"):
+    streams = name.endswith("-streams")
+    base = name[:-len("-streams")] if streams else name
+    if base in ASYNCIO_LOOPS:
+        api = "streams" if streams else "protocol"
+        loop = ASYNCIO_LOOPS[base]
         if src_root is None or not (src_root / "bench" / "asyncio_echo.py").exists():
             raise FileNotFoundError("bench/asyncio_echo.py not found (run from a source checkout)")
-        if name == "uvloop":
+        if loop == "uvloop":
             try:
                 import uvloop  # noqa: F401
             except ImportError:
                 raise FileNotFoundError("uvloop is not installed (pip install .[bench])") from None
-        return ([py, str(src_root / "bench" / "asyncio_echo.py"), "--loop", name, "--port", "0",
-                 "--backlog", "4096"], env, {"backlog": 4096})
+        if loop == "zcn":
+            # the zcn package this harness runs with (and its ZCN_LIBRARY)
+            import zcn
+
+            pkg_parent = str(Path(zcn.__file__).resolve().parent.parent)
+            env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
+        return ([py, str(src_root / "bench" / "asyncio_echo.py"), "--loop", loop, "--api", api,
+                 "--port", "0", "--backlog", "4096"], env,
+                {"backlog": 4096, "loop": loop, "api": api})
     raise ValueError(f"unknown server {name!r}")
 
 
@@ -392,6 +443,8 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
                             stdin=subprocess.PIPE, text=True, preexec_fn=_pin_and_raise(None))
     timer = threading.Timer(warmup + duration + 90, proc.kill)
     timer.start()
+    lg = _psutil_process(proc.pid)
+    others0 = others1 = None
     out = {"server": server.name}
     rss_before = server.rss()
     cpu0 = cpu1 = None
@@ -406,8 +459,10 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
             kind = ev.get("event")
             if kind == "window_start":
                 cpu0, t0 = server.cpu_s(), time.perf_counter()
+                others0 = _busy_s() - _proc_cpu_s(lg)
             elif kind == "window_end":
                 cpu1, t1 = server.cpu_s(), time.perf_counter()
+                others1 = _busy_s() - _proc_cpu_s(lg)
             elif kind == "ready":
                 out["rss_before"] = rss_before
                 out["rss_held"] = server.rss()
@@ -436,6 +491,8 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
         msgs = result.get("msgs") or 0
         out["server_cpu_s"] = cpu1 - cpu0
         out["server_cpu_util"] = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None
+        if others0 is not None and others1 is not None and t1 > t0:
+            out["other_cpu_util"] = max(0.0, (others1 - others0 - (cpu1 - cpu0)) / (t1 - t0))
         out["cpu_us_per_msg"] = (cpu1 - cpu0) / msgs * 1e6 if msgs else None
     if wl.mode == "connect" and "rss_held" in out:
         n = result.get("established") or wl.conns
@@ -446,13 +503,49 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
     return out
 
 
+def _busy_s():
+    """CPU seconds the whole machine has been busy (every CPU, user+system
+    incl. interrupts)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
+def _psutil_process(pid):
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _proc_cpu_s(p):
+    """A process's user+system CPU seconds (0 once it is gone)."""
+    if p is None:
+        return 0.0
+    try:
+        t = p.cpu_times()
+    except Exception:  # noqa: BLE001 - psutil.Error: gone already
+        return 0.0
+    return t.user + t.system
+
+
 # --------------------------------------------------------------------------
 # summaries, table, goals, plots
 # --------------------------------------------------------------------------
 
 METRICS = ("msgs_per_s", "mb_per_s", "cpu_us_per_msg", "server_cpu_util", "client_cpu_util",
+           "other_cpu_util",
            "connect_per_s", "setup_per_s", "rss_per_conn", "rss_before")
 RTT_METRICS = ("p50", "p99", "p999", "mean")
+#: the share of a CPU that processes other than the server and the load
+#: generator (the loopback softirq work in ksoftirqd among them) may use
+#: before a table says the machine was busy
+OTHER_CPU_WARN = 0.10
+#: --retry-busy waits this long before running a busy round again
+RETRY_PAUSE_S = 2.0
 
 
 def _mmm(values):
@@ -505,9 +598,12 @@ def _ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
-def table(wl, results):
+def table(wl, results, baseline_of=None):
+    """The workload's table. baseline_of(name) is the server each row's
+    ratios are against (default: epoll for every row)."""
     lines = [f"\n== {wl.label()}: {wl.title}"]
-    base = results.get("epoll", {}).get("summary")
+    baseline_of = baseline_of or (lambda name: "epoll")
+    width = max([8] + [len(n) for n in results])
     if wl.mode == "connect":
         hdr = (f"{'server':8} {'setup conns/s':>26} {'connect/s':>12} "
                f"{'RSS/conn KiB':>22} {'idle RSS MiB':>12}  ok")
@@ -523,26 +619,40 @@ def table(wl, results):
                          f"{_fmt((_med(s, 'rss_before') or 0) / 2**20, 1):>12}  "
                          f"{'yes' if s['ok'] else 'NO'}")
         return "\n".join(lines)
-    hdr = (f"{'server':8} {'msgs/s median [min..max]':>30} {'MB/s':>8} "
+    bases = sorted({baseline_of(n) for n in results})
+    bname = bases[0] if len(bases) == 1 else "base"
+    cw = max(11, len(bname) + 6)
+    hdr = (f"{'server':{width}} {'msgs/s median [min..max]':>30} {'MB/s':>8} "
            f"{'CPU us/msg [min..max]':>24} {'srv%':>5} {'cli%':>5} "
-           f"{'p50 us':>8} {'p99 us':>8} {'p99.9us':>8} {'x epoll thr':>11} {'x epoll cpu':>11}  ok")
+           f"{'p50 us':>8} {'p99 us':>8} {'p99.9us':>8} {'x ' + bname + ' thr':>{cw}} "
+           f"{'x ' + bname + ' cpu':>{cw}}  ok")
     lines.append(hdr)
     for name, r in results.items():
         s = r.get("summary")
         if s is None:
-            lines.append(f"{name:8} skipped: {r.get('note')}")
+            lines.append(f"{name:{width}} skipped: {r.get('note')}")
             continue
+        base = results.get(baseline_of(name), {}).get("summary")
         thr_ratio = _ratio(_med(s, "msgs_per_s"), _med(base, "msgs_per_s"))
         cpu_ratio = _ratio(_med(s, "cpu_us_per_msg"), _med(base, "cpu_us_per_msg"))
         lines.append(
-            f"{name:8} {_range(s, 'msgs_per_s', 1, 0):>30} {_fmt(_med(s, 'mb_per_s'), 1):>8} "
+            f"{name:{width}} {_range(s, 'msgs_per_s', 1, 0):>30} {_fmt(_med(s, 'mb_per_s'), 1):>8} "
             f"{_range(s, 'cpu_us_per_msg', 1, 2):>24} "
             f"{_fmt((_med(s, 'server_cpu_util') or 0) * 100, 0):>5} "
             f"{_fmt((_med(s, 'client_cpu_util') or 0) * 100, 0):>5} "
             f"{_fmt((_med(s, 'rtt_p50_ns') or 0) / 1e3, 1):>8} "
             f"{_fmt((_med(s, 'rtt_p99_ns') or 0) / 1e3, 1):>8} "
             f"{_fmt((_med(s, 'rtt_p999_ns') or 0) / 1e3, 1):>8} "
-            f"{_fmt(thr_ratio, 2):>11} {_fmt(cpu_ratio, 2):>11}  {'yes' if s['ok'] else 'NO'}")
+            f"{_fmt(thr_ratio, 2):>{cw}} {_fmt(cpu_ratio, 2):>{cw}}  {'yes' if s['ok'] else 'NO'}")
+    others = [_med(r.get("summary"), "other_cpu_util") for r in results.values()]
+    others = [o for o in others if o is not None]
+    if others and max(others) > OTHER_CPU_WARN:
+        lines.append(f"(note: other processes kept up to {max(others) * 100:.0f}% of a CPU busy "
+                     "during the windows (median per server): the machine was not idle, so "
+                     "read the ratios with care)")
+    if bname == "base":
+        lines.append("(ratios: " + ", ".join(
+            f"{n} x {baseline_of(n)}" for n in results if baseline_of(n) != n) + ")")
     return "\n".join(lines)
 
 
@@ -559,6 +669,20 @@ def evaluate_goals(report):
     def goal(text, value, target, cmp):
         met = None if value is None else (value <= target if cmp == "<=" else value >= target)
         goals.append({"goal": text, "measured": value, "target": f"{cmp} {target}", "met": met})
+
+    if report.get("asyncio"):
+        # the issue's goals for zcn's asyncio loop, against uvloop
+        for key, label in (("c200", "200x1x64B"), ("c50d16", "50x16x64B")):
+            goal(f"zcn-aio CPU per message <= 0.85x uvloop at {label}",
+                 _ratio(med(key, "zcn-aio", "cpu_us_per_msg"),
+                        med(key, "uvloop", "cpu_us_per_msg")), 0.85, "<=")
+            goal(f"zcn-aio throughput >= 1.0x uvloop at {label}",
+                 _ratio(med(key, "zcn-aio", "msgs_per_s"), med(key, "uvloop", "msgs_per_s")),
+                 1.0, ">=")
+            goal(f"zcn-aio-streams CPU per message <= 0.90x uvloop-streams at {label}",
+                 _ratio(med(key, "zcn-aio-streams", "cpu_us_per_msg"),
+                        med(key, "uvloop-streams", "cpu_us_per_msg")), 0.90, "<=")
+        return goals
 
     goal("zcn-c CPU per message <= 0.80x epoll at 200x1x64B",
          _ratio(med("c200", "zcn-c", "cpu_us_per_msg"), med("c200", "epoll", "cpu_us_per_msg")),
@@ -597,7 +721,7 @@ def make_plots(report, stem):
     except ImportError:
         return [], "matplotlib not installed (pip install .[bench]): no plots"
     echo = [w for w in report["workloads"] if w["mode"] == "echo"]
-    servers = [s for s in SERVER_ORDER + tuple(BASELINE_SERVERS)
+    servers = [s for s in KNOWN_SERVERS + tuple(BASELINE_SERVERS)
                if any(w["results"].get(s, {}).get("summary") for w in echo)]
     if not echo or not servers:
         return [], "nothing to plot"
@@ -646,6 +770,15 @@ def add_arguments(p):
                    help="the proxy profile instead: examples/tcp_proxy (and, with --proxies, "
                         "python -m zcn proxy) against HAProxy in front of the C epoll echo "
                         "(bench/proxy_bench.py; the options after --proxy go to it)")
+    p.add_argument("--asyncio", action="store_true",
+                   help="the asyncio profile: zcn's asyncio loop (zcn.aio) against uvloop and "
+                        "asyncio, Protocol and streams echo (servers "
+                        + ",".join(ASYNCIO_SERVERS) + "; workloads "
+                        + ",".join(ASYNCIO_WORKLOADS) + "); combines with --quick/--smoke")
+    p.add_argument("--asyncio-apps", action="store_true",
+                   help="an HTTP/1.1 server (wrk) and a RESP2 server (redis-benchmark) on "
+                        "zcn's asyncio loop, uvloop and asyncio (bench/asyncio_apps.py; the "
+                        "options after --asyncio-apps go to it)")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--quick", action="store_true",
                       help="1 round of short windows, every workload (< 1 minute)")
@@ -654,8 +787,9 @@ def add_arguments(p):
     p.add_argument("--rounds", type=int, help="rounds per workload (default by profile)")
     p.add_argument("--duration", type=float, help="measured window per run, s")
     p.add_argument("--warmup", type=float, help="warm-up per run, s")
-    p.add_argument("--servers", help=f"comma list of {','.join(SERVER_ORDER)} "
-                                     "(default: all; --smoke: epoll,zcn-c)")
+    p.add_argument("--servers", help=f"comma list of {','.join(KNOWN_SERVERS)} "
+                                     "(default: the first five; --smoke: epoll,zcn-c; "
+                                     "--asyncio: the asyncio servers)")
     p.add_argument("--workloads", help="comma list of workload keys "
                                        "(ping,c200,c50d16,c10x16k,stream,conn10k)")
     p.add_argument("--conns-many", type=int, help="connections of the setup workload "
@@ -668,6 +802,10 @@ def add_arguments(p):
     p.add_argument("--json", help="results file (default bench/results/<timestamp>.json)")
     p.add_argument("--plots", help="directory for the PNG plots (default: beside the JSON)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--retry-busy", type=int, default=0, metavar="N",
+                   help="run a round again, up to N times, while other processes kept more "
+                        f"than {OTHER_CPU_WARN:.0%} of a CPU busy during its window (a shared "
+                        "machine); the JSON counts the retries (default 0)")
     p.add_argument("--server-cpu", type=int, help="CPU for the servers (default: the last)")
     p.add_argument("--client-cpu", type=int, help="CPU for the load generator (default: the first)")
     return p
@@ -689,6 +827,10 @@ def run(args):
     if args.proxy:
         rest = sys.argv[sys.argv.index("--proxy") + 1:] if "--proxy" in sys.argv else []
         return run_proxy_profile(rest, args.build_dir)
+    if args.asyncio_apps:
+        rest = (sys.argv[sys.argv.index("--asyncio-apps") + 1:]
+                if "--asyncio-apps" in sys.argv else [])
+        return run_apps_profile(rest, args.build_dir)
     try:
         import psutil  # noqa: F401
     except ImportError:
@@ -701,14 +843,17 @@ def run(args):
     build_dir = find_build_dir(args.build_dir)
     loadgen = tool_path(build_dir, "loadgen")
     src_root = _source_root(build_dir)
-    default_servers = "epoll,zcn-c" if profile == "smoke" else ",".join(SERVER_ORDER)
+    if args.asyncio:
+        default_servers = ",".join(ASYNCIO_SERVERS)
+    else:
+        default_servers = "epoll,zcn-c" if profile == "smoke" else ",".join(SERVER_ORDER)
     servers = [s.strip() for s in (args.servers or default_servers).split(",") if s.strip()]
     baseline = Path(args.baseline_build).resolve() if args.baseline_build else None
-    known = SERVER_ORDER + (tuple(BASELINE_SERVERS) if baseline else ())
+    known = KNOWN_SERVERS + (tuple(BASELINE_SERVERS) if baseline else ())
     for s in servers:
         if s not in known:
             raise SystemExit(f"zcn bench: unknown server {s!r} (choose from {known})")
-    wls = workloads(profile, args.conns_many)
+    wls = asyncio_workloads(profile) if args.asyncio else workloads(profile, args.conns_many)
     if args.workloads:
         keys = [k.strip() for k in args.workloads.split(",")]
         unknown = set(keys) - {w.key for w in workloads("full")}
@@ -733,9 +878,10 @@ def run(args):
 
     report = {
         "version": 1, "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "profile": profile, "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
+        "profile": profile, "asyncio": bool(args.asyncio), "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
         "machine": machine_info(),
         "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration,
+                     "retry_busy": args.retry_busy,
                      "server_cpu": server_cpu, "client_cpu": client_cpu,
                      "build_dir": str(build_dir)},
         "servers": {s: {"description": SERVER_DESCRIPTIONS.get(s) or BASELINE_SERVERS[s]}
@@ -743,6 +889,7 @@ def run(args):
         "workloads": [], "notes": notes,
     }
     total_runs = sum(rounds * len(servers) for _ in wls)
+    name_width = max([8] + [len(n) for n in servers])
     done = 0
     t_start = time.monotonic()
     old_affinity = os.sched_getaffinity(0)
@@ -751,7 +898,7 @@ def run(args):
     except OSError:
         pass
     ok_all = True
-    _progress(f"zcn bench ({profile}): {len(servers)} servers x {len(wls)} workloads x "
+    _progress(f"zcn bench ({profile}{', asyncio' if args.asyncio else ''}): {len(servers)} servers x {len(wls)} workloads x "
               f"{rounds} rounds, window {duration}s after {warmup}s warm-up; server on CPU "
               f"{server_cpu}, load generator on CPU {client_cpu}")
     try:
@@ -789,6 +936,17 @@ def run(args):
                             continue
                         try:
                             r = run_loadgen(loadgen, srv, wl, warmup, duration, client_cpu)
+                            retries = 0
+                            while (not wl.fresh_server and retries < args.retry_busy
+                                   and (r.get("other_cpu_util") or 0) > OTHER_CPU_WARN):
+                                # the machine was busy: the round again, after a pause
+                                retries += 1
+                                _progress(f"      {name}: others used "
+                                          f"{r['other_cpu_util'] * 100:.0f}% of a CPU, "
+                                          f"again ({retries}/{args.retry_busy})")
+                                time.sleep(RETRY_PAUSE_S)
+                                r = run_loadgen(loadgen, srv, wl, warmup, duration, client_cpu)
+                            r["busy_retries"] = retries
                         finally:
                             if wl.fresh_server:
                                 srv.stop()
@@ -807,10 +965,11 @@ def run(args):
                         else:
                             fig = (f"{_fmt(r.get('msgs_per_s'), 0)} msg/s, "
                                    f"{_fmt(r.get('cpu_us_per_msg'), 2)} us CPU/msg, p50 "
-                                   f"{_fmt(((r.get('rtt_ns') or {}).get('p50') or 0) / 1e3, 1)} us")
+                                   f"{_fmt(((r.get('rtt_ns') or {}).get('p50') or 0) / 1e3, 1)} us"
+                                   f", others {_fmt((r.get('other_cpu_util') or 0) * 100, 0)}% CPU")
                         err = "" if r.get("ok") else f"  FAILED: {r.get('error') or r.get('first_error')}"
                         _progress(f"[{done:3}/{total_runs}] {wl.label():22} round {rnd + 1}/{rounds} "
-                                  f"{name:8} {fig}{err}")
+                                  f"{name:{name_width}} {fig}{err}")
             finally:
                 for name, srv in live.items():
                     if srv is not None:
@@ -829,7 +988,8 @@ def run(args):
                     res["note"] = ps["note"] or "not run"
                 entry["results"][name] = res
             report["workloads"].append(entry)
-            print(table(wl, entry["results"]), flush=True)
+            print(table(wl, entry["results"], asyncio_baseline if args.asyncio else None),
+                  flush=True)
     finally:
         try:
             os.sched_setaffinity(0, old_affinity)
@@ -876,6 +1036,25 @@ def run_proxy_profile(argv, build_dir=None):
     return mod.main(argv)
 
 
+def run_apps_profile(argv, build_dir=None):
+    """python -m zcn bench --asyncio-apps ...: bench/asyncio_apps.py of the
+    source tree (HTTP with wrk, RESP with redis-benchmark), with the rest
+    of the command line."""
+    import importlib.util
+
+    if build_dir is None and "--build-dir" in argv[:-1]:
+        build_dir = argv[argv.index("--build-dir") + 1]
+    root = _source_root(Path(build_dir) if build_dir else None)
+    script = (root or Path.cwd()) / "bench" / "asyncio_apps.py"
+    if not script.exists():
+        raise SystemExit(f"zcn bench --asyncio-apps: {script} not found "
+                         "(run from a source checkout, or pass --build-dir of one)")
+    spec = importlib.util.spec_from_file_location("asyncio_apps", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main([a for a in argv if a != "--asyncio-apps"])
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve-python"]:
@@ -883,6 +1062,9 @@ def main(argv=None):
     if "--proxy" in argv:
         argv.remove("--proxy")
         return run_proxy_profile(argv)
+    if "--asyncio-apps" in argv:
+        argv.remove("--asyncio-apps")
+        return run_apps_profile(argv)
     p = argparse.ArgumentParser(prog="python -m zcn bench", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     return run(p.parse_args(argv))
