@@ -178,7 +178,10 @@ class PausedAtStart(asyncio.Protocol):
         self.eof = True
 
 
-def test_pause_reading_in_connection_made(run):
+def test_pause_reading_in_connection_made(run, kind):
+    if kind == "asyncio" and sys.version_info < (3, 10):
+        pytest.skip("asyncio's own loop before 3.10 starts reading after connection_made "
+                    "even when it paused reading there")
     payload = os.urandom(3 << 20)  # more than the socket buffers hold
 
     async def body(loop):

@@ -49,6 +49,7 @@ import ctypes
 import errno
 import fcntl
 import heapq
+import inspect
 import math
 import os
 import resource
@@ -428,7 +429,10 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
         loop._selector._transports[fd] = self
         loop._transports[fd] = self
         if server is not None:
-            server._attach()
+            if _ATTACH_WITH_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
         loop.call_soon(self._connection_made)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
@@ -930,7 +934,10 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
             self._loop = None
             server = self._server
             if server is not None:
-                server._detach()
+                if _ATTACH_WITH_TRANSPORT:
+                    server._detach(self)
+                else:
+                    server._detach()
                 self._server = None
             if self._empty_waiter is not None and not self._empty_waiter.done():
                 self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
@@ -974,6 +981,9 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
         self._sync()
 
 
+#: Server._attach/_detach take the transport from 3.13 on (Server keeps its
+#: clients, for close_clients/abort_clients), nothing before.
+_ATTACH_WITH_TRANSPORT = len(inspect.signature(base_events.Server._attach).parameters) > 1
 _MIN_SCHEDULED = base_events._MIN_SCHEDULED_TIMER_HANDLES
 _MIN_CANCELLED_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
 _MAX_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
