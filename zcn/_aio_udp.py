@@ -234,6 +234,13 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         self._held: Optional[list] = None  # entries of a batch paused or switched mid-way
         self._started = False        # _start_reading has run
         self._queued = False         # a batch's replies wait in zcn for its end
+        # The two fast paths test one attribute each, kept up to date by
+        # _sync(): _zfast is the zcn socket while sendto may go straight
+        # to it (open, nothing buffered), else None; _rcheck says a batch
+        # being delivered must look again (paused, closing, new protocol).
+        self._zfast: Optional[_ZcnUdp] = None
+        self._rcheck = False
+        self._sync()
         zloop._batch_handlers[tag] = _batch_handler(weakref.ref(self))
         self._loop.call_soon(self._protocol.connection_made, self)
         # only start reading when connection_made() has been called
@@ -254,6 +261,16 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
             info.append(f"write=<bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
+    def _sync(self) -> None:
+        z = self._z
+        alive = z is not None and z.handle is not None
+        self._zfast = z if alive and not self._buffer and not self._conn_lost else None
+        self._rcheck = True
+
+    def set_protocol(self, protocol):
+        super().set_protocol(protocol)
+        self._rcheck = True
+
     # --- reading -------------------------------------------------------------
     def _zcall(self, fn) -> None:
         z = self._z
@@ -271,6 +288,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         if not self.is_reading():
             return
         self._paused = True
+        self._rcheck = True
         self._zcall(_ffi.zcn_udp_pause_recv)
         if self._loop.get_debug():
             base_events.logger.debug("%r pauses reading", self)
@@ -320,25 +338,25 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         # sendmmsg, runs to one peer as GSO sends) when it ends; sendto
         # elsewhere sends at once, as asyncio's does.
         _raw_autoflush(z.arg, 0)
+        self._rcheck = False
         try:
             for length, flags, error, offset, raw in entries:
                 if flags & _UDP_ERROR:
                     self._call(protocol.error_received, OSError(error, os.strerror(error)))
                 else:
-                    peer = peers.get(raw)
-                    if peer is None:
-                        peer = self._peer(raw)
                     try:
-                        received(mm[offset:offset + length], peer)
+                        received(mm[offset:offset + length], peers.get(raw) or self._peer(raw))
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as exc:
                         self._callback_failed(received, exc)
-                if self._paused or self._closing:
-                    if not self._closing:
-                        self._hold(entries, mm)
-                    return
-                if self._protocol is not protocol:  # set_protocol() from a callback
+                if self._rcheck:
+                    # pause_reading(), close(), set_protocol() ... from a callback
+                    self._rcheck = False
+                    if self._paused or self._closing:
+                        if not self._closing:
+                            self._hold(entries, mm)
+                        return
                     protocol = self._protocol
                     received = protocol.datagram_received
         finally:
@@ -402,6 +420,26 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
 
     # --- writing -------------------------------------------------------------
     def sendto(self, data, addr=None):
+        # The common case first: bytes, zcn's socket open, nothing buffered,
+        # a connected endpoint's own address (or none) or an unconnected
+        # one's known peer: one C call queues it (or sends it: at once
+        # outside a batch's delivery, at its end inside).
+        z = self._zfast
+        if z is not None and type(data) is bytes and data:
+            if self._connected:
+                if addr is None or addr == self._address or self._address is None:
+                    if not _raw_sendto(z.arg, None, 0, data, len(data)):
+                        self._queued = True
+                        return
+            elif type(addr) is tuple:
+                raw = self._addrs.get(addr)
+                if raw is not None and not _raw_sendto(z.arg, raw, len(raw), data, len(data)):
+                    self._queued = True
+                    return
+        self._sendto(data, addr)
+
+    def _sendto(self, data, addr):
+        """asyncio's sendto, with zcn sending (_send)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
@@ -440,6 +478,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         # Ensure that what we buffer is immutable.
         self._buffer.append((bytes(data), addr))
         self._buffer_size += len(data)
+        self._zfast = None
         self._maybe_pause_protocol()
 
     def _send(self, data, addr) -> None:
@@ -542,6 +581,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
                 return
 
         self._maybe_resume_protocol()  # May append to buffer.
+        self._sync()
         if not self._buffer:
             if self._closing and self._z is not None and self._z.pending_sends():
                 return  # zcn's sends waiting for room go first
@@ -556,7 +596,10 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         self._closing = True
         self._zcall(_ffi.zcn_udp_pause_recv)
         self._held = None
+        self._rcheck = True
         if not self._buffer:
+            self._conn_lost += 1
+            self._sync()
             z = self._z
             if z is not None and z.handle is not None:
                 _flush(z.handle)
@@ -565,7 +608,6 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
                     # go, as asyncio's buffer would: connection_lost then
                     self._loop._add_writer(self._sock_fd, self._sendto_ready)
                     return
-            self._conn_lost += 1
             self._loop._remove_writer(self._sock_fd)
             self._loop.call_soon(self._call_connection_lost, None)
 
@@ -580,6 +622,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
             self._zcall(_ffi.zcn_udp_pause_recv)
         self._held = None
         self._conn_lost += 1
+        self._sync()
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc):
@@ -601,6 +644,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         z = self._z
         if z is not None:
             z.close()
+        self._sync()
 
     def __del__(self):
         z = self._z
