@@ -18,7 +18,9 @@ zcn_udp_run, the default readiness receive, GSO sends), zcn-nogso (the same
 with ZCN_UDP_NO_GSO: every datagram its own send, as in the baselines),
 zcn-multishot (the same as zcn with ZCN_UDP_RECV_MULTISHOT), zcn-py (zcn.UdpSocket, Python on_datagram via
 `python -m zcn._udp_cli --handler python`), zcn-py-c (the same CLI with the
-C handler, the loop driven from Python).
+C handler, the loop driven from Python); aio-zcn, aio-asyncio, aio-uvloop
+(bench/aio_udp_echo.py: an asyncio DatagramProtocol echo on zcn's asyncio
+loop, asyncio's own and uvloop's).
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ def _pin(cpu):
 def server_cmd(name, binary):
     py = [sys.executable, "-m", "zcn._udp_cli", "--host", "127.0.0.1", "--port", "0",
           "--rcvbuf", str(4 << 20), "--sndbuf", str(4 << 20), "--buffer-count", "1024"]
+    aio = [sys.executable, os.path.join(HERE, "aio_udp_echo.py"), "--host", "127.0.0.1",
+           "--port", "0", "--rcvbuf", str(4 << 20), "--sndbuf", str(4 << 20)]
     return {
         "baseline": [binary, "baseline", "0"],
         "baseline-poll": [binary, "baseline-poll", "0"],
@@ -61,6 +65,9 @@ def server_cmd(name, binary):
         "zcn-multishot": [binary, "zcn-multishot", "0"],
         "zcn-py": py + ["--handler", "python"],
         "zcn-py-c": py + ["--handler", "c"],
+        "aio-zcn": aio + ["--loop", "zcn"],
+        "aio-asyncio": aio + ["--loop", "asyncio"],
+        "aio-uvloop": aio + ["--loop", "uvloop"],
     }[name]
 
 
@@ -116,6 +123,8 @@ def main():
     ap.add_argument("--burst", type=int, default=32)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--ref", default="baseline",
+                    help="the server the ratios are against (e.g. aio-asyncio)")
     args = ap.parse_args()
 
     results = {}
@@ -133,16 +142,16 @@ def main():
     print(f"UDP echo, {args.rounds} rounds x {args.seconds:g} s, window {args.window}, "
           f"burst {args.burst}, server on CPU {args.server_cpu}, load on CPU {args.load_cpu}")
     print("| size | server | datagrams/s median [min..max] | server CPU us/datagram "
-          "median [min..max] | vs baseline (rate, CPU) | lost / sent | bad |")
+          f"median [min..max] | vs {args.ref} (rate, CPU) | lost / sent | bad |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        base = results.get(("baseline", size))
+        base = results.get((args.ref, size))
         for name in args.servers:
             rs = results[(name, size)]
             rates = [x["rate"] for x in rs]
             cpus = [x["cpu_us"] for x in rs]
             rel = "-"
-            if base is not None and name != "baseline":
+            if base is not None and name != args.ref:
                 br = statistics.median(x["rate"] for x in base)
                 bc = statistics.median(x["cpu_us"] for x in base)
                 rel = (f"{statistics.median(rates) / br:.2f}x, "
