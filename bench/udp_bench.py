@@ -71,6 +71,19 @@ def server_cmd(name, binary):
     }[name]
 
 
+def _cpus_busy(cpus):
+    """Busy seconds (all but idle and iowait) of the given CPUs so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts[0].startswith("cpu") and parts[0][3:].isdigit() and int(parts[0][3:]) in cpus:
+                vals = [int(v) for v in parts[1:]]
+                busy += sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)
+    return busy / tick
+
+
 def one_run(name, binary, size, seconds, window, burst, server_cpu, load_cpu):
     env = dict(os.environ)
     env["PYTHONPATH"] = _zcn_pythonpath() + os.pathsep + env.get("PYTHONPATH", "")
@@ -83,10 +96,14 @@ def one_run(name, binary, size, seconds, window, burst, server_cpu, load_cpu):
         port = int(line.split()[-1])
         proc = psutil.Process(srv.pid)
         t0 = proc.cpu_times()
+        busy0 = _cpus_busy({server_cpu, load_cpu})
+        kids0 = os.times()
         out = subprocess.run([binary, "load", str(port), str(size), str(seconds), str(window),
                               str(burst)], capture_output=True, text=True,
                              preexec_fn=_pin(load_cpu), timeout=seconds + 30)
         t1 = proc.cpu_times()
+        busy1 = _cpus_busy({server_cpu, load_cpu})
+        kids1 = os.times()
     finally:
         srv.send_signal(signal.SIGINT)
         try:
@@ -98,7 +115,13 @@ def one_run(name, binary, size, seconds, window, burst, server_cpu, load_cpu):
     vals = dict(zip(fields[0::2], fields[1::2]))
     received = int(vals["received"])
     cpu = (t1.user - t0.user) + (t1.system - t0.system)
+    load = (kids1.children_user - kids0.children_user) + \
+        (kids1.children_system - kids0.children_system)
+    # What else ran on the two CPUs meanwhile (this VM is shared): busy
+    # time less the server's and the load generator's, per second.
+    other = max(0.0, (busy1 - busy0) - cpu - load) / float(vals["seconds"])
     return {
+        "other": other,
         "rate": received / float(vals["seconds"]),
         "cpu_us": cpu / received * 1e6 if received else float("inf"),
         "lost": int(vals["lost"]),
@@ -136,14 +159,15 @@ def main():
                               args.server_cpu, args.load_cpu)
                 results.setdefault((name, size), []).append(res)
                 print(f"# size {size} round {r + 1} {name}: {res['rate']:.0f} dgram/s "
-                      f"{res['cpu_us']:.2f} us/dgram lost {res['lost']} bad {res['bad']}",
-                      file=sys.stderr, flush=True)
+                      f"{res['cpu_us']:.2f} us/dgram lost {res['lost']} bad {res['bad']} "
+                      f"other {res['other']:.2f} CPU", file=sys.stderr, flush=True)
 
     print(f"UDP echo, {args.rounds} rounds x {args.seconds:g} s, window {args.window}, "
           f"burst {args.burst}, server on CPU {args.server_cpu}, load on CPU {args.load_cpu}")
     print("| size | server | datagrams/s median [min..max] | server CPU us/datagram "
-          f"median [min..max] | vs {args.ref} (rate, CPU) | lost / sent | bad |")
-    print("|---|---|---|---|---|---|---|")
+          f"median [min..max] | vs {args.ref} (rate, CPU) | lost / sent | bad | "
+          "other load on the 2 CPUs, median |")
+    print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         base = results.get((args.ref, size))
         for name in args.servers:
@@ -159,8 +183,9 @@ def main():
             lost = sum(x["lost"] for x in rs)
             sent = sum(x["sent"] for x in rs)
             bad = sum(x["bad"] for x in rs)
+            other = statistics.median(x["other"] for x in rs)
             print(f"| {size} | {name} | {fmt(rates, ',.0f')} | {fmt(cpus, '.2f')} | {rel} | "
-                  f"{lost} / {sent} | {bad} |")
+                  f"{lost} / {sent} | {bad} | {other:.2f} CPU |")
 
 
 if __name__ == "__main__":
