@@ -738,3 +738,72 @@ def test_many_endpoints_fall_back_past_the_loops_limit(zloop):
 
     run(zloop, main())
     assert not zloop.errors
+
+
+def test_keyboard_interrupt_in_datagram_received_keeps_the_rest(loop):
+    """A KeyboardInterrupt leaves the loop; the datagrams not yet delivered
+    come when it runs again (asyncio's loop had not read them yet)."""
+    class Interrupting(Recorder):
+        raised = False
+
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"2" and not self.raised:
+                self.raised = True
+                raise KeyboardInterrupt
+
+    async def setup():
+        st, pr = await asyncio.get_running_loop().create_datagram_endpoint(
+            Interrupting, local_addr=("127.0.0.1", 0))
+        await asyncio.sleep(0.01)
+        return st, pr
+
+    st, pr = run(loop, setup())
+    peer = plain()
+    for i in range(5):
+        peer.sendto(b"%d" % i, st.get_extra_info("sockname"))
+    sleeper = loop.create_task(asyncio.sleep(5))
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(sleeper)
+    run(loop, until(lambda: len(pr.datagrams) == 5))
+    assert [d for d, _ in pr.datagrams] == [b"%d" % i for i in range(5)]
+    sleeper.cancel()
+    st.close()
+    run(loop, pr.lost)
+    peer.close()
+
+
+@pytest.mark.parametrize("kind", ["zcn", "asyncio", "uvloop"])
+def test_bench_echo_server_answers(kind):
+    """bench/aio_udp_echo.py (the udp_bench.py servers aio-zcn, aio-asyncio,
+    aio-uvloop) echoes every datagram, byte for byte, and stops on SIGINT."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import TESTS_DIR, zcn_subprocess_env
+
+    if kind == "uvloop":
+        pytest.importorskip("uvloop")
+    script = os.path.join(os.path.dirname(TESTS_DIR), "bench", "aio_udp_echo.py")
+    proc = subprocess.Popen([sys.executable, script, "--loop", kind, "--rcvbuf", str(1 << 20)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=zcn_subprocess_env(), cwd=TESTS_DIR)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ready "), proc.stderr.read()
+        port = int(line.split()[1])
+        peer = plain()
+        payloads = [os.urandom(n) for n in (1, 64, 1400, 9000, 65507)] * 4
+        for p in payloads:
+            peer.sendto(p, ("127.0.0.1", port))
+            assert peer.recv(65536) == p
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"echoed {len(payloads)}" in err
+    expected = {"zcn": "_ZcnDatagramTransport", "asyncio": "_SelectorDatagramTransport",
+                "uvloop": "UDPTransport"}[kind]
+    assert expected in err
+    peer.close()

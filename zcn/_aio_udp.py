@@ -359,6 +359,14 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
                         return
                     protocol = self._protocol
                     received = protocol.datagram_received
+        except (SystemExit, KeyboardInterrupt):
+            # Out of the loop. The rest of the batch is kept for when the
+            # loop runs again, as the socket keeps what asyncio's loop had
+            # not read yet.
+            if not self._closing:
+                self._hold(entries, mm)
+                self._loop.call_soon(self._deliver_held)
+            raise
         finally:
             if z.handle is not None:
                 _raw_autoflush(z.arg, 1)
@@ -653,4 +661,6 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
                 z.close()
             except BusyError:
                 pass  # inside a C callback of the loop: the loop's close destroys it
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
         super().__del__()
