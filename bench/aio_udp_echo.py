@@ -3,8 +3,14 @@ datagram_received sends each datagram back (transport.sendto(data, addr)),
 on zcn's asyncio loop (zcn.aio), asyncio's own or uvloop's; the same code,
 one flag.
 
-    python bench/aio_udp_echo.py [--loop zcn|asyncio|uvloop] [--host H] [--port P]
-                                 [--rcvbuf BYTES] [--sndbuf BYTES]
+    python bench/aio_udp_echo.py [--loop zcn|asyncio|uvloop|zcn-callback] [--host H]
+                                 [--port P] [--rcvbuf BYTES] [--sndbuf BYTES]
+
+--loop zcn-callback is the design zcn.aio did not take, for comparison: the
+same protocol on zcn's asyncio loop, fed by a zcn.UdpSocket(loop=...) whose
+datagrams come through a ctypes callback per datagram (ZCN_OnDatagram from
+inside the loop's poll) instead of batch mode; the replies go through
+UdpSocket.sendto, queued and sent with the loop's next wait.
 
 The socket is made here (SO_RCVBUF/SO_SNDBUF as given, bound) and handed to
 create_datagram_endpoint(sock=...), so every loop serves the same socket.
@@ -35,7 +41,39 @@ class Echo(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
+class _CallbackTransport:
+    """The little of a transport Echo uses, over a zcn.UdpSocket."""
+
+    def __init__(self, sock):
+        self.sendto = sock.sendto
+
+    def close(self):
+        pass
+
+
+async def serve_callback(args):
+    import zcn
+
+    loop = asyncio.get_running_loop()
+    proto = Echo()
+    sock = zcn.UdpSocket(args.host, args.port, loop=loop.zcn_loop, rcvbuf=args.rcvbuf or None,
+                         sndbuf=args.sndbuf or None)
+    proto.connection_made(_CallbackTransport(sock))
+    received = proto.datagram_received
+    sock.on_datagram = lambda peer, data, flags: received(bytes(data), peer)
+    print(f"ready {sock.port}", flush=True)
+    stop = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    await stop
+    print(f"aio_udp_echo (zcn-callback, zcn.UdpSocket on_datagram): echoed {proto.count}",
+          file=sys.stderr, flush=True)
+    sock.close()
+
+
 async def serve(args):
+    if args.loop == "zcn-callback":
+        return await serve_callback(args)
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -67,13 +105,14 @@ async def serve(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loop", choices=("zcn", "asyncio", "uvloop"), default="zcn")
+    parser.add_argument("--loop", choices=("zcn", "asyncio", "uvloop", "zcn-callback"),
+                        default="zcn")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rcvbuf", type=int, default=0)
     parser.add_argument("--sndbuf", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.loop == "zcn":
+    if args.loop in ("zcn", "zcn-callback"):
         import zcn.aio
         factory = zcn.aio.new_event_loop
     elif args.loop == "uvloop":

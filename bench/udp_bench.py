@@ -20,7 +20,9 @@ zcn-multishot (the same as zcn with ZCN_UDP_RECV_MULTISHOT), zcn-py (zcn.UdpSock
 `python -m zcn._udp_cli --handler python`), zcn-py-c (the same CLI with the
 C handler, the loop driven from Python); aio-zcn, aio-asyncio, aio-uvloop
 (bench/aio_udp_echo.py: an asyncio DatagramProtocol echo on zcn's asyncio
-loop, asyncio's own and uvloop's).
+loop, asyncio's own and uvloop's), aio-zcn-callback (the same protocol on
+zcn's asyncio loop fed by a ctypes callback per datagram, the design not
+taken).
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ def server_cmd(name, binary):
         "aio-zcn": aio + ["--loop", "zcn"],
         "aio-asyncio": aio + ["--loop", "asyncio"],
         "aio-uvloop": aio + ["--loop", "uvloop"],
+        "aio-zcn-callback": aio + ["--loop", "zcn-callback"],
     }[name]
 
 
