@@ -807,3 +807,44 @@ def test_bench_echo_server_answers(kind):
                 "uvloop": "UDPTransport"}[kind]
     assert expected in err
     peer.close()
+
+
+_CPYTHON_DATAGRAM_TESTS = """
+import io, sys, unittest
+import zcn.aio
+from test.test_asyncio import test_events as te
+
+class ZcnLoopTests(te.EventLoopTestsMixin, te.SubprocessTestsMixin, te.test_utils.TestCase):
+    def create_event_loop(self):
+        return zcn.aio.new_event_loop()
+
+loader = unittest.TestLoader()
+loader.testNamePatterns = ["*datagram*"]
+suite = loader.loadTestsFromTestCase(ZcnLoopTests)
+out = io.StringIO()
+result = unittest.TextTestRunner(verbosity=2, stream=out).run(suite)
+print(out.getvalue())
+print("RAN", result.testsRun, "OK" if result.wasSuccessful() else "FAILED")
+"""
+
+
+def test_cpython_test_events_datagram_tests():
+    """CPython's own datagram tests of test.test_asyncio.test_events
+    (EventLoopTestsMixin: test_create_datagram_endpoint, _ipv6, _sock) on
+    zcn's loop, in a fresh interpreter (their tearDown waits for threads
+    and children other tests of this process leave)."""
+    import subprocess
+    import sys
+
+    from conftest import TESTS_DIR, zcn_subprocess_env
+
+    try:
+        import test.test_asyncio.test_events  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the interpreter
+        pytest.skip(f"CPython's test.test_asyncio is not available ({exc})")
+    proc = subprocess.run([sys.executable, "-c", _CPYTHON_DATAGRAM_TESTS], capture_output=True,
+                          text=True, timeout=120, env=zcn_subprocess_env(), cwd=TESTS_DIR)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("RAN ") and last.endswith(" OK"), proc.stdout + proc.stderr
+    assert int(last.split()[1]) >= 3, proc.stdout
