@@ -38,17 +38,21 @@ after), abort, get_extra_info('socket' / 'sockname' / 'peername').
 """
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import mmap
 import os
 import socket
 import struct
 import threading
 import weakref
 from asyncio import base_events, constants, futures, selector_events
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple, cast
 
 from . import _ffi
+from ._util import MappedMemory, c_writable_bytes
 from .errors import BusyError, ExhaustedError, QueueFullError
+from .loop import Loop
 from .udp import _decode_peer
 
 __all__ = ["make_datagram_transport"]
@@ -88,7 +92,7 @@ _flush = _ffi.zcn_udp_flush
 _next_tag = 0
 
 
-def _new_tag(zloop) -> int:
+def _new_tag(zloop: Loop) -> int:
     """A batch tag no endpoint of this zcn loop has (loop thread only)."""
     global _next_tag
     while True:
@@ -102,7 +106,10 @@ class _NotAdopted(Exception):
     """zcn cannot take this socket: asyncio's own transport does."""
 
 
-def make_datagram_transport(loop, sock, protocol, address=None, waiter=None, extra=None):
+def make_datagram_transport(loop: Any, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                            address: Any = None,
+                            waiter: "Optional[asyncio.Future[None]]" = None,
+                            extra: "Optional[dict[str, Any]]" = None) -> Any:
     """zcn.aio.EventLoop._make_datagram_transport: a zcn transport for a
     UDP socket, asyncio's own for any other (and for a UDP socket zcn
     cannot adopt)."""
@@ -124,7 +131,14 @@ class _ZcnUdp:
     __slots__ = ("handle", "arg", "memory", "mm", "base", "anchor", "view", "tag", "zloop",
                  "__weakref__")
 
-    def __init__(self, zloop, fd: int, tag: int) -> None:
+    handle: Optional[int]
+    arg: Optional[ctypes.c_void_p]
+    memory: Optional[MappedMemory]
+    mm: Optional[mmap.mmap]
+    anchor: Any
+    view: Optional[memoryview]
+
+    def __init__(self, zloop: Loop, fd: int, tag: int) -> None:
         self.zloop = zloop
         self.tag = tag
         self.handle = None
@@ -134,7 +148,6 @@ class _ZcnUdp:
         size = _ffi.zcn_udp_memory_size(ctypes.byref(config))
         if not size:  # pragma: no cover - the constants above are valid
             raise _NotAdopted
-        from ._util import MappedMemory, c_writable_bytes
         memory = MappedMemory(size, readonly=True)
         config.buffer_memory = memory.address
         config.buffer_memory_size = size
@@ -167,7 +180,8 @@ class _ZcnUdp:
         except BaseException:
             self.close()
             raise
-        zloop._udp_sockets[self] = None
+        # closed by zloop.close_loop() as its zcn.UdpSockets are
+        zloop._udp_sockets[cast(Any, self)] = None
 
     def pending_sends(self) -> int:
         """Datagrams zcn queued or has in flight (not yet sent or failed)."""
@@ -188,7 +202,7 @@ class _ZcnUdp:
         self.handle = None
         self.arg = None
         zloop = self.zloop
-        zloop._udp_sockets.pop(self, None)
+        zloop._udp_sockets.pop(cast(Any, self), None)
         zloop._batch_handlers.pop(self.tag, None)
         self.mm = None
         memory, self.memory = self.memory, None
@@ -197,7 +211,7 @@ class _ZcnUdp:
         self.anchor = self.view = None
 
 
-def _batch_handler(ref):
+def _batch_handler(ref: "weakref.ReferenceType[_ZcnDatagramTransport]") -> Callable[[int], None]:
     """The zcn.Loop's handler for an endpoint's ZCN_EVENT_DATAGRAMS; holds
     the transport weakly, so an endpoint dropped unclosed is collected and
     warned about as on asyncio's loop."""
@@ -208,13 +222,15 @@ def _batch_handler(ref):
     return on_batch
 
 
-class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
+class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
     """asyncio's datagram transport with zcn's UDP underneath (see the
     module docstring)."""
 
     _z: Optional[_ZcnUdp] = None
 
-    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+    def __init__(self, loop: Any, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                 address: Any = None, waiter: "Optional[asyncio.Future[None]]" = None,
+                 extra: "Optional[dict[str, Any]]" = None) -> None:
         zloop = loop._zcn
         tag = _new_tag(zloop)
         self._z = _ZcnUdp(zloop, sock.fileno(), tag)  # _NotAdopted: nothing changed
@@ -229,9 +245,10 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         self._buffer_size = 0
         self._family = sock.family
         self._connected = bool(self._extra["peername"])
-        self._addrs: dict = {}        # address tuple -> sockaddr bytes
-        self._peers: dict = {}        # sockaddr bytes -> address tuple
-        self._held: Optional[list] = None  # entries of a batch paused or switched mid-way
+        self._addrs: "dict[Any, bytes]" = {}  # address tuple -> sockaddr bytes
+        self._peers: "dict[bytes, Any]" = {}  # sockaddr bytes -> address tuple
+        # entries of a batch paused or interrupted mid-way: (data, peer), (None, errno)
+        self._held: "Optional[List[Tuple[Optional[bytes], Any]]]" = None
         self._started = False        # _start_reading has run
         self._queued = False         # a batch's replies wait in zcn for its end
         # The two fast paths test one attribute each, kept up to date by
@@ -267,12 +284,12 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         self._zfast = z if alive and not self._buffer and not self._conn_lost else None
         self._rcheck = True
 
-    def set_protocol(self, protocol):
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         super().set_protocol(protocol)
         self._rcheck = True
 
     # --- reading -------------------------------------------------------------
-    def _zcall(self, fn) -> None:
+    def _zcall(self, fn: Callable[[int], object]) -> None:
         z = self._z
         if z is not None and z.handle is not None:
             fn(z.handle)
@@ -304,7 +321,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         if self._loop.get_debug():
             base_events.logger.debug("%r resumes reading", self)
 
-    def _peer(self, raw: bytes):
+    def _peer(self, raw: bytes) -> Any:
         peers = self._peers
         if len(peers) >= _PEER_CACHE_MAX:
             peers.clear()
@@ -326,14 +343,16 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         z = self._z
         if z is None or z.handle is None or self._closing:
             return
-        entries = _iter_events(z.view[:count * _EVENT_SIZE])
+        view, mm = z.view, z.mm
+        if view is None or mm is None:  # pragma: no cover - set while handle is
+            return
+        entries = _iter_events(view[:count * _EVENT_SIZE])
         if self._paused or self._held or not self._started:
-            self._hold(entries, z.mm)
+            self._hold(entries, mm)
             return
         protocol = self._protocol
         received = protocol.datagram_received
         peers = self._peers
-        mm = z.mm
         # The replies of a batch are queued and leave together (one
         # sendmmsg, runs to one peer as GSO sends) when it ends; sendto
         # elsewhere sends at once, as asyncio's does.
@@ -374,7 +393,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
                     self._queued = False
                     _flush(z.handle)
 
-    def _hold(self, entries, mm) -> None:
+    def _hold(self, entries: Iterator[Tuple[Any, ...]], mm: Any) -> None:
         """Keeps the rest of a batch (as bytes: its memory goes back at the
         next poll) for when reading resumes. At most a batch: zcn reads
         nothing while paused."""
@@ -407,7 +426,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         if not held:
             self._held = None
 
-    def _call(self, fn, arg) -> None:
+    def _call(self, fn: Callable[[Any], object], arg: Any) -> None:
         try:
             fn(arg)
         except (SystemExit, KeyboardInterrupt):
@@ -415,7 +434,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         except BaseException as exc:
             self._callback_failed(fn, exc)
 
-    def _callback_failed(self, fn, exc: BaseException) -> None:
+    def _callback_failed(self, fn: Callable[..., object], exc: BaseException) -> None:
         # What asyncio's Handle._run reports for its reader callback.
         from asyncio import format_helpers
         cb = format_helpers._format_callback_source(fn, ())
@@ -427,7 +446,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         })
 
     # --- writing -------------------------------------------------------------
-    def sendto(self, data, addr=None):
+    def sendto(self, data: Any, addr: Any = None) -> None:
         # The common case first: bytes, zcn's socket open, nothing buffered,
         # a connected endpoint's own address (or none) or an unconnected
         # one's known peer: one C call queues it (or sends it: at once
@@ -446,7 +465,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
                     return
         self._sendto(data, addr)
 
-    def _sendto(self, data, addr):
+    def _sendto(self, data: Any, addr: Any) -> None:
         """asyncio's sendto, with zcn sending (_send)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
@@ -489,7 +508,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         self._zfast = None
         self._maybe_pause_protocol()
 
-    def _send(self, data, addr) -> None:
+    def _send(self, data: Any, addr: Any) -> None:
         """One datagram into zcn's queue (it leaves with the loop's next
         wait); BlockingIOError when zcn has no room even after sending what
         it holds. What zcn cannot take (an address that is not an IP
@@ -526,17 +545,17 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
                 raise BlockingIOError(rc, "zcn's send queue is full")
         self._sock_send_after(z, data, addr)
 
-    def _sock_send(self, data, addr) -> None:
+    def _sock_send(self, data: Any, addr: Any) -> None:
         if self._extra['peername']:
             self._sock.send(data)
         else:
             self._sock.sendto(data, addr)
 
-    def _sock_send_after(self, z: _ZcnUdp, data, addr) -> None:
+    def _sock_send_after(self, z: _ZcnUdp, data: Any, addr: Any) -> None:
         _flush(z.handle)  # keeps the order of the datagrams
         self._sock_send(data, addr)
 
-    def _sockaddr(self, addr) -> Optional[bytes]:
+    def _sockaddr(self, addr: Any) -> Optional[bytes]:
         """addr as the sockaddr bytes zcn takes, for numeric addresses of
         the socket's family (cached); None for anything else."""
         try:
@@ -568,7 +587,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         self._addrs[addr] = raw
         return raw
 
-    def _sendto_ready(self):
+    def _sendto_ready(self) -> None:
         while self._buffer:
             data, addr = self._buffer.popleft()
             self._buffer_size -= len(data)
@@ -598,7 +617,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
                 self._call_connection_lost(None)
 
     # --- closing -------------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         if self._closing:
             return
         self._closing = True
@@ -619,7 +638,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
             self._loop._remove_writer(self._sock_fd)
             self._loop.call_soon(self._call_connection_lost, None)
 
-    def _force_close(self, exc):
+    def _force_close(self, exc: Optional[BaseException]) -> None:
         if self._conn_lost:
             return
         if self._buffer:
@@ -633,7 +652,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
         self._sync()
         self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc):
+    def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         try:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
@@ -654,7 +673,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):
             z.close()
         self._sync()
 
-    def __del__(self):
+    def __del__(self) -> None:
         z = self._z
         if z is not None and z.handle is not None and z.zloop._owner == threading.get_ident():
             try:
