@@ -128,7 +128,7 @@ class _ZcnUdp:
     array. Kept in the zcn.Loop's _udp_sockets, so closing the loop
     destroys it (close())."""
 
-    __slots__ = ("handle", "arg", "memory", "mm", "base", "anchor", "view", "tag", "zloop",
+    __slots__ = ("handle", "arg", "memory", "mm", "anchor", "view", "tag", "zloop",
                  "__weakref__")
 
     handle: Optional[int]
