@@ -18,7 +18,11 @@ zcn_udp_run, the default readiness receive, GSO sends), zcn-nogso (the same
 with ZCN_UDP_NO_GSO: every datagram its own send, as in the baselines),
 zcn-multishot (the same as zcn with ZCN_UDP_RECV_MULTISHOT), zcn-py (zcn.UdpSocket, Python on_datagram via
 `python -m zcn._udp_cli --handler python`), zcn-py-c (the same CLI with the
-C handler, the loop driven from Python).
+C handler, the loop driven from Python); aio-zcn, aio-asyncio, aio-uvloop
+(bench/aio_udp_echo.py: an asyncio DatagramProtocol echo on zcn's asyncio
+loop, asyncio's own and uvloop's), aio-zcn-callback (the same protocol on
+zcn's asyncio loop fed by a ctypes callback per datagram, the design not
+taken).
 """
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ def _pin(cpu):
 def server_cmd(name, binary):
     py = [sys.executable, "-m", "zcn._udp_cli", "--host", "127.0.0.1", "--port", "0",
           "--rcvbuf", str(4 << 20), "--sndbuf", str(4 << 20), "--buffer-count", "1024"]
+    aio = [sys.executable, os.path.join(HERE, "aio_udp_echo.py"), "--host", "127.0.0.1",
+           "--port", "0", "--rcvbuf", str(4 << 20), "--sndbuf", str(4 << 20)]
     return {
         "baseline": [binary, "baseline", "0"],
         "baseline-poll": [binary, "baseline-poll", "0"],
@@ -61,7 +67,24 @@ def server_cmd(name, binary):
         "zcn-multishot": [binary, "zcn-multishot", "0"],
         "zcn-py": py + ["--handler", "python"],
         "zcn-py-c": py + ["--handler", "c"],
+        "aio-zcn": aio + ["--loop", "zcn"],
+        "aio-asyncio": aio + ["--loop", "asyncio"],
+        "aio-uvloop": aio + ["--loop", "uvloop"],
+        "aio-zcn-callback": aio + ["--loop", "zcn-callback"],
     }[name]
+
+
+def _cpus_busy(cpus):
+    """Busy seconds (all but idle and iowait) of the given CPUs so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts[0].startswith("cpu") and parts[0][3:].isdigit() and int(parts[0][3:]) in cpus:
+                vals = [int(v) for v in parts[1:]]
+                busy += sum(vals) - vals[3] - (vals[4] if len(vals) > 4 else 0)
+    return busy / tick
 
 
 def one_run(name, binary, size, seconds, window, burst, server_cpu, load_cpu):
@@ -76,10 +99,14 @@ def one_run(name, binary, size, seconds, window, burst, server_cpu, load_cpu):
         port = int(line.split()[-1])
         proc = psutil.Process(srv.pid)
         t0 = proc.cpu_times()
+        busy0 = _cpus_busy({server_cpu, load_cpu})
+        kids0 = os.times()
         out = subprocess.run([binary, "load", str(port), str(size), str(seconds), str(window),
                               str(burst)], capture_output=True, text=True,
                              preexec_fn=_pin(load_cpu), timeout=seconds + 30)
         t1 = proc.cpu_times()
+        busy1 = _cpus_busy({server_cpu, load_cpu})
+        kids1 = os.times()
     finally:
         srv.send_signal(signal.SIGINT)
         try:
@@ -91,7 +118,13 @@ def one_run(name, binary, size, seconds, window, burst, server_cpu, load_cpu):
     vals = dict(zip(fields[0::2], fields[1::2]))
     received = int(vals["received"])
     cpu = (t1.user - t0.user) + (t1.system - t0.system)
+    load = (kids1.children_user - kids0.children_user) + \
+        (kids1.children_system - kids0.children_system)
+    # What else ran on the two CPUs meanwhile (this VM is shared): busy
+    # time less the server's and the load generator's, per second.
+    other = max(0.0, (busy1 - busy0) - cpu - load) / float(vals["seconds"])
     return {
+        "other": other,
         "rate": received / float(vals["seconds"]),
         "cpu_us": cpu / received * 1e6 if received else float("inf"),
         "lost": int(vals["lost"]),
@@ -116,6 +149,8 @@ def main():
     ap.add_argument("--burst", type=int, default=32)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--ref", default="baseline",
+                    help="the server the ratios are against (e.g. aio-asyncio)")
     args = ap.parse_args()
 
     results = {}
@@ -127,22 +162,22 @@ def main():
                               args.server_cpu, args.load_cpu)
                 results.setdefault((name, size), []).append(res)
                 print(f"# size {size} round {r + 1} {name}: {res['rate']:.0f} dgram/s "
-                      f"{res['cpu_us']:.2f} us/dgram lost {res['lost']} bad {res['bad']}",
-                      file=sys.stderr, flush=True)
+                      f"{res['cpu_us']:.2f} us/dgram lost {res['lost']} bad {res['bad']} "
+                      f"other {res['other']:.2f} CPU", file=sys.stderr, flush=True)
 
     print(f"UDP echo, {args.rounds} rounds x {args.seconds:g} s, window {args.window}, "
           f"burst {args.burst}, server on CPU {args.server_cpu}, load on CPU {args.load_cpu}")
     print("| size | server | datagrams/s median [min..max] | server CPU us/datagram "
-          "median [min..max] | vs baseline (rate, CPU) | lost / sent | bad |")
+          f"median [min..max] | vs {args.ref} (rate, CPU) | lost / sent | bad |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        base = results.get(("baseline", size))
+        base = results.get((args.ref, size))
         for name in args.servers:
             rs = results[(name, size)]
             rates = [x["rate"] for x in rs]
             cpus = [x["cpu_us"] for x in rs]
             rel = "-"
-            if base is not None and name != "baseline":
+            if base is not None and name != args.ref:
                 br = statistics.median(x["rate"] for x in base)
                 bc = statistics.median(x["cpu_us"] for x in base)
                 rel = (f"{statistics.median(rates) / br:.2f}x, "
@@ -152,6 +187,10 @@ def main():
             bad = sum(x["bad"] for x in rs)
             print(f"| {size} | {name} | {fmt(rates, ',.0f')} | {fmt(cpus, '.2f')} | {rel} | "
                   f"{lost} / {sent} | {bad} |")
+    others = [x["other"] for rs in results.values() for x in rs]
+    print(f"\nOther load on the two CPUs during the load windows (CPUs busy beside the "
+          f"server and the load generator): median {statistics.median(others):.2f}, "
+          f"max {max(others):.2f}")
 
 
 if __name__ == "__main__":

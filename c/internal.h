@@ -58,6 +58,11 @@ typedef struct zcn_source {
      * of a buffer or an SQE), since the source's own completions may never
      * come to do it. May be NULL. */
     void (*flush)(struct zcn_source *src);
+    /* Called when a loop call starts a new poll batch (the previous one's
+     * lent memory is the caller's no more): a source in batch mode (UDP,
+     * zcn_udp_set_batch) takes its buffers back and empties its event
+     * array. May be NULL. */
+    void (*end_batch)(struct zcn_source *src);
 } zcn_source;
 #define ZCN_SOURCES_MAX 64
 #define ZCN_OP_SOURCE 7u
@@ -108,6 +113,18 @@ void *zcn_loop_uring(ZCN_Loop *loop);
 int zcn_loop_in_callback(const ZCN_Loop *loop);
 void zcn_loop_callback_enter(ZCN_Loop *loop);
 void zcn_loop_callback_leave(ZCN_Loop *loop);
+/* For a source in batch mode: appends an event of `type` for fd and tag to
+ * the batch of the zcn_loop_poll running now and returns it; the source may
+ * update its fields until that poll returns. NULL when no zcn_loop_poll is
+ * running (callback mode, or outside the loop) or its batch is full. */
+ZCN_Event *zcn_loop_source_event(ZCN_Loop *loop, uint32_t type, int fd, uint32_t tag);
+/* Nonzero while a zcn_loop_poll runs (events may be appended). */
+int zcn_loop_polling(const ZCN_Loop *loop);
+/* Nonzero when zcn_loop_source_event would succeed now. */
+int zcn_loop_event_room(const ZCN_Loop *loop);
+/* The attached source for which match(src, arg) is true, or NULL. */
+zcn_source *zcn_loop_find_source(ZCN_Loop *loop, bool (*match)(zcn_source *src, void *arg),
+                                 void *arg);
 
 /* Smallest power of two >= v (v <= 2^31). */
 static inline uint32_t zcn_pow2_ceil(uint32_t v)

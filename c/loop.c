@@ -183,6 +183,14 @@ static void end_batch(ZCN_Loop *s)
         zcn_tcp_free_slot(s, c);
     }
     s->batch++; /* what the last batch lent is the caller's answer now */
+    for (uint32_t i = 0, seen = 0; seen < s->sources_count && i < ZCN_SOURCES_MAX; i++) {
+        zcn_source *src = s->sources[i];
+        if (src == NULL)
+            continue;
+        seen++;
+        if (src->end_batch != NULL)
+            src->end_batch(src);
+    }
 }
 
 /* What a wait hands the kernel first: queued sends (ours and the attached
@@ -206,7 +214,13 @@ static void prepare_submit(ZCN_Loop *s)
  * Returns 0 or a negative errno (-ETIME on timeout, -EINTR on a signal). */
 static int wait_cqe(ZCN_Loop *s, int timeout_ms)
 {
+    uint32_t emitted = s->ev_n;
     prepare_submit(s);
+    /* A source's flush may add to the poll batch (a UDP socket in batch
+     * mode reports a send error): the caller gets it now, not after the
+     * wait. */
+    if (s->ev != NULL && s->ev_n != emitted)
+        timeout_ms = 0;
     return zcn_wait(s->ring, timeout_ms);
 }
 
@@ -887,6 +901,40 @@ void zcn_loop_detach(ZCN_Loop *s, uint32_t id)
         return;
     s->sources[id] = NULL;
     s->sources_count--;
+}
+
+zcn_source *zcn_loop_find_source(ZCN_Loop *s, bool (*match)(zcn_source *src, void *arg),
+                                 void *arg)
+{
+    for (uint32_t i = 0, seen = 0; s != NULL && seen < s->sources_count && i < ZCN_SOURCES_MAX;
+         i++) {
+        zcn_source *src = s->sources[i];
+        if (src == NULL)
+            continue;
+        seen++;
+        if (match(src, arg))
+            return src;
+    }
+    return NULL;
+}
+
+int zcn_loop_polling(const ZCN_Loop *s)
+{
+    return s != NULL && s->in_loop > 0 && s->ev != NULL;
+}
+
+int zcn_loop_event_room(const ZCN_Loop *s)
+{
+    return zcn_loop_polling(s) && has_room(s, 1);
+}
+
+ZCN_Event *zcn_loop_source_event(ZCN_Loop *s, uint32_t type, int fd, uint32_t tag)
+{
+    if (!zcn_loop_event_room(s))
+        return NULL;
+    ZCN_Event *e = next_event(s, type, fd);
+    e->tag = tag;
+    return e;
 }
 
 void *zcn_loop_uring(ZCN_Loop *s)

@@ -189,6 +189,17 @@ static void flush_source(zcn_source *src)
     zcn_udpi_flush_tx(u);
     if (u->in_callback == 0) /* zcn_server_flush from our callback: the batch rearms */
         zcn_udpi_maybe_rearm(u);
+    zcn_udpi_batch_flush_errors(u); /* batch mode: errors held since the last poll */
+}
+
+/* The loop starts a new poll batch: in batch mode the last one's datagrams
+ * come back (their buffers, the array). */
+static void end_batch_source(zcn_source *src)
+{
+    ZCN_UdpSocket *u = (ZCN_UdpSocket *)src;
+    if (u->lingering || u->batch_ev == NULL)
+        return;
+    zcn_udpi_batch_end(u);
 }
 
 /* Enables the ring on the calling thread (own ring) and arms the receive. */
@@ -441,6 +452,52 @@ static ZCN_Error open_socket(ZCN_UdpSocket *u, const ZCN_UdpConfig *cfg)
     getsockname(u->fd, (struct sockaddr *)&local, &len);
     u->port = ntohs(u->family == AF_INET6 ? ((struct sockaddr_in6 *)&local)->sin6_port
                                           : ((struct sockaddr_in *)&local)->sin_port);
+    return ZCN_OK;
+}
+
+/* zcn_udp_adopt_on: fd becomes the socket's, with its own address and
+ * peer. u->fd is set only once everything checked out. */
+static ZCN_Error adopt_socket(ZCN_UdpSocket *u, int fd, const ZCN_UdpConfig *cfg)
+{
+    if (cfg->address != NULL || cfg->port != 0 || cfg->connect_address != NULL ||
+        cfg->connect_port != 0)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "address, port, connect_address and connect_port must be 0: an "
+                        "adopted socket keeps its own");
+    int type = 0, domain = 0, proto = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
+        return zcn_fail((ZCN_Error)errno, "fd %d: getsockopt(SO_TYPE): %s", fd, strerror(errno));
+    len = sizeof domain;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0)
+        return zcn_fail((ZCN_Error)errno, "fd %d: getsockopt(SO_DOMAIN): %s", fd,
+                        strerror(errno));
+    len = sizeof proto;
+    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) != 0)
+        return zcn_fail((ZCN_Error)errno, "fd %d: getsockopt(SO_PROTOCOL): %s", fd,
+                        strerror(errno));
+    if (type != SOCK_DGRAM || (domain != AF_INET && domain != AF_INET6) || proto != IPPROTO_UDP)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "fd %d is not a UDP socket (type %d, family %d, protocol %d)", fd, type,
+                        domain, proto);
+    ZCN_Error e = apply_options(fd, domain, cfg);
+    if (e != ZCN_OK)
+        return e;
+    struct sockaddr_storage local;
+    memset(&local, 0, sizeof local);
+    len = sizeof local;
+    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0)
+        return zcn_fail((ZCN_Error)errno, "getsockname: %s", strerror(errno));
+    struct sockaddr_storage peer;
+    len = sizeof peer;
+    bool connected = getpeername(fd, (struct sockaddr *)&peer, &len) == 0;
+    if (!connected && errno != ENOTCONN)
+        return zcn_fail((ZCN_Error)errno, "getpeername: %s", strerror(errno));
+    u->family = domain;
+    u->connected = connected;
+    u->port = ntohs(domain == AF_INET6 ? ((struct sockaddr_in6 *)&local)->sin6_port
+                                       : ((struct sockaddr_in *)&local)->sin_port);
+    u->fd = fd;
     return ZCN_OK;
 }
 
@@ -776,6 +833,7 @@ static ZCN_UdpSocket *alloc_socket(const ZCN_UdpConfig *cfg, struct settings *st
     }
     u->src.handle_cqe = handle_cqe;
     u->src.flush = flush_source;
+    u->src.end_batch = end_batch_source;
     u->fd = -1;
     u->wake_fd = -1;
     u->live_slot = -1;
@@ -794,13 +852,14 @@ static ZCN_UdpSocket *alloc_socket(const ZCN_UdpConfig *cfg, struct settings *st
     return u;
 }
 
-/* The parts common to both create calls, once the ring is known. */
+/* The parts common to the create calls, once the ring is known: the
+ * socket is opened, or adopt_fd (>= 0) adopted. */
 static ZCN_Error finish_create(ZCN_UdpSocket *u, const ZCN_UdpConfig *cfg,
-                               const struct settings *st)
+                               const struct settings *st, int adopt_fd)
 {
     ZCN_Error e = alloc_tables(u, st, cfg);
     if (e == ZCN_OK)
-        e = open_socket(u, cfg);
+        e = adopt_fd >= 0 ? adopt_socket(u, adopt_fd, cfg) : open_socket(u, cfg);
     if (e == ZCN_OK)
         e = setup_receive(u, st);
     return e;
@@ -827,7 +886,7 @@ ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
             e = zcn_fail((ZCN_Error)errno, "eventfd: %s", strerror(errno));
     }
     if (e == ZCN_OK)
-        e = finish_create(u, cfg, &st);
+        e = finish_create(u, cfg, &st, -1);
     if (e != ZCN_OK) {
         free_socket(u);
         zcn_set_err(err, e);
@@ -841,7 +900,7 @@ ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
 /* A socket on a loop's ring: ready (enabled, this thread its owner) is
  * the caller's check; what_loop names the handle for error messages. */
 static ZCN_UdpSocket *create_on_loop(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, ZCN_Error *err,
-                                     const char *what_loop)
+                                     const char *what_loop, int adopt_fd)
 {
     struct settings st = {0};
     ZCN_UdpSocket *u = alloc_socket(cfg, &st, err);
@@ -865,12 +924,14 @@ static ZCN_UdpSocket *create_on_loop(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, Z
         u->loop = loop;
         /* The loop's own receive ring is group 0. */
         u->bgid = (uint16_t)(1 + u->source_id);
-        e = finish_create(u, cfg, &st);
+        e = finish_create(u, cfg, &st, adopt_fd);
     }
     if (e == ZCN_OK)
         e = zcn_udpi_start(u);
     if (e != ZCN_OK) {
         u->started = false; /* nothing was submitted to the kernel yet */
+        if (adopt_fd >= 0)
+            u->fd = -1; /* still the caller's */
         free_socket(u);
         zcn_set_err(err, e);
         return NULL;
@@ -886,7 +947,7 @@ ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server, const ZCN_UdpConfig 
         zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "server is NULL"));
         return NULL;
     }
-    return create_on_loop(zcn_server_get_loop(server), cfg, err, "server");
+    return create_on_loop(zcn_server_get_loop(server), cfg, err, "server", -1);
 }
 
 ZCN_UdpSocket *zcn_udp_create_on(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, ZCN_Error *err)
@@ -901,7 +962,31 @@ ZCN_UdpSocket *zcn_udp_create_on(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, ZCN_E
         zcn_set_err(err, e);
         return NULL;
     }
-    return create_on_loop(loop, cfg, err, "loop");
+    return create_on_loop(loop, cfg, err, "loop", -1);
+}
+
+static bool has_fd(zcn_source *src, void *arg)
+{
+    return src->handle_cqe == handle_cqe && ((ZCN_UdpSocket *)src)->fd == *(const int *)arg &&
+           !((ZCN_UdpSocket *)src)->lingering;
+}
+
+ZCN_UdpSocket *zcn_udp_adopt_on(ZCN_Loop *loop, int fd, const ZCN_UdpConfig *cfg, ZCN_Error *err)
+{
+    static const ZCN_UdpConfig defaults;
+    if (loop == NULL || fd < 0) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                                  loop == NULL ? "loop is NULL" : "fd is negative"));
+        return NULL;
+    }
+    ZCN_Error e = zcn_loop_claim(loop, "zcn_udp_adopt_on");
+    if (e == ZCN_OK && zcn_loop_find_source(loop, has_fd, &fd) != NULL)
+        e = zcn_fail(ZCN_ERR_BUSY, "fd %d is already a UDP socket of this loop", fd);
+    if (e != ZCN_OK) {
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    return create_on_loop(loop, cfg != NULL ? cfg : &defaults, err, "loop", fd);
 }
 
 ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *u)

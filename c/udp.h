@@ -47,6 +47,7 @@
 #define GSO_BYTES_MAX 65000u
 #define GSO_CTL_BYTES CMSG_SPACE(sizeof(uint16_t))
 #define NIL (-1)
+#define ERR_PENDING_MAX 8u      /* batch mode: errors held between polls */
 
 /* Room between the peer name and the payload (the msghdr's control area in
  * multishot mode; unused with recvmmsg). */
@@ -186,6 +187,19 @@ struct ZCN_UdpSocket {
     uint32_t ev_cap;
     uint32_t ev_n;
     int32_t lent_head;      /* buffers lent to the current poll batch */
+
+    /* Batch mode on a loop (zcn_udp_set_batch): datagrams of a zcn_loop_poll
+     * go to batch_ev (ev points there while read_batch fills it), ev_n
+     * counting them until the next loop call's end_batch; batch_event is
+     * this poll's ZCN_EVENT_DATAGRAMS (NULL until the first entry). Errors
+     * that cannot be reported yet wait in err_pending. */
+    ZCN_UdpEvent *batch_ev;
+    uint32_t batch_cap;
+    uint32_t batch_tag;
+    ZCN_Event *batch_event;
+    int32_t err_pending[ERR_PENDING_MAX];
+    uint32_t err_n;
+    bool recv_paused;       /* zcn_udp_pause_recv */
 
     ZCN_UdpStats stats;
 };
@@ -340,6 +354,9 @@ void zcn_udpi_end_batch(ZCN_UdpSocket *u);
 void zcn_udpi_arm_recv(ZCN_UdpSocket *u);
 void zcn_udpi_on_ready(ZCN_UdpSocket *u, struct io_uring_cqe *cqe, uint32_t index);
 void zcn_udpi_on_recv(ZCN_UdpSocket *u, struct io_uring_cqe *cqe);
+void zcn_udpi_batch_error(ZCN_UdpSocket *u, int err);
+void zcn_udpi_batch_end(ZCN_UdpSocket *u);
+void zcn_udpi_batch_flush_errors(ZCN_UdpSocket *u);
 
 /* c/udp_send.c */
 void zcn_udpi_on_send(ZCN_UdpSocket *u, uint32_t index, int res);

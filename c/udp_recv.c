@@ -32,7 +32,7 @@ static uint32_t fill_slots(ZCN_UdpSocket *u, uint32_t want);
 void zcn_udpi_maybe_rearm(ZCN_UdpSocket *u)
 {
     if (u->recv_mode == ZCN_UDP_RECV_READINESS) {
-        if (!u->started || u->destroying)
+        if (!u->started || u->destroying || u->recv_paused)
             return;
         /* Buffers came back (or an SQE is free again) after a stop. */
         if (u->rx_resume && !u->rx_more && fill_slots(u, 1) > 0) {
@@ -62,6 +62,130 @@ void zcn_udpi_end_batch(ZCN_UdpSocket *u)
         u->lent_head = u->meta[bid].next;
         buf_unref(u, bid);
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* batch mode on a loop (zcn_udp_set_batch)                            */
+/* ------------------------------------------------------------------ */
+
+/* Whether entries may go into batch_ev now: inside a zcn_loop_poll whose
+ * batch has (or can be given) this socket's ZCN_EVENT_DATAGRAMS. Errors
+ * held from before go in first, so the array keeps the order things
+ * happened in. */
+static bool batch_open(ZCN_UdpSocket *u)
+{
+    if (u->batch_event != NULL)
+        return zcn_loop_polling(u->loop) != 0;
+    ZCN_Event *e = zcn_loop_source_event(u->loop, ZCN_EVENT_DATAGRAMS, u->fd, u->batch_tag);
+    if (e == NULL)
+        return false;
+    e->data = (const uint8_t *)u->batch_ev;
+    e->len = u->ev_n;
+    u->batch_event = e;
+    zcn_udpi_batch_flush_errors(u);
+    return true;
+}
+
+static void error_entry(ZCN_UdpSocket *u, int err)
+{
+    ZCN_UdpEvent *e = &u->batch_ev[u->ev_n++];
+    memset(e, 0, sizeof *e);
+    e->flags = ZCN_UDP_ERROR;
+    e->full_len = (uint32_t)err;
+    u->batch_event->len = u->ev_n;
+}
+
+/* Moves held errors into this poll's batch, as far as it is open and the
+ * array has room. */
+void zcn_udpi_batch_flush_errors(ZCN_UdpSocket *u)
+{
+    if (u->err_n == 0 || u->batch_ev == NULL || !batch_open(u))
+        return;
+    uint32_t k = 0;
+    while (k < u->err_n && u->ev_n < u->batch_cap)
+        error_entry(u, u->err_pending[k++]);
+    memmove(u->err_pending, u->err_pending + k, (u->err_n - k) * sizeof u->err_pending[0]);
+    u->err_n -= k;
+}
+
+/* An error of the socket, for a batch-mode caller: into this poll's batch
+ * now, or held for the next (the oldest ERR_PENDING_MAX are kept; the
+ * stats count every one). */
+void zcn_udpi_batch_error(ZCN_UdpSocket *u, int err)
+{
+    if (u->batch_ev == NULL || u->destroying)
+        return;
+    if (u->err_n < ERR_PENDING_MAX)
+        u->err_pending[u->err_n++] = err;
+    zcn_udpi_batch_flush_errors(u);
+}
+
+/* A loop call starts a new batch: the last one's datagrams come back. */
+void zcn_udpi_batch_end(ZCN_UdpSocket *u)
+{
+    zcn_udpi_end_batch(u);
+    u->ev_n = 0;
+    u->batch_event = NULL;
+    zcn_udpi_batch_flush_errors(u); /* held ones: this poll reports them */
+}
+
+ZCN_Error zcn_udp_set_batch(ZCN_UdpSocket *u, ZCN_UdpEvent *events, uint32_t capacity,
+                            uint32_t tag)
+{
+    if (u == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
+    if (u->loop == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "batch mode is for sockets on a loop; this one has its own ring: "
+                        "use zcn_udp_poll");
+    if (u->recv_mode != ZCN_UDP_RECV_READINESS)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "batch mode needs the readiness receive mode");
+    if ((events == NULL) != (capacity == 0))
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "events and capacity must be both set (batch mode) or both 0 (off)");
+    if (u->in_callback || zcn_loop_in_callback(u->loop))
+        return zcn_fail(ZCN_ERR_BUSY, "batch mode cannot change inside a callback");
+    /* What an earlier array holds is given back: its caller is done with it. */
+    zcn_udpi_end_batch(u);
+    u->ev_n = 0;
+    u->batch_event = NULL;
+    u->err_n = 0;
+    u->batch_ev = events;
+    u->batch_cap = capacity;
+    u->batch_tag = tag;
+    return ZCN_OK;
+}
+
+static ZCN_Error recv_flow_guard(const ZCN_UdpSocket *u)
+{
+    if (u == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket is NULL");
+    if (u->recv_mode != ZCN_UDP_RECV_READINESS)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "pause_recv/resume_recv need the readiness receive mode");
+    return ZCN_OK;
+}
+
+ZCN_Error zcn_udp_pause_recv(ZCN_UdpSocket *u)
+{
+    ZCN_Error e = recv_flow_guard(u);
+    if (e == ZCN_OK)
+        u->recv_paused = true; /* an armed poll may still fire: read_batch reads nothing */
+    return e;
+}
+
+ZCN_Error zcn_udp_resume_recv(ZCN_UdpSocket *u)
+{
+    ZCN_Error e = recv_flow_guard(u);
+    if (e != ZCN_OK || !u->recv_paused)
+        return e;
+    u->recv_paused = false;
+    /* Poll again (or read on): what waits in the socket is read from the
+     * next turn. On a loop its next wait submits the SQE. */
+    zcn_udpi_maybe_rearm(u);
+    if (u->loop == NULL && u->started && u->in_callback == 0)
+        return zcn_udpi_submit_now(u);
+    return ZCN_OK;
 }
 
 /* ------------------------------------------------------------------ */
@@ -225,7 +349,7 @@ static void deliver_spill(ZCN_UdpSocket *u, uint32_t i, uint32_t full)
 }
 
 /* Readiness mode: one recvmmsg batch into the slots, delivered in order. */
-static void read_batch(ZCN_UdpSocket *u)
+static void read_into(ZCN_UdpSocket *u)
 {
     uint32_t want = u->rx_slots;
     if (u->ev != NULL) {
@@ -255,8 +379,19 @@ static void read_batch(ZCN_UdpSocket *u)
             break;
         /* A pending socket error (ECONNREFUSED after an ICMP error on a
          * connected socket) is returned once and cleared: read again. */
+        int err = errno;
         u->stats.recv_errors++;
-        u->stats.last_recv_error = errno;
+        u->stats.last_recv_error = err;
+        zcn_udpi_batch_error(u, err);
+        if (u->ev != NULL && u->ev_cap - u->ev_n < want) {
+            /* the error took the batch's last room: the datagrams wait */
+            want = u->ev_cap - u->ev_n;
+            if (want == 0) {
+                queue_read_on(u);
+                return;
+            }
+        }
+        errno = err;
     }
     if (n <= 0) {
         u->rx_idle = true; /* drained, or failing: the poll reports what comes next */
@@ -284,6 +419,39 @@ static void read_batch(ZCN_UdpSocket *u)
         u->rx_idle = true; /* recvmmsg stopped at an empty queue */
 }
 
+/* read_into, in batch mode into this poll's batch (or, when the loop runs
+ * callbacks, to the callback; when the poll's batch is full, at the next
+ * poll). Nothing is read while paused. */
+static void read_batch(ZCN_UdpSocket *u)
+{
+    if (u->recv_paused) {
+        u->rx_idle = true; /* resume_recv polls again */
+        return;
+    }
+    if (u->batch_ev == NULL) {
+        read_into(u);
+        return;
+    }
+    bool room = u->batch_event != NULL ? zcn_loop_polling(u->loop) != 0
+                                       : zcn_loop_event_room(u->loop) != 0;
+    if (!room) {
+        if (zcn_loop_polling(u->loop))
+            queue_read_on(u); /* no room in the poll's batch */
+        else
+            read_into(u); /* callback mode */
+        return;
+    }
+    u->ev = u->batch_ev;
+    u->ev_cap = u->batch_cap;
+    read_into(u);
+    u->ev = NULL;
+    u->ev_cap = 0;
+    /* The event only now, so a read that found nothing reports nothing;
+     * reading took none of the poll batch's room, so it is there. */
+    if (u->ev_n > 0 && batch_open(u))
+        u->batch_event->len = u->ev_n;
+}
+
 /* Readiness mode: the poll (index 0) or the read-on NOP (RX_MORE). */
 void zcn_udpi_on_ready(ZCN_UdpSocket *u, struct io_uring_cqe *cqe, uint32_t index)
 {
@@ -296,6 +464,7 @@ void zcn_udpi_on_ready(ZCN_UdpSocket *u, struct io_uring_cqe *cqe, uint32_t inde
             if (cqe->res != -ECANCELED) {
                 u->stats.recv_errors++;
                 u->stats.last_recv_error = -cqe->res;
+                zcn_udpi_batch_error(u, -cqe->res);
             }
             u->rx_idle = true; /* maybe_rearm polls again */
             return;

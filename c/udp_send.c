@@ -19,6 +19,7 @@ void zcn_udpi_on_send(ZCN_UdpSocket *u, uint32_t index, int res)
     if (res < 0) {
         u->stats.send_errors++;
         u->stats.last_send_error = -res;
+        zcn_udpi_batch_error(u, -res);
     } else {
         u->stats.datagrams_sent++;
         u->stats.bytes_sent += (uint64_t)res;

@@ -540,6 +540,11 @@ enum {
     ZCN_EVENT_WATCH = 8,    /* a watched fd without callback is ready: fd, len =
                                ZCN_WATCH_* bits, offset = the watch id */
     ZCN_EVENT_CALL = 9,     /* zcn_loop_call(loop, NULL, arg): offset = arg */
+    /* A UDP socket in batch mode (zcn_udp_set_batch) has datagrams or
+     * errors in its event array: fd = the socket's fd, tag = its batch tag,
+     * len = the ZCN_UdpEvent entries in the array, data = the array. At
+     * most one per socket and poll. */
+    ZCN_EVENT_DATAGRAMS = 10,
 };
 typedef struct ZCN_Event {
     uint32_t type;          /* ZCN_EVENT_* */
@@ -1072,6 +1077,11 @@ enum {
      * for datagrams over buffer_size (raise buffer_size to receive them
      * whole there). */
     ZCN_UDP_TRUNCATED = 1u << 0,
+    /* Batch mode only (zcn_udp_set_batch): not a datagram but an error of
+     * the socket, in the order it happened: full_len = the errno (a
+     * receive's, e.g. ECONNREFUSED after an ICMP port unreachable on a
+     * connected socket, or a send's), len 0, no peer, data NULL. */
+    ZCN_UDP_ERROR = 1u << 1,
 };
 
 /* UDP configuration. Zero in any field means the default beside it, so
@@ -1186,6 +1196,31 @@ ZCN_API ZCN_UdpSocket *zcn_udp_create_on_server(ZCN_Server *server,
  * place (zcn_loop_destroy gives ZCN_ERR_BUSY while sockets remain). */
 ZCN_API ZCN_UdpSocket *zcn_udp_create_on(ZCN_Loop *loop, const ZCN_UdpConfig *config,
                                          ZCN_Error *err);
+/* Adopts fd, a UDP socket made elsewhere (an asyncio loop's
+ * create_datagram_endpoint, a socket handed in by the user: AF_INET or
+ * AF_INET6, SOCK_DGRAM, IPPROTO_UDP; bound or not, connected or not,
+ * blocking or not), as a UDP socket on the loop, exactly like one
+ * zcn_udp_create_on made: the config gives the buffers, sends_max,
+ * recv_mode, large buffers and the flags (ZCN_UDP_NO_GSO,
+ * ZCN_UDP_SMALL_ONLY; the socket-option flags, rcvbuf and sndbuf are set
+ * on fd when given, 0 leaves the socket's own); address, port,
+ * connect_address and connect_port must be NULL/0 (the socket's own
+ * address, and its peer if connected, are used; zcn_udp_port is the bound
+ * port as of this call). config NULL = all defaults. Receiving starts at
+ * the loop's next turn.
+ * Ownership: on success the socket owns fd: zcn_udp_destroy closes it (a
+ * destroyed socket that lingers for its last completions closes it when it
+ * frees itself), so the caller must not close fd, and may detach its own
+ * socket object once it has destroyed the socket. On failure NULL, *err
+ * set, and fd is still the caller's, open (a socket option set before the
+ * failure stays set): ZCN_ERR_INVALID_ARGUMENT (NULL loop, negative fd, not
+ * a UDP socket, an address field set, a bad config), ZCN_ERR_BUSY (fd is
+ * already a UDP socket of this loop), ZCN_ERR_EXHAUSTED (the loop has 64
+ * sockets), ZCN_ERR_WRONG_THREAD, the errno of getsockopt/setsockopt
+ * (ENOTSOCK, EBADF ...), ENOMEM. Threads: as zcn_udp_create_on (the
+ * loop's owner, or the first thread if it has none). */
+ZCN_API ZCN_UdpSocket *zcn_udp_adopt_on(ZCN_Loop *loop, int fd, const ZCN_UdpConfig *config,
+                                        ZCN_Error *err);
 /* Cancels the socket's I/O, closes it and frees everything; queued sends
  * not yet completed are dropped. Not from inside a callback (ZCN_ERR_BUSY,
  * nothing done). NULL gives ZCN_ERR_INVALID_ARGUMENT.
@@ -1338,6 +1373,42 @@ ZCN_API ZCN_Error zcn_udp_poll(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, uint32
                                int timeout_ms, uint32_t *count_out);
 
 ZCN_API ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *sock, ZCN_UdpStats *out);
+
+/* Batch mode, for a socket on a loop (zcn_udp_create_on, _adopt_on) whose
+ * loop is driven by zcn_loop_poll: datagrams come as a batch instead of a
+ * callback each. Each zcn_loop_poll writes the socket's datagrams of that
+ * poll into `events` (up to `capacity`, >= 1; the read waits for the next
+ * poll beyond that) as zcn_udp_poll would, and, when there is any, one
+ * ZCN_EVENT_DATAGRAMS event into the poll's own batch saying how many
+ * (len) for this socket (fd, tag). Errors of the socket arrive in the same
+ * array, in order, as entries flagged ZCN_UDP_ERROR (full_len = errno):
+ * receive errors (ECONNREFUSED after an ICMP error on a connected
+ * socket ...) and send errors (each datagram that failed in the kernel),
+ * besides being counted in the stats as ever; one that happens outside a
+ * poll (a send submitted by zcn_udp_flush) is held (up to 8, later ones
+ * only counted) and reported by the next poll, which then does not wait.
+ * The datagrams' memory is lent until the next loop call (poll or run) on
+ * this loop, and may be passed to zcn_udp_sendto without a copy until
+ * then; the array must stay valid and untouched by the caller until the
+ * socket is destroyed or batch mode is turned off. While the loop runs in
+ * callback mode (zcn_loop_run*) the datagrams go to the callback, as
+ * without batch mode. events NULL (capacity 0) turns batch mode off,
+ * giving back what the current batch lent at once. Readiness receive mode
+ * only. Owner thread, not from a callback.
+ * Errors: ZCN_ERR_INVALID_ARGUMENT (NULL sock, a socket with its own ring
+ * (use zcn_udp_poll), multishot receive mode, events NULL with capacity
+ * > 0 or capacity 0 with events), ZCN_ERR_BUSY (from a callback). */
+ZCN_API ZCN_Error zcn_udp_set_batch(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, uint32_t capacity,
+                                    uint32_t tag);
+/* Receive flow control (asyncio's pause_reading / resume_reading): after
+ * pause_recv the socket reads no datagram (they wait in the kernel's
+ * receive queue, up to SO_RCVBUF, and the kernel drops what does not fit,
+ * counted in kernel_drops) until resume_recv; datagrams already delivered
+ * or in the current batch stay there. Sends go on. Either call on a state
+ * it is already in is ZCN_OK. Readiness receive mode only. Owner thread.
+ * Errors: ZCN_ERR_INVALID_ARGUMENT (NULL, multishot mode). */
+ZCN_API ZCN_Error zcn_udp_pause_recv(ZCN_UdpSocket *sock);
+ZCN_API ZCN_Error zcn_udp_resume_recv(ZCN_UdpSocket *sock);
 
 #ifdef __cplusplus
 }

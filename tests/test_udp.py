@@ -704,13 +704,14 @@ def _run_doc_block(code):
 
 
 def test_udp_guide_python_examples_run():
-    echo, sendmany, large, on_loop = _udp_doc_blocks("python")
+    echo, sendmany, large, on_loop, on_asyncio = _udp_doc_blocks("python")
     lines = _run_doc_block(echo)
     assert lines[0].startswith("(b'hello', ('127.0.0.1', "), lines
     assert lines[1] == "1"
     assert _run_doc_block(sendmany) == ["64", "2", "b'00000000' b'00000001'"]
     assert _run_doc_block(large) == ["9000 True", "60000 True", "65507 True", "3 0 0", "3584 1"]
     assert _run_doc_block(on_loop) == ["b'hello'", "1 1", "True"]
+    assert _run_doc_block(on_asyncio) == ["b'hello' True"]
 
 
 def test_udp_guide_c_example_builds_and_runs(tmp_path):

@@ -192,6 +192,7 @@ SERVER_HALF_CLOSE = 1 << 1
 TIMEOUT_NEVER = 0xFFFFFFFF
 EVENT_ACCEPT, EVENT_DATA, EVENT_CLOSE, EVENT_DRAIN, EVENT_EOF = 1, 2, 3, 4, 5
 EVENT_CONNECT, EVENT_TIMER, EVENT_WATCH, EVENT_CALL = 6, 7, 8, 9
+EVENT_DATAGRAMS = 10
 WATCH_READ, WATCH_WRITE, WATCH_ERROR, WATCH_HUP = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 # ZCN_CONN_*: ZCN_ConnInfo.flags
 CONN_EOF, CONN_SHUT_WR, CONN_CLOSING, CONN_WAITING, CONN_PAUSED, CONN_FORWARDING = (
@@ -520,6 +521,7 @@ UDP_SMALL_ONLY = 1 << 5
 # ZCN_UDP_RECV_*: ZCN_UdpConfig.recv_mode
 UDP_RECV_READINESS, UDP_RECV_MULTISHOT = 1, 2
 UDP_TRUNCATED = 1 << 0
+UDP_ERROR = 1 << 1
 
 
 class UdpConfig(Structure):
@@ -595,6 +597,9 @@ zcn_udp_create_on_server = _fn("zcn_udp_create_on_server", c_void_p,
                                [c_void_p, POINTER(UdpConfig), ErrOut])
 # ZCN_UdpSocket *zcn_udp_create_on(ZCN_Loop *loop, const ZCN_UdpConfig *config, ZCN_Error *err);
 zcn_udp_create_on = _fn("zcn_udp_create_on", c_void_p, [c_void_p, POINTER(UdpConfig), ErrOut])
+# ZCN_UdpSocket *zcn_udp_adopt_on(ZCN_Loop *loop, int fd, const ZCN_UdpConfig *config,
+#                                 ZCN_Error *err);
+zcn_udp_adopt_on = _fn("zcn_udp_adopt_on", c_void_p, [c_void_p, c_int, POINTER(UdpConfig), ErrOut])
 # ZCN_Error zcn_udp_destroy(ZCN_UdpSocket *sock);
 zcn_udp_destroy = _fn("zcn_udp_destroy", ZCN_Error, [c_void_p], _check_rc)
 # ZCN_Error zcn_udp_set_callback(ZCN_UdpSocket *sock, void *user_data, ZCN_OnDatagram on_datagram);
@@ -666,3 +671,11 @@ zcn_udp_poll = _fn("zcn_udp_poll", ZCN_Error,
                    [c_void_p, c_void_p, c_uint32, c_int, POINTER(c_uint32)])
 # ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *sock, ZCN_UdpStats *out);
 zcn_udp_stats = _fn("zcn_udp_stats", ZCN_Error, [c_void_p, POINTER(UdpStats)], _check_rc)
+# ZCN_Error zcn_udp_set_batch(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, uint32_t capacity,
+#                             uint32_t tag);
+zcn_udp_set_batch = _fn("zcn_udp_set_batch", ZCN_Error, [c_void_p, c_void_p, c_uint32, c_uint32],
+                        _check_rc)
+# ZCN_Error zcn_udp_pause_recv(ZCN_UdpSocket *sock);
+zcn_udp_pause_recv = _fn("zcn_udp_pause_recv", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_udp_resume_recv(ZCN_UdpSocket *sock);
+zcn_udp_resume_recv = _fn("zcn_udp_resume_recv", ZCN_Error, [c_void_p], _check_rc)

@@ -1033,6 +1033,14 @@ class EventLoop(asyncio.SelectorEventLoop):
                                server: Any = None) -> "_ZcnTransport":
         return _ZcnTransport(self, sock, protocol, waiter, extra, server)
 
+    def _make_datagram_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                                 address: Any = None,
+                                 waiter: "Optional[asyncio.Future[None]]" = None,
+                                 extra: "Optional[dict[str, Any]]" = None) -> Any:
+        # zcn's UDP for UDP sockets, asyncio's own for the rest (zcn/_aio_udp.py)
+        from ._aio_udp import make_datagram_transport
+        return make_datagram_transport(self, sock, protocol, address, waiter, extra)
+
     def _make_ssl_transport(self, rawsock: socket.socket, protocol: asyncio.BaseProtocol,
                             sslcontext: Any, waiter: "Optional[asyncio.Future[None]]" = None,
                             *, server_side: bool = False, server_hostname: Optional[str] = None,

@@ -105,6 +105,7 @@ _iter_events = _EVENT_DECODE.iter_unpack
 #: The tag of the connections zcn.aio adopts (a small int: no allocation
 #: per decoded event); servers' tags skip it.
 _ASYNCIO_TAG = 256
+_DATAGRAMS = _ffi.EVENT_DATAGRAMS
 _ERR_WRONG_THREAD = WrongThreadError.code
 _ERR_CLOSED = ClosedError.code
 _NO_VIEW = object()
@@ -317,6 +318,10 @@ class Loop(HandleOwner):
         # C loop; their datagrams come through C callbacks inside the poll,
         # counted in _c_calls, and what those raise waits in _raised.
         self._udp_sockets: Dict[UdpSocket, None] = {}
+        # UDP sockets in batch mode (zcn_udp_set_batch): batch tag ->
+        # handler(count), called for the socket's ZCN_EVENT_DATAGRAMS
+        # (zcn.aio's datagram transports, zcn/_aio_udp.py).
+        self._batch_handlers: Dict[int, Callable[[int], None]] = {}
         self._c_calls = 0
         self._raised: List[BaseException] = []
 
@@ -886,6 +891,10 @@ class Loop(HandleOwner):
                             self._callback_failed(f"watch {entry[0]!r}", None, exc)
                 elif etype == _CALL:
                     self._run_ready()
+                elif etype == _DATAGRAMS:
+                    handler = self._batch_handlers.get(tag)
+                    if handler is not None:
+                        handler(length)
                 elif etype == _ACCEPT:
                     server = owners.get(tag)
                     if server is None:
