@@ -129,10 +129,10 @@ class _ZcnSelector(selectors.BaseSelector):
         self._transports: dict[int, _ZcnTransport] = {}
         self._closed = False
         # The writes of this turn: their bytes back to back, and one
-        # ZCN_SendItem {int32 fd; uint32 len} per write as a 64-bit
-        # fd | len << 32 (little-endian x86-64 and aarch64).
+        # ZCN_SendItem {int32 fd; uint32 len} per write as two 'i' entries
+        # (small ints: nothing allocated or converted per write).
         self._wbuf = bytearray()
-        self._wrec = array.array("q")
+        self._wrec = array.array("i")
         self._wres = array.array("i", bytes(4 * 64))
         self._wfailed = ctypes.c_uint32(0)
         self._wfailed_arg = ctypes.byref(self._wfailed)
@@ -140,14 +140,14 @@ class _ZcnSelector(selectors.BaseSelector):
     def _flush_writes(self) -> None:
         """Hands the writes collected since the last flush to C in one call."""
         rec = self._wrec
-        n = len(rec)
+        n = len(rec) >> 1
         if not n:
             return
         buf = self._wbuf
         if len(self._wres) < n:
             self._wres = array.array("i", bytes(4 * 2 * n))
         data = (ctypes.c_char * len(buf)).from_buffer(buf)
-        items = (ctypes.c_int64 * n).from_buffer(rec)
+        items = (ctypes.c_int32 * (2 * n)).from_buffer(rec)
         results = (ctypes.c_int32 * n).from_buffer(self._wres)
         zl = self._zl
         rc = _raw_send_many(zl._handle_arg, data, len(buf), items, n, results, self._wfailed_arg)
@@ -163,8 +163,7 @@ class _ZcnSelector(selectors.BaseSelector):
         off = 0
         res = self._wres
         for i in range(n):
-            item = rec[i]
-            fd, length = item & 0xFFFFFFFF, item >> 32
+            fd, length = rec[2 * i], rec[2 * i + 1]
             code = rc or res[i]
             if code:
                 chunks.append((fd, code, bytes(buf[off:off + length])))
@@ -306,8 +305,12 @@ class _ZcnSelector(selectors.BaseSelector):
                     continue
                 if etype == _DATA:
                     if tr._rfast:
+                        # (a bound method kept on the instance: loaded as an
+                        # attribute, then called, which 3.11 specializes;
+                        # tr._data_received(...) would look it up anew)
+                        received = tr._data_received
                         try:
-                            tr._data_received(mm[offset:offset + length])
+                            received(mm[offset:offset + length])
                         except (SystemExit, KeyboardInterrupt):
                             raise
                         except BaseException as exc:
@@ -620,8 +623,12 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
             n = len(data)
             if n <= _COLLECT_MAX:
                 if n:
-                    self._wbuf_extend(data)
-                    self._wrec_append(self._sock_fd | n << 32)
+                    # attributes loaded, then called (see _dispatch)
+                    extend = self._wbuf_extend
+                    extend(data)
+                    append = self._wrec_append
+                    append(self._sock_fd)
+                    append(n)
                     n += self._unchecked
                     self._unchecked = n
                     if n > self._high_water:
