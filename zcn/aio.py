@@ -634,6 +634,22 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
                     if n > self._high_water:
                         self._maybe_pause_protocol()
                 return
+            # Larger: sent by itself, after what was collected (no copy
+            # into the batch buffer), still without argument conversion.
+            sel = self._sel
+            if sel._wrec:
+                sel._flush_writes()
+            if self._wfast:  # the flush may have refused this fd's writes
+                try:
+                    rc = _raw_send(self._handle_arg, self._sock_fd, data, n)
+                except OverflowError:  # over 2 GiB: the typed call below
+                    rc = -1
+                if rc == 0:
+                    n += self._unchecked
+                    self._unchecked = n
+                    if n > self._high_water:
+                        self._maybe_pause_protocol()
+                    return
         self._write_slow(data)
 
     def _write_refused(self, code: int, chunk: bytes) -> None:
