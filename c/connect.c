@@ -138,6 +138,34 @@ static ZCN_Error bind_local(int fd, const ZCN_ConnectConfig *cfg, int family)
     return ZCN_OK;
 }
 
+/* Takes the free slot for fd with the callbacks and settings of cfg (its
+ * handler is the slot's entry in out_h): what a connect and an adopt
+ * share. The caller has checked that a slot is free and fd fits. */
+static struct conn *open_outbound(ZCN_Loop *s, int fd, const ZCN_ConnectConfig *cfg,
+                                  const struct sockaddr_storage *addr, socklen_t addr_len)
+{
+    struct zcn_handler *h = &s->out_h[s->conn_free];
+    *h = (struct zcn_handler){
+        .user_data = cfg->user_data,
+        .on_data = cfg->on_data,
+        .on_close = cfg->on_close,
+        .on_drain = cfg->on_drain,
+        .on_eof = cfg->on_eof,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+        .tag = cfg->tag,
+        .half_close_flag = (cfg->flags & ZCN_SERVER_HALF_CLOSE) != 0,
+        .nodelay = cfg->tcp_nodelay >= 0,
+        .addr = *addr,
+        .addr_len = addr_len,
+    };
+    if (s->in_loop == 0)
+        s->now_ms = zcn_now_ms();
+    struct conn *c = zcn_tcp_conn_open(s, fd, h);
+    if (c != NULL)
+        c->outbound = true;
+    return c;
+}
+
 ZCN_Error zcn_loop_connect(ZCN_Loop *s, const ZCN_ConnectConfig *cfg, int *fd_out)
 {
     if (fd_out != NULL)
@@ -178,28 +206,11 @@ ZCN_Error zcn_loop_connect(ZCN_Loop *s, const ZCN_ConnectConfig *cfg, int *fd_ou
         return err;
     }
     uint32_t slot = (uint32_t)s->conn_free;
-    struct zcn_handler *h = &s->out_h[slot];
-    *h = (struct zcn_handler){
-        .user_data = cfg->user_data,
-        .on_data = cfg->on_data,
-        .on_close = cfg->on_close,
-        .on_drain = cfg->on_drain,
-        .on_eof = cfg->on_eof,
-        .on_connect = cfg->on_connect,
-        .idle_timeout_ms = cfg->idle_timeout_ms,
-        .tag = cfg->tag,
-        .half_close_flag = (cfg->flags & ZCN_SERVER_HALF_CLOSE) != 0,
-        .nodelay = cfg->tcp_nodelay >= 0,
-        .addr = ss,
-        .addr_len = len,
-    };
-    if (s->in_loop == 0)
-        s->now_ms = zcn_now_ms();
-    struct conn *c = zcn_tcp_conn_open(s, fd, h);
+    struct conn *c = open_outbound(s, fd, cfg, &ss, len);
     if (c == NULL) /* cannot happen: a slot and the fd were checked */
         return zcn_fail(ZCN_ERR_EXHAUSTED, "no connection slot");
+    c->h->on_connect = cfg->on_connect;
     c->state = CONN_CONNECTING;
-    c->outbound = true;
     s->lstats.connects_started++;
     uint32_t timeout = cfg->timeout_ms ? cfg->timeout_ms : CONNECT_TIMEOUT_DEFAULT_MS;
     if (timeout != ZCN_TIMEOUT_NEVER)
@@ -250,26 +261,10 @@ ZCN_Error zcn_loop_adopt(ZCN_Loop *s, int fd, const ZCN_ConnectConfig *cfg)
         return zcn_fail(ZCN_ERR_EXHAUSTED, "%u connections are open (connections_max)",
                         s->conns_max);
     uint32_t slot = (uint32_t)s->conn_free;
-    struct zcn_handler *h = &s->out_h[slot];
-    *h = (struct zcn_handler){
-        .user_data = cfg->user_data,
-        .on_data = cfg->on_data,
-        .on_close = cfg->on_close,
-        .on_drain = cfg->on_drain,
-        .on_eof = cfg->on_eof,
-        .idle_timeout_ms = cfg->idle_timeout_ms,
-        .tag = cfg->tag,
-        .half_close_flag = (cfg->flags & ZCN_SERVER_HALF_CLOSE) != 0,
-        .nodelay = cfg->tcp_nodelay >= 0,
-        .addr = peer,
-        .addr_len = plen,
-    };
-    if (s->in_loop == 0)
-        s->now_ms = zcn_now_ms();
-    struct conn *c = zcn_tcp_conn_open(s, fd, h);
+    struct conn *c = open_outbound(s, fd, cfg, &peer, plen);
     if (c == NULL) /* cannot happen: a slot and the fd were checked */
         return zcn_fail(ZCN_ERR_EXHAUSTED, "no connection slot");
-    c->outbound = true;
+    struct zcn_handler *h = c->h;
     s->stats.connections_accepted++; /* counted as a connection opened */
     /* Its receive is armed from the service list at the next turn, not
      * now: a zcn_loop_pause_recv right after the adopt (asyncio pauses a
