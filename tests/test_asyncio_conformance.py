@@ -145,21 +145,10 @@ if _sslproto is not None and hasattr(_sslproto, "SelectorStartTLSTests"):
 # --- test_sendfile ----------------------------------------------------------
 _sendfile = _suite("test_sendfile")
 if _sendfile is not None and hasattr(_sendfile, "SendfileTestsBase"):
-    _NO_NATIVE = ("zcn transports have no native sendfile "
-                  "(_sendfile_compatible is FALLBACK): the test needs the "
-                  "selector transport's native path")
-
     class TestZcnSendfile(_sendfile.SendfileTestsBase, test_utils.TestCase):
-        """loop.sendfile (the fallback: reads and transport writes) and
-        loop.sock_sendfile on zcn's loop."""
+        """loop.sendfile (native: os.sendfile on the adopted socket once its
+        zcn queue has drained, and the fallback) and loop.sock_sendfile on
+        zcn's loop."""
 
         def create_event_loop(self):
             return zcn.aio.new_event_loop()
-
-        @pytest.mark.skip(reason=_NO_NATIVE)
-        def test_sendfile_force_unsupported_native(self):
-            pass  # pragma: no cover
-
-        @pytest.mark.skip(reason=_NO_NATIVE + " (write() during a native sendfile raises)")
-        def test_sendfile_prevents_bare_write(self):
-            pass  # pragma: no cover

@@ -380,7 +380,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
     """A stream transport whose socket is a connection of the zcn loop."""
 
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _sock: Optional[socket.socket] = None
 
     def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: asyncio.BaseProtocol,
