@@ -795,9 +795,9 @@ ZCN_Error zcn_loop_send_many(ZCN_Loop *s, const uint8_t *data, size_t data_len,
              * rest is sent. */
             zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "item %u: %u bytes past the %zu of data", i, len,
                      data_len);
+            failed += count - i;
             for (; i < count; i++)
                 results[i] = ZCN_ERR_INVALID_ARGUMENT;
-            failed += count - i;
             break;
         }
         struct conn *c = send_target(s, items[i].fd, &err);

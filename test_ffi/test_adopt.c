@@ -18,6 +18,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1457,6 +1459,139 @@ static void test_unwatch_releases_fd(void)
             (unsigned long long)ms_armed, (unsigned long long)ms_unsent);
 }
 
+/* ---- zcn_loop_send_many ---------------------------------------------------- */
+
+static void read_exact(int fd, char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = recv(fd, buf + got, n - got, 0);
+        T_CHECK(r > 0);
+        got += (size_t)r;
+    }
+}
+
+static bool nothing_to_read(int fd)
+{
+    char c;
+    return recv(fd, &c, 1, MSG_DONTWAIT) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+struct many_call {
+    ZCN_Loop *l;
+    int fd;
+    ZCN_Error rc;
+};
+
+static void *send_many_elsewhere(void *arg)
+{
+    struct many_call *mc = arg;
+    ZCN_SendItem it = {mc->fd, 1};
+    int32_t res = 0;
+    uint32_t failed = 0;
+    mc->rc = zcn_loop_send_many(mc->l, (const uint8_t *)"x", 1, &it, 1, &res, &failed);
+    return NULL;
+}
+
+static void test_send_many(void)
+{
+    int fds = t_open_fds();
+    ZCN_LoopConfig lc = {.send_queue_max_bytes = 64 * KiB};
+    ZCN_Loop *l = new_loop(&lc);
+    int a1, p1, a2, p2;
+    tcp_pair(&a1, &p1, 0);
+    tcp_pair(&a2, &p2, 0);
+    ZCN_ConnectConfig cc = {0};
+    T_CHECK_ERR(zcn_loop_adopt(l, a1, &cc), ZCN_OK);
+    T_CHECK_ERR(zcn_loop_adopt(l, a2, &cc), ZCN_OK);
+    char buf[64];
+
+    /* two fds' items interleaved, their bytes back to back, a zero-length one */
+    const char data[] = "helloABworldCD";
+    ZCN_SendItem items[5] = {{a1, 5}, {a2, 2}, {a1, 5}, {a2, 0}, {a2, 2}};
+    int32_t res[8];
+    uint32_t failed = 99;
+    T_CHECK_ERR(zcn_loop_send_many(l, (const uint8_t *)data, 14, items, 5, res, &failed), ZCN_OK);
+    T_CHECK(failed == 0);
+    for (int i = 0; i < 5; i++)
+        T_CHECK(res[i] == ZCN_OK);
+    run_for(l, 30);
+    read_exact(p1, buf, 10);
+    T_CHECK(memcmp(buf, "helloworld", 10) == 0);
+    read_exact(p2, buf, 4);
+    T_CHECK(memcmp(buf, "ABCD", 4) == 0);
+
+    /* a refused item refuses the later items of its fd, not the others':
+     * what an fd sent is a prefix of what was written */
+    size_t big_len = 64 * KiB + 1; /* over send_queue_max_bytes: EMSGSIZE */
+    char *big = calloc(1, big_len + 6);
+    T_CHECK(big != NULL);
+    memcpy(big + big_len, "xyzuvw", 6);
+    ZCN_SendItem refused[3] = {{a1, (uint32_t)big_len}, {a1, 3}, {a2, 3}};
+    T_CHECK_ERR(zcn_loop_send_many(l, (const uint8_t *)big, big_len + 6, refused, 3, res,
+                                   &failed), ZCN_OK);
+    T_CHECK(failed == 2);
+    T_CHECK(res[0] == (int32_t)EMSGSIZE && res[1] == (int32_t)EMSGSIZE && res[2] == ZCN_OK);
+    run_for(l, 30);
+    read_exact(p2, buf, 3);
+    T_CHECK(memcmp(buf, "uvw", 3) == 0);
+    T_CHECK(nothing_to_read(p1));
+    free(big);
+
+    /* items that run past data_len: those are refused, the ones before go */
+    ZCN_SendItem past[3] = {{a2, 2}, {a2, 10}, {a1, 1}};
+    T_CHECK_ERR(zcn_loop_send_many(l, (const uint8_t *)"qrstu", 5, past, 3, res, &failed),
+                ZCN_OK);
+    T_CHECK(failed == 2);
+    T_CHECK(res[0] == ZCN_OK && res[1] == ZCN_ERR_INVALID_ARGUMENT &&
+            res[2] == ZCN_ERR_INVALID_ARGUMENT);
+    ZCN_SendItem huge[2] = {{a2, 1}, {a2, UINT32_MAX}};
+    T_CHECK_ERR(zcn_loop_send_many(l, (const uint8_t *)"q", 1, huge, 2, res, &failed), ZCN_OK);
+    T_CHECK(failed == 1 && res[0] == ZCN_OK && res[1] == ZCN_ERR_INVALID_ARGUMENT);
+    run_for(l, 30);
+    read_exact(p2, buf, 3);
+    T_CHECK(memcmp(buf, "qrq", 3) == 0);
+
+    /* not a connection of the loop: CLOSED for that item */
+    ZCN_SendItem stranger[1] = {{p1, 1}};
+    T_CHECK_ERR(zcn_loop_send_many(l, (const uint8_t *)"z", 1, stranger, 1, res, &failed),
+                ZCN_OK);
+    T_CHECK(failed == 1 && res[0] == ZCN_ERR_CLOSED);
+
+    /* bad arguments: nothing looked at */
+    failed = 99;
+    T_CHECK_ERR(zcn_loop_send_many(NULL, (const uint8_t *)"z", 1, stranger, 1, res, &failed),
+                ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK(failed == 0);
+    T_CHECK_ERR(zcn_loop_send_many(l, (const uint8_t *)"z", 1, stranger, 1, res, NULL),
+                ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_loop_send_many(l, (const uint8_t *)"z", 1, NULL, 1, res, &failed),
+                ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_loop_send_many(l, (const uint8_t *)"z", 1, stranger, 1, NULL, &failed),
+                ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_loop_send_many(l, NULL, SIZE_MAX, stranger, 1, res, &failed),
+                ZCN_ERR_INVALID_ARGUMENT);
+    T_CHECK_ERR(zcn_loop_send_many(l, NULL, 0, NULL, 0, NULL, &failed), ZCN_OK);
+    T_CHECK(failed == 0);
+
+    /* from another thread than the owner */
+    struct many_call mc = {l, a1, ZCN_OK};
+    pthread_t th;
+    T_CHECK(pthread_create(&th, NULL, send_many_elsewhere, &mc) == 0);
+    pthread_join(th, NULL);
+    T_CHECK(mc.rc == ZCN_ERR_WRONG_THREAD);
+    run_for(l, 20);
+    T_CHECK(nothing_to_read(p1));
+
+    T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
+    close(p1);
+    close(p2);
+    T_CHECK(t_open_fds() == fds);
+    fprintf(stderr, "send_many: interleaved fds in order, a refused item refuses its fd's "
+            "later ones only (EMSGSIZE), items past data_len (UINT32_MAX too), "
+            "strangers, NULLs, wrong thread\n");
+}
+
 int main(void)
 {
     t_require_io_uring();
@@ -1478,6 +1613,7 @@ int main(void)
     test_notify_drain_callback();
     test_close_errno();
     test_unwatch_releases_fd();
+    test_send_many();
     fprintf(stderr, "test_adopt: all passed in %llu ms\n", (unsigned long long)(t_mono_ms() - t0));
     return T_EXIT_PASS;
 }
