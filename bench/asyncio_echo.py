@@ -115,6 +115,27 @@ def run_on(loop_name, coro, prog="asyncio_echo"):
     return 0
 
 
+def serve_protocol_main(protocol_factory, prog, description, argv=None):
+    """The command line of a Protocol server (bench/asyncio_http.py,
+    asyncio_resp.py): --loop, --host, --port, --backlog; serves until
+    SIGINT/SIGTERM; the exit status."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--backlog", type=int, default=4096)
+    args = parser.parse_args(argv)
+    raise_nofile()
+
+    async def serve_it():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(protocol_factory, args.host, args.port,
+                                          backlog=args.backlog)
+        await serve_until_signalled(server, f"{prog} listening on {{address}} (loop={args.loop})")
+
+    return run_on(args.loop, serve_it(), prog=prog)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loop", choices=LOOPS, default="asyncio")

@@ -24,13 +24,12 @@ What it does of HTTP/1.1, and no more:
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from asyncio_echo import LOOPS, raise_nofile, run_on, serve_until_signalled  # noqa: E402
+from asyncio_echo import serve_protocol_main  # noqa: E402
 
 BODY = b"Hello, world!"
 _HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
@@ -137,22 +136,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.resume_reading()
 
 
-async def serve(host, port, backlog, loop_name):
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(HttpProtocol, host, port, backlog=backlog)
-    await serve_until_signalled(server, f"asyncio_http listening on {{address}} (loop={loop_name})")
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loop", choices=LOOPS, default="asyncio")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--backlog", type=int, default=4096)
-    args = parser.parse_args(argv)
-    raise_nofile()
-    return run_on(args.loop, serve(args.host, args.port, args.backlog, args.loop),
-                  prog="asyncio_http")
+    return serve_protocol_main(HttpProtocol, "asyncio_http", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
