@@ -220,6 +220,8 @@ class _ApiServer:
         for start, end in split_lines(data):
             try:
                 send(fd, data[start:end])
+            except zcn.ClosedError:
+                return  # evicted or reset in this batch: nothing to answer (as _on_echo)
             except zcn.ZcnError as exc:
                 self._app["app_refused_" + type(exc).__name__] += 1
                 self._first_refusal = self._first_refusal or f"{type(exc).__name__}: {exc}"
