@@ -1,7 +1,7 @@
 /* Pool buffers as the TCP server and the UDP sockets use them: the
  * registered provided-buffer ring the kernel receives into, and the
  * buffers lent to the user (acquire_buffer / release_buffer). */
-#include "internal.h"
+#include "uring.h"
 
 #include <liburing.h>
 
@@ -70,7 +70,7 @@ ZCN_Error zcn_bufring_setup(struct zcn_bufring *r, struct io_uring *ring, uint16
     reg.ring_addr = (uint64_t)(uintptr_t)mem;
     reg.ring_entries = entries;
     reg.bgid = bgid;
-    int ret = io_uring_register_buf_ring(ring, &reg, 0);
+    int ret = zcn_uring_register_buf_ring(ring, &reg);
     if (ret < 0) {
         munmap(mem, r->bytes);
         if (ret == -EINVAL || ret == -ENOSYS)
@@ -92,7 +92,7 @@ ZCN_Error zcn_bufring_setup(struct zcn_bufring *r, struct io_uring *ring, uint16
 void zcn_bufring_unregister(struct zcn_bufring *r, struct io_uring *ring)
 {
     if (r->br != NULL)
-        io_uring_unregister_buf_ring(ring, r->bgid);
+        zcn_uring_unregister_buf_ring(ring, r->bgid);
 }
 
 void zcn_bufring_unmap(struct zcn_bufring *r)

@@ -38,6 +38,20 @@ ZCN_Error zcn_uring_setup_error(int neg_errno);
 ZCN_Ring *zcn_ring_create_ex(uint32_t entries, uint32_t cq_entries, uint32_t flags,
                              ZCN_Error *err);
 
+/* A ring on the backend asked for (ZCN_BACKEND_AUTO: the ZCN_BACKEND
+ * environment variable, else io_uring with epoll where io_uring is refused;
+ * c/ring.c). The ring's zcn_ring_io_uring() is a struct io_uring on both
+ * (c/uring.h). */
+ZCN_Ring *zcn_ring_create_backend(uint32_t entries, uint32_t cq_entries, uint32_t flags,
+                                  ZCN_Backend backend, ZCN_Error *err);
+/* What the ring runs on and why (reason: static, never NULL; may be NULL). */
+ZCN_Backend zcn_ring_backend(const ZCN_Ring *ring, const char **reason);
+/* Replaces the ring's reason (printf format). */
+void zcn_ring_set_reason(ZCN_Ring *ring, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Reads ZCN_BACKEND (unset, "" or "auto": ZCN_BACKEND_AUTO); an unknown value
+ * is ZCN_ERR_INVALID_ARGUMENT with the detail set. value_out may be NULL. */
+ZCN_Error zcn_backend_from_env(ZCN_Backend *out, const char **value_out);
+
 /* Internal zcn_ring_create_ex flag: create the ring disabled
  * (IORING_SETUP_R_DISABLED) so that with SINGLE_ISSUER the thread that later
  * calls zcn_ring_enable, not the creating one, becomes the submitter. */
@@ -110,6 +124,10 @@ ZCN_Error zcn_loop_claim(ZCN_Loop *loop, const char *fn);
 ZCN_Error zcn_loop_attach(ZCN_Loop *loop, zcn_source *src, uint32_t *id_out);
 void zcn_loop_detach(ZCN_Loop *loop, uint32_t id);
 void *zcn_loop_uring(ZCN_Loop *loop);
+/* What an empty io_uring_enter would say about the loop's ring, for the
+ * epoll backend which has no kernel to ask: 0, -EBADFD (not started) or
+ * -EEXIST (not its owner thread). */
+int zcn_loop_ring_check(const ZCN_Loop *loop);
 int zcn_loop_in_callback(const ZCN_Loop *loop);
 void zcn_loop_callback_enter(ZCN_Loop *loop);
 void zcn_loop_callback_leave(ZCN_Loop *loop);

@@ -230,7 +230,7 @@ static int wait_cqe(ZCN_Loop *s, int timeout_ms)
 static ZCN_Error submit_now(ZCN_Loop *s)
 {
     prepare_submit(s);
-    int ret = io_uring_submit(s->ring);
+    int ret = zcn_uring_submit(s->ring);
     if (ret < 0 && ret != -EAGAIN && ret != -EBUSY && ret != -EINTR)
         return zcn_fail((ZCN_Error)-ret, "io_uring_submit: %s", strerror(-ret));
     return ZCN_OK;
@@ -356,7 +356,7 @@ static ZCN_Error run_until(ZCN_Loop *s, int timeout_ms, uint32_t *handled_out, b
      * soon as this returns (zcn_loop_unwatch). */
     if (s->watches.submit_due) {
         s->watches.submit_due = false;
-        (void)io_uring_submit_and_get_events(s->ring);
+        (void)zcn_uring_submit_and_get_events(s->ring);
     }
     s->in_loop--;
     return err;
@@ -494,6 +494,7 @@ struct settings {
         watches_max, calls_max;
     size_t buffer_size;
     uint64_t sendq_max;
+    ZCN_Backend backend;
 };
 
 static ZCN_Error read_config(const ZCN_LoopConfig *cfg, struct settings *out)
@@ -508,6 +509,10 @@ static ZCN_Error read_config(const ZCN_LoopConfig *cfg, struct settings *out)
     out->timers_max = cfg->timers_max ? cfg->timers_max : 4096;
     out->watches_max = cfg->watches_max ? cfg->watches_max : 1024;
     out->calls_max = cfg->calls_max ? cfg->calls_max : 4096;
+    out->backend = (ZCN_Backend)cfg->backend;
+    if (cfg->backend > ZCN_BACKEND_EPOLL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "backend %u is not a ZCN_BACKEND_* value",
+                        cfg->backend);
     if (out->entries > ZCN_SERVER_ENTRIES_MAX)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "io_uring_entries %u is over %u", out->entries,
                         ZCN_SERVER_ENTRIES_MAX);
@@ -633,6 +638,29 @@ static void free_loop(ZCN_Loop *s)
     free(s);
 }
 
+/* AUTO on a kernel whose io_uring lacks provided-buffer rings (< 5.19):
+ * the loop goes on epoll instead, unless ZCN_BACKEND forced io_uring. */
+static ZCN_Error fall_back_to_epoll(ZCN_Loop *s, const struct settings *st)
+{
+    ZCN_Backend env;
+    if (zcn_backend_from_env(&env, NULL) != ZCN_OK || env == ZCN_BACKEND_IO_URING)
+        return ZCN_ERR_URING_UNSUPPORTED;
+    char why[160];
+    snprintf(why, sizeof why, "%s", zcn_error_detail());
+    zcn_bufring_unmap(&s->rx);
+    zcn_ring_destroy(s->ring_handle);
+    s->ring = NULL;
+    ZCN_Error e;
+    uint64_t cq = (uint64_t)s->conns_max * 2 + s->buffer_count + 64;
+    s->ring_handle = zcn_ring_create_backend(st->entries, zcn_cq_entries(cq, st->entries),
+                                             ZCN_RING_START_DISABLED, ZCN_BACKEND_EPOLL, &e);
+    if (s->ring_handle == NULL)
+        return e;
+    zcn_ring_set_reason(s->ring_handle, "io_uring lacks a feature the loop needs: %s", why);
+    s->ring = zcn_ring_io_uring(s->ring_handle);
+    return setup_buffer_ring(s, st);
+}
+
 ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *cfg, ZCN_Error *err)
 {
     zcn_clear_detail();
@@ -682,8 +710,8 @@ ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *cfg, ZCN_Error *err)
         /* CQ room for a completion per connection and per buffer at once, so
          * multishot requests are not ended by overflow in normal operation. */
         uint64_t cq = (uint64_t)s->conns_max * 2 + s->buffer_count + 64;
-        s->ring_handle = zcn_ring_create_ex(st.entries, zcn_cq_entries(cq, st.entries),
-                                            ZCN_RING_START_DISABLED, &e);
+        s->ring_handle = zcn_ring_create_backend(st.entries, zcn_cq_entries(cq, st.entries),
+                                                 ZCN_RING_START_DISABLED, st.backend, &e);
         if (s->ring_handle != NULL)
             s->ring = zcn_ring_io_uring(s->ring_handle);
     }
@@ -694,6 +722,9 @@ ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *cfg, ZCN_Error *err)
     }
     if (e == ZCN_OK)
         e = setup_buffer_ring(s, &st);
+    if (e == ZCN_ERR_URING_UNSUPPORTED && st.backend == ZCN_BACKEND_AUTO &&
+        zcn_ring_backend(s->ring_handle, NULL) == ZCN_BACKEND_IO_URING)
+        e = fall_back_to_epoll(s, &st);
     if (e != ZCN_OK) {
         free_loop(s);
         zcn_set_err(err, e);
@@ -935,6 +966,23 @@ ZCN_Event *zcn_loop_source_event(ZCN_Loop *s, uint32_t type, int fd, uint32_t ta
     ZCN_Event *e = next_event(s, type, fd);
     e->tag = tag;
     return e;
+}
+
+ZCN_Backend zcn_loop_backend(const ZCN_Loop *s, const char **reason)
+{
+    if (s == NULL) {
+        if (reason != NULL)
+            *reason = "";
+        return ZCN_BACKEND_AUTO;
+    }
+    return zcn_ring_backend(s->ring_handle, reason);
+}
+
+int zcn_loop_ring_check(const ZCN_Loop *s)
+{
+    if (!s->started)
+        return -EBADFD;
+    return s->owner == this_thread() ? 0 : -EEXIST;
 }
 
 void *zcn_loop_uring(ZCN_Loop *s)

@@ -20,7 +20,7 @@
 #ifndef ZCN_LOOP_H
 #define ZCN_LOOP_H
 
-#include "internal.h"
+#include "uring.h"
 
 #include <liburing.h>
 
@@ -30,6 +30,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>

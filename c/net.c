@@ -1,7 +1,7 @@
 /* Plumbing the TCP server (server.c) and the UDP sockets (udp.c) share:
  * the clock, SQEs, the wait of a loop turn, CQ sizing, address literals
  * and the wake-up eventfd and pipe. */
-#include "internal.h"
+#include "uring.h"
 
 #include <liburing.h>
 
@@ -40,26 +40,21 @@ struct io_uring_sqe *zcn_get_sqe(struct io_uring *ring)
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (sqe != NULL)
         return sqe;
-    io_uring_submit(ring);
+    zcn_uring_submit(ring);
     return io_uring_get_sqe(ring);
 }
 
 int zcn_wait(struct io_uring *ring, int timeout_ms)
 {
-    struct io_uring_cqe *cqe = NULL;
     if (io_uring_cq_ready(ring) > 0 || timeout_ms == 0) {
-        int ret = io_uring_submit_and_get_events(ring);
+        int ret = zcn_uring_submit_and_get_events(ring);
         return ret < 0 ? ret : 0;
     }
     if (timeout_ms < 0) {
-        int ret = io_uring_submit_and_wait(ring, 1);
+        int ret = zcn_uring_submit_and_wait(ring, 1);
         return ret < 0 ? ret : 0;
     }
-    struct __kernel_timespec ts = {
-        .tv_sec = timeout_ms / 1000,
-        .tv_nsec = (long long)(timeout_ms % 1000) * 1000000,
-    };
-    int ret = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+    int ret = zcn_uring_submit_and_wait_ms(ring, timeout_ms);
     return ret < 0 ? ret : 0;
 }
 

@@ -2,10 +2,11 @@
  *
  * liburing here is Debian's 2.3, older than the kernels we run on: flags it
  * does not name are defined below with the kernel's values. */
-#include "internal.h"
+#include "uring.h"
 
 #include <errno.h>
-#include <liburing.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -51,6 +52,8 @@ struct ZCN_Ring {
     uint32_t features;
     uint32_t sq_entries;
     uint32_t cq_entries;
+    ZCN_Backend backend;        /* what it runs on: io_uring or epoll */
+    char backend_reason[200];
 };
 
 /* Tuning tiers, best first. Each is tried in turn while the kernel answers
@@ -158,6 +161,7 @@ ZCN_Ring *zcn_ring_create_ex(uint32_t entries, uint32_t cq_entries, uint32_t fla
     /* A kernel without IORING_REGISTER_PROBE (< 5.6) still gives a usable
      * ring; opcode queries then answer 0. */
     ring->probe = io_uring_get_probe_ring(&ring->uring);
+    ring->backend = ZCN_BACKEND_IO_URING;
     zcn_clear_detail();
     zcn_set_err(err, ZCN_OK);
     return ring;
@@ -165,12 +169,139 @@ ZCN_Ring *zcn_ring_create_ex(uint32_t entries, uint32_t cq_entries, uint32_t fla
 
 ZCN_Ring *zcn_ring_create(uint32_t entries, uint32_t flags, ZCN_Error *err)
 {
+    /* The Ring is io_uring itself: under ZCN_BACKEND=epoll (as where
+     * io_uring is refused) there is none to give. */
+    ZCN_Backend forced;
+    if (zcn_backend_from_env(&forced, NULL) == ZCN_OK && forced == ZCN_BACKEND_EPOLL) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_URING_UNSUPPORTED,
+                                  "ZCN_BACKEND=epoll: io_uring is not used, so there is no "
+                                  "ring (a Ring exists on the io_uring backend only)"));
+        return NULL;
+    }
     return zcn_ring_create_ex(entries, 0, flags, err);
+}
+
+ZCN_Error zcn_backend_from_env(ZCN_Backend *out, const char **value_out)
+{
+    const char *v = getenv("ZCN_BACKEND");
+    if (value_out != NULL)
+        *value_out = v;
+    *out = ZCN_BACKEND_AUTO;
+    if (v == NULL || v[0] == '\0' || strcmp(v, "auto") == 0)
+        return ZCN_OK;
+    if (strcmp(v, "epoll") == 0) {
+        *out = ZCN_BACKEND_EPOLL;
+        return ZCN_OK;
+    }
+    if (strcmp(v, "io_uring") == 0 || strcmp(v, "iouring") == 0 || strcmp(v, "uring") == 0) {
+        *out = ZCN_BACKEND_IO_URING;
+        return ZCN_OK;
+    }
+    return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                    "ZCN_BACKEND=\"%.40s\" is not one of auto, io_uring, epoll", v);
+}
+
+/* Errors after which AUTO goes on with epoll: io_uring is there but
+ * refused (a seccomp filter, the sysctl, locked memory) or too old. */
+static bool falls_back(ZCN_Error e)
+{
+    return e == ZCN_ERR_URING_BLOCKED || e == ZCN_ERR_URING_DISABLED ||
+           e == ZCN_ERR_URING_UNSUPPORTED || e == ZCN_ERR_MEMLOCK || e == (ZCN_Error)EPERM ||
+           e == (ZCN_Error)EACCES || e == (ZCN_Error)ENOSYS;
+}
+
+static ZCN_Ring *create_epoll(uint32_t entries, uint32_t cq_entries, const char *why,
+                              ZCN_Error *err)
+{
+    ZCN_Ring *ring = calloc(1, sizeof *ring);
+    if (ring == NULL) {
+        zcn_set_err(err, zcn_fail((ZCN_Error)ENOMEM, "ring: out of memory"));
+        return NULL;
+    }
+    uint32_t sq = zcn_pow2_ceil(entries);
+    uint32_t cq = zcn_pow2_ceil(cq_entries ? cq_entries : 2 * entries);
+    ZCN_Error e = zcn_ep_create(&ring->uring, sq, cq);
+    if (e != ZCN_OK) {
+        free(ring);
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    ring->backend = ZCN_BACKEND_EPOLL;
+    ring->sq_entries = sq;
+    ring->cq_entries = cq;
+    snprintf(ring->backend_reason, sizeof ring->backend_reason, "%s", why);
+    zcn_clear_detail();
+    zcn_set_err(err, ZCN_OK);
+    return ring;
+}
+
+ZCN_Ring *zcn_ring_create_backend(uint32_t entries, uint32_t cq_entries, uint32_t flags,
+                                  ZCN_Backend backend, ZCN_Error *err)
+{
+    if ((uint32_t)backend > ZCN_BACKEND_EPOLL) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                                  "backend %u is not a ZCN_BACKEND_* value", (unsigned)backend));
+        return NULL;
+    }
+    if (cq_entries == 0 && entries <= RING_SQ_ENTRIES_MAX)
+        cq_entries = 2 * entries;
+    ZCN_Error e = check_sizes(entries, cq_entries);
+    if (e != ZCN_OK) {
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    bool from_env = false;
+    if (backend == ZCN_BACKEND_AUTO) {
+        e = zcn_backend_from_env(&backend, NULL);
+        if (e != ZCN_OK) {
+            zcn_set_err(err, e);
+            return NULL;
+        }
+        from_env = backend != ZCN_BACKEND_AUTO;
+    }
+    char why[200];
+    if (backend == ZCN_BACKEND_EPOLL) {
+        snprintf(why, sizeof why, "forced by %s",
+                 from_env ? "ZCN_BACKEND=epoll" : "the config's backend field");
+        return create_epoll(entries, cq_entries, why, err);
+    }
+    ZCN_Ring *ring = zcn_ring_create_ex(entries, cq_entries, flags, &e);
+    if (ring != NULL) {
+        if (backend == ZCN_BACKEND_IO_URING)
+            snprintf(ring->backend_reason, sizeof ring->backend_reason, "forced by %s",
+                     from_env ? "ZCN_BACKEND=io_uring" : "the config's backend field");
+        else
+            snprintf(ring->backend_reason, sizeof ring->backend_reason,
+                     "io_uring works here (the default)");
+        zcn_set_err(err, ZCN_OK);
+        return ring;
+    }
+    if (backend == ZCN_BACKEND_IO_URING || !falls_back(e)) {
+        zcn_set_err(err, e);
+        return NULL;
+    }
+    snprintf(why, sizeof why, "io_uring refused: %s", zcn_error_detail());
+    return create_epoll(entries, cq_entries, why, err);
+}
+
+void zcn_ring_set_reason(ZCN_Ring *ring, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ring->backend_reason, sizeof ring->backend_reason, fmt, ap);
+    va_end(ap);
+}
+
+ZCN_Backend zcn_ring_backend(const ZCN_Ring *ring, const char **reason)
+{
+    if (reason != NULL)
+        *reason = ring != NULL ? ring->backend_reason : "";
+    return ring != NULL ? ring->backend : ZCN_BACKEND_AUTO;
 }
 
 ZCN_Error zcn_ring_enable(ZCN_Ring *ring)
 {
-    if (!(ring->setup_flags & IORING_SETUP_R_DISABLED))
+    if (ring->backend == ZCN_BACKEND_EPOLL || !(ring->setup_flags & IORING_SETUP_R_DISABLED))
         return ZCN_OK;
     /* Raw syscall: Debian's liburing.so.2 (2.3) does not export
      * io_uring_enable_rings although its header declares it. */
@@ -188,7 +319,10 @@ void zcn_ring_destroy(ZCN_Ring *ring)
         return;
     if (ring->probe != NULL)
         io_uring_free_probe(ring->probe);
-    io_uring_queue_exit(&ring->uring);
+    if (ring->backend == ZCN_BACKEND_EPOLL)
+        zcn_ep_destroy(&ring->uring);
+    else
+        io_uring_queue_exit(&ring->uring);
     free(ring);
 }
 
@@ -291,4 +425,17 @@ ZCN_Error zcn_ring_nop(ZCN_Ring *ring, uint64_t count, uint32_t batch)
         count -= n;
     }
     return ZCN_OK;
+}
+
+const char *zcn_backend_name(ZCN_Backend backend)
+{
+    switch (backend) {
+    case ZCN_BACKEND_AUTO:
+        return "auto";
+    case ZCN_BACKEND_IO_URING:
+        return "io_uring";
+    case ZCN_BACKEND_EPOLL:
+        return "epoll";
+    }
+    return "unknown";
 }

@@ -242,6 +242,7 @@ ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
         .conn_buffers_hard_max = cfg->conn_buffers_hard_max,
         .buffer_memory = cfg->buffer_memory,
         .buffer_memory_size = cfg->buffer_memory_size,
+        .backend = cfg->backend,
     };
     ZCN_Error e;
     ZCN_Loop *loop = zcn_loop_create(&lc, &e);
@@ -284,6 +285,7 @@ ZCN_Server *zcn_server_create_on(ZCN_Loop *s, const ZCN_Config *cfg, ZCN_Error *
                         : cfg->buffer_reserve       ? "buffer_reserve"
                         : cfg->send_timeout_ms      ? "send_timeout_ms"
                         : cfg->conn_buffers_hard_max ? "conn_buffers_hard_max"
+                        : cfg->backend              ? "backend"
                                                      : NULL;
     if (e == ZCN_OK && field != NULL)
         e = zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
@@ -308,7 +310,7 @@ ZCN_Error zcn_server_start(ZCN_Server *srv)
     srv->started = true;
     s->now_ms = zcn_now_ms();
     arm_accept(srv);
-    int ret = io_uring_submit(s->ring);
+    int ret = zcn_uring_submit(s->ring);
     if (ret < 0) {
         srv->started = false;
         return zcn_fail((ZCN_Error)-ret, "io_uring_submit: %s", strerror(-ret));
@@ -332,8 +334,11 @@ void zcn_server_unlisten(ZCN_Server *srv)
 
 static void free_listener(ZCN_Server *srv)
 {
-    if (srv->listen_fd >= 0)
+    if (srv->listen_fd >= 0) {
+        if (srv->loop != NULL && srv->loop->ring != NULL)
+            zcn_uring_forget_fd(srv->loop->ring, srv->listen_fd);
         close(srv->listen_fd);
+    }
     free(srv);
 }
 
@@ -526,6 +531,16 @@ void zcn_server_detach(ZCN_Server *srv, uint32_t id)
 {
     if (srv != NULL)
         zcn_loop_detach(srv->loop, id);
+}
+
+ZCN_Backend zcn_server_backend(const ZCN_Server *srv, const char **reason)
+{
+    if (srv == NULL) {
+        if (reason != NULL)
+            *reason = "";
+        return ZCN_BACKEND_AUTO;
+    }
+    return zcn_loop_backend(srv->loop, reason);
 }
 
 void *zcn_server_uring(ZCN_Server *srv)

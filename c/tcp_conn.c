@@ -191,6 +191,7 @@ void zcn_tcp_free_slot(ZCN_Loop *s, struct conn *c)
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
+    zcn_uring_forget_fd(s->ring, c->fd);
     close(c->fd);
     c->fd = -1;
     c->state = CONN_FREE;

@@ -599,6 +599,9 @@ static ZCN_Error read_config(const ZCN_UdpConfig *cfg, struct settings *st)
                      ZCN_UDP_NO_GSO | ZCN_UDP_SMALL_ONLY;
     if (cfg->flags & ~known)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", cfg->flags & ~known);
+    if (cfg->backend > ZCN_BACKEND_EPOLL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "backend %u is not a ZCN_BACKEND_* value",
+                        cfg->backend);
     if (cfg->large_buffer_count > ZCN_UDP_LARGE_BUFFERS_MAX)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "large_buffer_count %u is over %u",
                         cfg->large_buffer_count, ZCN_UDP_LARGE_BUFFERS_MAX);
@@ -747,21 +750,21 @@ static void cancel_all(ZCN_UdpSocket *u)
         return;
     /* Queued SQEs point into this socket's memory: hand them to the kernel
      * now so none is submitted after the free. */
-    io_uring_submit(u->ring);
+    zcn_uring_submit(u->ring);
     struct io_uring_sync_cancel_reg reg;
     memset(&reg, 0, sizeof reg);
     reg.fd = u->fd;
     reg.flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
     reg.timeout.tv_sec = 1;
     reg.timeout.tv_nsec = 0;
-    (void)io_uring_register_sync_cancel(u->ring, &reg);
+    (void)zcn_uring_sync_cancel(u->ring, &reg);
     if (u->wake_armed) {
         reg.fd = u->wake_fd;
-        (void)io_uring_register_sync_cancel(u->ring, &reg);
+        (void)zcn_uring_sync_cancel(u->ring, &reg);
     }
     if (u->wakeup.armed) {
         reg.fd = u->wakeup.read_fd;
-        (void)io_uring_register_sync_cancel(u->ring, &reg);
+        (void)zcn_uring_sync_cancel(u->ring, &reg);
     }
 }
 
@@ -775,7 +778,7 @@ static void cancel_all(ZCN_UdpSocket *u)
  * is retired leaves kernel_reqs. */
 static void retire_posted(ZCN_UdpSocket *u)
 {
-    (void)io_uring_get_events(u->ring); /* -EEXIST off the owner thread: lingers */
+    (void)zcn_uring_get_events(u->ring); /* -EEXIST off the owner thread: lingers */
     struct io_uring_cqe *cqe;
     unsigned head;
     io_uring_for_each_cqe(u->ring, head, cqe)
@@ -799,8 +802,11 @@ static void free_socket(ZCN_UdpSocket *u)
     if (u->ring_handle != NULL)
         zcn_ring_destroy(u->ring_handle);
     zcn_bufring_unmap(&u->rx);
-    if (u->fd >= 0)
+    if (u->fd >= 0) {
+        if (u->loop != NULL && u->ring != NULL)
+            zcn_uring_forget_fd(u->ring, u->fd);
         close(u->fd);
+    }
     if (u->wake_fd >= 0)
         close(u->wake_fd);
     zcn_wakeup_close(&u->wakeup);
@@ -876,8 +882,9 @@ ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
     /* CQ room for a completion per buffer and per send at once, so the
      * multishot receive is not ended by overflow in normal operation. */
     uint64_t cq = (uint64_t)st.buffers + st.sends + 64;
-    u->ring_handle = zcn_ring_create_ex(st.entries, zcn_cq_entries(cq, st.entries),
-                                        ZCN_RING_START_DISABLED, &e);
+    u->ring_handle = zcn_ring_create_backend(st.entries, zcn_cq_entries(cq, st.entries),
+                                             ZCN_RING_START_DISABLED,
+                                             (ZCN_Backend)(cfg != NULL ? cfg->backend : 0), &e);
     if (u->ring_handle != NULL)
         u->ring = zcn_ring_io_uring(u->ring_handle);
     if (e == ZCN_OK) {
@@ -902,6 +909,12 @@ ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
 static ZCN_UdpSocket *create_on_loop(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, ZCN_Error *err,
                                      const char *what_loop, int adopt_fd)
 {
+    if (cfg != NULL && cfg->backend != 0) {
+        zcn_set_err(err, zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                                  "backend is the %s's: leave it 0 for a socket on a %s",
+                                  what_loop, what_loop));
+        return NULL;
+    }
     struct settings st = {0};
     ZCN_UdpSocket *u = alloc_socket(cfg, &st, err);
     if (u == NULL)
@@ -910,7 +923,8 @@ static ZCN_UdpSocket *create_on_loop(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, Z
     /* An empty enter proves the ring is enabled (the loop has an owner)
      * and that this is its owner thread, before any SQE of ours is queued:
      * an SQE left in a disabled ring would outlive a failed create. */
-    int ret = io_uring_get_events(u->ring);
+    int ret = zcn_ep_of(u->ring) != NULL ? zcn_loop_ring_check(loop)
+                                         : zcn_uring_get_events(u->ring);
     ZCN_Error e = ZCN_OK;
     if (ret == -EBADFD)
         e = zcn_fail(ZCN_ERR_NOT_STARTED, "start the %s before attaching UDP sockets", what_loop);
@@ -1078,4 +1092,16 @@ ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
         len > SK_MEMINFO_DROPS * sizeof(uint32_t))
         out->kernel_drops = mem[SK_MEMINFO_DROPS];
     return ZCN_OK;
+}
+
+ZCN_Backend zcn_udp_backend(const ZCN_UdpSocket *u, const char **reason)
+{
+    if (u == NULL) {
+        if (reason != NULL)
+            *reason = "";
+        return ZCN_BACKEND_AUTO;
+    }
+    if (u->loop != NULL)
+        return zcn_loop_backend(u->loop, reason);
+    return zcn_ring_backend(u->ring_handle, reason);
 }

@@ -8,7 +8,7 @@
 #ifndef ZCN_UDP_H
 #define ZCN_UDP_H
 
-#include "internal.h"
+#include "uring.h"
 
 #include <liburing.h>
 

@@ -379,7 +379,7 @@ ZCN_Error zcn_udpi_submit_now(ZCN_UdpSocket *u)
         u->unsubmitted = false;
         return ZCN_OK; /* everything went by sendmmsg */
     }
-    int ret = io_uring_submit(u->ring);
+    int ret = zcn_uring_submit(u->ring);
     if (ret < 0 && ret != -EBUSY && ret != -EAGAIN)
         return zcn_fail((ZCN_Error)-ret, "io_uring_submit: %s", strerror(-ret));
     u->unsubmitted = false;

@@ -252,7 +252,7 @@ ZCN_Error zcn_loop_unwatch(ZCN_Loop *s, uint64_t id)
          * zcn_watches_rearm retries it from the next turn. */
         cancel_later = !cancel_poll(s, slot);
         if (!cancel_later && s->in_loop == 0)
-            (void)io_uring_submit_and_get_events(s->ring);
+            (void)zcn_uring_submit_and_get_events(s->ring);
         else if (!cancel_later)
             w->submit_due = true;
     }

@@ -52,16 +52,16 @@ extern "C" {
 /* ------------------------------------------------------------------ */
 
 #define ZCN_VERSION_MAJOR 0
-#define ZCN_VERSION_MINOR 3
+#define ZCN_VERSION_MINOR 4
 #define ZCN_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch, comparable with zcn_version(). */
 #define ZCN_VERSION_HEX \
     ((ZCN_VERSION_MAJOR << 16) | (ZCN_VERSION_MINOR << 8) | ZCN_VERSION_PATCH)
-#define ZCN_VERSION_STRING "0.3.0"
+#define ZCN_VERSION_STRING "0.4.0"
 
 /* The version of the library actually loaded, as ZCN_VERSION_HEX. */
 ZCN_API unsigned int zcn_version(void);
-/* The same as a static string, e.g. "0.3.0". Never NULL. */
+/* The same as a static string, e.g. "0.4.0". Never NULL. */
 ZCN_API const char *zcn_version_string(void);
 
 /* ------------------------------------------------------------------ */
@@ -148,6 +148,11 @@ enum {
  * name why io_uring is unavailable. The creating thread is the ring's owner:
  * with SINGLE_ISSUER only it may submit. */
 ZCN_API ZCN_Ring *zcn_ring_create(uint32_t entries, uint32_t flags, ZCN_Error *err);
+/* A Ring is io_uring itself, whatever ZCN_Backend a loop would pick: where
+ * io_uring is refused zcn_ring_create fails as above, and with the
+ * environment variable ZCN_BACKEND=epoll it fails with
+ * ZCN_ERR_URING_UNSUPPORTED (so a run under it behaves as a container
+ * would). zcn_pool_register needs such a ring too. */
 /* Tears the ring down; pending requests are cancelled. NULL is a no-op. */
 ZCN_API void zcn_ring_destroy(ZCN_Ring *ring);
 
@@ -172,6 +177,30 @@ ZCN_API ZCN_Error zcn_ring_nop(ZCN_Ring *ring, uint64_t count, uint32_t batch);
  * `struct io_uring *`; it is void * here so this header does not need
  * liburing.h. */
 ZCN_API void *zcn_ring_io_uring(ZCN_Ring *ring);
+
+/* ------------------------------------------------------------------ */
+/* Backends: io_uring, or epoll where io_uring is refused              */
+/* ------------------------------------------------------------------ */
+
+/* What a loop, server or UDP socket runs on (docs/BACKENDS.md). Both give
+ * the same API, callbacks, events, limits and buffer pools; the epoll
+ * backend performs each request with the system call an epoll loop would
+ * make when epoll reports the socket ready. */
+typedef enum ZCN_Backend {
+    /* The default: the ZCN_BACKEND environment variable ("io_uring",
+     * "epoll" or "auto") if set, else io_uring, falling back to epoll when
+     * io_uring_setup is refused (EPERM from a container's seccomp filter,
+     * kernel.io_uring_disabled, ENOSYS, locked-memory limits) or lacks a
+     * feature the loop needs (provided-buffer rings). */
+    ZCN_BACKEND_AUTO = 0,
+    /* io_uring or fail (the ZCN_ERR_URING_* codes). */
+    ZCN_BACKEND_IO_URING = 1,
+    /* epoll, even where io_uring works. */
+    ZCN_BACKEND_EPOLL = 2,
+} ZCN_Backend;
+
+/* "auto", "io_uring", "epoll", or "unknown". Never NULL. */
+ZCN_API const char *zcn_backend_name(ZCN_Backend backend);
 
 /* ------------------------------------------------------------------ */
 /* BufferPool: page-aligned buffers, lock-free acquire/release         */
@@ -334,6 +363,9 @@ typedef struct ZCN_Config {
     /* Copied into ZCN_Event.tag of this listener's connection events, so
      * one zcn_loop_poll can tell several listeners apart. */
     uint32_t tag;
+    /* A ZCN_Backend for the server's own loop; 0 = ZCN_BACKEND_AUTO. Leave
+     * it 0 for a server on a loop (the loop's config chooses). */
+    uint32_t backend;
 } ZCN_Config;
 
 /* Data callbacks receive borrowed memory: `data` points into a pool buffer
@@ -469,6 +501,12 @@ ZCN_API ZCN_Error zcn_server_use_echo_handler(ZCN_Server *server);
 ZCN_API ZCN_Error zcn_server_start(ZCN_Server *server);
 /* The bound port (useful with port 0); 0 for NULL. */
 ZCN_API uint16_t zcn_server_port(const ZCN_Server *server);
+/* The backend the server runs on (its loop's), and in *reason (may be
+ * NULL) why: "io_uring works here (the default)", "forced by ...", or
+ * "io_uring refused: ..." with what the kernel said. The string is the
+ * server's: valid until it is destroyed. ZCN_BACKEND_AUTO for NULL. Any
+ * thread. */
+ZCN_API ZCN_Backend zcn_server_backend(const ZCN_Server *server, const char **reason);
 /* The listening socket's fd (for diagnostics; do not close it); -1 for NULL. */
 ZCN_API int zcn_server_listen_fd(const ZCN_Server *server);
 
@@ -683,7 +721,7 @@ typedef struct ZCN_LoopConfig {
     uint32_t timers_max;            /* timers pending at once; 0 = 4096 */
     uint32_t watches_max;           /* fd watches at once; 0 = 1024 */
     uint32_t calls_max;             /* cross-thread calls queued at once; 0 = 4096 */
-    uint32_t reserved;
+    uint32_t backend;               /* a ZCN_Backend; 0 = ZCN_BACKEND_AUTO */
     void *buffer_memory;            /* as ZCN_Config.buffer_memory */
     size_t buffer_memory_size;
 } ZCN_LoopConfig;
@@ -720,6 +758,8 @@ ZCN_API ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *config, ZCN_Error *err);
  * owner thread, or any thread while the loop does not run. Safe against a
  * racing zcn_loop_stop or zcn_loop_call (they get ZCN_ERR_INVALID_ARGUMENT). */
 ZCN_API ZCN_Error zcn_loop_destroy(ZCN_Loop *loop);
+/* The backend the loop runs on and why, as zcn_server_backend. */
+ZCN_API ZCN_Backend zcn_loop_backend(const ZCN_Loop *loop, const char **reason);
 
 /* The loop calls: as zcn_server_run_once / _run_once_timeout / _run /
  * _poll / _stop / _flush / _wakeup_fd, for everything on the loop. Each
@@ -1129,6 +1169,9 @@ typedef struct ZCN_UdpConfig {
      * not cut. None with ZCN_UDP_SMALL_ONLY, or when a small buffer holds
      * any datagram already. */
     uint32_t large_buffer_count;
+    /* A ZCN_Backend for the socket's own ring; 0 = ZCN_BACKEND_AUTO. A
+     * socket on a loop or server runs on that one's backend: leave it 0. */
+    uint32_t backend;
 } ZCN_UdpConfig;
 
 /* One received datagram. `data` is borrowed from a pool buffer: valid until
@@ -1244,6 +1287,9 @@ ZCN_API ZCN_Error zcn_udp_use_echo_handler(ZCN_UdpSocket *sock);
 
 /* The bound port; 0 for NULL. */
 ZCN_API uint16_t zcn_udp_port(const ZCN_UdpSocket *sock);
+/* The backend the socket runs on (its own ring's, or its loop's or
+ * server's) and why, as zcn_server_backend. */
+ZCN_API ZCN_Backend zcn_udp_backend(const ZCN_UdpSocket *sock, const char **reason);
 /* The socket's fd (for getsockopt and diagnostics; do not close it or read
  * from it); -1 for NULL. */
 ZCN_API int zcn_udp_fd(const ZCN_UdpSocket *sock);

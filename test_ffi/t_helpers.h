@@ -6,6 +6,7 @@
 #include "zero_copy_net.h"
 
 #include <dirent.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,39 @@ static inline void t_require_io_uring(void)
         exit(T_EXIT_SKIP);
     }
     zcn_ring_destroy(ring);
+}
+
+/* For tests of loops, servers and UDP sockets, which run on either backend
+ * (ZCN_BACKEND=epoll runs them on epoll): exits 77 only when neither can
+ * make a loop, and says on stderr which one this run uses. */
+static inline void t_require_loop(void)
+{
+    ZCN_Error err = ZCN_OK;
+    ZCN_LoopConfig cfg = {.buffer_pool_size = 4, .connections_max = 4};
+    ZCN_Loop *loop = zcn_loop_create(&cfg, &err);
+    if (loop == NULL) {
+        fprintf(stderr, "SKIP: no loop can be made here: %s (%s)\n", zcn_error_name(err),
+                zcn_error_detail());
+        exit(T_EXIT_SKIP);
+    }
+    const char *why = "";
+    ZCN_Backend b = zcn_loop_backend(loop, &why);
+    fprintf(stderr, "backend: %s (%s)\n", zcn_backend_name(b), why);
+    zcn_loop_destroy(loop);
+}
+
+/* Whether this run's loops are on epoll (ZCN_BACKEND=epoll, or io_uring
+ * refused), for the few checks whose answer differs by backend. */
+static inline bool t_on_epoll(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        ZCN_LoopConfig cfg = {.buffer_pool_size = 4, .connections_max = 4};
+        ZCN_Loop *loop = zcn_loop_create(&cfg, NULL);
+        cached = loop != NULL && zcn_loop_backend(loop, NULL) == ZCN_BACKEND_EPOLL;
+        zcn_loop_destroy(loop);
+    }
+    return cached == 1;
 }
 
 /* CLOCK_MONOTONIC in milliseconds. */

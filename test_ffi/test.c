@@ -73,7 +73,7 @@ static void *client_main(void *arg)
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     printf("zero_copy_net %s (header %s)\n", zcn_version_string(), ZCN_VERSION_STRING);
     T_CHECK(zcn_version() == ZCN_VERSION_HEX);
 

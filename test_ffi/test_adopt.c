@@ -1594,7 +1594,7 @@ static void test_send_many(void)
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     signal(SIGPIPE, SIG_IGN);
     alarm(110); /* a backstop under CTest's 120 s: every wait is bounded anyway */
     uint64_t t0 = t_mono_ms();

@@ -1141,7 +1141,7 @@ static void test_auto_switch(void)
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     struct {
         const char *name;
         void (*fn)(void);

@@ -923,7 +923,7 @@ static void test_stop_after_destroy(void)
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     test_bad_policy_config();
     test_stop_after_destroy();
     test_sizes_that_would_wrap();

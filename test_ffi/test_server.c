@@ -708,7 +708,7 @@ static void test_echo_keeps_user_data(void)
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     test_bad_input();
     test_callback_echo(5, 1);
     test_callback_echo(100000, 3);

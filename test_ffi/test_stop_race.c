@@ -151,7 +151,7 @@ static void test_udp_stop_while_destroying(void)
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     test_threads_stop_while_destroying();
     test_udp_stop_while_destroying();
     test_signal_handler_during_destroy();

@@ -1312,6 +1312,12 @@ static void server_churn(void)
  * itself; meanwhile a new socket gets another slot. */
 static void server_linger(void)
 {
+    if (t_on_epoll()) {
+        /* The kernel's deferred completions are what this provokes; the
+         * epoll backend posts each completion as it performs the request. */
+        fprintf(stderr, "server_linger: skipped on epoll (no deferred task work)\n");
+        return;
+    }
     /* A 128-entry CQ: 8 SQ entries, one connection, two buffers. */
     ZCN_Config scfg = {.address = "127.0.0.1", .io_uring_entries = 8, .connections_max = 1,
                        .buffer_pool_size = 2};
@@ -1594,7 +1600,7 @@ static const struct {
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     signal(SIGPIPE, SIG_IGN);
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
     g_recv_mode = modes[m].mode;

@@ -624,7 +624,7 @@ static void limit(void)
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     echo(AF_INET);
     echo(AF_INET6);
     small_array();

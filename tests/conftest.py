@@ -1,10 +1,15 @@
 """Shared pytest helpers. Kept generic: anything specific to one module lives
 in that module's test file.
 
-    from conftest import require_io_uring, io_uring_unavailable_reason
+    from conftest import require_loop, require_io_uring
+
+    def test_w():
+        require_loop()          # skips, with the reason, when no loop can run
+                                # (never where epoll works: loops, servers and
+                                # UDP sockets run on either backend)
 
     def test_x():
-        require_io_uring()      # skips, with the reason, when io_uring is unusable
+        require_io_uring()      # skips when io_uring is unusable (zcn.Ring only)
 
     def test_y(uring_ring):     # a fresh zcn.Ring(64), skipped likewise
         ...
@@ -68,6 +73,37 @@ def require_io_uring():
         pytest.skip(f"io_uring unavailable: {reason}")
 
 
+@functools.lru_cache(maxsize=None)
+def loop_unavailable_reason():
+    """None when a zcn.Loop can be created here (on io_uring, or on epoll
+    where io_uring is refused or ZCN_BACKEND=epoll), else why not."""
+    import zcn
+
+    try:
+        zcn.Loop(buffer_pool_size=4, connections_max=4).close()
+    except (zcn.ZcnError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def require_loop():
+    """Skips the calling test, with the reason, when no zcn loop can run
+    here. Loops, servers and UDP sockets run on either backend: tests of
+    them call this, not require_io_uring (which is for zcn.Ring)."""
+    reason = loop_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no zcn loop here: {reason}")
+
+
+@functools.lru_cache(maxsize=None)
+def backend():
+    """The backend this run's loops use: "io_uring" or "epoll"."""
+    import zcn
+
+    with zcn.Loop(buffer_pool_size=4, connections_max=4) as loop:
+        return loop.backend
+
+
 @pytest.fixture
 def uring_ring():
     """A zcn.Ring(64), closed after the test; skips when io_uring is unavailable."""
@@ -108,8 +144,8 @@ def server():
     """server(**cfg) starts a server process (tests/_server_proc.py, where
     the config keys are described) and returns its ServerProc; all are
     stopped, and must exit cleanly, at the end of the test. Skips when
-    io_uring is unavailable."""
-    require_io_uring()
+    no loop can run."""
+    require_loop()
     from _server_proc import ServerProc
 
     procs = []

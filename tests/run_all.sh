@@ -4,6 +4,9 @@
 #   2. CTest on an ASan+UBSan build (every C test)
 #   3. CTest on a TSan build (the pool and its 8-thread stress test)
 #   4. pytest against the installed package (.venv, `pip install .`)
+# Each of them twice: on io_uring, then with ZCN_BACKEND=epoll, the backend
+# used where io_uring is refused (docs/BACKENDS.md). A machine without
+# io_uring runs both on epoll (the io_uring-only tests skip with the reason).
 # Any failure, including pytest collecting nothing (exit 5), fails the run.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +24,8 @@ run_ctest() { # name, cmake args..., then -- ctest args
   cmake -S . -B "build/$name" -DZCN_BUILD_BENCH=OFF "${cmake_args[@]}" >/dev/null
   cmake --build "build/$name" -j"$jobs" >/dev/null
   ctest --test-dir "build/$name" --output-on-failure -j"$jobs" "${ctest_args[@]}"
+  echo "== ctest ($name, ZCN_BACKEND=epoll)"
+  ZCN_BACKEND=epoll ctest --test-dir "build/$name" --output-on-failure -j"$jobs" "${ctest_args[@]}"
 }
 
 run_ctest release -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -33,3 +38,5 @@ echo "== pytest (installed package in $ZCN_VENV)"
 cd tests
 unset ZCN_LIBRARY
 "$ZCN_VENV/bin/python" -m pytest -p no:cacheprovider -q "$@"
+echo "== pytest (installed package, ZCN_BACKEND=epoll)"
+ZCN_BACKEND=epoll "$ZCN_VENV/bin/python" -m pytest -p no:cacheprovider -q "$@"

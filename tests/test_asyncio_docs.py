@@ -1,13 +1,13 @@
 """docs/ASYNCIO.md stays true: its examples run and print what it says."""
 import pytest
 
-from conftest import doc_blocks, require_io_uring, run_python_block
+from conftest import doc_blocks, require_loop, run_python_block
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_asyncio_guide_examples_run():
-    require_io_uring()
+    require_loop()
     blocks = doc_blocks("ASYNCIO.md")
     assert len(blocks) == 2
     expected = ["b'hello'\nEventLoop", "b'ping'"]

@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from conftest import require_io_uring
+from conftest import require_loop
 
 import zcn
 import zcn.aio
@@ -42,7 +42,7 @@ KINDS = ["zcn", "asyncio"]
 
 def new_loop(kind):
     if kind == "zcn":
-        require_io_uring()
+        require_loop()
         return zcn.aio.new_event_loop()
     return asyncio.SelectorEventLoop()
 
@@ -1050,7 +1050,7 @@ def test_start_tls_with_writes_pending(run, tls_contexts):
 # --- a zcn TcpServer on the same loop -------------------------------------
 
 def test_zcn_tcpserver_beside_asyncio_code():
-    require_io_uring()
+    require_loop()
     r = Run("zcn")
 
     async def body(loop):
@@ -1103,7 +1103,7 @@ def restore_policy():
 
 
 def test_zcn_aio_run():
-    require_io_uring()
+    require_loop()
     assert zcn.aio.run(_running_loop_type()) is zcn.aio.EventLoop
     assert zcn.aio.run(_running_loop_type(), debug=True) is zcn.aio.EventLoop
 
@@ -1111,12 +1111,12 @@ def test_zcn_aio_run():
 def test_package_level_names_are_zcn_aio_ones():
     for name in ("EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"):
         assert getattr(zcn, name) is getattr(zcn.aio, name)
-    require_io_uring()
+    require_loop()
     assert zcn.run(_running_loop_type()) is zcn.aio.EventLoop
 
 
 def test_event_loop_policy(restore_policy):
-    require_io_uring()
+    require_loop()
     policy = zcn.aio.EventLoopPolicy()
     loop = policy.new_event_loop()
     try:
@@ -1129,7 +1129,7 @@ def test_event_loop_policy(restore_policy):
 
 
 def test_install(restore_policy):
-    require_io_uring()
+    require_loop()
     zcn.aio.install()
     assert isinstance(asyncio.get_event_loop_policy(), zcn.aio.EventLoopPolicy)
     loop = asyncio.new_event_loop()
@@ -1142,7 +1142,7 @@ def test_install(restore_policy):
 
 @pytest.mark.skipif(not hasattr(asyncio, "Runner"), reason="asyncio.Runner is 3.11+")
 def test_asyncio_runner_with_loop_factory():
-    require_io_uring()
+    require_loop()
     with asyncio.Runner(loop_factory=zcn.aio.new_event_loop) as runner:
         assert runner.run(_running_loop_type()) is zcn.aio.EventLoop
         assert isinstance(runner.get_loop(), zcn.aio.EventLoop)
@@ -1151,13 +1151,13 @@ def test_asyncio_runner_with_loop_factory():
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.run(loop_factory=) is 3.12+")
 def test_asyncio_run_with_loop_factory():
-    require_io_uring()
+    require_loop()
     assert asyncio.run(_running_loop_type(), loop_factory=zcn.aio.new_event_loop) \
         is zcn.aio.EventLoop
 
 
 def test_new_event_loop_passes_zcn_options():
-    require_io_uring()
+    require_loop()
     loop = zcn.aio.new_event_loop(buffer_size=4096, connections_max=64)
     try:
         assert isinstance(loop.zcn_loop, zcn.Loop)

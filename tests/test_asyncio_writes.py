@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from conftest import require_io_uring
+from conftest import require_loop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -19,7 +19,7 @@ def _loops():
 @pytest.fixture(params=["zcn", "asyncio"])
 def new_loop(request):
     if request.param == "zcn":
-        require_io_uring()
+        require_loop()
     loop = _loops()[request.param]()
     yield loop
     loop.close()
@@ -69,7 +69,7 @@ def test_many_writes_past_the_queue_in_order(new_loop):
 
 
 def test_a_small_send_queue_large_writes():
-    require_io_uring()
+    require_loop()
     import zcn
     loop = zcn.new_event_loop(send_queue_max_bytes=64 * 1024)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_io_uring
+from conftest import require_loop
 
 SRC = Path(__file__).resolve().parent.parent
 TOOLS = ("loadgen", "epoll_echo", "zcn_echo", "udp_bench")
@@ -65,7 +65,7 @@ def _run_smoke(build, out, extra=()):
 
 @pytest.mark.timeout(420)
 def test_smoke_run_verifies_content_and_writes_json(bench_build, tmp_path):
-    require_io_uring()
+    require_loop()
     out = tmp_path / "smoke.json"
     proc = _run_smoke(bench_build, out, ["--servers", "epoll,zcn-c", "--duration", "0.5"])
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
@@ -139,7 +139,7 @@ def test_loadgen_detects_a_server_that_corrupts_data(bench_build, tmp_path):
 def test_udp_bench_runs_and_verifies_every_echo(bench_build):
     """bench/udp_bench.py: every server answers, every echoed byte checked
     (the load generator counts corrupt echoes in `bad`)."""
-    require_io_uring()
+    require_loop()
     script = SRC / "bench" / "udp_bench.py"
     tool = next(p for p in (bench_build / "bench" / "udp_bench", bench_build / "udp_bench")
                 if p.exists())
@@ -164,7 +164,7 @@ def test_proxy_profile_runs_from_the_zcn_command(bench_build, tmp_path):
     """python -m zcn bench --proxy hands its options (--build-dir among
     them) to bench/proxy_bench.py; python -m zcn proxy as the contender
     (the C example is not in this build)."""
-    require_io_uring()
+    require_loop()
     out = tmp_path / "proxy.json"
     cmd = [sys.executable, "-m", "zcn", "bench", "--proxy", "--build-dir", str(bench_build),
            "--proxies", "zcn-py-c", "--workloads", "c200", "--rounds", "1", "--warmup", "0.1",
@@ -206,7 +206,7 @@ def test_asyncio_profile_runs_every_loop_and_api(bench_build, tmp_path):
     """python -m zcn bench --asyncio: the six asyncio servers (zcn-aio,
     uvloop, asyncio; Protocol and streams) echo every byte back verified,
     with CPU per message, and the goals against uvloop are reported."""
-    require_io_uring()
+    require_loop()
     _require_uvloop()
     out = tmp_path / "aio.json"
     proc = _run_zcn(["bench", "--asyncio", "--smoke", "--build-dir", str(bench_build),
@@ -237,7 +237,7 @@ def test_asyncio_profile_runs_every_loop_and_api(bench_build, tmp_path):
 def test_asyncio_apps_profile_runs_wrk_and_redis_benchmark(bench_build, tmp_path):
     """python -m zcn bench --asyncio-apps: the HTTP server under wrk and the
     RESP server under redis-benchmark, on each loop, without errors."""
-    require_io_uring()
+    require_loop()
     _require_uvloop()
     for tool, package in (("wrk", "wrk"), ("redis-benchmark", "redis-tools")):
         if shutil.which(tool) is None:
@@ -285,7 +285,7 @@ def bench_server():
 
     def start(script, loop):
         if loop == "zcn":
-            require_io_uring()
+            require_loop()
         proc = subprocess.Popen([sys.executable, str(SRC / "bench" / script), "--loop", loop,
                                  "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, cwd=TESTS_DIR, env=zcn_subprocess_env())

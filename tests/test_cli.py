@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from _tcp import recv_until_eof
-from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
+from conftest import TESTS_DIR, require_loop, zcn_subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"^zcn echo listening on (\S+):(\d+) \(handler=(c|python)\)$")
@@ -71,7 +71,7 @@ class Echo:
 
 @pytest.fixture
 def echo(request):
-    require_io_uring()
+    require_loop()
     server = Echo(*request.param)
     yield server
     server.kill()
@@ -155,7 +155,7 @@ def test_echo_options_and_many_connections(echo):
 
 
 def test_port_in_use_fails_cleanly():
-    require_io_uring()
+    require_loop()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -192,7 +192,7 @@ def test_version():
 
 
 def test_example_tcp_echo():
-    require_io_uring()
+    require_loop()
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "tcp_echo.py"), "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env())

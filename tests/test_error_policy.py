@@ -19,14 +19,14 @@ import pytest
 import zcn
 
 from _tcp import Background, connect, recv_exact, recv_exact_running, run_until
-from conftest import require_io_uring
+from conftest import require_loop
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture(autouse=True)
 def _uring():
-    require_io_uring()
+    require_loop()
 
 
 class Malformed(Exception):

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from conftest import require_io_uring
+from conftest import require_loop
 
 import zcn
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def loop():
-    require_io_uring()
+    require_loop()
     lp = zcn.Loop()
     yield lp
     lp.close()
@@ -217,7 +217,7 @@ def test_many_timers(loop):
 
 
 def test_timers_max_is_a_limit():
-    require_io_uring()
+    require_loop()
     with zcn.Loop(timers_max=4) as lp:
         for _ in range(4):
             lp.call_later(10, print)
@@ -305,7 +305,7 @@ def test_wrong_thread_and_stop_from_another_thread(loop):
 
 
 def test_close_with_everything_open():
-    require_io_uring()
+    require_loop()
     lp = zcn.Loop()
     closes = []
     server = zcn.TcpServer("127.0.0.1", 0, loop=lp, on_close=lambda fd: closes.append(("s", fd)))
@@ -414,7 +414,7 @@ def test_connect_to_a_real_peer(loop):
 
 def test_event_loop_guide_python_examples_run():
     from conftest import doc_blocks, run_python_block
-    require_io_uring()
+    require_loop()
     blocks = doc_blocks("EVENT_LOOP.md")
     assert len(blocks) == 2
     expected = ["b'hello'", "[\"b'ping'\", 'from a thread']"]
@@ -426,7 +426,7 @@ def test_event_loop_guide_python_examples_run():
 
 def test_event_loop_guide_c_example_builds_and_runs(tmp_path):
     from conftest import ROOT, doc_blocks
-    require_io_uring()
+    require_loop()
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("needs a C compiler (cc or gcc)")
@@ -503,7 +503,7 @@ def test_forward_gates_on_the_target_and_auto_forwards(loop):
 def test_readme_loop_example_runs():
     import re
     from conftest import ROOT, run_python_block
-    require_io_uring()
+    require_loop()
     with open(os.path.join(ROOT, "README.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     (code,) = [b for b in blocks if "zcn.Loop()" in b]
@@ -513,7 +513,7 @@ def test_readme_loop_example_runs():
 
 
 def test_close_reports_a_connect_in_flight_as_on_connect():
-    require_io_uring()
+    require_loop()
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(0)

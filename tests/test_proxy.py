@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"^(?:tcp_proxy|zcn proxy) listening on (\S+):(\d+), upstream "
                        r"(\S+):(\d+)(?: \(handler=\w+\))?$")
 STATS = re.compile(r"^(?:tcp_proxy|zcn proxy) stats: clients=(\d+) upstream_connected=(\d+) "
-                   r"upstream_failed=(\d+) .*connections_active=(\d+) ")
+                   r"upstream_failed=(\d+) .*connections_active=(\d+) ", re.M)
 #: What runs the proxy: the C example, or `python -m zcn proxy` with either
 #: handler (the same promises hold for all three).
 IMPLEMENTATIONS = ("tcp_proxy", "zcn-proxy-c", "zcn-proxy-python")
@@ -128,8 +128,8 @@ def proxy(request):
     if kind == "tcp_proxy":
         binary, env = request.getfixturevalue("proxy_bin"), None
     else:
-        from conftest import require_io_uring, zcn_subprocess_env
-        require_io_uring()
+        from conftest import require_loop, zcn_subprocess_env
+        require_loop()
         binary, env = None, zcn_subprocess_env()
 
     def start(upstream_port):

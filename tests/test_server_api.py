@@ -21,7 +21,7 @@ import pytest
 import zcn
 from zcn.server import EVENTS_MAX
 
-from conftest import doc_blocks, require_io_uring, run_python_block
+from conftest import doc_blocks, require_loop, run_python_block
 from _tcp import (Background, connect, echo_server, recv_exact, recv_exact_running,
                   recv_until_eof, run_until, wait_stats)
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture(autouse=True)
 def _uring():
-    require_io_uring()
+    require_loop()
 
 
 # --- echo integrity --------------------------------------------------------------

@@ -17,14 +17,14 @@ import pytest
 import zcn
 
 from _tcp import Background, connect, recv_exact, recv_until_eof, run_until
-from conftest import doc_blocks, require_io_uring, run_python_block
+from conftest import doc_blocks, require_loop, run_python_block
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture(autouse=True)
 def _uring():
-    require_io_uring()
+    require_loop()
 
 
 @pytest.mark.parametrize("handler", ["python", "c"])

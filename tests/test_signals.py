@@ -17,14 +17,14 @@ import time
 
 import pytest
 
-from conftest import require_io_uring
+from conftest import require_loop
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(autouse=True)
 def _uring():
-    require_io_uring()
+    require_loop()
 
 
 def _current_wakeup_fd():

@@ -16,14 +16,14 @@ import time
 
 import pytest
 
-from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
+from conftest import TESTS_DIR, require_loop, zcn_subprocess_env
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(autouse=True)
 def _uring():
-    require_io_uring()
+    require_loop()
 
 
 # Tests that take `recv_mode` run once per receive mode.

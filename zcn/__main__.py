@@ -50,6 +50,9 @@ def add_echo_parser(subparsers):
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="close connections idle this many seconds (default: never)")
     p.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
+    p.add_argument("--backend", choices=("auto", "io_uring", "epoll"), default="auto",
+                   help="io_uring, epoll, or auto: io_uring with epoll where it is refused "
+                        "(the default; the ZCN_BACKEND environment variable also chooses)")
     p.set_defaults(func=run_echo)
     return p
 
@@ -99,6 +102,7 @@ def _python_echo(server):
 
 def run_echo(args):
     import zcn
+    from zcn._util import backend_line
 
     try:
         server = zcn.TcpServer(
@@ -106,7 +110,7 @@ def run_echo(args):
             buffer_pool_size=args.buffer_pool_size, connections_max=args.connections_max,
             backlog=args.backlog, io_uring_entries=args.io_uring_entries,
             send_queue_max_bytes=args.send_queue_max_bytes, idle_timeout=args.idle_timeout,
-            reuse_port=args.reuse_port)
+            reuse_port=args.reuse_port, backend=args.backend)
     except (OSError, ValueError, TypeError, zcn.ZcnError) as exc:
         print(f"zcn echo: cannot listen on {args.host} port {args.port}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
@@ -118,6 +122,7 @@ def run_echo(args):
     try:
         print(f"zcn echo listening on {_format_address(server.host, server.port)} "
               f"(handler={args.handler})", flush=True)
+        print(backend_line(server), flush=True)
         server.serve_forever()
         stats = server.stats()
     finally:
@@ -152,6 +157,11 @@ def run_version(args):
         print(f"io_uring: available (setup flags {flags})")
     except zcn.IoUringUnavailableError as exc:
         print(f"io_uring: unavailable ({type(exc).__name__}: {exc})")
+    try:
+        with zcn.Loop(buffer_pool_size=4, connections_max=4) as loop:
+            print(f"loops run on: {loop.backend}, {loop.backend_reason}")
+    except (OSError, zcn.ZcnError) as exc:
+        print(f"loops: cannot be created ({type(exc).__name__}: {exc})")
     return 0
 
 

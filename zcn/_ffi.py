@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: The header version these bindings mirror; the loaded library must match
 #: major and minor.
-VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 3, 0
+VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 4, 0
 VERSION_HEX = (VERSION_MAJOR << 16) | (VERSION_MINOR << 8) | VERSION_PATCH
 
 ENV_LIBRARY = "ZCN_LIBRARY"
@@ -220,6 +220,7 @@ class Config(Structure):
         ("send_timeout_ms", c_uint32),
         ("conn_buffers_hard_max", c_uint32),
         ("tag", c_uint32),
+        ("backend", c_uint32),
     ]
 
 
@@ -299,6 +300,8 @@ zcn_server_use_echo_handler = _fn("zcn_server_use_echo_handler", ZCN_Error, [c_v
 zcn_server_start = _fn("zcn_server_start", ZCN_Error, [c_void_p], _check_rc)
 # uint16_t zcn_server_port(const ZCN_Server *server);
 zcn_server_port = _fn("zcn_server_port", c_uint16, [c_void_p])
+# ZCN_Backend zcn_server_backend(const ZCN_Server *server, const char **reason);
+zcn_server_backend = _fn("zcn_server_backend", c_int, [c_void_p, POINTER(c_char_p)])
 # int zcn_server_listen_fd(const ZCN_Server *server);
 zcn_server_listen_fd = _fn("zcn_server_listen_fd", c_int, [c_void_p])
 # ZCN_Error zcn_server_run_once(ZCN_Server *server);
@@ -369,7 +372,7 @@ class LoopConfig(Structure):
         ("timers_max", c_uint32),
         ("watches_max", c_uint32),
         ("calls_max", c_uint32),
-        ("reserved", c_uint32),
+        ("backend", c_uint32),
         ("buffer_memory", c_void_p),
         ("buffer_memory_size", c_size_t),
     ]
@@ -414,6 +417,8 @@ class ConnectConfig(Structure):
 zcn_loop_create = _fn("zcn_loop_create", c_void_p, [POINTER(LoopConfig), ErrOut])
 # ZCN_Error zcn_loop_destroy(ZCN_Loop *loop);
 zcn_loop_destroy = _fn("zcn_loop_destroy", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Backend zcn_loop_backend(const ZCN_Loop *loop, const char **reason);
+zcn_loop_backend = _fn("zcn_loop_backend", c_int, [c_void_p, POINTER(c_char_p)])
 # ZCN_Error zcn_loop_run_once(ZCN_Loop *loop);
 zcn_loop_run_once = _fn("zcn_loop_run_once", ZCN_Error, [c_void_p])
 # ZCN_Error zcn_loop_run_once_timeout(ZCN_Loop *loop, int timeout_ms, uint32_t *handled_out);
@@ -542,6 +547,7 @@ class UdpConfig(Structure):
         ("buffer_memory_size", c_size_t),
         ("recv_mode", c_uint32),
         ("large_buffer_count", c_uint32),
+        ("backend", c_uint32),
     ]
 
 
@@ -609,6 +615,8 @@ zcn_udp_set_callback = _fn("zcn_udp_set_callback", ZCN_Error,
 zcn_udp_use_echo_handler = _fn("zcn_udp_use_echo_handler", ZCN_Error, [c_void_p], _check_rc)
 # uint16_t zcn_udp_port(const ZCN_UdpSocket *sock);
 zcn_udp_port = _fn("zcn_udp_port", c_uint16, [c_void_p])
+# ZCN_Backend zcn_udp_backend(const ZCN_UdpSocket *sock, const char **reason);
+zcn_udp_backend = _fn("zcn_udp_backend", c_int, [c_void_p, POINTER(c_char_p)])
 # int zcn_udp_fd(const ZCN_UdpSocket *sock);
 zcn_udp_fd = _fn("zcn_udp_fd", c_int, [c_void_p])
 # ZCN_Error zcn_udp_local_address(const ZCN_UdpSocket *sock, struct sockaddr *addr,

@@ -42,16 +42,21 @@ def _add_arguments(p):
     p.add_argument("--no-gso", action="store_true",
                    help="send each datagram on its own (no UDP GSO coalescing)")
     p.add_argument("--stats", action="store_true", help="print the counters on exit")
+    p.add_argument("--backend", choices=("auto", "io_uring", "epoll"), default="auto",
+                   help="io_uring, epoll, or auto: io_uring with epoll where it is refused "
+                        "(the default; the ZCN_BACKEND environment variable also chooses)")
 
 
 def run_udp_echo(args):
     """Runs the echo server described by parsed args; returns the exit code."""
     import zcn
+    from zcn._util import backend_line
 
     sock = zcn.UdpSocket(args.host, args.port, handler=args.handler,
                          buffer_size=args.buffer_size, buffer_count=args.buffer_count,
                          large_buffer_count=args.large_buffer_count, small_only=args.small_only,
-                         rcvbuf=args.rcvbuf, sndbuf=args.sndbuf, gso=not args.no_gso)
+                         rcvbuf=args.rcvbuf, sndbuf=args.sndbuf, gso=not args.no_gso,
+                         backend=args.backend)
     if args.handler == "python":
         sendto = sock.sendto
         sock.on_datagram = lambda peer, data, flags: (
@@ -60,6 +65,7 @@ def run_udp_echo(args):
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"udp-echo listening on {sock.host} {sock.port}", flush=True)
+        print(backend_line(sock), flush=True)
         sock.serve_forever()
         if args.stats:
             print(sock.stats(), file=sys.stderr)

@@ -174,6 +174,43 @@ def round_up_pages(size: int) -> int:
 
 
 # --- the handle lifecycle ----------------------------------------------------
+BACKENDS = {None: 0, "auto": 0, "io_uring": 1, "epoll": 2}
+_BACKEND_NAMES = {0: "auto", 1: "io_uring", 2: "epoll"}
+_backend_logged = False
+
+
+def backend_arg(value: Optional[str]) -> int:
+    """A backend= argument (None or "auto", "io_uring", "epoll") as its
+    ZCN_Backend value."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"backend must be None, 'auto', 'io_uring' or 'epoll', "
+                        f"not {type(value).__name__}")
+    if value not in BACKENDS:
+        raise ValueError(f"backend must be None, 'auto', 'io_uring' or 'epoll', got {value!r}")
+    return BACKENDS[value]
+
+
+def read_backend(fn: Callable[..., int], handle: int) -> Tuple[str, str]:
+    """(name, reason) of what the handle runs on, from zcn_*_backend; logged
+    once per process at debug level (the choice is the same for every loop
+    unless configs differ)."""
+    global _backend_logged
+    reason = ctypes.c_char_p()
+    code = fn(handle, ctypes.byref(reason))
+    name = _BACKEND_NAMES.get(code, "unknown")
+    why = (reason.value or b"").decode(errors="replace")
+    if not _backend_logged:
+        _backend_logged = True
+        logging.getLogger("zcn").debug("zcn runs on %s: %s", name, why)
+    return name, why
+
+
+def backend_line(obj: Any) -> str:
+    """The line the command-line servers print after they start: the
+    backend and why ("backend: epoll, io_uring refused: ...")."""
+    return f"backend: {obj.backend}, {obj.backend_reason}"
+
+
 class HandleOwner:
     """Base of the classes owning a C handle (None once closed).
 

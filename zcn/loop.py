@@ -66,7 +66,9 @@ from ._util import (
     c_writable_bytes,
     round_up_pages,
 )
+from ._util import backend_arg as _backend_arg
 from ._util import callback_arg as _callback_arg
+from ._util import read_backend as _read_backend
 from ._util import int_arg as _int_arg
 from ._util import loop_limits as _loop_limits
 from ._util import send_bytes_like as _send_bytes_like
@@ -267,7 +269,9 @@ class Loop(HandleOwner):
     on it, with TcpServer's meaning and defaults. timers_max, watches_max
     and calls_max bound the timers pending, the fds watched and the
     wake-ups queued by other threads at once (ExhaustedError / retried
-    wake-ups past them). error_handler: None (log and abort the connection),
+    wake-ups past them). backend: None or "auto" (io_uring, epoll where
+    io_uring is refused; the ZCN_BACKEND environment variable may choose),
+    "io_uring" or "epoll" (docs/BACKENDS.md). error_handler: None (log and abort the connection),
     "raise", or a callable error_handler(fd, exc) (fd is None for timers,
     watches and calls).
     """
@@ -281,7 +285,8 @@ class Loop(HandleOwner):
                  send_timeout: Optional[float] = 60.0,
                  conn_buffers_hard_max: Optional[int] = None, timers_max: int = 4096,
                  watches_max: int = 1024, calls_max: int = 4096,
-                 error_handler: LoopErrorHandler = None) -> None:
+                 error_handler: LoopErrorHandler = None,
+                 backend: Optional[str] = None) -> None:
         limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
                               send_queue_max_bytes, buffer_reserve, send_timeout,
                               conn_buffers_hard_max)
@@ -289,6 +294,7 @@ class Loop(HandleOwner):
         timers = _int_arg(timers_max, "timers_max", 1, _ffi.LOOP_TIMERS_MAX)
         watches = _int_arg(watches_max, "watches_max", 1, _ffi.LOOP_WATCHES_MAX)
         calls = _int_arg(calls_max, "calls_max", 1, _ffi.LOOP_CALLS_MAX)
+        backend_code = _backend_arg(backend)
         if not (error_handler is None or error_handler == "raise" or callable(error_handler)):
             raise TypeError("error_handler must be None, 'raise' or a callable")
         self._error_handler: LoopErrorHandler = error_handler
@@ -338,6 +344,7 @@ class Loop(HandleOwner):
         self._count = c_uint32(0)
         self._count_arg = ctypes.byref(self._count)
         cfg = _ffi.LoopConfig(timers_max=timers, watches_max=watches, calls_max=calls,
+                              backend=backend_code,
                               buffer_memory=base, buffer_memory_size=slab_bytes,
                               **dict(limits, buffer_size=rounded))
         try:
@@ -357,6 +364,20 @@ class Loop(HandleOwner):
     def buffer_size(self) -> int:
         """Bytes per buffer (the requested size rounded up to 4096)."""
         return self._buffer_size
+
+    def _backend_info(self) -> Tuple[str, str]:
+        return _read_backend(_ffi.zcn_loop_backend, self._live())
+
+    @property
+    def backend(self) -> str:
+        """What it runs on: "io_uring" or "epoll" (docs/BACKENDS.md)."""
+        return self._backend_info()[0]
+
+    @property
+    def backend_reason(self) -> str:
+        """Why that backend: "io_uring works here (the default)",
+        "forced by ...", or "io_uring refused: ..." with the kernel's answer."""
+        return self._backend_info()[1]
 
     def stats(self) -> LoopStats:
         raw = _ffi.LoopStats()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import signal
 
 from . import _ffi
+from ._util import backend_line
 from ._util import resolve_host as _resolve_host
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
@@ -66,6 +67,9 @@ def add_proxy_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
                    help="buffers shared by all connections (default 1024)")
     p.add_argument("--connections-max", type=int, default=8192,
                    help="connections at once, both sides counted (default 8192)")
+    p.add_argument("--backend", choices=("auto", "io_uring", "epoll"), default="auto",
+                   help="io_uring, epoll, or auto: io_uring with epoll where it is refused "
+                        "(the default; the ZCN_BACKEND environment variable also chooses)")
     p.set_defaults(func=run_proxy)
     return p
 
@@ -196,7 +200,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise SystemExit(f"zcn proxy: cannot resolve the upstream {upstream[0]!r}: {exc}")
     loop = zcn.Loop(buffer_size=args.buffer_size, buffer_pool_size=args.buffer_pool_size,
-                    connections_max=args.connections_max)
+                    connections_max=args.connections_max, backend=args.backend)
     proxy = Proxy(loop, upstream, args.handler, args.connect_timeout)
     server = zcn.TcpServer(listen_host, listen_port, loop=loop, on_accept=proxy.on_accept,
                            on_data=proxy.on_data, on_eof=proxy.on_eof,
@@ -205,6 +209,7 @@ def run_proxy(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: loop.stop())
     print(f"zcn proxy listening on {_fmt(server.host, server.port)}, upstream "
           f"{_fmt(*upstream)} (handler={args.handler})", flush=True)
+    print(backend_line(loop), flush=True)
     try:
         loop.run_forever()
     finally:

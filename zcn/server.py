@@ -71,7 +71,9 @@ from ._util import (
     c_writable_bytes,
     round_up_pages,
 )
+from ._util import backend_arg as _backend_arg
 from ._util import bool_arg as _bool_arg
+from ._util import read_backend as _read_backend
 from ._util import callback_arg as _callback_arg
 from ._util import int_arg as _int_arg
 from ._util import loop_limits as _loop_limits
@@ -276,7 +278,7 @@ class TcpServer(BoundSocket):
                  reuse_port: bool = False, buffer_reserve: Optional[int] = None,
                  send_timeout: Optional[float] = 60.0,
                  conn_buffers_hard_max: Optional[int] = None,
-                 loop: Optional[Loop] = None) -> None:
+                 loop: Optional[Loop] = None, backend: Optional[str] = None) -> None:
         if not isinstance(handler, str):
             raise TypeError(f"handler must be 'python' or 'c', not {type(handler).__name__}")
         if handler not in _HANDLERS:
@@ -291,6 +293,9 @@ class TcpServer(BoundSocket):
         self._error_handler: ErrorHandler = None
         self.error_handler = error_handler  # the property checks it
         port = _int_arg(port, "port", 0, 65535)
+        backend_code = _backend_arg(backend)
+        if loop is not None and backend_code:
+            raise ValueError("backend is the loop's: pass it to zcn.Loop, not to a server on it")
         limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
                               send_queue_max_bytes, buffer_reserve, send_timeout,
                               conn_buffers_hard_max)
@@ -366,7 +371,8 @@ class TcpServer(BoundSocket):
         config = _ffi.Config(
             address=literal.encode(), port=port, backlog=backlog, idle_timeout_ms=idle_ms,
             tcp_nodelay=1 if tcp_nodelay else -1, flags=flags, buffer_memory=base,
-            buffer_memory_size=slab_bytes, **dict(limits, buffer_size=rounded),
+            buffer_memory_size=slab_bytes, backend=backend_code,
+            **dict(limits, buffer_size=rounded),
         )
         try:
             handle = _ffi.create(_ffi.zcn_server_create, ctypes.byref(config))
@@ -663,6 +669,18 @@ class TcpServer(BoundSocket):
         if fd < 0 or fd > INT32_MAX:
             return 0
         return _ffi.zcn_server_queued_bytes(handle, fd)
+
+    @property
+    def backend(self) -> str:
+        """What it runs on: "io_uring" or "epoll" (its loop's, on a loop;
+        docs/BACKENDS.md)."""
+        return _read_backend(_ffi.zcn_server_backend, self._live())[0]
+
+    @property
+    def backend_reason(self) -> str:
+        """Why that backend: "io_uring works here (the default)",
+        "forced by ...", or "io_uring refused: ..." with the kernel's answer."""
+        return _read_backend(_ffi.zcn_server_backend, self._live())[1]
 
     def stats(self) -> ServerStats:
         """A ServerStats snapshot (O(buffer_pool_size): for looking, not per

@@ -73,7 +73,9 @@ from ._util import (
     resolve_host,
 )
 from ._util import PyBuffer as _PyBuffer
+from ._util import backend_arg as _backend_arg
 from ._util import bool_arg as _bool_arg
+from ._util import read_backend as _read_backend
 from ._util import callback_arg as _callback_arg
 from ._util import get_buffer as _get_buffer
 from ._util import int_arg as _int_arg
@@ -245,12 +247,15 @@ class UdpSocket(BoundSocket):
                  broadcast: bool = False, handler: Handler = "python",
                  recv_mode: RecvMode = "readiness", gso: bool = True,
                  large_buffer_count: int = 16, small_only: bool = False,
-                 loop: Optional[Loop] = None) -> None:
+                 loop: Optional[Loop] = None, backend: Optional[str] = None) -> None:
         self._slab = None  # type: ignore[assignment]
         if loop is not None:
             from .loop import Loop
             if not isinstance(loop, Loop):
                 raise TypeError(f"loop must be a zcn.Loop, not {type(loop).__name__}")
+        backend_code = _backend_arg(backend)
+        if loop is not None and backend_code:
+            raise ValueError("backend is the loop's: pass it to zcn.Loop, not to a socket on it")
         if handler not in _HANDLERS:
             raise ValueError(f"handler must be 'python' or 'c', got {handler!r}")
         if recv_mode not in _RECV_MODES:
@@ -314,6 +319,7 @@ class UdpSocket(BoundSocket):
             connect_port=connect_port, io_uring_entries=entries, buffer_count=buffer_count,
             buffer_size=buffer_size, sends_max=sends_max, rcvbuf=rcvbuf, sndbuf=sndbuf,
             flags=flags, recv_mode=_RECV_MODES[recv_mode], large_buffer_count=large,
+            backend=backend_code,
         )
         # The buffer slab (small buffers, then large ones) is Python's mmap
         # (as in zcn.TcpServer): a view a user keeps never points into
@@ -661,6 +667,18 @@ class UdpSocket(BoundSocket):
             raise TypeError("interface must be an address, a name, an index or None")
         with self._lock:
             fn(self._live(), group.encode(), if_addr, if_index)
+
+    @property
+    def backend(self) -> str:
+        """What it runs on: "io_uring" or "epoll" (its loop's, on a loop;
+        docs/BACKENDS.md)."""
+        return _read_backend(_ffi.zcn_udp_backend, self._live())[0]
+
+    @property
+    def backend_reason(self) -> str:
+        """Why that backend: "io_uring works here (the default)",
+        "forced by ...", or "io_uring refused: ..." with the kernel's answer."""
+        return _read_backend(_ffi.zcn_udp_backend, self._live())[1]
 
     def stats(self) -> UdpStats:
         """A UdpStats snapshot (for looking, not per datagram)."""

@@ -410,6 +410,7 @@ impl Server {
             send_timeout_ms: 0,
             conn_buffers_hard_max: 0,
             tag: 0,
+            backend: 0,
         };
         let mut err = sys::ZCN_OK;
         // The config (and the address string) need only live through this call.

@@ -9,7 +9,7 @@ use std::os::raw::{c_char, c_int, c_uint, c_void};
 // ---- Version -----------------------------------------------------------
 
 pub const ZCN_VERSION_MAJOR: c_uint = 0;
-pub const ZCN_VERSION_MINOR: c_uint = 3;
+pub const ZCN_VERSION_MINOR: c_uint = 4;
 pub const ZCN_VERSION_PATCH: c_uint = 0;
 pub const ZCN_VERSION_HEX: c_uint =
     (ZCN_VERSION_MAJOR << 16) | (ZCN_VERSION_MINOR << 8) | ZCN_VERSION_PATCH;
@@ -89,6 +89,8 @@ pub struct ZCN_Config {
     pub send_timeout_ms: u32,
     pub conn_buffers_hard_max: u32,
     pub tag: u32,
+    /// A `ZCN_Backend` (0 = auto, 1 = io_uring, 2 = epoll).
+    pub backend: u32,
 }
 
 /// `typedef void (*ZCN_OnAccept)(void *user_data, int fd);` (also OnClose, OnDrain)

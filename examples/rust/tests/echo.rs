@@ -216,9 +216,9 @@ fn version_and_layout_match_the_header() {
     assert_eq!((major, minor, patch), (sys::ZCN_VERSION_MAJOR, sys::ZCN_VERSION_MINOR, sys::ZCN_VERSION_PATCH));
     assert_eq!(zcn::version_string(), format!("{major}.{minor}.{patch}"));
     // Sizes from the C compiler when tests/test_rust.py provides them
-    // (ZCN_C_LAYOUT="ZCN_Config=64,..."); else the x86-64/aarch64 values.
+    // (ZCN_C_LAYOUT="ZCN_Config=88,..."); else the x86-64/aarch64 values.
     let layout = std::env::var("ZCN_C_LAYOUT").unwrap_or_else(|_| {
-        "ZCN_Config=64,ZCN_PoolStats=56,ZCN_ServerStats=128,ZCN_Event=32,ZCN_Error=4".into()
+        "ZCN_Config=88,ZCN_PoolStats=56,ZCN_ServerStats=200,ZCN_Event=32,ZCN_Error=4".into()
     });
     for item in layout.split(',') {
         let (name, size) = item.split_once('=').unwrap();
