@@ -171,6 +171,17 @@ static void *holder_main(void *arg)
     return NULL;
 }
 
+/* Starts n holders that each acquire and release `per_thread` buffers of
+ * pool, meet at `cached`, then wait at `leave` before exiting. */
+static void holders_start(struct holder *h, pthread_t *t, int n, ZCN_BufferPool *pool,
+                          int per_thread, pthread_barrier_t *cached, pthread_barrier_t *leave)
+{
+    for (int i = 0; i < n; i++) {
+        h[i] = (struct holder){.pool = pool, .n = per_thread, .cached = cached, .leave = leave};
+        T_CHECK(pthread_create(&t[i], NULL, holder_main, &h[i]) == 0);
+    }
+}
+
 static void test_thread_exit_returns_cache(void)
 {
     enum { COUNT = 32, K = 8, THREADS = 3 };
@@ -180,10 +191,7 @@ static void test_thread_exit_returns_cache(void)
     pthread_barrier_init(&leave, NULL, THREADS + 1);
     struct holder h[THREADS];
     pthread_t t[THREADS];
-    for (int i = 0; i < THREADS; i++) {
-        h[i] = (struct holder){.pool = pool, .n = 4, .cached = &cached, .leave = &leave};
-        T_CHECK(pthread_create(&t[i], NULL, holder_main, &h[i]) == 0);
-    }
+    holders_start(h, t, THREADS, pool, 4, &cached, &leave);
     pthread_barrier_wait(&cached);
     ZCN_PoolCacheStats cs = cache_stats(pool);
     T_CHECK(cs.caches_in_use == THREADS);
@@ -359,10 +367,7 @@ static void test_more_threads_than_caches(void)
     struct holder *h = calloc(THREADS, sizeof *h);
     pthread_t *t = calloc(THREADS, sizeof *t);
     T_CHECK(h != NULL && t != NULL);
-    for (int i = 0; i < THREADS; i++) {
-        h[i] = (struct holder){.pool = pool, .n = 2, .cached = &cached, .leave = &leave};
-        T_CHECK(pthread_create(&t[i], NULL, holder_main, &h[i]) == 0);
-    }
+    holders_start(h, t, THREADS, pool, 2, &cached, &leave);
     pthread_barrier_wait(&cached);
     ZCN_PoolCacheStats cs = cache_stats(pool);
     T_CHECK(cs.caches_in_use == ZCN_POOL_THREAD_CACHES);
