@@ -223,10 +223,49 @@ typedef struct ZCN_PoolStats {
     uint64_t buffer_size;    /* bytes per buffer (a multiple of 4096) */
 } ZCN_PoolStats;
 
+/* Per-thread caches (docs/POOL.md, "Thread caches"). A thread that releases
+ * a buffer keeps it in a small cache of its own, in front of the shared free
+ * list, and its next acquire takes it from there: no cache line shared with
+ * other threads on the acquire/release path. A cache is bounded: it holds at
+ * most `thread_cache` buffers (over that, the older half goes back to the
+ * shared list). Cached buffers are free buffers of the pool: they count in
+ * `free`, never in `in_use`, and add nothing to `total`. An acquire that
+ * finds its cache and the shared list empty takes a buffer from another
+ * thread's cache, so the pool reports exhaustion only when every buffer is
+ * in use (as without caches). A thread's caches go back to their pools
+ * when it exits. At most ZCN_POOL_THREAD_CACHES threads have a cache of one
+ * pool; further threads use the shared list directly. */
+#define ZCN_POOL_THREAD_CACHES 64u
+/* Upper bound of ZCN_PoolConfig.thread_cache. */
+#define ZCN_POOL_THREAD_CACHE_MAX 1024u
+/* The default (thread_cache = 0): min(64, max(1, count / 16)) buffers. */
+#define ZCN_POOL_THREAD_CACHE_DEFAULT 64u
+/* ZCN_PoolConfig.thread_cache value for a pool without thread caches: every
+ * call works on the shared list (one CAS on one shared word). */
+#define ZCN_POOL_THREAD_CACHE_OFF UINT32_MAX
+
+typedef struct ZCN_PoolConfig {
+    size_t buffer_size;     /* bytes per buffer, rounded up to ZCN_PAGE_SIZE */
+    size_t count;           /* buffers */
+    void *memory;           /* NULL: the pool maps its slab; else as zcn_pool_create_in */
+    size_t memory_size;     /* bytes at `memory` (ignored when memory is NULL) */
+    uint32_t thread_cache;  /* buffers per thread cache: 0 = default,
+                               ZCN_POOL_THREAD_CACHE_OFF = none */
+} ZCN_PoolConfig;
+
+typedef struct ZCN_PoolCacheStats {
+    uint64_t thread_cache;   /* buffers per thread cache at most (0: caches off) */
+    uint64_t caches_max;     /* threads that can hold a cache of this pool */
+    uint64_t caches_in_use;  /* threads holding one now */
+    uint64_t cached;         /* free buffers sitting in thread caches now */
+    uint64_t steals;         /* acquires served from another thread's cache */
+} ZCN_PoolCacheStats;
+
 /* Creates `count` buffers of `buffer_size` bytes rounded up to a multiple of
- * ZCN_PAGE_SIZE, in one page-aligned slab allocated here (mmap). Zero sizes,
- * count > ZCN_POOL_COUNT_MAX or a slab over ZCN_POOL_BYTES_MAX give
- * ZCN_ERR_INVALID_ARGUMENT; ENOMEM if the memory is not there. */
+ * ZCN_PAGE_SIZE, in one page-aligned slab allocated here (mmap), with the
+ * default thread caches. Zero sizes, count > ZCN_POOL_COUNT_MAX or a slab
+ * over ZCN_POOL_BYTES_MAX give ZCN_ERR_INVALID_ARGUMENT; ENOMEM if the
+ * memory is not there. */
 ZCN_API ZCN_BufferPool *zcn_pool_create(size_t buffer_size, size_t count, ZCN_Error *err);
 /* The same over caller-provided memory: `memory` must be page-aligned and at
  * least `memory_size` >= count * rounded buffer_size bytes; it stays owned by
@@ -234,9 +273,17 @@ ZCN_API ZCN_BufferPool *zcn_pool_create(size_t buffer_size, size_t count, ZCN_Er
 ZCN_API ZCN_BufferPool *zcn_pool_create_in(void *memory, size_t memory_size,
                                            size_t buffer_size, size_t count,
                                            ZCN_Error *err);
-/* Frees the pool and (unless created with zcn_pool_create_in) its slab.
- * Buffers still acquired become invalid. No other thread may be using the
- * pool. NULL is a no-op. */
+/* Either of the above, with the thread cache size set: config->memory NULL
+ * maps a slab, else the pool is laid over it as zcn_pool_create_in does.
+ * thread_cache over ZCN_POOL_THREAD_CACHE_MAX (other than
+ * ZCN_POOL_THREAD_CACHE_OFF) or a NULL config give ZCN_ERR_INVALID_ARGUMENT. */
+ZCN_API ZCN_BufferPool *zcn_pool_create_with(const ZCN_PoolConfig *config, ZCN_Error *err);
+/* Frees the pool and (unless created over caller memory) its slab.
+ * Buffers still acquired become invalid. No other thread may be calling
+ * into the pool; other threads may still have cached buffers of it: those
+ * are freed with the pool, and each such thread forgets its cache of the
+ * pool without touching the freed memory (when it exits, or when it needs
+ * the room for another pool's cache). NULL is a no-op. */
 ZCN_API void zcn_pool_destroy(ZCN_BufferPool *pool);
 
 /* Takes a free buffer; NULL when none is free (never blocks, never
@@ -248,6 +295,15 @@ ZCN_API void *zcn_pool_acquire(ZCN_BufferPool *pool);
  * of one of this pool's buffers, ZCN_ERR_DOUBLE_FREE if it is already free;
  * in both cases nothing changes. Thread-safe, lock-free. */
 ZCN_API ZCN_Error zcn_pool_release(ZCN_BufferPool *pool, void *buffer);
+
+/* Returns the calling thread's cached buffers of `pool` to the shared list
+ * and gives up its cache of the pool (another thread may then take it); its
+ * next release on the pool sets up a new one. For a long-lived thread that
+ * is done with a pool. ZCN_OK also when the thread had no cache of it. */
+ZCN_API ZCN_Error zcn_pool_flush(ZCN_BufferPool *pool);
+/* Fills *out with the thread caches' figures (sums of per-cache counters:
+ * exact when no other thread is working on the pool). */
+ZCN_API ZCN_Error zcn_pool_cache_stats(const ZCN_BufferPool *pool, ZCN_PoolCacheStats *out);
 
 /* Fills *out with a snapshot of the counters. Each buffer's acquire count
  * and in-use bit are read atomically together and summed (O(count): for

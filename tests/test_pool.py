@@ -465,3 +465,54 @@ def test_doc_c_example_builds_and_runs(tmp_path):
     assert "buffer 0 of 4096 bytes" in out.stdout
     assert "second release: ZCN_ERR_DOUBLE_FREE" in out.stdout
     assert "total=1024 in_use=0 allocated=1 freed=1 failed=0" in out.stdout
+
+
+def test_thread_cache_default_and_off():
+    with zcn.BufferPool(4096, 1024) as pool:
+        cs = pool.cache_stats()
+        assert cs.thread_cache == 64 and cs.caches_max == 64
+    with zcn.BufferPool(4096, 8, thread_cache=0) as pool:
+        pool.release(pool.acquire())
+        assert pool.cache_stats() == zcn.PoolCacheStats(0, 0, 0, 0, 0)
+    for bad in (-1, zcn.pool.THREAD_CACHE_MAX + 1):
+        with pytest.raises(ValueError):
+            zcn.BufferPool(4096, 8, thread_cache=bad)
+    with pytest.raises(TypeError):
+        zcn.BufferPool(4096, 8, thread_cache=1.5)
+
+
+def test_thread_cache_returned_at_thread_exit_and_stolen_while_idle():
+    import threading
+
+    with zcn.BufferPool(4096, 8, thread_cache=8) as pool:
+        mine = [pool.acquire() for _ in range(8)]
+        cached, leave = threading.Event(), threading.Event()
+
+        def releaser():
+            for buf in mine:  # acquired on the main thread, released here
+                pool.release(buf)
+            cached.set()
+            leave.wait(30)
+
+        t = threading.Thread(target=releaser)
+        t.start()
+        try:
+            assert cached.wait(30)
+            cs = pool.cache_stats()
+            assert (cs.cached, cs.caches_in_use) == (8, 1)
+            s = pool.stats()
+            assert (s.in_use, s.free) == (0, 8)
+            # All 8 sit in an idle live thread's cache: still handed out.
+            again = [pool.acquire() for _ in range(8)]
+            assert None not in again and pool.acquire() is None
+            assert pool.cache_stats().steals == 8
+            for buf in again:
+                pool.release(buf)
+        finally:
+            leave.set()
+            t.join(30)
+        cs = pool.cache_stats()
+        assert cs.caches_in_use == 1 and cs.cached == 8  # this thread's own now
+        pool.flush()
+        assert pool.cache_stats().cached == 0
+        assert pool.stats().free == 8

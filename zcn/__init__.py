@@ -19,7 +19,7 @@ from . import _ffi
 from .errors import *  # noqa: F401,F403 - the exception classes are API
 from .errors import ZcnError
 from . import errors as _errors
-from .pool import BufferPool, Buffer, PoolStats
+from .pool import BufferPool, Buffer, PoolCacheStats, PoolStats
 from .loop import ConnectHandle, Loop, LoopStats, TimerHandle
 from .ring import Ring
 from .server import ServerStats, TcpServer
@@ -29,8 +29,8 @@ __version__ = _ffi.zcn_version_string().decode()
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
-__all__ = ["BufferPool", "Buffer", "PoolStats", "Ring", "TcpServer", "ServerStats",
-           "ZcnError", "__version__"]
+__all__ = ["BufferPool", "Buffer", "PoolStats", "PoolCacheStats", "Ring", "TcpServer",
+           "ServerStats", "ZcnError", "__version__"]
 __all__ += ["UdpSocket", "UdpStats", "UDP_TRUNCATED"]
 __all__ += ["Loop", "LoopStats", "TimerHandle", "ConnectHandle"]
 __all__ += ["EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"]

@@ -150,12 +150,41 @@ class PoolStats(Structure):
     ]
 
 
+POOL_THREAD_CACHES = 64
+POOL_THREAD_CACHE_MAX = 1024
+POOL_THREAD_CACHE_OFF = 0xFFFFFFFF
+
+
+class PoolConfig(Structure):
+    # typedef struct ZCN_PoolConfig {...} ZCN_PoolConfig;
+    _fields_ = [
+        ("buffer_size", c_size_t),
+        ("count", c_size_t),
+        ("memory", c_void_p),
+        ("memory_size", c_size_t),
+        ("thread_cache", c_uint32),
+    ]
+
+
+class PoolCacheStats(Structure):
+    # typedef struct ZCN_PoolCacheStats {...} ZCN_PoolCacheStats;
+    _fields_ = [
+        ("thread_cache", c_uint64),
+        ("caches_max", c_uint64),
+        ("caches_in_use", c_uint64),
+        ("cached", c_uint64),
+        ("steals", c_uint64),
+    ]
+
+
 # ZCN_BufferPool *zcn_pool_create(size_t buffer_size, size_t count, ZCN_Error *err);
 zcn_pool_create = _fn("zcn_pool_create", c_void_p, [c_size_t, c_size_t, ErrOut])
 # ZCN_BufferPool *zcn_pool_create_in(void *memory, size_t memory_size,
 #                                    size_t buffer_size, size_t count, ZCN_Error *err);
 zcn_pool_create_in = _fn("zcn_pool_create_in", c_void_p,
                          [c_void_p, c_size_t, c_size_t, c_size_t, ErrOut])
+# ZCN_BufferPool *zcn_pool_create_with(const ZCN_PoolConfig *config, ZCN_Error *err);
+zcn_pool_create_with = _fn("zcn_pool_create_with", c_void_p, [POINTER(PoolConfig), ErrOut])
 # void zcn_pool_destroy(ZCN_BufferPool *pool);
 zcn_pool_destroy = _fn("zcn_pool_destroy", None, [c_void_p])
 # void *zcn_pool_acquire(ZCN_BufferPool *pool);
@@ -164,6 +193,11 @@ zcn_pool_acquire = _fn("zcn_pool_acquire", c_void_p, [c_void_p])
 zcn_pool_release = _fn("zcn_pool_release", ZCN_Error, [c_void_p, c_void_p], _check_rc)
 # ZCN_Error zcn_pool_stats(const ZCN_BufferPool *pool, ZCN_PoolStats *out);
 zcn_pool_stats = _fn("zcn_pool_stats", ZCN_Error, [c_void_p, POINTER(PoolStats)], _check_rc)
+# ZCN_Error zcn_pool_flush(ZCN_BufferPool *pool);
+zcn_pool_flush = _fn("zcn_pool_flush", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_pool_cache_stats(const ZCN_BufferPool *pool, ZCN_PoolCacheStats *out);
+zcn_pool_cache_stats = _fn("zcn_pool_cache_stats", ZCN_Error,
+                           [c_void_p, POINTER(PoolCacheStats)], _check_rc)
 # size_t zcn_pool_buffer_size(const ZCN_BufferPool *pool);
 zcn_pool_buffer_size = _fn("zcn_pool_buffer_size", c_size_t, [c_void_p])
 # size_t zcn_pool_count(const ZCN_BufferPool *pool);

@@ -32,7 +32,9 @@ Each window also records the CPU other processes took meanwhile
 that exceeded 10% of a CPU (a shared machine).
 
 The C tools are built with CMake (targets loadgen, epoll_echo, zcn_echo);
-the harness finds them in --build-dir, $ZCN_BENCH_BUILD or ./build/bench.
+the harness finds them in --build-dir, $ZCN_BENCH_BUILD, ./build/bench of a
+checkout, or else in the installed package (zcn/_bench: `pip install` builds
+them into the wheel). psutil is used when installed, else /proc directly.
 Results: a table on the terminal, a JSON file of every figure
 (bench/results/<timestamp>.json or --json) and PNG plots when matplotlib is
 installed. Exit status 1 only if content verification failed or a server
@@ -157,6 +159,11 @@ PROFILES = {
 # --------------------------------------------------------------------------
 
 
+#: Where `pip install` puts the C tools and the asyncio echo (CMakeLists.txt,
+#: ZCN_WHEEL_BENCH).
+PACKAGE_TOOLS = Path(__file__).resolve().parent / "_bench"
+
+
 def _source_root(build_dir):
     here = Path(__file__).resolve().parent.parent
     if (here / "bench" / "loadgen.c").exists():
@@ -173,15 +180,37 @@ def find_build_dir(arg):
     else:
         root = Path(__file__).resolve().parent.parent
         candidates += [root / "build" / "bench", Path.cwd() / "build" / "bench"]
+        candidates.append(PACKAGE_TOOLS)  # an installed package
     for c in candidates:
         if tool_path(c, "loadgen") is not None:
             return c.resolve()
     raise SystemExit(
         "zcn bench: the C tools (loadgen, epoll_echo, zcn_echo) were not found in "
         + ", ".join(str(c) for c in candidates)
-        + ".\nBuild them: cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release && "
+        + ".\nInstall the package with them (pip install zero_copy_net from a source "
+        "tree: the wheel builds them unless -C cmake.define.ZCN_WHEEL_BENCH=OFF), or "
+        "build them in a checkout: cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release && "
         "cmake --build build/bench -j --target loadgen epoll_echo zcn_echo\n"
         "then pass --build-dir build/bench (or set ZCN_BENCH_BUILD).")
+
+
+def asyncio_echo_script(src_root):
+    """bench/asyncio_echo.py of the source tree, else the installed copy."""
+    for p in ((src_root / "bench" / "asyncio_echo.py") if src_root else None,
+              PACKAGE_TOOLS / "asyncio_echo.py"):
+        if p is not None and p.exists():
+            return p
+    return None
+
+
+def default_results_dir(src_root):
+    """bench/results of a checkout; outside one, $XDG_DATA_HOME/zcn/bench-results
+    (~/.local/share/zcn/bench-results)."""
+    if src_root is not None and (src_root / "bench").is_dir():
+        return src_root / "bench" / "results"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return Path(data) / "zcn" / "bench-results"
 
 
 def tool_path(build_dir, name):
@@ -278,8 +307,6 @@ class Server:
     """One echo server process, pinned; knows its port and psutil handle."""
 
     def __init__(self, name, cmd, cpu, env=None):
-        import psutil
-
         self.name = name
         self.cmd = cmd
         self.stderr_path = None
@@ -303,7 +330,7 @@ class Server:
             raise RuntimeError(f"{name} did not start: {last}")
         self.banner = line.strip()
         self.port = int(m.group(2))
-        self.ps = psutil.Process(self.proc.pid)
+        self.ps = _process(self.proc.pid)
 
     def cpu_s(self):
         t = self.ps.cpu_times()
@@ -373,7 +400,8 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
     if base in ASYNCIO_LOOPS:
         api = "streams" if streams else "protocol"
         loop = ASYNCIO_LOOPS[base]
-        if src_root is None or not (src_root / "bench" / "asyncio_echo.py").exists():
+        script = asyncio_echo_script(src_root)
+        if script is None:
             raise FileNotFoundError("bench/asyncio_echo.py not found (run from a source checkout)")
         if loop == "uvloop":
             try:
@@ -386,7 +414,7 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
 
             pkg_parent = str(Path(zcn.__file__).resolve().parent.parent)
             env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
-        return ([py, str(src_root / "bench" / "asyncio_echo.py"), "--loop", loop, "--api", api,
+        return ([py, str(script), "--loop", loop, "--api", api,
                  "--port", "0", "--backlog", "4096"], env,
                 {"backlog": 4096, "loop": loop, "api": api})
     raise ValueError(f"unknown server {name!r}")
@@ -506,18 +534,62 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
 def _busy_s():
     """CPU seconds the whole machine has been busy (every CPU, user+system
     incl. interrupts)."""
-    import psutil
-
+    try:
+        import psutil
+    except ImportError:
+        # /proc/stat's cpu line: user nice system idle iowait irq softirq ...
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:8]]
+        return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / _ProcProcess.TICK
     t = psutil.cpu_times()
     return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
 
 
-def _psutil_process(pid):
-    import psutil
+@dataclass
+class _Times:
+    user: float
+    system: float
 
+
+@dataclass
+class _Memory:
+    rss: int
+
+
+class _ProcProcess:
+    """The two psutil.Process calls the harness makes, read from /proc as
+    psutil does on Linux (psutil is optional: the bench extra)."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.cpu_times()  # gone already: raises OSError, as psutil.Process does
+
+    def cpu_times(self):
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # fields from 3 (state) on
+        return _Times(user=int(fields[11]) / self.TICK, system=int(fields[12]) / self.TICK)
+
+    def memory_info(self):
+        with open(f"/proc/{self.pid}/statm") as f:
+            return _Memory(rss=int(f.read().split()[1]) * self.PAGE)
+
+
+def _process(pid):
+    """psutil.Process(pid), or the /proc reader when psutil is missing."""
     try:
-        return psutil.Process(pid)
-    except psutil.Error:
+        import psutil
+    except ImportError:
+        return _ProcProcess(pid)
+    return psutil.Process(pid)
+
+
+def _psutil_process(pid):
+    try:
+        return _process(pid)
+    except Exception:  # noqa: BLE001 - psutil.Error or OSError: gone already
         return None
 
 
@@ -831,10 +903,6 @@ def run(args):
         rest = (sys.argv[sys.argv.index("--asyncio-apps") + 1:]
                 if "--asyncio-apps" in sys.argv else [])
         return run_apps_profile(rest, args.build_dir)
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        raise SystemExit("zcn bench needs psutil (pip install .[bench])") from None
     profile = "smoke" if args.smoke else "quick" if args.quick else "full"
     rounds, warmup, duration = PROFILES[profile]
     rounds = args.rounds or rounds
@@ -872,8 +940,7 @@ def run(args):
     if args.json:
         json_path = Path(args.json)
     else:
-        base = (src_root or Path.cwd()) / "bench" / "results"
-        json_path = base / f"{stamp}.json"
+        json_path = default_results_dir(src_root) / f"{stamp}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
 
     report = {

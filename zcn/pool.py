@@ -42,12 +42,15 @@ if TYPE_CHECKING:
 
     from .ring import Ring
 
-__all__ = ["BufferPool", "Buffer", "PoolStats", "PAGE_SIZE", "COUNT_MAX", "BYTES_MAX"]
+__all__ = ["BufferPool", "Buffer", "PoolStats", "PoolCacheStats", "PAGE_SIZE", "COUNT_MAX",
+           "BYTES_MAX", "THREAD_CACHE_MAX"]
 
 PAGE_SIZE = _ffi.PAGE_SIZE
 #: Bounds checked before anything reaches C (ZCN_POOL_COUNT_MAX/_BYTES_MAX).
 COUNT_MAX = _ffi.POOL_COUNT_MAX
 BYTES_MAX = _ffi.POOL_BYTES_MAX
+#: Upper bound of BufferPool(thread_cache=...) (ZCN_POOL_THREAD_CACHE_MAX).
+THREAD_CACHE_MAX = _ffi.POOL_THREAD_CACHE_MAX
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,17 @@ class PoolStats:
     freed: int        #: successful releases since create
     failed: int       #: acquires that found the pool empty
     buffer_size: int  #: bytes per buffer (a multiple of 4096)
+
+
+@dataclass(frozen=True)
+class PoolCacheStats:
+    """The pool's per-thread caches (see zcn_pool_cache_stats)."""
+
+    thread_cache: int   #: buffers per thread cache at most (0: caches off)
+    caches_max: int     #: threads that can hold a cache of this pool
+    caches_in_use: int  #: threads holding one now
+    cached: int         #: free buffers sitting in thread caches (counted in free)
+    steals: int         #: acquires served from another thread's cache
 
 
 class Buffer:
@@ -144,9 +158,15 @@ class BufferPool(HandleOwner):
 
     _kind = "zcn.BufferPool"
 
-    def __init__(self, buffer_size: int = 4096, count: int = 1024) -> None:
+    def __init__(self, buffer_size: int = 4096, count: int = 1024,
+                 thread_cache: Optional[int] = None) -> None:
         buffer_size = int_arg(buffer_size, "buffer_size", 1, BYTES_MAX)
         count = int_arg(count, "count", 1, COUNT_MAX)
+        # None: the C default; 0: no thread caches; else buffers per thread.
+        cache = 0 if thread_cache is None else int_arg(thread_cache, "thread_cache", 0,
+                                                           THREAD_CACHE_MAX)
+        if thread_cache is not None and cache == 0:
+            cache = _ffi.POOL_THREAD_CACHE_OFF
         rounded = round_up_pages(buffer_size)
         slab_bytes = rounded * count
         if slab_bytes > BYTES_MAX:
@@ -160,8 +180,9 @@ class BufferPool(HandleOwner):
         self._base = self._memory.address
         self._buffer_size = rounded
         self._count = count
-        self._handle = _ffi.create(_ffi.zcn_pool_create_in, self._base, slab_bytes,
-                                   rounded, count)
+        config = _ffi.PoolConfig(buffer_size=rounded, count=count, memory=self._base,
+                                 memory_size=slab_bytes, thread_cache=cache)
+        self._handle = _ffi.create(_ffi.zcn_pool_create_with, ctypes.byref(config))
 
     # --- lifetime -----------------------------------------------------------
     def close(self) -> None:
@@ -264,6 +285,21 @@ class BufferPool(HandleOwner):
         return PoolStats(total=raw.total, in_use=raw.in_use, free=raw.free,
                          allocated=raw.allocated, freed=raw.freed, failed=raw.failed,
                          buffer_size=raw.buffer_size)
+
+    def cache_stats(self) -> PoolCacheStats:
+        """The per-thread caches' figures (docs/POOL.md, "Thread caches")."""
+        with self._lock:
+            raw = _ffi.PoolCacheStats()
+            _ffi.zcn_pool_cache_stats(self._live(), ctypes.byref(raw))
+        return PoolCacheStats(thread_cache=raw.thread_cache, caches_max=raw.caches_max,
+                              caches_in_use=raw.caches_in_use, cached=raw.cached,
+                              steals=raw.steals)
+
+    def flush(self) -> None:
+        """Returns the calling thread's cached buffers to the shared list and
+        gives up its cache of this pool (a thread's exit does the same)."""
+        with self._lock:
+            _ffi.zcn_pool_flush(self._live())
 
     # --- io_uring -----------------------------------------------------------
     def register(self, ring: Ring) -> None:
