@@ -698,11 +698,14 @@ ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *cfg, ZCN_Error *err)
     if (e == ZCN_OK)
         e = zcn_calls_init(&s->calls, st.calls_max);
     if (e == ZCN_OK) {
-        if (cfg->buffer_memory != NULL)
-            s->pool = zcn_pool_create_in(cfg->buffer_memory, cfg->buffer_memory_size,
-                                         st.buffer_size, st.buffers, &e);
-        else
-            s->pool = zcn_pool_create(st.buffer_size, st.buffers, &e);
+        /* One thread takes and returns the loop's buffers: thread caches
+         * would only add their lookup to every acquire and release. */
+        ZCN_PoolConfig pc = {.buffer_size = st.buffer_size,
+                             .count = st.buffers,
+                             .memory = cfg->buffer_memory,
+                             .memory_size = cfg->buffer_memory_size,
+                             .thread_cache = ZCN_POOL_THREAD_CACHE_OFF};
+        s->pool = zcn_pool_create_with(&pc, &e);
         if (s->pool != NULL)
             s->slab = zcn_pool_base(s->pool);
     }

@@ -712,13 +712,20 @@ static ZCN_Error map_slabs(ZCN_UdpSocket *u, const struct settings *st, const ZC
     }
     if (e != ZCN_OK)
         return e;
-    u->pool = zcn_pool_create_in(mem, small, st->buffer_size, st->buffers, &e);
+    /* The socket's owner thread alone takes and returns its buffers: no
+     * thread caches (their lookup would be on every datagram). */
+    ZCN_PoolConfig pc = {.buffer_size = st->buffer_size, .count = st->buffers, .memory = mem,
+                         .memory_size = small, .thread_cache = ZCN_POOL_THREAD_CACHE_OFF};
+    u->pool = zcn_pool_create_with(&pc, &e);
     if (u->pool == NULL)
         return e;
     u->slab = mem;
     if (large == 0)
         return ZCN_OK;
-    u->large_pool = zcn_pool_create_in(large_mem, large, ZCN_UDP_LARGE_BUFFER_SIZE, st->large, &e);
+    pc = (ZCN_PoolConfig){.buffer_size = ZCN_UDP_LARGE_BUFFER_SIZE, .count = st->large,
+                          .memory = large_mem, .memory_size = large,
+                          .thread_cache = ZCN_POOL_THREAD_CACHE_OFF};
+    u->large_pool = zcn_pool_create_with(&pc, &e);
     if (u->large_pool == NULL)
         return e;
     u->large_slab = large_mem;
