@@ -265,7 +265,8 @@ typedef struct RespConn {
     uint8_t cmd;            /* C_* once the name is read */
     uint8_t error;          /* E_* */
     uint8_t key_in_scratch;
-    uint8_t name_len;       /* > NAME_MAX_BYTES: too long to be a command */
+    uint8_t name_len;       /* bytes in name (the first NAME_MAX_BYTES) */
+    uint8_t name_long;      /* longer than NAME_MAX_BYTES: no command */
     uint8_t param_len;
     uint32_t argc;
     uint32_t argi;
@@ -362,12 +363,12 @@ static bool reply_error_name(RespDemo *r, const char *before, const RespConn *c,
                              const char *after)
 {
     char name[NAME_MAX_BYTES + 1];
-    size_t n = c->name_len > NAME_MAX_BYTES ? NAME_MAX_BYTES : c->name_len;
+    size_t n = c->name_len;
     for (size_t i = 0; i < n; i++)
         name[i] = (c->name[i] > ' ' && c->name[i] < 0x7f) ? c->name[i] : '?';
     name[n] = '\0';
     return reply(r, before) && demo_out(&r->base, name, n) &&
-           (c->name_len > NAME_MAX_BYTES ? reply(r, "...") : true) && reply(r, after);
+           (c->name_long ? reply(r, "...") : true) && reply(r, after);
 }
 
 static bool reply_error(RespDemo *r, const RespConn *c)
@@ -398,7 +399,7 @@ static bool reply_error(RespDemo *r, const RespConn *c)
 static bool name_is(const RespConn *c, const char *lower)
 {
     size_t n = strlen(lower);
-    if (c->name_len != n)
+    if (c->name_long || c->name_len != n)
         return false;
     for (size_t i = 0; i < n; i++) {
         char ch = c->name[i];
@@ -470,9 +471,8 @@ static void arg_start(RespDemo *r, RespConn *c, uint64_t len, const uint8_t *p, 
     c->sink = sink_for(c);
     switch (c->sink) {
     case K_NAME:
-        c->name_len = len > NAME_MAX_BYTES ? NAME_MAX_BYTES + 1 : 0;
-        if (len > NAME_MAX_BYTES)
-            c->sink = K_SKIP;
+        c->name_len = 0;
+        c->name_long = len > NAME_MAX_BYTES;
         break;
     case K_KEY_COPY:
         if (len > r->key_max) {
@@ -516,10 +516,13 @@ static void arg_start(RespDemo *r, RespConn *c, uint64_t len, const uint8_t *p, 
 static void arg_bytes(RespConn *c, const uint8_t *p, size_t n)
 {
     switch (c->sink) {
-    case K_NAME:
+    case K_NAME: {
+        size_t room = NAME_MAX_BYTES - c->name_len;
+        n = n < room ? n : room;
         memcpy(c->name + c->name_len, p, n);
         c->name_len = (uint8_t)(c->name_len + n);
         break;
+    }
     case K_KEY_COPY:
         memcpy(c->scratch + c->key_len, p, n);
         c->key_len += (uint32_t)n;
@@ -769,7 +772,7 @@ static void resp_on_data(void *user_data, int fd, const uint8_t *data, size_t le
                 c->number = 0;
                 c->number_digits = 0;
                 c->number_negative = 0;
-            } else if ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') {
+            } else if (((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') || ch == ' ' || ch == '\t') {
                 c->state = P_INLINE;
                 c->scratch[0] = ch;
                 c->inline_len = 1;

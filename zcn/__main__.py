@@ -3,6 +3,8 @@
     python -m zcn echo --port 8080 --handler c      TCP echo server (Ctrl-C ends it)
     python -m zcn echo --port 8080 --handler python the same through a Python on_data
     python -m zcn proxy --listen H:P --upstream H:P  zero-copy TCP proxy (C or Python handler)
+    python -m zcn http --port 8080                  HTTP/1.1 "Hello, world!" server in C
+    python -m zcn resp --port 6380                  RESP2 key/value store in C (redis-cli)
     python -m zcn version                           library, bindings, io_uring here
 
 Each subcommand is a ``add_*_parser(subparsers)`` function that registers
@@ -172,6 +174,8 @@ _REGISTRARS = (
     (__name__, "add_echo_parser"),
     ("zcn._udp_cli", "add_udp_echo_parser"),
     ("zcn.proxy", "add_proxy_parser"),
+    ("zcn._demo_cli", "add_http_parser"),
+    ("zcn._demo_cli", "add_resp_parser"),
     ("zcn.bench", "add_parser"),
     (__name__, "add_version_parser"),
 )
