@@ -200,8 +200,8 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"] and ("--proxy" in argv[1:] or "--asyncio-apps" in argv[1:]):
-        # the proxy and asyncio-apps profiles have options of their own
+    if argv[:1] == ["bench"] and {"--proxy", "--asyncio-apps", "--http", "--resp"} & set(argv):
+        # the proxy and application profiles have options of their own
         # (bench/proxy_bench.py, bench/asyncio_apps.py)
         from .bench import main as bench_main
         return bench_main(argv[1:])
