@@ -1547,8 +1547,11 @@ ZCN_API ZCN_Error zcn_udp_resume_recv(ZCN_UdpSocket *sock);
  * value is copied once, into the store; a key is copied only when it
  * spans two receives); the answers to everything one receive carried leave
  * in one zcn_loop_send. Output is bounded by the loop's send_queue_max_bytes:
- * a peer whose answers would go over it (it pipelines and never reads) is
- * aborted (output_aborts), as Redis's client-output-buffer-limit does. */
+ * a peer that stops reading is paused by the loop's delivery gate (no more
+ * of its data is delivered until its queue drains; send_timeout_ms ends
+ * it), and one whose answers to a single receive do not fit in its queue
+ * (small requests for large answers) is aborted (output_aborts), as
+ * Redis's client-output-buffer-limit does. */
 typedef struct ZCN_Demo ZCN_Demo;
 
 /* Zero in any field means the default beside it. Read during create only. */
@@ -1585,17 +1588,19 @@ typedef struct ZCN_DemoStats {
  * becomes the loop's owner, as with zcn_server_start, so call it on the
  * thread that will run the loop. All memory is allocated here (the RESP
  * store's table for keys_max keys; its entries as values are set, within
- * memory_max_bytes). The handle is the caller's until zcn_demo_destroy, which must come
- * before zcn_loop_destroy (the listener is the loop's). config may be NULL
- * (all defaults). Errors: ZCN_ERR_INVALID_ARGUMENT (NULL loop, a limit out
- * of range), ENOMEM, those of zcn_server_create_on and zcn_server_start. */
+ * memory_max_bytes). The handle is the caller's until zcn_demo_destroy,
+ * which must come before zcn_loop_destroy (the listener is the loop's).
+ * config may be NULL (all defaults). Errors: ZCN_ERR_INVALID_ARGUMENT (NULL
+ * loop, a limit out of range), ENOMEM, those of zcn_server_create_on and
+ * zcn_server_start. */
 ZCN_API ZCN_Demo *zcn_demo_http_create(ZCN_Loop *loop, const ZCN_DemoConfig *config,
                                        ZCN_Error *err);
 ZCN_API ZCN_Demo *zcn_demo_resp_create(ZCN_Loop *loop, const ZCN_DemoConfig *config,
                                        ZCN_Error *err);
 /* The bound port; 0 for NULL. Any thread. */
 ZCN_API uint16_t zcn_demo_port(const ZCN_Demo *demo);
-/* A snapshot of the counters. Any thread (recent values while the loop runs). */
+/* A snapshot of the counters: the owner thread, or any thread once the
+ * loop has stopped. ZCN_ERR_INVALID_ARGUMENT for NULL. */
 ZCN_API ZCN_Error zcn_demo_stats(const ZCN_Demo *demo, ZCN_DemoStats *out);
 /* Closes the listener and its connections (on_close for each) and frees
  * the demo and its store. Before zcn_loop_destroy; the owner thread while
