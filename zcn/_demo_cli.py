@@ -15,6 +15,10 @@ import signal
 import sys
 import threading
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
+
 _DEFAULT_PORTS = {"http": 8080, "resp": 6380}
 _SUMMARY = ("requests", "protocol_errors", "limit_errors", "output_aborts", "rejected",
             "keys", "memory_bytes")
@@ -136,8 +140,8 @@ def run_demo(kind, args):
     except (OSError, ValueError) as exc:
         print(f"zcn {kind}: {exc}", file=sys.stderr)
         return 2
-    started: queue.Queue = queue.Queue()
-    done: list = []
+    started: queue.Queue[Any] = queue.Queue()
+    done: list[Any] = []
     thread = threading.Thread(target=_serve, args=(kind, loop_cfg, demo_cfg, started, done),
                               name=f"zcn-{kind}", daemon=True)
     thread.start()
