@@ -62,7 +62,45 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 LOOPS = {"zcn-aio": "zcn", "uvloop": "uvloop", "asyncio": "asyncio"}
+#: servers that are not an asyncio loop: zcn's C demo servers (python -m zcn
+#: http|resp) and the servers users would otherwise run. name: (apps it
+#: serves, executable, Debian package)
+NATIVE = {"zcn-c": (("http", "resp"), None, None),
+          "nginx": (("http",), "nginx", "nginx-light"),
+          "redis": (("resp",), "redis-server", "redis-server")}
+SERVERS = (*LOOPS, *NATIVE)
 BASELINE = "uvloop"
+#: --http and --resp of python -m zcn bench: the C demo servers against
+#: nginx and redis-server, and the issue's goals (ratios to the baseline:
+#: requests/s at least, CPU per request at most)
+NATIVE_PROFILES = {
+    "http": {"workloads": "http-c100", "loops": "zcn-c,nginx", "baseline": "nginx",
+             "goals": (1.0, 0.80)},
+    "resp": {"workloads": "resp-c50p16", "loops": "zcn-c,redis", "baseline": "redis",
+             "commands": "set,get", "goals": (1.0, 1.0)},
+}
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  default_type text/plain;
+  keepalive_requests 10000000;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  server {{
+    listen 127.0.0.1:{port} backlog=1024;
+    location / {{ return 200 "Hello, world!"; }}
+  }}
+}}
+"""
 # key: (app, conns, depth, title)
 WORKLOADS = {
     "http-c100": ("http", 100, 1, "wrk, 100 keep-alive connections, 1 request in flight each"),
@@ -252,12 +290,103 @@ def _range(m, digits):
     return f"{_fmt(m['median'], digits)} [{_fmt(m['min'], digits)}..{_fmt(m['max'], digits)}]"
 
 
-def table(title, results):
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ExternalServer(Server):
+    """nginx or redis-server on a free port, pinned like the others; its
+    CPU is the process's and its children's (nginx's worker)."""
+
+    def __init__(self, name, app, cpu, tmp):  # noqa: super().__init__ wants a banner
+        import psutil
+
+        self.name = name
+        self.port = free_port()
+        work = Path(tmp) / f"{name}-{self.port}"
+        work.mkdir()
+        if name == "nginx":
+            conf = work / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(tmp=work, port=self.port))
+            self.cmd = ["nginx", "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf)]
+        else:
+            self.cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--io-threads", "1",
+                        "--protected-mode", "no", "--daemonize", "no", "--dir", str(work),
+                        "--logfile", str(work / "redis.log")]
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                                     stdin=subprocess.DEVNULL, preexec_fn=_pin_and_raise(cpu))
+        self.ps = psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 10
+        while not self._accepts():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not start: {self.stderr_text()[-300:]}")
+            time.sleep(0.05)
+        self.banner = f"{name} listening on 127.0.0.1:{self.port}"
+
+    def _accepts(self):
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def cpu_s(self):
+        total = 0.0
+        for p in [self.ps, *self.ps.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except Exception:  # noqa: BLE001 - psutil.Error: gone
+                continue
+            total += t.user + t.system
+        return total
+
+
+def make_server(app, name, cpu, env, tmp):
+    if name in LOOPS:
+        return Server(name, server_argv(app, name), cpu, env)
+    if name == "zcn-c":
+        return Server(name, [sys.executable, "-m", "zcn", app, "--port", "0"], cpu, env)
+    return ExternalServer(name, app, cpu, tmp)
+
+
+def goals_lines(report, baseline, goals):
+    """The zcn-c against baseline ratios of each workload, against goals
+    (requests/s ratio at least, CPU per request ratio at most)."""
+    lines = []
+    for key, wl in report["workloads"].items():
+        res = wl.get("results") or {}
+        ours = ((res.get("zcn-c") or {}).get("summary") or {})
+        base = ((res.get(baseline) or {}).get("summary") or {})
+        if not ours or not base:
+            continue
+        rps = _ratio(ours["rps"]["median"], base["rps"]["median"]) if ours.get("rps") and \
+            base.get("rps") else None
+        cpu = _ratio(ours["cpu_us_per_req"]["median"], base["cpu_us_per_req"]["median"]) \
+            if ours.get("cpu_us_per_req") and base.get("cpu_us_per_req") else None
+        met = rps is not None and cpu is not None and rps >= goals[0] and cpu <= goals[1]
+        wl["goal"] = {"baseline": baseline, "rps_ratio": rps, "cpu_per_req_ratio": cpu,
+                      "rps_ratio_min": goals[0], "cpu_per_req_ratio_max": goals[1], "met": met}
+        lines.append(f"goal {key}: zcn-c {_fmt(rps, 2)}x {baseline}'s requests/s (goal >= "
+                     f"{goals[0]}), {_fmt(cpu, 2)}x its CPU per request (goal <= {goals[1]}): "
+                     + ("met" if met else "not met"))
+    return lines
+
+
+def table(title, results, baseline=BASELINE):
     lines = [f"\n== {title}",
              f"  {'loop':8} {'requests/s median [min..max]':>32} {'CPU us/req [min..max]':>24} "
-             f"{'srv%':>5} {'p50 ms':>7} {'p99 ms':>7} {'x uvloop req/s':>14} "
-             f"{'x uvloop cpu':>12}  ok"]
-    base = (results.get(BASELINE) or {}).get("summary") or {}
+             f"{'srv%':>5} {'p50 ms':>7} {'p99 ms':>7} {'x ' + baseline + ' req/s':>14} "
+             f"{'x ' + baseline + ' cpu':>12}  ok"]
+    base = (results.get(baseline) or {}).get("summary") or {}
 
     def med(s, k):
         return (s.get(k) or {}).get("median")
@@ -296,11 +425,19 @@ def main(argv=None):
     p.add_argument("--rounds", type=int)
     p.add_argument("--warmup", type=float, help="warm-up per server and workload, s")
     p.add_argument("--duration", type=float, help="measured window per run, s (wrk: whole s)")
-    p.add_argument("--loops", default=",".join(LOOPS), help="comma list of " + ",".join(LOOPS))
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
-                   help="comma list of " + ",".join(WORKLOADS))
-    p.add_argument("--commands", default=",".join(COMMANDS),
-                   help="the resp workloads' commands: comma list of " + ",".join(COMMANDS))
+    p.add_argument("--loops", help="comma list of servers: " + ",".join(SERVERS)
+                   + " (default: the asyncio loops)")
+    p.add_argument("--baseline", help="the server the ratios compare with "
+                   f"(default {BASELINE})")
+    native = p.add_mutually_exclusive_group()
+    native.add_argument("--http", action="store_true", help="the C HTTP demo server (python -m "
+                        "zcn http) against nginx under wrk -t1 -c100, with the goals")
+    native.add_argument("--resp", action="store_true", help="the C RESP demo server (python -m "
+                        "zcn resp) against redis-server under redis-benchmark -P 16 -c 50 "
+                        "(SET, GET), with the goals")
+    p.add_argument("--workloads", help="comma list of " + ",".join(WORKLOADS))
+    p.add_argument("--commands", help="the resp workloads' commands: comma list of "
+                   + ",".join(COMMANDS))
     p.add_argument("--build-dir", help="a CMake build dir whose libzero_copy_net.so the zcn "
                                        "servers load unless ZCN_LIBRARY is set")
     p.add_argument("--retry-busy", type=int, default=0, metavar="N",
@@ -314,6 +451,12 @@ def main(argv=None):
         import psutil  # noqa: F401
     except ImportError:
         raise SystemExit("asyncio_apps needs psutil (pip install .[bench])") from None
+    preset = NATIVE_PROFILES.get("http" if args.http else "resp" if args.resp else "", {})
+    defaults = {"loops": ",".join(LOOPS), "workloads": ",".join(WORKLOADS),
+                "commands": ",".join(COMMANDS), "baseline": BASELINE}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, preset.get(name, value))
     profile = "smoke" if args.smoke else "quick" if args.quick else "full"
     rounds, warmup, duration = PROFILES[profile]
     rounds = args.rounds or rounds
@@ -323,8 +466,8 @@ def main(argv=None):
     wls = [w for w in args.workloads.split(",") if w]
     commands = [c for c in args.commands.split(",") if c]
     for x in loops:
-        if x not in LOOPS:
-            raise SystemExit(f"unknown loop {x!r} (choose from {', '.join(LOOPS)})")
+        if x not in SERVERS:
+            raise SystemExit(f"unknown server {x!r} (choose from {', '.join(SERVERS)})")
     for w in wls:
         if w not in WORKLOADS:
             raise SystemExit(f"unknown workload {w!r} (choose from {', '.join(WORKLOADS)})")
@@ -350,7 +493,7 @@ def main(argv=None):
         "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration,
                      "wrk_seconds": wrk_seconds, "server_cpu": server_cpu,
                      "client_cpu": client_cpu, "loops": loops, "commands": commands,
-                     "retry_busy": args.retry_busy},
+                     "retry_busy": args.retry_busy, "baseline": args.baseline},
         "workloads": {}, "skipped": {}, "notes": [],
     }
     if server_cpu == client_cpu:
@@ -365,6 +508,10 @@ def main(argv=None):
             import uvloop  # noqa: F401
         except ImportError:
             skip_loop["uvloop"] = "uvloop is not installed (pip install .[bench])"
+    for name in loops:
+        exe, package = NATIVE.get(name, (None, None, None))[1:]
+        if exe is not None and shutil.which(exe) is None:
+            skip_loop[name] = f"{exe} not found (Debian package {package})"
     if "zcn-aio" in loops:
         try:
             import zcn.aio  # noqa: F401
@@ -403,7 +550,10 @@ def main(argv=None):
                         notes[name] = skip_loop[name]
                         continue
                     try:
-                        live[name] = Server(name, server_argv(app, name), server_cpu, env)
+                        if name in NATIVE and app not in NATIVE[name][0]:
+                            notes[name] = f"{name} does not serve {app}"
+                            continue
+                        live[name] = make_server(app, name, server_cpu, env, tmp)
                     except RuntimeError as exc:
                         notes[name] = str(exc)
                         _progress(f"  {name}: skipped: {exc}")
@@ -471,7 +621,7 @@ def main(argv=None):
                                                     "depth": depth, "command": sub,
                                                     "results": results}
                         label = title if sub is None else f"{title}: {sub.upper()}"
-                        print(table(f"{key}: {label}", results), flush=True)
+                        print(table(f"{key}: {label}", results, args.baseline), flush=True)
                 finally:
                     for srv in live.values():
                         srv.stop()
@@ -482,7 +632,10 @@ def main(argv=None):
             pass
     report["elapsed_s"] = round(time.monotonic() - t_start, 1)
     report["ok"] = ok_all
+    goals = goals_lines(report, args.baseline, preset["goals"]) if preset else []
     json_path.write_text(json.dumps(report, indent=1) + "\n")
+    for line in goals:
+        print(line)
     print(f"\nresults: {json_path}")
     for n in report["notes"]:
         print(f"note: {n}")

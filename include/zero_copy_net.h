@@ -1512,6 +1512,102 @@ ZCN_API ZCN_Error zcn_udp_set_batch(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, u
 ZCN_API ZCN_Error zcn_udp_pause_recv(ZCN_UdpSocket *sock);
 ZCN_API ZCN_Error zcn_udp_resume_recv(ZCN_UdpSocket *sock);
 
+/* ------------------------------------------------------------------ */
+/* Demo servers: HTTP/1.1 "Hello, world!" and a RESP2 key/value store  */
+/* ------------------------------------------------------------------ */
+
+/* Two protocol servers written on the public API above, as examples to
+ * read (examples/http_server.c, examples/resp_server.c; the program
+ * examples/demo_server.c runs either) and compiled into the library so
+ * that `python -m zcn http` and `python -m zcn resp` run them with no
+ * Python per message. Each is a listener on a loop the caller owns and
+ * runs in callback mode (zcn_loop_run, zcn_loop_run_once*; not
+ * zcn_loop_poll, which turns callbacks off).
+ *
+ * HTTP: HTTP/1.1 and 1.0 with keep-alive and pipelining; every request is
+ * answered "200 OK" with the 13-byte body "Hello, world!" (Content-Type
+ * text/plain, Server and Date headers, as the TechEmpower plaintext test).
+ * A request body announced by Content-Length is skipped. "Connection:
+ * close" (or HTTP/1.0 without "Connection: keep-alive") is answered and the
+ * connection closed. A malformed request (bad request line or header, a
+ * head over header_max_bytes, a bad or duplicate Content-Length, a body
+ * over body_max_bytes, any Transfer-Encoding) is answered "400 Bad
+ * Request" after the answers before it, and the connection closed.
+ *
+ * RESP: RESP2 arrays of bulk strings and inline commands: PING [msg],
+ * ECHO msg, SET key value, GET key, DEL key [key ...], INCR key, QUIT,
+ * COMMAND (an empty array), CONFIG GET save|appendonly (what
+ * redis-benchmark asks). Malformed input (a type byte other than '*' or a
+ * command's first letter, a bad or out-of-range length, a missing CRLF)
+ * gets "-ERR Protocol error: ..." and a close. A store over keys_max or
+ * memory_max_bytes answers SET/INCR with "-OOM ...", and keeps serving.
+ *
+ * Both parse straight out of the loop's receive buffers, one byte state
+ * machine per connection that carries its state across buffers (a SET
+ * value is copied once, into the store; a key is copied only when it
+ * spans two receives); the answers to everything one receive carried leave
+ * in one zcn_loop_send. Output is bounded by the loop's send_queue_max_bytes:
+ * a peer that stops reading is paused by the loop's delivery gate (no more
+ * of its data is delivered until its queue drains; send_timeout_ms ends
+ * it), and one whose answers to a single receive do not fit in its queue
+ * (small requests for large answers) is aborted (output_aborts), as
+ * Redis's client-output-buffer-limit does. */
+typedef struct ZCN_Demo ZCN_Demo;
+
+/* Zero in any field means the default beside it. Read during create only. */
+typedef struct ZCN_DemoConfig {
+    const char *address;            /* IPv4 or IPv6 literal; NULL = "127.0.0.1" */
+    uint16_t port;                  /* 0 = an ephemeral port (zcn_demo_port) */
+    uint16_t reserved;
+    uint32_t backlog;               /* 0 = 1024 */
+    uint32_t connections_max;       /* 0 = 4096; more are aborted at accept */
+    uint32_t header_max_bytes;      /* HTTP: request line + headers; 0 = 8192 */
+    uint32_t body_max_bytes;        /* HTTP: largest body skipped; 0 = 1 MiB */
+    uint32_t keys_max;              /* RESP: keys in the store; 0 = 1000000 */
+    uint32_t bulk_max_bytes;        /* RESP: one argument (a value); 0 = 512 KiB */
+    uint32_t args_max;              /* RESP: arguments of one command; 0 = 1024 */
+    uint32_t key_max_bytes;         /* RESP: a key or PING/ECHO message; 0 = 512 */
+    uint32_t inline_max_bytes;      /* RESP: an inline command line; 0 = 1024 */
+    uint64_t memory_max_bytes;      /* RESP: keys + values + 16 B per entry;
+                                       0 = 256 MiB */
+} ZCN_DemoConfig;
+
+typedef struct ZCN_DemoStats {
+    uint64_t connections;           /* open now */
+    uint64_t requests;              /* requests (HTTP) or commands (RESP) answered */
+    uint64_t protocol_errors;       /* malformed input: 400 or -ERR, then closed */
+    uint64_t limit_errors;          /* RESP: refused by a limit (-OOM, too long) */
+    uint64_t output_aborts;         /* aborted: answers over the send queue limit */
+    uint64_t rejected;              /* aborted at accept: over connections_max */
+    uint64_t keys;                  /* RESP: keys stored now */
+    uint64_t memory_bytes;          /* RESP: bytes the store accounts now */
+} ZCN_DemoStats;
+
+/* Creates the HTTP (or RESP) demo as a listener on loop (zcn_server_create_on
+ * with address, port and backlog) and starts accepting: the calling thread
+ * becomes the loop's owner, as with zcn_server_start, so call it on the
+ * thread that will run the loop. All memory is allocated here (the RESP
+ * store's table for keys_max keys; its entries as values are set, within
+ * memory_max_bytes). The handle is the caller's until zcn_demo_destroy,
+ * which must come before zcn_loop_destroy (the listener is the loop's).
+ * config may be NULL (all defaults). Errors: ZCN_ERR_INVALID_ARGUMENT (NULL
+ * loop, a limit out of range), ENOMEM, those of zcn_server_create_on and
+ * zcn_server_start. */
+ZCN_API ZCN_Demo *zcn_demo_http_create(ZCN_Loop *loop, const ZCN_DemoConfig *config,
+                                       ZCN_Error *err);
+ZCN_API ZCN_Demo *zcn_demo_resp_create(ZCN_Loop *loop, const ZCN_DemoConfig *config,
+                                       ZCN_Error *err);
+/* The bound port; 0 for NULL. Any thread. */
+ZCN_API uint16_t zcn_demo_port(const ZCN_Demo *demo);
+/* A snapshot of the counters: the owner thread, or any thread once the
+ * loop has stopped. ZCN_ERR_INVALID_ARGUMENT for NULL. */
+ZCN_API ZCN_Error zcn_demo_stats(const ZCN_Demo *demo, ZCN_DemoStats *out);
+/* Closes the listener and its connections (on_close for each) and frees
+ * the demo and its store. Before zcn_loop_destroy; the owner thread while
+ * the loop is not running (not from a callback: ZCN_ERR_BUSY, nothing
+ * done). NULL gives ZCN_ERR_INVALID_ARGUMENT. */
+ZCN_API ZCN_Error zcn_demo_destroy(ZCN_Demo *demo);
+
 #ifdef __cplusplus
 }
 #endif

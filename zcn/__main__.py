@@ -3,6 +3,8 @@
     python -m zcn echo --port 8080 --handler c      TCP echo server (Ctrl-C ends it)
     python -m zcn echo --port 8080 --handler python the same through a Python on_data
     python -m zcn proxy --listen H:P --upstream H:P  zero-copy TCP proxy (C or Python handler)
+    python -m zcn http --port 8080                  HTTP/1.1 "Hello, world!" server in C
+    python -m zcn resp --port 6380                  RESP2 key/value store in C (redis-cli)
     python -m zcn version                           library, bindings, io_uring here
 
 Each subcommand is a ``add_*_parser(subparsers)`` function that registers
@@ -172,6 +174,8 @@ _REGISTRARS = (
     (__name__, "add_echo_parser"),
     ("zcn._udp_cli", "add_udp_echo_parser"),
     ("zcn.proxy", "add_proxy_parser"),
+    ("zcn._demo_cli", "add_http_parser"),
+    ("zcn._demo_cli", "add_resp_parser"),
     ("zcn.bench", "add_parser"),
     (__name__, "add_version_parser"),
 )
@@ -196,8 +200,8 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"] and ("--proxy" in argv[1:] or "--asyncio-apps" in argv[1:]):
-        # the proxy and asyncio-apps profiles have options of their own
+    if argv[:1] == ["bench"] and {"--proxy", "--asyncio-apps", "--http", "--resp"} & set(argv):
+        # the proxy and application profiles have options of their own
         # (bench/proxy_bench.py, bench/asyncio_apps.py)
         from .bench import main as bench_main
         return bench_main(argv[1:])

@@ -721,3 +721,45 @@ zcn_udp_set_batch = _fn("zcn_udp_set_batch", ZCN_Error, [c_void_p, c_void_p, c_u
 zcn_udp_pause_recv = _fn("zcn_udp_pause_recv", ZCN_Error, [c_void_p], _check_rc)
 # ZCN_Error zcn_udp_resume_recv(ZCN_UdpSocket *sock);
 zcn_udp_resume_recv = _fn("zcn_udp_resume_recv", ZCN_Error, [c_void_p], _check_rc)
+
+# --- demo servers (examples/http_server.c, examples/resp_server.c) -----------
+
+
+class DemoConfig(Structure):
+    # typedef struct ZCN_DemoConfig {...} ZCN_DemoConfig;
+    _fields_ = [
+        ("address", c_char_p),
+        ("port", c_uint16),
+        ("reserved", c_uint16),
+        ("backlog", c_uint32),
+        ("connections_max", c_uint32),
+        ("header_max_bytes", c_uint32),
+        ("body_max_bytes", c_uint32),
+        ("keys_max", c_uint32),
+        ("bulk_max_bytes", c_uint32),
+        ("args_max", c_uint32),
+        ("key_max_bytes", c_uint32),
+        ("inline_max_bytes", c_uint32),
+        ("memory_max_bytes", c_uint64),
+    ]
+
+
+class DemoStats(Structure):
+    # typedef struct ZCN_DemoStats {...} ZCN_DemoStats;
+    _fields_ = [(name, c_uint64) for name in (
+        "connections", "requests", "protocol_errors", "limit_errors", "output_aborts",
+        "rejected", "keys", "memory_bytes")]
+
+
+# ZCN_Demo *zcn_demo_http_create(ZCN_Loop *loop, const ZCN_DemoConfig *config, ZCN_Error *err);
+zcn_demo_http_create = _fn("zcn_demo_http_create", c_void_p,
+                           [c_void_p, POINTER(DemoConfig), ErrOut])
+# ZCN_Demo *zcn_demo_resp_create(ZCN_Loop *loop, const ZCN_DemoConfig *config, ZCN_Error *err);
+zcn_demo_resp_create = _fn("zcn_demo_resp_create", c_void_p,
+                           [c_void_p, POINTER(DemoConfig), ErrOut])
+# uint16_t zcn_demo_port(const ZCN_Demo *demo);
+zcn_demo_port = _fn("zcn_demo_port", c_uint16, [c_void_p])
+# ZCN_Error zcn_demo_stats(const ZCN_Demo *demo, ZCN_DemoStats *out);
+zcn_demo_stats = _fn("zcn_demo_stats", ZCN_Error, [c_void_p, POINTER(DemoStats)], _check_rc)
+# ZCN_Error zcn_demo_destroy(ZCN_Demo *demo);
+zcn_demo_destroy = _fn("zcn_demo_destroy", ZCN_Error, [c_void_p], _check_rc)

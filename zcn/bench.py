@@ -851,6 +851,12 @@ def add_arguments(p):
                    help="an HTTP/1.1 server (wrk) and a RESP2 server (redis-benchmark) on "
                         "zcn's asyncio loop, uvloop and asyncio (bench/asyncio_apps.py; the "
                         "options after --asyncio-apps go to it)")
+    p.add_argument("--http", action="store_true",
+                   help="python -m zcn http (C) against nginx under wrk -t1 -c100 "
+                        "(bench/asyncio_apps.py --http; the options after it go to it)")
+    p.add_argument("--resp", action="store_true",
+                   help="python -m zcn resp (C) against redis-server under redis-benchmark "
+                        "-P 16 -c 50 (bench/asyncio_apps.py --resp; likewise)")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--quick", action="store_true",
                       help="1 round of short windows, every workload (< 1 minute)")
@@ -1129,9 +1135,8 @@ def main(argv=None):
     if "--proxy" in argv:
         argv.remove("--proxy")
         return run_proxy_profile(argv)
-    if "--asyncio-apps" in argv:
-        argv.remove("--asyncio-apps")
-        return run_apps_profile(argv)
+    if "--asyncio-apps" in argv or "--http" in argv or "--resp" in argv:
+        return run_apps_profile(argv)  # --http, --resp: the C demo servers vs nginx, redis
     p = argparse.ArgumentParser(prog="python -m zcn bench", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     return run(p.parse_args(argv))
