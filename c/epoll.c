@@ -366,36 +366,36 @@ static void reconcile(struct zcn_ep *ep)
             continue;
         }
         struct epoll_event ev = {.events = want};
-        int rc;
+        int rc = -1, err = ENOENT;
         if (f->registered != 0) {
             ev.data.u64 = (uint64_t)(uint32_t)fd | (uint64_t)f->gen << 32;
             rc = epoll_ctl(ep->epfd, EPOLL_CTL_MOD, fd, &ev);
-            if (rc != 0 && errno == ENOENT) /* closed and reused meanwhile */
-                f->registered = 0;
-            else if (rc == 0)
-                f->registered = want;
+            err = rc == 0 ? 0 : errno;
         }
-        if (f->registered == 0) {
+        if (rc != 0 && err == ENOENT) { /* new, or closed and reused meanwhile */
             f->gen++;
             ev.data.u64 = (uint64_t)(uint32_t)fd | (uint64_t)f->gen << 32;
             rc = epoll_ctl(ep->epfd, EPOLL_CTL_ADD, fd, &ev);
-            if (rc == 0) {
-                f->registered = want;
-            } else {
-                /* EPERM: a file epoll cannot watch (a regular file is
-                 * always ready); EBADF: not open. Its requests end. */
-                int err = errno;
-                while (f->head != EP_NIL) {
-                    int32_t i = f->head;
-                    struct ep_op *op = &ep->ops[i];
-                    if (err == EPERM && op->side == SIDE_POLL)
-                        finish(ep, i, (int32_t)(op->flags & (POLLIN | POLLOUT)), 0);
-                    else
-                        finish(ep, i, -err, 0);
-                }
-                f->dirty = 0;
-            }
+            if (rc != 0 && errno == EEXIST) /* registered by an earlier life of ours */
+                rc = epoll_ctl(ep->epfd, EPOLL_CTL_MOD, fd, &ev);
+            err = rc == 0 ? 0 : errno;
         }
+        if (rc == 0) {
+            f->registered = want;
+            continue;
+        }
+        /* EPERM: a file epoll cannot watch (a regular file is always
+         * ready); EBADF: not open. Its requests end, as io_uring's would. */
+        f->registered = 0;
+        while (f->head != EP_NIL) {
+            int32_t i = f->head;
+            struct ep_op *op = &ep->ops[i];
+            if (err == EPERM && op->side == SIDE_POLL)
+                finish(ep, i, (int32_t)(op->flags & (POLLIN | POLLOUT)), 0);
+            else
+                finish(ep, i, -err, 0);
+        }
+        f->dirty = 0;
     }
     ep->dirty_n = 0;
 }
@@ -556,48 +556,47 @@ static void restore_blocking(const struct ep_op *op)
         (void)fcntl(op->fd, F_SETFL, fl & ~O_NONBLOCK);
 }
 
-/* A send, sendmsg or connect in progress: returns true if it ended (its
+/* One send, sendto or sendmsg: the bytes sent, or -errno (-EAGAIN: the
+ * socket has no room). */
+static ssize_t do_send(uint8_t opcode, int fd, uint64_t addr, uint32_t len, uint32_t flags,
+                       uint64_t dest, uint32_t dest_len)
+{
+    for (;;) {
+        ssize_t n;
+        if (opcode == IORING_OP_SENDMSG)
+            n = sendmsg(fd, (const struct msghdr *)(uintptr_t)addr, (int)flags | MSG_DONTWAIT);
+        else if (dest != 0)
+            n = sendto(fd, (const void *)(uintptr_t)addr, len, (int)flags | MSG_DONTWAIT,
+                       (const struct sockaddr *)(uintptr_t)dest, dest_len);
+        else
+            n = send(fd, (const void *)(uintptr_t)addr, len, (int)flags | MSG_DONTWAIT);
+        if (n >= 0)
+            return n;
+        if (errno == EINTR)
+            continue;
+        return again(errno) ? -EAGAIN : -errno;
+    }
+}
+
+/* A queued send, sendmsg or connect: returns true if it ended (its
  * completion posted), false if the socket has no room yet. */
-static bool run_write(struct zcn_ep *ep, int32_t i, bool queued)
+static bool run_write(struct zcn_ep *ep, int32_t i)
 {
     struct ep_op *op = &ep->ops[i];
     ssize_t n;
-    for (;;) {
-        if (op->opcode == IORING_OP_CONNECT) {
-            int err = 0;
-            socklen_t len = sizeof err;
-            if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-                err = errno;
-            restore_blocking(op);
-            n = err != 0 ? -err : 0;
-            break;
-        }
-        if (op->opcode == IORING_OP_SENDMSG)
-            n = sendmsg(op->fd, (const struct msghdr *)(uintptr_t)op->addr,
-                        (int)op->flags | MSG_DONTWAIT);
-        else if (op->addr2 != 0)
-            n = sendto(op->fd, (const void *)(uintptr_t)op->addr, op->len,
-                       (int)op->flags | MSG_DONTWAIT,
-                       (const struct sockaddr *)(uintptr_t)op->addr2, op->addr_len);
-        else
-            n = send(op->fd, (const void *)(uintptr_t)op->addr, op->len,
-                     (int)op->flags | MSG_DONTWAIT);
-        if (n >= 0)
-            break;
-        if (errno == EINTR)
-            continue;
-        if (again(errno))
-            return false;
-        n = -errno;
-        break;
-    }
-    if (queued) {
-        finish(ep, i, (int32_t)n, 0);
+    if (op->opcode == IORING_OP_CONNECT) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+            err = errno;
+        restore_blocking(op);
+        n = err != 0 ? -err : 0;
     } else {
-        uint64_t ud = op->ud;
-        op_free(ep, i);
-        post(ep, ud, (int32_t)n, 0);
+        n = do_send(op->opcode, op->fd, op->addr, op->len, op->flags, op->addr2, op->addr_len);
+        if (n == -EAGAIN)
+            return false;
     }
+    finish(ep, i, (int32_t)n, 0);
     return true;
 }
 
@@ -632,7 +631,7 @@ static void run_fd(struct zcn_ep *ep, int fd, uint32_t revents)
             run_poll(ep, i, revents);
             break;
         case SIDE_WRITE:
-            if (writable && !writes_blocked && !run_write(ep, i, true))
+            if (writable && !writes_blocked && !run_write(ep, i))
                 writes_blocked = true;
             break;
         default:
@@ -779,6 +778,21 @@ static void issue(struct zcn_ep *ep, const struct io_uring_sqe *sqe)
         post(ep, ud, i != EP_NIL ? 0 : -ENOENT, 0);
         return;
     }
+    case IORING_OP_SEND:
+    case IORING_OP_SENDMSG: {
+        /* The common case: the socket has room and nothing of it waits.
+         * Sent now, with no request entry at all. */
+        struct ep_fd *f = fd_slot(ep, sqe->fd);
+        if (f != NULL && !writes_waiting(ep, f)) {
+            ssize_t n = do_send(sqe->opcode, sqe->fd, sqe->addr, sqe->len, sqe->msg_flags,
+                                sqe->addr2, sqe->addr_len);
+            if (n != -EAGAIN) {
+                post(ep, ud, (int32_t)n, 0);
+                return;
+            }
+        }
+        break;
+    }
     default:
         break;
     }
@@ -837,10 +851,8 @@ static void issue(struct zcn_ep *ep, const struct io_uring_sqe *sqe)
                 post(ep, ud, res == -EINPROGRESS ? -ENOMEM : res, 0);
                 return;
             }
-        } else if (f != NULL && !writes_waiting(ep, f) && run_write(ep, i, false)) {
-            return; /* sent at once: the common case */
         }
-        queue_on_fd(ep, i);
+        queue_on_fd(ep, i); /* waits for EPOLLOUT (a send found no room above) */
         return;
     }
     case IORING_OP_TIMEOUT: {

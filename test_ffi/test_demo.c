@@ -228,7 +228,7 @@ static void test_resp(void)
 
 int main(void)
 {
-    t_require_io_uring();
+    t_require_loop();
     ZCN_Error err = ZCN_OK;
     T_CHECK(zcn_demo_http_create(NULL, NULL, &err) == NULL);
     T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);

@@ -59,7 +59,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVER_ORDER = ("zcn-c", "zcn-py", "epoll", "asyncio", "uvloop")
+SERVER_ORDER = ("zcn-c", "zcn-c-epoll", "zcn-py", "epoll", "asyncio", "uvloop")
 SERVER_DESCRIPTIONS = {
     "zcn-c": "zcn, built-in C echo handler (bench/zcn_echo.c)",
     "zcn-py": "zcn.TcpServer, Python on_data: server.send(fd, data)",
@@ -79,7 +79,19 @@ SERVER_DESCRIPTIONS.update({
     "uvloop-streams": "the streams echo on uvloop (--loop uvloop --api streams)",
     "asyncio-streams": "the streams echo on the standard loop (--loop asyncio --api streams)",
 })
-KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS if s not in SERVER_ORDER)
+#: zcn's servers on the epoll backend (docs/BACKENDS.md): the same
+#: programs with ZCN_BACKEND=epoll; the plain zcn-* rows run on the default
+#: (io_uring where the kernel allows it).
+EPOLL_VARIANTS = ("zcn-c-epoll", "zcn-py-epoll", "zcn-aio-epoll")
+for _name in EPOLL_VARIANTS:
+    SERVER_DESCRIPTIONS[_name] = (SERVER_DESCRIPTIONS[_name[:-len("-epoll")]]
+                                  + ", on the epoll backend (ZCN_BACKEND=epoll)")
+#: The epoll profile (--epoll): zcn on both backends against the C epoll
+#: server (its goals), with the Python servers beside them.
+EPOLL_SERVERS = ("epoll", "zcn-c-epoll", "zcn-c", "zcn-py-epoll", "zcn-py", "uvloop")
+EPOLL_WORKLOADS = ("c200", "c50d16", "c10x16k")
+KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS + EPOLL_VARIANTS
+                                     if s not in SERVER_ORDER)
 #: With --baseline-build: the same zcn servers from another build (an older
 #: commit), interleaved with today's in one run, for before/after figures.
 BASELINE_SERVERS = {
@@ -133,12 +145,6 @@ def workloads(profile, conns_many=None):
         keep = {"ping", "c200", "conn10k"}
         wls = [w for w in wls if w.key in keep]
     return wls
-
-
-def asyncio_workloads(profile):
-    """The asyncio profile's workloads (--smoke: the two 64 B loads)."""
-    keys = ASYNCIO_WORKLOADS[:2] if profile == "smoke" else ASYNCIO_WORKLOADS
-    return [w for w in workloads("full") if w.key in keys]
 
 
 def asyncio_baseline(name):
@@ -367,9 +373,14 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
     baseline: the --baseline-build directory, for the *-base servers."""
     if name in BASELINE_SERVERS:
         return _baseline_command(name, wl, baseline)
+    if name in EPOLL_VARIANTS:
+        argv, env, cfg = server_command(name[:-len("-epoll")], wl, build_dir, src_root)
+        env["ZCN_BACKEND"] = "epoll"
+        return argv, env, dict(cfg, backend="epoll")
     cfg = wl.zcn_config
     py = sys.executable
     env = dict(os.environ)
+    env.pop("ZCN_BACKEND", None)  # the default backend; the *-epoll rows set it
     if name == "zcn-c":
         exe = tool_path(build_dir, "zcn_echo")
         if exe is None:
@@ -742,6 +753,16 @@ def evaluate_goals(report):
         met = None if value is None else (value <= target if cmp == "<=" else value >= target)
         goals.append({"goal": text, "measured": value, "target": f"{cmp} {target}", "met": met})
 
+    if report.get("epoll"):
+        # the goals of the epoll backend: no abstraction tax over a plain epoll loop
+        for key, label in (("c200", "200x1x64B"), ("c50d16", "50x16x64B")):
+            goal(f"zcn-c-epoll CPU per message <= 1.05x epoll at {label}",
+                 _ratio(med(key, "zcn-c-epoll", "cpu_us_per_msg"),
+                        med(key, "epoll", "cpu_us_per_msg")), 1.05, "<=")
+        goal("zcn-c-epoll throughput >= 0.95x epoll at 10x1x16KiB",
+             _ratio(med("c10x16k", "zcn-c-epoll", "msgs_per_s"),
+                    med("c10x16k", "epoll", "msgs_per_s")), 0.95, ">=")
+        return goals
     if report.get("asyncio"):
         # the issue's goals for zcn's asyncio loop, against uvloop
         for key, label in (("c200", "200x1x64B"), ("c50d16", "50x16x64B")):
@@ -847,6 +868,11 @@ def add_arguments(p):
                         "asyncio, Protocol and streams echo (servers "
                         + ",".join(ASYNCIO_SERVERS) + "; workloads "
                         + ",".join(ASYNCIO_WORKLOADS) + "); combines with --quick/--smoke")
+    p.add_argument("--epoll", action="store_true",
+                   help="the epoll-backend profile: zcn on epoll (ZCN_BACKEND=epoll) and on "
+                        "io_uring against the C epoll server (servers "
+                        + ",".join(EPOLL_SERVERS) + "; workloads " + ",".join(EPOLL_WORKLOADS)
+                        + "); combines with --quick/--smoke")
     p.add_argument("--asyncio-apps", action="store_true",
                    help="an HTTP/1.1 server (wrk) and a RESP2 server (redis-benchmark) on "
                         "zcn's asyncio loop, uvloop and asyncio (bench/asyncio_apps.py; the "
@@ -866,7 +892,7 @@ def add_arguments(p):
     p.add_argument("--duration", type=float, help="measured window per run, s")
     p.add_argument("--warmup", type=float, help="warm-up per run, s")
     p.add_argument("--servers", help=f"comma list of {','.join(KNOWN_SERVERS)} "
-                                     "(default: the first five; --smoke: epoll,zcn-c; "
+                                     "(default: the first six; --smoke: epoll,zcn-c; "
                                      "--asyncio: the asyncio servers)")
     p.add_argument("--workloads", help="comma list of workload keys "
                                        "(ping,c200,c50d16,c10x16k,stream,conn10k)")
@@ -917,8 +943,12 @@ def run(args):
     build_dir = find_build_dir(args.build_dir)
     loadgen = tool_path(build_dir, "loadgen")
     src_root = _source_root(build_dir)
+    if args.asyncio and args.epoll:
+        raise SystemExit("zcn bench: --asyncio and --epoll are separate profiles")
     if args.asyncio:
         default_servers = ",".join(ASYNCIO_SERVERS)
+    elif args.epoll:
+        default_servers = ",".join(EPOLL_SERVERS)
     else:
         default_servers = "epoll,zcn-c" if profile == "smoke" else ",".join(SERVER_ORDER)
     servers = [s.strip() for s in (args.servers or default_servers).split(",") if s.strip()]
@@ -927,7 +957,12 @@ def run(args):
     for s in servers:
         if s not in known:
             raise SystemExit(f"zcn bench: unknown server {s!r} (choose from {known})")
-    wls = asyncio_workloads(profile) if args.asyncio else workloads(profile, args.conns_many)
+    if args.asyncio or args.epoll:
+        keys = (ASYNCIO_WORKLOADS if args.asyncio else EPOLL_WORKLOADS)
+        keys = keys[:2] if profile == "smoke" else keys
+        wls = [w for w in workloads("full") if w.key in keys]
+    else:
+        wls = workloads(profile, args.conns_many)
     if args.workloads:
         keys = [k.strip() for k in args.workloads.split(",")]
         unknown = set(keys) - {w.key for w in workloads("full")}
@@ -951,7 +986,7 @@ def run(args):
 
     report = {
         "version": 1, "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "profile": profile, "asyncio": bool(args.asyncio), "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
+        "profile": profile, "asyncio": bool(args.asyncio), "epoll": bool(args.epoll), "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
         "machine": machine_info(),
         "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration,
                      "retry_busy": args.retry_busy,
