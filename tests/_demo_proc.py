@@ -14,14 +14,14 @@ import time
 
 import pytest
 
-from conftest import TESTS_DIR, require_io_uring, zcn_subprocess_env
+from conftest import TESTS_DIR, require_loop, zcn_subprocess_env
 
 LISTENING = re.compile(r"zcn (http|resp) listening on (\S+):(\d+)$")
 
 
 class DemoServer:
     def __init__(self, kind, *args):
-        require_io_uring()
+        require_loop()
         self.kind = kind
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "zcn", kind, "--port", "0", *args],

@@ -30,7 +30,7 @@ import asyncio
 
 import pytest
 
-from conftest import io_uring_unavailable_reason
+from conftest import loop_unavailable_reason
 
 try:
     from test.test_asyncio import utils as test_utils
@@ -41,8 +41,8 @@ except Exception as exc:  # pragma: no cover - e.g. unittest.SkipTest (no socket
     pytest.skip(f"test.test_asyncio cannot be used here ({type(exc).__name__}: {exc})",
                 allow_module_level=True)
 
-if io_uring_unavailable_reason() is not None:  # pragma: no cover
-    pytest.skip(f"io_uring unavailable: {io_uring_unavailable_reason()}",
+if loop_unavailable_reason() is not None:  # pragma: no cover
+    pytest.skip(f"no zcn loop here: {loop_unavailable_reason()}",
                 allow_module_level=True)
 
 import zcn.aio  # noqa: E402

@@ -21,10 +21,10 @@ import warnings
 
 import pytest
 
-from conftest import io_uring_unavailable_reason
+from conftest import loop_unavailable_reason
 
-if io_uring_unavailable_reason() is not None:  # pragma: no cover
-    pytest.skip(f"io_uring unavailable: {io_uring_unavailable_reason()}",
+if loop_unavailable_reason() is not None:  # pragma: no cover
+    pytest.skip(f"no zcn loop here: {loop_unavailable_reason()}",
                 allow_module_level=True)
 
 import zcn.aio  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_io_uring
+from conftest import require_loop
 
 SRC = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def test_installed_package_carries_the_bench_tools(installed):
 
 
 def test_bench_runs_outside_the_checkout(installed):
-    require_io_uring()
+    require_loop()
     py, tmp = installed
     work = tmp / "elsewhere"
     work.mkdir(exist_ok=True)

@@ -21,6 +21,7 @@ from conftest import TESTS_DIR, require_loop, zcn_subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"^zcn echo listening on (\S+):(\d+) \(handler=(c|python)\)$")
+BACKEND_LINE = re.compile(r"^backend: (io_uring|epoll), .+$")
 STATS = re.compile(r"^zcn echo stats: connections_accepted=(\d+) .*bytes_received=(\d+) "
                    r"bytes_sent=(\d+) ")
 
@@ -52,6 +53,13 @@ class Echo:
             self.proc.kill()
             pytest.fail(f"unexpected first line {line!r}; stderr: {self.proc.stderr.read()}")
         self.host, self.port, self.handler = match.group(1), int(match.group(2)), match.group(3)
+        # the second line says which backend and why (docs/BACKENDS.md);
+        # printed right after the first, so it may already sit in the
+        # pipe's read buffer, where select() would not see it
+        self.backend_line = self.proc.stdout.readline().rstrip("\n")
+        if not BACKEND_LINE.match(self.backend_line):
+            self.proc.kill()
+            pytest.fail(f"unexpected second line {self.backend_line!r}")
 
     def finish(self, sig=signal.SIGINT):
         """Sends sig; returns (exit code, stdout rest, stderr)."""
