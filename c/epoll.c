@@ -5,10 +5,10 @@
  * hand-written epoll loop would make, when epoll says the fd is ready, and
  * its completion is posted to our CQ in the format the kernel would use:
  *   - a multishot receive (RECV with a provided buffer) stays registered for
- *     EPOLLIN, level-triggered: each report reads into the next buffer of
- *     its group's buffer ring while reads fill their buffer (EP_RECV_RUN),
- *     posting one completion per buffer, with IORING_CQE_F_MORE while it
- *     goes on; EOF, an error or an empty buffer ring end it as on io_uring;
+ *     EPOLLIN, level-triggered: each report reads into the next buffers of
+ *     its group's buffer ring (up to EP_RECV_IOV in one recvmsg), posting
+ *     one completion per buffer, with IORING_CQE_F_MORE while it goes on;
+ *     EOF, an error or an empty buffer ring end it as on io_uring;
  *   - a send is tried at once when it is submitted (most sockets have room)
  *     and waits for EPOLLOUT only if the socket is full, behind which later
  *     sends of that fd queue in order;
@@ -35,7 +35,7 @@
 #include <unistd.h>
 
 #define EP_EVENTS 512       /* readiness reports per epoll_wait */
-#define EP_RECV_RUN 8       /* reads per report while they fill their buffer */
+#define EP_RECV_IOV 4       /* buffers one multishot receive reads into at once */
 #define EP_RECVMSG_RUN 64   /* datagrams per report */
 #define EP_ACCEPT_RUN 64    /* accepts per report */
 #define EP_NIL (-1)
@@ -424,50 +424,71 @@ static bool again(int err)
     return err == EAGAIN || err == EWOULDBLOCK;
 }
 
-/* A stream receive: returns true if the request ended. */
+/* A stream receive. A multishot one reads into up to EP_RECV_IOV buffers
+ * of its group with one recvmsg (what one 64 KiB read of an epoll server
+ * takes) and posts a completion per buffer it filled, in order; a
+ * single-shot one reads into one buffer. Level-triggered: what is left in
+ * the socket is reported again by the next epoll_wait, so no read is spent
+ * finding it empty. Returns true if the request ended. */
 static bool run_recv(struct zcn_ep *ep, int32_t i)
 {
-    for (int run = 0; run < EP_RECV_RUN; run++) {
-        struct ep_op *op = &ep->ops[i];
-        void *buf = (void *)(uintptr_t)op->addr;
-        size_t len = op->len;
-        struct io_uring_buf *b = NULL;
-        struct ep_group *g = NULL;
-        if (op->buffer_select) {
-            g = group_of(ep, op->buf_group);
-            b = g != NULL ? group_peek(g) : NULL;
-            if (b == NULL) {
-                finish(ep, i, -ENOBUFS, 0);
-                return true;
-            }
-            buf = (void *)(uintptr_t)b->addr;
-            len = b->len;
+    struct ep_op *op = &ep->ops[i];
+    struct iovec iov[EP_RECV_IOV];
+    struct io_uring_buf *bufs[EP_RECV_IOV];
+    struct ep_group *g = NULL;
+    uint32_t k = 0;
+    if (op->buffer_select) {
+        g = group_of(ep, op->buf_group);
+        uint32_t want = op->multishot ? EP_RECV_IOV : 1;
+        uint16_t tail = g != NULL ? __atomic_load_n(&g->br->tail, __ATOMIC_ACQUIRE) : 0;
+        for (; g != NULL && k < want && (uint16_t)(g->head + k) != tail; k++) {
+            bufs[k] = &g->br->bufs[(uint16_t)(g->head + k) & g->mask];
+            iov[k].iov_base = (void *)(uintptr_t)bufs[k]->addr;
+            iov[k].iov_len = bufs[k]->len;
         }
-        ssize_t n = recv(op->fd, buf, len, (int)op->flags | MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (again(errno))
-                return false;
-            finish(ep, i, -errno, 0);
+        if (k == 0) {
+            finish(ep, i, -ENOBUFS, 0);
             return true;
         }
-        if (n == 0) {
-            finish(ep, i, 0, 0);
-            return true;
+    } else {
+        iov[0].iov_base = (void *)(uintptr_t)op->addr;
+        iov[0].iov_len = op->len;
+        k = 1;
+    }
+    ssize_t n;
+    do {
+        if (k == 1) {
+            n = recv(op->fd, iov[0].iov_base, iov[0].iov_len, (int)op->flags | MSG_DONTWAIT);
+        } else {
+            struct msghdr m = {.msg_iov = iov, .msg_iovlen = k};
+            n = recvmsg(op->fd, &m, (int)op->flags | MSG_DONTWAIT);
         }
-        uint32_t flags = 0;
-        if (b != NULL) {
-            g->head++;
-            flags = IORING_CQE_F_BUFFER | ((uint32_t)b->bid << IORING_CQE_BUFFER_SHIFT);
-        }
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (again(errno))
+            return false;
+        finish(ep, i, -errno, 0);
+        return true;
+    }
+    if (n == 0) {
+        finish(ep, i, 0, 0);
+        return true;
+    }
+    if (g == NULL) {
+        finish(ep, i, (int32_t)n, 0);
+        return true;
+    }
+    size_t left = (size_t)n;
+    for (uint32_t j = 0; left > 0; j++) {
+        size_t part = left < iov[j].iov_len ? left : iov[j].iov_len;
+        left -= part;
+        g->head++;
+        uint32_t flags = IORING_CQE_F_BUFFER | ((uint32_t)bufs[j]->bid << IORING_CQE_BUFFER_SHIFT);
         if (!op->multishot) {
-            finish(ep, i, (int32_t)n, flags);
+            finish(ep, i, (int32_t)part, flags);
             return true;
         }
-        post(ep, op->ud, (int32_t)n, flags | IORING_CQE_F_MORE);
-        if ((size_t)n < len)
-            return false; /* the socket is (most likely) empty now */
+        post(ep, op->ud, (int32_t)part, flags | IORING_CQE_F_MORE);
     }
     return false;
 }
@@ -937,11 +958,14 @@ int zcn_ep_wait(struct zcn_ep *ep, unsigned want, int64_t timeout_ns)
 {
     (void)zcn_ep_submit(ep);
     flush_overflow(ep);
-    uint64_t start = timeout_ns > 0 ? now_ns() : 0;
-    uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
+    /* The clock is read only when there is something to wait for (a busy
+     * loop's waits find completions ready and never block). */
+    uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : 0;
     for (;;) {
         int ms = 0;
         if (want > 0 && cq_ready(ep) < want && timeout_ns != 0) {
+            if (deadline == 0)
+                deadline = now_ns() + (uint64_t)timeout_ns;
             uint64_t until = deadline;
             if (ep->timeouts != EP_NIL && ep->ops[ep->timeouts].deadline_ns < until)
                 until = ep->ops[ep->timeouts].deadline_ns;
