@@ -205,6 +205,25 @@ def read_backend(fn: Callable[..., int], handle: int) -> Tuple[str, str]:
     return name, why
 
 
+class HasBackend:
+    """The backend and backend_reason properties of Loop, TcpServer and
+    UdpSocket: a subclass sets ``_backend_fn`` to its zcn_*_backend."""
+
+    _backend_fn: Any
+
+    @property
+    def backend(self) -> str:
+        """What it runs on: "io_uring" or "epoll" (a server's or socket's
+        on a loop is the loop's; docs/BACKENDS.md)."""
+        return read_backend(type(self)._backend_fn, self._live())[0]  # type: ignore[attr-defined]
+
+    @property
+    def backend_reason(self) -> str:
+        """Why that backend: "io_uring works here (the default)",
+        "forced by ...", or "io_uring refused: ..." with the kernel's answer."""
+        return read_backend(type(self)._backend_fn, self._live())[1]  # type: ignore[attr-defined]
+
+
 def backend_line(obj: Any) -> str:
     """The line the command-line servers print after they start: the
     backend and why ("backend: epoll, io_uring refused: ...")."""

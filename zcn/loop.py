@@ -68,7 +68,7 @@ from ._util import (
 )
 from ._util import backend_arg as _backend_arg
 from ._util import callback_arg as _callback_arg
-from ._util import read_backend as _read_backend
+from ._util import HasBackend
 from ._util import int_arg as _int_arg
 from ._util import loop_limits as _loop_limits
 from ._util import send_bytes_like as _send_bytes_like
@@ -262,7 +262,7 @@ def _c_pointer(address: int) -> Any:
     return ctypes.byref(ctypes.c_char.from_address(address))
 
 
-class Loop(HandleOwner):
+class Loop(HandleOwner, HasBackend):
     """An io_uring event loop (see the module docstring).
 
     The buffer and connection limits are the loop's, for every connection
@@ -277,6 +277,7 @@ class Loop(HandleOwner):
     """
 
     _kind = "zcn.Loop"
+    _backend_fn = _ffi.zcn_loop_backend
     _memory: Optional[MappedMemory] = None
 
     def __init__(self, *, io_uring_entries: int = 256, buffer_pool_size: int = 1024,
@@ -364,20 +365,6 @@ class Loop(HandleOwner):
     def buffer_size(self) -> int:
         """Bytes per buffer (the requested size rounded up to 4096)."""
         return self._buffer_size
-
-    def _backend_info(self) -> Tuple[str, str]:
-        return _read_backend(_ffi.zcn_loop_backend, self._live())
-
-    @property
-    def backend(self) -> str:
-        """What it runs on: "io_uring" or "epoll" (docs/BACKENDS.md)."""
-        return self._backend_info()[0]
-
-    @property
-    def backend_reason(self) -> str:
-        """Why that backend: "io_uring works here (the default)",
-        "forced by ...", or "io_uring refused: ..." with the kernel's answer."""
-        return self._backend_info()[1]
 
     def stats(self) -> LoopStats:
         raw = _ffi.LoopStats()

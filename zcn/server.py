@@ -73,7 +73,7 @@ from ._util import (
 )
 from ._util import backend_arg as _backend_arg
 from ._util import bool_arg as _bool_arg
-from ._util import read_backend as _read_backend
+from ._util import HasBackend
 from ._util import callback_arg as _callback_arg
 from ._util import int_arg as _int_arg
 from ._util import loop_limits as _loop_limits
@@ -235,7 +235,7 @@ def _conn_info_from(raw: Any) -> ConnectionInfo:
         paused=bool(flags & _ffi.CONN_PAUSED), send_stall=raw.send_stall_ms / 1000.0)
 
 
-class TcpServer(BoundSocket):
+class TcpServer(BoundSocket, HasBackend):
     """A TCP server on io_uring listening on ``host``:``port`` (port 0 picks
     a free port; read it back from ``port``). See the module docstring for
     the rules on borrowed data, threads and exceptions.
@@ -264,6 +264,7 @@ class TcpServer(BoundSocket):
     """
 
     _kind = "zcn.TcpServer"
+    _backend_fn = _ffi.zcn_server_backend
     _memory: Optional[MappedMemory] = None
     _loop: Optional[Loop] = None
 
@@ -669,18 +670,6 @@ class TcpServer(BoundSocket):
         if fd < 0 or fd > INT32_MAX:
             return 0
         return _ffi.zcn_server_queued_bytes(handle, fd)
-
-    @property
-    def backend(self) -> str:
-        """What it runs on: "io_uring" or "epoll" (its loop's, on a loop;
-        docs/BACKENDS.md)."""
-        return _read_backend(_ffi.zcn_server_backend, self._live())[0]
-
-    @property
-    def backend_reason(self) -> str:
-        """Why that backend: "io_uring works here (the default)",
-        "forced by ...", or "io_uring refused: ..." with the kernel's answer."""
-        return _read_backend(_ffi.zcn_server_backend, self._live())[1]
 
     def stats(self) -> ServerStats:
         """A ServerStats snapshot (O(buffer_pool_size): for looking, not per

@@ -75,7 +75,7 @@ from ._util import (
 from ._util import PyBuffer as _PyBuffer
 from ._util import backend_arg as _backend_arg
 from ._util import bool_arg as _bool_arg
-from ._util import read_backend as _read_backend
+from ._util import HasBackend
 from ._util import callback_arg as _callback_arg
 from ._util import get_buffer as _get_buffer
 from ._util import int_arg as _int_arg
@@ -201,7 +201,7 @@ def _encode_addr(family: int, addr: UdpAddress) -> bytes:
             + scope_id.to_bytes(4, "little"))
 
 
-class UdpSocket(BoundSocket):
+class UdpSocket(BoundSocket, HasBackend):
     """A UDP socket on io_uring bound to ``host``:``port`` (port 0 picks a
     free port: read it from ``port``). ``connect=(host, port)`` fixes the
     one peer (send() then works, and only its datagrams arrive).
@@ -233,6 +233,7 @@ class UdpSocket(BoundSocket):
     """
 
     _kind = "zcn.UdpSocket"
+    _backend_fn = _ffi.zcn_udp_backend
     _memory: Optional[MappedMemory] = None
     _loop: Optional[Loop] = None
     #: None before the memory exists and once closed; typed as there: unread then.
@@ -667,18 +668,6 @@ class UdpSocket(BoundSocket):
             raise TypeError("interface must be an address, a name, an index or None")
         with self._lock:
             fn(self._live(), group.encode(), if_addr, if_index)
-
-    @property
-    def backend(self) -> str:
-        """What it runs on: "io_uring" or "epoll" (its loop's, on a loop;
-        docs/BACKENDS.md)."""
-        return _read_backend(_ffi.zcn_udp_backend, self._live())[0]
-
-    @property
-    def backend_reason(self) -> str:
-        """Why that backend: "io_uring works here (the default)",
-        "forced by ...", or "io_uring refused: ..." with the kernel's answer."""
-        return _read_backend(_ffi.zcn_udp_backend, self._live())[1]
 
     def stats(self) -> UdpStats:
         """A UdpStats snapshot (for looking, not per datagram)."""
