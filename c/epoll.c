@@ -60,6 +60,7 @@ struct ep_op {
     uint8_t buffer_select;
     uint8_t in_use;
     uint8_t restore_blocking; /* connect: the fd was blocking before */
+    uint8_t filled;         /* recv: its last read filled every buffer it had */
 };
 
 struct ep_fd {
@@ -424,10 +425,11 @@ static bool again(int err)
     return err == EAGAIN || err == EWOULDBLOCK;
 }
 
-/* A stream receive. A multishot one reads into up to EP_RECV_IOV buffers
- * of its group with one recvmsg (what one 64 KiB read of an epoll server
- * takes) and posts a completion per buffer it filled, in order; a
- * single-shot one reads into one buffer. Level-triggered: what is left in
+/* A stream receive. A multishot one whose last read filled its buffers
+ * reads into up to EP_RECV_IOV buffers of its group with one recvmsg (what
+ * one 64 KiB read of an epoll server takes) and posts a completion per
+ * buffer it filled, in order; otherwise (small messages: the common case,
+ * and the cheaper call) one recv into one buffer. Level-triggered: what is left in
  * the socket is reported again by the next epoll_wait, so no read is spent
  * finding it empty. Returns true if the request ended. */
 static bool run_recv(struct zcn_ep *ep, int32_t i)
@@ -439,7 +441,7 @@ static bool run_recv(struct zcn_ep *ep, int32_t i)
     uint32_t k = 0;
     if (op->buffer_select) {
         g = group_of(ep, op->buf_group);
-        uint32_t want = op->multishot ? EP_RECV_IOV : 1;
+        uint32_t want = op->multishot && op->filled ? EP_RECV_IOV : 1;
         uint16_t tail = g != NULL ? __atomic_load_n(&g->br->tail, __ATOMIC_ACQUIRE) : 0;
         for (; g != NULL && k < want && (uint16_t)(g->head + k) != tail; k++) {
             bufs[k] = &g->br->bufs[(uint16_t)(g->head + k) & g->mask];
@@ -478,6 +480,10 @@ static bool run_recv(struct zcn_ep *ep, int32_t i)
         finish(ep, i, (int32_t)n, 0);
         return true;
     }
+    size_t room = 0;
+    for (uint32_t j = 0; j < k; j++)
+        room += iov[j].iov_len;
+    op->filled = (size_t)n == room;
     size_t left = (size_t)n;
     for (uint32_t j = 0; left > 0; j++) {
         size_t part = left < iov[j].iov_len ? left : iov[j].iov_len;

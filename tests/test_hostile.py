@@ -643,8 +643,8 @@ FLOOD_S = 2.0
 def test_one_byte_segment_flood(scenes, swarms, handler, config, reads):
     """8 peers sending 1-byte segments as fast as they can for 2 s, reading
     the echo or never reading; buffers_in_use is sampled all along and must
-    stay below buffers_total. In force: the server received 10000+ segments
-    averaging under 64 bytes. TRAFFIC: 2 s, at most 16 MiB (measured
+    stay below buffers_total. In force: the peers sent 10000+ one-byte
+    segments and the server's receives averaged under 64 bytes. TRAFFIC: 2 s, at most 16 MiB (measured
     ~0.5 MB: one thread's 1-byte sends)."""
     scene = scenes(handler, config)
     srv = scene.srv
@@ -672,7 +672,12 @@ def test_one_byte_segment_flood(scenes, swarms, handler, config, reads):
     assert peak["buffers_in_use"] < peak["buffers_total"], info
     if reads:  # nothing lets the server drop a peer that reads what it is sent
         assert swarm.count["lost"] == swarm.count["eof"] == 0, info
-    assert segments >= 10_000 and got < 64 * segments, f"not in force: {info}"
+    # In force: 10000+ one-byte sends, and the server's receives tiny on
+    # average. How many receives they make is the backend's: io_uring posts
+    # about one per segment, epoll's level-triggered recv takes what has
+    # queued since the last one (a few bytes), so fewer but as tiny.
+    assert swarm.count["sent"] >= 10_000, f"not in force: {info}"
+    assert segments >= 1_000 and got < 64 * segments, f"not in force: {info}"
     scene.assert_recovered(info, during=during)
 
 
