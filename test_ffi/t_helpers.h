@@ -6,6 +6,7 @@
 #include "zero_copy_net.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +51,30 @@ static inline void t_require_io_uring(void)
         exit(T_EXIT_SKIP);
     }
     zcn_ring_destroy(ring);
+}
+
+/* A loop with cfg (NULL: the defaults), or the test fails saying why. */
+static inline ZCN_Loop *t_new_loop(const ZCN_LoopConfig *cfg)
+{
+    ZCN_Error err = ZCN_OK;
+    ZCN_Loop *l = zcn_loop_create(cfg, &err);
+    if (l == NULL)
+        fprintf(stderr, "zcn_loop_create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
+    T_CHECK(l != NULL);
+    T_CHECK_ERR(err, ZCN_OK);
+    return l;
+}
+
+/* One loop turn of at most timeout_ms. EINTR is a turn too: a signal, or
+ * the task work of an io_uring ring this process closed, interrupts the
+ * wait on either backend. */
+static inline void t_turn(ZCN_Loop *l, int timeout_ms)
+{
+    ZCN_Error e = zcn_loop_run_once_timeout(l, timeout_ms, NULL);
+    if (e != ZCN_OK && e != (ZCN_Error)EINTR)
+        fprintf(stderr, "zcn_loop_run_once_timeout: %s (%s)\n", zcn_error_name(e),
+                zcn_error_detail());
+    T_CHECK(e == ZCN_OK || e == (ZCN_Error)EINTR);
 }
 
 /* For tests of loops, servers and UDP sockets, which run on either backend

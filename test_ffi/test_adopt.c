@@ -31,34 +31,13 @@ void zcn_test_fail_sqes(uint32_t count);
 #define KiB 1024u
 #define MiB (1024u * 1024u)
 
-/* ---- helpers ------------------------------------------------------------- */
-
-static ZCN_Loop *new_loop(const ZCN_LoopConfig *cfg)
-{
-    ZCN_Error err = ZCN_OK;
-    ZCN_Loop *l = zcn_loop_create(cfg, &err);
-    if (l == NULL)
-        fprintf(stderr, "zcn_loop_create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
-    T_CHECK(l != NULL);
-    return l;
-}
-
-static void turn(ZCN_Loop *l, int timeout_ms)
-{
-    ZCN_Error e = zcn_loop_run_once_timeout(l, timeout_ms, NULL);
-    if (e != ZCN_OK && e != (ZCN_Error)EINTR)
-        fprintf(stderr, "zcn_loop_run_once_timeout: %s (%s)\n", zcn_error_name(e),
-                zcn_error_detail());
-    T_CHECK(e == ZCN_OK || e == (ZCN_Error)EINTR);
-}
-
 /* Runs the loop (callback mode) until cond holds or ms have passed, then
  * checks cond. */
 #define RUN_UNTIL(l, cond, ms)                                                 \
     do {                                                                       \
         uint64_t dl_ = t_mono_ms() + (ms);                                     \
         while (!(cond) && t_mono_ms() < dl_)                                   \
-            turn((l), 5);                                                      \
+            t_turn((l), 5);                                                      \
         if (!(cond))                                                           \
             fprintf(stderr, "%s:%d: not within %d ms: %s\n", __FILE__,         \
                     __LINE__, (int)(ms), #cond);                               \
@@ -69,7 +48,7 @@ static void run_for(ZCN_Loop *l, int ms)
 {
     uint64_t dl = t_mono_ms() + (uint64_t)ms;
     for (uint64_t now = t_mono_ms(); now < dl; now = t_mono_ms())
-        turn(l, (int)(dl - now));
+        t_turn(l, (int)(dl - now));
 }
 
 static struct sockaddr_in loopback(uint16_t port)
@@ -466,7 +445,7 @@ static ZCN_Error adopt_poll(ZCN_Loop *l, struct pconn *p, int fd, uint32_t tag, 
 static void test_adopt_callback(bool accepted_side)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     int acc, cli;
     tcp_pair(&acc, &cli, 0);
     int fd = accepted_side ? acc : cli, peer = accepted_side ? cli : acc;
@@ -509,7 +488,7 @@ static void test_adopt_callback(bool accepted_side)
 static void test_adopt_poll(bool accepted_side)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     int acc, cli;
     tcp_pair(&acc, &cli, 0);
     int fd = accepted_side ? acc : cli, peer = accepted_side ? cli : acc;
@@ -593,7 +572,7 @@ static void test_adopt_errors(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.connections_max = 2};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     ZCN_ConnectConfig cc = {0};
     int acc, cli;
     tcp_pair(&acc, &cli, 0);
@@ -675,7 +654,7 @@ static void test_adopt_errors(void)
         struct rlimit lowered = rl;
         lowered.rlim_cur = 256;
         T_CHECK(setrlimit(RLIMIT_NOFILE, &lowered) == 0);
-        ZCN_Loop *small = new_loop(NULL); /* its fd table: 256 */
+        ZCN_Loop *small = t_new_loop(NULL); /* its fd table: 256 */
         T_CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
         int high = 300;
         T_CHECK(!fd_is_open(high));
@@ -714,7 +693,7 @@ static void test_adopt_errors(void)
 static void test_adopt_unix(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     int sp[2];
     T_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0);
     bound_blocking(sp[1]);
@@ -744,7 +723,7 @@ static void test_adopt_unix(void)
 static void test_adopt_half_close(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
 
     int acc, cli;
     tcp_pair(&acc, &cli, 0);
@@ -770,7 +749,7 @@ static void test_adopt_half_close(void)
     close(cli);
     T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
 
-    l = new_loop(NULL); /* a polled loop stays in poll mode */
+    l = t_new_loop(NULL); /* a polled loop stays in poll mode */
     tcp_pair(&acc, &cli, 0);
     struct cconn c = {.loop = l, .fd = cli, .eof_reply = "from on_eof"};
     ZCN_ConnectConfig cc = cc_config(&c, true);
@@ -807,7 +786,7 @@ static void test_adopt_half_close(void)
 static void test_pause_poll(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     int acc, peer;
     tcp_pair(&acc, &peer, 0);
     struct pconn p;
@@ -879,7 +858,7 @@ static void test_pause_poll(void)
 static void test_pause_peer_close_callback(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     int acc, peer;
     tcp_pair(&acc, &peer, 0);
     struct cconn c = {.loop = l, .fd = acc, .pattern = true};
@@ -890,7 +869,7 @@ static void test_pause_peer_close_callback(void)
     uint64_t dl = t_mono_ms() + 2000;
     while (sent < 300 * KiB && t_mono_ms() < dl) {
         peer_fill(peer, &sent, 300 * KiB - (size_t)sent);
-        turn(l, 2);
+        t_turn(l, 2);
     }
     T_CHECK(sent == 300 * KiB);
     close(peer);
@@ -914,7 +893,7 @@ static void test_pause_peer_close_callback(void)
 static void test_pause_in_on_data(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     int acc, peer;
     tcp_pair(&acc, &peer, 0);
     struct cconn c = {.loop = l, .fd = acc, .pattern = true, .pause_in_data = true};
@@ -931,7 +910,7 @@ static void test_pause_in_on_data(void)
     uint64_t dl = t_mono_ms() + 5000;
     while (stuck < 30 && t_mono_ms() < dl) {
         stuck = peer_fill(peer, &sent, 4 * MiB) == 0 ? stuck + 1 : 0;
-        turn(l, 2);
+        t_turn(l, 2);
         ZCN_ConnInfo ci = conn_info(l, acc);
         if (ci.deferred_buffers > max_deferred)
             max_deferred = ci.deferred_buffers;
@@ -962,7 +941,7 @@ static void test_pause_in_on_data(void)
 static void test_pause_edges(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     uint16_t port;
     int listener = plain_listener(&port);
     struct cconn c = {.loop = l};
@@ -975,7 +954,7 @@ static void test_pause_edges(void)
     int peer = -1;
     uint64_t dl = t_mono_ms() + 2000;
     while (peer < 0 && t_mono_ms() < dl) {
-        turn(l, 5);
+        t_turn(l, 5);
         peer = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     }
     T_CHECK(peer >= 0);
@@ -1080,7 +1059,7 @@ static void test_notify_drain_poll(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.send_queue_max_bytes = 8 * MiB, .buffer_pool_size = 2048};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     int acc, peer;
     struct pconn p;
     small_buffered_pair(l, &p, &acc, &peer, 0, 0);
@@ -1172,7 +1151,7 @@ static void test_notify_drain_callback(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.send_queue_max_bytes = 4 * MiB};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     int acc, peer;
     tcp_pair(&acc, &peer, 64 * KiB);
     int sndbuf = 64 * KiB;
@@ -1188,7 +1167,7 @@ static void test_notify_drain_callback(void)
     uint64_t dl = t_mono_ms() + 10000;
     while (rd < wr && t_mono_ms() < dl) {
         peer_drain(peer, &rd, 64 * KiB, NULL);
-        turn(l, 1);
+        t_turn(l, 1);
     }
     T_CHECK(rd == wr);
     run_for(l, 30);
@@ -1196,7 +1175,7 @@ static void test_notify_drain_callback(void)
     size_t at_mark = c.queued_at_drain;
     T_CHECK_ERR(zcn_loop_notify_drain(l, acc, 0), ZCN_OK);
     T_CHECK(c.drains == 1); /* never from inside the call */
-    turn(l, 1000);
+    t_turn(l, 1000);
     T_CHECK(c.drains == 2 && c.queued_at_drain == 0);
     T_CHECK_ERR(zcn_loop_close(l, acc), ZCN_OK);
     RUN_UNTIL(l, c.closes > 0, 2000);
@@ -1236,7 +1215,7 @@ static void test_close_errno(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.send_queue_max_bytes = 4 * MiB};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     struct pconn p;
     struct pconn *pp[1] = {&p};
     int acc, peer;
@@ -1356,14 +1335,14 @@ static uint64_t unwatch_then_close(ZCN_Loop *l, int turns, uint32_t fail_sqes)
     watch_fires = 0;
     T_CHECK_ERR(zcn_loop_watch(l, lfd, ZCN_WATCH_READ, count_fire, NULL, &id), ZCN_OK);
     for (int i = 0; i < turns; i++)
-        turn(l, 0);
+        t_turn(l, 0);
     if (fail_sqes > 0)
         zcn_test_fail_sqes(fail_sqes);
     T_CHECK_ERR(zcn_loop_unwatch(l, id), ZCN_OK);
     T_CHECK_ERR(zcn_loop_unwatch(l, id), ZCN_ERR_CLOSED);
     T_CHECK(close(lfd) == 0);
     if (fail_sqes > 0)
-        turn(l, 0); /* the cancel had no SQE: it goes with the next turn */
+        t_turn(l, 0); /* the cancel had no SQE: it goes with the next turn */
     uint64_t ms;
     int err = connect_result(port, &ms);
     if (err != ECONNREFUSED)
@@ -1372,7 +1351,7 @@ static uint64_t unwatch_then_close(ZCN_Loop *l, int turns, uint32_t fail_sqes)
     T_CHECK(err == ECONNREFUSED);
     T_CHECK(watch_fires == 0);
     for (int i = 0; i < 3; i++)
-        turn(l, 0);
+        t_turn(l, 0);
     T_CHECK(watch_fires == 0);
     return ms;
 }
@@ -1406,7 +1385,7 @@ static void unwatch_on_fire(void *ud, int fd, uint32_t events, uint64_t id)
 static void test_unwatch_releases_fd(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     uint64_t ms_armed = unwatch_then_close(l, 3, 0);   /* the poll is in the kernel */
     uint64_t ms_unsent = unwatch_then_close(l, 0, 0);  /* its SQE not yet submitted */
     unwatch_then_close(l, 3, 1);                       /* no SQE for the cancel at first */
@@ -1417,7 +1396,7 @@ static void test_unwatch_releases_fd(void)
     uint16_t port;
     u.lfd = plain_listener(&port);
     T_CHECK_ERR(zcn_loop_watch(l, u.lfd, ZCN_WATCH_READ, count_fire, NULL, &u.watch_id), ZCN_OK);
-    turn(l, 0);
+    t_turn(l, 0);
     uint64_t tid;
     T_CHECK_ERR(zcn_loop_timer_start(l, 0, 0, unwatch_timer, &u, &tid), ZCN_OK);
     RUN_UNTIL(l, u.ran, 1000);
@@ -1432,13 +1411,13 @@ static void test_unwatch_releases_fd(void)
     struct unwatch_in_timer v = {.loop = l};
     v.lfd = plain_listener(&port);
     T_CHECK_ERR(zcn_loop_watch(l, v.lfd, ZCN_WATCH_READ, count_fire, NULL, &v.watch_id), ZCN_OK);
-    turn(l, 0);
+    t_turn(l, 0);
     int pw[2];
     T_CHECK(pipe2(pw, O_CLOEXEC | O_NONBLOCK) == 0);
     uint64_t pipe_watch;
     T_CHECK_ERR(zcn_loop_watch(l, pw[0], ZCN_WATCH_READ, unwatch_on_fire, &v, &pipe_watch),
                 ZCN_OK);
-    turn(l, 0);
+    t_turn(l, 0);
     T_CHECK(write(pw[1], "x", 1) == 1);
     RUN_UNTIL(l, v.ran, 1000);
     err = connect_result(port, &ms);
@@ -1497,7 +1476,7 @@ static void test_send_many(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.send_queue_max_bytes = 64 * KiB};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     int a1, p1, a2, p2;
     tcp_pair(&a1, &p1, 0);
     tcp_pair(&a2, &p2, 0);

@@ -20,23 +20,7 @@
 static ZCN_Loop *loop_on(uint32_t backend)
 {
     ZCN_LoopConfig cfg = {.buffer_pool_size = 64, .connections_max = 16, .backend = backend};
-    ZCN_Error err = ZCN_OK;
-    ZCN_Loop *l = zcn_loop_create(&cfg, &err);
-    if (l == NULL)
-        fprintf(stderr, "zcn_loop_create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
-    T_CHECK(l != NULL);
-    return l;
-}
-
-/* One turn; EINTR is a turn too (a signal, or the task work of a ring
- * this process closed, interrupts the wait on either backend). */
-static void turn(ZCN_Loop *l, int timeout_ms)
-{
-    ZCN_Error e = zcn_loop_run_once_timeout(l, timeout_ms, NULL);
-    if (e != ZCN_OK && e != (ZCN_Error)EINTR)
-        fprintf(stderr, "zcn_loop_run_once_timeout: %s (%s)\n", zcn_error_name(e),
-                zcn_error_detail());
-    T_CHECK(e == ZCN_OK || e == (ZCN_Error)EINTR);
+    return t_new_loop(&cfg);
 }
 
 static bool io_uring_works(void)
@@ -74,7 +58,7 @@ static void test_config_fields(void)
     const char *why = NULL;
     T_CHECK(zcn_loop_backend(l, &why) == ZCN_BACKEND_EPOLL);
     T_CHECK(strcmp(why, "forced by the config's backend field") == 0);
-    turn(l, 0); /* this thread owns it now */
+    t_turn(l, 0); /* this thread owns it now */
     /* a listener and a UDP socket on the loop run on its backend */
     ZCN_Config sc = {.address = "127.0.0.1", .backend = ZCN_BACKEND_IO_URING};
     T_CHECK(zcn_server_create_on(l, &sc, &err) == NULL && err == ZCN_ERR_INVALID_ARGUMENT);
@@ -201,7 +185,7 @@ static void echo_and_watch_on(uint32_t backend)
 {
     ZCN_Loop *l = loop_on(backend);
     ZCN_Error err = ZCN_OK;
-    turn(l, 0);
+    t_turn(l, 0);
     ZCN_Config sc = {.address = "127.0.0.1"};
     ZCN_Server *srv = zcn_server_create_on(l, &sc, &err);
     T_CHECK(srv != NULL);
@@ -221,7 +205,7 @@ static void echo_and_watch_on(uint32_t backend)
             if (n > 0)
                 sent += (size_t)n;
         }
-        turn(l, 1);
+        t_turn(l, 1);
         ssize_t n = recv(c, in + got, TOTAL - got, 0);
         if (n > 0)
             got += (size_t)n;
@@ -250,7 +234,7 @@ static void echo_and_watch_on(uint32_t backend)
                 ZCN_OK);
     dl = t_mono_ms() + 5000;
     while (w.calls == 0 && t_mono_ms() < dl)
-        turn(l, 10);
+        t_turn(l, 10);
     T_CHECK(w.calls > 0);
     T_CHECK((w.events & (ZCN_WATCH_READ | ZCN_WATCH_WRITE)) ==
             (ZCN_WATCH_READ | ZCN_WATCH_WRITE));

@@ -25,19 +25,6 @@ void zcn_test_fail_sqes(uint32_t count);
 #define LOCALHOST "127.0.0.1"
 #define FD_SLOTS 65536
 
-/* ---- helpers ------------------------------------------------------------- */
-
-static ZCN_Loop *new_loop(const ZCN_LoopConfig *cfg)
-{
-    ZCN_Error err = ZCN_OK;
-    ZCN_Loop *l = zcn_loop_create(cfg, &err);
-    if (l == NULL)
-        fprintf(stderr, "zcn_loop_create: %s (%s)\n", zcn_error_name(err), zcn_error_detail());
-    T_CHECK(l != NULL);
-    T_CHECK_ERR(err, ZCN_OK);
-    return l;
-}
-
 /* A listener on loop l, 127.0.0.1, an ephemeral port, started. */
 static ZCN_Server *new_server_on(ZCN_Loop *l, uint32_t flags, uint32_t tag)
 {
@@ -54,21 +41,12 @@ static ZCN_Server *new_server_on(ZCN_Loop *l, uint32_t flags, uint32_t tag)
     return s;
 }
 
-static void turn(ZCN_Loop *l, int timeout_ms)
-{
-    ZCN_Error e = zcn_loop_run_once_timeout(l, timeout_ms, NULL);
-    if (e != ZCN_OK && e != (ZCN_Error)EINTR)
-        fprintf(stderr, "zcn_loop_run_once_timeout: %s (%s)\n", zcn_error_name(e),
-                zcn_error_detail());
-    T_CHECK(e == ZCN_OK || e == (ZCN_Error)EINTR);
-}
-
 /* Runs the loop until cond holds or ms have passed, then checks cond. */
 #define RUN_UNTIL(l, cond, ms)                                                 \
     do {                                                                       \
         uint64_t dl_ = t_mono_ms() + (ms);                                     \
         while (!(cond) && t_mono_ms() < dl_)                                   \
-            turn((l), 10);                                                     \
+            t_turn((l), 10);                                                     \
         if (!(cond))                                                           \
             fprintf(stderr, "%s:%d: not within %d ms: %s\n", __FILE__,         \
                     __LINE__, (int)(ms), #cond);                               \
@@ -80,7 +58,7 @@ static void run_for(ZCN_Loop *l, int ms)
 {
     uint64_t dl = t_mono_ms() + (uint64_t)ms;
     for (uint64_t now = t_mono_ms(); now < dl; now = t_mono_ms())
-        turn(l, (int)(dl - now));
+        t_turn(l, (int)(dl - now));
 }
 
 static ZCN_LoopStats loop_stats(ZCN_Loop *l)
@@ -228,8 +206,8 @@ static ZCN_Error client_connect(struct client *c, uint16_t port, uint32_t timeou
 
 static void test_connect_refused(void)
 {
-    ZCN_Loop *l = new_loop(NULL);
-    turn(l, 0);
+    ZCN_Loop *l = t_new_loop(NULL);
+    t_turn(l, 0);
     int fds = t_open_fds();
     struct client c = {.loop = l};
     T_CHECK_ERR(client_connect(&c, refused_port(), 0, 0), ZCN_OK);
@@ -256,8 +234,8 @@ static void test_connect_refused(void)
 
 static void test_connect_timeout(void)
 {
-    ZCN_Loop *l = new_loop(NULL);
-    turn(l, 0);
+    ZCN_Loop *l = t_new_loop(NULL);
+    t_turn(l, 0);
     int fds = t_open_fds();
     struct full_listener f;
     full_listener_open(&f);
@@ -288,7 +266,7 @@ static void test_connect_edges(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.connections_max = 3};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     struct full_listener f;
     full_listener_open(&f);
     struct client c[4];
@@ -327,7 +305,7 @@ static void test_connect_edges(void)
     T_CHECK(t_open_fds() == fds);
 
     /* a connect that finds no free SQE is retried at the next turn */
-    l = new_loop(NULL);
+    l = t_new_loop(NULL);
     ZCN_Server *echo = new_server_on(l, 0, 0);
     T_CHECK_ERR(zcn_server_use_echo_handler(echo), ZCN_OK);
     struct client late = {.loop = l, .msg = "late"};
@@ -338,7 +316,7 @@ static void test_connect_edges(void)
     T_CHECK(late.closes == 1);
 
     /* bound first: to a given local port; one in use fails at once */
-    l = new_loop(NULL);
+    l = t_new_loop(NULL);
     echo = new_server_on(l, 0, 0);
     T_CHECK_ERR(zcn_server_use_echo_handler(echo), ZCN_OK);
     struct client bound = {.loop = l, .msg = "bound"};
@@ -385,7 +363,7 @@ static void test_connect_edges(void)
 
     /* idle timeouts: an outbound connection (its own) and an accepted one
      * (its listener's), the connect timeout's slot reused for them */
-    l = new_loop(NULL);
+    l = t_new_loop(NULL);
     ZCN_Config scfg = {.address = LOCALHOST, .idle_timeout_ms = 150};
     ZCN_Error err;
     ZCN_Server *srv = zcn_server_create_on(l, &scfg, &err);
@@ -468,14 +446,14 @@ static void test_many_connects(void)
     ZCN_LoopConfig lc = {.connections_max = (uint32_t)(2 * n + 16),
                          .buffer_pool_size = (uint32_t)(4 * n + 64),
                          .buffer_size = 4096};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     ZCN_Server *srv = new_server_on(l, 0, 0);
     struct accept_log *al = calloc(1, sizeof *al);
     struct client *cl = calloc((size_t)n, sizeof *cl);
     T_CHECK(al != NULL && cl != NULL);
     T_CHECK_ERR(zcn_server_set_callbacks(srv, al, al_accept, NULL, al_close), ZCN_OK);
     T_CHECK_ERR(zcn_server_use_echo_handler(srv), ZCN_OK);
-    turn(l, 0);
+    t_turn(l, 0);
     int fds_loop = t_open_fds();
     static char msgs[1000][32];
     uint64_t t0 = t_mono_ms();
@@ -488,7 +466,7 @@ static void test_many_connects(void)
     int done = 0;
     uint64_t dl = t_mono_ms() + 15000;
     while ((done < n || al->closes < n) && t_mono_ms() < dl) {
-        turn(l, 10);
+        t_turn(l, 10);
         done = 0;
         for (int i = 0; i < n; i++)
             done += cl[i].closes;
@@ -590,7 +568,7 @@ static void hc_client_data(void *ud, int fd, const uint8_t *data, size_t len)
 static void test_half_close_one_loop(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     struct hc_server h = {.fd = -1};
     h.srv = new_server_on(l, ZCN_SERVER_HALF_CLOSE, 0);
     T_CHECK_ERR(zcn_server_set_callbacks(h.srv, &h, hc_accept, hc_data, hc_close), ZCN_OK);
@@ -728,7 +706,7 @@ static void test_bulk_one_loop(void)
     /* a small pool, so the two ends compete for the budget */
     ZCN_LoopConfig lc = {.buffer_pool_size = 128, .buffer_size = 4096,
                          .send_queue_max_bytes = 256u << 10};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     ZCN_Server *srv = new_server_on(l, 0, 0);
     struct accept_log *al = calloc(1, sizeof *al);
     T_CHECK(al != NULL);
@@ -747,7 +725,7 @@ static void test_bulk_one_loop(void)
     T_CHECK_ERR(zcn_loop_connect(l, &cc, &fd), ZCN_OK);
     uint64_t dl = t_mono_ms() + 10000;
     while ((bulk.closes == 0 || al->closes == 0) && t_mono_ms() < dl)
-        turn(l, 10);
+        t_turn(l, 10);
     uint64_t ms = t_mono_ms() - t0;
     if (bulk.closes == 0)
         fprintf(stderr, "bulk: sent %zu received %zu queue_full %d exhausted %d drains %d\n",
@@ -919,7 +897,7 @@ static void test_timer_zero_delay_is_next_turn(ZCN_Loop *l)
     struct again a = {.loop = l, .limit = 1000};
     uint64_t id;
     T_CHECK_ERR(zcn_loop_timer_start(l, 0, 0, again_fire, &a, &id), ZCN_OK);
-    turn(l, 0);
+    t_turn(l, 0);
     if (a.runs > 2)
         fprintf(stderr, "a 0 ms timer restarting itself ran %d times in one turn\n", a.runs);
     T_CHECK(a.runs >= 1 && a.runs <= 2);
@@ -1003,7 +981,7 @@ static void test_timers(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.timers_max = MANY_TIMERS};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     test_timer_order(l);
     test_timer_cancel_and_repeat(l);
     test_timer_zero_delay_is_next_turn(l);
@@ -1057,7 +1035,7 @@ static void test_watches(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.watches_max = 8};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     int p[2];
     T_CHECK(pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0);
     struct wlog w = {.loop = l};
@@ -1070,8 +1048,8 @@ static void test_watches(void)
     T_CHECK(write(p[1], "x", 1) == 1);
     RUN_UNTIL(l, w.calls == 1, 2000);
     T_CHECK(w.events & ZCN_WATCH_READ);
-    turn(l, 500);
-    turn(l, 500);
+    t_turn(l, 500);
+    t_turn(l, 500);
     T_CHECK(w.calls >= 3); /* again at each turn while unread */
     T_CHECK(read(p[0], b, sizeof b) == 1);
     int after_read = w.calls;
@@ -1246,11 +1224,11 @@ static void test_cross_thread_calls(void)
 {
     int fds = t_open_fds();
     ZCN_LoopConfig lc = {.calls_max = 64};
-    ZCN_Loop *l = new_loop(&lc);
+    ZCN_Loop *l = t_new_loop(&lc);
     memset(&ct, 0, sizeof ct);
     ct.loop = l;
     ct.loop_thread = pthread_self();
-    turn(l, 0); /* this thread owns the loop */
+    t_turn(l, 0); /* this thread owns the loop */
     pthread_t th[CALL_THREADS];
     uint64_t t0 = t_mono_ms();
     for (uintptr_t i = 0; i < CALL_THREADS; i++)
@@ -1258,7 +1236,7 @@ static void test_cross_thread_calls(void)
     const long total = (long)CALL_THREADS * CALLS_EACH;
     uint64_t dl = t_mono_ms() + 15000;
     while (ct.ran < total && t_mono_ms() < dl)
-        turn(l, 10);
+        t_turn(l, 10);
     for (int i = 0; i < CALL_THREADS; i++)
         pthread_join(th[i], NULL);
     uint64_t elapsed = t_mono_ms() - t0;
@@ -1345,7 +1323,7 @@ static void test_calls_racing_destroy(void)
         T_CHECK(pthread_create(&th[i], NULL, race_caller, NULL) == 0);
     for (int r = 0; r < 100; r++) {
         ZCN_LoopConfig lc = {.calls_max = 16};
-        ZCN_Loop *l = new_loop(&lc);
+        ZCN_Loop *l = t_new_loop(&lc);
         atomic_store(&race_target, l);
         /* Odd rounds never run the loop: its queue fills and the callers
          * spin on QUEUE_FULL while it is destroyed (that path once read
@@ -1379,7 +1357,7 @@ static void test_calls_racing_destroy(void)
 static void test_poll_mode(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     ZCN_Server *sa = new_server_on(l, 0, 11);
     ZCN_Server *sb = new_server_on(l, 0, 22);
     uint64_t tid;
@@ -1590,7 +1568,7 @@ static void ps_close(void *ud, int fd)
 static void test_two_servers(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     struct prefix_server a = {.prefix = 'A'}, b = {.prefix = 'B'};
     a.srv = new_server_on(l, 0, 0);
     b.srv = new_server_on(l, 0, 0);
@@ -1685,7 +1663,7 @@ static void test_destroy_with_everything_open(void)
 {
     int fds = t_open_fds();
     memset(&d10, 0, sizeof d10);
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     d10.srv = new_server_on(l, 0, 0);
     T_CHECK_ERR(zcn_server_set_callbacks(d10.srv, NULL, d10_accept, NULL, d10_close), ZCN_OK);
     T_CHECK_ERR(zcn_server_use_echo_handler(d10.srv), ZCN_OK);
@@ -1715,8 +1693,8 @@ static void test_destroy_with_everything_open(void)
     T_CHECK(write(p[1], "r", 1) == 1);
     T_CHECK_ERR(zcn_loop_watch(l, p[0], ZCN_WATCH_READ, d10_watch, NULL, &id), ZCN_OK);
     T_CHECK_ERR(zcn_loop_watch(l, p[1], ZCN_WATCH_READ, d10_watch, NULL, &id), ZCN_OK);
-    turn(l, 0);
-    turn(l, 0);
+    t_turn(l, 0);
+    t_turn(l, 0);
     T_CHECK(d10.watch_events > 0);
     T_CHECK_ERR(zcn_loop_timer_start(l, 0, 0, d10_timer, NULL, &id), ZCN_OK); /* due, not run */
     for (int i = 0; i < 5; i++)
@@ -1761,7 +1739,7 @@ static void test_destroy_from_other_thread(void)
 {
     int fds = t_open_fds();
     memset(&d10, 0, sizeof d10);
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     d10.srv = new_server_on(l, 0, 0);
     T_CHECK_ERR(zcn_server_set_callbacks(d10.srv, NULL, d10_accept, NULL, d10_close), ZCN_OK);
     T_CHECK_ERR(zcn_server_use_echo_handler(d10.srv), ZCN_OK);
@@ -1775,7 +1753,7 @@ static void test_destroy_from_other_thread(void)
     full_listener_open(&f);
     struct client pending = {.loop = l};
     T_CHECK_ERR(client_connect(&pending, f.port, 10000, 0), ZCN_OK);
-    turn(l, 0);
+    t_turn(l, 0);
     T_CHECK_ERR(zcn_loop_call(l, d10_call, malloc(8)), ZCN_OK);
     pthread_t th;
     T_CHECK(pthread_create(&th, NULL, destroy_loop, l) == 0);
@@ -1804,7 +1782,7 @@ static void *udp_from_other_thread(void *arg)
 static void test_udp_on_loop(void)
 {
     int fds = t_open_fds();
-    ZCN_Loop *l = new_loop(NULL);
+    ZCN_Loop *l = t_new_loop(NULL);
     ZCN_UdpConfig uc = {.address = LOCALHOST};
     ZCN_Error err = ZCN_OK;
     ZCN_UdpSocket *u = zcn_udp_create_on(l, &uc, &err); /* makes this thread the owner */
@@ -1829,7 +1807,7 @@ static void test_udp_on_loop(void)
     ssize_t got = -1;
     uint64_t udl = t_mono_ms() + 3000;
     while ((got < 0 || c.got_len < 3) && t_mono_ms() < udl) {
-        turn(l, 10);
+        t_turn(l, 10);
         if (got < 0)
             got = recv(peer, back, sizeof back, 0);
     }
@@ -1925,7 +1903,7 @@ static void bad_input(void)
     T_CHECK(strstr(zcn_error_detail(), "calls_max") != NULL);
 
     /* a live loop: NULL config and out parameters, the loop's own fields */
-    ZCN_Loop *l = new_loop(NULL); /* NULL config: all defaults */
+    ZCN_Loop *l = t_new_loop(NULL); /* NULL config: all defaults */
     T_CHECK(zcn_server_create_on(l, NULL, &err) == NULL);
     T_CHECK_ERR(err, ZCN_ERR_INVALID_ARGUMENT);
     T_CHECK_ERR(zcn_loop_connect(l, NULL, &fd), ZCN_ERR_INVALID_ARGUMENT);
@@ -2075,7 +2053,7 @@ static void test_threading(void)
 {
     /* calls queued on a loop that never ran still run at its destroy */
     memset(&d10, 0, sizeof d10);
-    ZCN_Loop *idle = new_loop(NULL);
+    ZCN_Loop *idle = t_new_loop(NULL);
     T_CHECK_ERR(zcn_loop_call(idle, d10_call, malloc(8)), ZCN_OK);
     T_CHECK_ERR(zcn_loop_call(idle, d10_call, malloc(8)), ZCN_OK);
     T_CHECK_ERR(zcn_loop_destroy(idle), ZCN_OK);
@@ -2083,7 +2061,7 @@ static void test_threading(void)
 
     int fds = t_open_fds();
     memset(&wt, 0, sizeof wt);
-    wt.loop = new_loop(NULL);
+    wt.loop = t_new_loop(NULL);
     wt.owner = pthread_self();
     ZCN_Loop *l = wt.loop;
     ZCN_Server *srv = new_server_on(l, 0, 0); /* this thread owns the loop */
@@ -2130,7 +2108,7 @@ static void test_null_watch_in_callback_mode(void)
     T_CHECK_ERR(zcn_loop_watch(l, p[0], ZCN_WATCH_READ, NULL, NULL, &id), ZCN_OK);
     uint64_t t0 = t_mono_ms();
     for (int i = 0; i < 20; i++)
-        turn(l, 10);
+        t_turn(l, 10);
     uint64_t elapsed = t_mono_ms() - t0;
     ZCN_LoopStats st = loop_stats(l);
     T_CHECK(st.watch_events <= 1);
