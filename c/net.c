@@ -180,6 +180,11 @@ void zcn_wakeup_close(struct zcn_wakeup_pipe *p)
 
 bool zcn_take_stop(_Atomic int *stop_requested)
 {
+    /* A load first: the exchange is a locked instruction, twice per turn,
+     * and almost every turn finds no stop. One set after the load is taken
+     * at the next check. */
+    if (atomic_load_explicit(stop_requested, memory_order_relaxed) == 0)
+        return false;
     return atomic_exchange_explicit(stop_requested, 0, memory_order_acq_rel) != 0;
 }
 
