@@ -83,7 +83,9 @@ struct zcn_ep {
     int epfd;
     /* the rings' counters (liburing points at these) */
     unsigned sq_khead, sq_ktail, sq_mask, sq_entries;
-    unsigned cq_khead, cq_mask, cq_entries, cq_kflags, zero;
+    unsigned cq_khead, cq_mask, cq_entries, zero;
+    unsigned sq_kflags;     /* IORING_SQ_CQ_OVERFLOW while completions wait in overflow,
+                               where io_uring_cq_has_overflow looks */
     _Atomic unsigned cq_ktail;
     unsigned *sq_array;
     struct io_uring_cqe *overflow;
@@ -150,7 +152,7 @@ static void overflow_push(struct zcn_ep *ep, uint64_t ud, int32_t res, uint32_t 
     cqe->user_data = ud;
     cqe->res = res;
     cqe->flags = flags;
-    ep->cq_kflags |= IORING_SQ_CQ_OVERFLOW;
+    ep->sq_kflags |= IORING_SQ_CQ_OVERFLOW;
 }
 
 static void post(struct zcn_ep *ep, uint64_t ud, int32_t res, uint32_t flags)
@@ -169,7 +171,7 @@ static void flush_overflow(struct zcn_ep *ep)
     }
     if (ep->overflow_off == ep->overflow_n) {
         ep->overflow_off = ep->overflow_n = 0;
-        ep->cq_kflags &= ~(unsigned)IORING_SQ_CQ_OVERFLOW;
+        ep->sq_kflags &= ~(unsigned)IORING_SQ_CQ_OVERFLOW;
     }
 }
 
@@ -264,17 +266,26 @@ static void op_free(struct zcn_ep *ep, int32_t i)
     ep->op_free = i;
 }
 
+/* The fd's entry, the table grown to hold it; NULL with errno set (EBADF
+ * for a negative or closed fd, ENOMEM) otherwise. Only an open fd grows the
+ * table, so a bogus large number costs a fcntl, not memory. */
 static struct ep_fd *fd_slot(struct zcn_ep *ep, int fd)
 {
-    if (fd < 0)
+    if (fd < 0) {
+        errno = EBADF;
         return NULL;
+    }
     if ((uint32_t)fd >= ep->fds_cap) {
+        if (fcntl(fd, F_GETFD) < 0)
+            return NULL;
         uint32_t cap = ep->fds_cap ? ep->fds_cap : 64;
         while (cap <= (uint32_t)fd)
             cap *= 2;
         struct ep_fd *fds = realloc(ep->fds, (size_t)cap * sizeof *fds);
-        if (fds == NULL)
+        if (fds == NULL) {
+            errno = ENOMEM;
             return NULL;
+        }
         for (uint32_t i = ep->fds_cap; i < cap; i++)
             fds[i] = (struct ep_fd){.head = EP_NIL, .tail = EP_NIL};
         ep->fds = fds;
@@ -768,9 +779,10 @@ static void queue_on_fd(struct zcn_ep *ep, int32_t i)
     int fd = ep->ops[i].fd;
     struct ep_fd *f = fd_slot(ep, fd);
     if (f == NULL) {
+        int err = errno;
         uint64_t ud = ep->ops[i].ud;
         op_free(ep, i);
-        post(ep, ud, fd < 0 ? -EBADF : -ENOMEM, 0);
+        post(ep, ud, -err, 0);
         return;
     }
     fd_append(ep, f, i);
@@ -1091,7 +1103,7 @@ ZCN_Error zcn_ep_create(struct io_uring *uring, uint32_t sq_entries, uint32_t cq
     sq->ktail = &ep->sq_ktail;
     sq->kring_mask = &ep->sq_mask;
     sq->kring_entries = &ep->sq_entries;
-    sq->kflags = &ep->zero;
+    sq->kflags = &ep->sq_kflags;
     sq->kdropped = &ep->zero;
     sq->array = ep->sq_array;
     sq->sqes = sqes;
@@ -1103,7 +1115,7 @@ ZCN_Error zcn_ep_create(struct io_uring *uring, uint32_t sq_entries, uint32_t cq
     cq->ktail = (unsigned *)&ep->cq_ktail;
     cq->kring_mask = &ep->cq_mask;
     cq->kring_entries = &ep->cq_entries;
-    cq->kflags = &ep->cq_kflags;
+    cq->kflags = &ep->zero;
     cq->koverflow = &ep->zero;
     cq->cqes = cqes;
     cq->ring_mask = cq_entries - 1;

@@ -167,6 +167,19 @@ static int client_to(uint16_t port)
     return fd;
 }
 
+/* Resident pages of this process (/proc/self/statm). */
+static long rss_pages(void)
+{
+    long size = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%ld %ld", &size, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return resident;
+}
+
 struct watched {
     int calls;
     uint32_t events;
@@ -240,6 +253,18 @@ static void echo_and_watch_on(uint32_t backend)
             (ZCN_WATCH_READ | ZCN_WATCH_WRITE));
     T_CHECK_ERR(zcn_loop_unwatch(l, id), ZCN_OK);
     close(f);
+
+    /* a watch on a huge fd number that is not open: the poll fails as the
+     * kernel's would (EBADF), no table grows to its size, the loop goes on */
+    struct watched bogus = {0};
+    long rss_before = rss_pages();
+    ZCN_Error we = zcn_loop_watch(l, 50000000, ZCN_WATCH_READ, on_watch, &bogus, &id);
+    for (int k = 0; k < 5; k++)
+        t_turn(l, 2);
+    if (we == ZCN_OK)
+        (void)zcn_loop_unwatch(l, id);
+    t_turn(l, 0);
+    T_CHECK(rss_pages() - rss_before < (64l << 20) / 4096);
     T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
     fprintf(stderr, "%s: 4 MiB echoed intact, a regular file watched\n",
             backend == ZCN_BACKEND_EPOLL ? "epoll" : "io_uring");

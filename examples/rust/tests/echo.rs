@@ -100,7 +100,10 @@ fn echo_round_trip_on_a_dedicated_thread() {
     assert_eq!(received, payload.len());
     assert_eq!(stats.bytes_sent, payload.len() as u64);
     assert!(stats.sends_zero_copy > 0, "borrowed slices are sent without a copy");
-    assert_eq!(stats.sends_copied, 0);
+    // A copy only where the policy packs a small slice behind queued data
+    // (a receive's short tail, as when 16 KiB+ arrive at once and fill one
+    // buffer and part of the next): every copy is such a coalesced one.
+    assert_eq!(stats.sends_copied, stats.sends_coalesced);
     // The server is gone: a late stop is harmless.
     assert!(!stopper.stop());
 }
