@@ -834,6 +834,19 @@ static void drain_for_destroy(ZCN_Loop *s)
 
 ZCN_Error zcn_loop_destroy(ZCN_Loop *s)
 {
+    ZCN_Error e = zcn_loop_teardown(s);
+    if (e == ZCN_OK)
+        zcn_loop_free(s);
+    return e;
+}
+
+void zcn_loop_free(ZCN_Loop *s)
+{
+    free_loop(s);
+}
+
+ZCN_Error zcn_loop_teardown(ZCN_Loop *s)
+{
     if (s == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop is NULL");
     if (s->in_callback)
@@ -866,8 +879,7 @@ ZCN_Error zcn_loop_destroy(ZCN_Loop *s)
                 close(s->servers[i]->listen_fd);
             free(s->servers[i]);
         }
-    /* io_uring_queue_exit (in zcn_ring_destroy) cancels what is left. */
-    free_loop(s);
+    s->servers_count = 0; /* freed: the loop's stats count none */
     return ZCN_OK;
 }
 

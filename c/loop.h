@@ -173,17 +173,30 @@ struct zcn_watches {
                                    call submits it before it returns */
 };
 
-/* Cross-thread calls (c/watch.c): a bounded FIFO under a mutex. */
+/* Cross-thread calls (c/watch.c): a bounded lock-free FIFO, many
+ * producers (any thread) and one consumer (the loop). Each cell carries a
+ * sequence number (D. Vyukov's bounded queue): a producer claims position
+ * `tail` by compare-and-swap when its cell's seq equals it, writes the call
+ * and publishes seq = pos + 1; the loop takes the cell at `head` once seq
+ * is head + 1 and hands it back with seq = head + cap. No producer ever
+ * waits on another or on the loop. The fields producers write and the one
+ * the loop writes are kept on different cache lines. */
 struct zcn_call {
+    _Atomic uint64_t seq;
     ZCN_Call fn;
     void *arg;
 };
 struct zcn_calls {
-    pthread_mutex_t mu;
     struct zcn_call *q;
-    uint32_t cap, head, n;
-    _Atomic uint32_t pending;   /* n, readable without the lock */
+    uint32_t cap;
     bool inited;
+    char pad0[64];
+    _Atomic uint64_t tail;      /* next position a producer claims */
+    _Atomic uint32_t pending;   /* published and not yet run: wakes the loop
+                                   on 0 -> 1, checked before each wait */
+    char pad1[64];
+    uint64_t head;              /* the loop's next position (loop only) */
+    char pad2[64];
 };
 
 /* What a connection calls: its listener's callbacks (embedded in the
@@ -491,6 +504,13 @@ ZCN_Error zcn_tcp_wrong_thread(const char *fn);
 /* Makes the calling thread the loop's owner if it has none (enables the
  * ring, arms the wake-up), else checks it is the owner. */
 ZCN_Error zcn_loop_claim(ZCN_Loop *s, const char *fn);
+/* zcn_loop_destroy in two steps (c/group.c reads the loop's final stats
+ * in between): teardown ends everything on the loop (checks and callbacks
+ * as zcn_loop_destroy; the loop stays readable by zcn_loop_stats), free
+ * releases its memory, ring included (io_uring_queue_exit cancels what is
+ * left). */
+ZCN_Error zcn_loop_teardown(ZCN_Loop *s);
+void zcn_loop_free(ZCN_Loop *s);
 /* Tears down the connections of one handler (all when h is NULL): each is
  * ended now and told on_close (callbacks only), and points to no handler
  * from then on. */

@@ -8,8 +8,8 @@
  * generation and is dropped, and a cancel makes the kernel let go of the
  * fd promptly.
  *
- * Calls are a bounded FIFO under a mutex: any thread appends and, when the
- * queue was empty, writes the loop's eventfd; the loop runs what was
+ * Calls are a bounded lock-free FIFO (loop.h, struct zcn_calls): any
+ * thread appends and, when the queue was empty, writes the loop's eventfd; the loop runs what was
  * queued when its turn began (calls queued by calls wait a turn). The
  * loop handle is pinned through the live registry meanwhile, so a call
  * racing with destroy finds no loop rather than a freed one. */
@@ -282,22 +282,18 @@ ZCN_Error zcn_calls_init(struct zcn_calls *q, uint32_t cap)
     q->q = malloc((size_t)cap * sizeof *q->q);
     if (q->q == NULL)
         return zcn_fail((ZCN_Error)ENOMEM, "call queue");
+    for (uint32_t i = 0; i < cap; i++)
+        atomic_init(&q->q[i].seq, i);
     q->cap = cap;
-    q->head = q->n = 0;
+    q->head = 0;
+    atomic_init(&q->tail, 0);
     atomic_init(&q->pending, 0);
-    if (pthread_mutex_init(&q->mu, NULL) != 0) {
-        free(q->q);
-        q->q = NULL;
-        return zcn_fail((ZCN_Error)ENOMEM, "call queue mutex");
-    }
     q->inited = true;
     return ZCN_OK;
 }
 
 void zcn_calls_free(struct zcn_calls *q)
 {
-    if (q->inited)
-        pthread_mutex_destroy(&q->mu);
     q->inited = false;
     free(q->q);
     q->q = NULL;
@@ -306,19 +302,19 @@ void zcn_calls_free(struct zcn_calls *q)
 uint32_t zcn_calls_run(ZCN_Loop *s)
 {
     struct zcn_calls *q = &s->calls;
-    if (atomic_load_explicit(&q->pending, memory_order_acquire) == 0)
-        return 0;
+    /* calls queued by these calls wait a turn */
+    uint32_t queued = atomic_load_explicit(&q->pending, memory_order_acquire);
     uint32_t ran = 0;
-    pthread_mutex_lock(&q->mu);
-    uint32_t queued = q->n; /* calls queued by these calls wait a turn */
-    while (ran < queued && q->n > 0) {
-        struct zcn_call call = q->q[q->head];
+    while (ran < queued) {
+        struct zcn_call *cell = &q->q[q->head % q->cap];
+        if (atomic_load_explicit(&cell->seq, memory_order_acquire) != q->head + 1)
+            break; /* claimed, not yet written: the next turn gets it */
+        struct zcn_call call = {.fn = cell->fn, .arg = cell->arg};
         if (call.fn == NULL && s->ev != NULL && !has_room(s, 1))
             break; /* the next poll gets it */
-        q->head = (q->head + 1) % q->cap;
-        q->n--;
-        atomic_store_explicit(&q->pending, q->n, memory_order_release);
-        pthread_mutex_unlock(&q->mu);
+        atomic_store_explicit(&cell->seq, q->head + q->cap, memory_order_release);
+        q->head++;
+        atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
         ran++;
         s->lstats.calls_run++;
         if (call.fn != NULL) {
@@ -328,9 +324,7 @@ uint32_t zcn_calls_run(ZCN_Loop *s)
         } else if (s->ev != NULL) {
             next_event(s, ZCN_EVENT_CALL, -1)->offset = (uint64_t)(uintptr_t)call.arg;
         }
-        pthread_mutex_lock(&q->mu);
     }
-    pthread_mutex_unlock(&q->mu);
     return ran;
 }
 
@@ -341,20 +335,30 @@ ZCN_Error zcn_loop_call(ZCN_Loop *s, ZCN_Call fn, void *arg)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "not a live loop (NULL, destroyed or being "
                         "destroyed)");
     struct zcn_calls *q = &s->calls;
-    pthread_mutex_lock(&q->mu);
-    if (q->n == q->cap) {
-        uint32_t cap = q->cap; /* read while pinned: once released the loop may go */
-        pthread_mutex_unlock(&q->mu);
-        atomic_fetch_add_explicit(&s->calls_refused, 1, memory_order_relaxed);
-        zcn_live_release(slot);
-        return zcn_fail(ZCN_ERR_QUEUE_FULL, "%u calls are queued (calls_max)", cap);
+    uint64_t pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    struct zcn_call *cell;
+    for (;;) {
+        cell = &q->q[pos % q->cap];
+        uint64_t seq = atomic_load_explicit(&cell->seq, memory_order_acquire);
+        if (seq == pos) {
+            if (atomic_compare_exchange_weak_explicit(&q->tail, &pos, pos + 1,
+                                                      memory_order_relaxed,
+                                                      memory_order_relaxed))
+                break; /* the cell is ours */
+        } else if (seq < pos) {
+            /* the loop has not taken the call cap positions back: full */
+            uint32_t cap = q->cap; /* read while pinned: once released the loop may go */
+            atomic_fetch_add_explicit(&s->calls_refused, 1, memory_order_relaxed);
+            zcn_live_release(slot);
+            return zcn_fail(ZCN_ERR_QUEUE_FULL, "%u calls are queued (calls_max)", cap);
+        } else {
+            pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        }
     }
-    bool was_empty = q->n == 0;
-    q->q[(q->head + q->n) % q->cap] = (struct zcn_call){fn, arg};
-    q->n++;
-    atomic_store_explicit(&q->pending, q->n, memory_order_release);
-    pthread_mutex_unlock(&q->mu);
-    if (was_empty)
+    cell->fn = fn;
+    cell->arg = arg;
+    atomic_store_explicit(&cell->seq, pos + 1, memory_order_release);
+    if (atomic_fetch_add_explicit(&q->pending, 1, memory_order_acq_rel) == 0)
         zcn_eventfd_wake(s->wake_fd);
     zcn_live_release(slot);
     return ZCN_OK;

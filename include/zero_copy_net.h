@@ -1092,16 +1092,158 @@ ZCN_API ZCN_Error zcn_loop_watch(ZCN_Loop *loop, int fd, uint32_t events, ZCN_On
  * goes with the next turn.) ZCN_ERR_CLOSED for an unknown or removed id. */
 ZCN_API ZCN_Error zcn_loop_unwatch(ZCN_Loop *loop, uint64_t watch_id);
 
-/* Runs fn(arg) on the loop's thread at its next turn; from any thread
- * (not from a signal handler: it takes a mutex; zcn_loop_stop is the
- * signal-safe call), the owner's included. Calls run in the order they
- * were queued. fn NULL just wakes the loop: in poll mode it gives a
+/* Runs fn(arg) on the loop's thread at its next turn; from any thread,
+ * the owner's and another loop's included. Lock-free: callers never wait
+ * for each other or for the loop (a bounded queue of calls_max cells; the
+ * loop is woken, one eventfd write, only when its queue was empty). Not
+ * from a signal handler (an error formats its detail string;
+ * zcn_loop_stop is the signal-safe call). Calls from one thread run in
+ * the order they were queued. fn NULL just wakes the loop: in poll mode it gives a
  * ZCN_EVENT_CALL with offset = arg. ZCN_ERR_QUEUE_FULL when calls_max are
  * queued (count in stats.calls_refused; nothing queued);
  * ZCN_ERR_INVALID_ARGUMENT for a loop being or already destroyed (the
  * call is not queued and nothing is touched). */
 typedef void (*ZCN_Call)(void *arg);
 ZCN_API ZCN_Error zcn_loop_call(ZCN_Loop *loop, ZCN_Call fn, void *arg);
+
+/* ------------------------------------------------------------------ */
+/* Group: one loop per thread, one SO_REUSEPORT listener on each        */
+/* ------------------------------------------------------------------ */
+
+/* A ZCN_Group is a TCP server on N threads: each thread owns one loop
+ * (its own ring, buffer pool and connection table) and one listener on
+ * the same address and port (SO_REUSEPORT), so the kernel spreads new
+ * connections over the loops and nothing is shared on the per-message
+ * path. A connection stays on the loop that accepted it. Work goes from
+ * one loop to another with zcn_loop_call (lock-free; see docs/THREADS.md
+ * for a fan-out across loops).
+ *
+ * Lifetime: zcn_group_create starts the threads; each pins itself (when
+ * asked) and then creates its loop and listener, so the loop's memory is
+ * first touched on its own CPU (its NUMA node). They wait for
+ * zcn_group_start. zcn_group_stop ends them: each thread stops its loop,
+ * calls on_stop, then destroys its loop (on_close for each connection
+ * still open, on that thread). A group runs once: it cannot be started
+ * again after a stop. zcn_group_destroy stops and joins what still runs
+ * and frees the group.
+ *
+ * Threading: zcn_group_stop is async-signal-safe and, with
+ * zcn_group_stats, callable from any thread (a loop's thread included);
+ * create, start, wait and destroy from a thread that is not one of the
+ * group's (ZCN_ERR_WRONG_THREAD). The group's threads block every signal,
+ * so signals reach the application's own threads. Everything on loop i
+ * follows the loop rules with thread i as its owner. */
+typedef struct ZCN_Group ZCN_Group;
+
+#define ZCN_GROUP_THREADS_MAX 1024u
+
+enum {
+    /* Pin thread i to a CPU: cpus[i] when cpus is given, else the i-th CPU
+     * (round robin) of the process's affinity mask. */
+    ZCN_GROUP_PIN = 1u << 0,
+    /* Steer each new connection to the loop pinned to the CPU that took
+     * it from the network (a reuseport BPF program reading the CPU; other
+     * CPUs fall back to the kernel's hash). Needs pinning. Helps where the
+     * NIC spreads flows over the CPUs (RSS); on loopback the CPU is the
+     * client's. See docs/THREADS.md for when it pays. */
+    ZCN_GROUP_STEER_CPU = 1u << 1,
+};
+
+/* Group configuration. Read during zcn_group_create only. */
+typedef struct ZCN_GroupConfig {
+    uint32_t threads;               /* loops, one thread each; 0 = the CPUs the
+                                       process may run on; at most
+                                       ZCN_GROUP_THREADS_MAX */
+    uint32_t flags;                 /* ZCN_GROUP_* bits */
+    const int *cpus;                /* NULL, or `threads` CPU numbers (each in
+                                       the process's affinity mask): thread i
+                                       runs on cpus[i] (implies ZCN_GROUP_PIN) */
+    /* Each loop's configuration (as zcn_loop_create; buffer_memory must be
+     * NULL: each loop maps its own). */
+    ZCN_LoopConfig loop;
+    /* Each listener's fields (as zcn_server_create_on: address, port,
+     * backlog, idle_timeout_ms, tcp_nodelay, flags, tag; the loop-sizing
+     * fields must be 0). ZCN_SERVER_REUSEPORT is implied. Port 0: the
+     * first loop's listener picks a free port and the others join it. */
+    ZCN_Config listen;
+} ZCN_GroupConfig;
+
+/* Called on thread `index` once its loop and listener exist and before
+ * it accepts (from zcn_group_start): set the server's callbacks here
+ * (zcn_server_set_callbacks with this loop's own user_data), add timers,
+ * connects or UDP sockets to the loop. A non-OK return stops the group
+ * and zcn_group_start returns it. */
+typedef ZCN_Error (*ZCN_OnLoopStart)(void *user_data, uint32_t index, ZCN_Loop *loop,
+                                     ZCN_Server *server);
+/* Called on thread `index` after its loop stopped (the loop and server
+ * still valid, nothing running): destroy the UDP sockets made on it and
+ * anything else that must go before the loop. After it returns the loop
+ * is destroyed: connections still open get on_close then, on this
+ * thread, so keep what on_close uses until then (zcn_server_destroy
+ * here closes the listener's connections now, with on_close). */
+typedef void (*ZCN_OnLoopStop)(void *user_data, uint32_t index, ZCN_Loop *loop,
+                               ZCN_Server *server);
+
+/* Creates the group: validates the config, starts `threads` threads and
+ * waits until each has its loop and listener (created one after the other,
+ * so listener i is index i in the reuseport group). On failure returns
+ * NULL with *err set (err may be NULL): ZCN_ERR_INVALID_ARGUMENT naming
+ * the field (threads, cpus[i], flags, loop.*, listen.*), EADDRINUSE, the
+ * ZCN_ERR_URING_* codes, ENOMEM, EAGAIN (no thread); nothing is left. */
+ZCN_API ZCN_Group *zcn_group_create(const ZCN_GroupConfig *config, ZCN_Error *err);
+/* Hooks run on each loop's thread (either may be NULL); before
+ * zcn_group_start only (ZCN_ERR_ALREADY_STARTED). */
+ZCN_API ZCN_Error zcn_group_set_hooks(ZCN_Group *group, void *user_data,
+                                      ZCN_OnLoopStart on_start, ZCN_OnLoopStop on_stop);
+/* Every loop answers with the built-in echo (zcn_server_use_echo_handler
+ * on each listener, before on_start). Before zcn_group_start only. */
+ZCN_API ZCN_Error zcn_group_use_echo_handler(ZCN_Group *group);
+/* Lets the threads go: each runs on_start, starts accepting and runs its
+ * loop until zcn_group_stop. Returns once every loop accepts, or with the
+ * first on_start or start error (the group is then stopping: wait or
+ * destroy it). ZCN_ERR_ALREADY_STARTED the second time. */
+ZCN_API ZCN_Error zcn_group_start(ZCN_Group *group);
+/* Stops every loop (each finishes its turn, runs on_stop and destroys its
+ * loop). Async-signal-safe, any thread, idempotent; before start it makes
+ * the threads end without running. ZCN_ERR_INVALID_ARGUMENT for NULL. */
+ZCN_API ZCN_Error zcn_group_stop(ZCN_Group *group);
+/* Waits until every thread has ended (after a stop, or a loop's failure,
+ * which stops the others), at most timeout_ms (-1 = no limit). ZCN_OK,
+ * or the first error a loop ended with (its detail is lost: see the
+ * group's loop_errors in zcn_group_stats), ZCN_ERR_TIMEOUT when time ran
+ * out first, ZCN_ERR_NOT_STARTED before zcn_group_start. */
+ZCN_API ZCN_Error zcn_group_wait(ZCN_Group *group, int timeout_ms);
+/* Stops the group (if it runs), waits for its threads and frees it. The
+ * handle and the loop and server pointers it gave are invalid after. */
+ZCN_API ZCN_Error zcn_group_destroy(ZCN_Group *group);
+
+/* The number of loops (0 for NULL). */
+ZCN_API uint32_t zcn_group_size(const ZCN_Group *group);
+/* The port every listener is bound to (0 for NULL). */
+ZCN_API uint16_t zcn_group_port(const ZCN_Group *group);
+/* Loop i and its listener: valid from create until that loop's thread
+ * destroys it after a stop (then NULL); for zcn_loop_call from anywhere,
+ * and for the other calls from thread i. NULL for a bad index. */
+ZCN_API ZCN_Loop *zcn_group_loop(const ZCN_Group *group, uint32_t index);
+ZCN_API ZCN_Server *zcn_group_server(const ZCN_Group *group, uint32_t index);
+/* The CPU thread i is pinned to, or -1 (not pinned, bad index). */
+ZCN_API int zcn_group_cpu(const ZCN_Group *group, uint32_t index);
+/* The loop the calling thread runs for a group, and its index (NULL and
+ * UINT32_MAX on any other thread). index_out may be NULL. */
+ZCN_API ZCN_Loop *zcn_group_current(const ZCN_Group *group, uint32_t *index_out);
+
+typedef struct ZCN_GroupStats {
+    ZCN_LoopStats total;            /* the sum over the loops (a loop already
+                                       destroyed counts with its final values) */
+    uint32_t threads;               /* loops in the group */
+    uint32_t running;               /* threads running their loop now */
+    uint32_t loop_errors;           /* loops that ended with an error */
+    uint32_t reserved;
+} ZCN_GroupStats;
+/* Counters of the whole group (out) and, when per_loop is not NULL, of
+ * each loop: per_loop[i] for i < min(capacity, threads). Any thread. */
+ZCN_API ZCN_Error zcn_group_stats(const ZCN_Group *group, ZCN_GroupStats *out,
+                                  ZCN_LoopStats *per_loop, uint32_t capacity);
 
 /* ------------------------------------------------------------------ */
 /* UdpSocket: datagrams on io_uring, alone or in a server's loop        */

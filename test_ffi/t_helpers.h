@@ -5,8 +5,12 @@
 
 #include "zero_copy_net.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -178,6 +182,44 @@ static inline void *t_late_wakeup(void *arg)
     usleep(100 * 1000);
     t_write_wakeup(12); /* SIGUSR2's number here; any byte will do */
     return NULL;
+}
+
+/* A blocking TCP client connected to 127.0.0.1:port, with a 10 s receive
+ * timeout (a lost reply fails the read instead of hanging the test). */
+static inline int t_connect(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    T_CHECK(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    T_CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+/* Sends all of buf (fails the test on an error). */
+static inline void t_send_all(int fd, const void *buf, size_t len)
+{
+    size_t sent = 0;
+    while (sent < len) {
+        ssize_t n = send(fd, (const char *)buf + sent, len - sent, MSG_NOSIGNAL);
+        T_CHECK(n > 0);
+        sent += (size_t)n;
+    }
+}
+
+/* Reads exactly len bytes; false on EOF, error or the receive timeout. */
+static inline bool t_recv_exact(int fd, void *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = recv(fd, (char *)buf + got, len - got, 0);
+        if (n <= 0)
+            return false;
+        got += (size_t)n;
+    }
+    return true;
 }
 
 #endif

@@ -30,7 +30,7 @@ run_ctest() { # name, cmake args..., then -- ctest args
 
 run_ctest release -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_ctest asan -DCMAKE_BUILD_TYPE=Debug -DZCN_ASAN=ON -DZCN_BUILD_EXAMPLES=OFF
-run_ctest tsan -DCMAKE_BUILD_TYPE=Debug -DZCN_TSAN=ON -DZCN_BUILD_EXAMPLES=OFF -- -R "pool|stop_race|test_loop"
+run_ctest tsan -DCMAKE_BUILD_TYPE=Debug -DZCN_TSAN=ON -DZCN_BUILD_EXAMPLES=OFF -- -R "pool|stop_race|test_loop|test_group"
 
 echo "== pytest (installed package in $ZCN_VENV)"
 # Run from tests/ so `import zcn` (here and in subprocesses) finds the
