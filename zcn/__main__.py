@@ -55,6 +55,15 @@ def add_echo_parser(subparsers):
     p.add_argument("--backend", choices=("auto", "io_uring", "epoll"), default="auto",
                    help="io_uring, epoll, or auto: io_uring with epoll where it is refused "
                         "(the default; the ZCN_BACKEND environment variable also chooses)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="N loops on N threads, one SO_REUSEPORT listener each, the C "
+                        "handler on every one (docs/THREADS.md); needs --handler c")
+    p.add_argument("--cpus", default=None, metavar="LIST",
+                   help="with --threads: pin loop i to the i-th CPU of this comma-separated "
+                        "list (e.g. 0,1)")
+    p.add_argument("--steer", action="store_true",
+                   help="with --threads and --cpus: send each new connection to the loop "
+                        "pinned to the CPU that received it (reuseport BPF)")
     p.set_defaults(func=run_echo)
     return p
 
@@ -102,17 +111,38 @@ def _python_echo(server):
     return on_data, on_drain, on_close
 
 
+def _threads_args(args):
+    """The threads/cpus/steer keywords of --threads/--cpus/--steer (or
+    ValueError saying what is wrong with them)."""
+    if args.threads is None:
+        if args.cpus is not None or args.steer:
+            raise ValueError("--cpus and --steer go with --threads N")
+        return {}
+    if args.handler != "c":
+        raise ValueError("--threads runs the C handler (--handler c); Python handlers on "
+                         "several cores: --workers N (processes)")
+    kw = {"threads": args.threads, "steer": args.steer}
+    if args.cpus is not None:
+        try:
+            kw["cpus"] = [int(c) for c in args.cpus.split(",")]
+        except ValueError:
+            raise ValueError(f"--cpus must be comma-separated CPU numbers, got "
+                             f"{args.cpus!r}") from None
+    return kw
+
+
 def run_echo(args):
     import zcn
     from zcn._util import backend_line
 
     try:
+        kw = _threads_args(args)  # threads=N implies reuse_port (a listener per loop)
         server = zcn.TcpServer(
             args.host, args.port, handler=args.handler, buffer_size=args.buffer_size,
             buffer_pool_size=args.buffer_pool_size, connections_max=args.connections_max,
             backlog=args.backlog, io_uring_entries=args.io_uring_entries,
             send_queue_max_bytes=args.send_queue_max_bytes, idle_timeout=args.idle_timeout,
-            reuse_port=args.reuse_port, backend=args.backend)
+            reuse_port=args.reuse_port or bool(kw), backend=args.backend, **kw)
     except (OSError, ValueError, TypeError, zcn.ZcnError) as exc:
         print(f"zcn echo: cannot listen on {args.host} port {args.port}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
@@ -125,8 +155,19 @@ def run_echo(args):
         print(f"zcn echo listening on {_format_address(server.host, server.port)} "
               f"(handler={args.handler})", flush=True)
         print(backend_line(server), flush=True)
+        from zcn.threaded import ThreadedTcpServer
+        threaded = server if isinstance(server, ThreadedTcpServer) else None
+        if threaded is not None:
+            cpus = threaded.cpus
+            pinned = "" if cpus[0] is None else " on CPUs " + ",".join(map(str, cpus))
+            print(f"threads: {threaded.threads} loops{pinned}"
+                  f"{', steered by CPU' if args.steer else ''}", flush=True)
         server.serve_forever()
         stats = server.stats()
+        if threaded is not None:
+            per = " ".join(f"loop{i}={ls.tcp.connections_accepted}"
+                           for i, ls in enumerate(threaded.loop_stats()))
+            print(f"zcn echo connections per loop: {per}", flush=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -545,6 +545,61 @@ Call = CFUNCTYPE(None, c_void_p)
 # ZCN_Error zcn_loop_call(ZCN_Loop *loop, ZCN_Call fn, void *arg);
 zcn_loop_call = _fn("zcn_loop_call", ZCN_Error, [c_void_p, Call, c_void_p])
 
+# --- Group: one loop per thread ---------------------------------------------------
+GROUP_THREADS_MAX = 1024
+GROUP_PIN, GROUP_STEER_CPU = 1 << 0, 1 << 1
+
+
+class GroupConfig(Structure):
+    # typedef struct ZCN_GroupConfig {...} ZCN_GroupConfig;
+    _fields_ = [
+        ("threads", c_uint32),
+        ("flags", c_uint32),
+        ("cpus", POINTER(c_int)),
+        ("loop", LoopConfig),
+        ("listen", Config),
+    ]
+
+
+class GroupStats(Structure):
+    # typedef struct ZCN_GroupStats {...} ZCN_GroupStats;
+    _fields_ = [
+        ("total", LoopStats),
+        ("threads", c_uint32),
+        ("running", c_uint32),
+        ("loop_errors", c_uint32),
+        ("reserved", c_uint32),
+    ]
+
+
+# ZCN_Group *zcn_group_create(const ZCN_GroupConfig *config, ZCN_Error *err);
+zcn_group_create = _fn("zcn_group_create", c_void_p, [POINTER(GroupConfig), ErrOut])
+# ZCN_Error zcn_group_use_echo_handler(ZCN_Group *group);
+zcn_group_use_echo_handler = _fn("zcn_group_use_echo_handler", ZCN_Error, [c_void_p],
+                                 _check_rc)
+# ZCN_Error zcn_group_start(ZCN_Group *group);
+zcn_group_start = _fn("zcn_group_start", ZCN_Error, [c_void_p], _check_rc)
+# ZCN_Error zcn_group_stop(ZCN_Group *group);  (async-signal-safe: no errcheck)
+zcn_group_stop = _fn("zcn_group_stop", ZCN_Error, [c_void_p])
+# ZCN_Error zcn_group_wait(ZCN_Group *group, int timeout_ms);  (ZCN_ERR_TIMEOUT expected)
+zcn_group_wait = _fn("zcn_group_wait", ZCN_Error, [c_void_p, c_int])
+# ZCN_Error zcn_group_destroy(ZCN_Group *group);
+zcn_group_destroy = _fn("zcn_group_destroy", ZCN_Error, [c_void_p], _check_rc)
+# uint32_t zcn_group_size(const ZCN_Group *group);
+zcn_group_size = _fn("zcn_group_size", c_uint32, [c_void_p])
+# uint16_t zcn_group_port(const ZCN_Group *group);
+zcn_group_port = _fn("zcn_group_port", c_uint16, [c_void_p])
+# ZCN_Loop *zcn_group_loop(const ZCN_Group *group, uint32_t index);
+zcn_group_loop = _fn("zcn_group_loop", c_void_p, [c_void_p, c_uint32])
+# ZCN_Server *zcn_group_server(const ZCN_Group *group, uint32_t index);
+zcn_group_server = _fn("zcn_group_server", c_void_p, [c_void_p, c_uint32])
+# int zcn_group_cpu(const ZCN_Group *group, uint32_t index);
+zcn_group_cpu = _fn("zcn_group_cpu", c_int, [c_void_p, c_uint32])
+# ZCN_Error zcn_group_stats(const ZCN_Group *group, ZCN_GroupStats *out,
+#                           ZCN_LoopStats *per_loop, uint32_t capacity);
+zcn_group_stats = _fn("zcn_group_stats", ZCN_Error,
+                      [c_void_p, POINTER(GroupStats), POINTER(LoopStats), c_uint32], _check_rc)
+
 # --- UDP ------------------------------------------------------------------------
 UDP_DATAGRAM_MAX_V4 = 65507
 UDP_DATAGRAM_MAX_V6 = 65527

@@ -88,7 +88,8 @@ from .errors import BusyError, ClosedError, WrongThreadError, error_from_code
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
 if TYPE_CHECKING:
-    from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Set, Tuple
+    from typing import (Any, Callable, FrozenSet, Iterator, List, Optional, Sequence, Set,
+                        Tuple)
 
     from ._types import BytesLike, DataCallback, ErrorHandler, FdCallback, Handler
     from .loop import Loop
@@ -268,6 +269,14 @@ class TcpServer(BoundSocket, HasBackend):
     _memory: Optional[MappedMemory] = None
     _loop: Optional[Loop] = None
 
+    def __new__(cls, *args: Any, threads: Optional[int] = None, **kwargs: Any) -> TcpServer:
+        # TcpServer(..., threads=N): N loops on N threads with the C handler
+        # (zcn/threaded.py); __init__ of that subclass then runs.
+        if cls is TcpServer and threads is not None:
+            from .threaded import ThreadedTcpServer
+            return super().__new__(ThreadedTcpServer)
+        return super().__new__(cls)
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  on_accept: Optional[FdCallback] = None, on_data: Optional[DataCallback] = None,
                  on_close: Optional[FdCallback] = None, on_drain: Optional[FdCallback] = None,
@@ -279,7 +288,13 @@ class TcpServer(BoundSocket, HasBackend):
                  reuse_port: bool = False, buffer_reserve: Optional[int] = None,
                  send_timeout: Optional[float] = 60.0,
                  conn_buffers_hard_max: Optional[int] = None,
-                 loop: Optional[Loop] = None, backend: Optional[str] = None) -> None:
+                 loop: Optional[Loop] = None, backend: Optional[str] = None,
+                 threads: Optional[int] = None, cpus: Optional[Sequence[int]] = None,
+                 steer: bool = False) -> None:
+        # threads=N is a zcn.threaded.ThreadedTcpServer (see __new__)
+        if cpus is not None or steer:
+            raise ValueError("cpus and steer pin the loops of TcpServer(threads=N): pass "
+                             "threads too")
         if not isinstance(handler, str):
             raise TypeError(f"handler must be 'python' or 'c', not {type(handler).__name__}")
         if handler not in _HANDLERS:
