@@ -15,7 +15,7 @@ import time
 import pytest
 
 import zcn
-from conftest import TESTS_DIR, require_loop, zcn_subprocess_env
+from conftest import TESTS_DIR, doc_blocks, require_loop, run_python_block, zcn_subprocess_env
 from _tcp import recv_exact
 
 pytestmark = pytest.mark.timeout(60)
@@ -260,3 +260,16 @@ def test_cli_bad_thread_options(args, words):
                           cwd=TESTS_DIR, timeout=30)
     assert proc.returncode == 1
     assert words in proc.stderr
+
+
+def test_the_threads_doc_example_runs():
+    require_loop()
+    blocks = doc_blocks("THREADS.md")
+    assert blocks, "docs/THREADS.md has no Python example"
+    for code in blocks:
+        if "TcpServer(" not in code or "threads=" not in code:
+            continue  # the workers' example is tested with run_workers
+        proc = run_python_block(code)
+        assert proc.returncode == 0, proc.stderr
+        m = re.search(r"accepted per loop: \[(\d+), (\d+)\]", proc.stdout)
+        assert m and int(m.group(1)) + int(m.group(2)) == 20, proc.stdout
