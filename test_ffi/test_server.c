@@ -17,14 +17,7 @@
 
 static int connect_to(uint16_t port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    T_CHECK(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    T_CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
+    return t_connect(port);
 }
 
 static void read_exact(int fd, uint8_t *buf, size_t len)

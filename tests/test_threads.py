@@ -53,7 +53,7 @@ def _wait_for(predicate, timeout=10.0, what="the condition"):
 
 def test_is_a_tcpserver_with_the_group_s_properties(threaded):
     server = threaded(threads=2)
-    assert isinstance(server, zcn.TcpServer)
+    assert isinstance(server, zcn.TcpServer) and isinstance(server, zcn.ThreadedTcpServer)
     assert server.threads == 2 and server.handler == "c"
     assert server.port > 0 and server.host == "127.0.0.1"
     assert server.cpus == [None, None]
@@ -267,7 +267,7 @@ def test_the_threads_doc_example_runs():
     blocks = doc_blocks("THREADS.md")
     assert blocks, "docs/THREADS.md has no Python example"
     for code in blocks:
-        if "TcpServer(" not in code or "threads=" not in code:
+        if "ThreadedTcpServer(" not in code:
             continue  # the workers' example is tested with run_workers
         proc = run_python_block(code)
         assert proc.returncode == 0, proc.stderr

@@ -405,6 +405,17 @@ def loop_limits(io_uring_entries: int, buffer_pool_size: int, buffer_size: int,
     return out
 
 
+def idle_timeout_ms(idle_timeout: Optional[float]) -> int:
+    """ZCN_Config.idle_timeout_ms of a server's ``idle_timeout`` (seconds,
+    None = never): 0 for never; ValueError past what 32 bits of ms hold."""
+    if idle_timeout is None:
+        return 0
+    ms = seconds_to_ms(idle_timeout, "idle_timeout", allow_zero=False) or 0
+    if ms > UINT32_MAX:
+        raise ValueError(f"idle_timeout must be at most {UINT32_MAX / 1000} s")
+    return ms
+
+
 def wrong_thread_error(code: int, where: str, owner_ident: Optional[int], what: str,
                        hint: str = "") -> WrongThreadError:
     """A WrongThreadError that names the thread running ``what``."""

@@ -75,6 +75,7 @@ from ._util import backend_arg as _backend_arg
 from ._util import bool_arg as _bool_arg
 from ._util import HasBackend
 from ._util import callback_arg as _callback_arg
+from ._util import idle_timeout_ms as _idle_timeout_ms
 from ._util import int_arg as _int_arg
 from ._util import loop_limits as _loop_limits
 from ._util import report_closes as _report_closes
@@ -82,7 +83,6 @@ from ._util import send_bytes_like as _send_bytes_like
 from ._util import wrong_thread_error as _wrong_thread_error
 from ._util import monotonic_ms as _monotonic_ms
 from ._util import resolve_host as _resolve_host
-from ._util import seconds_to_ms as _seconds_arg
 from ._util import timeout_ms as _timeout_ms
 from .errors import BusyError, ClosedError, WrongThreadError, error_from_code
 
@@ -317,11 +317,7 @@ class TcpServer(BoundSocket, HasBackend):
                               conn_buffers_hard_max)
         buffers, buffer_size = limits["buffer_pool_size"], limits["buffer_size"]
         backlog = _int_arg(backlog, "backlog", 1, INT32_MAX)
-        idle_ms = 0
-        if idle_timeout is not None:
-            idle_ms = _seconds_arg(idle_timeout, "idle_timeout", allow_zero=False) or 0
-            if idle_ms > UINT32_MAX:
-                raise ValueError(f"idle_timeout must be at most {UINT32_MAX / 1000} s")
+        idle_ms = _idle_timeout_ms(idle_timeout)
         tcp_nodelay = _bool_arg(tcp_nodelay, "tcp_nodelay")
         reuse_port = _bool_arg(reuse_port, "reuse_port")
         literal = _resolve_host(host)

@@ -27,12 +27,12 @@ import time
 
 from . import _ffi
 from ._util import bool_arg as _bool_arg
+from ._util import idle_timeout_ms as _idle_timeout_ms
 from ._util import int_arg as _int_arg
 from ._util import loop_limits as _loop_limits
 from ._util import backend_arg as _backend_arg
 from ._util import read_backend as _read_backend
 from ._util import resolve_host as _resolve_host
-from ._util import seconds_to_ms as _seconds_arg
 from .errors import ClosedError, NotStartedError, ZcnTimeoutError, error_from_code
 from .server import ServerStats, TcpServer, _STATS_FIELDS
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ThreadedTcpServer"]
 
-UINT32_MAX = 0xFFFFFFFF
 INT32_MAX = 0x7FFFFFFF
 _WAIT_STEP_MS = 100  # serve_forever's wait between chances to run Python signal handlers
 _ERR_TIMEOUT = ZcnTimeoutError.code
@@ -104,11 +103,7 @@ class ThreadedTcpServer(TcpServer):
                              "always on")
         port = _int_arg(port, "port", 0, 65535)
         backlog = _int_arg(backlog, "backlog", 1, INT32_MAX)
-        idle_ms = 0
-        if idle_timeout is not None:
-            idle_ms = _seconds_arg(idle_timeout, "idle_timeout", allow_zero=False) or 0
-            if idle_ms > UINT32_MAX:
-                raise ValueError(f"idle_timeout must be at most {UINT32_MAX / 1000} s")
+        idle_ms = _idle_timeout_ms(idle_timeout)
         limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
                               send_queue_max_bytes, buffer_reserve, send_timeout,
                               conn_buffers_hard_max)
