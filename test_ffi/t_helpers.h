@@ -215,6 +215,8 @@ static inline bool t_recv_exact(int fd, void *buf, size_t len)
     size_t got = 0;
     while (got < len) {
         ssize_t n = recv(fd, (char *)buf + got, len - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0)
             return false;
         got += (size_t)n;

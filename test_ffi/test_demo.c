@@ -90,6 +90,8 @@ static size_t read_answers(int fd, char *buf, size_t cap, const char *needle, si
             return len;
         T_CHECK(len < cap);
         ssize_t n = recv(fd, buf + len, cap - len, 0);
+        if (n < 0 && errno == EINTR)
+            continue; /* seen: a blocking recv here may end early with EINTR */
         if (n <= 0) {
             T_CHECK(want == 0); /* a close (or reset) before the answers */
             return len;
