@@ -8,6 +8,7 @@
     with zcn.Loop() as loop:        # servers, outbound connections, timers, fd watches
         loop.connect("127.0.0.1", 8080, on_connect=..., on_data=...)
         loop.run_forever()
+    zcn.run_workers(serve, workers=4, port=8080)   # Python handlers on 4 processes
     zcn.run(main())                 # an asyncio program on zcn (zcn.aio)
     asyncio.run(main(), loop_factory=zcn.new_event_loop)   # Python 3.12+
 """
@@ -25,6 +26,7 @@ from .ring import Ring
 from .server import ServerStats, TcpServer
 from .threaded import ThreadedTcpServer
 from .udp import UDP_TRUNCATED, UdpSocket, UdpStats
+from .workers import Worker, WorkerError, WorkersResult, run_workers
 
 __version__ = _ffi.zcn_version_string().decode()
 
@@ -35,6 +37,7 @@ __all__ = ["BufferPool", "Buffer", "PoolStats", "PoolCacheStats", "Ring", "TcpSe
            "ServerStats", "ZcnError", "__version__"]
 __all__ += ["UdpSocket", "UdpStats", "UDP_TRUNCATED"]
 __all__ += ["Loop", "LoopStats", "TimerHandle", "ConnectHandle"]
+__all__ += ["run_workers", "Worker", "WorkersResult", "WorkerError"]
 __all__ += ["EventLoop", "EventLoopPolicy", "new_event_loop", "install", "run"]
 # The exception classes are API (zcn.ClosedError ...): exported, so type
 # checkers that go by __all__ (pyright) accept them too.
