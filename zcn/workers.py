@@ -61,6 +61,7 @@ import traceback
 import warnings
 
 from ._util import int_arg as _int_arg
+from ._util import resolve_host as _resolve_host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
 
     from .server import TcpServer
 
-__all__ = ["run_workers", "Worker", "WorkersResult", "WorkerError", "WORKERS_MAX",
+__all__ = ["run_workers", "Worker", "WorkersResult", "WorkerError", "describe_exit", "WORKERS_MAX",
            "RESTARTS_MAX", "RESTART_WINDOW"]
 
 log = logging.getLogger(__name__)
@@ -519,7 +520,7 @@ class _Supervisor:
         message = f"zcn worker {child.index} (pid {child.pid}) {how}{what}"
         if child.error:
             message += f": {child.error}"
-            if "[Errno 98]" in child.error:
+            if "[Errno 98]" in child.error or "Address already in use" in child.error:
                 message += " (does serve listen with reuse_port=True?)"
         return WorkerError(message, child.index, child.pid, child.exit_code, child.error,
                            child.traceback)
@@ -531,7 +532,12 @@ class _Supervisor:
             self.spawn(index)
         while not all(c.ready for c in self.children.values()):
             for child in self.wait(None):
-                raise self.failure(child, " before it was ready")
+                if self.signal is not None:
+                    return False
+                if not child.ready:
+                    raise self.failure(child, " before it was ready")
+                if child.exit_code != 0:
+                    self.restart_or_give_up(child)  # it crashed while others were starting
             if self.signal is not None:
                 return False
         return True
@@ -643,14 +649,18 @@ def _check_args(serve: object, workers: Optional[int], host: object, port: int,
 def _reserve_port(host: str, port: int) -> socket.socket:
     """A bound, never listening SO_REUSEPORT socket on host:port (port 0:
     a free one): the workers' listeners join its port."""
-    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                               socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    literal = _resolve_host(host)  # as TcpServer resolves it: IPv4 first
+    sock = socket.socket(socket.AF_INET6 if ":" in literal else socket.AF_INET,
+                         socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEPORT only: any listener with it (of this user) may join;
+        # with SO_REUSEADDR too, any SO_REUSEADDR server could bind the port
+        # while no worker listens (both flags set, this socket not
+        # listening). The cost: TIME_WAIT connections of an earlier server
+        # on this port without SO_REUSEPORT make the bind fail (EADDRINUSE)
+        # until they end (those of earlier workers do not).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        sock.bind((literal, port))
     except BaseException:
         sock.close()
         raise
@@ -725,8 +735,8 @@ def run_workers(serve: Callable[[Worker], object], workers: Optional[int] = None
         supervisor.stop_all(shutdown_timeout)
         return supervisor.result()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if supervisor is not None:
             supervisor.close()
         reserved.close()
