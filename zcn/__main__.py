@@ -2,6 +2,7 @@
 
     python -m zcn echo --port 8080 --handler c      TCP echo server (Ctrl-C ends it)
     python -m zcn echo --port 8080 --handler python the same through a Python on_data
+    python -m zcn echo --handler python --workers 4  ... in 4 processes (zcn.run_workers)
     python -m zcn proxy --listen H:P --upstream H:P  zero-copy TCP proxy (C or Python handler)
     python -m zcn http --port 8080                  HTTP/1.1 "Hello, world!" server in C
     python -m zcn resp --port 6380                  RESP2 key/value store in C (redis-cli)
@@ -64,6 +65,9 @@ def add_echo_parser(subparsers):
     p.add_argument("--steer", action="store_true",
                    help="with --threads and --cpus: send each new connection to the loop "
                         "pinned to the CPU that received it (reuseport BPF)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="N processes, one SO_REUSEPORT listener each (zcn.run_workers, "
+                        "docs/THREADS.md): Python handlers on several cores; either handler")
     p.set_defaults(func=run_echo)
     return p
 
@@ -135,6 +139,13 @@ def run_echo(args):
     import zcn
     from zcn._util import backend_line
 
+    if args.workers is not None:
+        if args.threads is not None or args.cpus is not None or args.steer:
+            print("zcn echo: --workers N runs N processes, --threads N (with --cpus, "
+                  "--steer) N loops in one: choose one", file=sys.stderr)
+            return 1
+        from zcn._workers_cli import run_echo_workers
+        return run_echo_workers(args, _python_echo, _format_address, _STATS_SUMMARY)
     try:
         kw = _threads_args(args)  # threads=N implies reuse_port (a listener per loop)
         server = zcn.TcpServer(
