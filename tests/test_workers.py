@@ -293,6 +293,20 @@ def test_a_worker_deaf_to_sigterm_is_killed_after_shutdown_timeout(in_process):
     assert not result.ok and 0.5 <= elapsed < 5, elapsed
 
 
+def test_a_stop_signal_during_start_up_ends_a_worker_still_starting(in_process):
+    def serve(worker):
+        if worker.index == 1:
+            os.kill(os.getppid(), signal.SIGTERM)  # the parent is asked to stop ...
+            time.sleep(20)  # ... while this worker is still starting: SystemExit(0) here
+            pytest.fail("not stopped")  # (would exit 1, never reach the test)
+        echo_serve(worker)
+
+    start = time.monotonic()
+    result = zcn.run_workers(serve, 2, on_ready=lambda *a: pytest.fail("on_ready was called"))
+    assert result.signal == signal.SIGTERM and result.exit_codes == [0, 0] and result.ok
+    assert time.monotonic() - start < 5
+
+
 def test_an_exception_from_on_ready_stops_the_workers_and_propagates(in_process):
     def on_ready(port, pids):
         raise KeyError("from on_ready")
@@ -401,10 +415,10 @@ def test_a_second_signal_kills_workers_at_once(parent):
 
 
 # --- the command line -----------------------------------------------------------
-def _cli(*args):
+def _cli(*args, own_group=False):
     return subprocess.Popen([sys.executable, "-m", "zcn", "echo", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=zcn_subprocess_env(), cwd=TESTS_DIR)
+                            env=zcn_subprocess_env(), cwd=TESTS_DIR, start_new_session=own_group)
 
 
 def _readline(proc, timeout=10.0):
@@ -415,12 +429,15 @@ def _readline(proc, timeout=10.0):
     return proc.stdout.readline().rstrip("\n")
 
 
-@pytest.mark.parametrize("handler, sig", [("python", signal.SIGINT), ("python", signal.SIGTERM),
-                                          ("c", signal.SIGTERM)],
-                         ids=["python-SIGINT", "python-SIGTERM", "c-SIGTERM"])
-def test_cli_echo_workers_serves_and_reports_per_worker(handler, sig):
+@pytest.mark.parametrize("handler, sig, group", [
+    ("python", signal.SIGINT, False), ("python", signal.SIGTERM, False),
+    ("python", signal.SIGINT, True), ("c", signal.SIGTERM, False)],
+    ids=["python-SIGINT", "python-SIGTERM", "python-Ctrl-C", "c-SIGTERM"])
+def test_cli_echo_workers_serves_and_reports_per_worker(handler, sig, group):
+    # group: SIGINT to the whole process group, as Ctrl-C in a terminal sends
+    # it: the workers stop on their own as the parent's SIGTERM comes
     require_loop()
-    proc = _cli("--handler", handler, "--workers", "2")
+    proc = _cli("--handler", handler, "--workers", "2", own_group=group)
     workers = []
     try:
         first = _readline(proc)
@@ -435,7 +452,10 @@ def test_cli_echo_workers_serves_and_reports_per_worker(handler, sig):
         assert m, line
         workers = [psutil.Process(int(pid)) for pid in m.groups()]
         echo_clients(port, 40)
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         out, err = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:

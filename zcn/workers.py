@@ -170,6 +170,7 @@ class Worker:
         self._stop_callbacks: List[Callable[[], object]] = []
         self._stop_requested = False
         self._ready = False
+        self._in_serve = False  # only serve itself is ended by SystemExit
 
     @property
     def index(self) -> int:
@@ -236,7 +237,7 @@ class Worker:
     # --- internals -------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         self._stop_requested = True
-        if not self._stop_callbacks and not self._ready:
+        if not self._stop_callbacks and not self._ready and self._in_serve:
             raise SystemExit(0)  # still starting: nothing to stop but serve itself
         for callback in list(self._stop_callbacks):
             callback()
@@ -284,7 +285,11 @@ def _child_main(serve: Callable[[Worker], object], worker: Worker, parent_pid: i
         # is delivered now, to the handler above
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         try:
-            serve(worker)
+            worker._in_serve = True
+            try:
+                serve(worker)
+            finally:
+                worker._in_serve = False  # a signal now must not cut the last message
             if worker._ready or worker.stop_requested:
                 status = 0
             else:
