@@ -5,7 +5,8 @@
 # benchmark's quick profile (`python -m zcn bench --quick`, under a minute),
 # a short proxy profile (against HAProxy), short asyncio profiles (zcn's
 # asyncio loop against uvloop and asyncio: echo, then HTTP under wrk and
-# RESP under redis-benchmark), then the micro-benchmarks. The full echo
+# RESP under redis-benchmark), a short threads profile (one loop against
+# two, one process against two workers), then the micro-benchmarks. The full echo
 # run (~6 minutes):
 #   .venv/bin/python -m zcn bench --build-dir build/bench
 set -euo pipefail
@@ -33,6 +34,11 @@ echo
 # (python -m zcn bench --asyncio for 3 rounds), then the HTTP and RESP
 # servers with two commands (the full run: python -m zcn bench --asyncio-apps).
 (cd bench && "$ZCN_VENV/bin/python" -m zcn bench --asyncio --quick --build-dir "$top/$build")
+echo
+# Many cores (docs/THREADS.md), short: the C echo on one loop against two
+# loops, the Python echo in one process against two pre-fork workers
+# (the full run: python -m zcn bench --threads).
+(cd bench && "$ZCN_VENV/bin/python" -m zcn bench --threads --quick --build-dir "$top/$build")
 echo
 (cd bench && "$ZCN_VENV/bin/python" -m zcn bench --asyncio-apps --quick --commands set,get \
     --build-dir "$top/$build")

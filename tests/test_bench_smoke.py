@@ -234,6 +234,46 @@ def test_asyncio_profile_runs_every_loop_and_api(bench_build, tmp_path):
 
 
 @pytest.mark.timeout(240)
+def test_threads_profile_runs_every_layout(bench_build, tmp_path):
+    """python -m zcn bench --threads: the C echo on one loop and on two
+    (one per CPU, and both on the server's CPU), the Python echo in one
+    process and in two pre-fork workers; every byte verified, the
+    connections of the two-loop and two-worker servers counted per loop or
+    worker (both got some), the goals against one loop reported."""
+    require_loop()
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the threads profile needs two CPUs")
+    out = tmp_path / "threads.json"
+    proc = _run_zcn(["bench", "--threads", "--smoke", "--build-dir", str(bench_build),
+                     "--duration", "0.3", "--warmup", "0.1", "--json", str(out), "--no-plots"],
+                    200)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    assert report["threads"] is True and report["ok"] is True
+    assert {w["key"] for w in report["workloads"]} == {"c200", "c50d16"}
+    for w in report["workloads"]:
+        for server in ("zcn-c-1loop", "zcn-c-2loops", "zcn-c-2loops-1cpu", "zcn-py-1proc",
+                       "zcn-py-2workers", "zcn-py-2workers-1cpu"):
+            res = w["results"][server]
+            assert res["rounds"], f"{server} did not run {w['key']}: {res.get('note')}"
+            s = res["summary"]
+            assert s["ok"] is True and s["verify_errors"] == 0 and s["bytes_verified"] > 0
+            assert s["cpu_us_per_msg"]["median"] > 0
+            spread = res.get("spread")
+            if server.endswith("1proc"):
+                continue
+            parts = 1 if server == "zcn-c-1loop" else 2
+            assert spread is not None and len(spread) == parts, (server, spread)
+            # every connection of every round was accepted by some loop/worker
+            assert sum(spread) >= w["conns"] and min(spread) > 0, (server, spread)
+    goals = {g["goal"] for g in report["goals"]}
+    assert "zcn-c-2loops-1cpu CPU per message <= 1.10x zcn-c-1loop at 200x1x64B" in goals
+    assert "zcn-py-2workers CPU per message <= 1.10x zcn-py-1proc at 50x16x64B" in goals
+    assert all(g["met"] is not None for g in report["goals"])
+    assert "connections per loop/worker" in proc.stdout
+
+
+@pytest.mark.timeout(240)
 def test_asyncio_apps_profile_runs_wrk_and_redis_benchmark(bench_build, tmp_path):
     """python -m zcn bench --asyncio-apps: the HTTP server under wrk and the
     RESP server under redis-benchmark, on each loop, without errors."""

@@ -17,7 +17,14 @@ streams (reader.read / writer.write / drain):
     zcn-aio-streams, uvloop-streams, asyncio-streams  streams echo
 
 at 200x1x64B, 50x16x64B and 10x1x16KiB, ratios against uvloop (the streams
-servers against uvloop-streams). With --asyncio-apps, an HTTP/1.1 server
+servers against uvloop-streams). With --threads, the threads profile (docs/THREADS.md): `python -m zcn echo`
+with the C handler on one loop (zcn-c-1loop), on two loops one per CPU
+(zcn-c-2loops) and on two loops sharing the server's CPU
+(zcn-c-2loops-1cpu), and with the Python handler in one process
+(zcn-py-1proc) and in two pre-fork workers (zcn-py-2workers on both CPUs,
+zcn-py-2workers-1cpu on the server's; CPU summed over the worker
+processes), ratios against the one-loop and one-process
+rows, and the connections each loop or worker accepted. With --asyncio-apps, an HTTP/1.1 server
 driven by wrk and a RESP2 server driven by redis-benchmark on the same
 three loops (bench/asyncio_apps.py; the options after it go to it).
 
@@ -90,8 +97,42 @@ for _name in EPOLL_VARIANTS:
 #: server (its goals), with the Python servers beside them.
 EPOLL_SERVERS = ("epoll", "zcn-c-epoll", "zcn-c", "zcn-py-epoll", "zcn-py", "uvloop")
 EPOLL_WORKLOADS = ("c200", "c50d16", "c10x16k")
-KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS + EPOLL_VARIANTS
+#: The threads profile (--threads, docs/THREADS.md): `python -m zcn echo`
+#: with its C handler on one loop against two loops (a ZCN_Group), and its
+#: Python handler in one process against pre-fork workers (run_workers).
+#: name: (echo options, where the server's threads may run: "server" = the
+#: server's CPU, "all" = every CPU, the load generator's too)
+THREADS_LAYOUTS = {
+    "zcn-c-1loop": (["--handler", "c", "--threads", "1", "--cpus", "{server}"], "server"),
+    "zcn-c-2loops": (["--handler", "c", "--threads", "2", "--cpus", "{client},{server}"], "all"),
+    "zcn-c-2loops-1cpu": (["--handler", "c", "--threads", "2", "--cpus", "{server},{server}"],
+                          "server"),
+    "zcn-py-1proc": (["--handler", "python"], "server"),
+    "zcn-py-2workers": (["--handler", "python", "--workers", "2"], "all"),
+    "zcn-py-2workers-1cpu": (["--handler", "python", "--workers", "2"], "server"),
+}
+THREADS_SERVERS = tuple(THREADS_LAYOUTS)
+THREADS_WORKLOADS = ("c200", "c50d16")
+SERVER_DESCRIPTIONS.update({
+    "zcn-c-1loop": "python -m zcn echo --threads 1: the C handler on one loop, on the server's CPU",
+    "zcn-c-2loops": "python -m zcn echo --threads 2: two loops, one per CPU (one shares the "
+                    "load generator's)",
+    "zcn-c-2loops-1cpu": "python -m zcn echo --threads 2, both loops on the server's CPU (what "
+                         "splitting the connections costs, no CPU shared with the load)",
+    "zcn-py-1proc": "python -m zcn echo --handler python: one process, on the server's CPU",
+    "zcn-py-2workers": "python -m zcn echo --handler python --workers 2: two pre-fork "
+                       "processes, free to use both CPUs",
+    "zcn-py-2workers-1cpu": "the two workers, both on the server's CPU (what splitting the "
+                            "connections over processes costs)",
+})
+KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS + EPOLL_VARIANTS + THREADS_SERVERS
                                      if s not in SERVER_ORDER)
+
+
+def threads_baseline(name):
+    """The server a threads-profile row is compared with: one loop for the
+    C handler, one process for the Python handler."""
+    return "zcn-py-1proc" if name.startswith("zcn-py") else "zcn-c-1loop"
 #: With --baseline-build: the same zcn servers from another build (an older
 #: commit), interleaved with today's in one run, for before/after figures.
 BASELINE_SERVERS = {
@@ -301,8 +342,8 @@ def machine_info():
 
 def _pin_and_raise(cpu):
     def pre():
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
+        if cpu is not None:  # one CPU, or a set of them
+            os.sched_setaffinity(0, set(cpu) if isinstance(cpu, (set, frozenset)) else {cpu})
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -312,9 +353,11 @@ def _pin_and_raise(cpu):
 class Server:
     """One echo server process, pinned; knows its port and psutil handle."""
 
-    def __init__(self, name, cmd, cpu, env=None):
+    def __init__(self, name, cmd, cpu, env=None, tree=False):
         self.name = name
         self.cmd = cmd
+        self.tree = tree  # count the CPU of its child processes too (pre-fork workers)
+        self.tail = ""  # what it printed after the listening line, read at stop()
         self.stderr_path = None
         import tempfile
 
@@ -340,7 +383,10 @@ class Server:
 
     def cpu_s(self):
         t = self.ps.cpu_times()
-        return t.user + t.system
+        total = t.user + t.system
+        if self.tree:
+            total += sum(_proc_cpu_s(_psutil_process(pid)) for pid in _descendants(self.proc.pid))
+        return total
 
     def rss(self):
         return self.ps.memory_info().rss
@@ -359,11 +405,15 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=15 if self.tree else 5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         if self.proc.stdout is not None:
+            try:
+                self.tail = self.proc.stdout.read()
+            except (OSError, ValueError):
+                pass
             self.proc.stdout.close()
         return self.proc.returncode
 
@@ -381,6 +431,19 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
     py = sys.executable
     env = dict(os.environ)
     env.pop("ZCN_BACKEND", None)  # the default backend; the *-epoll rows set it
+    if name in THREADS_LAYOUTS:
+        import zcn
+
+        pkg_parent = str(Path(zcn.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
+        opts, _ = THREADS_LAYOUTS[name]
+        cpus = threads_cpus()
+        argv = [py, "-m", "zcn", "echo", "--port", "0"] + [
+            o.format(server=cpus["server"], client=cpus["client"]) for o in opts]
+        for key in ("buffer_size", "buffer_pool_size", "connections_max", "backlog"):
+            if key in cfg:
+                argv += ["--" + key.replace("_", "-"), str(cfg[key])]
+        return argv, env, dict(cfg, echo=" ".join(argv[3:]))
     if name == "zcn-c":
         exe = tool_path(build_dir, "zcn_echo")
         if exe is None:
@@ -429,6 +492,26 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
                  "--port", "0", "--backlog", "4096"], env,
                 {"backlog": 4096, "loop": loop, "api": api})
     raise ValueError(f"unknown server {name!r}")
+
+
+#: the CPUs of the threads profile's layouts, set by run()
+_THREADS_CPUS = {}
+
+
+def threads_cpus():
+    if not _THREADS_CPUS:
+        cpus = sorted(os.sched_getaffinity(0))
+        _THREADS_CPUS.update(server=cpus[-1], client=cpus[0])
+    return _THREADS_CPUS
+
+
+def spread_of(text):
+    """'loop0=97 loop1=103' (or worker0=.. worker1=..) from what `python -m
+    zcn echo` printed at exit, as a list of counts, or None."""
+    m = re.search(r"connections per (?:loop|worker): (.*)$", text or "", re.M)
+    if not m:
+        return None
+    return [int(v) for v in re.findall(r"=(\d+)", m.group(1))]
 
 
 def serve_python(argv):
@@ -586,6 +669,30 @@ class _ProcProcess:
     def memory_info(self):
         with open(f"/proc/{self.pid}/statm") as f:
             return _Memory(rss=int(f.read().split()[1]) * self.PAGE)
+
+
+def _descendants(pid):
+    """The pids of a process's children, grandchildren, ... (from /proc)."""
+    children = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(e))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
 def _process(pid):
@@ -753,6 +860,18 @@ def evaluate_goals(report):
         met = None if value is None else (value <= target if cmp == "<=" else value >= target)
         goals.append({"goal": text, "measured": value, "target": f"{cmp} {target}", "met": met})
 
+    if report.get("threads"):
+        # issue 16: splitting the work over loops must not cost more per message
+        for key, label in (("c200", "200x1x64B"), ("c50d16", "50x16x64B")):
+            for name in ("zcn-c-2loops", "zcn-c-2loops-1cpu"):
+                goal(f"{name} CPU per message <= 1.10x zcn-c-1loop at {label}",
+                     _ratio(med(key, name, "cpu_us_per_msg"),
+                            med(key, "zcn-c-1loop", "cpu_us_per_msg")), 1.10, "<=")
+            for name in ("zcn-py-2workers", "zcn-py-2workers-1cpu"):
+                goal(f"{name} CPU per message <= 1.10x zcn-py-1proc at {label}",
+                     _ratio(med(key, name, "cpu_us_per_msg"),
+                            med(key, "zcn-py-1proc", "cpu_us_per_msg")), 1.10, "<=")
+        return goals
     if report.get("epoll"):
         # the goals of the epoll backend: no abstraction tax over a plain epoll loop
         for key, label in (("c200", "200x1x64B"), ("c50d16", "50x16x64B")):
@@ -873,6 +992,10 @@ def add_arguments(p):
                         "io_uring against the C epoll server (servers "
                         + ",".join(EPOLL_SERVERS) + "; workloads " + ",".join(EPOLL_WORKLOADS)
                         + "); combines with --quick/--smoke")
+    p.add_argument("--threads", action="store_true",
+                   help="the threads profile: the C echo on one loop against two loops (a "
+                        "ZCN_Group), the Python echo in one process against two pre-fork "
+                        "workers (docs/THREADS.md)")
     p.add_argument("--asyncio-apps", action="store_true",
                    help="an HTTP/1.1 server (wrk) and a RESP2 server (redis-benchmark) on "
                         "zcn's asyncio loop, uvloop and asyncio (bench/asyncio_apps.py; the "
@@ -943,12 +1066,14 @@ def run(args):
     build_dir = find_build_dir(args.build_dir)
     loadgen = tool_path(build_dir, "loadgen")
     src_root = _source_root(build_dir)
-    if args.asyncio and args.epoll:
-        raise SystemExit("zcn bench: --asyncio and --epoll are separate profiles")
+    if sum(map(bool, (args.asyncio, args.epoll, args.threads))) > 1:
+        raise SystemExit("zcn bench: --asyncio, --epoll and --threads are separate profiles")
     if args.asyncio:
         default_servers = ",".join(ASYNCIO_SERVERS)
     elif args.epoll:
         default_servers = ",".join(EPOLL_SERVERS)
+    elif args.threads:
+        default_servers = ",".join(THREADS_SERVERS)
     else:
         default_servers = "epoll,zcn-c" if profile == "smoke" else ",".join(SERVER_ORDER)
     servers = [s.strip() for s in (args.servers or default_servers).split(",") if s.strip()]
@@ -957,8 +1082,9 @@ def run(args):
     for s in servers:
         if s not in known:
             raise SystemExit(f"zcn bench: unknown server {s!r} (choose from {known})")
-    if args.asyncio or args.epoll:
-        keys = (ASYNCIO_WORKLOADS if args.asyncio else EPOLL_WORKLOADS)
+    if args.asyncio or args.epoll or args.threads:
+        keys = (ASYNCIO_WORKLOADS if args.asyncio else EPOLL_WORKLOADS if args.epoll
+                else THREADS_WORKLOADS)
         keys = keys[:2] if profile == "smoke" else keys
         wls = [w for w in workloads("full") if w.key in keys]
     else:
@@ -976,6 +1102,11 @@ def run(args):
     notes = []
     if server_cpu == client_cpu:
         notes.append("only one CPU: server and load generator share it")
+    _THREADS_CPUS.update(server=server_cpu, client=client_cpu)
+    if args.threads and len(cpus) == 2:
+        notes.append("two CPUs: the two-loop and two-worker servers share the load "
+                     "generator's CPU, so their CPU per message is the figure that must "
+                     "hold, not their throughput")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     if args.json:
@@ -986,7 +1117,8 @@ def run(args):
 
     report = {
         "version": 1, "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "profile": profile, "asyncio": bool(args.asyncio), "epoll": bool(args.epoll), "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
+        "profile": profile, "asyncio": bool(args.asyncio), "epoll": bool(args.epoll),
+        "threads": bool(args.threads), "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
         "machine": machine_info(),
         "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration,
                      "retry_busy": args.retry_busy,
@@ -1006,7 +1138,8 @@ def run(args):
     except OSError:
         pass
     ok_all = True
-    _progress(f"zcn bench ({profile}{', asyncio' if args.asyncio else ''}): {len(servers)} servers x {len(wls)} workloads x "
+    _progress(f"zcn bench ({profile}{', asyncio' if args.asyncio else ''}"
+              f"{', threads' if args.threads else ''}): {len(servers)} servers x {len(wls)} workloads x "
               f"{rounds} rounds, window {duration}s after {warmup}s warm-up; server on CPU "
               f"{server_cpu}, load generator on CPU {client_cpu}")
     try:
@@ -1021,7 +1154,11 @@ def run(args):
                 try:
                     argv, env, cfg = server_command(name, wl, build_dir, src_root, baseline)
                     per_server[name]["config"] = cfg
-                    srv = Server(name, argv, server_cpu, env)
+                    cpu, tree = server_cpu, False
+                    if name in THREADS_LAYOUTS:
+                        cpu = set(cpus) if THREADS_LAYOUTS[name][1] == "all" else server_cpu
+                        tree = "--workers" in argv
+                    srv = Server(name, argv, cpu, env, tree=tree)
                     time.sleep(0.05)
                     return srv
                 except (FileNotFoundError, RuntimeError) as exc:
@@ -1085,19 +1222,29 @@ def run(args):
                         text = srv.stderr_text()
                         if "stats:" in text:
                             per_server[name]["server_stats"] = text.splitlines()[-1]
+                        spread = spread_of(srv.tail)
+                        if spread is not None:
+                            per_server[name]["spread"] = spread
             for name in servers:
                 ps = per_server[name]
                 res = {"config": ps["config"], "rounds": ps["rounds"]}
                 if ps.get("server_stats"):
                     res["server_stats"] = ps["server_stats"]
+                if ps.get("spread"):
+                    res["spread"] = ps["spread"]  # connections each loop/worker accepted
                 if ps["rounds"]:
                     res["summary"] = summarize(ps["rounds"])
                 else:
                     res["note"] = ps["note"] or "not run"
                 entry["results"][name] = res
             report["workloads"].append(entry)
-            print(table(wl, entry["results"], asyncio_baseline if args.asyncio else None),
-                  flush=True)
+            print(table(wl, entry["results"], asyncio_baseline if args.asyncio else
+                        threads_baseline if args.threads else None), flush=True)
+            if args.threads:
+                for name, res in entry["results"].items():
+                    if res.get("spread"):
+                        print(f"  {name}: connections per loop/worker "
+                              f"{'/'.join(map(str, res['spread']))}", flush=True)
     finally:
         try:
             os.sched_setaffinity(0, old_affinity)
