@@ -253,7 +253,8 @@ def test_threads_profile_runs_every_layout(bench_build, tmp_path):
     assert {w["key"] for w in report["workloads"]} == {"c200", "c50d16"}
     for w in report["workloads"]:
         for server in ("zcn-c-1loop", "zcn-c-2loops", "zcn-c-2loops-1cpu", "zcn-py-1proc",
-                       "zcn-py-2workers", "zcn-py-2workers-1cpu"):
+                       "zcn-py-2workers", "zcn-py-2workers-1cpu", "zcn-py-2threads",
+                       "zcn-py-2threads-1cpu"):
             res = w["results"][server]
             assert res["rounds"], f"{server} did not run {w['key']}: {res.get('note')}"
             s = res["summary"]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -171,7 +172,6 @@ def test_bad_arguments_say_what_is_wrong():
         (dict(threads=0), ValueError, "threads"),
         (dict(threads=zcn._ffi.GROUP_THREADS_MAX + 1), ValueError, "threads"),
         (dict(threads="2"), TypeError, "threads"),
-        (dict(threads=2, handler="python"), ValueError, "run_workers"),
         (dict(threads=2, on_data=lambda fd, data: None), ValueError, "on_data"),
         (dict(threads=2, cpus=[0]), ValueError, "one CPU per thread"),
         (dict(threads=2, cpus="01"), TypeError, "cpus"),
@@ -248,7 +248,7 @@ def test_cli_echo_threads_serves_and_sums_on_a_signal(sig):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--threads", "2", "--handler", "python"], "--workers"),
+    (["--threads", "2", "--handler", "python", "--steer", "--cpus", "0,0"], "--steer"),
     (["--cpus", "0,1"], "--threads"),
     (["--threads", "2", "--cpus", "0,x"], "--cpus"),
     (["--threads", "0"], "threads"),
@@ -266,10 +266,231 @@ def test_the_threads_doc_example_runs():
     require_loop()
     blocks = doc_blocks("THREADS.md")
     assert blocks, "docs/THREADS.md has no Python example"
+    ran = 0
     for code in blocks:
-        if "ThreadedTcpServer(" not in code:
+        if "ThreadedTcpServer(" not in code and "ThreadedPythonServer(" not in code:
             continue  # the workers' example is tested with run_workers
+        ran += 1
         proc = run_python_block(code)
         assert proc.returncode == 0, proc.stderr
         m = re.search(r"accepted per loop: \[(\d+), (\d+)\]", proc.stdout)
         assert m and int(m.group(1)) + int(m.group(2)) == 20, proc.stdout
+        if "ThreadedPythonServer(" in code:
+            assert "threads: ['zcn-loop-0', 'zcn-loop-1']" in proc.stdout, proc.stdout
+    assert ran == 2
+
+
+# --- Python handlers on N threads (ThreadedPythonServer) ---------------------------
+
+
+@pytest.fixture
+def py_threaded():
+    require_loop()
+    made = []
+
+    def make(**kw):
+        kw.setdefault("threads", 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the GIL note
+            server = zcn.TcpServer("127.0.0.1", 0, handler="python", **kw)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.server_close()
+
+
+def test_handler_decides_which_threaded_server():
+    require_loop()
+    with zcn.TcpServer("127.0.0.1", 0, threads=2) as c_server:  # no callbacks: the C echo
+        assert isinstance(c_server, zcn.ThreadedTcpServer) and c_server.handler == "c"
+        with pytest.raises(ValueError, match="handler='python'"):
+            c_server.on_accept = print  # it would never be called
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with zcn.TcpServer("127.0.0.1", 0, threads=2, on_data=lambda fd, d: None) as py:
+            assert isinstance(py, zcn.ThreadedPythonServer) and py.handler == "python"
+            assert isinstance(py, zcn.TcpServer)
+
+
+@pytest.mark.skipif(not zcn.threaded.gil_enabled(), reason="a free-threaded Python: no GIL")
+def test_python_threads_under_the_gil_warn_and_point_to_workers():
+    require_loop()
+    with pytest.warns(RuntimeWarning, match="run_workers") as record:
+        server = zcn.TcpServer("127.0.0.1", 0, handler="python", threads=2)
+    server.server_close()
+    assert record[0].filename == __file__  # the warning names the caller's line
+
+
+def test_python_threads_echo_routes_calls_to_the_connection_s_loop(py_threaded):
+    """200 connections over two loops, each answered by the Python on_data
+    on its loop's thread; server.send inside the callback goes to that
+    loop; from another thread it is refused; the counters add up; every
+    connection gets on_close once, on its loop's thread."""
+    server = py_threaded(threads=2)
+    threads_seen = set()
+    closed = []
+
+    def on_data(fd, data):
+        threads_seen.add(threading.current_thread().name)
+        server.send(fd, data)
+
+    def on_close(fd):
+        closed.append((fd, threading.current_thread().name))
+
+    server.on_data = on_data
+    server.on_close = on_close
+    assert server.threads == 2 and server.cpus == [None, None] and server.loop is None
+    server.start()
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+             for _ in range(200)]
+    for i, s in enumerate(socks):
+        s.sendall(b"message %d" % i)
+    for i, s in enumerate(socks):
+        want = b"message %d" % i
+        assert recv_exact(s, len(want)) == want
+    assert threads_seen == {"zcn-loop-0", "zcn-loop-1"}
+    per = [ls.tcp.connections_accepted for ls in server.loop_stats()]
+    assert sum(per) == 200 and min(per) > 0, per
+    assert server.stats().connections_accepted == 200
+    assert len(server.connections) == 200
+    with pytest.raises(zcn.WrongThreadError, match="from a callback"):
+        server.send(socks[0].fileno(), b"x")
+    for s in socks[:100]:
+        s.close()
+    _wait_for(lambda: len(closed) == 100, what="100 closes")
+    server.stop()
+    assert server.wait(10) is True
+    with pytest.raises(zcn.ClosedError, match="runs once"):
+        server.start()
+    server.server_close()  # closes the other 100, each on_close once
+    assert len(closed) == 200 and len({fd for fd, _ in closed}) <= 200
+    assert {name for _, name in closed[:100]} <= {"zcn-loop-0", "zcn-loop-1"}
+    for s in socks[100:]:
+        s.close()
+
+
+def test_python_threads_contain_a_raising_callback(py_threaded):
+    """An exception in one connection's on_data aborts that connection
+    only (the default error policy, on each loop); the other loop's and the
+    same loop's other connections go on."""
+    server = py_threaded(threads=2)
+
+    def on_data(fd, data):
+        if data.tobytes().startswith(b"boom"):
+            raise RuntimeError("boom")
+        server.send(fd, data)
+
+    server.on_data = on_data
+    server.start()
+    good = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            for _ in range(20)]
+    bad = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+           for _ in range(4)]
+    for s in bad:
+        s.sendall(b"boom")
+    for s in bad:
+        try:
+            assert s.recv(10) == b""  # aborted: a reset, or an EOF
+        except ConnectionResetError:
+            pass
+    for i, s in enumerate(good):
+        s.sendall(b"ok %d" % i)
+        assert recv_exact(s, len(b"ok %d" % i)) == b"ok %d" % i
+    for s in good + bad:
+        s.close()
+
+
+def test_python_threads_error_raise_stops_all_and_wait_raises(py_threaded):
+    server = py_threaded(threads=2, error_handler="raise")
+
+    def on_data(fd, data):
+        raise ValueError("handler failed")
+
+    server.on_data = on_data
+    server.start()
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"x")
+    with pytest.raises(ValueError, match="handler failed"):
+        server.wait(10)
+    s.close()
+
+
+def test_python_threads_pinned(py_threaded):
+    cpus = sorted(os.sched_getaffinity(0))
+    server = py_threaded(threads=2, cpus=[cpus[0], cpus[-1]])
+    where = {}
+
+    def on_accept(fd):
+        where[threading.current_thread().name] = os.sched_getaffinity(0)
+
+    server.on_accept = on_accept
+    server.start()
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+             for _ in range(40)]
+    _wait_for(lambda: len(where) == 2, what="accepts on both loops")
+    assert where == {"zcn-loop-0": {cpus[0]}, "zcn-loop-1": {cpus[-1]}}
+    for s in socks:
+        s.close()
+
+
+def test_python_threads_bad_arguments(py_threaded):
+    require_loop()
+    cases = [
+        (dict(steer=True), ValueError, "steer"),
+        (dict(loop=object()), ValueError, "loop"),
+        (dict(reuse_port=False), ValueError, "reuse_port"),
+        (dict(cpus=[0]), ValueError, "one CPU per thread"),
+        (dict(cpus=[0, 1 << 20]), ValueError, "not one this process may run on"),
+        (dict(threads=0), ValueError, "threads"),
+        (dict(buffer_size=0), ValueError, "buffer_size"),
+    ]
+    for kw, exc, words in cases:
+        with pytest.raises(exc, match=re.escape(words)):
+            py_threaded(**kw)
+    server = py_threaded()
+    with pytest.raises(zcn.ClosedError, match="never started"):
+        server.wait(0.1)
+    with pytest.raises(zcn.ClosedError, match="own thread"):
+        server.run_once(0)
+    server.server_close()
+    server.server_close()  # idempotent
+    with pytest.raises(zcn.ClosedError):
+        server.stats()
+
+
+def test_cli_echo_python_threads_serves_and_counts_per_loop():
+    require_loop()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zcn", "echo", "--port", "0", "--handler", "python",
+         "--threads", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=zcn_subprocess_env(),
+        cwd=TESTS_DIR)
+    try:
+        first = _readline(proc)
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+) \(handler=python\)", first)
+        assert m, first
+        # the next two lines follow at once (already read into the buffer)
+        assert proc.stdout.readline().startswith("backend: ")
+        assert proc.stdout.readline() == "threads: 2 loops\n"
+        port = int(m.group(1))
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(60)]
+        for i, s in enumerate(socks):
+            s.sendall(b"line %d" % i)
+        for i, s in enumerate(socks):
+            assert recv_exact(s, len(b"line %d" % i)) == b"line %d" % i
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    per = re.search(r"connections per loop: loop0=(\d+) loop1=(\d+)", out)
+    assert per and int(per.group(1)) + int(per.group(2)) == 60, out
+    if zcn.threaded.gil_enabled():
+        assert "--workers N runs Python handlers on several cores" in err
+    assert "RuntimeWarning" not in err

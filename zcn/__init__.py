@@ -24,7 +24,7 @@ from .pool import BufferPool, Buffer, PoolCacheStats, PoolStats
 from .loop import ConnectHandle, Loop, LoopStats, TimerHandle
 from .ring import Ring
 from .server import ServerStats, TcpServer
-from .threaded import ThreadedTcpServer
+from .threaded import ThreadedPythonServer, ThreadedTcpServer
 from .udp import UDP_TRUNCATED, UdpSocket, UdpStats
 from .workers import Worker, WorkerError, WorkersResult, run_workers
 
@@ -33,7 +33,7 @@ __version__ = _ffi.zcn_version_string().decode()
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = ["BufferPool", "Buffer", "PoolStats", "PoolCacheStats", "Ring", "TcpServer",
-           "ThreadedTcpServer",
+           "ThreadedTcpServer", "ThreadedPythonServer",
            "ServerStats", "ZcnError", "__version__"]
 __all__ += ["UdpSocket", "UdpStats", "UDP_TRUNCATED"]
 __all__ += ["Loop", "LoopStats", "TimerHandle", "ConnectHandle"]

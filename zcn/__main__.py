@@ -19,6 +19,7 @@ import argparse
 import importlib
 import signal
 import sys
+import warnings
 
 _STATS_SUMMARY = ("connections_accepted", "connections_closed", "connections_rejected",
                   "bytes_received", "bytes_sent", "recv_ops", "send_ops",
@@ -57,8 +58,10 @@ def add_echo_parser(subparsers):
                    help="io_uring, epoll, or auto: io_uring with epoll where it is refused "
                         "(the default; the ZCN_BACKEND environment variable also chooses)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="N loops on N threads, one SO_REUSEPORT listener each, the C "
-                        "handler on every one (docs/THREADS.md); needs --handler c")
+                   help="N loops on N threads, one SO_REUSEPORT listener each "
+                        "(docs/THREADS.md); with --handler python the threads take turns "
+                        "on the GIL unless Python is free-threaded (3.13t): --workers N "
+                        "for several cores")
     p.add_argument("--cpus", default=None, metavar="LIST",
                    help="with --threads: pin loop i to the i-th CPU of this comma-separated "
                         "list (e.g. 0,1)")
@@ -122,9 +125,8 @@ def _threads_args(args):
         if args.cpus is not None or args.steer:
             raise ValueError("--cpus and --steer go with --threads N")
         return {}
-    if args.handler != "c":
-        raise ValueError("--threads runs the C handler (--handler c); Python handlers on "
-                         "several cores: --workers N (processes)")
+    if args.handler != "c" and args.steer:
+        raise ValueError("--steer steers between the C handler's loops (--handler c)")
     kw = {"threads": args.threads, "steer": args.steer}
     if args.cpus is not None:
         try:
@@ -148,6 +150,15 @@ def run_echo(args):
         return run_echo_workers(args, _python_echo, _format_address, _STATS_SUMMARY)
     try:
         kw = _threads_args(args)  # threads=N implies reuse_port (a listener per loop)
+        if kw and args.handler == "python":
+            from zcn.threaded import gil_enabled
+
+            if gil_enabled():
+                print("zcn echo: note: under the GIL the threads run one Python handler at "
+                      "a time; --workers N runs Python handlers on several cores",
+                      file=sys.stderr)
+            warnings.filterwarnings("ignore", "zcn.TcpServer.handler='python', threads=N",
+                                    RuntimeWarning)
         server = zcn.TcpServer(
             args.host, args.port, handler=args.handler, buffer_size=args.buffer_size,
             buffer_pool_size=args.buffer_pool_size, connections_max=args.connections_max,
@@ -166,8 +177,9 @@ def run_echo(args):
         print(f"zcn echo listening on {_format_address(server.host, server.port)} "
               f"(handler={args.handler})", flush=True)
         print(backend_line(server), flush=True)
-        from zcn.threaded import ThreadedTcpServer
-        threaded = server if isinstance(server, ThreadedTcpServer) else None
+        from zcn.threaded import ThreadedPythonServer, ThreadedTcpServer
+        threaded = (server if isinstance(server, (ThreadedTcpServer, ThreadedPythonServer))
+                    else None)
         if threaded is not None:
             cpus = threaded.cpus
             pinned = "" if cpus[0] is None else " on CPUs " + ",".join(map(str, cpus))

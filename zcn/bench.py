@@ -23,7 +23,9 @@ with the C handler on one loop (zcn-c-1loop), on two loops one per CPU
 (zcn-c-2loops-1cpu), and with the Python handler in one process
 (zcn-py-1proc) and in two pre-fork workers (zcn-py-2workers on both CPUs,
 zcn-py-2workers-1cpu on the server's; CPU summed over the worker
-processes), ratios against the one-loop and one-process
+processes) and on two threads (zcn-py-2threads, -1cpu: they run Python in
+parallel only on a free-threaded CPython, under the GIL they take turns),
+ratios against the one-loop and one-process
 rows, and the connections each loop or worker accepted. With --asyncio-apps, an HTTP/1.1 server
 driven by wrk and a RESP2 server driven by redis-benchmark on the same
 three loops (bench/asyncio_apps.py; the options after it go to it).
@@ -110,6 +112,10 @@ THREADS_LAYOUTS = {
     "zcn-py-1proc": (["--handler", "python"], "server"),
     "zcn-py-2workers": (["--handler", "python", "--workers", "2"], "all"),
     "zcn-py-2workers-1cpu": (["--handler", "python", "--workers", "2"], "server"),
+    "zcn-py-2threads": (["--handler", "python", "--threads", "2", "--cpus", "{client},{server}"],
+                        "all"),
+    "zcn-py-2threads-1cpu": (["--handler", "python", "--threads", "2", "--cpus",
+                              "{server},{server}"], "server"),
 }
 THREADS_SERVERS = tuple(THREADS_LAYOUTS)
 THREADS_WORKLOADS = ("c200", "c50d16")
@@ -124,6 +130,9 @@ SERVER_DESCRIPTIONS.update({
                        "processes, free to use both CPUs",
     "zcn-py-2workers-1cpu": "the two workers, both on the server's CPU (what splitting the "
                             "connections over processes costs)",
+    "zcn-py-2threads": "python -m zcn echo --handler python --threads 2: two loops, one per "
+                       "CPU, in one process (parallel only on a free-threaded Python)",
+    "zcn-py-2threads-1cpu": "the two Python threads, both on the server's CPU",
 })
 KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS + EPOLL_VARIANTS + THREADS_SERVERS
                                      if s not in SERVER_ORDER)
@@ -309,6 +318,7 @@ def machine_info():
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "python_gil": bool(getattr(sys, "_is_gil_enabled", lambda: True)()),
         "hostname_hash": hash(platform.node()) & 0xFFFF,
     }
     try:
@@ -867,7 +877,8 @@ def evaluate_goals(report):
                 goal(f"{name} CPU per message <= 1.10x zcn-c-1loop at {label}",
                      _ratio(med(key, name, "cpu_us_per_msg"),
                             med(key, "zcn-c-1loop", "cpu_us_per_msg")), 1.10, "<=")
-            for name in ("zcn-py-2workers", "zcn-py-2workers-1cpu"):
+            for name in ("zcn-py-2workers", "zcn-py-2workers-1cpu", "zcn-py-2threads",
+                         "zcn-py-2threads-1cpu"):
                 goal(f"{name} CPU per message <= 1.10x zcn-py-1proc at {label}",
                      _ratio(med(key, name, "cpu_us_per_msg"),
                             med(key, "zcn-py-1proc", "cpu_us_per_msg")), 1.10, "<=")

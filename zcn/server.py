@@ -272,9 +272,17 @@ class TcpServer(BoundSocket, HasBackend):
     def __new__(cls, *args: Any, threads: Optional[int] = None, **kwargs: Any) -> TcpServer:
         # TcpServer(..., threads=N): N loops on N threads with the C handler
         # (zcn/threaded.py); __init__ of that subclass then runs.
+        # With handler="python" (or Python callbacks and no handler) N
+        # TcpServers on N threads instead.
         if cls is TcpServer and threads is not None:
-            from .threaded import ThreadedTcpServer
-            return super().__new__(ThreadedTcpServer)
+            from .threaded import ThreadedPythonServer, ThreadedTcpServer
+            handler = kwargs.get("handler")
+            if handler is None:
+                handler = "python" if any(kwargs.get(name) is not None for name in (
+                    "on_accept", "on_data", "on_close", "on_drain", "on_eof")) else "c"
+            if handler == "c":
+                return super().__new__(ThreadedTcpServer)
+            return super().__new__(ThreadedPythonServer)
         return super().__new__(cls)
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
