@@ -259,7 +259,7 @@ def test_threads_profile_runs_every_layout(bench_build, tmp_path):
             assert res["rounds"], f"{server} did not run {w['key']}: {res.get('note')}"
             s = res["summary"]
             assert s["ok"] is True and s["verify_errors"] == 0 and s["bytes_verified"] > 0
-            assert s["cpu_us_per_msg"]["median"] > 0
+            assert s["cpu_us_per_msg"]["median"] > 0, (server, w["key"], res["rounds"])
             spread = res.get("spread")
             if server.endswith("1proc"):
                 continue
