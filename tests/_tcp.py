@@ -116,3 +116,19 @@ def recv_exact_running(server, sock, n, timeout=10.0):
         data += chunk
     sock.setblocking(True)
     return data
+
+
+def readline_within(proc, timeout=10.0):
+    """The next line a subprocess (text mode) prints, without its newline;
+    kills it and fails the test if none comes within ``timeout`` seconds.
+    Reads in a thread, so lines already buffered by an earlier read count
+    (a select() on the pipe would not see them)."""
+    box = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not box:
+        proc.kill()
+        reader.join(5)
+        pytest.fail(f"no output within {timeout} s; stderr: {proc.stderr.read()}")
+    return box[0].rstrip("\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from _tcp import recv_until_eof
+from _tcp import readline_within, recv_until_eof
 from conftest import TESTS_DIR, require_loop, zcn_subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,12 +31,6 @@ def _env():
     return zcn_subprocess_env()
 
 
-def _readline(proc, timeout=10.0):
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        pytest.fail(f"no output within {timeout} s; stderr: {proc.stderr.read()}")
-    return proc.stdout.readline().rstrip("\n")
 
 
 class Echo:
@@ -47,7 +40,7 @@ class Echo:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "zcn", "echo", "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=TESTS_DIR)
-        line = _readline(self.proc)
+        line = readline_within(self.proc)
         match = LISTENING.match(line)
         if match is None:
             self.proc.kill()
@@ -205,7 +198,7 @@ def test_example_tcp_echo():
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env())
     try:
-        line = _readline(proc)
+        line = readline_within(proc)
         match = re.match(r"^echo server on 127\.0\.0\.1:(\d+)$", line)
         if match is None:
             pytest.fail(f"first line {line!r}")

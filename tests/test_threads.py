@@ -4,7 +4,6 @@ spread by the kernel (SO_REUSEPORT) or steered by CPU."""
 
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 import zcn
 from conftest import TESTS_DIR, doc_blocks, require_loop, run_python_block, zcn_subprocess_env
-from _tcp import recv_exact
+from _tcp import readline_within, recv_exact
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -205,12 +204,6 @@ def test_closed_server_and_per_connection_calls(threaded):
 
 
 # --- the command line ----------------------------------------------------------
-def _readline(proc, timeout=10.0):
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        pytest.fail(f"no output within {timeout} s; stderr: {proc.stderr.read()}")
-    return proc.stdout.readline().rstrip("\n")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -221,7 +214,7 @@ def test_cli_echo_threads_serves_and_sums_on_a_signal(sig):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=zcn_subprocess_env(),
         cwd=TESTS_DIR)
     try:
-        first = _readline(proc)
+        first = readline_within(proc)
         m = re.match(r"^zcn echo listening on 127\.0\.0\.1:(\d+) \(handler=c\)$", first)
         assert m, first
         port = int(m.group(1))
@@ -468,12 +461,11 @@ def test_cli_echo_python_threads_serves_and_counts_per_loop():
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=zcn_subprocess_env(),
         cwd=TESTS_DIR)
     try:
-        first = _readline(proc)
+        first = readline_within(proc)
         m = re.search(r"listening on 127\.0\.0\.1:(\d+) \(handler=python\)", first)
         assert m, first
-        # the next two lines follow at once (already read into the buffer)
-        assert proc.stdout.readline().startswith("backend: ")
-        assert proc.stdout.readline() == "threads: 2 loops\n"
+        assert readline_within(proc).startswith("backend: ")
+        assert readline_within(proc) == "threads: 2 loops"
         port = int(m.group(1))
         socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(60)]
         for i, s in enumerate(socks):

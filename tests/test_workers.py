@@ -25,7 +25,7 @@ import pytest
 
 import zcn
 from zcn.workers import RESTARTS_MAX, WORKERS_MAX
-from _tcp import recv_exact
+from _tcp import readline_within, recv_exact
 from conftest import TESTS_DIR, doc_blocks, require_loop, run_python_block, zcn_subprocess_env
 
 pytestmark = pytest.mark.timeout(30)
@@ -421,12 +421,6 @@ def _cli(*args, own_group=False):
                             env=zcn_subprocess_env(), cwd=TESTS_DIR, start_new_session=own_group)
 
 
-def _readline(proc, timeout=10.0):
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        proc.kill()
-        pytest.fail(f"no output within {timeout} s; stderr: {proc.stderr.read()}")
-    return proc.stdout.readline().rstrip("\n")
 
 
 @pytest.mark.parametrize("handler, sig, group", [
@@ -440,7 +434,7 @@ def test_cli_echo_workers_serves_and_reports_per_worker(handler, sig, group):
     proc = _cli("--handler", handler, "--workers", "2", own_group=group)
     workers = []
     try:
-        first = _readline(proc)
+        first = readline_within(proc)
         m = re.match(rf"^zcn echo listening on 127\.0\.0\.1:(\d+) \(handler={handler}\)$", first)
         assert m, first
         port = int(m.group(1))

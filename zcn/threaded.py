@@ -66,6 +66,28 @@ def _not_here(name: str) -> ClosedError:
                        f"own threads; with threads=N the C handler answers them")
 
 
+def _refused_callback(name: str) -> Any:
+    """A callback property of the C handler's threaded server: always None;
+    setting one is an error (nothing would call it)."""
+    def get(self: ThreadedTcpServer) -> None:
+        return None
+
+    def set_(self: ThreadedTcpServer, fn: Any) -> None:
+        self._no_callback(name, fn)
+    return property(get, set_, doc=f"{name}: always None (the C handler answers)")
+
+
+def _shared_callback(name: str) -> Any:
+    """A callback property of ThreadedPythonServer: the same on every loop."""
+    def get(self: ThreadedPythonServer) -> Any:
+        return getattr(self._first(), name)
+
+    def set_(self: ThreadedPythonServer, fn: Any) -> None:
+        for srv in self._live_servers():
+            setattr(srv, name, fn)
+    return property(get, set_, doc=f"{name}, as TcpServer's; set on every loop's server")
+
+
 class ThreadedTcpServer(TcpServer):
     """What ``zcn.TcpServer(..., threads=N)`` returns (see the module docstring)."""
 
@@ -183,45 +205,11 @@ class ThreadedTcpServer(TcpServer):
                              f"answers on every loop's thread, with no Python callbacks; "
                              f"for Python handlers on N threads pass handler='python'")
 
-    @property
-    def on_accept(self) -> None:
-        return None
-
-    @on_accept.setter
-    def on_accept(self, fn: Any) -> None:
-        self._no_callback("on_accept", fn)
-
-    @property
-    def on_data(self) -> None:
-        return None
-
-    @on_data.setter
-    def on_data(self, fn: Any) -> None:
-        self._no_callback("on_data", fn)
-
-    @property
-    def on_close(self) -> None:
-        return None
-
-    @on_close.setter
-    def on_close(self, fn: Any) -> None:
-        self._no_callback("on_close", fn)
-
-    @property
-    def on_drain(self) -> None:
-        return None
-
-    @on_drain.setter
-    def on_drain(self, fn: Any) -> None:
-        self._no_callback("on_drain", fn)
-
-    @property
-    def on_eof(self) -> None:
-        return None
-
-    @on_eof.setter
-    def on_eof(self, fn: Any) -> None:
-        self._no_callback("on_eof", fn)
+    on_accept = _refused_callback("on_accept")
+    on_data = _refused_callback("on_data")
+    on_close = _refused_callback("on_close")
+    on_drain = _refused_callback("on_drain")
+    on_eof = _refused_callback("on_eof")
 
 
     def fileno(self) -> int:
@@ -486,57 +474,12 @@ class ThreadedPythonServer(TcpServer):
         return self._servers
 
     # --- callbacks: the same on every loop ---------------------------------------
-    def _set_all(self, name: str, fn: Any) -> None:
-        for srv in self._live_servers():
-            setattr(srv, name, fn)
-
-    @property
-    def on_accept(self) -> Optional[FdCallback]:
-        return self._first().on_accept
-
-    @on_accept.setter
-    def on_accept(self, fn: Optional[FdCallback]) -> None:
-        self._set_all("on_accept", fn)
-
-    @property
-    def on_data(self) -> Optional[DataCallback]:
-        return self._first().on_data
-
-    @on_data.setter
-    def on_data(self, fn: Optional[DataCallback]) -> None:
-        self._set_all("on_data", fn)
-
-    @property
-    def on_close(self) -> Optional[FdCallback]:
-        return self._first().on_close
-
-    @on_close.setter
-    def on_close(self, fn: Optional[FdCallback]) -> None:
-        self._set_all("on_close", fn)
-
-    @property
-    def on_drain(self) -> Optional[FdCallback]:
-        return self._first().on_drain
-
-    @on_drain.setter
-    def on_drain(self, fn: Optional[FdCallback]) -> None:
-        self._set_all("on_drain", fn)
-
-    @property
-    def on_eof(self) -> Optional[FdCallback]:
-        return self._first().on_eof
-
-    @on_eof.setter
-    def on_eof(self, fn: Optional[FdCallback]) -> None:
-        self._set_all("on_eof", fn)
-
-    @property
-    def error_handler(self) -> ErrorHandler:
-        return self._first().error_handler
-
-    @error_handler.setter
-    def error_handler(self, fn: ErrorHandler) -> None:
-        self._set_all("error_handler", fn)
+    on_accept = _shared_callback("on_accept")
+    on_data = _shared_callback("on_data")
+    on_close = _shared_callback("on_close")
+    on_drain = _shared_callback("on_drain")
+    on_eof = _shared_callback("on_eof")
+    error_handler = _shared_callback("error_handler")
 
 
     # --- the calls of a connection: on the thread of its loop ----------------------
