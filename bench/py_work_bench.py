@@ -85,13 +85,9 @@ def serve(mode, work):
     server.server_close()
 
 
-def tree_cpu_s(pid):
-    from zcn.bench import _descendants, _proc_cpu_s, _psutil_process
-
-    return sum(_proc_cpu_s(_psutil_process(p)) for p in [pid] + _descendants(pid))
-
-
 def run_one(mode, args, loadgen):
+    from zcn._bench_proc import tree_cpu_s
+
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     srv = subprocess.Popen([args.python, __file__, "serve", mode, str(args.work)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

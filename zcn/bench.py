@@ -48,6 +48,11 @@ Results: a table on the terminal, a JSON file of every figure
 (bench/results/<timestamp>.json or --json) and PNG plots when matplotlib is
 installed. Exit status 1 only if content verification failed or a server
 died: goals are reported, never enforced.
+
+This file holds the profiles, the servers and the run; beside it:
+zcn/_bench_proc.py reads processes' CPU and memory, zcn/_bench_report.py
+summarizes, tabulates, judges the goals and plots, and
+zcn/_bench_threads.py defines the threads profile.
 """
 from __future__ import annotations
 
@@ -60,13 +65,24 @@ import queue
 import re
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# the processes' CPU and memory (psutil or /proc), and the threads profile
+from ._bench_proc import busy_s as _busy_s
+from ._bench_proc import proc_cpu_s as _proc_cpu_s
+from ._bench_proc import process as _process
+from ._bench_proc import psutil_process as _psutil_process
+from ._bench_proc import tree_cpu_s
+from ._bench_report import (OTHER_CPU_WARN, RETRY_PAUSE_S, _fmt, _mmm, _ratio,  # noqa: F401
+                             evaluate_goals, goals_text, make_plots, summarize, table)
+from ._bench_threads import (THREADS_DESCRIPTIONS, THREADS_LAYOUTS, THREADS_SERVERS,
+                             THREADS_WORKLOADS, set_threads_cpus, spread_of, threads_baseline,
+                             threads_command)
 
 SERVER_ORDER = ("zcn-c", "zcn-c-epoll", "zcn-py", "epoll", "asyncio", "uvloop")
 SERVER_DESCRIPTIONS = {
@@ -99,49 +115,10 @@ for _name in EPOLL_VARIANTS:
 #: server (its goals), with the Python servers beside them.
 EPOLL_SERVERS = ("epoll", "zcn-c-epoll", "zcn-c", "zcn-py-epoll", "zcn-py", "uvloop")
 EPOLL_WORKLOADS = ("c200", "c50d16", "c10x16k")
-#: The threads profile (--threads, docs/THREADS.md): `python -m zcn echo`
-#: with its C handler on one loop against two loops (a ZCN_Group), and its
-#: Python handler in one process against pre-fork workers (run_workers).
-#: name: (echo options, where the server's threads may run: "server" = the
-#: server's CPU, "all" = every CPU, the load generator's too)
-THREADS_LAYOUTS = {
-    "zcn-c-1loop": (["--handler", "c", "--threads", "1", "--cpus", "{server}"], "server"),
-    "zcn-c-2loops": (["--handler", "c", "--threads", "2", "--cpus", "{client},{server}"], "all"),
-    "zcn-c-2loops-1cpu": (["--handler", "c", "--threads", "2", "--cpus", "{server},{server}"],
-                          "server"),
-    "zcn-py-1proc": (["--handler", "python"], "server"),
-    "zcn-py-2workers": (["--handler", "python", "--workers", "2"], "all"),
-    "zcn-py-2workers-1cpu": (["--handler", "python", "--workers", "2"], "server"),
-    "zcn-py-2threads": (["--handler", "python", "--threads", "2", "--cpus", "{client},{server}"],
-                        "all"),
-    "zcn-py-2threads-1cpu": (["--handler", "python", "--threads", "2", "--cpus",
-                              "{server},{server}"], "server"),
-}
-THREADS_SERVERS = tuple(THREADS_LAYOUTS)
-THREADS_WORKLOADS = ("c200", "c50d16")
-SERVER_DESCRIPTIONS.update({
-    "zcn-c-1loop": "python -m zcn echo --threads 1: the C handler on one loop, on the server's CPU",
-    "zcn-c-2loops": "python -m zcn echo --threads 2: two loops, one per CPU (one shares the "
-                    "load generator's)",
-    "zcn-c-2loops-1cpu": "python -m zcn echo --threads 2, both loops on the server's CPU (what "
-                         "splitting the connections costs, no CPU shared with the load)",
-    "zcn-py-1proc": "python -m zcn echo --handler python: one process, on the server's CPU",
-    "zcn-py-2workers": "python -m zcn echo --handler python --workers 2: two pre-fork "
-                       "processes, free to use both CPUs",
-    "zcn-py-2workers-1cpu": "the two workers, both on the server's CPU (what splitting the "
-                            "connections over processes costs)",
-    "zcn-py-2threads": "python -m zcn echo --handler python --threads 2: two loops, one per "
-                       "CPU, in one process (parallel only on a free-threaded Python)",
-    "zcn-py-2threads-1cpu": "the two Python threads, both on the server's CPU",
-})
+# The threads profile (--threads): zcn/_bench_threads.py.
+SERVER_DESCRIPTIONS.update(THREADS_DESCRIPTIONS)
 KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS + EPOLL_VARIANTS + THREADS_SERVERS
                                      if s not in SERVER_ORDER)
-
-
-def threads_baseline(name):
-    """The server a threads-profile row is compared with: one loop for the
-    C handler, one process for the Python handler."""
-    return "zcn-py-1proc" if name.startswith("zcn-py") else "zcn-c-1loop"
 #: With --baseline-build: the same zcn servers from another build (an older
 #: commit), interleaved with today's in one run, for before/after figures.
 BASELINE_SERVERS = {
@@ -395,7 +372,7 @@ class Server:
         t = self.ps.cpu_times()
         total = t.user + t.system
         if self.tree:
-            total += sum(_proc_cpu_s(_psutil_process(pid)) for pid in _descendants(self.proc.pid))
+            total += tree_cpu_s(self.proc.pid, include_root=False)
         return total
 
     def rss(self):
@@ -442,18 +419,7 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
     env = dict(os.environ)
     env.pop("ZCN_BACKEND", None)  # the default backend; the *-epoll rows set it
     if name in THREADS_LAYOUTS:
-        import zcn
-
-        pkg_parent = str(Path(zcn.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = pkg_parent + os.pathsep + env.get("PYTHONPATH", "")
-        opts, _ = THREADS_LAYOUTS[name]
-        cpus = threads_cpus()
-        argv = [py, "-m", "zcn", "echo", "--port", "0"] + [
-            o.format(server=cpus["server"], client=cpus["client"]) for o in opts]
-        for key in ("buffer_size", "buffer_pool_size", "connections_max", "backlog"):
-            if key in cfg:
-                argv += ["--" + key.replace("_", "-"), str(cfg[key])]
-        return argv, env, dict(cfg, echo=" ".join(argv[3:]))
+        return threads_command(name, cfg, env)
     if name == "zcn-c":
         exe = tool_path(build_dir, "zcn_echo")
         if exe is None:
@@ -502,26 +468,6 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
                  "--port", "0", "--backlog", "4096"], env,
                 {"backlog": 4096, "loop": loop, "api": api})
     raise ValueError(f"unknown server {name!r}")
-
-
-#: the CPUs of the threads profile's layouts, set by run()
-_THREADS_CPUS = {}
-
-
-def threads_cpus():
-    if not _THREADS_CPUS:
-        cpus = sorted(os.sched_getaffinity(0))
-        _THREADS_CPUS.update(server=cpus[-1], client=cpus[0])
-    return _THREADS_CPUS
-
-
-def spread_of(text):
-    """'loop0=97 loop1=103' (or worker0=.. worker1=..) from what `python -m
-    zcn echo` printed at exit, as a list of counts, or None."""
-    m = re.search(r"connections per (?:loop|worker): (.*)$", text or "", re.M)
-    if not m:
-        return None
-    return [int(v) for v in re.findall(r"=(\d+)", m.group(1))]
 
 
 def serve_python(argv):
@@ -633,354 +579,6 @@ def run_loadgen(loadgen, server, wl, warmup, duration, client_cpu):
         out["ok"] = False
         out["error"] = f"server exited ({server.proc.returncode}): {server.stderr_text()[-500:]}"
     return out
-
-
-def _busy_s():
-    """CPU seconds the whole machine has been busy (every CPU, user+system
-    incl. interrupts)."""
-    try:
-        import psutil
-    except ImportError:
-        # /proc/stat's cpu line: user nice system idle iowait irq softirq ...
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:8]]
-        return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / _ProcProcess.TICK
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-
-
-@dataclass
-class _Times:
-    user: float
-    system: float
-
-
-@dataclass
-class _Memory:
-    rss: int
-
-
-class _ProcProcess:
-    """The two psutil.Process calls the harness makes, read from /proc as
-    psutil does on Linux (psutil is optional: the bench extra)."""
-
-    TICK = os.sysconf("SC_CLK_TCK")
-    PAGE = os.sysconf("SC_PAGE_SIZE")
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.cpu_times()  # gone already: raises OSError, as psutil.Process does
-
-    def cpu_times(self):
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # fields from 3 (state) on
-        return _Times(user=int(fields[11]) / self.TICK, system=int(fields[12]) / self.TICK)
-
-    def memory_info(self):
-        with open(f"/proc/{self.pid}/statm") as f:
-            return _Memory(rss=int(f.read().split()[1]) * self.PAGE)
-
-
-def _descendants(pid):
-    """The pids of a process's children, grandchildren, ... (from /proc)."""
-    children = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for e in entries:
-        if not e.isdigit():
-            continue
-        try:
-            with open(f"/proc/{e}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(e))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _process(pid):
-    """psutil.Process(pid), or the /proc reader when psutil is missing."""
-    try:
-        import psutil
-    except ImportError:
-        return _ProcProcess(pid)
-    return psutil.Process(pid)
-
-
-def _psutil_process(pid):
-    try:
-        return _process(pid)
-    except Exception:  # noqa: BLE001 - psutil.Error or OSError: gone already
-        return None
-
-
-def _proc_cpu_s(p):
-    """A process's user+system CPU seconds (0 once it is gone)."""
-    if p is None:
-        return 0.0
-    try:
-        t = p.cpu_times()
-    except Exception:  # noqa: BLE001 - psutil.Error: gone already
-        return 0.0
-    return t.user + t.system
-
-
-# --------------------------------------------------------------------------
-# summaries, table, goals, plots
-# --------------------------------------------------------------------------
-
-METRICS = ("msgs_per_s", "mb_per_s", "cpu_us_per_msg", "server_cpu_util", "client_cpu_util",
-           "other_cpu_util",
-           "connect_per_s", "setup_per_s", "rss_per_conn", "rss_before")
-RTT_METRICS = ("p50", "p99", "p999", "mean")
-#: the share of a CPU that processes other than the server and the load
-#: generator (the loopback softirq work in ksoftirqd among them) may use
-#: before a table says the machine was busy
-OTHER_CPU_WARN = 0.10
-#: --retry-busy waits this long before running a busy round again
-RETRY_PAUSE_S = 2.0
-
-
-def _mmm(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}
-
-
-def summarize(rounds):
-    s = {}
-    for m in METRICS:
-        v = _mmm([r.get(m) for r in rounds])
-        if v is not None:
-            s[m] = v
-    for m in RTT_METRICS:
-        v = _mmm([(r.get("rtt_ns") or {}).get(m) for r in rounds if
-                  (r.get("rtt_ns") or {}).get("count")])
-        if v is not None:
-            s["rtt_" + m + "_ns"] = v
-    s["ok"] = all(r.get("ok") for r in rounds) and bool(rounds)
-    s["bytes_verified"] = sum(r.get("bytes_verified") or 0 for r in rounds)
-    s["verify_errors"] = sum(r.get("verify_errors") or 0 for r in rounds)
-    return s
-
-
-def _fmt(v, digits=1):
-    if v is None:
-        return "-"
-    if abs(v) >= 10000:
-        return f"{v:,.0f}"
-    return f"{v:.{digits}f}"
-
-
-def _range(s, key, scale=1.0, digits=1):
-    m = s.get(key)
-    if m is None:
-        return "-"
-    return (f"{_fmt(m['median'] * scale, digits)} "
-            f"[{_fmt(m['min'] * scale, digits)}..{_fmt(m['max'] * scale, digits)}]")
-
-
-def _med(s, key):
-    m = (s or {}).get(key)
-    return None if m is None else m["median"]
-
-
-def _ratio(a, b):
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def table(wl, results, baseline_of=None):
-    """The workload's table. baseline_of(name) is the server each row's
-    ratios are against (default: epoll for every row)."""
-    lines = [f"\n== {wl.label()}: {wl.title}"]
-    baseline_of = baseline_of or (lambda name: "epoll")
-    width = max([8] + [len(n) for n in results])
-    if wl.mode == "connect":
-        hdr = (f"{'server':8} {'setup conns/s':>26} {'connect/s':>12} "
-               f"{'RSS/conn KiB':>22} {'idle RSS MiB':>12}  ok")
-        lines.append(hdr)
-        for name, r in results.items():
-            s = r.get("summary")
-            if s is None:
-                lines.append(f"{name:8} skipped: {r.get('note')}")
-                continue
-            lines.append(f"{name:8} {_range(s, 'setup_per_s', 1, 0):>26} "
-                         f"{_fmt(_med(s, 'connect_per_s'), 0):>12} "
-                         f"{_range(s, 'rss_per_conn', 1 / 1024, 2):>22} "
-                         f"{_fmt((_med(s, 'rss_before') or 0) / 2**20, 1):>12}  "
-                         f"{'yes' if s['ok'] else 'NO'}")
-        return "\n".join(lines)
-    bases = sorted({baseline_of(n) for n in results})
-    bname = bases[0] if len(bases) == 1 else "base"
-    cw = max(11, len(bname) + 6)
-    hdr = (f"{'server':{width}} {'msgs/s median [min..max]':>30} {'MB/s':>8} "
-           f"{'CPU us/msg [min..max]':>24} {'srv%':>5} {'cli%':>5} "
-           f"{'p50 us':>8} {'p99 us':>8} {'p99.9us':>8} {'x ' + bname + ' thr':>{cw}} "
-           f"{'x ' + bname + ' cpu':>{cw}}  ok")
-    lines.append(hdr)
-    for name, r in results.items():
-        s = r.get("summary")
-        if s is None:
-            lines.append(f"{name:{width}} skipped: {r.get('note')}")
-            continue
-        base = results.get(baseline_of(name), {}).get("summary")
-        thr_ratio = _ratio(_med(s, "msgs_per_s"), _med(base, "msgs_per_s"))
-        cpu_ratio = _ratio(_med(s, "cpu_us_per_msg"), _med(base, "cpu_us_per_msg"))
-        lines.append(
-            f"{name:{width}} {_range(s, 'msgs_per_s', 1, 0):>30} {_fmt(_med(s, 'mb_per_s'), 1):>8} "
-            f"{_range(s, 'cpu_us_per_msg', 1, 2):>24} "
-            f"{_fmt((_med(s, 'server_cpu_util') or 0) * 100, 0):>5} "
-            f"{_fmt((_med(s, 'client_cpu_util') or 0) * 100, 0):>5} "
-            f"{_fmt((_med(s, 'rtt_p50_ns') or 0) / 1e3, 1):>8} "
-            f"{_fmt((_med(s, 'rtt_p99_ns') or 0) / 1e3, 1):>8} "
-            f"{_fmt((_med(s, 'rtt_p999_ns') or 0) / 1e3, 1):>8} "
-            f"{_fmt(thr_ratio, 2):>{cw}} {_fmt(cpu_ratio, 2):>{cw}}  {'yes' if s['ok'] else 'NO'}")
-    others = [_med(r.get("summary"), "other_cpu_util") for r in results.values()]
-    others = [o for o in others if o is not None]
-    if others and max(others) > OTHER_CPU_WARN:
-        lines.append(f"(note: other processes kept up to {max(others) * 100:.0f}% of a CPU busy "
-                     "during the windows (median per server): the machine was not idle, so "
-                     "read the ratios with care)")
-    if bname == "base":
-        lines.append("(ratios: " + ", ".join(
-            f"{n} x {baseline_of(n)}" for n in results if baseline_of(n) != n) + ")")
-    return "\n".join(lines)
-
-
-def evaluate_goals(report):
-    by_key = {w["key"]: w for w in report["workloads"]}
-
-    def med(wkey, server, metric):
-        w = by_key.get(wkey)
-        s = (w or {}).get("results", {}).get(server, {}).get("summary")
-        return _med(s, metric)
-
-    goals = []
-
-    def goal(text, value, target, cmp):
-        met = None if value is None else (value <= target if cmp == "<=" else value >= target)
-        goals.append({"goal": text, "measured": value, "target": f"{cmp} {target}", "met": met})
-
-    if report.get("threads"):
-        # issue 16: splitting the work over loops must not cost more per message
-        for key, label in (("c200", "200x1x64B"), ("c50d16", "50x16x64B")):
-            for name in ("zcn-c-2loops", "zcn-c-2loops-1cpu"):
-                goal(f"{name} CPU per message <= 1.10x zcn-c-1loop at {label}",
-                     _ratio(med(key, name, "cpu_us_per_msg"),
-                            med(key, "zcn-c-1loop", "cpu_us_per_msg")), 1.10, "<=")
-            for name in ("zcn-py-2workers", "zcn-py-2workers-1cpu", "zcn-py-2threads",
-                         "zcn-py-2threads-1cpu"):
-                goal(f"{name} CPU per message <= 1.10x zcn-py-1proc at {label}",
-                     _ratio(med(key, name, "cpu_us_per_msg"),
-                            med(key, "zcn-py-1proc", "cpu_us_per_msg")), 1.10, "<=")
-        return goals
-    if report.get("epoll"):
-        # the goals of the epoll backend: no abstraction tax over a plain epoll loop
-        for key, label in (("c200", "200x1x64B"), ("c50d16", "50x16x64B")):
-            goal(f"zcn-c-epoll CPU per message <= 1.05x epoll at {label}",
-                 _ratio(med(key, "zcn-c-epoll", "cpu_us_per_msg"),
-                        med(key, "epoll", "cpu_us_per_msg")), 1.05, "<=")
-        goal("zcn-c-epoll throughput >= 0.95x epoll at 10x1x16KiB",
-             _ratio(med("c10x16k", "zcn-c-epoll", "msgs_per_s"),
-                    med("c10x16k", "epoll", "msgs_per_s")), 0.95, ">=")
-        return goals
-    if report.get("asyncio"):
-        # the issue's goals for zcn's asyncio loop, against uvloop
-        for key, label in (("c200", "200x1x64B"), ("c50d16", "50x16x64B")):
-            goal(f"zcn-aio CPU per message <= 0.85x uvloop at {label}",
-                 _ratio(med(key, "zcn-aio", "cpu_us_per_msg"),
-                        med(key, "uvloop", "cpu_us_per_msg")), 0.85, "<=")
-            goal(f"zcn-aio throughput >= 1.0x uvloop at {label}",
-                 _ratio(med(key, "zcn-aio", "msgs_per_s"), med(key, "uvloop", "msgs_per_s")),
-                 1.0, ">=")
-            goal(f"zcn-aio-streams CPU per message <= 0.90x uvloop-streams at {label}",
-                 _ratio(med(key, "zcn-aio-streams", "cpu_us_per_msg"),
-                        med(key, "uvloop-streams", "cpu_us_per_msg")), 0.90, "<=")
-        return goals
-
-    goal("zcn-c CPU per message <= 0.80x epoll at 200x1x64B",
-         _ratio(med("c200", "zcn-c", "cpu_us_per_msg"), med("c200", "epoll", "cpu_us_per_msg")),
-         0.80, "<=")
-    for w in report["workloads"]:
-        if w["mode"] != "echo":
-            continue
-        goal(f"zcn-c throughput >= 1.0x epoll at {w['label']}",
-             _ratio(med(w["key"], "zcn-c", "msgs_per_s"), med(w["key"], "epoll", "msgs_per_s")),
-             1.0, ">=")
-    goal("zcn-py CPU per message <= 0.85x uvloop at 200x1x64B",
-         _ratio(med("c200", "zcn-py", "cpu_us_per_msg"), med("c200", "uvloop", "cpu_us_per_msg")),
-         0.85, "<=")
-    goal("zcn-c 1-connection p50 RTT <= 1.0x epoll",
-         _ratio(med("ping", "zcn-c", "rtt_p50_ns"), med("ping", "epoll", "rtt_p50_ns")),
-         1.0, "<=")
-    return goals
-
-
-def goals_text(goals):
-    out = ["\n== goals (reported, never enforced)"]
-    for g in goals:
-        state = {True: "met", False: "MISSED", None: "n/a"}[g["met"]]
-        out.append(f"  {state:6} {g['goal']}: measured {_fmt(g['measured'], 2)}x "
-                   f"(target {g['target']})")
-    return "\n".join(out)
-
-
-def make_plots(report, stem):
-    """PNG plots next to `stem` (a path without extension); returns the paths
-    written or a note why none were."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "matplotlib not installed (pip install .[bench]): no plots"
-    echo = [w for w in report["workloads"] if w["mode"] == "echo"]
-    servers = [s for s in KNOWN_SERVERS + tuple(BASELINE_SERVERS)
-               if any(w["results"].get(s, {}).get("summary") for w in echo)]
-    if not echo or not servers:
-        return [], "nothing to plot"
-    paths = []
-    width = 0.8 / len(servers)
-    for metric, ylabel, fname, log in (
-            ("msgs_per_s", "messages/s (median, min-max bars)", "throughput", True),
-            ("cpu_us_per_msg", "server CPU us per message (median, min-max bars)", "cpu", True)):
-        fig, ax = plt.subplots(figsize=(9, 4.2), dpi=90)
-        for i, srv in enumerate(servers):
-            xs, ys, lo, hi = [], [], [], []
-            for j, w in enumerate(echo):
-                s = w["results"].get(srv, {}).get("summary") or {}
-                m = s.get(metric)
-                if m is None:
-                    continue
-                xs.append(j + (i - (len(servers) - 1) / 2) * width)
-                ys.append(m["median"])
-                lo.append(m["median"] - m["min"])
-                hi.append(m["max"] - m["median"])
-            ax.bar(xs, ys, width, yerr=[lo, hi], label=srv, capsize=2)
-        ax.set_xticks(range(len(echo)))
-        ax.set_xticklabels([w["label"] for w in echo])
-        ax.set_ylabel(ylabel)
-        if log:
-            ax.set_yscale("log")
-        ax.set_title(f"echo {fname}: {report['machine']['cpu_model']}, "
-                     f"{report['machine']['cpus']} CPUs, {report['profile']} run")
-        ax.legend(fontsize=8, ncol=len(servers))
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = f"{stem}-{fname}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
-    return paths, None
 
 
 # --------------------------------------------------------------------------
@@ -1113,7 +711,7 @@ def run(args):
     notes = []
     if server_cpu == client_cpu:
         notes.append("only one CPU: server and load generator share it")
-    _THREADS_CPUS.update(server=server_cpu, client=client_cpu)
+    set_threads_cpus(server=server_cpu, client=client_cpu)
     if args.threads and len(cpus) == 2:
         notes.append("two CPUs: the two-loop and two-worker servers share the load "
                      "generator's CPU, so their CPU per message is the figure that must "
