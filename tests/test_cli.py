@@ -182,6 +182,15 @@ def test_help_lists_the_commands():
         pytest.fail(proc.stdout + proc.stderr)
 
 
+def test_every_command_has_help():
+    # `bench --help` once crashed in argparse: a help text held a bare "%".
+    for cmd in ("echo", "udp-echo", "proxy", "http", "resp", "bench", "version"):
+        proc = subprocess.run([sys.executable, "-m", "zcn", cmd, "--help"], capture_output=True,
+                              text=True, env=_env(), cwd=TESTS_DIR, timeout=20)
+        if proc.returncode != 0 or "usage" not in proc.stdout or proc.stderr:
+            pytest.fail(f"{cmd} --help: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
+
+
 def test_version():
     proc = subprocess.run([sys.executable, "-m", "zcn", "version"], capture_output=True,
                           text=True, env=_env(), cwd=TESTS_DIR, timeout=20)

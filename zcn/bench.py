@@ -640,7 +640,7 @@ def add_arguments(p):
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--retry-busy", type=int, default=0, metavar="N",
                    help="run a round again, up to N times, while other processes kept more "
-                        f"than {OTHER_CPU_WARN:.0%} of a CPU busy during its window (a shared "
+                        f"than {OTHER_CPU_WARN:.0%}% of a CPU busy during its window (a shared "
                         "machine); the JSON counts the retries (default 0)")
     p.add_argument("--server-cpu", type=int, help="CPU for the servers (default: the last)")
     p.add_argument("--client-cpu", type=int, help="CPU for the load generator (default: the first)")
