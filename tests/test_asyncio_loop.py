@@ -1279,3 +1279,84 @@ def test_loop_close_with_transports_open(kind, tmp_path):
     made.clear()
     gc.collect()
     assert open_fds() <= fds_before
+
+
+class _NeedsItsWaiter(asyncio.Protocol):
+    """data_received sets a future that a coroutine made just before it
+    (as CPython's test_datagram_send_to_non_listening_address does)."""
+
+    def __init__(self):
+        self.fut = None
+        self.made = None
+
+    def connection_made(self, transport):
+        self.made = transport
+
+    def data_received(self, data):
+        self.fut.set_result(data)
+
+
+def test_a_new_task_runs_before_io_of_the_same_turn(run):
+    # asyncio runs the callbacks that were ready before a wait ahead of
+    # the I/O callbacks that wait found; zcn's loop once handed data
+    # straight to data_received inside the wait, ahead of the task made by
+    # run_until_complete, whose first step was to set the future.
+    loop = run.loop
+    proto = _NeedsItsWaiter()
+    srv = loop.run_until_complete(loop.create_server(lambda: proto, "127.0.0.1", 0))
+    try:
+        port = srv.sockets[0].getsockname()[1]
+        tr, _ = loop.run_until_complete(
+            loop.create_connection(asyncio.Protocol, "127.0.0.1", port))
+        run(lambda _loop: wait_for_cond(lambda: proto.made is not None))
+
+        async def receive():
+            proto.fut = loop.create_future()
+            return await asyncio.wait_for(proto.fut, 5)
+
+        for i in range(20):
+            tr.write(b"%d" % i)
+            if run.kind == "asyncio":
+                time.sleep(0.01)  # its write is sent now: let it land before the wait
+            assert loop.run_until_complete(receive()) == b"%d" % i
+        tr.close()
+    finally:
+        srv.close()
+        loop.run_until_complete(srv.wait_closed())
+    assert run.contexts == []
+
+
+class _DatagramNeedsItsWaiter(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.fut = None
+
+    def datagram_received(self, data, addr):
+        self.fut.set_result(data)
+
+
+def test_a_new_task_runs_before_a_datagram_of_the_same_turn(run):
+    loop = run.loop
+    socks = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    t1, _ = loop.run_until_complete(
+        loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=socks[0]))
+    t2, p2 = loop.run_until_complete(
+        loop.create_datagram_endpoint(_DatagramNeedsItsWaiter, sock=socks[1]))
+    addr2 = socks[1].getsockname()
+
+    async def receive():
+        p2.fut = loop.create_future()
+        return await asyncio.wait_for(p2.fut, 5)
+
+    for i in range(20):
+        t1.sendto(b"%d" % i, addr2)
+        time.sleep(0.01)
+        assert loop.run_until_complete(receive()) == b"%d" % i
+    t1.close()
+    t2.close()
+    run(lambda _loop: asyncio.sleep(0))
+    assert run.contexts == []

@@ -7,6 +7,7 @@ also collects the turn's writes and gives them to C in one call."""
 from __future__ import annotations
 
 import array
+import asyncio
 import ctypes
 import errno
 import math
@@ -54,6 +55,11 @@ class _ZcnSelector(selectors.BaseSelector):
         self._wres = array.array("i", bytes(4 * 64))
         self._wfailed = ctypes.c_uint32(0)
         self._wfailed_arg = ctypes.byref(self._wfailed)
+        # The asyncio loop's ready queue (set by zcn.aio.EventLoop), and a
+        # batch whose dispatch waits behind what was ready before its wait.
+        self._aloop: Any = None
+        self._deferred: Optional[memoryview] = None
+        self._deferred_handle: Optional[asyncio.Handle] = None
 
     def _flush_writes(self) -> None:
         """Hands the writes collected since the last flush to C in one call."""
@@ -171,6 +177,7 @@ class _ZcnSelector(selectors.BaseSelector):
 
     def close(self) -> None:
         self._closed = True
+        self._deferred = None
         self._keys.clear()
         self._watch_of.clear()
         self._key_of_watch.clear()
@@ -178,6 +185,12 @@ class _ZcnSelector(selectors.BaseSelector):
     # --- the wait ----------------------------------------------------------
     def select(self, timeout: Optional[float] = None) -> "list[tuple[selectors.SelectorKey, int]]":
         zl = self._zl
+        early = None
+        if self._deferred is not None:
+            # A batch whose handle did not run (a KeyboardInterrupt ended
+            # the turn first): its lent memory lasts until this poll only.
+            early = self._dispatch_deferred()
+            timeout = 0
         if timeout is None:
             ms = -1
         elif timeout <= 0:
@@ -199,7 +212,18 @@ class _ZcnSelector(selectors.BaseSelector):
         n = zl._count.value
         ready: "list[tuple[selectors.SelectorKey, int]]" = []
         if n:
-            ready = self._dispatch(zl._ev_views[n])
+            aloop = self._aloop
+            if aloop is not None and aloop._ready:
+                # asyncio runs what was ready before a wait ahead of the I/O
+                # callbacks that wait found (a task made just before, e.g.
+                # by run_until_complete, takes its first step first): the
+                # batch is dispatched by a callback queued behind them, in
+                # this same turn, before the next poll ends its lent data.
+                self._defer(zl._ev_views[n])
+            else:
+                ready = self._dispatch(zl._ev_views[n])
+        if early:
+            ready = early + ready
         if zl._ready:
             zl._run_ready()
         if zl._raised:
@@ -207,6 +231,31 @@ class _ZcnSelector(selectors.BaseSelector):
         if rc and rc != errno.EINTR:
             raise zl._error(rc, "zcn_loop_poll")
         return ready
+
+    def _defer(self, view: memoryview) -> None:
+        handle = self._deferred_handle
+        if handle is None:
+            handle = self._deferred_handle = asyncio.Handle(
+                self._run_deferred, (), self._aloop)
+        self._deferred = view
+        self._aloop._ready.append(handle)
+
+    def _dispatch_deferred(self) -> "list[tuple[selectors.SelectorKey, int]]":
+        view = self._deferred
+        self._deferred = None
+        if view is None:
+            return []
+        ready = self._dispatch(view)
+        if self._zl._ready:
+            self._zl._run_ready()
+        return ready
+
+    def _run_deferred(self) -> None:
+        # zcn.Loop callbacks' exceptions stay pending: the next select()
+        # raises them, as it would have raised them from this one.
+        ready = self._dispatch_deferred()
+        if ready:
+            self._aloop._process_events(ready)
 
     def _dispatch(self, view: memoryview, _TAG: int = _TAG,
                   _DATA: int = _DATA) -> "list[tuple[selectors.SelectorKey, int]]":

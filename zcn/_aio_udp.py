@@ -55,6 +55,22 @@ from .errors import BusyError, ExhaustedError, QueueFullError
 from .loop import Loop
 from .udp import _decode_peer
 
+
+def _stock_drops_empty() -> bool:
+    """Whether this Python's own datagram transport drops an empty
+    datagram (up to 3.12) or sends it (3.13 on): zcn's does what the
+    interpreter's asyncio does."""
+    import inspect
+    try:
+        src = inspect.getsource(selector_events._SelectorDatagramTransport.sendto)
+    except (OSError, TypeError):  # no sources installed
+        import sys
+        return sys.version_info < (3, 13)
+    return "if not data:" in src
+
+
+_DROPS_EMPTY = _stock_drops_empty()
+
 __all__ = ["make_datagram_transport"]
 
 #: Datagram entries per socket and poll (one recvmmsg reads up to 64).
@@ -470,7 +486,7 @@ class _ZcnDatagramTransport(selector_events._SelectorDatagramTransport):  # type
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
-        if not data:
+        if not data and _DROPS_EMPTY:
             return
 
         if self._address:

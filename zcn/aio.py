@@ -100,7 +100,9 @@ class EventLoop(asyncio.SelectorEventLoop):
         options.setdefault("watches_max", min(fds, _ffi.LOOP_WATCHES_MAX))
         self._zcn = Loop(**options)
         self._zcn._send_queue_max = options.get("send_queue_max_bytes", 1 << 20)
-        super().__init__(_ZcnSelector(self._zcn))
+        selector = _ZcnSelector(self._zcn)
+        super().__init__(selector)
+        selector._aloop = self
 
     @property
     def zcn_loop(self) -> Loop:
@@ -181,6 +183,8 @@ class EventLoop(asyncio.SelectorEventLoop):
                 handle._scheduled = False
                 ready.append(handle)
 
+            if self._selector._deferred is not None:
+                self._run_until_deferred()
             ntodo = len(ready)
             if self._debug:
                 for _ in range(ntodo):
@@ -215,6 +219,36 @@ class EventLoop(asyncio.SelectorEventLoop):
                 except BaseException as exc:
                     _handle_failed(handle, exc)
             handle = None  # breaks cycles when an exception occurs
+
+    def _run_until_deferred(self) -> None:
+        """Runs the callbacks that were ready before this turn's wait, then
+        the wait's batch (the selector deferred it behind them: asyncio's
+        order); what they all schedule runs in this turn too, as when the
+        batch is dispatched inside the wait (a stop queued by this turn's
+        callbacks must not strand a transport's connection_lost in the
+        next one)."""
+        deferred = self._selector._deferred_handle
+        ready = self._ready
+        while ready:
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            if self._debug:
+                self._current_handle = handle
+                try:
+                    t0 = self.time()
+                    handle._run()
+                    dt = self.time() - t0
+                    if dt >= self.slow_callback_duration:
+                        base_events.logger.warning(
+                            "Executing %s took %.3f seconds",
+                            base_events._format_handle(handle), dt)
+                finally:
+                    self._current_handle = None
+            else:
+                handle._run()
+            if handle is deferred:
+                return
 
     def _write_to_self(self) -> None:
         # From any thread: the zcn loop's eventfd wakes its wait (a
