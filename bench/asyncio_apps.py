@@ -442,7 +442,7 @@ def main(argv=None):
                                        "servers load unless ZCN_LIBRARY is set")
     p.add_argument("--retry-busy", type=int, default=0, metavar="N",
                    help="run a round again, up to N times, while other processes kept more "
-                        f"than {OTHER_CPU_WARN:.0%} of a CPU busy (default 0)")
+                        f"than {OTHER_CPU_WARN:.0%}% of a CPU busy (default 0)")
     p.add_argument("--server-cpu", type=int)
     p.add_argument("--client-cpu", type=int)
     p.add_argument("--json")

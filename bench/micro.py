@@ -108,6 +108,9 @@ def bench_ring(rounds, scale):
 
 
 def main(argv):
+    if len(argv) > 1 and argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return 0
     rounds = int(argv[1]) if len(argv) > 1 else 7
     scale = float(argv[2]) if len(argv) > 2 else 1.0
     print(f"zcn micro-benchmark (Python {sys.version.split()[0]}): ns per operation, "

@@ -63,6 +63,20 @@ def _run_smoke(build, out, extra=()):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
+@pytest.mark.timeout(120)
+def test_every_bench_script_answers_help():
+    # bench/asyncio_apps.py --help once crashed in argparse on a bare "%",
+    # and bench/micro.py took "--help" for its rounds.
+    scripts = sorted((SRC / "bench").glob("*.py"))
+    if not scripts:
+        pytest.skip("bench/ sources not found next to tests/")
+    for script in scripts:
+        proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                              text=True, timeout=30)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            pytest.fail(f"{script.name} --help: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+
+
 @pytest.mark.timeout(420)
 def test_smoke_run_verifies_content_and_writes_json(bench_build, tmp_path):
     require_loop()
