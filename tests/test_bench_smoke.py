@@ -289,6 +289,38 @@ def test_threads_profile_runs_every_layout(bench_build, tmp_path):
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("profile, tools", [
+    ("--http", (("nginx", "nginx-light"), ("wrk", "wrk"))),
+    ("--resp", (("redis-server", "redis-server"), ("redis-benchmark", "redis-tools"))),
+])
+def test_demo_server_profiles_run_against_nginx_and_redis(bench_build, tmp_path, profile,
+                                                          tools):
+    """python -m zcn bench --http / --resp: the C demo servers against nginx
+    and redis-server. Stopping nginx once raised AttributeError after the
+    last round (the external servers lacked an attribute added for the
+    workers' CPU), so no table or JSON came out."""
+    require_loop()
+    for tool, package in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found (Debian package {package})")
+    out = tmp_path / "demo.json"
+    proc = _run_zcn(["bench", profile, "--smoke", "--commands", "get",
+                     "--build-dir", str(bench_build), "--json", str(out)], 200)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    other = "nginx" if profile == "--http" else "redis"
+    assert report["workloads"], report
+    for key, w in report["workloads"].items():
+        for server in ("zcn-c", other):
+            res = w["results"][server]
+            assert res["rounds"], f"{server} did not run {key}: {res.get('note')}"
+            s = res["summary"]
+            assert s["ok"] is True, res["rounds"]
+            assert s["rps"]["median"] > 0 and s["cpu_us_per_req"]["median"] > 0
+    assert f"x {other} cpu" in proc.stdout
+
+
+@pytest.mark.timeout(240)
 def test_asyncio_apps_profile_runs_wrk_and_redis_benchmark(bench_build, tmp_path):
     """python -m zcn bench --asyncio-apps: the HTTP server under wrk and the
     RESP server under redis-benchmark, on each loop, without errors."""

@@ -340,6 +340,8 @@ def _pin_and_raise(cpu):
 class Server:
     """One echo server process, pinned; knows its port and psutil handle."""
 
+    tree = False  # (also for subclasses with their own __init__: bench/asyncio_apps.py)
+
     def __init__(self, name, cmd, cpu, env=None, tree=False):
         self.name = name
         self.cmd = cmd
