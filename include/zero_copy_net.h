@@ -883,7 +883,7 @@ ZCN_API size_t zcn_loop_buffer_size(const ZCN_Loop *loop);
  * tcp_nodelay, flags and tag apply; the fields that size a loop
  * (io_uring_entries, buffer_pool_size, buffer_size, connections_max,
  * send_queue_max_bytes, buffer_memory, buffer_reserve, send_timeout_ms,
- * conn_buffers_hard_max) must be 0 (ZCN_ERR_INVALID_ARGUMENT names the
+ * conn_buffers_hard_max, backend, busy_poll_us) must be 0 (ZCN_ERR_INVALID_ARGUMENT names the
  * one that is not): they are the loop's. Accepting starts with
  * zcn_server_start. Every zcn_server_* call works on it; those that take
  * an fd accept any connection of the loop, and zcn_server_run* /
