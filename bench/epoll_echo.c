@@ -8,8 +8,13 @@
  * buffer, reading from that connection stops, and EPOLLOUT is awaited
  * (back-pressure instead of unbounded buffering). No allocation per message.
  *
- * usage: epoll_echo [--host 127.0.0.1] [--port 0] [--backlog 4096]
+ * usage: epoll_echo [--host 127.0.0.1] [--port 0] [--backlog 4096] [--spin US]
  * Prints "epoll_echo listening on HOST:PORT" and serves until SIGINT/SIGTERM.
+ *
+ * --spin US: busy polling as zcn's busy_poll_us does it, for a fair
+ * comparison (python -m zcn bench --busy-poll): epoll_wait with timeout 0
+ * until US microseconds have passed since the last event, then a blocking
+ * epoll_wait.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -25,6 +30,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define READ_BYTES (64u * 1024u)
@@ -40,6 +46,13 @@ static uint8_t rbuf[READ_BYTES];
 static struct pending *pend;    /* indexed by fd */
 static size_t pend_size;
 static int ep;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void on_signal(int sig)
 {
@@ -141,10 +154,12 @@ int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1";
     int port = 0, backlog = 4096;
+    uint64_t spin_ns = 0;
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},
         {"port", required_argument, 0, 'p'},
         {"backlog", required_argument, 0, 'b'},
+        {"spin", required_argument, 0, 's'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -153,8 +168,9 @@ int main(int argc, char **argv)
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
         case 'b': backlog = atoi(optarg); break;
+        case 's': spin_ns = strtoull(optarg, NULL, 10) * 1000u; break;
         default:
-            fprintf(stderr, "usage: epoll_echo [--host H] [--port P] [--backlog N]\n");
+            fprintf(stderr, "usage: epoll_echo [--host H] [--port P] [--backlog N] [--spin US]\n");
             return 2;
         }
     }
@@ -192,8 +208,16 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     struct epoll_event evs[EVENTS_MAX];
+    uint64_t last_event_ns = 0;
     while (running) {
-        int n = epoll_wait(ep, evs, EVENTS_MAX, -1);
+        int n = 0;
+        while (spin_ns != 0 && running && (n = epoll_wait(ep, evs, EVENTS_MAX, 0)) == 0 &&
+               now_ns() - last_event_ns < spin_ns) {
+        }
+        if (n == 0 && running)
+            n = epoll_wait(ep, evs, EVENTS_MAX, -1);
+        if (spin_ns != 0 && n > 0)
+            last_event_ns = now_ns();
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
             if (fd == lfd)

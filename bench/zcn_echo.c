@@ -5,6 +5,7 @@
  * usage: zcn_echo [--host 127.0.0.1] [--port 0] [--buffer-size BYTES]
  *                 [--buffers N] [--connections-max N] [--entries N]
  *                 [--backlog N] [--send-queue-max BYTES] [--send-timeout MS|never]
+ *                 [--busy-poll US]
  * (0 or absent = the library's default). Prints
  * "zcn_echo listening on HOST:PORT (...config...)" and serves until
  * SIGINT/SIGTERM, then prints the server's counters on stderr; SIGUSR1
@@ -35,12 +36,15 @@ static void print_stats(void)
 {
     ZCN_ServerStats st;
     zcn_server_stats(server, &st);
+    ZCN_LoopStats ls;
+    zcn_loop_stats(zcn_server_get_loop(server), &ls);
     fprintf(stderr,
             "zcn_echo stats: accepted=%llu rejected=%llu recv_ops=%llu send_ops=%llu "
             "sends_zero_copy=%llu sends_copied=%llu bytes_received=%llu "
             "buffer_exhaustion_events=%llu send_queue_full_events=%llu active=%llu "
             "buffers_in_use=%llu buffers_held=%llu buffer_budget=%llu evictions=%llu "
-            "send_timeouts=%llu hard_limit_aborts=%llu\n",
+            "send_timeouts=%llu hard_limit_aborts=%llu busy_polls_found=%llu "
+            "busy_polls_expired=%llu\n",
             (unsigned long long)st.connections_accepted,
             (unsigned long long)st.connections_rejected, (unsigned long long)st.recv_ops,
             (unsigned long long)st.send_ops, (unsigned long long)st.sends_zero_copy,
@@ -50,7 +54,8 @@ static void print_stats(void)
             (unsigned long long)st.connections_active, (unsigned long long)st.buffers_in_use,
             (unsigned long long)st.buffers_held, (unsigned long long)st.buffer_budget,
             (unsigned long long)st.evictions, (unsigned long long)st.send_timeouts,
-            (unsigned long long)st.hard_limit_aborts);
+            (unsigned long long)st.hard_limit_aborts, (unsigned long long)ls.busy_polls_found,
+            (unsigned long long)ls.busy_polls_expired);
 }
 
 int main(int argc, char **argv)
@@ -68,6 +73,7 @@ int main(int argc, char **argv)
         {"backlog", required_argument, 0, 'b'},
         {"send-queue-max", required_argument, 0, 'q'},
         {"send-timeout", required_argument, 0, 't'},
+        {"busy-poll", required_argument, 0, 'u'},
         {0, 0, 0, 0},
     };
     int ch;
@@ -82,11 +88,13 @@ int main(int argc, char **argv)
         case 'e': cfg.io_uring_entries = (uint32_t)v; break;
         case 'b': cfg.backlog = (uint32_t)v; break;
         case 'q': cfg.send_queue_max_bytes = (uint32_t)v; break;
+        case 'u': cfg.busy_poll_us = (uint32_t)v; break;
         case 't': cfg.send_timeout_ms = strcmp(optarg, "never") == 0 ? ZCN_TIMEOUT_NEVER : (uint32_t)v; break;
         default:
             fprintf(stderr, "usage: zcn_echo [--host H] [--port P] [--buffer-size B] [--buffers N]\n"
                             "                [--connections-max N] [--entries N] [--backlog N]\n"
-                            "                [--send-queue-max B] [--send-timeout MS|never]\n");
+                            "                [--send-queue-max B] [--send-timeout MS|never]\n"
+                            "                [--busy-poll US]\n");
             return 2;
         }
     }
@@ -115,11 +123,12 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &act, NULL);
     signal(SIGPIPE, SIG_IGN);
     printf("zcn_echo listening on %s:%u (buffer_size=%zu buffers=%u connections_max=%u "
-           "entries=%u backlog=%u)\n",
+           "entries=%u backlog=%u busy_poll_us=%u)\n",
            cfg.address, zcn_server_port(server), zcn_server_buffer_size(server),
            cfg.buffer_pool_size ? cfg.buffer_pool_size : 1024,
            cfg.connections_max ? cfg.connections_max : 4096,
-           cfg.io_uring_entries ? cfg.io_uring_entries : 256, cfg.backlog ? cfg.backlog : 1024);
+           cfg.io_uring_entries ? cfg.io_uring_entries : 256, cfg.backlog ? cfg.backlog : 1024,
+           cfg.busy_poll_us);
     fflush(stdout);
     do {
         err = zcn_server_run(server);

@@ -652,7 +652,7 @@ static void publish_stats(void *arg)
 }
 
 _Static_assert(sizeof(ZCN_LoopStats) % sizeof(uint64_t) == 0 &&
-                   sizeof(ZCN_LoopStats) == sizeof(ZCN_ServerStats) + 11 * sizeof(uint64_t),
+                   sizeof(ZCN_LoopStats) == sizeof(ZCN_ServerStats) + 13 * sizeof(uint64_t),
                "ZCN_LoopStats is all uint64_t: add_stats sums it as an array");
 
 static void add_stats(ZCN_LoopStats *sum, const ZCN_LoopStats *x)

@@ -56,6 +56,12 @@ ZCN_Error zcn_backend_from_env(ZCN_Backend *out, const char **value_out);
  * (IORING_SETUP_R_DISABLED) so that with SINGLE_ISSUER the thread that later
  * calls zcn_ring_enable, not the creating one, becomes the submitter. */
 #define ZCN_RING_START_DISABLED (1u << 31)
+/* Internal zcn_ring_create_ex flag: ask for IORING_SETUP_TASKRUN_FLAG on
+ * top of the tuned flags, so a busy-polling loop can tell from the SQ
+ * ring's flags (IORING_SQ_TASKRUN) when the kernel has completions to post
+ * instead of entering it to find out (c/loop.c, busy_poll). Falls back to
+ * the plain tiers where the kernel refuses it. */
+#define ZCN_RING_TASKRUN_FLAG (1u << 30)
 ZCN_Error zcn_ring_enable(ZCN_Ring *ring);
 
 /* Completion sources that share a server's ring and loop (UDP sockets

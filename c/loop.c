@@ -224,6 +224,86 @@ static int wait_cqe(ZCN_Loop *s, int timeout_ms)
     return zcn_wait(s->ring, timeout_ms);
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Something for the turn besides completions: a call or a stop queued by
+ * another thread (their eventfd completion follows; no need to wait for it). */
+static bool cross_thread_work(ZCN_Loop *s)
+{
+    return atomic_load_explicit(&s->calls.pending, memory_order_acquire) > 0 ||
+           atomic_load_explicit(&s->stop_requested, memory_order_relaxed) != 0;
+}
+
+/* One look for completions without blocking. With DEFER_TASKRUN the kernel
+ * posts them only when this thread enters it (io_uring_get_events), so a
+ * peek at the CQ ring alone would never see one; with TASKRUN_FLAG it says
+ * when entering is worth it (IORING_SQ_TASKRUN), and the spin costs a load
+ * until then. On the epoll backend: epoll_wait with timeout 0. */
+static void poll_events(ZCN_Loop *s)
+{
+    if (s->busy_peek && !(IO_URING_READ_ONCE(*s->ring->sq.kflags) & IORING_SQ_TASKRUN))
+        return;
+    (void)zcn_uring_get_events(s->ring); /* an error shows in the blocking wait */
+}
+
+/* Spins until there is work (true) or the spin is over (false): until
+ * busy_poll_ns have passed since the last completion, and never past
+ * timeout_ms (>= 0), what the turn may wait (the nearest timer, the
+ * caller's timeout). The turn's submissions went to the kernel already. */
+static bool busy_poll(ZCN_Loop *s, uint64_t start_ns, int timeout_ms)
+{
+    uint64_t end = s->busy_last_ns + s->busy_poll_ns;
+    if (timeout_ms >= 0 && start_ns + (uint64_t)timeout_ms * 1000000u < end)
+        end = start_ns + (uint64_t)timeout_ms * 1000000u;
+    for (;;) {
+        if (io_uring_cq_ready(s->ring) > 0 || cross_thread_work(s)) {
+            s->lstats.busy_polls_found++;
+            return true;
+        }
+        if (now_ns() >= end) {
+            s->lstats.busy_polls_expired++;
+            return false;
+        }
+        poll_events(s);
+    }
+}
+
+/* wait_cqe with busy polling: the turn's sends and recycled buffers go to
+ * the kernel without waiting, then a spin (busy_poll), then, if it found
+ * nothing, the blocking wait for what is left of timeout_ms. A loop that
+ * had no completion for busy_poll_ns blocks at once: an idle loop sleeps. */
+static int busy_wait(ZCN_Loop *s, int timeout_ms)
+{
+    uint32_t emitted = s->ev_n;
+    prepare_submit(s);
+    if (s->ev != NULL && s->ev_n != emitted)
+        timeout_ms = 0;
+    uint64_t start = now_ns();
+    if (timeout_ms != 0 && start < s->busy_last_ns + s->busy_poll_ns &&
+        io_uring_cq_ready(s->ring) == 0) {
+        int ret = zcn_uring_submit_and_get_events(s->ring);
+        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+            return ret;
+        if (busy_poll(s, start, timeout_ms)) {
+            s->busy_last_ns = now_ns();
+            return 0;
+        }
+        if (timeout_ms > 0) { /* what is left, rounded up: a timer is never early */
+            uint64_t spent = now_ns() - start, limit = (uint64_t)timeout_ms * 1000000u;
+            timeout_ms = spent >= limit ? 0 : (int)((limit - spent + 999999u) / 1000000u);
+        }
+    }
+    int ret = zcn_wait(s->ring, timeout_ms);
+    if (io_uring_cq_ready(s->ring) > 0)
+        s->busy_last_ns = now_ns();
+    return ret;
+}
+
 /* Sends queued since the last wait (by callbacks, or by a binding after
  * zcn_loop_poll returned) go to the kernel now rather than at the next
  * wait. No system call when nothing is queued. */
@@ -287,7 +367,7 @@ static ZCN_Error turn(ZCN_Loop *s, int timeout_ms, uint32_t *handled)
     if (atomic_load_explicit(&s->calls.pending, memory_order_acquire) > 0)
         wait_ms = 0; /* queued while this turn ran */
     zcn_wakeup_arm(&s->wakeup, s->ring, pack_ud(OP_WAKEUP_PIPE, 0, 0));
-    int ret = wait_cqe(s, wait_ms);
+    int ret = s->busy_poll_ns != 0 ? busy_wait(s, wait_ms) : wait_cqe(s, wait_ms);
     if (ret == -EINTR) {
         zcn_wakeup_consume(&s->wakeup);
         *handled = early;
@@ -491,7 +571,7 @@ ZCN_Error zcn_loop_wakeup_fd(ZCN_Loop *s, int *fd_out)
 
 struct settings {
     uint32_t entries, buffers, conns_max, reserve, send_timeout_ms, hard_max, timers_max,
-        watches_max, calls_max;
+        watches_max, calls_max, busy_poll_us;
     size_t buffer_size;
     uint64_t sendq_max;
     ZCN_Backend backend;
@@ -534,6 +614,11 @@ static ZCN_Error read_config(const ZCN_LoopConfig *cfg, struct settings *out)
     if (out->calls_max > ZCN_LOOP_CALLS_MAX)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "calls_max %u is over %u", out->calls_max,
                         ZCN_LOOP_CALLS_MAX);
+    out->busy_poll_us = cfg->busy_poll_us;
+    if (out->busy_poll_us > ZCN_LOOP_BUSY_POLL_US_MAX)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT,
+                        "busy_poll_us %u is over %u (0 turns busy polling off)",
+                        out->busy_poll_us, ZCN_LOOP_BUSY_POLL_US_MAX);
     out->reserve = cfg->buffer_reserve ? cfg->buffer_reserve : out->buffers / 4;
     if (out->reserve == 0)
         out->reserve = 1;
@@ -713,8 +798,11 @@ ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *cfg, ZCN_Error *err)
         /* CQ room for a completion per connection and per buffer at once, so
          * multishot requests are not ended by overflow in normal operation. */
         uint64_t cq = (uint64_t)s->conns_max * 2 + s->buffer_count + 64;
+        uint32_t flags = ZCN_RING_START_DISABLED;
+        if (st.busy_poll_us > 0)
+            flags |= ZCN_RING_TASKRUN_FLAG;
         s->ring_handle = zcn_ring_create_backend(st.entries, zcn_cq_entries(cq, st.entries),
-                                                 ZCN_RING_START_DISABLED, st.backend, &e);
+                                                 flags, st.backend, &e);
         if (s->ring_handle != NULL)
             s->ring = zcn_ring_io_uring(s->ring_handle);
     }
@@ -733,6 +821,9 @@ ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *cfg, ZCN_Error *err)
         zcn_set_err(err, e);
         return NULL;
     }
+    s->busy_poll_ns = (uint64_t)st.busy_poll_us * 1000u;
+    s->busy_peek = zcn_ring_backend(s->ring_handle, NULL) == ZCN_BACKEND_IO_URING &&
+                   (zcn_ring_setup_flags(s->ring_handle) & IORING_SETUP_TASKRUN_FLAG);
     s->live_slot = zcn_live_add(s);
     zcn_set_err(err, ZCN_OK);
     return s;

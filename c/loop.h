@@ -351,6 +351,11 @@ struct ZCN_Loop {
     int live_slot;              /* zcn_live registry entry (safe stop, call) */
     const void *owner;          /* this_thread() of the thread that started it */
     _Atomic int stop_requested;
+    /* busy polling (ZCN_LoopConfig.busy_poll_us; c/loop.c busy_wait) */
+    uint64_t busy_poll_ns;      /* 0 = off */
+    uint64_t busy_last_ns;      /* when a wait last found completions */
+    bool busy_peek;             /* the ring has TASKRUN_FLAG: a spin enters the
+                                   kernel only when IORING_SQ_TASKRUN says so */
 
     uint64_t send_queue_max_bytes;
     uint32_t send_queue_max_bufs; /* the same limit counted in buffers */

@@ -38,7 +38,8 @@
 /* Marks our own NOPs so a debugger can tell them from user requests. */
 #define NOP_USER_DATA 0x7a636e6e6f70ull /* "zcnnop" */
 
-#define KNOWN_FLAGS (ZCN_RING_NO_TUNING | ZCN_RING_SQPOLL | ZCN_RING_START_DISABLED)
+#define KNOWN_FLAGS \
+    (ZCN_RING_NO_TUNING | ZCN_RING_SQPOLL | ZCN_RING_START_DISABLED | ZCN_RING_TASKRUN_FLAG)
 
 /* Flags that make the kernel refuse SQPOLL ("IPI related flags don't make
  * sense with SQPOLL"). */
@@ -122,6 +123,11 @@ static int setup_best(ZCN_Ring *ring, uint32_t entries, uint32_t cq_entries, uin
     }
     int ret = -EINVAL;
     uint32_t tried = ~0u;
+    /* DEFER_TASKRUN with TASKRUN_FLAG (6.1): the kernel raises
+     * IORING_SQ_TASKRUN when it has completions to post at our next entry. */
+    if ((flags & ZCN_RING_TASKRUN_FLAG) && !(flags & (ZCN_RING_NO_TUNING | ZCN_RING_SQPOLL)))
+        ret = try_setup(ring, entries, cq_entries,
+                        base | tuned_tiers[0] | IORING_SETUP_TASKRUN_FLAG);
     for (size_t i = 0; i < tiers_count && ret == -EINVAL; i++) {
         uint32_t setup_flags = base | (tiers[i] & mask);
         if (setup_flags == tried)

@@ -243,6 +243,7 @@ ZCN_Server *zcn_server_create(const ZCN_Config *cfg, ZCN_Error *err)
         .buffer_memory = cfg->buffer_memory,
         .buffer_memory_size = cfg->buffer_memory_size,
         .backend = cfg->backend,
+        .busy_poll_us = cfg->busy_poll_us,
     };
     ZCN_Error e;
     ZCN_Loop *loop = zcn_loop_create(&lc, &e);
@@ -286,6 +287,7 @@ ZCN_Server *zcn_server_create_on(ZCN_Loop *s, const ZCN_Config *cfg, ZCN_Error *
                         : cfg->send_timeout_ms      ? "send_timeout_ms"
                         : cfg->conn_buffers_hard_max ? "conn_buffers_hard_max"
                         : cfg->backend              ? "backend"
+                        : cfg->busy_poll_us         ? "busy_poll_us"
                                                      : NULL;
     if (e == ZCN_OK && field != NULL)
         e = zcn_fail(ZCN_ERR_INVALID_ARGUMENT,

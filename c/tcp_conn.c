@@ -575,6 +575,13 @@ struct conn *zcn_tcp_conn_open(ZCN_Loop *s, int fd, struct zcn_handler *h)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
+    if (ZCN_UNLIKELY(s->busy_poll_ns != 0)) {
+        /* Busy-polls the device queue where it has NAPI (not loopback).
+         * Refused quietly: EPERM past net.core.busy_read without
+         * CAP_NET_ADMIN, ENOPROTOOPT without CONFIG_NET_RX_BUSY_POLL. */
+        int us = (int)(s->busy_poll_ns / 1000u);
+        (void)setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &us, sizeof us);
+    }
     int32_t slot = s->conn_free;
     struct conn *c = &s->conns[slot];
     s->conn_free = c->zombie_next;

@@ -422,6 +422,10 @@ typedef struct ZCN_Config {
     /* A ZCN_Backend for the server's own loop; 0 = ZCN_BACKEND_AUTO. Leave
      * it 0 for a server on a loop (the loop's config chooses). */
     uint32_t backend;
+    /* Busy polling of the server's own loop, in microseconds: as
+     * ZCN_LoopConfig.busy_poll_us (0 = off, the default; at most
+     * ZCN_LOOP_BUSY_POLL_US_MAX). Leave it 0 for a server on a loop. */
+    uint32_t busy_poll_us;
 } ZCN_Config;
 
 /* Data callbacks receive borrowed memory: `data` points into a pool buffer
@@ -760,6 +764,9 @@ typedef struct ZCN_Loop ZCN_Loop;
 #define ZCN_LOOP_TIMERS_MAX (1u << 20)
 #define ZCN_LOOP_WATCHES_MAX 65536u
 #define ZCN_LOOP_CALLS_MAX (1u << 20)
+/* ZCN_LoopConfig.busy_poll_us: 10 ms. A spin longer than the gap between
+ * a peer's messages buys nothing; one longer than this is a core given away. */
+#define ZCN_LOOP_BUSY_POLL_US_MAX 10000u
 
 /* Loop configuration: zero in any field means the default beside it (so a
  * NULL config is all defaults). The buffer and connection fields mean what
@@ -780,6 +787,26 @@ typedef struct ZCN_LoopConfig {
     uint32_t backend;               /* a ZCN_Backend; 0 = ZCN_BACKEND_AUTO */
     void *buffer_memory;            /* as ZCN_Config.buffer_memory */
     size_t buffer_memory_size;
+    /* Busy polling, for a loop that has a core to itself and wants
+     * latency: 0 = off (the default); at most ZCN_LOOP_BUSY_POLL_US_MAX
+     * (larger: ZCN_ERR_INVALID_ARGUMENT). When set, a turn that would
+     * block in the kernel first submits what it has and spins on the
+     * completion queue (on the epoll backend: epoll_wait with timeout 0)
+     * until busy_poll_us have passed since the loop's last completion,
+     * handling completions as soon as they appear; only then does it
+     * block as usual. The cost: one CPU at 100 % for up to busy_poll_us
+     * after every completion, so a loop with steady traffic spins all
+     * the time, and an idle one (no completion for busy_poll_us) sleeps
+     * as without it. Timers, zcn_loop_call, zcn_loop_stop, the wakeup fd
+     * and a caller's timeout end a spin as they end a blocking wait; a
+     * spin never runs in a turn that has work already or a 0 timeout.
+     * Also sets SO_BUSY_POLL to busy_poll_us on the loop's TCP sockets
+     * (ignored where the kernel refuses: raising it past the sysctl
+     * net.core.busy_read needs CAP_NET_ADMIN); that busy-polls the NIC's
+     * queue where the device has NAPI, which loopback has not
+     * (docs/PERFORMANCE.md, "Busy polling"). The counters are
+     * ZCN_LoopStats.busy_polls_found / busy_polls_expired. */
+    uint32_t busy_poll_us;
 } ZCN_LoopConfig;
 
 typedef struct ZCN_LoopStats {
@@ -797,6 +824,12 @@ typedef struct ZCN_LoopStats {
     uint64_t connects_failed;       /* refused, unreachable, timed out ... */
     uint64_t connect_timeouts;
     uint64_t servers;               /* listeners on the loop */
+    /* Busy polling (ZCN_LoopConfig.busy_poll_us): spins that found work
+     * (a completion, a call, a stop) and spins that ran out of time and
+     * let the loop block. Mostly expired spins under steady traffic mean
+     * busy_poll_us is shorter than the gap between messages. */
+    uint64_t busy_polls_found;
+    uint64_t busy_polls_expired;
 } ZCN_LoopStats;
 
 /* Creates a loop (config may be NULL: all defaults). Nothing runs until a
@@ -850,7 +883,7 @@ ZCN_API size_t zcn_loop_buffer_size(const ZCN_Loop *loop);
  * tcp_nodelay, flags and tag apply; the fields that size a loop
  * (io_uring_entries, buffer_pool_size, buffer_size, connections_max,
  * send_queue_max_bytes, buffer_memory, buffer_reserve, send_timeout_ms,
- * conn_buffers_hard_max) must be 0 (ZCN_ERR_INVALID_ARGUMENT names the
+ * conn_buffers_hard_max, backend, busy_poll_us) must be 0 (ZCN_ERR_INVALID_ARGUMENT names the
  * one that is not): they are the loop's. Accepting starts with
  * zcn_server_start. Every zcn_server_* call works on it; those that take
  * an fd accept any connection of the loop, and zcn_server_run* /

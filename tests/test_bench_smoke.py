@@ -469,3 +469,32 @@ def test_asyncio_resp_server_answers_pipelined_commands(bench_server, loop):
         assert _read_exactly(s, 5) == b"+OK\r\n"
         s.sendall(b"*1\r\n+PING\r\n")  # not a bulk string: an error, then closed
         assert _read_until_eof(s) == b"-ERR Protocol error\r\n"
+
+
+@pytest.mark.timeout(200)
+def test_busy_poll_profile_runs_sleeping_and_spinning_servers(bench_build, tmp_path):
+    """python -m zcn bench --busy-poll: the 1-connection ping-pong against
+    the epoll and zcn servers that sleep and those that spin (zcn-c-busy,
+    epoll-spin), every byte verified, p50/p99/p99.9 and server CPU reported
+    with ratios against epoll's, and the 0.6x goal reported."""
+    require_loop()
+    out = tmp_path / "busy.json"
+    proc = _run_zcn(["bench", "--busy-poll", "--smoke", "--build-dir", str(bench_build),
+                     "--duration", "0.3", "--warmup", "0.1", "--json", str(out), "--no-plots"],
+                    150)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    assert report["busy_poll"] is True and report["ok"] is True
+    assert [w["key"] for w in report["workloads"]] == ["ping"]
+    results = report["workloads"][0]["results"]
+    for server in ("epoll", "zcn-c", "zcn-c-busy", "epoll-spin"):
+        res = results[server]
+        assert res["rounds"], f"{server} did not run: {res.get('note')}"
+        s = res["summary"]
+        assert s["ok"] is True and s["verify_errors"] == 0 and s["bytes_verified"] > 0
+        for key in ("rtt_p50_ns", "rtt_p99_ns", "rtt_p999_ns", "server_cpu_util"):
+            assert s[key]["median"] > 0, (server, key)
+    assert results["zcn-c-busy"]["config"]["busy_poll_us"] > 0
+    goals = {g["goal"]: g for g in report["goals"]}
+    assert goals["zcn-c-busy 1-connection p50 RTT <= 0.6x epoll (blocking)"]["met"] is not None
+    assert "latency against epoll" in proc.stdout

@@ -130,6 +130,26 @@ def table(wl, results, baseline_of=None):
     return "\n".join(lines)
 
 
+def latency_ratios(results, base_name):
+    """Each server's p50, p99 and p99.9 round trip and server CPU use as
+    ratios of base_name's (the busy-poll profile's lines under its table)."""
+    base = (results.get(base_name) or {}).get("summary")
+    lines = [f"latency against {base_name} (medians of the rounds; srv% = the server's "
+             f"CPU use during the window):"]
+    for name, r in results.items():
+        s = r.get("summary")
+        if s is None:
+            continue
+        parts = []
+        for key, label in (("rtt_p50_ns", "p50"), ("rtt_p99_ns", "p99"),
+                           ("rtt_p999_ns", "p99.9")):
+            parts.append(f"{label} {_fmt((_med(s, key) or 0) / 1e3, 1)} us "
+                         f"({_fmt(_ratio(_med(s, key), _med(base, key)), 2)}x)")
+        parts.append(f"srv {_fmt((_med(s, 'server_cpu_util') or 0) * 100, 0)}%")
+        lines.append(f"  {name:12} " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def evaluate_goals(report):
     by_key = {w["key"]: w for w in report["workloads"]}
 
@@ -147,6 +167,15 @@ def evaluate_goals(report):
     if report.get("threads"):
         threads_goals(goal, lambda key, name, base: _ratio(med(key, name, "cpu_us_per_msg"),
                                                             med(key, base, "cpu_us_per_msg")))
+        return goals
+    if report.get("busy_poll"):
+        # the issue's goal for busy polling: a spinning loop against a sleeping epoll server
+        goal("zcn-c-busy 1-connection p50 RTT <= 0.6x epoll (blocking)",
+             _ratio(med("ping", "zcn-c-busy", "rtt_p50_ns"), med("ping", "epoll", "rtt_p50_ns")),
+             0.6, "<=")
+        goal("zcn-c-busy 1-connection p50 RTT <= 1.0x epoll-spin",
+             _ratio(med("ping", "zcn-c-busy", "rtt_p50_ns"),
+                    med("ping", "epoll-spin", "rtt_p50_ns")), 1.0, "<=")
         return goals
     if report.get("epoll"):
         # the goals of the epoll backend: no abstraction tax over a plain epoll loop

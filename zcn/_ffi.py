@@ -255,6 +255,7 @@ class Config(Structure):
         ("conn_buffers_hard_max", c_uint32),
         ("tag", c_uint32),
         ("backend", c_uint32),
+        ("busy_poll_us", c_uint32),
     ]
 
 
@@ -390,6 +391,7 @@ zcn_server_buffer_size = _fn("zcn_server_buffer_size", c_size_t, [c_void_p])
 LOOP_TIMERS_MAX = 1 << 20
 LOOP_WATCHES_MAX = 65536
 LOOP_CALLS_MAX = 1 << 20
+LOOP_BUSY_POLL_US_MAX = 10000
 
 
 class LoopConfig(Structure):
@@ -409,6 +411,7 @@ class LoopConfig(Structure):
         ("backend", c_uint32),
         ("buffer_memory", c_void_p),
         ("buffer_memory_size", c_size_t),
+        ("busy_poll_us", c_uint32),
     ]
 
 
@@ -417,7 +420,7 @@ class LoopStats(Structure):
     _fields_ = [("tcp", ServerStats)] + [(name, c_uint64) for name in (
         "turns", "timers_active", "timers_fired", "watches_active", "watch_events",
         "calls_run", "calls_refused", "connects_started", "connects_failed",
-        "connect_timeouts", "servers",
+        "connect_timeouts", "servers", "busy_polls_found", "busy_polls_expired",
     )]
 
 

@@ -52,7 +52,7 @@ def run_echo_workers(args: argparse.Namespace,
                 backlog=args.backlog, io_uring_entries=args.io_uring_entries,
                 send_queue_max_bytes=args.send_queue_max_bytes,
                 idle_timeout=args.idle_timeout, reuse_port=True,
-                backend=args.backend) as server:
+                backend=args.backend, busy_poll_us=args.busy_poll) as server:
             if args.handler == "python":
                 server.on_data, server.on_drain, server.on_close = python_echo(server)
             worker.serve_forever(server)

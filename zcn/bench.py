@@ -79,7 +79,8 @@ from ._bench_proc import process as _process
 from ._bench_proc import psutil_process as _psutil_process
 from ._bench_proc import tree_cpu_s
 from ._bench_report import (OTHER_CPU_WARN, RETRY_PAUSE_S, _fmt, _mmm, _ratio,  # noqa: F401
-                             evaluate_goals, goals_text, make_plots, summarize, table)
+                             evaluate_goals, goals_text, latency_ratios, make_plots, summarize,
+                             table)
 from ._bench_threads import (THREADS_DESCRIPTIONS, THREADS_LAYOUTS, THREADS_SERVERS,
                              THREADS_WORKLOADS, set_threads_cpus, spread_of, threads_baseline,
                              threads_command)
@@ -117,8 +118,20 @@ EPOLL_SERVERS = ("epoll", "zcn-c-epoll", "zcn-c", "zcn-py-epoll", "zcn-py", "uvl
 EPOLL_WORKLOADS = ("c200", "c50d16", "c10x16k")
 # The threads profile (--threads): zcn/_bench_threads.py.
 SERVER_DESCRIPTIONS.update(THREADS_DESCRIPTIONS)
+#: The busy-poll profile (--busy-poll): the 1-connection ping-pong, the load
+#: generator spinning, servers that sleep against servers that spin
+#: (ZCN_LoopConfig.busy_poll_us; epoll_echo --spin does the same in C).
+BUSY_POLL_US = 50
+BUSY_SERVERS = ("epoll", "zcn-c", "zcn-c-busy", "epoll-spin")
+BUSY_WORKLOADS = ("ping",)
+SERVER_DESCRIPTIONS.update({
+    "zcn-c-busy": f"zcn-c with busy_poll_us={BUSY_POLL_US} (zcn_echo --busy-poll "
+                  f"{BUSY_POLL_US})",
+    "epoll-spin": f"the C epoll echo spinning: epoll_wait(0) until {BUSY_POLL_US} us after "
+                  f"the last event, then blocking (epoll_echo --spin {BUSY_POLL_US})",
+})
 KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS + EPOLL_VARIANTS + THREADS_SERVERS
-                                     if s not in SERVER_ORDER)
+                                     + BUSY_SERVERS if s not in SERVER_ORDER)
 #: With --baseline-build: the same zcn servers from another build (an older
 #: commit), interleaved with today's in one run, for before/after figures.
 BASELINE_SERVERS = {
@@ -416,6 +429,12 @@ def server_command(name, wl, build_dir, src_root, baseline=None):
         argv, env, cfg = server_command(name[:-len("-epoll")], wl, build_dir, src_root)
         env["ZCN_BACKEND"] = "epoll"
         return argv, env, dict(cfg, backend="epoll")
+    if name == "zcn-c-busy":
+        argv, env, cfg = server_command("zcn-c", wl, build_dir, src_root)
+        return argv + ["--busy-poll", str(BUSY_POLL_US)], env, dict(cfg, busy_poll_us=BUSY_POLL_US)
+    if name == "epoll-spin":
+        argv, env, cfg = server_command("epoll", wl, build_dir, src_root)
+        return argv + ["--spin", str(BUSY_POLL_US)], env, dict(cfg, spin_us=BUSY_POLL_US)
     cfg = wl.zcn_config
     py = sys.executable
     env = dict(os.environ)
@@ -607,6 +626,11 @@ def add_arguments(p):
                    help="the threads profile: the C echo on one loop against two loops (a "
                         "ZCN_Group), the Python echo in one process against two pre-fork "
                         "workers (docs/THREADS.md)")
+    p.add_argument("--busy-poll", action="store_true",
+                   help="the busy-poll profile: 1-connection 64 B ping-pong, the load "
+                        "generator spinning, against servers that sleep (epoll, zcn-c) and "
+                        f"that spin (zcn-c-busy: busy_poll_us={BUSY_POLL_US}; epoll-spin); "
+                        "p50/p99/p99.9 and server CPU, ratios against epoll's p50")
     p.add_argument("--asyncio-apps", action="store_true",
                    help="an HTTP/1.1 server (wrk) and a RESP2 server (redis-benchmark) on "
                         "zcn's asyncio loop, uvloop and asyncio (bench/asyncio_apps.py; the "
@@ -677,9 +701,12 @@ def run(args):
     build_dir = find_build_dir(args.build_dir)
     loadgen = tool_path(build_dir, "loadgen")
     src_root = _source_root(build_dir)
-    if sum(map(bool, (args.asyncio, args.epoll, args.threads))) > 1:
-        raise SystemExit("zcn bench: --asyncio, --epoll and --threads are separate profiles")
-    if args.asyncio:
+    if sum(map(bool, (args.asyncio, args.epoll, args.threads, args.busy_poll))) > 1:
+        raise SystemExit("zcn bench: --asyncio, --epoll, --threads and --busy-poll are "
+                         "separate profiles")
+    if args.busy_poll:
+        default_servers = ",".join(BUSY_SERVERS)
+    elif args.asyncio:
         default_servers = ",".join(ASYNCIO_SERVERS)
     elif args.epoll:
         default_servers = ",".join(EPOLL_SERVERS)
@@ -693,9 +720,9 @@ def run(args):
     for s in servers:
         if s not in known:
             raise SystemExit(f"zcn bench: unknown server {s!r} (choose from {known})")
-    if args.asyncio or args.epoll or args.threads:
+    if args.asyncio or args.epoll or args.threads or args.busy_poll:
         keys = (ASYNCIO_WORKLOADS if args.asyncio else EPOLL_WORKLOADS if args.epoll
-                else THREADS_WORKLOADS)
+                else BUSY_WORKLOADS if args.busy_poll else THREADS_WORKLOADS)
         keys = keys[:2] if profile == "smoke" else keys
         wls = [w for w in workloads("full") if w.key in keys]
     else:
@@ -729,7 +756,8 @@ def run(args):
     report = {
         "version": 1, "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "profile": profile, "asyncio": bool(args.asyncio), "epoll": bool(args.epoll),
-        "threads": bool(args.threads), "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
+        "threads": bool(args.threads), "busy_poll": bool(args.busy_poll),
+        "command": " ".join(["python -m zcn bench"] + sys.argv[1:]),
         "machine": machine_info(),
         "settings": {"rounds": rounds, "warmup_s": warmup, "duration_s": duration,
                      "retry_busy": args.retry_busy,
@@ -851,6 +879,8 @@ def run(args):
             report["workloads"].append(entry)
             print(table(wl, entry["results"], asyncio_baseline if args.asyncio else
                         threads_baseline if args.threads else None), flush=True)
+            if args.busy_poll:
+                print(latency_ratios(entry["results"], "epoll"), flush=True)
             if args.threads:
                 for name, res in entry["results"].items():
                     if res.get("spread"):

@@ -129,7 +129,9 @@ class LoopStats:
     """A snapshot of a loop's counters: ``tcp`` (a zcn.ServerStats of every
     TCP connection of the loop) and the loop's own: turns, timers_active,
     timers_fired, watches_active, watch_events, calls_run, calls_refused,
-    connects_started, connects_failed, connect_timeouts, servers."""
+    connects_started, connects_failed, connect_timeouts, servers, and
+    busy_polls_found / busy_polls_expired (busy_poll_us: spins that found
+    work, spins that ran out and let the loop sleep)."""
 
     __slots__ = ("tcp",) + tuple(_STATS_FIELDS)
 
@@ -146,6 +148,8 @@ class LoopStats:
     connects_failed: int
     connect_timeouts: int
     servers: int
+    busy_polls_found: int
+    busy_polls_expired: int
 
     def __init__(self, raw: Any) -> None:
         from .server import ServerStats, _STATS_FIELDS as tcp_fields
@@ -271,7 +275,12 @@ class Loop(HandleOwner, HasBackend):
     wake-ups queued by other threads at once (ExhaustedError / retried
     wake-ups past them). backend: None or "auto" (io_uring, epoll where
     io_uring is refused; the ZCN_BACKEND environment variable may choose),
-    "io_uring" or "epoll" (docs/BACKENDS.md). error_handler: None (log and abort the connection),
+    "io_uring" or "epoll" (docs/BACKENDS.md). busy_poll_us: 0 (off, the
+    default) or up to 10000: before blocking, spin on the completion queue
+    until that many microseconds have passed since the last completion,
+    for latency, at the cost of a CPU kept at 100 % while traffic flows
+    (an idle loop still sleeps; docs/PERFORMANCE.md, "Busy polling").
+    error_handler: None (log and abort the connection),
     "raise", or a callable error_handler(fd, exc) (fd is None for timers,
     watches and calls).
     """
@@ -287,7 +296,7 @@ class Loop(HandleOwner, HasBackend):
                  conn_buffers_hard_max: Optional[int] = None, timers_max: int = 4096,
                  watches_max: int = 1024, calls_max: int = 4096,
                  error_handler: LoopErrorHandler = None,
-                 backend: Optional[str] = None) -> None:
+                 backend: Optional[str] = None, busy_poll_us: int = 0) -> None:
         limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
                               send_queue_max_bytes, buffer_reserve, send_timeout,
                               conn_buffers_hard_max)
@@ -296,6 +305,7 @@ class Loop(HandleOwner, HasBackend):
         watches = _int_arg(watches_max, "watches_max", 1, _ffi.LOOP_WATCHES_MAX)
         calls = _int_arg(calls_max, "calls_max", 1, _ffi.LOOP_CALLS_MAX)
         backend_code = _backend_arg(backend)
+        busy_us = _int_arg(busy_poll_us, "busy_poll_us", 0, _ffi.LOOP_BUSY_POLL_US_MAX)
         if not (error_handler is None or error_handler == "raise" or callable(error_handler)):
             raise TypeError("error_handler must be None, 'raise' or a callable")
         self._error_handler: LoopErrorHandler = error_handler
@@ -345,7 +355,7 @@ class Loop(HandleOwner, HasBackend):
         self._count = c_uint32(0)
         self._count_arg = ctypes.byref(self._count)
         cfg = _ffi.LoopConfig(timers_max=timers, watches_max=watches, calls_max=calls,
-                              backend=backend_code,
+                              backend=backend_code, busy_poll_us=busy_us,
                               buffer_memory=base, buffer_memory_size=slab_bytes,
                               **dict(limits, buffer_size=rounded))
         try:

@@ -262,6 +262,9 @@ class TcpServer(BoundSocket, HasBackend):
     pressure each connection's share shrinks; a connection whose queued
     data makes no progress for ``send_timeout`` seconds (None = never) or
     that holds more than ``conn_buffers_hard_max`` buffers is aborted.
+
+    busy_poll_us: busy polling of the server's own loop, as zcn.Loop's
+    (0 = off; on a shared loop set it on the loop).
     """
 
     _kind = "zcn.TcpServer"
@@ -297,7 +300,7 @@ class TcpServer(BoundSocket, HasBackend):
                  send_timeout: Optional[float] = 60.0,
                  conn_buffers_hard_max: Optional[int] = None,
                  loop: Optional[Loop] = None, backend: Optional[str] = None,
-                 threads: Optional[int] = None, cpus: Optional[Sequence[int]] = None,
+                 busy_poll_us: int = 0, threads: Optional[int] = None, cpus: Optional[Sequence[int]] = None,
                  steer: bool = False) -> None:
         # threads=N is a zcn.threaded.ThreadedTcpServer (see __new__)
         if cpus is not None or steer:
@@ -320,6 +323,10 @@ class TcpServer(BoundSocket, HasBackend):
         backend_code = _backend_arg(backend)
         if loop is not None and backend_code:
             raise ValueError("backend is the loop's: pass it to zcn.Loop, not to a server on it")
+        busy_us = _int_arg(busy_poll_us, "busy_poll_us", 0, _ffi.LOOP_BUSY_POLL_US_MAX)
+        if loop is not None and busy_us:
+            raise ValueError("busy_poll_us is the loop's: pass it to zcn.Loop, not to a server "
+                             "on it")
         limits = _loop_limits(io_uring_entries, buffer_pool_size, buffer_size, connections_max,
                               send_queue_max_bytes, buffer_reserve, send_timeout,
                               conn_buffers_hard_max)
@@ -391,7 +398,7 @@ class TcpServer(BoundSocket, HasBackend):
         config = _ffi.Config(
             address=literal.encode(), port=port, backlog=backlog, idle_timeout_ms=idle_ms,
             tcp_nodelay=1 if tcp_nodelay else -1, flags=flags, buffer_memory=base,
-            buffer_memory_size=slab_bytes, backend=backend_code,
+            buffer_memory_size=slab_bytes, backend=backend_code, busy_poll_us=busy_us,
             **dict(limits, buffer_size=rounded),
         )
         try:

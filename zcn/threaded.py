@@ -102,7 +102,8 @@ class ThreadedTcpServer(TcpServer):
                  tcp_nodelay: bool = True, reuse_port: bool = True,
                  buffer_reserve: Optional[int] = None, send_timeout: Optional[float] = 60.0,
                  conn_buffers_hard_max: Optional[int] = None, loop: Any = None,
-                 backend: Optional[str] = None, **callbacks: Any) -> None:
+                 backend: Optional[str] = None, busy_poll_us: int = 0,
+                 **callbacks: Any) -> None:
         given = sorted(name for name, fn in callbacks.items() if fn is not None)
         if given:
             raise ValueError(f"handler='c' with threads=N runs the C handler on every loop; "
@@ -146,7 +147,10 @@ class ThreadedTcpServer(TcpServer):
             threads=n, flags=_ffi.GROUP_STEER_CPU if steer else 0,
             cpus=ctypes.cast(self._cpus_arg, ctypes.POINTER(ctypes.c_int))
             if self._cpus_arg is not None else None,
-            loop=_ffi.LoopConfig(backend=_backend_arg(backend), **limits),
+            loop=_ffi.LoopConfig(backend=_backend_arg(backend),
+                                 busy_poll_us=_int_arg(busy_poll_us, "busy_poll_us", 0,
+                                                       _ffi.LOOP_BUSY_POLL_US_MAX),
+                                 **limits),
             listen=_ffi.Config(address=literal.encode(), port=port, backlog=backlog,
                                idle_timeout_ms=idle_ms,
                                tcp_nodelay=1 if _bool_arg(tcp_nodelay, "tcp_nodelay") else -1))

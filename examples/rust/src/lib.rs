@@ -411,6 +411,7 @@ impl Server {
             conn_buffers_hard_max: 0,
             tag: 0,
             backend: 0,
+            busy_poll_us: 0,
         };
         let mut err = sys::ZCN_OK;
         // The config (and the address string) need only live through this call.

@@ -91,6 +91,8 @@ pub struct ZCN_Config {
     pub tag: u32,
     /// A `ZCN_Backend` (0 = auto, 1 = io_uring, 2 = epoll).
     pub backend: u32,
+    /// Busy polling of the server's loop in microseconds (0 = off; at most 10000).
+    pub busy_poll_us: u32,
 }
 
 /// `typedef void (*ZCN_OnAccept)(void *user_data, int fd);` (also OnClose, OnDrain)
