@@ -26,7 +26,7 @@ Workloads:
 
 each resp workload once per command (--commands; keys drawn from 100,000
 with -r, SET before GET/INCR/DEL in every round). Figures: requests/s (the
-tool's), server CPU per request (psutil user+system of the server process
+tool's), server CPU per request (user+system of the server process
 from the tool's start to its exit, divided by the requests it completed)
 and server CPU utilisation; p50/p99 latency as the tool reports it (wrk's
 with pipelining is per batch). Every server gets one unmeasured warm-up run
@@ -128,7 +128,8 @@ TOOLS = {"http": ("wrk", "Debian package wrk"),
          "resp": ("redis-benchmark", "Debian package redis-tools")}
 
 from zcn.bench import (OTHER_CPU_WARN, RETRY_PAUSE_S, Server, _busy_s, _fmt,  # noqa: E402
-                       _mmm, _pin_and_raise, _ratio, machine_info)
+                       _mmm, _pin_and_raise, _process, _ratio, default_results_dir,
+                       machine_info, tree_cpu_s)
 
 WRK_SCRIPT = """\
 local depth = {depth}
@@ -303,8 +304,6 @@ class ExternalServer(Server):
     CPU is the process's and its children's (nginx's worker)."""
 
     def __init__(self, name, app, cpu, tmp):  # noqa: super().__init__ wants a banner
-        import psutil
-
         self.name = name
         self.port = free_port()
         work = Path(tmp) / f"{name}-{self.port}"
@@ -321,7 +320,7 @@ class ExternalServer(Server):
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self._stderr,
                                      stdin=subprocess.DEVNULL, preexec_fn=_pin_and_raise(cpu))
-        self.ps = psutil.Process(self.proc.pid)
+        self.ps = _process(self.proc.pid)
         deadline = time.monotonic() + 10
         while not self._accepts():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -340,14 +339,7 @@ class ExternalServer(Server):
             return False
 
     def cpu_s(self):
-        total = 0.0
-        for p in [self.ps, *self.ps.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-            except Exception:  # noqa: BLE001 - psutil.Error: gone
-                continue
-            total += t.user + t.system
-        return total
+        return tree_cpu_s(self.proc.pid)  # nginx's master and its worker
 
 
 def make_server(app, name, cpu, env, tmp):
@@ -447,10 +439,6 @@ def main(argv=None):
     p.add_argument("--client-cpu", type=int)
     p.add_argument("--json")
     args = p.parse_args(argv)
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        raise SystemExit("asyncio_apps needs psutil (pip install .[bench])") from None
     preset = NATIVE_PROFILES.get("http" if args.http else "resp" if args.resp else "", {})
     defaults = {"loops": ",".join(LOOPS), "workloads": ",".join(WORKLOADS),
                 "commands": ",".join(COMMANDS), "baseline": BASELINE}
@@ -483,7 +471,10 @@ def main(argv=None):
     wrk_warm = max(1, round(warmup)) if warmup > 0 else 0
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    json_path = Path(args.json) if args.json else ROOT / "bench" / "results" / f"apps-{stamp}.json"
+    # bench/results of a checkout, else the installed package's results dir
+    results = ROOT / "bench" / "results" if (ROOT / "bench").is_dir() else \
+        default_results_dir(None)
+    json_path = Path(args.json) if args.json else results / f"apps-{stamp}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "started": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -1,6 +1,7 @@
 """`python -m zcn bench` from an installed package, outside any checkout: a
 fresh virtualenv, `pip install <source tree>` (the wheel carries the load
-generator, the C servers and the asyncio echo in zcn/_bench), then the
+generator, the C servers, the asyncio echo and the application profile in
+zcn/_bench), then the
 benchmark run from another directory with nothing of the checkout on the
 path and none of the bench extra (psutil, uvloop, matplotlib) installed.
 
@@ -65,7 +66,8 @@ def test_installed_package_carries_the_bench_tools(installed):
     assert tools == Path(pkg_file).parent / "_bench"
     for name in ("loadgen", "epoll_echo", "zcn_echo"):
         assert os.access(tools / name, os.X_OK), name
-    assert (tools / "asyncio_echo.py").exists()
+    for script in ("asyncio_echo.py", "asyncio_apps.py", "asyncio_http.py", "asyncio_resp.py"):
+        assert (tools / script).exists(), script
 
 
 def test_bench_runs_outside_the_checkout(installed):
@@ -90,6 +92,27 @@ def test_bench_runs_outside_the_checkout(installed):
         if wl["mode"] == "echo":
             # CPU figures come from /proc when psutil is missing
             assert wl["results"]["zcn-c"]["rounds"][0]["cpu_us_per_msg"] > 0
+
+
+def test_demo_server_profile_runs_outside_the_checkout(installed):
+    """python -m zcn bench --http from the installed package: it once looked
+    for bench/asyncio_apps.py in a checkout only, and needed psutil."""
+    require_loop()
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not found (Debian packages nginx-light, wrk)")
+    py, tmp = installed
+    work = tmp / "elsewhere-http"
+    work.mkdir(exist_ok=True)
+    out_json = work / "http.json"
+    r = subprocess.run([str(py), "-m", "zcn", "bench", "--http", "--smoke", "--json", str(out_json)],
+                       cwd=work, env=_clean_env(tmp), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+    report = json.loads(out_json.read_text())
+    for key, w in report["workloads"].items():
+        for server in ("zcn-c", "nginx"):
+            s = w["results"][server]["summary"]
+            assert s["ok"] is True and s["cpu_us_per_req"]["median"] > 0, (key, server, s)
 
 
 def test_default_results_go_to_the_user_data_dir(installed):

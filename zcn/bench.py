@@ -934,8 +934,8 @@ def run_proxy_profile(argv, build_dir=None):
 
 def run_apps_profile(argv, build_dir=None):
     """python -m zcn bench --asyncio-apps ...: bench/asyncio_apps.py of the
-    source tree (HTTP with wrk, RESP with redis-benchmark), with the rest
-    of the command line."""
+    source tree, else the installed package's copy (HTTP with wrk, RESP with
+    redis-benchmark), with the rest of the command line."""
     import importlib.util
 
     if build_dir is None and "--build-dir" in argv[:-1]:
@@ -943,8 +943,11 @@ def run_apps_profile(argv, build_dir=None):
     root = _source_root(Path(build_dir) if build_dir else None)
     script = (root or Path.cwd()) / "bench" / "asyncio_apps.py"
     if not script.exists():
-        raise SystemExit(f"zcn bench --asyncio-apps: {script} not found "
-                         "(run from a source checkout, or pass --build-dir of one)")
+        script = PACKAGE_TOOLS / "asyncio_apps.py"  # an installed package
+    if not script.exists():
+        raise SystemExit("zcn bench --asyncio-apps: bench/asyncio_apps.py not found (run "
+                         "from a source checkout, pass --build-dir of one, or install the "
+                         "package with its benchmark tools)")
     spec = importlib.util.spec_from_file_location("asyncio_apps", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
