@@ -593,6 +593,12 @@ static ZCN_Error setup_buffer_ring(ZCN_Loop *s, const struct settings *st)
     uint64_t room = s->hard_max_bufs > s->send_queue_max_bufs + MSHOT_ROOM
                         ? s->hard_max_bufs - s->send_queue_max_bufs - MSHOT_ROOM
                         : 0;
+    /* And within half the receive reserve, which absorbs what receives
+     * in flight bring past the budget: with 256 x 4 KiB buffers, 64
+     * peers that never read took the whole pool through bundles and
+     * starved a well-behaved connection (tests/test_hostile.py). */
+    if (room > s->reserve / 2)
+        room = s->reserve / 2;
     s->bundle_ring_max = room > s->br_target ? s->br_target : (uint32_t)room;
     if (s->bundle_ring_max < 2 * MSHOT_ROOM)
         s->rx_bundle = false;
