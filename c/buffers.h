@@ -271,9 +271,44 @@ static inline void wait_for_budget(ZCN_Loop *s, struct conn *c)
 
 static inline void ring_add(ZCN_Loop *s, uint32_t bid)
 {
-    zcn_bufring_add(&s->rx, bid);
+    s->meta[bid].ring_pos = zcn_bufring_add(&s->rx, bid);
     s->meta[bid].state = ZCN_BUF_RING;
     s->meta[bid].refs = 0;
+}
+
+/* How many ring buffers a receive completion of res bytes carries. One,
+ * or with a bundle (IORING_RECVSEND_BUNDLE) as many as res fills: the
+ * kernel fills the buffers it took in ring order, each whole but the
+ * last (every ring entry is buffer_size long; only a lone first one may
+ * be cut to what the socket held), and returns none it did not fill. */
+static inline uint32_t rx_bufs_in(const ZCN_Loop *s, int res)
+{
+    if (res <= (int64_t)s->buffer_size)
+        return 1;
+    return (uint32_t)(((uint64_t)res + s->buffer_size - 1) / s->buffer_size);
+}
+
+/* Takes buffer bid out of the ring for a completion that carries it: it
+ * holds received data now, with the delivery's reference. */
+static inline void rx_take(ZCN_Loop *s, uint32_t bid)
+{
+    s->rx.count--;
+    s->meta[bid].state = ZCN_BUF_RX;
+    s->meta[bid].refs = 1;
+}
+
+/* The buffer after `bid` in ring order, which a bundle carries next: -1
+ * if the mirror does not name a ring buffer at that position (which
+ * would mean the kernel took buffers out of order; the caller then drops
+ * the connection rather than hand out a buffer the kernel did not fill). */
+static inline int64_t rx_bundle_next(const ZCN_Loop *s, uint32_t bid)
+{
+    uint16_t pos = (uint16_t)(s->meta[bid].ring_pos + 1);
+    uint32_t next = s->rx.order != NULL ? s->rx.order[pos] : UINT32_MAX;
+    if (ZCN_UNLIKELY(next >= s->buffer_count || s->meta[next].state != ZCN_BUF_RING ||
+                     s->meta[next].ring_pos != pos))
+        return -1;
+    return next;
 }
 
 /* How many buffers the receive ring should hold now: enough for a burst
@@ -295,7 +330,22 @@ static inline uint32_t ring_want(const ZCN_Loop *s)
                      (room > s->copy_headroom ? room - s->copy_headroom : 0);
     if (want > limit)
         want = limit;
+    /* One bundle can take every buffer the ring holds: while any receive
+     * takes bundles, the ring stays small enough that a connection's cap
+     * plus one kernel pass of bundles stays under its hard limit. */
+    if (s->bundles_armed > 0 && want > s->bundle_ring_max)
+        want = s->bundle_ring_max;
     return want < s->br_target ? (uint32_t)want : s->br_target;
+}
+
+/* Whether c's multishot receive may take bundles now: the ring (what one
+ * kernel pass of bundles can hand c at most) fits in what c's hard limit
+ * leaves over its cap. Many connections want a bigger ring than that:
+ * they get one buffer per completion, as before bundles. */
+static inline bool bundle_fits(const ZCN_Loop *s)
+{
+    uint32_t ring = s->rx.count > s->ring_target ? s->rx.count : s->ring_target;
+    return s->rx_bundle && ring <= s->bundle_ring_max;
 }
 
 static inline void pool_put(ZCN_Loop *s, uint32_t bid)

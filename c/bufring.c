@@ -6,6 +6,7 @@
 #include <liburing.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -100,15 +101,35 @@ void zcn_bufring_unmap(struct zcn_bufring *r)
     if (r->br != NULL)
         munmap(r->br, r->bytes);
     r->br = NULL;
+    free(r->order);
+    r->order = NULL;
 }
 
-void zcn_bufring_add(struct zcn_bufring *r, uint32_t bid)
+/* Indexed by the full 16-bit position rather than by position & mask: a
+ * bundle's completion may be reaped after other receives' buffers were
+ * recycled into the ring, and a slot of a ring-sized mirror could by then
+ * name a newer buffer; a position is reused only after 65536 adds. */
+ZCN_Error zcn_bufring_track_order(struct zcn_bufring *r)
+{
+    r->order = calloc(65536, sizeof *r->order);
+    if (r->order == NULL)
+        return zcn_fail((ZCN_Error)ENOMEM, "the receive ring's order mirror");
+    return ZCN_OK;
+}
+
+uint16_t zcn_bufring_add(struct zcn_bufring *r, uint32_t bid)
 {
     io_uring_buf_ring_add(r->br, (void *)(r->slab + (size_t)bid * r->buffer_size),
                           (unsigned)r->buffer_size, (unsigned short)bid, (int)r->mask,
                           (int)r->pending);
+    /* The position liburing just wrote: the tail as published plus what
+     * is pending (the kernel only ever reads the published tail). */
+    uint16_t pos = (uint16_t)(r->br->tail + r->pending);
+    if (r->order != NULL)
+        r->order[pos] = (uint16_t)bid;
     r->pending++;
     r->count++;
+    return pos;
 }
 
 void zcn_bufring_publish(struct zcn_bufring *r)

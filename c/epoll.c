@@ -61,6 +61,7 @@ struct ep_op {
     uint8_t in_use;
     uint8_t restore_blocking; /* connect: the fd was blocking before */
     uint8_t filled;         /* recv: its last read filled every buffer it had */
+    uint8_t bundle;         /* recv: IORING_RECVSEND_BUNDLE, one completion per read */
 };
 
 struct ep_fd {
@@ -495,6 +496,22 @@ static bool run_recv(struct zcn_ep *ep, int32_t i)
     for (uint32_t j = 0; j < k; j++)
         room += iov[j].iov_len;
     op->filled = (size_t)n == room;
+    if (op->bundle) {
+        /* As the kernel's bundle: one completion for all the buffers the
+         * read filled, named by the first (they follow in ring order). */
+        size_t left = (size_t)n;
+        for (uint32_t j = 0; left > 0; j++) {
+            left -= left < iov[j].iov_len ? left : iov[j].iov_len;
+            g->head++;
+        }
+        uint32_t flags = IORING_CQE_F_BUFFER | ((uint32_t)bufs[0]->bid << IORING_CQE_BUFFER_SHIFT);
+        if (!op->multishot) {
+            finish(ep, i, (int32_t)n, flags);
+            return true;
+        }
+        post(ep, op->ud, (int32_t)n, flags | IORING_CQE_F_MORE);
+        return false;
+    }
     size_t left = (size_t)n;
     for (uint32_t j = 0; left > 0; j++) {
         size_t part = left < iov[j].iov_len ? left : iov[j].iov_len;
@@ -868,6 +885,8 @@ static void issue(struct zcn_ep *ep, const struct io_uring_sqe *sqe)
         op->side = SIDE_READ;
         op->flags = sqe->msg_flags;
         op->multishot = (sqe->ioprio & IORING_RECV_MULTISHOT) != 0;
+        op->bundle = sqe->opcode == IORING_OP_RECV && op->buffer_select &&
+                     (sqe->ioprio & ZCN_IORING_RECVSEND_BUNDLE) != 0;
         queue_on_fd(ep, i);
         return;
     case IORING_OP_SEND:

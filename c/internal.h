@@ -15,6 +15,11 @@
 #define ZCN_LIKELY(x) __builtin_expect(!!(x), 1)
 #define ZCN_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/* io_uring uapi values newer than liburing 2.3's headers (Linux
+ * include/uapi/linux/io_uring.h). Used only after a run-time probe. */
+#define ZCN_IORING_RECVSEND_BUNDLE (1U << 4)      /* sqe->ioprio, Linux 6.10 */
+#define ZCN_IORING_FEAT_RECVSEND_BUNDLE (1U << 14) /* io_uring_params.features */
+
 /* Records the detail string zcn_error_detail() returns on this thread and
  * returns err, so failure paths read `return zcn_fail(ERR, "...", ...)`. */
 ZCN_Error zcn_fail(ZCN_Error err, const char *fmt, ...)
@@ -273,6 +278,7 @@ struct zcn_buf_meta {
     uint32_t len;               /* received bytes (TCP: pending deliveries) */
     int32_t next;               /* pending-rx or lent list link */
     uint8_t state;
+    uint16_t ring_pos;          /* ZCN_BUF_RING: its 16-bit position in the ring */
 };
 
 /* Index of a buffer taken from the pool (for a copied send or the user);
@@ -303,6 +309,11 @@ struct zcn_bufring {
     uint32_t count;             /* buffers the kernel can take now */
     uint32_t pending;           /* added, not yet published */
     uint16_t bgid;
+    /* With zcn_bufring_track_order: the bid added at each 16-bit ring
+     * position (the kernel's own head/tail arithmetic), so a receive
+     * bundle's buffers, which follow its first one in ring order, can be
+     * named. NULL otherwise. */
+    uint16_t *order;
 };
 
 /* Maps and registers a ring of pow2_ceil(entries) slots; empty until
@@ -312,8 +323,12 @@ ZCN_Error zcn_bufring_setup(struct zcn_bufring *r, struct io_uring *ring, uint16
 /* Unregister before the ring goes; unmap after the kernel let go. */
 void zcn_bufring_unregister(struct zcn_bufring *r, struct io_uring *ring);
 void zcn_bufring_unmap(struct zcn_bufring *r);
-/* Adds buffer bid; the kernel sees it after zcn_bufring_publish. */
-void zcn_bufring_add(struct zcn_bufring *r, uint32_t bid);
+/* Keeps the mirror of ring order (r->order, 128 KiB) from now on: for
+ * receive bundles. Call right after setup, before the first add. */
+ZCN_Error zcn_bufring_track_order(struct zcn_bufring *r);
+/* Adds buffer bid; the kernel sees it after zcn_bufring_publish. Returns
+ * the 16-bit ring position it took. */
+uint16_t zcn_bufring_add(struct zcn_bufring *r, uint32_t bid);
 /* Publishing is one release store; callers batch it per loop turn. */
 void zcn_bufring_publish(struct zcn_bufring *r);
 

@@ -91,12 +91,8 @@ static void handle_cqe(ZCN_Loop *s, struct io_uring_cqe *cqe)
     if (c == NULL || c->gen != ud_gen(ud) || c->state == CONN_FREE) {
         /* Cannot happen: slots are reused only after their requests end.
          * Return a buffer it may carry so none leaks. */
-        if (cqe->flags & IORING_CQE_F_BUFFER) {
-            uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-            s->rx.count--;
-            s->meta[bid].refs = 1;
-            buf_unref(s, bid);
-        }
+        if (op == OP_RECV)
+            zcn_tcp_drop_rx_cqe(s, cqe);
         return;
     }
     if (op == OP_RECV)
@@ -632,6 +628,21 @@ static ZCN_Error read_config(const ZCN_LoopConfig *cfg, struct settings *out)
     return ZCN_OK;
 }
 
+/* Whether multishot receives take bundles: where the kernel says it can
+ * (IORING_FEAT_RECVSEND_BUNDLE, Linux 6.10) and always on the epoll
+ * backend, which emulates them; ZCN_NO_BUNDLE=1 turns them off (a
+ * diagnostic knob, read once here, so the tests cover the one-buffer path
+ * on kernels that have bundles). */
+static bool bundles_wanted(const ZCN_Loop *s)
+{
+    const char *off = getenv("ZCN_NO_BUNDLE");
+    if (off != NULL && off[0] != '\0' && strcmp(off, "0") != 0)
+        return false;
+    if (zcn_ep_of(s->ring) != NULL)
+        return true;
+    return (zcn_ring_features(s->ring_handle) & ZCN_IORING_FEAT_RECVSEND_BUNDLE) != 0;
+}
+
 /* The receive ring (c/bufring.c), filled from the pool, and the limits
  * that depend on the buffer counts. */
 static ZCN_Error setup_buffer_ring(ZCN_Loop *s, const struct settings *st)
@@ -647,6 +658,9 @@ static ZCN_Error setup_buffer_ring(ZCN_Loop *s, const struct settings *st)
                                     s->buffer_size);
     if (e != ZCN_OK)
         return e;
+    s->rx_bundle = bundles_wanted(s);
+    if (s->rx_bundle && (e = zcn_bufring_track_order(&s->rx)) != ZCN_OK)
+        return e; /* free_loop unregisters the ring */
     zcn_tcp_ring_refill(s);
     zcn_bufring_publish(&s->rx);
     /* The per-connection cap in buffers: what send_queue_max_bytes needs
@@ -657,6 +671,22 @@ static ZCN_Error setup_buffer_ring(ZCN_Loop *s, const struct settings *st)
         bufs = s->budget / 4;
     s->send_queue_max_bufs = bufs < 2 ? 2 : (uint32_t)bufs;
     s->hard_max_bufs = st->hard_max ? st->hard_max : 2 * s->send_queue_max_bufs + 64;
+    /* The ring while receives take bundles: a connection at its cap may
+     * still get what one pass of the kernel hands it (the ring's whole
+     * content, at most), and must stay under its hard limit with room for
+     * MSHOT_ROOM more. Too small for a useful ring: no bundles. */
+    uint64_t room = s->hard_max_bufs > s->send_queue_max_bufs + MSHOT_ROOM
+                        ? s->hard_max_bufs - s->send_queue_max_bufs - MSHOT_ROOM
+                        : 0;
+    /* And within half the receive reserve, which absorbs what receives
+     * in flight bring past the budget: with 256 x 4 KiB buffers, 64
+     * peers that never read took the whole pool through bundles and
+     * starved a well-behaved connection (tests/test_hostile.py). */
+    if (room > s->reserve / 2)
+        room = s->reserve / 2;
+    s->bundle_ring_max = room > s->br_target ? s->br_target : (uint32_t)room;
+    if (s->bundle_ring_max < 2 * MSHOT_ROOM)
+        s->rx_bundle = false;
     s->conn_chunks_max = 2 * s->send_queue_max_bufs + IOV_BATCH;
     return ZCN_OK;
 }

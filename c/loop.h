@@ -232,6 +232,7 @@ struct conn {
     bool quiet;                 /* its owner is gone and was told: no more calls */
     bool recv_armed;
     bool recv_multishot;        /* the armed recv takes any number of buffers */
+    bool recv_bundle;           /* ... and several per completion (a bundle) */
     bool recv_cancelled;        /* a cancel for the armed recv is queued */
     bool send_inflight;
     bool send_cancelled;
@@ -308,6 +309,9 @@ struct ZCN_Loop {
     struct zcn_bufring rx;      /* the receive ring, group BUFFER_GROUP */
     uint32_t br_target;         /* the most the ring may hold */
     uint32_t br_extra;          /* grown when bursts found the ring empty */
+    bool rx_bundle;             /* multishot receives take bundles (docs/BUFFERS.md) */
+    uint32_t bundles_armed;     /* connections whose armed receive takes bundles */
+    uint32_t bundle_ring_max;   /* the most the ring holds while any does */
 
     /* the buffer policy */
     uint32_t pool_free;         /* buffers free in the pool */
@@ -445,6 +449,8 @@ void zcn_tcp_begin_close(ZCN_Loop *s, struct conn *c);
 void zcn_tcp_progress_shutdown(ZCN_Loop *s, struct conn *c);
 void zcn_tcp_flush_pending_rx(ZCN_Loop *s, struct conn *c);
 void zcn_tcp_on_recv(ZCN_Loop *s, struct conn *c, struct io_uring_cqe *cqe);
+/* Returns the buffers of a receive completion nobody takes (a stale slot). */
+void zcn_tcp_drop_rx_cqe(ZCN_Loop *s, struct io_uring_cqe *cqe);
 void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res);
 /* A connected socket becomes a connection: a free slot, or NULL (the fd
  * is closed, connections_rejected counted). */

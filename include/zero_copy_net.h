@@ -185,7 +185,11 @@ ZCN_API void *zcn_ring_io_uring(ZCN_Ring *ring);
 /* What a loop, server or UDP socket runs on (docs/BACKENDS.md). Both give
  * the same API, callbacks, events, limits and buffer pools; the epoll
  * backend performs each request with the system call an epoll loop would
- * make when epoll reports the socket ready. */
+ * make when epoll reports the socket ready. A TCP receive takes several
+ * buffers per completion (receive bundles, Linux 6.10, emulated on epoll)
+ * where the kernel has them; ZCN_NO_BUNDLE=1 in the environment when a
+ * loop is created turns that off, a diagnostic knob (docs/BUFFERS.md,
+ * "Receive bundles"). Either way on_data gets one buffer per call. */
 typedef enum ZCN_Backend {
     /* The default: the ZCN_BACKEND environment variable ("io_uring",
      * "epoll" or "auto") if set, else io_uring, falling back to epoll when

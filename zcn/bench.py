@@ -173,6 +173,10 @@ def workloads(profile, conns_many=None):
         Workload("c50d16", "50 connections x depth 16 x 64 B", 50, 16, 64, zcn_config=dict(small)),
         Workload("c10x16k", "10 connections x depth 1 x 16 KiB", 10, 1, 16384,
                  zcn_config=dict(small)),
+        # 64 KiB messages in the default 16 KiB buffers: four buffers a
+        # message, what receive bundles (docs/BUFFERS.md) cut down.
+        Workload("c1x64k", "1 connection x depth 8 x 64 KiB, default 16 KiB buffers", 1, 8,
+                 65536, zcn_config=dict(small)),
         Workload("stream", "1 connection streaming 64 KiB messages (depth 8)", 1, 8, 65536,
                  zcn_config={"buffer_size": 65536, "buffer_pool_size": 256}),
         Workload("conn10k", f"{many} concurrent connections: setup rate, RSS per connection",
@@ -653,7 +657,7 @@ def add_arguments(p):
                                      "(default: the first six; --smoke: epoll,zcn-c; "
                                      "--asyncio: the asyncio servers)")
     p.add_argument("--workloads", help="comma list of workload keys "
-                                       "(ping,c200,c50d16,c10x16k,stream,conn10k)")
+                                       "(ping,c200,c50d16,c10x16k,c1x64k,stream,conn10k)")
     p.add_argument("--conns-many", type=int, help="connections of the setup workload "
                                                   "(default 10000; 500 with --smoke)")
     p.add_argument("--build-dir", help="CMake build dir holding bench/loadgen etc. "
