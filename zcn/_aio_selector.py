@@ -219,7 +219,12 @@ class _ZcnSelector(selectors.BaseSelector):
                 # by run_until_complete, takes its first step first): the
                 # batch is dispatched by a callback queued behind them, in
                 # this same turn, before the next poll ends its lent data.
-                self._defer(zl._ev_views[n])
+                # DRAIN events go now: get_write_buffer_size() reads zcn's
+                # queue, which this poll emptied, so resume_writing must not
+                # wait behind callbacks that may look at it.
+                view = zl._ev_views[n]
+                self._drains_now(view)
+                self._defer(view)
             else:
                 ready = self._dispatch(zl._ev_views[n])
         if early:
@@ -240,12 +245,22 @@ class _ZcnSelector(selectors.BaseSelector):
         self._deferred = view
         self._aloop._ready.append(handle)
 
+    def _drains_now(self, view: memoryview) -> None:
+        get_transport = self._transports.get
+        for etype, fd, _length, tag, _offset in _iter_events(view):
+            if etype == _DRAIN and tag == _TAG:
+                tr = get_transport(fd)
+                if tr is not None:
+                    tr._drain_event()
+        if self._wrec:
+            self._flush_writes()
+
     def _dispatch_deferred(self) -> "list[tuple[selectors.SelectorKey, int]]":
         view = self._deferred
         self._deferred = None
         if view is None:
             return []
-        ready = self._dispatch(view)
+        ready = self._dispatch(view, drains=False)
         if self._zl._ready:
             self._zl._run_ready()
         return ready
@@ -257,8 +272,8 @@ class _ZcnSelector(selectors.BaseSelector):
         if ready:
             self._aloop._process_events(ready)
 
-    def _dispatch(self, view: memoryview, _TAG: int = _TAG,
-                  _DATA: int = _DATA) -> "list[tuple[selectors.SelectorKey, int]]":
+    def _dispatch(self, view: memoryview, _TAG: int = _TAG, _DATA: int = _DATA,
+                  drains: bool = True) -> "list[tuple[selectors.SelectorKey, int]]":
         # (the constants as locals)
         ready = []
         get_transport = self._transports.get
@@ -291,7 +306,8 @@ class _ZcnSelector(selectors.BaseSelector):
                 elif etype == _EOF:
                     tr._eof_event()
                 elif etype == _DRAIN:
-                    tr._drain_event()
+                    if drains:  # (a deferred batch had them dispatched already)
+                        tr._drain_event()
             elif etype == _WATCH:
                 key = keys.get(offset)
                 if key is None:
