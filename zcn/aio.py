@@ -189,19 +189,8 @@ class EventLoop(asyncio.SelectorEventLoop):
             if self._debug:
                 for _ in range(ntodo):
                     handle = ready.popleft()
-                    if handle._cancelled:
-                        continue
-                    try:
-                        self._current_handle = handle
-                        t0 = self.time()
-                        handle._run()
-                        dt = self.time() - t0
-                        if dt >= self.slow_callback_duration:
-                            base_events.logger.warning(
-                                "Executing %s took %.3f seconds",
-                                base_events._format_handle(handle), dt)
-                    finally:
-                        self._current_handle = None
+                    if not handle._cancelled:
+                        self._run_debug(handle)
                 handle = None
                 return
             popleft = ready.popleft
@@ -220,6 +209,20 @@ class EventLoop(asyncio.SelectorEventLoop):
                     _handle_failed(handle, exc)
             handle = None  # breaks cycles when an exception occurs
 
+    def _run_debug(self, handle: events.Handle) -> None:
+        """One callback in debug mode, as BaseEventLoop._run_once runs it:
+        the current handle set, a warning when it was slow."""
+        self._current_handle: Optional[events.Handle] = handle
+        try:
+            t0 = self.time()
+            handle._run()
+            dt = self.time() - t0
+            if dt >= self.slow_callback_duration:
+                base_events.logger.warning(
+                    "Executing %s took %.3f seconds", base_events._format_handle(handle), dt)
+        finally:
+            self._current_handle = None
+
     def _run_until_deferred(self) -> None:
         """Runs the callbacks that were ready before this turn's wait, then
         the wait's batch (the selector deferred it behind them: asyncio's
@@ -234,17 +237,7 @@ class EventLoop(asyncio.SelectorEventLoop):
             if handle._cancelled:
                 continue
             if self._debug:
-                self._current_handle = handle
-                try:
-                    t0 = self.time()
-                    handle._run()
-                    dt = self.time() - t0
-                    if dt >= self.slow_callback_duration:
-                        base_events.logger.warning(
-                            "Executing %s took %.3f seconds",
-                            base_events._format_handle(handle), dt)
-                finally:
-                    self._current_handle = None
+                self._run_debug(handle)
             else:
                 handle._run()
             if handle is deferred:
