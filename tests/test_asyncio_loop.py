@@ -1296,12 +1296,15 @@ class _NeedsItsWaiter(asyncio.Protocol):
         self.fut.set_result(data)
 
 
-def test_a_new_task_runs_before_io_of_the_same_turn(run):
+@pytest.mark.parametrize("debug", [False, True], ids=["", "debug"])
+def test_a_new_task_runs_before_io_of_the_same_turn(run, debug):
     # asyncio runs the callbacks that were ready before a wait ahead of
     # the I/O callbacks that wait found; zcn's loop once handed data
     # straight to data_received inside the wait, ahead of the task made by
-    # run_until_complete, whose first step was to set the future.
+    # run_until_complete, whose first step was to set the future. (Debug
+    # mode runs callbacks through another path.)
     loop = run.loop
+    loop.set_debug(debug)
     proto = _NeedsItsWaiter()
     srv = loop.run_until_complete(loop.create_server(lambda: proto, "127.0.0.1", 0))
     try:
