@@ -366,10 +366,13 @@ static inline int64_t pool_take(ZCN_Loop *s)
 }
 
 /* A buffer nobody refers to any more: refill the buffer ring first, the
- * pool after. */
+ * pool after. What the ring holds is rx.count less the buffers of the
+ * receive completions the reap has still to handle (rx_unreaped): the
+ * send completions reaped before them would otherwise find the ring
+ * "full" and send their buffers to the pool, for the refill to take back. */
 static inline void recycle(ZCN_Loop *s, uint32_t bid)
 {
-    if (s->rx.count < s->ring_target && s->pool_free >= s->pool_keep) {
+    if (s->rx.count < s->ring_target + s->rx_unreaped && s->pool_free >= s->pool_keep) {
         ring_add(s, bid);
         return;
     }

@@ -60,6 +60,9 @@
  * kernel posts up to 32 completions per request before it lets others
  * run, MULTISHOT_MAX_RETRY). */
 #define MSHOT_ROOM 32
+/* The ring is topped up from the pool once it is short of its target by
+ * this fraction (1/8); short of less, recycled buffers refill it. */
+#define RING_REFILL_SLACK_DIV 8
 /* Buffers of one connection a poll batch carries at most. */
 #define BATCH_PER_CONN 2
 #define NIL (-1)
@@ -324,6 +327,10 @@ struct ZCN_Loop {
     uint32_t copy_headroom;     /* pool buffers the ring leaves for copies */
     uint32_t ring_target;       /* ring_want and pool_keep as of the last */
     uint32_t pool_keep;         /* zcn_tcp_ring_refill (recycle reads them) */
+    /* Ring buffers the kernel took for receives whose completions the
+     * current reap has not handled yet: counted in rx.count, no longer in
+     * the ring (reap() sets it; 0 outside a reap). */
+    uint32_t rx_unreaped;
     uint64_t send_timeout_ms;   /* 0 = never */
     uint32_t hard_max_bufs;
     uint64_t evict_check_ms;    /* last eviction scan */

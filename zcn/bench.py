@@ -137,6 +137,8 @@ KNOWN_SERVERS = SERVER_ORDER + tuple(s for s in ASYNCIO_SERVERS + EPOLL_VARIANTS
 BASELINE_SERVERS = {
     "zcn-c-base": "zcn-c from the --baseline-build (before/after comparisons)",
     "zcn-py-base": "zcn-py from the --baseline-build's source tree and library",
+    "zcn-c-epoll-base": "zcn-c-epoll from the --baseline-build (before/after on the epoll "
+                        "backend)",
 }
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
 START_TIMEOUT_S = 20.0
@@ -286,8 +288,8 @@ def _baseline_command(name, wl, baseline):
     if baseline is None:
         raise FileNotFoundError(f"{name} needs --baseline-build")
     root = _cmake_source_dir(baseline)
-    if name == "zcn-c-base":
-        argv, env, cfg = server_command("zcn-c", wl, baseline, root)
+    if name in ("zcn-c-base", "zcn-c-epoll-base"):
+        argv, env, cfg = server_command(name[:-len("-base")], wl, baseline, root)
         return argv, env, dict(cfg, build=str(baseline))
     lib = next((p for p in (Path(baseline) / "libzero_copy_net.so",) if p.exists()), None)
     if lib is None or root is None:
@@ -664,7 +666,8 @@ def add_arguments(p):
                                        "(default $ZCN_BENCH_BUILD or ./build/bench)")
     p.add_argument("--baseline-build", help="a build dir of another commit (with bench/zcn_echo "
                                             "and libzero_copy_net.so): adds the servers "
-                                            "zcn-c-base and zcn-py-base for before/after runs")
+                                            "zcn-c-base, zcn-c-epoll-base and zcn-py-base "
+                                            "for before/after runs")
     p.add_argument("--json", help="results file (default bench/results/<timestamp>.json)")
     p.add_argument("--plots", help="directory for the PNG plots (default: beside the JSON)")
     p.add_argument("--no-plots", action="store_true")
