@@ -35,6 +35,14 @@
 #include <unistd.h>
 
 #define EP_EVENTS 512       /* readiness reports per epoll_wait */
+/* Reports run per wait: the rest wait for the next turns, so the loop
+ * answers the first sockets before it reads the others (as a hand-written
+ * epoll loop does), and the replies' skbs, which the peer's CPU frees, go
+ * back to this CPU in small batches. At 200 x 1 x 64 B: 1.01-1.02x the C
+ * epoll server's CPU per message against 1.02-1.03x running all 200 in one
+ * turn, p50 0.47 against 0.59-0.63 ms (docs/PERFORMANCE.md, "zcn on
+ * epoll"). */
+#define EP_RUN 32
 #define EP_RECV_IOV 4       /* buffers one multishot receive reads into at once */
 #define EP_RECVMSG_RUN 64   /* datagrams per report */
 #define EP_ACCEPT_RUN 64    /* accepts per report */
@@ -106,6 +114,7 @@ struct zcn_ep {
     struct ep_group *groups;
     uint32_t groups_n;
     struct epoll_event events[EP_EVENTS];
+    int events_n, events_next; /* the last epoll_wait's reports, and the next to run */
 };
 
 static uint64_t now_ns(void)
@@ -963,13 +972,23 @@ int zcn_ep_submit(struct zcn_ep *ep)
     return n;
 }
 
-/* One epoll_wait of at most timeout_ms; -errno on failure. */
+/* Runs the next reports of the last epoll_wait, at most EP_RUN; when none
+ * are left, one epoll_wait of at most timeout_ms first. -errno on failure.
+ * A report kept for a later turn may be stale by then: the gen check drops
+ * one for a registration that is gone, and a read or write that finds the
+ * socket not ready any more waits for the next report (level-triggered). */
 static int gather(struct zcn_ep *ep, int timeout_ms)
 {
-    int n = epoll_wait(ep->epfd, ep->events, EP_EVENTS, timeout_ms);
-    if (n < 0)
-        return -errno;
-    for (int k = 0; k < n; k++) {
+    if (ep->events_next >= ep->events_n) {
+        int n = epoll_wait(ep->epfd, ep->events, EP_EVENTS, timeout_ms);
+        if (n < 0)
+            return -errno;
+        ep->events_n = n;
+        ep->events_next = 0;
+    }
+    int end = ep->events_n - ep->events_next > EP_RUN ? ep->events_next + EP_RUN
+                                                      : ep->events_n;
+    for (int k = ep->events_next; k < end; k++) {
         int fd = (int)(uint32_t)ep->events[k].data.u64;
         uint32_t gen = (uint32_t)(ep->events[k].data.u64 >> 32);
         if ((uint32_t)fd >= ep->fds_cap || ep->fds[fd].registered == 0 ||
@@ -977,6 +996,7 @@ static int gather(struct zcn_ep *ep, int timeout_ms)
             continue; /* a report for a registration that is gone */
         run_fd(ep, fd, ep->events[k].events);
     }
+    ep->events_next = end;
     if (ep->timeouts != EP_NIL)
         expire_timeouts(ep, now_ns());
     reconcile(ep);
