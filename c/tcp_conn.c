@@ -618,6 +618,11 @@ void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
         if (drain_due(s, c) && has_room(s, 1)) {
             drain_consume(s, c);
             zcn_tcp_emit(s, ZCN_EVENT_DRAIN, c);
+        } else if (ZCN_UNLIKELY(c->want_drain) && c->sq_head == NIL) {
+            /* The last completion, and the DRAIN a refused send was
+             * promised could not come (the budget is used up or the SQ
+             * full): the waiters hand it out once there is room. */
+            wait_for_budget(s, c);
         }
         if (c->rx_head != NIL)
             zcn_tcp_flush_pending_rx(s, c);

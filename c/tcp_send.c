@@ -107,12 +107,21 @@ static inline ZCN_Error admit(ZCN_Loop *s, struct conn *c, size_t len, uint32_t 
         return zcn_fail((ZCN_Error)EMSGSIZE,
                         "a %zu-byte send is larger than send_queue_max_bytes (%llu)", len,
                         (unsigned long long)s->send_queue_max_bytes);
+    if (ZCN_UNLIKELY(cap_bufs > s->send_queue_max_bufs))
+        return zcn_fail((ZCN_Error)EMSGSIZE,
+                        "a %zu-byte send needs %u buffers of %zu bytes, more than one "
+                        "connection may hold (%u): send it in pieces",
+                        len, cap_bufs, s->buffer_size, s->send_queue_max_bufs);
     const char *why = NULL;
     bool budget = false;
     uint32_t slack = own_slack(s, c);
     if (c->queued_bytes + len > s->send_queue_max_bytes)
         why = "its bytes";
-    else if (cap_bufs > 0 && slack == 0 && c->sq_bufs + cap_bufs > buf_cap(s))
+    /* The cap applies to a queue that holds something: an empty one takes
+     * one send up to the unpressured cap, or no completion would ever come
+     * to announce the DRAIN a refusal promises (the budget still rules). */
+    else if (cap_bufs > 0 && slack == 0 && c->sq_bufs > 0 &&
+             c->sq_bufs + cap_bufs > buf_cap(s))
         why = "its buffer cap";
     else if (new_chunks > 0 && c->sq_chunks + new_chunks > s->conn_chunks_max + 2 * slack)
         why = "its chunk cap";

@@ -513,6 +513,53 @@ static void test_sizes_that_would_wrap(void)
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }
 
+/* ---- a send larger than the buffer cap ------------------------------------- */
+
+static ZCN_Server *cap_server;
+static int cap_results[2] = {-1, -1};
+
+static void cap_on_accept(void *ud, int fd)
+{
+    (void)ud;
+    static uint8_t data[64 * 1024];
+    memset(data, 'c', sizeof data);
+    /* 16 buffers of 4 KiB: more than the 12 one connection may hold */
+    cap_results[0] = zcn_server_send(cap_server, fd, data, sizeof data);
+    /* 12: exactly the cap, into an empty queue */
+    cap_results[1] = zcn_server_send(cap_server, fd, data, 12 * 4096);
+}
+
+/* In a pool of 64 buffers of 4 KiB a connection may hold 12 (a quarter of
+ * the budget), far under send_queue_max_bytes (1 MiB). A 64 KiB copy to an
+ * empty queue used to get QUEUE_FULL, whose promised DRAIN never came: no
+ * send was in flight to complete (an asyncio writer hung in drain()). It
+ * can never fit, so it is EMSGSIZE now, and what fits the cap goes out. */
+static void test_send_over_the_buffer_cap(void)
+{
+    ZCN_Config cfg = {.buffer_pool_size = 64, .buffer_size = 4096};
+    ZCN_Server *s = t_make_server(&cfg);
+    cap_server = s;
+    zcn_server_set_callbacks(s, NULL, cap_on_accept, NULL, NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    int peer = client(zcn_server_port(s), 0);
+    char buf[4096];
+    size_t got = 0;
+    uint64_t end = t_mono_ms() + 2000;
+    while (got < 12 * 4096 && t_mono_ms() < end) {
+        pump(s, 1);
+        ssize_t r;
+        while ((r = recv(peer, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+            got += (size_t)r;
+    }
+    T_CHECK_ERR((ZCN_Error)cap_results[0], (ZCN_Error)EMSGSIZE);
+    T_CHECK_ERR((ZCN_Error)cap_results[1], ZCN_OK);
+    T_CHECK(got == 12 * 4096);
+    ZCN_ServerStats st = stats(s);
+    T_CHECK(st.buffers_held == 0);
+    close(peer);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
 /* ---- the byte limit within one call ---------------------------------------- */
 
 static ZCN_Server *big_server;
@@ -928,6 +975,7 @@ int main(void)
     test_stop_after_destroy();
     test_sizes_that_would_wrap();
     test_one_send_over_the_limit();
+    test_send_over_the_buffer_cap();
     test_wrong_thread();
     test_no_free_sqe();
     test_poll_close_between_polls();
