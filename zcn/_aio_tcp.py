@@ -33,6 +33,8 @@ def _codes() -> "tuple[int, int, int]":
 
 
 _ERR_CLOSED, _QUEUE_FULL, _EXHAUSTED = _codes()
+_RETRY_FIRST = 0.0005  # s: the first delayed retry after EXHAUSTED
+_RETRY_MAX = 0.02      # s: the longest
 _send = _ffi.zcn_loop_send
 # The per-message calls without argtypes, holding the GIL (PyDLL): ctypes'
 # argument conversion costs more than the C work. The loop handle goes as
@@ -340,7 +342,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
         """A collected write zcn refused at the flush."""
         if code == _QUEUE_FULL or code == errno.EMSGSIZE or code == _EXHAUSTED:
             self._overflow_add(chunk)
-            if code == _EXHAUSTED:
+            if code != _QUEUE_FULL:  # no DRAIN follows: pushed on later
                 self._retry_later()
             self._maybe_pause_protocol()
         elif code == _ERR_CLOSED:
@@ -408,7 +410,8 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
         if q is None:
             return
         self._sel._flush_writes()
-        limit = max(self._zl._send_queue_max // 2, 1)
+        zl = self._zl
+        limit = zl._send_piece
         while q:
             chunk = q[0]
             piece = chunk[:limit]
@@ -416,7 +419,17 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
             if rc:
                 if rc == _QUEUE_FULL:
                     return
+                if rc == errno.EMSGSIZE and len(piece) > 1:
+                    # more buffers than one connection may hold: smaller
+                    zl._send_piece = limit = len(piece) // 2
+                    continue
                 if rc == _EXHAUSTED:
+                    if len(piece) > zl._buffer_size:
+                        # Fewer free buffers than the piece needs (the
+                        # receive ring holds the others): a smaller one
+                        # may fit now, and every piece sent frees buffers.
+                        limit = max(len(piece) // 2, zl._buffer_size)
+                        continue
                     self._retry_later()
                     return
                 if rc == _ERR_CLOSED:
@@ -426,6 +439,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
                 self._fatal_error(self._zl._error(rc, "write()"),
                                   "Fatal write error on socket transport")
                 return
+            self._retries = 0
             self._overflow_size -= len(piece)
             if len(piece) == len(chunk):
                 q.popleft()
@@ -442,15 +456,24 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
             self._c_close()
 
     _retry_pending = False
+    _retries = 0  # refusals in a row without a piece taken
 
     def _retry_later(self) -> None:
         """zcn had no free pool buffer for a copy just now (many
-        connections' sends in one turn) and no DRAIN follows that refusal:
-        the overflow is pushed again after the next poll, which sends (and
-        so frees) what is queued."""
+        connections' sends in one turn, or the receive ring holds them)
+        and no DRAIN follows that refusal. The overflow is pushed again
+        after the next poll, which sends (and so frees) what is queued;
+        if that was not enough, after 0.5 ms, doubling to 20 ms: a pool
+        that stays empty costs a few retries a second, not a busy loop."""
         if not self._retry_pending:
             self._retry_pending = True
-            self._loop.call_soon(self._retry_overflow)
+            n = self._retries
+            self._retries = n + 1
+            if n == 0:
+                self._loop.call_soon(self._retry_overflow)
+            else:
+                delay = _RETRY_FIRST * (1 << min(n - 1, 8))
+                self._loop.call_later(min(delay, _RETRY_MAX), self._retry_overflow)
 
     def _retry_overflow(self) -> None:
         self._retry_pending = False
@@ -471,7 +494,12 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
             self._maybe_resume_protocol()
             if size == 0 and self._empty_waiter is not None:
                 self._empty_waiter.set_result(None)
-        elif not self._waiting_drain:
+        elif not self._waiting_drain and (
+                self._overflow is None or size - self._overflow_size > self._low_water):
+            # A DRAIN when zcn's queue goes under the mark. Not while it is
+            # under it already with data refused: that DRAIN would come at
+            # once, every turn; the refusal's own DRAIN (QUEUE_FULL) or
+            # the retry (EXHAUSTED) pushes the rest.
             self._request_drain()
 
     def _request_drain(self) -> None:

@@ -99,7 +99,11 @@ class EventLoop(asyncio.SelectorEventLoop):
         options.setdefault("connections_max", fds)
         options.setdefault("watches_max", min(fds, _ffi.LOOP_WATCHES_MAX))
         self._zcn = Loop(**options)
-        self._zcn._send_queue_max = options.get("send_queue_max_bytes", 1 << 20)
+        # The pieces refused data goes on in: half a queue, or less once
+        # zcn said a piece needs more buffers than a connection may hold
+        # (EMSGSIZE: small buffers in a small pool).
+        queue_max = options.get("send_queue_max_bytes") or (1 << 20)
+        self._zcn._send_piece = max(queue_max // 2, 1)
         selector = _ZcnSelector(self._zcn)
         super().__init__(selector)
         selector._aloop = self
