@@ -107,14 +107,16 @@ static inline ZCN_Error admit(ZCN_Loop *s, struct conn *c, size_t len, uint32_t 
         return zcn_fail((ZCN_Error)EMSGSIZE,
                         "a %zu-byte send is larger than send_queue_max_bytes (%llu)", len,
                         (unsigned long long)s->send_queue_max_bytes);
-    if (ZCN_UNLIKELY(cap_bufs > s->send_queue_max_bufs))
+    uint32_t slack = own_slack(s, c);
+    /* Past the cap even into an empty queue: it could never fit (data
+     * being delivered to c has slack and may go over, as before). */
+    if (ZCN_UNLIKELY(cap_bufs > s->send_queue_max_bufs && slack == 0))
         return zcn_fail((ZCN_Error)EMSGSIZE,
                         "a %zu-byte send needs %u buffers of %zu bytes, more than one "
                         "connection may hold (%u): send it in pieces",
                         len, cap_bufs, s->buffer_size, s->send_queue_max_bufs);
     const char *why = NULL;
     bool budget = false;
-    uint32_t slack = own_slack(s, c);
     if (c->queued_bytes + len > s->send_queue_max_bytes)
         why = "its bytes";
     /* The cap applies to a queue that holds something: an empty one takes

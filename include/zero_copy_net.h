@@ -687,7 +687,8 @@ ZCN_API ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_
  * Errors: ZCN_ERR_CLOSED (fd is not an open connection of this server, or it
  * was shut down for sending), EMSGSIZE (len is larger than
  * send_queue_max_bytes, or a copy needs more buffers than one connection
- * may hold: it could never fit; send it in pieces), ZCN_ERR_QUEUE_FULL (the bytes
+ * may hold outside its own on_data: it could never fit; send it in
+ * pieces), ZCN_ERR_QUEUE_FULL (the bytes
  * would take the queue over send_queue_max_bytes, or the buffers over the
  * connection's cap, or the server-wide budget is used up; nothing is queued
  * and on_drain follows once sending can succeed. While a connection is over

@@ -113,8 +113,10 @@ def test_peers_that_never_read_leave_the_loop_asleep():
     async def main():
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        floods = []
 
         async def flood(reader, writer):
+            floods.append(asyncio.current_task())
             await reader.read(4)
             chunk = b"x" * 65536
             while not stop.is_set():
@@ -131,17 +133,21 @@ def test_peers_that_never_read_leave_the_loop_asleep():
             s.sendall(b"fill")
             peers.append(s)
         zl = loop._selector._zl
-        held = 0
+        held, sent = 0, -1
         for _ in range(200):  # until the peers' data is stuck in zcn
             await asyncio.sleep(0.01)
-            held = zl.stats().tcp.buffers_held
-            if held and zl.stats().tcp.bytes_sent == getattr(main, "sent", -1):
+            tcp = zl.stats().tcp
+            held = tcp.buffers_held
+            if held and tcp.bytes_sent == sent:
                 break
-            main.sent = zl.stats().tcp.bytes_sent
+            sent = tcp.bytes_sent
         t0 = zl.stats().turns
         await asyncio.sleep(0.5)
         turns = zl.stats().turns - t0
         stop.set()
+        for task in floods:
+            task.cancel()
+        await asyncio.gather(*floods, return_exceptions=True)
         for s in peers:
             s.close()
         server.close()
