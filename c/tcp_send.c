@@ -97,11 +97,13 @@ static ZCN_Error refuse(ZCN_Loop *s, struct conn *c, size_t len, const char *why
 
 /* Refuses a send that would not fit: its bytes into the queue, cap_bufs
  * more buffers into the connection's cap, budget_bufs more into the
- * server's budget (0 for a buffer counted already), its chunks into the
- * connection's and the server's chunk tables. A refusal asks for DRAIN.
- * Inline, on every send; the refusal itself is out of line. */
-static inline ZCN_Error admit(ZCN_Loop *s, struct conn *c, size_t len, uint32_t cap_bufs,
-                              uint32_t budget_bufs, uint32_t new_chunks)
+ * server's budget (0 for a buffer counted already), new_chunks into the
+ * server's chunk table and own_chunks of them into the connection's chunk
+ * cap. A refusal asks for DRAIN. Inline, on every send; the refusal itself
+ * is out of line. */
+static inline ZCN_Error admit_chunks(ZCN_Loop *s, struct conn *c, size_t len, uint32_t cap_bufs,
+                                     uint32_t budget_bufs, uint32_t new_chunks,
+                                     uint32_t own_chunks)
 {
     if (ZCN_UNLIKELY(len > s->send_queue_max_bytes))
         return zcn_fail((ZCN_Error)EMSGSIZE,
@@ -125,7 +127,7 @@ static inline ZCN_Error admit(ZCN_Loop *s, struct conn *c, size_t len, uint32_t 
     else if (cap_bufs > 0 && slack == 0 && c->sq_bufs > 0 &&
              c->sq_bufs + cap_bufs > buf_cap(s))
         why = "its buffer cap";
-    else if (new_chunks > 0 && c->sq_chunks + new_chunks > s->conn_chunks_max + 2 * slack)
+    else if (own_chunks > 0 && c->sq_chunks + own_chunks > s->conn_chunks_max + 2 * slack)
         why = "its chunk cap";
     else if (budget_bufs > 0 && slack == 0 && budget_used(s) + budget_bufs > s->budget)
         why = "the server's buffer budget", budget = true;
@@ -134,6 +136,12 @@ static inline ZCN_Error admit(ZCN_Loop *s, struct conn *c, size_t len, uint32_t 
     if (ZCN_LIKELY(why == NULL))
         return ZCN_OK;
     return refuse(s, c, len, why, budget);
+}
+
+static inline ZCN_Error admit(ZCN_Loop *s, struct conn *c, size_t len, uint32_t cap_bufs,
+                              uint32_t budget_bufs, uint32_t new_chunks)
+{
+    return admit_chunks(s, c, len, cap_bufs, budget_bufs, new_chunks, new_chunks);
 }
 
 static ZCN_Error refuse(ZCN_Loop *s, struct conn *c, size_t len, const char *why, bool budget)
@@ -234,7 +242,7 @@ static ZCN_Error send_copy(ZCN_Loop *s, struct conn *c, const uint8_t *data, siz
 static ZCN_Error send_lent(ZCN_Loop *s, struct conn *c, uint32_t bid, size_t off,
                            const uint8_t *data, size_t len)
 {
-    bool same_buf = false;
+    bool same_buf = false, unpacked = false;
     if (c->sq_tail != NIL) {
         /* The next bytes of the buffer the queue ends with (a message
          * parsed and answered piece by piece): grow that chunk. */
@@ -251,21 +259,39 @@ static ZCN_Error send_lent(ZCN_Loop *s, struct conn *c, uint32_t bid, size_t off
         }
         same_buf = tail->bid == bid;
         if (len < COALESCE_BYTES || c->sq_chunks >= s->conn_chunks_max) {
-            ZCN_Error err = send_copy(s, c, data, len);
-            if (err == ZCN_OK)
-                s->stats.sends_coalesced++;
-            /* With no pool buffer for the copy (the ring holds them),
-             * referencing still works if a chunk is left (admit says). */
-            if (err != ZCN_ERR_EXHAUSTED)
-                return err;
+            /* An answer to c's own delivery that would need a fresh pack
+             * buffer where none is free, or a chunk past c's cap, is
+             * referenced instead (below), never refused. */
+            if (tail_room(s, c) < len && delivered_to(s, c) &&
+                (s->pool_free == 0 ||
+                 c->sq_chunks + 1 > s->conn_chunks_max + 2 * own_slack(s, c))) {
+                unpacked = true;
+            } else {
+                ZCN_Error err = send_copy(s, c, data, len);
+                if (err == ZCN_OK)
+                    s->stats.sends_coalesced++;
+                /* With no pool buffer for the copy (the ring holds them),
+                 * referencing still works if a chunk is left (admit says). */
+                if (err != ZCN_ERR_EXHAUSTED)
+                    return err;
+                unpacked = true;
+            }
         }
     }
     /* Data delivered to c itself passed the delivery gate, which made room
      * for it in c's cap and the budget: echoing it never fails on them.
      * Data of another connection (a proxy) must fit c's cap and the
      * budget like any other buffer. */
-    uint32_t more = same_buf || delivered_to(s, c) ? 0 : 1;
-    ZCN_Error err = admit(s, c, len, more, more, 1);
+    bool own = delivered_to(s, c);
+    uint32_t more = same_buf || own ? 0 : 1;
+    /* An answer to c's own delivery that could not be packed (no pool
+     * buffer free, or its chunk past c's cap) takes a chunk per slice:
+     * c's chunk cap would refuse what the contract promises (a handler
+     * answering 16-byte lines of a 4 KiB buffer was refused at its 42nd
+     * line), so only the server's chunk table bounds these. The delivery
+     * gate still holds c's next delivery until its queue is back under
+     * the cap. */
+    ZCN_Error err = admit_chunks(s, c, len, more, more, 1, unpacked && own ? 0 : 1);
     if (err != ZCN_OK)
         return err;
     int32_t idx = chunk_take(s);

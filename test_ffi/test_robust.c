@@ -560,6 +560,87 @@ static void test_send_over_the_buffer_cap(void)
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }
 
+/* ---- slice answers while the pool is empty --------------------------------- */
+
+#define SL_RECORDS 256          /* 16-byte records "%015d\n": 4 KiB */
+static ZCN_Server *sl_server;
+static uint64_t sl_offset;      /* stream offset of the next byte delivered */
+static int sl_sends, sl_first_refusal = ZCN_OK;
+static char sl_refusal[256];
+
+/* Answers every record with its first 15 bytes, as slices of the lent
+ * buffer (a record split between deliveries in two slices): slices of
+ * one buffer that are not contiguous, each under COALESCE_BYTES. */
+static void sl_on_data(void *ud, int fd, const uint8_t *data, size_t len)
+{
+    (void)ud;
+    size_t i = 0;
+    while (i < len) {
+        size_t in_rec = (size_t)((sl_offset + i) % 16);
+        if (in_rec == 15) {
+            i++;
+            continue;
+        }
+        size_t n = 15 - in_rec;
+        if (n > len - i)
+            n = len - i;
+        ZCN_Error e = zcn_server_send(sl_server, fd, data + i, n);
+        sl_sends++;
+        if (e != ZCN_OK && sl_first_refusal == ZCN_OK) {
+            sl_first_refusal = e;
+            snprintf(sl_refusal, sizeof sl_refusal, "%s", zcn_error_detail());
+        }
+        i += n;
+    }
+    sl_offset += len;
+}
+
+/* zcn_server_send's contract: a handler that sends at most what it was
+ * handed never gets QUEUE_FULL. With no free pool buffer to pack the small
+ * slices into (the user holds them, or the receive ring does), each slice
+ * became a chunk of its own and the 42nd of one delivery was refused with
+ * "its chunk cap" (16 + 2 x 12 chunks, 2 more per delivery). Such answers
+ * are held to the server's chunk table only now. */
+static void test_slice_answers_with_the_pool_empty(void)
+{
+    ZCN_Config cfg = {.buffer_pool_size = 64, .buffer_size = 4096};
+    ZCN_Server *s = t_make_server(&cfg);
+    sl_server = s;
+    zcn_server_set_callbacks(s, NULL, NULL, sl_on_data, NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    uint8_t *held[64];
+    int n_held = 0;
+    while (n_held < 64 && (held[n_held] = zcn_server_acquire_buffer(s, NULL)) != NULL)
+        n_held++;
+    T_CHECK(n_held > 0 && n_held < 64);
+    int peer = client(zcn_server_port(s), 0);
+    char req[SL_RECORDS * 16 + 1];
+    for (int r = 0; r < SL_RECORDS; r++)
+        snprintf(req + 16 * r, 17, "%015d\n", r);
+    T_CHECK(send(peer, req, SL_RECORDS * 16, 0) == SL_RECORDS * 16);
+    char want[SL_RECORDS * 15], got[SL_RECORDS * 15];
+    for (int r = 0; r < SL_RECORDS; r++)
+        memcpy(want + 15 * r, req + 16 * r, 15);
+    size_t have = 0;
+    uint64_t end = t_mono_ms() + 3000;
+    while (have < sizeof got && t_mono_ms() < end) {
+        pump(s, 1);
+        ssize_t r = recv(peer, got + have, sizeof got - have, MSG_DONTWAIT);
+        if (r > 0)
+            have += (size_t)r;
+    }
+    if (sl_first_refusal != ZCN_OK)
+        fprintf(stderr, "  first refusal of %d sends: %s\n", sl_sends, sl_refusal);
+    T_CHECK_ERR((ZCN_Error)sl_first_refusal, ZCN_OK);
+    T_CHECK(have == sizeof got && memcmp(got, want, sizeof got) == 0);
+    for (int i = 0; i < n_held; i++)
+        T_CHECK_ERR(zcn_server_release_buffer(s, held[i]), ZCN_OK);
+    ZCN_ServerStats st = stats(s);
+    T_CHECK(st.buffers_held == 0);
+    close(peer);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
 /* ---- the byte limit within one call ---------------------------------------- */
 
 static ZCN_Server *big_server;
@@ -976,6 +1057,7 @@ int main(void)
     test_sizes_that_would_wrap();
     test_one_send_over_the_limit();
     test_send_over_the_buffer_cap();
+    test_slice_answers_with_the_pool_empty();
     test_wrong_thread();
     test_no_free_sqe();
     test_poll_close_between_polls();
