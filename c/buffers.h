@@ -328,6 +328,15 @@ static inline uint32_t ring_want(const ZCN_Loop *s)
      * answers to data just delivered, which may go over the budget. */
     uint64_t limit = (uint64_t)(s->reserve > 1 ? s->reserve / 2 : 1) +
                      (room > s->copy_headroom ? room - s->copy_headroom : 0);
+    /* And never more than the reserve: the budget's room must stay in
+     * the pool, where copies can take it. The kernel gives nothing back
+     * from the ring, so a ring grown into the room while the server was
+     * idle stayed grown when queues filled it, and copies found the pool
+     * empty with the budget half free (no eviction: the budget was not
+     * used up): a new client of an asyncio server on a 64 x 4 KiB pool,
+     * behind 8 peers that never read, got no answer in 10 s. */
+    if (limit > s->reserve)
+        limit = s->reserve;
     if (want > limit)
         want = limit;
     /* One bundle can take every buffer the ring holds: while any receive

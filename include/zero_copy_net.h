@@ -410,8 +410,10 @@ typedef struct ZCN_Config {
      * alive while views of it exist; C users may pass huge pages. */
     void *buffer_memory;
     size_t buffer_memory_size;
-    /* Pool buffers held data may never take (they feed receives);
-     * 0 = buffer_pool_size / 4 (at least 1); at most buffer_pool_size - 1. */
+    /* Pool buffers held data may never take (they feed receives; the
+     * receive ring holds at most this many, so the rest of the pool is the
+     * budget's); 0 = buffer_pool_size / 4 (at least 1); at most
+     * buffer_pool_size - 1. */
     uint32_t buffer_reserve;
     /* Abort (RST) a connection whose queued data made no send progress for
      * this long; 0 = 60000; ZCN_TIMEOUT_NEVER = never. */

@@ -99,59 +99,70 @@ def test_writes_larger_than_a_small_pools_buffer_cap(pool):
         loop.close()
 
 
-def test_peers_that_never_read_leave_the_loop_asleep():
-    # Eight peers that never read, on a pool so small that their queued
-    # data and the receive ring take every buffer. The writers' data waits
-    # in the transports, and the loop used to run ~45,000 turns a second
-    # trying again: a DRAIN asked for under the low-water mark came at
-    # once, every turn, and EXHAUSTED was retried every turn. Now it
-    # sleeps between retries that back off to 20 ms.
-    require_loop()
-    import socket
-    import zcn
+class _StuckFloods:
+    """Eight peers that never read, each sent 64 KiB writes by its handler
+    until stop(), on a pool so small that their queued data takes much of
+    it: `async with` waits until their data is stuck in zcn's queues."""
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        floods = []
+    def __init__(self, peers=8):
+        self.peers = peers
+
+    async def __aenter__(self):
+        import socket
+        self.stop_flag = asyncio.Event()
+        self.tasks = []
 
         async def flood(reader, writer):
-            floods.append(asyncio.current_task())
+            self.tasks.append(asyncio.current_task())
             await reader.read(4)
             chunk = b"x" * 65536
-            while not stop.is_set():
+            while not self.stop_flag.is_set():
                 writer.write(chunk)
                 await writer.drain()
 
-        server = await asyncio.start_server(flood, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        peers = []
-        for _ in range(8):
+        self.server = await asyncio.start_server(flood, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.socks = []
+        for _ in range(self.peers):
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", port))
             s.sendall(b"fill")
-            peers.append(s)
-        zl = loop._selector._zl
-        held, sent = 0, -1
+            self.socks.append(s)
+        self.zl = asyncio.get_running_loop()._selector._zl
+        self.held, sent = 0, -1
         for _ in range(200):  # until the peers' data is stuck in zcn
             await asyncio.sleep(0.01)
-            tcp = zl.stats().tcp
-            held = tcp.buffers_held
-            if held and tcp.bytes_sent == sent:
+            tcp = self.zl.stats().tcp
+            self.held = tcp.buffers_held
+            if self.held and tcp.bytes_sent == sent:
                 break
             sent = tcp.bytes_sent
-        t0 = zl.stats().turns
-        await asyncio.sleep(0.5)
-        turns = zl.stats().turns - t0
-        stop.set()
-        for task in floods:
+        return self
+
+    async def __aexit__(self, *exc):
+        self.stop_flag.set()
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*floods, return_exceptions=True)
-        for s in peers:
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for s in self.socks:
             s.close()
-        server.close()
-        return held, turns
+        self.server.close()
+
+
+def test_peers_that_never_read_leave_the_loop_asleep():
+    # The writers' data waits in the transports, and the loop used to run
+    # ~45,000 turns a second trying again: a DRAIN asked for under the
+    # low-water mark came at once, every turn, and EXHAUSTED was retried
+    # every turn. Now it sleeps between retries that back off to 20 ms.
+    require_loop()
+    import zcn
+
+    async def main():
+        async with _StuckFloods() as floods:
+            t0 = floods.zl.stats().turns
+            await asyncio.sleep(0.5)
+            return floods.held, floods.zl.stats().turns - t0
 
     loop = zcn.new_event_loop(buffer_pool_size=64, buffer_size=4096)
     try:
@@ -160,3 +171,47 @@ def test_peers_that_never_read_leave_the_loop_asleep():
         loop.close()
     assert held > 0, "the peers' data never got stuck in zcn's queues"
     assert turns < 2000, f"{turns} loop turns in 0.5 s while nothing could move"
+
+
+def test_a_newcomer_is_answered_behind_peers_that_never_read():
+    # Behind the same eight peers a new client of an echo server on the
+    # same loop got no answer in 10 s: the receive ring had grown into the
+    # budget's room while the loop was idle, the kernel gives no ring
+    # buffer back, and the newcomer's echo (a copy) found the pool empty
+    # with only a third of the budget held -- EXHAUSTED, retried, never
+    # an eviction. The ring holds at most the reserve now.
+    require_loop()
+    import zcn
+
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with _StuckFloods() as floods:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"hello" * 100)
+                try:
+                    got = await asyncio.wait_for(reader.readexactly(500), 10)
+                except asyncio.TimeoutError:
+                    got = None
+                tcp = floods.zl.stats().tcp
+                writer.close()
+                return floods.held, got, tcp
+        finally:
+            server.close()
+
+    loop = zcn.new_event_loop(buffer_pool_size=64, buffer_size=4096)
+    try:
+        held, got, tcp = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert held > 0, "the peers' data never got stuck in zcn's queues"
+    assert got == b"hello" * 100, \
+        f"no echo in 10 s: {tcp.buffers_held} of {tcp.buffer_budget} buffers held, " \
+        f"{tcp.buffers_in_use} of 64 in use"
