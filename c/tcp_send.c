@@ -236,6 +236,19 @@ static ZCN_Error send_copy(ZCN_Loop *s, struct conn *c, const uint8_t *data, siz
     return ZCN_OK;
 }
 
+/* send_copy for the user's own bytes: a copy that finds no free pool
+ * buffer promises a DRAIN, as a refusal does, from the budget waiters when
+ * buffers are back (c/buffers.c), or the caller had no event to retry on. */
+static ZCN_Error send_copy_or_wait(ZCN_Loop *s, struct conn *c, const uint8_t *data, size_t len)
+{
+    ZCN_Error err = send_copy(s, c, data, len);
+    if (ZCN_UNLIKELY(err == ZCN_ERR_EXHAUSTED)) {
+        c->want_drain = true;
+        wait_for_budget(s, c);
+    }
+    return err;
+}
+
 /* A slice of a lent receive buffer: referenced, not copied, unless it is
  * small and would wait behind other data anyway (then packed), or c is at
  * its chunk cap. */
@@ -374,7 +387,7 @@ static ZCN_Error loop_send(ZCN_Loop *s, int fd, const uint8_t *data, size_t len,
         return ZCN_OK;
     const uint8_t *end = s->slab + (size_t)s->buffer_count * s->buffer_size;
     if (data < s->slab || data >= end)
-        return send_copy(s, c, data, len);
+        return send_copy_or_wait(s, c, data, len);
 
     uint32_t bid = (uint32_t)((size_t)(data - s->slab) / s->buffer_size);
     size_t off = (size_t)(data - buf_ptr(s, bid));
@@ -385,7 +398,7 @@ static ZCN_Error loop_send(ZCN_Loop *s, int fd, const uint8_t *data, size_t len,
                         len, s->buffer_size);
     struct zcn_buf_meta *m = &s->meta[bid];
     if (m->state == ZCN_BUF_USER)
-        return send_copy(s, c, data, len);
+        return send_copy_or_wait(s, c, data, len);
     if (m->state != ZCN_BUF_RX || m->refs == 0)
         return zcn_fail(ZCN_ERR_FOREIGN_POINTER,
                         "data points into a receive buffer that is no longer lent");
@@ -841,7 +854,7 @@ ZCN_Error zcn_loop_send_many(ZCN_Loop *s, const uint8_t *data, size_t data_len,
         if (c != NULL && c->send_many_seq == seq) {
             err = (ZCN_Error)c->send_many_err;
         } else if (c != NULL && len > 0) {
-            err = send_copy(s, c, data + off, len);
+            err = send_copy_or_wait(s, c, data + off, len);
             if (err != ZCN_OK) {
                 c->send_many_seq = seq;
                 c->send_many_err = (int32_t)err;

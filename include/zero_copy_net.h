@@ -452,8 +452,10 @@ typedef void (*ZCN_OnData)(void *user_data, int fd, const uint8_t *data, size_t 
  * open during the call but no longer accepts sends (ZCN_ERR_CLOSED); it is
  * closed right after, so the number may be reused by a later accept. */
 typedef void (*ZCN_OnClose)(void *user_data, int fd);
-/* A connection whose send was refused with ZCN_ERR_QUEUE_FULL has drained
- * to half its limit: sending will succeed again. */
+/* A connection whose send was refused with ZCN_ERR_QUEUE_FULL or
+ * ZCN_ERR_EXHAUSTED has drained to half its limit, with budget to spare:
+ * sending will succeed again (for EXHAUSTED: most likely; the pool is
+ * shared). */
 typedef void (*ZCN_OnDrain)(void *user_data, int fd);
 /* Half-close mode: the peer has finished sending (FIN) and every byte it
  * sent has been delivered. Once per connection. The connection stays open
@@ -696,7 +698,9 @@ ZCN_API ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_
  * and on_drain follows once sending can succeed. While a connection is over
  * its limits its received data is not delivered, so a handler that sends at
  * most what it received per callback never sees this error),
- * ZCN_ERR_EXHAUSTED (no free pool buffer for the copy right now),
+ * ZCN_ERR_EXHAUSTED (no free pool buffer for the copy right now: the
+ * budget is overshot, or the application holds the buffers; nothing is
+ * queued and on_drain follows once buffers are back, as for QUEUE_FULL),
  * ZCN_ERR_FOREIGN_POINTER (data points into a receive buffer that is no
  * longer lent, or runs past the end of a lent buffer),
  * ZCN_ERR_WRONG_THREAD (not the owner thread). */

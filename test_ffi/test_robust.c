@@ -649,6 +649,75 @@ static void test_slice_answers_with_the_pool_empty(void)
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }
 
+/* ---- a copy that finds the pool empty: DRAIN follows ------------------------ */
+
+static ZCN_Server *ex_server;
+static uint8_t *ex_taken;
+static int ex_first = -1, ex_drains, ex_retry = -1;
+
+static void ex_on_data(void *ud, int fd, const uint8_t *data, size_t len)
+{
+    (void)ud;
+    (void)data;
+    (void)len;
+    if (ex_taken == NULL)
+        ex_taken = zcn_server_acquire_buffer(ex_server, NULL);
+    ex_first = zcn_server_send(ex_server, fd, (const uint8_t *)"hello", 5);
+}
+
+static void ex_on_drain(void *ud, int fd)
+{
+    (void)ud;
+    ex_drains++;
+    ex_retry = zcn_server_send(ex_server, fd, (const uint8_t *)"hello", 5);
+}
+
+/* A copy that found no free pool buffer got ZCN_ERR_EXHAUSTED and nothing
+ * after it: a C handler had no event to retry on (the asyncio transport
+ * polled with a backoff). The refusal promises on_drain now, as
+ * QUEUE_FULL does, once buffers are back. Here the user holds all of the
+ * budget but one and on_data takes that one before it answers. */
+static void test_exhausted_copy_gets_a_drain(void)
+{
+    ZCN_Config cfg = {.buffer_pool_size = 64, .buffer_size = 4096};
+    ZCN_Server *s = t_make_server(&cfg);
+    ex_server = s;
+    zcn_server_set_callbacks(s, NULL, NULL, ex_on_data, NULL);
+    zcn_server_set_drain_callback(s, ex_on_drain);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    uint8_t *held[64];
+    int n_held = 0;
+    while (n_held < 64 && (held[n_held] = zcn_server_acquire_buffer(s, NULL)) != NULL)
+        n_held++;
+    T_CHECK(n_held > 1 && n_held < 64);
+    T_CHECK_ERR(zcn_server_release_buffer(s, held[--n_held]), ZCN_OK);
+    int peer = client(zcn_server_port(s), 0);
+    T_CHECK(send(peer, "x", 1, 0) == 1);
+    uint64_t end = t_mono_ms() + 2000;
+    while (ex_first == -1 && t_mono_ms() < end)
+        pump(s, 1);
+    T_CHECK_ERR((ZCN_Error)ex_first, ZCN_ERR_EXHAUSTED);
+    pump(s, 20);
+    T_CHECK(ex_drains == 0); /* nothing came back yet */
+    T_CHECK(ex_taken != NULL);
+    if (ex_taken != NULL)
+        T_CHECK_ERR(zcn_server_release_buffer(s, ex_taken), ZCN_OK);
+    char b[8];
+    ssize_t r = -1;
+    end = t_mono_ms() + 2000;
+    while (r <= 0 && t_mono_ms() < end) {
+        pump(s, 1);
+        r = recv(peer, b, sizeof b, MSG_DONTWAIT);
+    }
+    T_CHECK(ex_drains == 1);
+    T_CHECK_ERR((ZCN_Error)ex_retry, ZCN_OK);
+    T_CHECK(r == 5 && memcmp(b, "hello", 5) == 0);
+    for (int i = 0; i < n_held; i++)
+        T_CHECK_ERR(zcn_server_release_buffer(s, held[i]), ZCN_OK);
+    close(peer);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
 /* ---- the byte limit within one call ---------------------------------------- */
 
 static ZCN_Server *big_server;
@@ -1083,6 +1152,7 @@ int main(void)
     test_one_send_over_the_limit();
     test_send_over_the_buffer_cap();
     test_slice_answers_with_the_pool_empty();
+    test_exhausted_copy_gets_a_drain();
     test_wrong_thread();
     test_no_free_sqe();
     test_poll_close_between_polls();

@@ -342,7 +342,7 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
         """A collected write zcn refused at the flush."""
         if code == _QUEUE_FULL or code == errno.EMSGSIZE or code == _EXHAUSTED:
             self._overflow_add(chunk)
-            if code != _QUEUE_FULL:  # no DRAIN follows: pushed on later
+            if code != _QUEUE_FULL:  # EMSGSIZE: no DRAIN follows; see _retry_later
                 self._retry_later()
             self._maybe_pause_protocol()
         elif code == _ERR_CLOSED:
@@ -460,11 +460,14 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
 
     def _retry_later(self) -> None:
         """zcn had no free pool buffer for a copy just now (many
-        connections' sends in one turn, or the receive ring holds them)
-        and no DRAIN follows that refusal. The overflow is pushed again
-        after the next poll, which sends (and so frees) what is queued;
-        if that was not enough, after 0.5 ms, doubling to 20 ms: a pool
-        that stays empty costs a few retries a second, not a busy loop."""
+        connections' sends in one turn overshot the budget), or a piece
+        was too large (EMSGSIZE, which no DRAIN follows). zcn promises a
+        DRAIN for EXHAUSTED once the budget has room again; this retry
+        goes on sooner when buffers come back before that. The overflow
+        is pushed again after the next poll, which sends (and so frees)
+        what is queued; if that was not enough, after 0.5 ms, doubling to
+        20 ms: a pool that stays empty costs a few retries a second, not
+        a busy loop."""
         if not self._retry_pending:
             self._retry_pending = True
             n = self._retries
@@ -498,8 +501,8 @@ class _ZcnTransport(transports._FlowControlMixin, transports.Transport):
                 self._overflow is None or size - self._overflow_size > self._low_water):
             # A DRAIN when zcn's queue goes under the mark. Not while it is
             # under it already with data refused: that DRAIN would come at
-            # once, every turn; the refusal's own DRAIN (QUEUE_FULL) or
-            # the retry (EXHAUSTED) pushes the rest.
+            # once, every turn; the refusal's own DRAIN (QUEUE_FULL,
+            # EXHAUSTED) or the retry pushes the rest.
             self._request_drain()
 
     def _request_drain(self) -> None:

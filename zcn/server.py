@@ -248,7 +248,7 @@ class TcpServer(BoundSocket, HasBackend):
                            for sending until you close/shutdown/abort it
                            (without on_eof it closes once the replies are sent)
       on_close(fd)         the connection ended, exactly once per on_accept
-      on_drain(fd)         a send refused with QueueFullError may be retried
+      on_drain(fd)         a send refused with QueueFullError or ExhaustedError may be retried
     error_handler: what a callback's exception does (see the module
     docstring): None = log it and abort that connection, "raise", or a
     callable error_handler(fd, exc).
@@ -514,7 +514,7 @@ class TcpServer(BoundSocket, HasBackend):
 
     @property
     def on_drain(self) -> Optional[FdCallback]:
-        """on_drain(fd): a send refused with QueueFullError may be retried."""
+        """on_drain(fd): a send refused with QueueFullError or ExhaustedError may be retried."""
         return self._on_drain
 
     @on_drain.setter
@@ -600,7 +600,8 @@ class TcpServer(BoundSocket, HasBackend):
         over send_queue_max_bytes or the connection's buffer share, or the
         server's buffer budget is used up: nothing was queued; on_drain
         follows), OSError EMSGSIZE (larger than send_queue_max_bytes: it can
-        never fit), ExhaustedError (no pool buffer for the copy right now),
+        never fit), ExhaustedError (no pool buffer for the copy right now;
+        on_drain follows),
         WrongThreadError (not the loop thread), TypeError (fd not an int,
         data not bytes-like), ValueError (data is a released view).
         """
