@@ -393,6 +393,14 @@ struct ZCN_Loop {
     struct zcn_calls calls;
     ZCN_LoopStats lstats;       /* the loop's own counters (lstats.tcp unused) */
     _Atomic uint64_t calls_refused; /* zcn_loop_call from any thread */
+    /* The counters as of the last wait, for other threads (zcn_loop_stats,
+     * zcn_server_stats): a seqlock over word-sized atomics, written by the
+     * owner before each wait (odd while it writes) once another thread has
+     * asked for them (snap_wanted). */
+    _Atomic uint32_t snap_wanted;
+    _Atomic uint32_t snap_running; /* inside a loop call: a wake-up is answered */
+    _Atomic uint32_t snap_seq;
+    _Atomic uint64_t snap[sizeof(ZCN_LoopStats) / sizeof(uint64_t)];
     /* poll mode: events go here instead */
     ZCN_Event *ev;
     uint32_t ev_cap;
@@ -535,7 +543,10 @@ void zcn_loop_free(ZCN_Loop *s);
 void zcn_loop_end_conns(ZCN_Loop *s, const struct zcn_handler *h);
 
 void zcn_loop_request_stop(ZCN_Loop *s);
+/* The loop's counters: live on the owner thread (and before it has one),
+ * the snapshot of the last wait on any other. */
 void zcn_loop_tcp_stats(const ZCN_Loop *s, ZCN_ServerStats *out);
+void zcn_loop_publish_stats(ZCN_Loop *s);
 ZCN_Error zcn_loop_run_once_as(ZCN_Loop *s, int timeout_ms, uint32_t *handled_out, const char *fn);
 ZCN_Error zcn_loop_poll_as(ZCN_Loop *s, ZCN_Event *events, uint32_t capacity, int timeout_ms,
                            uint32_t *count_out, const char *fn);

@@ -744,8 +744,13 @@ ZCN_API size_t zcn_server_queued_bytes(const ZCN_Server *server, int fd);
  * on_close). Owner thread. */
 ZCN_API ZCN_Error zcn_server_conn_info(const ZCN_Server *server, int fd, ZCN_ConnInfo *out);
 
-/* A snapshot of the counters. Any thread: from another thread while the
- * loop runs, each counter is a recent value (not one atomic snapshot). */
+/* A snapshot of the counters. Any thread: on the loop's owner thread (or
+ * before it has one) the live values; on any other, the counters as the
+ * loop published them at the end of its last loop call or, once another
+ * thread has read them, before its last wait: all from the same moment,
+ * exact for an idle loop or one its owner no longer runs. The first read
+ * from another thread during a loop call wakes the loop and waits for a
+ * fresh copy (at most 100 ms). */
 ZCN_API ZCN_Error zcn_server_stats(const ZCN_Server *server, ZCN_ServerStats *out);
 /* The start of the server's buffer slab and each buffer's size (for
  * ZCN_Event.offset); NULL/0 for NULL. */
@@ -881,7 +886,8 @@ ZCN_API ZCN_Error zcn_loop_poll(ZCN_Loop *loop, ZCN_Event *events, uint32_t capa
 ZCN_API ZCN_Error zcn_loop_stop(ZCN_Loop *loop);
 ZCN_API ZCN_Error zcn_loop_flush(ZCN_Loop *loop);
 ZCN_API ZCN_Error zcn_loop_wakeup_fd(ZCN_Loop *loop, int *fd_out);
-/* Counters; any thread (each a recent value while the loop runs). */
+/* Counters; any thread (from a thread that is not the owner: as of the
+ * loop's last wait, consistent, as zcn_server_stats). */
 ZCN_API ZCN_Error zcn_loop_stats(const ZCN_Loop *loop, ZCN_LoopStats *out);
 /* The loop's clock (CLOCK_MONOTONIC in ms) as of its current turn: what
  * timers are measured on. 0 for NULL. */

@@ -1278,6 +1278,87 @@ static void test_cross_thread_calls(void)
             (unsigned long long)woke_ms);
 }
 
+/* zcn_loop_stats and zcn_server_stats from another thread while the loop
+ * runs ("any thread"): they read the loop's counters as the loop wrote
+ * them, a data race (TSan: "data race ... zcn_loop_tcp_stats"). Another
+ * thread now reads the snapshot the owner publishes before each wait:
+ * consistent counters that only grow. */
+static struct {
+    ZCN_Loop *loop;
+    ZCN_Server *srv;
+    atomic_int stop;
+    long reads, went_back;
+    ZCN_ServerStats last;
+} sx;
+
+static void *sx_read_once(void *arg)
+{
+    (void)arg;
+    T_CHECK_ERR(zcn_server_stats(sx.srv, &sx.last), ZCN_OK);
+    return NULL;
+}
+
+static void *sx_reader(void *arg)
+{
+    (void)arg;
+    uint64_t turns = 0, got = 0;
+    while (!atomic_load(&sx.stop)) {
+        ZCN_LoopStats ls;
+        ZCN_ServerStats ss;
+        T_CHECK_ERR(zcn_loop_stats(sx.loop, &ls), ZCN_OK);
+        T_CHECK_ERR(zcn_server_stats(sx.srv, &ss), ZCN_OK);
+        if (ls.turns < turns || ss.bytes_received < got ||
+            ls.tcp.bytes_sent > ls.tcp.bytes_received)
+            sx.went_back++;
+        turns = ls.turns;
+        got = ss.bytes_received;
+        sx.reads++;
+    }
+    return NULL;
+}
+
+static void test_stats_from_another_thread(void)
+{
+    ZCN_Loop *l = t_new_loop(NULL);
+    memset(&sx, 0, sizeof sx);
+    sx.loop = l;
+    sx.srv = new_server_on(l, 0, 0);
+    T_CHECK_ERR(zcn_server_use_echo_handler(sx.srv), ZCN_OK);
+    t_turn(l, 0); /* this thread owns the loop */
+    int fd = t_connect(zcn_server_port(sx.srv));
+    pthread_t th;
+    T_CHECK(pthread_create(&th, NULL, sx_reader, NULL) == 0);
+    char msg[64], back[64];
+    memset(msg, 's', sizeof msg);
+    const int rounds = 2000;
+    for (int i = 0; i < rounds; i++) {
+        t_send_all(fd, msg, sizeof msg);
+        size_t have = 0;
+        uint64_t dl = t_mono_ms() + 2000;
+        while (have < sizeof back && t_mono_ms() < dl) {
+            t_turn(l, 1);
+            ssize_t r = recv(fd, back + have, sizeof back - have, MSG_DONTWAIT);
+            if (r > 0)
+                have += (size_t)r;
+        }
+        T_CHECK(have == sizeof back);
+    }
+    t_turn(l, 0); /* one more wait publishes the last counters */
+    atomic_store(&sx.stop, 1);
+    pthread_join(th, NULL);
+    T_CHECK(sx.went_back == 0);
+    T_CHECK(sx.reads > 0);
+    /* Another thread sees what the last wait published: every byte. */
+    T_CHECK(pthread_create(&th, NULL, sx_read_once, NULL) == 0);
+    pthread_join(th, NULL);
+    T_CHECK(sx.last.bytes_received == (uint64_t)rounds * sizeof msg);
+    T_CHECK(sx.last.bytes_sent == (uint64_t)rounds * sizeof msg);
+    close(fd);
+    T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
+    fprintf(stderr, "stats from another thread: %ld reads while %d echoes ran, never "
+            "going back\n", sx.reads, rounds);
+}
+
 /* zcn_loop_call and zcn_loop_stop racing zcn_loop_destroy: each either
  * reaches the live loop (and the call runs, at the latest in the destroy)
  * or finds it gone and touches nothing. */
@@ -2150,6 +2231,7 @@ int main(void)
     test_watches();
     test_null_watch_in_callback_mode();
     test_cross_thread_calls();
+    test_stats_from_another_thread();
     test_calls_racing_destroy();
     test_poll_mode();
     test_two_servers();
