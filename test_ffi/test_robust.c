@@ -560,6 +560,32 @@ static void test_send_over_the_buffer_cap(void)
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }
 
+/* Takes every buffer the application may hold, then gives one back: the
+ * budget has room for one more, the pool one free buffer. */
+static int hold_all_but_one(ZCN_Server *s, uint8_t **held, int cap)
+{
+    int n = 0;
+    while (n < cap && (held[n] = zcn_server_acquire_buffer(s, NULL)) != NULL)
+        n++;
+    T_CHECK(n > 1 && n < cap);
+    T_CHECK_ERR(zcn_server_release_buffer(s, held[--n]), ZCN_OK);
+    return n;
+}
+
+/* Runs the server and reads fd until len bytes came or ms passed. */
+static size_t pump_recv(ZCN_Server *s, int fd, char *buf, size_t len, int ms)
+{
+    size_t have = 0;
+    uint64_t end = t_mono_ms() + (uint64_t)ms;
+    while (have < len && t_mono_ms() < end) {
+        pump(s, 1);
+        ssize_t r = recv(fd, buf + have, len - have, MSG_DONTWAIT);
+        if (r > 0)
+            have += (size_t)r;
+    }
+    return have;
+}
+
 /* ---- slice answers while the pool is empty --------------------------------- */
 
 #define SL_RECORDS 256          /* 16-byte records "%015d\n": 4 KiB */
@@ -614,11 +640,7 @@ static void test_slice_answers_with_the_pool_empty(void)
     zcn_server_set_callbacks(s, NULL, NULL, sl_on_data, NULL);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     uint8_t *held[64];
-    int n_held = 0;
-    while (n_held < 64 && (held[n_held] = zcn_server_acquire_buffer(s, NULL)) != NULL)
-        n_held++;
-    T_CHECK(n_held > 1 && n_held < 64);
-    T_CHECK_ERR(zcn_server_release_buffer(s, held[--n_held]), ZCN_OK);
+    int n_held = hold_all_but_one(s, held, 64);
     int peer = client(zcn_server_port(s), 0);
     static char req[SL_RECORDS * 16 + 1], want[SL_RECORDS * 15], got[SL_RECORDS * 15];
     for (int r = 0; r < SL_RECORDS; r++) {
@@ -626,14 +648,7 @@ static void test_slice_answers_with_the_pool_empty(void)
         memcpy(want + 15 * r, req + 16 * r, 15);
     }
     T_CHECK(send(peer, req, sizeof req - 1, 0) == (ssize_t)sizeof req - 1);
-    size_t have = 0;
-    uint64_t end = t_mono_ms() + 3000;
-    while (have < sizeof got && t_mono_ms() < end) {
-        pump(s, 1);
-        ssize_t r = recv(peer, got + have, sizeof got - have, MSG_DONTWAIT);
-        if (r > 0)
-            have += (size_t)r;
-    }
+    size_t have = pump_recv(s, peer, got, sizeof got, 3000);
     if (sl_first_refusal != ZCN_OK)
         fprintf(stderr, "  first refusal of %d sends: %s\n", sl_sends, sl_refusal);
     T_CHECK_ERR((ZCN_Error)sl_first_refusal, ZCN_OK);
@@ -686,11 +701,7 @@ static void test_exhausted_copy_gets_a_drain(void)
     zcn_server_set_drain_callback(s, ex_on_drain);
     T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
     uint8_t *held[64];
-    int n_held = 0;
-    while (n_held < 64 && (held[n_held] = zcn_server_acquire_buffer(s, NULL)) != NULL)
-        n_held++;
-    T_CHECK(n_held > 1 && n_held < 64);
-    T_CHECK_ERR(zcn_server_release_buffer(s, held[--n_held]), ZCN_OK);
+    int n_held = hold_all_but_one(s, held, 64);
     int peer = client(zcn_server_port(s), 0);
     T_CHECK(send(peer, "x", 1, 0) == 1);
     uint64_t end = t_mono_ms() + 2000;
@@ -702,16 +713,11 @@ static void test_exhausted_copy_gets_a_drain(void)
     T_CHECK(ex_taken != NULL);
     if (ex_taken != NULL)
         T_CHECK_ERR(zcn_server_release_buffer(s, ex_taken), ZCN_OK);
-    char b[8];
-    ssize_t r = -1;
-    end = t_mono_ms() + 2000;
-    while (r <= 0 && t_mono_ms() < end) {
-        pump(s, 1);
-        r = recv(peer, b, sizeof b, MSG_DONTWAIT);
-    }
+    char b[5];
+    size_t have = pump_recv(s, peer, b, sizeof b, 2000);
     T_CHECK(ex_drains == 1);
     T_CHECK_ERR((ZCN_Error)ex_retry, ZCN_OK);
-    T_CHECK(r == 5 && memcmp(b, "hello", 5) == 0);
+    T_CHECK(have == 5 && memcmp(b, "hello", 5) == 0);
     for (int i = 0; i < n_held; i++)
         T_CHECK_ERR(zcn_server_release_buffer(s, held[i]), ZCN_OK);
     close(peer);
@@ -978,13 +984,7 @@ static void test_acquire_keeps_the_reserve(void)
     int given = 0;
     for (; given < 8; given++)
         T_CHECK_ERR(zcn_server_release_buffer(s, got[n - 1 - given]), ZCN_OK);
-    ssize_t r = -1;
-    uint64_t end = t_mono_ms() + 1000;
-    while (r <= 0 && t_mono_ms() < end) {
-        pump(s, 1);
-        r = recv(echo, b, sizeof b, MSG_DONTWAIT);
-    }
-    T_CHECK(r == 5 && memcmp(b, "waits", 5) == 0);
+    T_CHECK(pump_recv(s, echo, b, 5, 1000) == 5 && memcmp(b, "waits", 5) == 0);
     T_CHECK(echo_ms(s, echo, "still receiving", 1000, NULL) >= 0);
     for (int i = 0; i < n - given; i++)
         T_CHECK_ERR(zcn_server_release_buffer(s, got[i]), ZCN_OK);
