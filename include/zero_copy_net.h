@@ -1667,6 +1667,10 @@ typedef struct ZCN_UdpEvent {
 ZCN_API ZCN_Error zcn_udp_poll(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, uint32_t capacity,
                                int timeout_ms, uint32_t *count_out);
 
+/* A snapshot of the socket's counters. The thread that drives its loop, or
+ * any thread while nobody runs that loop: the counters are live, and unlike
+ * zcn_loop_stats no snapshot is published for other threads (reading them
+ * while the loop runs elsewhere is a data race). */
 ZCN_API ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *sock, ZCN_UdpStats *out);
 
 /* Batch mode, for a socket on a loop (zcn_udp_create_on, _adopt_on) whose
