@@ -94,7 +94,12 @@ void zcn_tcp_serve_waiters(ZCN_Loop *s)
  * used slots, at most every EVICT_SCAN_MS and only under this pressure. */
 void zcn_tcp_evict_for_waiters(ZCN_Loop *s)
 {
-    if (s->waiters.head == NIL || budget_used(s) < s->budget ||
+    /* Judged only after a reap, and only sends the kernel has: a turn that
+     * starts after a long stretch of handler work (Python under load)
+     * finds queues "stalled" for 100 ms whose sends were never submitted,
+     * or whose completions wait unreaped, and evicted readers that were
+     * fine (64 of 1,000 asyncio stream connections on one loop). */
+    if (!s->reaped || s->waiters.head == NIL || budget_used(s) < s->budget ||
         s->now_ms < s->evict_check_ms + EVICT_SCAN_MS)
         return;
     s->evict_check_ms = s->now_ms;
@@ -103,7 +108,14 @@ void zcn_tcp_evict_for_waiters(ZCN_Loop *s)
     for (uint32_t i = 0; i < s->slots_high; i++) {
         struct conn *c = &s->conns[i];
         bool live = c->state == CONN_OPEN || c->state == CONN_CLOSING;
-        if (!live || c->sq_head == NIL || s->now_ms - c->progress_ms < EVICT_STALL_MS)
+        /* One buffer is the least a sender holds: evicting it frees one
+         * buffer for one waiter, a trade, not relief. A connection whose
+         * one small send waits for a retransmit (a listen queue that
+         * overflowed drops the handshake's last ACK: the client's first
+         * data is resent after 200 ms or more) is no hog; a peer that never
+         * reads fills more than one buffer, or the send timeout ends it. */
+        if (!live || !c->send_inflight || held(c) <= 1 ||
+            s->now_ms - c->progress_ms < EVICT_STALL_MS)
             continue;
         if (n < EVICT_BATCH) {
             top[n++] = c;

@@ -369,6 +369,7 @@ static ZCN_Error turn(ZCN_Loop *s, int timeout_ms, uint32_t *handled)
 {
     *handled = 0;
     s->now_ms = zcn_now_ms();
+    s->reaped = false;
     s->lstats.turns++;
     uint64_t closed_before = s->stats.connections_closed;
     zcn_tcp_resume_accepts(s);
@@ -395,6 +396,7 @@ static ZCN_Error turn(ZCN_Loop *s, int timeout_ms, uint32_t *handled)
         return zcn_fail((ZCN_Error)-ret, "io_uring_enter failed");
     s->now_ms = zcn_now_ms();
     uint32_t seen = reap(s);
+    s->reaped = true;
     uint32_t late = housekeeping(s);
     *handled = early + seen + late;
     if (zcn_wakeup_take(&s->wakeup))

@@ -334,6 +334,7 @@ struct ZCN_Loop {
     uint64_t send_timeout_ms;   /* 0 = never */
     uint32_t hard_max_bufs;
     uint64_t evict_check_ms;    /* last eviction scan */
+    bool reaped;                /* this turn has reaped: stalls can be judged */
 
     struct chunk *chunks;
     uint32_t chunks_max;

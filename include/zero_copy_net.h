@@ -381,11 +381,11 @@ enum {
  * paused; the kernel's socket buffers hold the rest) and its sends get
  * ZCN_ERR_QUEUE_FULL until it drains. A connection that waits for budget
  * waits in first-come first-served order; while one waits and the budget is
- * used up, connections whose sends made no progress for 100 ms are aborted,
- * biggest holders first, until their buffers would serve every waiter
- * (stats.evictions). A connection whose
- * queued data makes no progress for send_timeout_ms, or that holds more
- * than conn_buffers_hard_max buffers, is aborted too. */
+ * used up, connections holding more than one buffer whose send in the
+ * kernel made no progress for 100 ms are aborted, biggest holders first,
+ * until their buffers would serve every waiter (stats.evictions). A
+ * connection whose queued data makes no progress for send_timeout_ms, or
+ * that holds more than conn_buffers_hard_max buffers, is aborted too. */
 typedef struct ZCN_Config {
     const char *address;            /* IPv4 or IPv6 literal; NULL = "0.0.0.0" */
     uint16_t port;                  /* 0 = an ephemeral port (zcn_server_port) */

@@ -724,6 +724,70 @@ static void test_exhausted_copy_gets_a_drain(void)
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }
 
+/* ---- a slow turn is not a stalled peer --------------------------------------- */
+
+#define SLOW_CLIENTS 12
+static ZCN_Server *slow_server;
+static int slow_deliveries, slow_refused;
+
+static void slow_on_data(void *ud, int fd, const uint8_t *data, size_t len)
+{
+    (void)ud;
+    (void)data;
+    (void)len;
+    static uint8_t answer[4 * 4096];
+    memset(answer, 'a', sizeof answer);
+    if (++slow_deliveries > SLOW_CLIENTS)
+        return;
+    if (zcn_server_send(slow_server, fd, answer, sizeof answer) != ZCN_OK)
+        slow_refused++;
+    if (slow_deliveries == SLOW_CLIENTS)
+        usleep(150 * 1000); /* a handler (say, Python under load) that takes its time */
+}
+
+/* Evictions are for peers that do not read. Twelve clients that do each
+ * got a 16 KiB answer (4 of 48 budget buffers), queued in one long turn
+ * (150 ms of handler work); a thirteenth client's data waited for budget.
+ * The next turn's first housekeeping, before the wait that submits those
+ * answers, saw them "stalled" for over 100 ms and evicted a client: under
+ * load 64 of 1,000 asyncio stream connections on one loop got EOF for
+ * their echo (test_asyncio_loop's thousand-connection test, in CI). Only
+ * sends the kernel has had, judged after a reap, count as stalled now. */
+static void test_a_slow_turn_evicts_nobody(void)
+{
+    ZCN_Config cfg = {.buffer_pool_size = 64, .buffer_size = 4096};
+    ZCN_Server *s = t_make_server(&cfg);
+    slow_server = s;
+    zcn_server_set_callbacks(s, NULL, NULL, slow_on_data, NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    int peers[SLOW_CLIENTS + 1];
+    for (int i = 0; i <= SLOW_CLIENTS; i++)
+        peers[i] = client(zcn_server_port(s), 0);
+    ZCN_ServerStats st = stats(s);
+    uint64_t end = t_mono_ms() + 2000;
+    while (st.connections_active < SLOW_CLIENTS + 1 && t_mono_ms() < end) {
+        pump(s, 1);
+        st = stats(s);
+    }
+    T_CHECK(st.connections_active == SLOW_CLIENTS + 1);
+    for (int i = 0; i <= SLOW_CLIENTS; i++)
+        T_CHECK(send(peers[i], "x", 1, 0) == 1);
+    static char got[4 * 4096];
+    for (int i = 0; i < SLOW_CLIENTS; i++)
+        T_CHECK(pump_recv(s, peers[i], got, sizeof got, 3000) == sizeof got);
+    pump(s, 50);
+    st = stats(s);
+    if (st.evictions != 0)
+        print_stats("a slow turn", &st);
+    T_CHECK(slow_refused == 0);
+    T_CHECK(st.evictions == 0);
+    T_CHECK(st.connections_active == SLOW_CLIENTS + 1);
+    T_CHECK(slow_deliveries == SLOW_CLIENTS + 1); /* the thirteenth got its turn */
+    for (int i = 0; i <= SLOW_CLIENTS; i++)
+        close(peers[i]);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
 /* ---- the byte limit within one call ---------------------------------------- */
 
 static ZCN_Server *big_server;
@@ -1153,6 +1217,7 @@ int main(void)
     test_send_over_the_buffer_cap();
     test_slice_answers_with_the_pool_empty();
     test_exhausted_copy_gets_a_drain();
+    test_a_slow_turn_evicts_nobody();
     test_wrong_thread();
     test_no_free_sqe();
     test_poll_close_between_polls();

