@@ -6,7 +6,8 @@
  * an fd watch, the wake-up eventfd or pipe, the policy's tick, or an
  * attached source (a UDP socket). This file is also the loop's life:
  * create (config, pool, ring, tables), the owner rule, run / poll / stop,
- * destroy (everything still on it ends, bounded), and its queries.
+ * destroy (everything still on it ends, bounded), and its queries; its
+ * counters are c/stats.c's.
  *
  * The path of one message: the kernel picks a buffer from the buffer ring and
  * posts a recv completion naming it; on_data borrows it; zcn_loop_send of
@@ -1041,112 +1042,6 @@ ZCN_Error zcn_loop_teardown(ZCN_Loop *s)
         }
     s->servers_count = 0; /* freed: the loop's stats count none */
     return ZCN_OK;
-}
-
-static void tcp_stats_now(const ZCN_Loop *s, ZCN_ServerStats *out)
-{
-    *out = s->stats;
-    out->connections_active = s->conns_active;
-    out->buffers_total = s->buffer_count;
-    out->buffers_in_use = s->buffer_count - s->pool_free - s->rx.count;
-    out->buffers_held = (uint64_t)s->parked + s->user_bufs;
-    out->buffer_budget = s->budget;
-    out->buffer_waiters = s->waiters.count;
-}
-
-static void stats_now(const ZCN_Loop *s, ZCN_LoopStats *out)
-{
-    *out = s->lstats;
-    tcp_stats_now(s, &out->tcp);
-    out->timers_active = s->timers.user_count;
-    out->calls_refused = atomic_load_explicit(&s->calls_refused, memory_order_relaxed);
-    out->watches_active = s->watches.count;
-    out->servers = 0;
-    for (uint32_t i = 0; i < s->servers_count; i++)
-        out->servers += s->servers[i] != NULL;
-}
-
-#define SNAP_WORDS (sizeof(ZCN_LoopStats) / sizeof(uint64_t))
-_Static_assert(sizeof(ZCN_LoopStats) % sizeof(uint64_t) == 0, "ZCN_LoopStats is all uint64_t");
-
-/* Before each wait, on the owner thread, once another thread has read the
- * counters: a copy for such readers, so they never touch what the loop
- * writes, and at the end of every loop call. ~45 plain stores (relaxed
- * atomics compile to ordinary stores on x86 and arm64); a loop nobody
- * reads from another thread pays one load a wait (publishing before every
- * wait looked like ~1% of 1-connection ping-pong's CPU). */
-void zcn_loop_publish_stats(ZCN_Loop *s)
-{
-    uint64_t w[SNAP_WORDS];
-    ZCN_LoopStats now;
-    stats_now(s, &now);
-    memcpy(w, &now, sizeof w);
-    uint32_t q = atomic_load_explicit(&s->snap_seq, memory_order_relaxed);
-    atomic_store_explicit(&s->snap_seq, q + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-    for (size_t i = 0; i < SNAP_WORDS; i++)
-        atomic_store_explicit(&s->snap[i], w[i], memory_order_relaxed);
-    atomic_store_explicit(&s->snap_seq, q + 2, memory_order_release);
-}
-
-static bool on_owner(const ZCN_Loop *s)
-{
-    return !s->started || s->owner == this_thread();
-}
-
-/* Another thread's read: retried while the owner is writing. The first
- * one asks the loop to publish before every wait from now on and wakes it
- * for a fresh copy, waiting up to 100 ms for it while the owner is inside
- * a loop call (one it is not running has the copy its last call made). */
-static void stats_snapshot(const ZCN_Loop *cs, ZCN_LoopStats *out)
-{
-    ZCN_Loop *s = (ZCN_Loop *)cs; /* the request flag and the wake-up only */
-    if (ZCN_UNLIKELY(!atomic_load_explicit(&s->snap_wanted, memory_order_acquire))) {
-        uint32_t q0 = atomic_load_explicit(&s->snap_seq, memory_order_acquire);
-        atomic_store_explicit(&s->snap_wanted, 1, memory_order_release);
-        zcn_eventfd_wake(s->wake_fd);
-        uint64_t end = zcn_now_ms() + 100;
-        while (atomic_load_explicit(&s->snap_running, memory_order_relaxed) &&
-               atomic_load_explicit(&s->snap_seq, memory_order_acquire) == q0 &&
-               zcn_now_ms() < end)
-            sched_yield();
-    }
-    uint64_t w[SNAP_WORDS];
-    for (;;) {
-        uint32_t q = atomic_load_explicit(&s->snap_seq, memory_order_acquire);
-        if (q & 1u) {
-            sched_yield();
-            continue;
-        }
-        for (size_t i = 0; i < SNAP_WORDS; i++)
-            w[i] = atomic_load_explicit(&s->snap[i], memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&s->snap_seq, memory_order_relaxed) == q)
-            break;
-    }
-    memcpy(out, w, sizeof w);
-}
-
-ZCN_Error zcn_loop_stats(const ZCN_Loop *s, ZCN_LoopStats *out)
-{
-    if (s == NULL || out == NULL)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop or out is NULL");
-    if (on_owner(s))
-        stats_now(s, out);
-    else
-        stats_snapshot(s, out);
-    return ZCN_OK;
-}
-
-void zcn_loop_tcp_stats(const ZCN_Loop *s, ZCN_ServerStats *out)
-{
-    if (on_owner(s)) {
-        tcp_stats_now(s, out);
-        return;
-    }
-    ZCN_LoopStats all;
-    stats_snapshot(s, &all);
-    *out = all.tcp;
 }
 
 uint64_t zcn_loop_now_ms(const ZCN_Loop *s)
