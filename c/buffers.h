@@ -20,10 +20,12 @@ static inline uint32_t held(const struct conn *c)
 }
 
 /* Buffers counted against the budget; the current poll batch's lent data
- * counts too, since the caller may still queue it. */
+ * counts too, since the caller may still queue it. Pack buffers count
+ * once each, however many connections' chunks they hold: a chunk in one
+ * is in no connection's sq_bufs. */
 static inline uint32_t budget_used(const ZCN_Loop *s)
 {
-    return s->parked + s->user_bufs + (s->ev != NULL ? s->lent_count : 0);
+    return s->parked + s->pack_bufs + s->user_bufs + (s->ev != NULL ? s->lent_count : 0);
 }
 
 static inline bool under_pressure(const ZCN_Loop *s)
@@ -393,11 +395,45 @@ static inline void buf_ref(ZCN_Loop *s, uint32_t bid)
     s->meta[bid].refs++;
 }
 
+/* Drops a reference to buffer bid, recycling it when it was the last.
+ * The pack buffer goes back too once only the loop's own reference is
+ * left (every copy in it sent): a loop between bursts holds none. */
 static inline void buf_unref(ZCN_Loop *s, uint32_t bid)
 {
     struct zcn_buf_meta *m = &s->meta[bid];
-    if (--m->refs == 0)
+    m->refs--;
+    if (ZCN_UNLIKELY(m->state == ZCN_BUF_PACK)) {
+        if (m->refs == 1 && (int64_t)bid == s->pack_bid) {
+            s->pack_bid = -1;
+            m->refs = 0;
+        }
+        if (m->refs > 0)
+            return;
+        s->pack_bufs--;
         recycle(s, bid);
+        return;
+    }
+    if (m->refs == 0)
+        recycle(s, bid);
+}
+
+/* Whether a queued chunk on buffer bid counts in its connection's
+ * sq_bufs: not in a pack buffer, which the budget counts once. Read
+ * before the chunk's buf_unref, which may recycle the buffer. */
+static inline bool chunk_counts(const ZCN_Loop *s, uint32_t bid)
+{
+    return s->meta[bid].state != ZCN_BUF_PACK;
+}
+
+/* The loop stops filling its pack buffer: it lives on while chunks refer
+ * to it. */
+static inline void zcn_tcp_pack_retire(ZCN_Loop *s)
+{
+    if (s->pack_bid < 0)
+        return;
+    uint32_t bid = (uint32_t)s->pack_bid;
+    s->pack_bid = -1;
+    buf_unref(s, bid);
 }
 
 /* c's queue drained below half its limits after a refused send. */

@@ -271,6 +271,9 @@ enum zcn_buf_state {
     ZCN_BUF_RX,                 /* holds received data; refs > 0 */
     ZCN_BUF_USER,               /* acquired by the user (acquire_buffer) */
     ZCN_BUF_TX,                 /* being sent (copy or send_buffer); refs > 0 */
+    ZCN_BUF_PACK,               /* TCP: small copies of several connections
+                                   (the loop's pack buffer); refs = its chunks,
+                                   +1 while the loop still fills it */
 };
 
 struct zcn_buf_meta {

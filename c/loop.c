@@ -745,6 +745,8 @@ static ZCN_Error alloc_tables(ZCN_Loop *s, const struct settings *st)
      * more, and some per connection; each connection is capped too
      * (conn_chunks_max), so none can take the table. */
     s->chunks_max = s->buffer_count * 4 + s->conns_max * 2;
+    s->pack_bid = -1;
+    s->pack_max = (uint32_t)(s->buffer_size / 8);
     s->meta = calloc(s->buffer_count, sizeof *s->meta);
     s->conns = calloc(s->conns_max, sizeof *s->conns);
     s->fd_table = malloc((size_t)s->fd_table_size * sizeof *s->fd_table);
@@ -990,6 +992,7 @@ static void drain_for_destroy(ZCN_Loop *s)
         else if (c->state != CONN_ZOMBIE)
             zcn_tcp_finalize(s, c);
     }
+    zcn_tcp_pack_retire(s);
     s->in_loop--;
 }
 

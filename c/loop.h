@@ -324,6 +324,14 @@ struct ZCN_Loop {
     uint32_t holders;           /* connections holding any */
     uint32_t user_bufs;         /* acquired by the application */
     uint32_t lent_count;        /* lent to the current poll batch */
+    /* Small copies into empty send queues share one buffer, the pack
+     * buffer (docs/BUFFERS.md, "Small copies"): a thousand connections
+     * each sent 64 bytes take one or a few buffers, not a thousand. */
+    int64_t pack_bid;           /* the buffer being filled; -1: none */
+    uint32_t pack_off;          /* its bytes handed out so far */
+    uint32_t pack_max;          /* the largest copy packed (buffer_size / 8) */
+    uint32_t pack_bufs;         /* pack buffers alive: this one and retired
+                                   ones chunks still refer to (budgeted) */
     uint32_t copy_headroom;     /* pool buffers the ring leaves for copies */
     uint32_t ring_target;       /* ring_want and pool_keep as of the last */
     uint32_t pool_keep;         /* zcn_tcp_ring_refill (recycle reads them) */

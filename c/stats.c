@@ -13,7 +13,7 @@ static void tcp_stats_now(const ZCN_Loop *s, ZCN_ServerStats *out)
     out->connections_active = s->conns_active;
     out->buffers_total = s->buffer_count;
     out->buffers_in_use = s->buffer_count - s->pool_free - s->rx.count;
-    out->buffers_held = (uint64_t)s->parked + s->user_bufs;
+    out->buffers_held = (uint64_t)s->parked + s->pack_bufs + s->user_bufs;
     out->buffer_budget = s->budget;
     out->buffer_waiters = s->waiters.count;
 }

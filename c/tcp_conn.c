@@ -175,7 +175,7 @@ static void drop_send_queue_after(ZCN_Loop *s, struct conn *c, uint32_t keep)
         int32_t next = ch->next;
         c->queued_bytes -= ch->len;
         /* sq_bufs counts runs of chunks on one buffer */
-        if ((int32_t)ch->bid != last_bid)
+        if ((int32_t)ch->bid != last_bid && chunk_counts(s, ch->bid))
             held_add(s, c, &c->sq_bufs, -1);
         last_bid = (int32_t)ch->bid;
         c->sq_chunks--;
@@ -599,7 +599,8 @@ void zcn_tcp_on_send(ZCN_Loop *s, struct conn *c, int res)
             c->sq_head = ch->next;
             if (c->sq_head == NIL)
                 c->sq_tail = NIL;
-            if (c->sq_head == NIL || s->chunks[c->sq_head].bid != ch->bid)
+            if ((c->sq_head == NIL || s->chunks[c->sq_head].bid != ch->bid) &&
+                chunk_counts(s, ch->bid))
                 held_add(s, c, &c->sq_bufs, -1);
             c->sq_chunks--;
             buf_unref(s, ch->bid);

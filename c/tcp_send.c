@@ -54,14 +54,16 @@ static void enqueue_chunk(ZCN_Loop *s, struct conn *c, int32_t idx)
 {
     bool was_empty = c->sq_head == NIL;
     s->chunks[idx].next = NIL;
+    bool counts = chunk_counts(s, s->chunks[idx].bid);
     if (c->sq_tail != NIL) {
         struct chunk *prev = &s->chunks[c->sq_tail];
         prev->next = idx;
-        if (prev->bid != s->chunks[idx].bid)
+        if (prev->bid != s->chunks[idx].bid && counts)
             held_add(s, c, &c->sq_bufs, 1);
     } else {
         c->sq_head = idx;
-        held_add(s, c, &c->sq_bufs, 1);
+        if (counts)
+            held_add(s, c, &c->sq_bufs, 1);
     }
     c->sq_tail = idx;
     c->sq_chunks++;
@@ -171,14 +173,75 @@ static size_t tail_room(const ZCN_Loop *s, const struct conn *c)
     return s->buffer_size - (tail->off + tail->len);
 }
 
-/* Copies data into pool buffers and queues them. Small sends first fill the
- * room left in the queue's last buffer when the server owns it alone, so a
- * stream of short messages to a slow reader costs bytes, not one buffer
- * each. All or nothing. */
+/* Whether a small copy for c goes into the loop's pack buffer: c's queue
+ * is empty, or ends with c's chunk of the pack buffer right at its fill
+ * mark (then that chunk grows). So a connection has at most one chunk in
+ * pack buffers, and pins at most one of them while its peer does not
+ * read; what it queues behind that chunk goes into buffers of its own,
+ * which its cap and the fair share count as before. */
+static inline bool pack_fits(const ZCN_Loop *s, const struct conn *c, size_t len)
+{
+    if (len > s->pack_max || len == 0)
+        return false;
+    if (c->sq_tail == NIL)
+        return true;
+    const struct chunk *tail = &s->chunks[c->sq_tail];
+    return (int64_t)tail->bid == s->pack_bid && tail->off + tail->len == s->pack_off &&
+           s->pack_off + len <= s->buffer_size;
+}
+
+/* Copies a small send into the pack buffer (pack_fits said it may): a
+ * new chunk there for an empty queue, or c's tail chunk grown. A full
+ * pack buffer is retired (it lives on until its chunks are sent) and a
+ * fresh one taken from the pool: one buffer of the budget for all the
+ * connections whose copies it will hold. */
+static ZCN_Error send_packed(ZCN_Loop *s, struct conn *c, const uint8_t *data, size_t len)
+{
+    bool grow = c->sq_tail != NIL;
+    bool fresh = s->pack_bid < 0 || s->pack_off + len > s->buffer_size;
+    ZCN_Error err = admit(s, c, len, 0, fresh ? 1 : 0, grow ? 0 : 1);
+    if (err != ZCN_OK)
+        return err;
+    if (fresh) {
+        int64_t bid = pool_take(s);
+        if (bid < 0)
+            return zcn_fail(ZCN_ERR_EXHAUSTED, "no free pool buffer for a %zu-byte copy", len);
+        zcn_tcp_pack_retire(s);
+        s->meta[bid].state = ZCN_BUF_PACK;
+        s->meta[bid].refs = 1; /* the loop's, while it fills it */
+        s->pack_bid = bid;
+        s->pack_off = 0;
+        s->pack_bufs++;
+    }
+    uint32_t bid = (uint32_t)s->pack_bid;
+    /* Past the bytes any send in flight reads (theirs end at pack_off). */
+    memcpy(buf_ptr(s, bid) + s->pack_off, data, len);
+    if (grow) {
+        s->chunks[c->sq_tail].len += (uint32_t)len;
+        c->queued_bytes += len;
+    } else {
+        int32_t idx = chunk_take(s); /* admit left one in the table */
+        buf_ref(s, bid);
+        s->chunks[idx] = (struct chunk){bid, s->pack_off, (uint32_t)len, NIL};
+        enqueue_chunk(s, c, idx);
+    }
+    s->pack_off += (uint32_t)len;
+    s->stats.sends_copied++;
+    want_send(s, c);
+    return ZCN_OK;
+}
+
+/* Copies data into pool buffers and queues them. A small send to an empty
+ * queue goes into the pack buffer that several connections share; other
+ * small sends first fill the room left in the queue's last buffer when
+ * the server owns it alone, so a stream of short messages to a slow
+ * reader costs bytes, not one buffer each. All or nothing. */
 static ZCN_Error send_copy(ZCN_Loop *s, struct conn *c, const uint8_t *data, size_t len)
 {
     if (len > s->send_queue_max_bytes)
         return admit(s, c, len, 0, 0, 0); /* EMSGSIZE, before any size arithmetic */
+    if (pack_fits(s, c, len))
+        return send_packed(s, c, data, len);
     size_t room = tail_room(s, c);
     size_t into_tail = len < room ? len : room;
     size_t rest = len - into_tail;

@@ -481,7 +481,9 @@ typedef struct ZCN_ServerStats {
     uint64_t accept_backoffs;        /* accept paused for EMFILE/ENFILE/ENOMEM */
     /* The buffer policy (see ZCN_Config). */
     uint64_t buffers_held;           /* held by connections (send queues and
-                                        deferred receives) and by the application */
+                                        deferred receives), by small copies
+                                        (shared pack buffers) and by the
+                                        application */
     uint64_t buffer_budget;          /* buffer_pool_size - buffer_reserve */
     uint64_t buffer_waiters;         /* connections waiting for budget now */
     uint64_t evictions;              /* aborted to free budget for a waiter */
@@ -509,7 +511,8 @@ typedef struct ZCN_ConnInfo {
     uint64_t bytes_sent;
     uint64_t queued_bytes;           /* in the send queue, not yet sent */
     uint64_t deferred_bytes;         /* received, not yet delivered */
-    uint32_t queued_buffers;         /* distinct pool buffers of the send queue */
+    uint32_t queued_buffers;         /* distinct pool buffers of the send queue
+                                        (not the shared pack buffer of a small copy) */
     uint32_t deferred_buffers;       /* pool buffers of deferred receives */
     uint32_t buffers_held;           /* the two above: what counts against the budget */
     uint32_t buffer_cap;             /* the most it may hold now (its share under pressure) */
@@ -684,7 +687,10 @@ ZCN_API ZCN_Error zcn_server_poll(ZCN_Server *server, ZCN_Event *events, uint32_
  * If `data` is memory lent by the current on_data call (or the current poll
  * batch), the buffer moves to the send queue without copying; any other
  * memory is copied into pool buffers, so the caller's memory is free again
- * on return. Small slices (under 512 bytes) of a lent buffer sent while the
+ * on return. A copy of at most buffer_size / 8 bytes to a connection with
+ * nothing queued goes into a buffer the small copies of all connections
+ * share (docs/BUFFERS.md rule 11), so a broadcast of short messages to
+ * many connections takes a few buffers, not one each. Small slices (under 512 bytes) of a lent buffer sent while the
  * queue is not empty are copied into the queue's packed last buffer, so a
  * peer that does not read holds bytes, not one buffer per message. len 0 is
  * a no-op. All or nothing: on any error nothing is queued.

@@ -724,6 +724,78 @@ static void test_exhausted_copy_gets_a_drain(void)
     T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
 }
 
+/* ---- small copies share buffers ------------------------------------------ */
+
+#define CAST_CLIENTS 200
+static int cast_fds[CAST_CLIENTS];
+static int cast_accepted;
+
+static void cast_on_accept(void *ud, int fd)
+{
+    (void)ud;
+    if (cast_accepted < CAST_CLIENTS)
+        cast_fds[cast_accepted++] = fd;
+}
+
+/* A broadcast: 64 bytes to each of 200 idle connections in one go, on a
+ * pool whose budget is 48 buffers. Each copy took a whole buffer of its
+ * own, so the 49th send was refused (QUEUE_FULL, "the server's buffer
+ * budget") with the pool almost untouched by bytes (200 x 64 B is three
+ * 4 KiB buffers' worth). Small copies into empty queues share the loop's
+ * pack buffer now: every send is taken, in a handful of buffers, and
+ * every client gets exactly its own message. */
+static void test_small_copies_share_buffers(void)
+{
+    ZCN_Config cfg = {.buffer_pool_size = 64, .buffer_size = 4096};
+    ZCN_Server *s = t_make_server(&cfg);
+    cast_accepted = 0;
+    zcn_server_set_callbacks(s, NULL, cast_on_accept, NULL, NULL);
+    T_CHECK_ERR(zcn_server_start(s), ZCN_OK);
+    int peers[CAST_CLIENTS];
+    for (int i = 0; i < CAST_CLIENTS; i++)
+        peers[i] = client(zcn_server_port(s), 0);
+    uint64_t end = t_mono_ms() + 5000;
+    while (cast_accepted < CAST_CLIENTS && t_mono_ms() < end)
+        pump(s, 1);
+    T_CHECK(cast_accepted == CAST_CLIENTS);
+    int refused = 0;
+    for (int i = 0; i < cast_accepted; i++) {
+        char msg[64];
+        memset(msg, 'a' + i % 26, sizeof msg);
+        snprintf(msg, sizeof msg, "%d:", cast_fds[i]);
+        ZCN_Error e = zcn_server_send(s, cast_fds[i], (const uint8_t *)msg, sizeof msg);
+        if (e != ZCN_OK && refused++ == 0)
+            fprintf(stderr, "send %d refused: %s (%s)\n", i, zcn_error_name(e),
+                    zcn_error_detail());
+    }
+    T_CHECK(refused == 0);
+    ZCN_ServerStats st;
+    zcn_server_stats(s, &st);
+    T_CHECK(st.buffers_in_use <= 4); /* 200 x 64 B in 4 KiB buffers */
+    /* Which fd is whose: each client's message names its server-side fd. */
+    for (int i = 0; i < CAST_CLIENTS; i++) {
+        char got[64];
+        size_t have = pump_recv(s, peers[i], got, sizeof got, 2000);
+        T_CHECK(have == sizeof got);
+        int fd = -1;
+        T_CHECK(sscanf(got, "%d:", &fd) == 1);
+        int k = 0;
+        while (k < cast_accepted && cast_fds[k] != fd)
+            k++;
+        T_CHECK(k < cast_accepted);
+        char want[64];
+        memset(want, 'a' + k % 26, sizeof want);
+        snprintf(want, sizeof want, "%d:", fd);
+        T_CHECK(memcmp(got, want, sizeof got) == 0);
+    }
+    pump(s, 10);
+    zcn_server_stats(s, &st);
+    T_CHECK(st.buffers_in_use == 0); /* the pack buffers went back */
+    for (int i = 0; i < CAST_CLIENTS; i++)
+        close(peers[i]);
+    T_CHECK_ERR(zcn_server_destroy(s), ZCN_OK);
+}
+
 /* ---- a slow turn is not a stalled peer --------------------------------------- */
 
 #define SLOW_CLIENTS 12
@@ -1217,6 +1289,7 @@ int main(void)
     test_send_over_the_buffer_cap();
     test_slice_answers_with_the_pool_empty();
     test_exhausted_copy_gets_a_drain();
+    test_small_copies_share_buffers();
     test_a_slow_turn_evicts_nobody();
     test_wrong_thread();
     test_no_free_sqe();

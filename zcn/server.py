@@ -188,7 +188,7 @@ class ServerStats:
     send_queue_full_events: int    #: sends refused with QueueFullError
     accept_backoffs: int           #: accept paused for EMFILE/ENFILE/ENOMEM
     # the buffer policy (docs/BUFFERS.md)
-    buffers_held: int              #: held by send queues, deferred receives and you
+    buffers_held: int              #: held by send queues, deferred receives, shared small copies and you
     buffer_budget: int             #: buffer_pool_size - buffer_reserve
     buffer_waiters: int            #: connections waiting for budget now
     evictions: int                 #: aborted to free budget for a waiter
