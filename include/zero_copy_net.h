@@ -1778,6 +1778,11 @@ typedef struct ZCN_DemoStats {
     uint64_t rejected;              /* aborted at accept: over connections_max */
     uint64_t keys;                  /* RESP: keys stored now */
     uint64_t memory_bytes;          /* RESP: bytes the store accounts now */
+    uint64_t output_holds;          /* answers held for on_drain: a send refused
+                                       for now (no free pool buffer, the
+                                       server's budget used up) */
+    uint64_t hold_aborts;           /* aborted: holding its answers would pass
+                                       the demo's hold cap (32 MiB in all) */
 } ZCN_DemoStats;
 
 /* Creates the HTTP (or RESP) demo as a listener on loop (zcn_server_create_on

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 _DEFAULT_PORTS = {"http": 8080, "resp": 6380}
 _SUMMARY = ("requests", "protocol_errors", "limit_errors", "output_aborts", "rejected",
-            "keys", "memory_bytes")
+            "keys", "memory_bytes", "output_holds", "hold_aborts")
 
 
 def _common_arguments(p, kind):
