@@ -72,8 +72,10 @@ int main(int argc, char **argv)
     ZCN_DemoStats st;
     zcn_demo_stats(demo, &st);
     printf("demo_server stats: requests=%" PRIu64 " protocol_errors=%" PRIu64
-           " limit_errors=%" PRIu64 " output_aborts=%" PRIu64 " keys=%" PRIu64 "\n",
-           st.requests, st.protocol_errors, st.limit_errors, st.output_aborts, st.keys);
+           " limit_errors=%" PRIu64 " output_aborts=%" PRIu64 " keys=%" PRIu64
+           " output_holds=%" PRIu64 " hold_aborts=%" PRIu64 "\n",
+           st.requests, st.protocol_errors, st.limit_errors, st.output_aborts, st.keys,
+           st.output_holds, st.hold_aborts);
     zcn_demo_destroy(demo);
     zcn_loop_destroy(loop);
     return err == ZCN_OK ? 0 : 1;

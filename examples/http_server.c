@@ -11,7 +11,9 @@
  * Connection tokens, Content-Length (the body is skipped) and
  * Transfer-Encoding (refused: a chunked body is one this server cannot
  * skip without parsing it, and guessing would desynchronise the stream).
- * The answers to every request of one receive leave in one send. */
+ * The answers to every request of one receive leave in one send. When that
+ * send is refused for now (no free pool buffer), the answers and the rest
+ * of the receive are held and finished from on_drain (demo_common.h). */
 #include "demo_common.h"
 
 #include <errno.h>
@@ -352,7 +354,7 @@ bad:
 }
 
 /* The answer goes into the batch; false when the connection is done. */
-static bool answer(HttpDemo *h, int fd, HttpConn *c, int kind)
+static bool answer(HttpDemo *h, HttpConn *c, int kind)
 {
     ZCN_Demo *d = &h->base;
     if (!demo_out(d, h->answer[kind], h->answer_len[kind])) {
@@ -366,21 +368,20 @@ static bool answer(HttpDemo *h, int fd, HttpConn *c, int kind)
     if (kind == R_KEEP_ALIVE || kind == R_KEEP_ALIVE_10)
         return true;
     c->state = S_DONE; /* the rest of what it sent is ignored */
-    if (demo_flush(d))
-        zcn_loop_close(d->loop, fd); /* after the answers are sent */
+    demo_close_after(d);
     return false;
 }
 
-static bool request_done(HttpDemo *h, int fd, HttpConn *c)
+static bool request_done(HttpDemo *h, HttpConn *c)
 {
     if ((c->flags & F_TRANSFER_ENCODING) || c->length > h->body_max)
-        return answer(h, fd, c, R_BAD);
+        return answer(h, c, R_BAD);
     int kind;
     if (c->flags & F_HTTP10)
         kind = (c->flags & (F_KEEP_ALIVE | F_CLOSE)) == F_KEEP_ALIVE ? R_KEEP_ALIVE_10 : R_CLOSE;
     else
         kind = (c->flags & F_CLOSE) ? R_CLOSE : R_KEEP_ALIVE;
-    if (!answer(h, fd, c, kind))
+    if (!answer(h, c, kind))
         return false;
     c->body_left = c->length;
     c->state = c->length ? S_BODY : S_START;
@@ -412,11 +413,19 @@ static void http_on_data(void *user_data, int fd, const uint8_t *data, size_t le
         if (c->state != S_START)
             c->head_bytes += (uint32_t)(p - start);
         if (r == HEAD_BAD || c->head_bytes > h->header_max) {
-            answer(h, fd, c, R_BAD);
+            answer(h, c, R_BAD);
             return;
         }
-        if (r == HEAD_DONE && !request_done(h, fd, c))
+        if (r != HEAD_DONE)
+            continue;
+        if (!request_done(h, c))
             return;
+        if (demo_holding(&h->base)) {
+            /* Its answers wait for on_drain; the state is at a request
+             * boundary, so the rest is parsed from here then. */
+            demo_hold_input(&h->base, p, (size_t)(end - p));
+            return;
+        }
     }
     demo_flush(&h->base);
 }

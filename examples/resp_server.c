@@ -13,7 +13,9 @@
  * when it is whole in this receive, else streamed into an entry reserved
  * for it and put in the table once complete, so no one ever sees half a
  * value). Nothing else is copied or allocated per command; the answers to
- * everything one receive carried leave in one send.
+ * everything one receive carried leave in one send. When that send is
+ * refused for now (no free pool buffer), the answers and the rest of the
+ * receive are held and finished from on_drain (demo_common.h).
  *
  * Limits, all set at create: keys in the store, the memory it accounts
  * (keys, values and 16 bytes per entry), the length of one argument, the
@@ -626,7 +628,7 @@ static bool command_incr(RespDemo *r, RespConn *c)
 }
 
 /* Every argument is in: the reply. false when the connection is done. */
-static bool command_end(RespDemo *r, int fd, RespConn *c)
+static bool command_end(RespDemo *r, RespConn *c)
 {
     bool ok;
     r->base.stats.requests++;
@@ -661,8 +663,8 @@ static bool command_end(RespDemo *r, int fd, RespConn *c)
             ok = reply_config(r, c);
             break;
         default: /* C_QUIT */
-            if (reply(r, "+OK\r\n") && demo_flush(&r->base))
-                zcn_loop_close(r->base.loop, fd);
+            if (reply(r, "+OK\r\n"))
+                demo_close_after(&r->base);
             ok = false;
             break;
         }
@@ -676,17 +678,16 @@ static bool command_end(RespDemo *r, int fd, RespConn *c)
 }
 
 /* Malformed input: the error, then a close once it is sent. */
-static void protocol_error(RespDemo *r, int fd, RespConn *c, const char *why)
+static void protocol_error(RespDemo *r, RespConn *c, const char *why)
 {
     r->base.stats.protocol_errors++;
     c->state = P_DONE;
-    if (reply(r, "-ERR Protocol error: ") && reply(r, why) && reply(r, "\r\n") &&
-        demo_flush(&r->base))
-        zcn_loop_close(r->base.loop, fd);
+    if (reply(r, "-ERR Protocol error: ") && reply(r, why) && reply(r, "\r\n"))
+        demo_close_after(&r->base);
 }
 
 /* A complete inline line in scratch: split on blanks, run as arguments. */
-static const char *run_inline(RespDemo *r, int fd, RespConn *c)
+static const char *run_inline(RespDemo *r, RespConn *c)
 {
     uint8_t *s = c->scratch, *end = s + c->inline_len;
     if (end > s && end[-1] == '\r')
@@ -721,7 +722,7 @@ static const char *run_inline(RespDemo *r, int fd, RespConn *c)
         arg_bytes(c, word, len);
         arg_end(r, c, len);
     }
-    command_end(r, fd, c);
+    command_end(r, c);
     return NULL;
 }
 
@@ -750,6 +751,17 @@ static const char *number_done(RespDemo *r, int fd, RespConn *c, const uint8_t *
     c->state = c->number ? P_BULK : P_BULK_CR;
     (void)fd;
     return NULL;
+}
+
+/* After a command: false when its answers (and those before it) are held
+ * for on_drain, with the rest of the receive (the state is at a command
+ * boundary, so parsing goes on from there then). */
+static bool keep_going(RespDemo *r, const uint8_t *p, const uint8_t *end)
+{
+    if (!demo_holding(&r->base))
+        return true;
+    demo_hold_input(&r->base, p, (size_t)(end - p));
+    return false;
 }
 
 static void resp_on_data(void *user_data, int fd, const uint8_t *data, size_t len)
@@ -836,7 +848,7 @@ static void resp_on_data(void *user_data, int fd, const uint8_t *data, size_t le
             arg_end(r, c, c->number);
             if (c->argi < c->argc)
                 c->state = P_BULK_TYPE;
-            else if (!command_end(r, fd, c))
+            else if (!command_end(r, c) || !keep_going(r, p, end))
                 goto out;
             break;
         case P_INLINE: {
@@ -851,8 +863,8 @@ static void resp_on_data(void *user_data, int fd, const uint8_t *data, size_t le
             p += n;
             if (nl != NULL) {
                 p++;
-                bad = run_inline(r, fd, c);
-                if (c->state == P_DONE)
+                bad = run_inline(r, c);
+                if (c->state == P_DONE || (bad == NULL && !keep_going(r, p, end)))
                     goto out;
             }
             break;
@@ -862,7 +874,7 @@ static void resp_on_data(void *user_data, int fd, const uint8_t *data, size_t le
         }
     }
     if (bad != NULL) {
-        protocol_error(r, fd, c, bad);
+        protocol_error(r, c, bad);
         goto out;
     }
     /* The receive ends inside a command whose key is still needed: the key

@@ -1753,8 +1753,21 @@ ZCN_API ZCN_Error zcn_udp_resume_recv(ZCN_UdpSocket *sock);
  * a peer that stops reading is paused by the loop's delivery gate (no more
  * of its data is delivered until its queue drains; send_timeout_ms ends
  * it), and one whose answers to a single receive do not fit in its queue
- * (small requests for large answers) is aborted (output_aborts), as
- * Redis's client-output-buffer-limit does. */
+ * (small requests for large answers: the send in on_data is refused with
+ * ZCN_ERR_QUEUE_FULL for the connection's own limits, or EMSGSIZE) is
+ * aborted (output_aborts), as Redis's client-output-buffer-limit does.
+ * A send refused only for now aborts nobody: ZCN_ERR_EXHAUSTED (no free
+ * pool buffer for the copy) or ZCN_ERR_QUEUE_FULL for the server as a
+ * whole (its buffer budget used up: the connection waits for budget), the
+ * load of other peers. Then that connection's unsent answers and the
+ * unparsed rest of the receive are copied aside (output_holds), its
+ * receive is paused, and at the on_drain the refusal promises the answers
+ * are queued (in pieces of one pool buffer; refused again, the next
+ * on_drain goes on), the rest is parsed likewise and receiving resumes:
+ * answers stay in order, none lost or repeated, and a close the last one
+ * asked for waits for them. What all connections hold aside is capped at
+ * 32 MiB together; a connection whose hold would pass it is aborted
+ * (hold_aborts). Nothing is allocated for this unless a send is refused. */
 typedef struct ZCN_Demo ZCN_Demo;
 
 /* Zero in any field means the default beside it. Read during create only. */
@@ -1784,6 +1797,11 @@ typedef struct ZCN_DemoStats {
     uint64_t rejected;              /* aborted at accept: over connections_max */
     uint64_t keys;                  /* RESP: keys stored now */
     uint64_t memory_bytes;          /* RESP: bytes the store accounts now */
+    uint64_t output_holds;          /* answers held for on_drain: a send refused
+                                       for now (no free pool buffer, the
+                                       server's budget used up) */
+    uint64_t hold_aborts;           /* aborted: holding its answers would pass
+                                       the demo's hold cap (32 MiB in all) */
 } ZCN_DemoStats;
 
 /* Creates the HTTP (or RESP) demo as a listener on loop (zcn_server_create_on

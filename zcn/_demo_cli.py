@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 _DEFAULT_PORTS = {"http": 8080, "resp": 6380}
 _SUMMARY = ("requests", "protocol_errors", "limit_errors", "output_aborts", "rejected",
-            "keys", "memory_bytes")
+            "keys", "memory_bytes", "output_holds", "hold_aborts")
 
 
 def _common_arguments(p, kind):
@@ -33,8 +33,8 @@ def _common_arguments(p, kind):
                    help="open connections at once; more are closed at accept (default 4096)")
     p.add_argument("--backlog", type=int, default=1024, help="listen() backlog (default 1024)")
     p.add_argument("--send-queue-max-bytes", type=int, default=4 << 20,
-                   help="answers queued per connection; a peer that does not read them is "
-                        "aborted at this limit (default 4 MiB)")
+                   help="answers queued per connection; a peer whose answers to one receive "
+                        "do not fit is aborted (default 4 MiB)")
     p.set_defaults(func=lambda args: run_demo(kind, args))
 
 

@@ -806,7 +806,7 @@ class DemoStats(Structure):
     # typedef struct ZCN_DemoStats {...} ZCN_DemoStats;
     _fields_ = [(name, c_uint64) for name in (
         "connections", "requests", "protocol_errors", "limit_errors", "output_aborts",
-        "rejected", "keys", "memory_bytes")]
+        "rejected", "keys", "memory_bytes", "output_holds", "hold_aborts")]
 
 
 # ZCN_Demo *zcn_demo_http_create(ZCN_Loop *loop, const ZCN_DemoConfig *config, ZCN_Error *err);
