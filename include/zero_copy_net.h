@@ -52,16 +52,16 @@ extern "C" {
 /* ------------------------------------------------------------------ */
 
 #define ZCN_VERSION_MAJOR 0
-#define ZCN_VERSION_MINOR 6
+#define ZCN_VERSION_MINOR 7
 #define ZCN_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch, comparable with zcn_version(). */
 #define ZCN_VERSION_HEX \
     ((ZCN_VERSION_MAJOR << 16) | (ZCN_VERSION_MINOR << 8) | ZCN_VERSION_PATCH)
-#define ZCN_VERSION_STRING "0.6.0"
+#define ZCN_VERSION_STRING "0.7.0"
 
 /* The version of the library actually loaded, as ZCN_VERSION_HEX. */
 ZCN_API unsigned int zcn_version(void);
-/* The same as a static string, e.g. "0.6.0". Never NULL. */
+/* The same as a static string, e.g. "0.7.0". Never NULL. */
 ZCN_API const char *zcn_version_string(void);
 
 /* ------------------------------------------------------------------ */

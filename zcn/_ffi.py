@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: The header version these bindings mirror; the loaded library must match
 #: major and minor.
-VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 6, 0
+VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 7, 0
 VERSION_HEX = (VERSION_MAJOR << 16) | (VERSION_MINOR << 8) | VERSION_PATCH
 
 ENV_LIBRARY = "ZCN_LIBRARY"
