@@ -178,6 +178,52 @@ class PausedAtStart(asyncio.Protocol):
         self.eof = True
 
 
+def test_call_soon_behaves_as_asyncios(kind):
+    """zcn's loop builds call_soon's Handle itself (outside debug mode,
+    half the cost of asyncio's): the same order, context, cancel, repr,
+    closed-loop error and debug-mode thread check as the stock loop."""
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="unset")
+    loop = new_loop(kind)
+    try:
+        seen = []
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "in ctx")
+        loop.call_soon(lambda: seen.append(("plain", var.get())))
+        loop.call_soon(lambda: seen.append(("ctx", var.get())), context=ctx)
+        cancelled = loop.call_soon(seen.append, "cancelled")
+        h = loop.call_soon(seen.append, "args")
+        assert type(h) is asyncio.Handle and "list.append" in repr(h)
+        cancelled.cancel()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen == [("plain", "unset"), ("ctx", "in ctx"), "args"]
+        loop.set_debug(True)  # asyncio's checks: a call from another thread while it runs
+        errors = []
+
+        async def from_another_thread():
+            t = threading.Thread(target=_call_soon_error, args=(loop, errors))
+            t.start()
+            await loop.run_in_executor(None, t.join, 10)
+
+        loop.run_until_complete(from_another_thread())
+        assert errors and "thread" in str(errors[0]), errors
+        loop.set_debug(False)
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(print)
+
+
+def _call_soon_error(loop, errors):
+    try:
+        loop.call_soon(print)
+    except RuntimeError as e:
+        errors.append(e)
+
+
 def test_pause_reading_in_connection_made(run, kind):
     if kind == "asyncio" and sys.version_info < (3, 10):
         pytest.skip("asyncio's own loop before 3.10 starts reading after connection_made "
