@@ -323,7 +323,7 @@ static inline int64_t rx_bundle_next(const ZCN_Loop *s, uint32_t bid)
  * empty would fail for nothing. */
 static inline uint32_t ring_want(const ZCN_Loop *s)
 {
-    uint64_t want = 32 + 2 * (uint64_t)s->conns_active + s->br_extra;
+    uint64_t want = RING_BASE + 2 * (uint64_t)s->conns_active + s->br_extra;
     uint32_t used = budget_used(s);
     uint32_t room = used < s->budget ? s->budget - used : 0;
     /* Half the reserve, at least: the other half is for the packed

@@ -241,7 +241,10 @@ static void test_resp(void)
 
 static ZCN_Demo *hb_start(ZCN_Loop **l_out, bool http)
 {
-    ZCN_LoopConfig lc = {.buffer_pool_size = HB_POOL, .buffer_size = 16384, .connections_max = 8};
+    /* The ring holds the whole reserve (its base size): what the test does
+     * not hold is then one free pool buffer. */
+    ZCN_LoopConfig lc = {.buffer_pool_size = HB_POOL, .buffer_size = 16384, .connections_max = 8,
+                         .buffer_reserve = 8};
     ZCN_Loop *l = t_new_loop(&lc);
     ZCN_DemoConfig cfg = {.address = "127.0.0.1", .bulk_max_bytes = 100000};
     ZCN_Error err = ZCN_OK;
