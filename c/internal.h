@@ -69,6 +69,22 @@ ZCN_Error zcn_backend_from_env(ZCN_Backend *out, const char **value_out);
 #define ZCN_RING_TASKRUN_FLAG (1u << 30)
 ZCN_Error zcn_ring_enable(ZCN_Ring *ring);
 
+/* A seqlock over word-sized relaxed atomics (c/stats.c): the owner
+ * writes a copy of at most ZCN_SEQLOCK_WORDS_MAX words, other threads read
+ * it whole, retrying while a write is under way. */
+#define ZCN_SEQLOCK_WORDS_MAX 64
+void zcn_seqlock_write(_Atomic uint32_t *seq, _Atomic uint64_t *dst, const void *src,
+                       size_t words);
+void zcn_seqlock_read(const _Atomic uint32_t *seq, const _Atomic uint64_t *src, void *dst,
+                      size_t words);
+/* Whether the calling thread may read the loop's live counters: its
+ * owner, or any thread before the loop has one. */
+bool zcn_loop_on_owner(const ZCN_Loop *s);
+/* Another thread is about to read a snapshot: the first time, the loop is
+ * asked to publish before every wait from now on, and woken for a fresh
+ * copy (waited for up to 100 ms while it runs a loop call). */
+void zcn_loop_snapshot_request(const ZCN_Loop *s);
+
 /* Completion sources that share a server's ring and loop (UDP sockets
  * created on a server). A source prepares its own SQEs on
  * zcn_server_uring() with user_data from zcn_source_ud(); the server's loop
@@ -88,6 +104,10 @@ typedef struct zcn_source {
      * zcn_udp_set_batch) takes its buffers back and empties its event
      * array. May be NULL. */
     void (*end_batch)(struct zcn_source *src);
+    /* Called when the loop publishes its counters for other threads (at
+     * the end of each loop call, and before each wait once one asked): the
+     * source publishes its own (UDP: zcn_udp_stats). May be NULL. */
+    void (*publish)(struct zcn_source *src);
 } zcn_source;
 #define ZCN_SOURCES_MAX 64
 #define ZCN_OP_SOURCE 7u

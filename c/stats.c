@@ -32,6 +32,7 @@ static void stats_now(const ZCN_Loop *s, ZCN_LoopStats *out)
 
 #define SNAP_WORDS (sizeof(ZCN_LoopStats) / sizeof(uint64_t))
 _Static_assert(sizeof(ZCN_LoopStats) % sizeof(uint64_t) == 0, "ZCN_LoopStats is all uint64_t");
+_Static_assert(SNAP_WORDS <= ZCN_SEQLOCK_WORDS_MAX, "the seqlock copies at most 64 words");
 
 /* Before each wait, on the owner thread, once another thread has read the
  * counters: a copy for such readers, so they never touch what the loop
@@ -39,30 +40,71 @@ _Static_assert(sizeof(ZCN_LoopStats) % sizeof(uint64_t) == 0, "ZCN_LoopStats is 
  * atomics compile to ordinary stores on x86 and arm64); a loop nobody
  * reads from another thread pays one load a wait (publishing before every
  * wait looked like ~1% of 1-connection ping-pong's CPU). */
+void zcn_seqlock_write(_Atomic uint32_t *seq, _Atomic uint64_t *dst, const void *src,
+                       size_t words)
+{
+    uint64_t w[ZCN_SEQLOCK_WORDS_MAX];
+    size_t n = words < ZCN_SEQLOCK_WORDS_MAX ? words : ZCN_SEQLOCK_WORDS_MAX;
+    memcpy(w, src, n * sizeof(uint64_t));
+    uint32_t q = atomic_load_explicit(seq, memory_order_relaxed);
+    atomic_store_explicit(seq, q + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    for (size_t i = 0; i < n; i++)
+        atomic_store_explicit(&dst[i], w[i], memory_order_relaxed);
+    atomic_store_explicit(seq, q + 2, memory_order_release);
+}
+
+void zcn_seqlock_read(const _Atomic uint32_t *seq, const _Atomic uint64_t *src, void *dst,
+                      size_t words)
+{
+    uint64_t w[ZCN_SEQLOCK_WORDS_MAX];
+    size_t n = words < ZCN_SEQLOCK_WORDS_MAX ? words : ZCN_SEQLOCK_WORDS_MAX;
+    for (;;) {
+        uint32_t q = atomic_load_explicit(seq, memory_order_acquire);
+        if (q & 1u) {
+            sched_yield();
+            continue;
+        }
+        for (size_t i = 0; i < n; i++)
+            w[i] = atomic_load_explicit(&src[i], memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(seq, memory_order_relaxed) == q)
+            break;
+    }
+    memcpy(dst, w, n * sizeof(uint64_t));
+}
+
 void zcn_loop_publish_stats(ZCN_Loop *s)
 {
-    uint64_t w[SNAP_WORDS];
     ZCN_LoopStats now;
     stats_now(s, &now);
-    memcpy(w, &now, sizeof w);
-    uint32_t q = atomic_load_explicit(&s->snap_seq, memory_order_relaxed);
-    atomic_store_explicit(&s->snap_seq, q + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-    for (size_t i = 0; i < SNAP_WORDS; i++)
-        atomic_store_explicit(&s->snap[i], w[i], memory_order_relaxed);
-    atomic_store_explicit(&s->snap_seq, q + 2, memory_order_release);
+    zcn_seqlock_write(&s->snap_seq, s->snap, &now, SNAP_WORDS);
+    /* The UDP sockets on the loop publish theirs with it (zcn_udp_stats). */
+    for (uint32_t i = 0, seen = 0; seen < s->sources_count && i < ZCN_SOURCES_MAX; i++) {
+        zcn_source *src = s->sources[i];
+        if (src == NULL)
+            continue;
+        seen++;
+        if (src->publish != NULL)
+            src->publish(src);
+    }
+}
+
+bool zcn_loop_on_owner(const ZCN_Loop *s)
+{
+    return !s->started || s->owner == this_thread();
 }
 
 static bool on_owner(const ZCN_Loop *s)
 {
-    return !s->started || s->owner == this_thread();
+    return zcn_loop_on_owner(s);
 }
 
 /* Another thread's read: retried while the owner is writing. The first
  * one asks the loop to publish before every wait from now on and wakes it
  * for a fresh copy, waiting up to 100 ms for it while the owner is inside
  * a loop call (one it is not running has the copy its last call made). */
-static void stats_snapshot(const ZCN_Loop *cs, ZCN_LoopStats *out)
+void zcn_loop_snapshot_request(const ZCN_Loop *cs)
 {
     ZCN_Loop *s = (ZCN_Loop *)cs; /* the request flag and the wake-up only */
     if (ZCN_UNLIKELY(!atomic_load_explicit(&s->snap_wanted, memory_order_acquire))) {
@@ -75,20 +117,12 @@ static void stats_snapshot(const ZCN_Loop *cs, ZCN_LoopStats *out)
                zcn_now_ms() < end)
             sched_yield();
     }
-    uint64_t w[SNAP_WORDS];
-    for (;;) {
-        uint32_t q = atomic_load_explicit(&s->snap_seq, memory_order_acquire);
-        if (q & 1u) {
-            sched_yield();
-            continue;
-        }
-        for (size_t i = 0; i < SNAP_WORDS; i++)
-            w[i] = atomic_load_explicit(&s->snap[i], memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&s->snap_seq, memory_order_relaxed) == q)
-            break;
-    }
-    memcpy(out, w, sizeof w);
+}
+
+static void stats_snapshot(const ZCN_Loop *s, ZCN_LoopStats *out)
+{
+    zcn_loop_snapshot_request(s);
+    zcn_seqlock_read(&s->snap_seq, s->snap, out, SNAP_WORDS);
 }
 
 ZCN_Error zcn_loop_stats(const ZCN_Loop *s, ZCN_LoopStats *out)

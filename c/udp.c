@@ -192,6 +192,8 @@ static void flush_source(zcn_source *src)
     zcn_udpi_batch_flush_errors(u); /* batch mode: errors held since the last poll */
 }
 
+static void publish_source(zcn_source *src); /* with zcn_udp_stats, below */
+
 /* The loop starts a new poll batch: in batch mode the last one's datagrams
  * come back (their buffers, the array). */
 static void end_batch_source(zcn_source *src)
@@ -301,7 +303,9 @@ static ZCN_Error submit_after(ZCN_UdpSocket *u, ZCN_Error err)
 static ZCN_Error run_until(ZCN_UdpSocket *u, int timeout_ms, uint32_t *handled_out, bool *stopped)
 {
     zcn_udpi_end_batch(u);
-    return zcn_run_until(u, turn_cb, &u->stop_requested, timeout_ms, handled_out, stopped);
+    ZCN_Error err = zcn_run_until(u, turn_cb, &u->stop_requested, timeout_ms, handled_out, stopped);
+    zcn_udpi_publish_stats(u); /* for zcn_udp_stats on other threads */
+    return err;
 }
 
 ZCN_Error zcn_udp_run_once(ZCN_UdpSocket *u)
@@ -847,6 +851,7 @@ static ZCN_UdpSocket *alloc_socket(const ZCN_UdpConfig *cfg, struct settings *st
     u->src.handle_cqe = handle_cqe;
     u->src.flush = flush_source;
     u->src.end_batch = end_batch_source;
+    u->src.publish = publish_source;
     u->fd = -1;
     u->wake_fd = -1;
     u->live_slot = -1;
@@ -907,6 +912,7 @@ ZCN_UdpSocket *zcn_udp_create(const ZCN_UdpConfig *cfg, ZCN_Error *err)
         return NULL;
     }
     u->live_slot = zcn_live_add(u);
+    zcn_udpi_publish_stats(u); /* other threads read a copy from the start */
     zcn_set_err(err, ZCN_OK);
     return u;
 }
@@ -957,6 +963,7 @@ static ZCN_UdpSocket *create_on_loop(ZCN_Loop *loop, const ZCN_UdpConfig *cfg, Z
         zcn_set_err(err, e);
         return NULL;
     }
+    zcn_udpi_publish_stats(u); /* other threads read a copy from the start */
     zcn_set_err(err, ZCN_OK);
     return u;
 }
@@ -1078,10 +1085,9 @@ const uint8_t *zcn_udp_buffer_base(const ZCN_UdpSocket *u)
     return u == NULL ? NULL : u->slab;
 }
 
-ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
+/* The counters as the owner sees them (kernel_drops aside). */
+static void udp_stats_now(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
 {
-    if (u == NULL || out == NULL)
-        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket or out is NULL");
     *out = u->stats;
     out->buffers_total = u->buffer_count;
     ZCN_PoolStats ps;
@@ -1091,6 +1097,51 @@ ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
     out->buffers_in_use = u->buffer_count - in_pool - u->rx.count - u->rx_held;
     out->large_buffers_total = u->large_count;
     out->large_buffers_in_use = u->large_count - u->large_free - u->rx_spills;
+}
+
+#define UDP_SNAP_WORDS (sizeof(ZCN_UdpStats) / sizeof(uint64_t))
+_Static_assert(sizeof(ZCN_UdpStats) % sizeof(uint64_t) == 0, "ZCN_UdpStats packs into words");
+_Static_assert(UDP_SNAP_WORDS <= ZCN_SEQLOCK_WORDS_MAX, "the seqlock copies at most 64 words");
+
+/* The copy other threads read, on the owner thread: at the end of each of
+ * the socket's loop calls, and on a loop whenever the loop publishes its
+ * own (src.publish). About 20 plain stores. */
+void zcn_udpi_publish_stats(ZCN_UdpSocket *u)
+{
+    ZCN_UdpStats now;
+    udp_stats_now(u, &now);
+    zcn_seqlock_write(&u->snap_seq, u->snap, &now, UDP_SNAP_WORDS);
+}
+
+static void publish_source(zcn_source *src)
+{
+    ZCN_UdpSocket *u = (ZCN_UdpSocket *)src;
+    if (!u->lingering)
+        zcn_udpi_publish_stats(u);
+}
+
+/* Whether the calling thread may read the live counters: the thread that
+ * drives the socket (its loop's owner on a loop), or any thread before
+ * one does. */
+static bool udp_on_owner(const ZCN_UdpSocket *u)
+{
+    if (u->loop != NULL)
+        return zcn_loop_on_owner(u->loop);
+    return !atomic_load_explicit(&u->owner_set, memory_order_acquire) ||
+           pthread_equal(u->owner, pthread_self());
+}
+
+ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *u, ZCN_UdpStats *out)
+{
+    if (u == NULL || out == NULL)
+        return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "socket or out is NULL");
+    if (udp_on_owner(u)) {
+        udp_stats_now(u, out);
+    } else {
+        if (u->loop != NULL)
+            zcn_loop_snapshot_request(u->loop);
+        zcn_seqlock_read(&u->snap_seq, u->snap, out, UDP_SNAP_WORDS);
+    }
     /* The socket's drop counter: datagrams the kernel threw away because
      * the receive queue (SO_RCVBUF) was full while we were not reading. */
     uint32_t mem[SK_MEMINFO_VARS];

@@ -178,7 +178,12 @@ struct ZCN_UdpSocket {
     _Atomic int stop_requested;
     int live_slot;              /* zcn_live registry entry (safe stop); -1 if none */
     pthread_t owner;
-    bool owner_set;
+    _Atomic bool owner_set;     /* release after owner is written: other
+                                   threads read both (zcn_udp_stats) */
+    /* zcn_udp_stats for other threads: a seqlock copy the owner publishes
+     * at the end of each of its loop calls (on a loop: with the loop's). */
+    _Atomic uint32_t snap_seq;
+    _Atomic uint64_t snap[sizeof(ZCN_UdpStats) / sizeof(uint64_t)];
 
     int in_callback;
     void *user_data;
@@ -257,9 +262,9 @@ static inline ZCN_Error owner_check(ZCN_UdpSocket *u)
 {
     if (u->loop != NULL)
         return ZCN_OK; /* the server's owner rules apply */
-    if (!u->owner_set) {
+    if (!atomic_load_explicit(&u->owner_set, memory_order_relaxed)) {
         u->owner = pthread_self();
-        u->owner_set = true;
+        atomic_store_explicit(&u->owner_set, true, memory_order_release);
         return ZCN_OK;
     }
     if (!pthread_equal(u->owner, pthread_self()))
@@ -350,6 +355,7 @@ static inline int64_t large_take(ZCN_UdpSocket *u)
 
 /* c/udp_recv.c */
 void zcn_udpi_maybe_rearm(ZCN_UdpSocket *u);
+void zcn_udpi_publish_stats(ZCN_UdpSocket *u);
 void zcn_udpi_end_batch(ZCN_UdpSocket *u);
 void zcn_udpi_arm_recv(ZCN_UdpSocket *u);
 void zcn_udpi_on_ready(ZCN_UdpSocket *u, struct io_uring_cqe *cqe, uint32_t index);

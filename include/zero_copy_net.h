@@ -1673,10 +1673,13 @@ typedef struct ZCN_UdpEvent {
 ZCN_API ZCN_Error zcn_udp_poll(ZCN_UdpSocket *sock, ZCN_UdpEvent *events, uint32_t capacity,
                                int timeout_ms, uint32_t *count_out);
 
-/* A snapshot of the socket's counters. The thread that drives its loop, or
- * any thread while nobody runs that loop: the counters are live, and unlike
- * zcn_loop_stats no snapshot is published for other threads (reading them
- * while the loop runs elsewhere is a data race). */
+/* A snapshot of the socket's counters; any thread. On the thread that
+ * drives the socket (its loop's owner, for a socket on a loop) the counters
+ * are live; another thread reads a consistent copy the owner publishes at
+ * the end of each of its loop calls (on a loop: with the loop's own, as
+ * zcn_loop_stats, so the first such read wakes a running loop and waits up
+ * to 100 ms for a fresh one). kernel_drops is read from the socket at the
+ * call, on any thread. The socket must not be destroyed meanwhile. */
 ZCN_API ZCN_Error zcn_udp_stats(const ZCN_UdpSocket *sock, ZCN_UdpStats *out);
 
 /* Batch mode, for a socket on a loop (zcn_udp_create_on, _adopt_on) whose

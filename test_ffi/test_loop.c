@@ -1359,6 +1359,94 @@ static void test_stats_from_another_thread(void)
             "going back\n", sx.reads, rounds);
 }
 
+/* zcn_udp_stats from another thread while the socket's loop runs: it read
+ * the counters the owner was writing (TSan: a data race in zcn_udp_stats),
+ * on a loop and on the socket's own ring alike. Another thread now reads
+ * the copy the owner publishes: consistent, never going back, and after
+ * the owner's last loop call every datagram. */
+static struct {
+    ZCN_UdpSocket *u;
+    atomic_int stop;
+    long reads, went_back;
+    ZCN_UdpStats last;
+} ux;
+
+static void *ux_reader(void *arg)
+{
+    (void)arg;
+    uint64_t got = 0;
+    while (!atomic_load(&ux.stop)) {
+        ZCN_UdpStats st;
+        T_CHECK_ERR(zcn_udp_stats(ux.u, &st), ZCN_OK);
+        if (st.datagrams_received < got || st.datagrams_sent > st.datagrams_received)
+            ux.went_back++;
+        got = st.datagrams_received;
+        ux.reads++;
+    }
+    T_CHECK_ERR(zcn_udp_stats(ux.u, &ux.last), ZCN_OK);
+    return NULL;
+}
+
+static void ux_run(ZCN_Loop *l, ZCN_UdpSocket *u, int ms)
+{
+    if (l != NULL)
+        t_turn(l, ms);
+    else
+        T_CHECK_ERR(zcn_udp_run_once_timeout(u, ms, NULL), ZCN_OK);
+}
+
+static void udp_stats_from_another_thread(bool on_loop)
+{
+    ZCN_Loop *l = on_loop ? t_new_loop(NULL) : NULL;
+    ZCN_UdpConfig cfg = {.address = "127.0.0.1"};
+    ZCN_Error err = ZCN_OK;
+    memset(&ux, 0, sizeof ux);
+    ux.u = on_loop ? zcn_udp_create_on(l, &cfg, &err) : zcn_udp_create(&cfg, &err);
+    T_CHECK_ERR(err, ZCN_OK);
+    T_CHECK(ux.u != NULL);
+    T_CHECK_ERR(zcn_udp_use_echo_handler(ux.u), ZCN_OK);
+    ux_run(l, ux.u, 0); /* this thread drives the socket */
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(zcn_udp_port(ux.u))};
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    T_CHECK(connect(fd, (struct sockaddr *)&to, sizeof to) == 0);
+    pthread_t th;
+    T_CHECK(pthread_create(&th, NULL, ux_reader, NULL) == 0);
+    const int rounds = 1000;
+    char msg[64], back[64];
+    memset(msg, 'u', sizeof msg);
+    for (int i = 0; i < rounds; i++) {
+        T_CHECK(send(fd, msg, sizeof msg, 0) == (ssize_t)sizeof msg);
+        ssize_t r = -1;
+        uint64_t dl = t_mono_ms() + 2000;
+        while (r < 0 && t_mono_ms() < dl) {
+            ux_run(l, ux.u, 1);
+            r = recv(fd, back, sizeof back, MSG_DONTWAIT);
+        }
+        T_CHECK(r == (ssize_t)sizeof back);
+    }
+    ux_run(l, ux.u, 0); /* the last call publishes the last counters */
+    atomic_store(&ux.stop, 1);
+    pthread_join(th, NULL);
+    T_CHECK(ux.went_back == 0);
+    T_CHECK(ux.reads > 0);
+    T_CHECK(ux.last.datagrams_received == (uint64_t)rounds);
+    T_CHECK(ux.last.datagrams_sent == (uint64_t)rounds);
+    T_CHECK(ux.last.buffers_total > 0);
+    close(fd);
+    T_CHECK_ERR(zcn_udp_destroy(ux.u), ZCN_OK);
+    if (l != NULL)
+        T_CHECK_ERR(zcn_loop_destroy(l), ZCN_OK);
+    fprintf(stderr, "UDP stats from another thread (%s): %ld reads while %d echoes ran\n",
+            on_loop ? "on a loop" : "own ring", ux.reads, rounds);
+}
+
+static void test_udp_stats_from_another_thread(void)
+{
+    udp_stats_from_another_thread(true);
+    udp_stats_from_another_thread(false);
+}
+
 /* zcn_loop_call and zcn_loop_stop racing zcn_loop_destroy: each either
  * reaches the live loop (and the call runs, at the latest in the destroy)
  * or finds it gone and touches nothing. */
@@ -2232,6 +2320,7 @@ int main(void)
     test_null_watch_in_callback_mode();
     test_cross_thread_calls();
     test_stats_from_another_thread();
+    test_udp_stats_from_another_thread();
     test_calls_racing_destroy();
     test_poll_mode();
     test_two_servers();

@@ -670,7 +670,9 @@ class UdpSocket(BoundSocket, HasBackend):
             fn(self._live(), group.encode(), if_addr, if_index)
 
     def stats(self) -> UdpStats:
-        """A UdpStats snapshot (for looking, not per datagram)."""
+        """A UdpStats snapshot (for looking, not per datagram). Any thread:
+        live on the one that drives the socket, elsewhere as of the end of
+        its last loop call."""
         raw = _ffi.UdpStats()
         with self._lock:
             _ffi.zcn_udp_stats(self._live(), ctypes.byref(raw))
