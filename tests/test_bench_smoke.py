@@ -54,13 +54,39 @@ def bench_build(tmp_path_factory):
     return build
 
 
-def _run_smoke(build, out, extra=()):
+def _run_smoke(build, out, extra=(), plots_with=None):
+    """The smoke profile; plots only with plots_with, a directory put first
+    on PYTHONPATH (a stand-in matplotlib: _stub_matplotlib)."""
     env = dict(os.environ)
+    if plots_with is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(plots_with), env.get("PYTHONPATH")) if p)
     # `python -m zcn.bench` needs no CLI registration; the same code runs
     # behind `python -m zcn bench`.
     cmd = [sys.executable, "-m", "zcn.bench", "--smoke", "--build-dir", str(build),
-           "--json", str(out), "--no-plots", *extra]
+           "--json", str(out), *([] if plots_with else ["--no-plots"]), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def _stub_matplotlib(where):
+    """A matplotlib that draws nothing and saves a placeholder: the plot path
+    of `python -m zcn bench` runs without the real one (the test extras do
+    not install it; bench/run.sh does)."""
+    pkg = where / "matplotlib"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("def use(backend):\n    pass\n")
+    (pkg / "pyplot.py").write_text(
+        "class _Any:\n"
+        "    def __getattr__(self, name):\n"
+        "        return lambda *a, **k: None\n"
+        "class _Fig(_Any):\n"
+        "    def savefig(self, path):\n"
+        "        open(path, 'wb').write(b'stub')\n"
+        "def subplots(*a, **k):\n"
+        "    return _Fig(), _Any()\n"
+        "def close(fig):\n"
+        "    pass\n")
+    return where
 
 
 @pytest.mark.timeout(120)
@@ -79,12 +105,21 @@ def test_every_bench_script_answers_help():
 
 @pytest.mark.timeout(420)
 def test_smoke_run_verifies_content_and_writes_json(bench_build, tmp_path):
+    """Also draws the plots (through a stand-in matplotlib): the plot step
+    once named a constant its module no longer had, and bench/run.sh, which
+    installs matplotlib, died with a NameError after every run."""
     require_loop()
     out = tmp_path / "smoke.json"
-    proc = _run_smoke(bench_build, out, ["--servers", "epoll,zcn-c", "--duration", "0.5"])
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    proc = _run_smoke(bench_build, out, ["--servers", "epoll,zcn-c", "--duration", "0.5"],
+                      plots_with=_stub_matplotlib(stub))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     report = json.loads(out.read_text())
     assert report["ok"] is True
+    assert sorted(Path(p).name for p in report["plots"]) == ["smoke-cpu.png",
+                                                             "smoke-throughput.png"]
+    assert all(Path(p).read_bytes() == b"stub" for p in report["plots"])
     assert report["profile"] == "smoke"
     for key in ("cpu_model", "cpus", "kernel"):
         assert key in report["machine"]

@@ -228,9 +228,10 @@ def goals_text(goals):
     return "\n".join(out)
 
 
-def make_plots(report, stem):
-    """PNG plots next to `stem` (a path without extension); returns the paths
-    written or a note why none were."""
+def make_plots(report, stem, server_order):
+    """PNG plots next to `stem` (a path without extension), one bar per
+    server of `server_order` that has results, in that order; returns the
+    paths written or a note why none were."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -238,7 +239,7 @@ def make_plots(report, stem):
     except ImportError:
         return [], "matplotlib not installed (pip install .[bench]): no plots"
     echo = [w for w in report["workloads"] if w["mode"] == "echo"]
-    servers = [s for s in KNOWN_SERVERS + tuple(BASELINE_SERVERS)
+    servers = [s for s in server_order
                if any(w["results"].get(s, {}).get("summary") for w in echo)]
     if not echo or not servers:
         return [], "nothing to plot"

@@ -906,7 +906,7 @@ def run(args):
         stem = str(Path(args.plots) / json_path.stem) if args.plots else str(json_path.with_suffix(""))
         if args.plots:
             Path(args.plots).mkdir(parents=True, exist_ok=True)
-        paths, note = make_plots(report, stem)
+        paths, note = make_plots(report, stem, KNOWN_SERVERS + tuple(BASELINE_SERVERS))
         report["plots"] = paths
         if note:
             notes.append(note)
