@@ -1366,7 +1366,7 @@ static void test_stats_from_another_thread(void)
  * the owner's last loop call every datagram. */
 static struct {
     ZCN_UdpSocket *u;
-    atomic_int stop;
+    atomic_int stop, reading;
     long reads, went_back;
     ZCN_UdpStats last;
 } ux;
@@ -1382,6 +1382,7 @@ static void *ux_reader(void *arg)
             ux.went_back++;
         got = st.datagrams_received;
         ux.reads++;
+        atomic_store(&ux.reading, 1);
     }
     T_CHECK_ERR(zcn_udp_stats(ux.u, &ux.last), ZCN_OK);
     return NULL;
@@ -1412,6 +1413,14 @@ static void udp_stats_from_another_thread(bool on_loop)
     T_CHECK(connect(fd, (struct sockaddr *)&to, sizeof to) == 0);
     pthread_t th;
     T_CHECK(pthread_create(&th, NULL, ux_reader, NULL) == 0);
+    /* The reader reads while the echoes run, even on a loaded machine (in
+     * CI, with other tests beside it, it once had not read at all before
+     * the 1,000 echoes were done). The loop runs meanwhile: a first read
+     * on a loop waits for it to publish. */
+    uint64_t start_by = t_mono_ms() + 5000;
+    while (!atomic_load(&ux.reading) && t_mono_ms() < start_by)
+        ux_run(l, ux.u, 1);
+    T_CHECK(atomic_load(&ux.reading));
     const int rounds = 1000;
     char msg[64], back[64];
     memset(msg, 'u', sizeof msg);
