@@ -1286,7 +1286,7 @@ static void test_cross_thread_calls(void)
 static struct {
     ZCN_Loop *loop;
     ZCN_Server *srv;
-    atomic_int stop;
+    atomic_int stop, reading;
     long reads, went_back;
     ZCN_ServerStats last;
 } sx;
@@ -1313,6 +1313,7 @@ static void *sx_reader(void *arg)
         turns = ls.turns;
         got = ss.bytes_received;
         sx.reads++;
+        atomic_store(&sx.reading, 1);
     }
     return NULL;
 }
@@ -1328,6 +1329,11 @@ static void test_stats_from_another_thread(void)
     int fd = t_connect(zcn_server_port(sx.srv));
     pthread_t th;
     T_CHECK(pthread_create(&th, NULL, sx_reader, NULL) == 0);
+    /* As the UDP test below: the reader has read before the echoes start. */
+    uint64_t start_by = t_mono_ms() + 5000;
+    while (!atomic_load(&sx.reading) && t_mono_ms() < start_by)
+        t_turn(l, 1);
+    T_CHECK(atomic_load(&sx.reading));
     char msg[64], back[64];
     memset(msg, 's', sizeof msg);
     const int rounds = 2000;

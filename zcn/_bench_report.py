@@ -262,7 +262,10 @@ def make_plots(report, stem, server_order):
                 hi.append(m["max"] - m["median"])
             ax.bar(xs, ys, width, yerr=[lo, hi], label=srv, capsize=2)
         ax.set_xticks(range(len(echo)))
-        ax.set_xticklabels([w["label"] for w in echo])
+        labels = [w["label"] for w in echo]
+        # two workloads of one shape (c1x64k and stream): the key tells them apart
+        ax.set_xticklabels([lb if labels.count(lb) == 1 else f"{lb}\n{w['key']}"
+                            for lb, w in zip(labels, echo)])
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
