@@ -58,9 +58,10 @@
 #define COALESCE_BYTES 512
 /* The receive ring's base size, before 2 per open connection (ring_want):
  * small, so the buffers the kernel writes into come round again soon and
- * are warm. At 1 connection x 8 x 64 KiB a base of 8 against 32 gave 14%
- * more messages/s at 12% less CPU per message (PERFORMANCE.md), with no
- * more ENOBUFS (bursts grow the ring by br_extra). */
+ * are warm. At 1 connection x 8 x 64 KiB a base of 8 against 32 gave 9-14%
+ * more messages/s at 8-12% less CPU per message in three runs
+ * (PERFORMANCE.md), with no ENOBUFS either way (bursts grow the ring by
+ * br_extra). */
 #define RING_BASE 8
 /* Room under its cap a connection needs to receive with multishot (the
  * kernel posts up to 32 completions per request before it lets others

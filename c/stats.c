@@ -95,11 +95,6 @@ bool zcn_loop_on_owner(const ZCN_Loop *s)
     return !s->started || s->owner == this_thread();
 }
 
-static bool on_owner(const ZCN_Loop *s)
-{
-    return zcn_loop_on_owner(s);
-}
-
 /* Another thread's read: retried while the owner is writing. The first
  * one asks the loop to publish before every wait from now on and wakes it
  * for a fresh copy, waiting up to 100 ms for it while the owner is inside
@@ -129,7 +124,7 @@ ZCN_Error zcn_loop_stats(const ZCN_Loop *s, ZCN_LoopStats *out)
 {
     if (s == NULL || out == NULL)
         return zcn_fail(ZCN_ERR_INVALID_ARGUMENT, "loop or out is NULL");
-    if (on_owner(s))
+    if (zcn_loop_on_owner(s))
         stats_now(s, out);
     else
         stats_snapshot(s, out);
@@ -138,7 +133,7 @@ ZCN_Error zcn_loop_stats(const ZCN_Loop *s, ZCN_LoopStats *out)
 
 void zcn_loop_tcp_stats(const ZCN_Loop *s, ZCN_ServerStats *out)
 {
-    if (on_owner(s)) {
+    if (zcn_loop_on_owner(s)) {
         tcp_stats_now(s, out);
         return;
     }

@@ -56,7 +56,7 @@ def bench_build(tmp_path_factory):
 
 def _run_smoke(build, out, extra=(), plots_with=None):
     """The smoke profile; plots only with plots_with, a directory put first
-    on PYTHONPATH (a stand-in matplotlib: _stub_matplotlib)."""
+    on PYTHONPATH (a stand-in matplotlib: _standin_matplotlib)."""
     env = dict(os.environ)
     if plots_with is not None:
         env["PYTHONPATH"] = os.pathsep.join(
@@ -68,10 +68,10 @@ def _run_smoke(build, out, extra=(), plots_with=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
-def _stub_matplotlib(where):
-    """A matplotlib that draws nothing and saves a placeholder: the plot path
-    of `python -m zcn bench` runs without the real one (the test extras do
-    not install it; bench/run.sh does)."""
+def _standin_matplotlib(where):
+    """A stand-in matplotlib that draws nothing and writes a marker file for
+    each figure: the plot path of `python -m zcn bench` runs without the
+    real one (the test extras do not install it; bench/run.sh does)."""
     pkg = where / "matplotlib"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("def use(backend):\n    pass\n")
@@ -81,7 +81,7 @@ def _stub_matplotlib(where):
         "        return lambda *a, **k: None\n"
         "class _Fig(_Any):\n"
         "    def savefig(self, path):\n"
-        "        open(path, 'wb').write(b'stub')\n"
+        "        open(path, 'wb').write(b'no image')\n"
         "def subplots(*a, **k):\n"
         "    return _Fig(), _Any()\n"
         "def close(fig):\n"
@@ -110,16 +110,16 @@ def test_smoke_run_verifies_content_and_writes_json(bench_build, tmp_path):
     installs matplotlib, died with a NameError after every run."""
     require_loop()
     out = tmp_path / "smoke.json"
-    stub = tmp_path / "stub"
-    stub.mkdir()
+    fake = tmp_path / "standin"
+    fake.mkdir()
     proc = _run_smoke(bench_build, out, ["--servers", "epoll,zcn-c", "--duration", "0.5"],
-                      plots_with=_stub_matplotlib(stub))
+                      plots_with=_standin_matplotlib(fake))
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     report = json.loads(out.read_text())
     assert report["ok"] is True
     assert sorted(Path(p).name for p in report["plots"]) == ["smoke-cpu.png",
                                                              "smoke-throughput.png"]
-    assert all(Path(p).read_bytes() == b"stub" for p in report["plots"])
+    assert all(Path(p).read_bytes() == b"no image" for p in report["plots"])
     assert report["profile"] == "smoke"
     for key in ("cpu_model", "cpus", "kernel"):
         assert key in report["machine"]
