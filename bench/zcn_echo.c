@@ -44,7 +44,7 @@ static void print_stats(void)
             "buffer_exhaustion_events=%llu send_queue_full_events=%llu active=%llu "
             "buffers_in_use=%llu buffers_held=%llu buffer_budget=%llu evictions=%llu "
             "send_timeouts=%llu hard_limit_aborts=%llu busy_polls_found=%llu "
-            "busy_polls_expired=%llu\n",
+            "busy_polls_expired=%llu sends_direct=%llu turns=%llu\n",
             (unsigned long long)st.connections_accepted,
             (unsigned long long)st.connections_rejected, (unsigned long long)st.recv_ops,
             (unsigned long long)st.send_ops, (unsigned long long)st.sends_zero_copy,
@@ -55,7 +55,8 @@ static void print_stats(void)
             (unsigned long long)st.buffers_held, (unsigned long long)st.buffer_budget,
             (unsigned long long)st.evictions, (unsigned long long)st.send_timeouts,
             (unsigned long long)st.hard_limit_aborts, (unsigned long long)ls.busy_polls_found,
-            (unsigned long long)ls.busy_polls_expired);
+            (unsigned long long)ls.busy_polls_expired, (unsigned long long)st.sends_direct,
+            (unsigned long long)ls.turns);
 }
 
 int main(int argc, char **argv)

@@ -348,7 +348,7 @@ static uint32_t reap(ZCN_Loop *s)
     }
     s->rx_unreaped = 0;
     io_uring_cq_advance(s->ring, seen);
-    zcn_tcp_flush_tx(s);
+    zcn_tcp_flush_tx_reaped(s);
     return seen;
 }
 
@@ -660,6 +660,13 @@ static ZCN_Error read_config(const ZCN_LoopConfig *cfg, struct settings *out)
     return ZCN_OK;
 }
 
+/* A diagnostic knob in the environment: set, not empty and not "0". */
+static bool env_set(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' && strcmp(v, "0") != 0;
+}
+
 /* Whether multishot receives take bundles: where the kernel says it can
  * (IORING_FEAT_RECVSEND_BUNDLE, Linux 6.10) and always on the epoll
  * backend, which emulates them; ZCN_NO_BUNDLE=1 turns them off (a
@@ -667,8 +674,7 @@ static ZCN_Error read_config(const ZCN_LoopConfig *cfg, struct settings *out)
  * on kernels that have bundles). */
 static bool bundles_wanted(const ZCN_Loop *s)
 {
-    const char *off = getenv("ZCN_NO_BUNDLE");
-    if (off != NULL && off[0] != '\0' && strcmp(off, "0") != 0)
+    if (env_set("ZCN_NO_BUNDLE"))
         return false;
     if (zcn_ep_of(s->ring) != NULL)
         return true;
@@ -894,6 +900,9 @@ ZCN_Loop *zcn_loop_create(const ZCN_LoopConfig *cfg, ZCN_Error *err)
         return NULL;
     }
     s->busy_poll_ns = (uint64_t)st.busy_poll_us * 1000u;
+    /* ZCN_NO_DIRECT_SEND=1: every send an SQE (a diagnostic knob, as
+     * ZCN_NO_BUNDLE, so the tests and benchmarks can compare the paths). */
+    s->direct_sends = !env_set("ZCN_NO_DIRECT_SEND");
     s->busy_peek = zcn_ring_backend(s->ring_handle, NULL) == ZCN_BACKEND_IO_URING &&
                    (zcn_ring_setup_flags(s->ring_handle) & IORING_SETUP_TASKRUN_FLAG);
     s->live_slot = zcn_live_add(s);

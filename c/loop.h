@@ -383,6 +383,8 @@ struct ZCN_Loop {
     uint64_t busy_last_ns;      /* when a wait last found completions */
     bool busy_peek;             /* the ring has TASKRUN_FLAG: a spin enters the
                                    kernel only when IORING_SQ_TASKRUN says so */
+    bool direct_sends;          /* a reaped batch answering one connection sends
+                                   with sendmsg, not an SQE (c/tcp_send.c) */
 
     uint64_t send_queue_max_bytes;
     uint32_t send_queue_max_bufs; /* the same limit counted in buffers */
@@ -529,6 +531,7 @@ void zcn_tcp_cancel_recv(ZCN_Loop *s, struct conn *c);
 /* c/tcp_send.c */
 void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c);
 void zcn_tcp_flush_tx(ZCN_Loop *s);
+void zcn_tcp_flush_tx_reaped(ZCN_Loop *s);
 void zcn_tcp_echo_on_data(void *user_data, int fd, const uint8_t *data, size_t len);
 /* zcn_loop_forward AUTO: len bytes of a delivered buffer join t's queue. */
 ZCN_Error zcn_tcp_forward_buffer(ZCN_Loop *s, struct conn *t, uint32_t bid, uint32_t len);

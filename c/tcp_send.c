@@ -6,6 +6,28 @@
  * sendmsg in flight per connection, collected per batch). */
 #include "buffers.h"
 
+/* What c's queue sends next: one chunk as (*ptr, *len), several (up to
+ * IOV_BATCH) in c->msg over c->iov. Returns the number of chunks. */
+static uint32_t send_args(ZCN_Loop *s, struct conn *c, void **ptr, size_t *len)
+{
+    struct chunk *ch = &s->chunks[c->sq_head];
+    if (ch->next == NIL) {
+        *ptr = buf_ptr(s, ch->bid) + ch->off;
+        *len = ch->len;
+        return 1;
+    }
+    size_t n = 0;
+    for (int32_t i = c->sq_head; i != NIL && n < IOV_BATCH; i = s->chunks[i].next) {
+        c->iov[n].iov_base = buf_ptr(s, s->chunks[i].bid) + s->chunks[i].off;
+        c->iov[n].iov_len = s->chunks[i].len;
+        n++;
+    }
+    memset(&c->msg, 0, sizeof c->msg);
+    c->msg.msg_iov = c->iov;
+    c->msg.msg_iovlen = n;
+    return (uint32_t)n;
+}
+
 void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c)
 {
     if (c->send_inflight || c->sq_head == NIL)
@@ -15,23 +37,14 @@ void zcn_tcp_submit_send(ZCN_Loop *s, struct conn *c)
         service_add(s, c);
         return;
     }
-    struct chunk *ch = &s->chunks[c->sq_head];
-    if (ch->next == NIL) {
-        io_uring_prep_send(sqe, c->fd, buf_ptr(s, ch->bid) + ch->off, ch->len, MSG_NOSIGNAL);
-        c->inflight_chunks = 1;
-    } else {
-        size_t n = 0;
-        for (int32_t i = c->sq_head; i != NIL && n < IOV_BATCH; i = s->chunks[i].next) {
-            c->iov[n].iov_base = buf_ptr(s, s->chunks[i].bid) + s->chunks[i].off;
-            c->iov[n].iov_len = s->chunks[i].len;
-            n++;
-        }
-        memset(&c->msg, 0, sizeof c->msg);
-        c->msg.msg_iov = c->iov;
-        c->msg.msg_iovlen = n;
+    void *ptr;
+    size_t len;
+    uint32_t n = send_args(s, c, &ptr, &len);
+    if (n == 1)
+        io_uring_prep_send(sqe, c->fd, ptr, len, MSG_NOSIGNAL);
+    else
         io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
-        c->inflight_chunks = (uint32_t)n;
-    }
+    c->inflight_chunks = n;
     io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, c->gen, (uint32_t)slot_of(s, c)));
     c->send_inflight = true;
     c->send_cancelled = false;
@@ -48,6 +61,48 @@ void zcn_tcp_flush_tx(ZCN_Loop *s)
             zcn_tcp_submit_send(s, c);
     }
     s->tx_n = 0;
+}
+
+/* The send of a turn that answers one connection, made at once with a
+ * plain sendmsg instead of an SQE. Its completion would be the only thing
+ * the next wait finds (an inline send posts its CQE in the same system
+ * call, so the wait returns at once): a second system call and a turn per
+ * round trip, where a direct send needs neither. The kernel copies out of
+ * the same pool buffer either way. True when it was sent (whole or in
+ * part) or failed, and was completed like a CQE; false when the socket had
+ * no room (the SQE then waits for it). */
+static bool send_direct(ZCN_Loop *s, struct conn *c)
+{
+    void *ptr;
+    size_t len;
+    uint32_t n = send_args(s, c, &ptr, &len);
+    ssize_t r = n == 1 ? send(c->fd, ptr, len, MSG_NOSIGNAL | MSG_DONTWAIT)
+                       : sendmsg(c->fd, &c->msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return false;
+    s->stats.sends_direct++;
+    c->inflight_chunks = n;
+    c->send_inflight = true;
+    zcn_tcp_on_send(s, c, r < 0 ? -errno : (int)r);
+    return true;
+}
+
+/* reap()'s flush, once a batch's completions have run (callbacks may run
+ * from here as from a completion). One connection to send to: sent now
+ * (send_direct); more: SQEs, which the wait submits together. */
+void zcn_tcp_flush_tx_reaped(ZCN_Loop *s)
+{
+    if (s->tx_n == 1 && s->direct_sends) {
+        struct conn *c = &s->conns[s->tx[0].slot];
+        if (c->gen == s->tx[0].gen && c->in_tx && !c->send_inflight && c->sq_head != NIL &&
+            (c->state == CONN_OPEN || c->state == CONN_CLOSING)) {
+            s->tx_n = 0;
+            c->in_tx = false;
+            if (!send_direct(s, c))
+                zcn_tcp_submit_send(s, c);
+        }
+    }
+    zcn_tcp_flush_tx(s); /* and whatever the completion queued */
 }
 
 static void enqueue_chunk(ZCN_Loop *s, struct conn *c, int32_t idx)

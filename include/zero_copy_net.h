@@ -52,16 +52,16 @@ extern "C" {
 /* ------------------------------------------------------------------ */
 
 #define ZCN_VERSION_MAJOR 0
-#define ZCN_VERSION_MINOR 7
+#define ZCN_VERSION_MINOR 8
 #define ZCN_VERSION_PATCH 0
 /* (major << 16) | (minor << 8) | patch, comparable with zcn_version(). */
 #define ZCN_VERSION_HEX \
     ((ZCN_VERSION_MAJOR << 16) | (ZCN_VERSION_MINOR << 8) | ZCN_VERSION_PATCH)
-#define ZCN_VERSION_STRING "0.7.0"
+#define ZCN_VERSION_STRING "0.8.0"
 
 /* The version of the library actually loaded, as ZCN_VERSION_HEX. */
 ZCN_API unsigned int zcn_version(void);
-/* The same as a static string, e.g. "0.7.0". Never NULL. */
+/* The same as a static string, e.g. "0.8.0". Never NULL. */
 ZCN_API const char *zcn_version_string(void);
 
 /* ------------------------------------------------------------------ */
@@ -493,6 +493,15 @@ typedef struct ZCN_ServerStats {
     uint64_t sends_coalesced;        /* small zero-copy slices copied into a packed
                                         buffer instead of holding their own */
     uint64_t eofs;                   /* peers that finished sending (FIN) */
+    uint64_t sends_direct;           /* sends made at once by a plain send(2)
+                                        or sendmsg(2), not an SQE, because a
+                                        turn's completions answered one
+                                        connection; failed ones too (they
+                                        close it as a failed send_op would).
+                                        ZCN_NO_DIRECT_SEND=1 in the
+                                        environment turns them off
+                                        (docs/PERFORMANCE.md, "Direct
+                                        sends") */
 } ZCN_ServerStats;
 
 /* One connection's share of the buffers and its state, for applications

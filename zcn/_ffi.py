@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: The header version these bindings mirror; the loaded library must match
 #: major and minor.
-VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 7, 0
+VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH = 0, 8, 0
 VERSION_HEX = (VERSION_MAJOR << 16) | (VERSION_MINOR << 8) | VERSION_PATCH
 
 ENV_LIBRARY = "ZCN_LIBRARY"
@@ -268,7 +268,7 @@ class ServerStats(Structure):
         "buffer_exhaustion_events", "sends_zero_copy", "sends_copied",
         "send_queue_full_events", "accept_backoffs",
         "buffers_held", "buffer_budget", "buffer_waiters", "evictions", "send_timeouts",
-        "hard_limit_aborts", "aborts", "sends_coalesced", "eofs",
+        "hard_limit_aborts", "aborts", "sends_coalesced", "eofs", "sends_direct",
     )]
 
 

@@ -197,6 +197,7 @@ class ServerStats:
     aborts: int                    #: abort() calls that aborted a connection
     sends_coalesced: int           #: small zero-copy slices packed into a copy
     eofs: int                      #: peers that finished sending (FIN)
+    sends_direct: int              #: sends made at once by send(2), not an SQE (one answer in a turn)
 
 
 _STATS_FIELDS = tuple(field[0] for field in _ffi.ServerStats._fields_)

@@ -9,7 +9,7 @@ use std::os::raw::{c_char, c_int, c_uint, c_void};
 // ---- Version -----------------------------------------------------------
 
 pub const ZCN_VERSION_MAJOR: c_uint = 0;
-pub const ZCN_VERSION_MINOR: c_uint = 7;
+pub const ZCN_VERSION_MINOR: c_uint = 8;
 pub const ZCN_VERSION_PATCH: c_uint = 0;
 pub const ZCN_VERSION_HEX: c_uint =
     (ZCN_VERSION_MAJOR << 16) | (ZCN_VERSION_MINOR << 8) | ZCN_VERSION_PATCH;
@@ -132,6 +132,7 @@ pub struct ZCN_ServerStats {
     pub aborts: u64,
     pub sends_coalesced: u64,
     pub eofs: u64,
+    pub sends_direct: u64,
 }
 
 pub const ZCN_EVENT_ACCEPT: u32 = 1;
